@@ -1,0 +1,198 @@
+"""The only module that writes state files: atomic JSON documents and locked JSONL appends.
+
+A JSON document is replaced, never edited: write a temp file in the same folder,
+flush, fsync, `os.replace`, fsync the folder. A crash at any instant leaves the old
+file or the new one, never half of either. Every read-modify-write happens under a
+`filelock` lock on `<file>.lock` and re-reads inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from filelock import FileLock
+
+from errors import StateFileError
+from runtime_contract import (
+    API_AUDIT_FILE,
+    BUDGET_LEDGER_FILE,
+    EXECUTION_LOG_FILE,
+    PAUSE_FILE,
+    QUALITY_GATE_FILE,
+    QUEUE_ARCHIVE_FILE,
+    QUEUE_FILE,
+    SAFETY_AUDIT_FILE,
+    SANDBOX_DIR,
+    STATE_DIR,
+    TOKEN_FILE,
+)
+
+T = TypeVar("T")
+LOCK_TIMEOUT_SECONDS = 30.0
+LOCK_POLL_SECONDS = 0.002
+
+
+class Workspace:
+    """Where all runtime state lives, and the one lock object per state file of this process."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).resolve()
+        self.state_dir = self.root / STATE_DIR
+        self.sandbox = self.root / SANDBOX_DIR
+        self.queue_path = self.root / QUEUE_FILE
+        self.log_path = self.root / EXECUTION_LOG_FILE
+        self.quality_gate_path = self.root / QUALITY_GATE_FILE
+        self.token_path = self.state_dir / TOKEN_FILE
+        self.budget_ledger_path = self.state_dir / BUDGET_LEDGER_FILE
+        self.api_audit_path = self.state_dir / API_AUDIT_FILE
+        self.safety_audit_path = self.state_dir / SAFETY_AUDIT_FILE
+        self.queue_archive_path = self.state_dir / QUEUE_ARCHIVE_FILE
+        self.pause_path = self.state_dir / PAUSE_FILE
+        self._locks: dict[Path, FileLock] = {}
+
+    def ensure_layout(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, exist_ok=True)
+        self.sandbox.mkdir(exist_ok=True)
+
+    def lock(self, path: Path) -> FileLock:
+        """The lock guarding `path`, created once per process (filelock objects are not shared)."""
+        if path not in self._locks:
+            self._locks[path] = FileLock(
+                f"{path}.lock", timeout=LOCK_TIMEOUT_SECONDS, poll_interval=LOCK_POLL_SECONDS
+            )
+        return self._locks[path]
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Rename into place so a reader never sees half a file, even after a crash."""
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, mode)
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def dump_json(document: Any) -> bytes:
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def atomic_write_json(path: Path, document: Any, mode: int = 0o644) -> None:
+    atomic_write_bytes(path, dump_json(document), mode)
+
+
+def read_json(path: Path, default: Callable[[], T] | None = None) -> Any:
+    """Parse a JSON file; a missing file gives `default()`, a broken one a StateFileError."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if default is None:
+            raise StateFileError(path, ["file does not exist"]) from None
+        return default()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StateFileError(path, [f"not UTF-8 text (byte {exc.start})"]) from None
+    except json.JSONDecodeError as exc:
+        raise StateFileError(
+            path, [f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]
+        ) from None
+
+
+def update_json(
+    workspace: Workspace,
+    path: Path,
+    mutate: Callable[[Any], tuple[Any, T]],
+    default: Callable[[], Any],
+    mode: int = 0o644,
+) -> T:
+    """Read-modify-write under the file's lock. `mutate(doc)` returns (new_doc, result);
+    a new_doc of None means nothing changed and nothing is written."""
+    with workspace.lock(path):
+        document = read_json(path, default)
+        new_document, result = mutate(document)
+        if new_document is not None:
+            atomic_write_json(path, new_document, mode)
+        return result
+
+
+def append_line(
+    workspace: Workspace, path: Path, record: dict[str, Any], *, durable: bool = True
+) -> None:
+    """Append one JSON line with a single write() under the file's lock.
+
+    One write per line means concurrent readers and writers never see interleaved
+    records; the lock keeps writers from different processes in order. `durable`
+    fsyncs before returning; audit trails on hot paths may skip it."""
+    line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    with workspace.lock(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def append_lines(workspace: Workspace, path: Path, records: list[dict[str, Any]]) -> None:
+    """Several records in one write: an archive batch lands whole or not at all."""
+    if not records:
+        return
+    data = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+    payload = data.encode("utf-8")
+    with workspace.lock(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def create_secret_file(path: Path, secret: str) -> bool:
+    """Publish `secret` at `path` exclusively, mode 0600 from its first byte.
+
+    The secret is written to a private temp file first and hard-linked into place, so
+    the final name never exists half-written and two racing processes agree on one
+    winner. Returns False when another process got there first."""
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secret + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp_name, path)
+        except FileExistsError:
+            return False
+        fsync_directory(path.parent)
+        return True
+    finally:
+        os.unlink(temp_name)
