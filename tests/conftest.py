@@ -1,0 +1,175 @@
+"""Shared fixtures: workspaces, real processes on free loopback ports, polling waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from settings import Settings  # noqa: E402
+from state_store import Workspace  # noqa: E402
+
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+\S*)")
+PROCESS_START_TIMEOUT = 20.0
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure_layout()
+    return ws
+
+
+@pytest.fixture
+def settings(workspace: Workspace) -> Settings:
+    return Settings(workspace=workspace.root)
+
+
+def child_env(workspace: Workspace, **extra: str) -> dict[str, str]:
+    """A clean environment: nothing from the host's SWARM_*/GROQ_* settings leaks in."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SWARM_", "GROQ_", "CONTROL_PANEL_"))
+    }
+    env.update(SWARM_WORKSPACE=str(workspace.root), PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+class RunningProcess:
+    def __init__(self, proc: subprocess.Popen[str], url: str | None):
+        self.proc = proc
+        self.url = url
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+
+def start_process(
+    args: list[str], env: dict[str, str], *, wait_for_url: bool = True
+) -> RunningProcess:
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    url = None
+    if wait_for_url:
+        seen = []
+        deadline = time.monotonic() + PROCESS_START_TIMEOUT
+        while url is None:
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait(timeout=5)
+                raise AssertionError(f"{args[0]} exited early:\n{''.join(seen)}")
+            seen.append(line)
+            match = LISTENING.search(line)
+            url = match.group(1) if match else None
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{args[0]} never announced its URL:\n{''.join(seen)}")
+    running = RunningProcess(proc, url)
+    if wait_for_url:
+        running.lines.extend(seen)
+    return running
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., RunningProcess]]:
+    """Start real processes; on teardown SIGTERM each and assert it exits cleanly."""
+    started: list[RunningProcess] = []
+
+    def _spawn(args: list[str], env: dict[str, str], **kwargs: Any) -> RunningProcess:
+        process = start_process(args, env, **kwargs)
+        started.append(process)
+        return process
+
+    yield _spawn
+    failures = []
+    for process in started:
+        if process.proc.poll() is None:
+            code = process.stop()
+            if code != 0:
+                failures.append(f"{process.proc.args}: exit {code}\n{process.output}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def api(spawn: Callable[..., RunningProcess], workspace: Workspace) -> RunningProcess:
+    """A real swarm.py on a free port with the offline provider."""
+    return spawn(["swarm.py", "--port", "0"], child_env(workspace))
+
+
+def run_worker(
+    workspace: Workspace, *args: str, timeout: float = 60.0, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "worker.py", *args],
+        cwd=ROOT,
+        env=child_env(workspace, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_events(workspace: Workspace) -> list[dict[str, Any]]:
+    if not workspace.log_path.exists():
+        return []
+    return [json.loads(line) for line in workspace.log_path.read_text().splitlines() if line]
+
+
+def write_queue(workspace: Workspace, tasks: list[dict[str, Any]], endpoint: str) -> None:
+    document = {"version": "1.1", "api_endpoint": endpoint, "tasks": tasks,
+                "completed": [], "failed": []}
+    workspace.queue_path.write_text(json.dumps(document, indent=2))
+
+
+def read_queue(workspace: Workspace) -> dict[str, Any]:
+    return json.loads(workspace.queue_path.read_text())

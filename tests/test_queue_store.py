@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, wait_until
+from errors import DuplicateTaskError, LeaseLostError, QueueFileError
+from queue_store import QueueStore, WorkerIdentity
+from runtime_contract import Status, validate_queue_contract
+from state_store import Workspace
+
+ACTOR = str(ROOT / "tests" / "helpers" / "queue_actor.py")
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(workspace: Workspace, clock: Clock) -> QueueStore:
+    return QueueStore(workspace, retain=1000, clock=clock)
+
+
+ME = WorkerIdentity("w1")
+OTHER = WorkerIdentity("w2", pid=ME.pid)
+
+
+def add_all(store: QueueStore, *tasks: dict) -> None:
+    for task in tasks:
+        store.add(task)
+
+
+def claim_id(store: QueueStore, worker: WorkerIdentity = ME) -> str | None:
+    task = store.claim(worker, lease_seconds=30).task
+    return task.id if task else None
+
+
+def test_add_refuses_a_duplicate_id(store: QueueStore) -> None:
+    store.add({"id": "a", "prompt": "p"})
+    with pytest.raises(DuplicateTaskError, match="'a' is already in the queue"):
+        store.add({"id": "a", "prompt": "other"})
+    assert [t.id for t in store.load().tasks] == ["a"]
+
+
+def test_added_task_is_normalized_and_keeps_unknown_fields(store: QueueStore, workspace) -> None:
+    store.add({"id": "a", "prompt": "p", "owner": "ops"})
+    raw = json.loads(workspace.queue_path.read_text())["tasks"][0]
+    assert raw["owner"] == "ops"
+    assert (raw["type"], raw["depends_on"], raw["parallel_safe"], raw["status"]) == (
+        "cycle", [], True, "pending")
+
+
+def test_claims_in_file_order_once_dependencies_are_satisfied(store: QueueStore) -> None:
+    add_all(store, {"id": "b", "prompt": "p", "depends_on": ["a"]}, {"id": "a", "prompt": "p"})
+    assert claim_id(store) == "a"
+    assert claim_id(store) is None  # b waits for a
+    store.finish("a", ME, Status.COMPLETED)
+    assert claim_id(store) == "b"
+
+
+def test_status_and_lists_track_the_lifecycle(store: QueueStore) -> None:
+    add_all(store, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"})
+    claim_id(store)
+    assert store.load().find("a").status == Status.IN_PROGRESS
+    store.finish("a", ME, Status.COMPLETED)
+    claim_id(store)
+    store.finish("b", ME, Status.SAFETY_BLOCKED, last_error="blocked")
+    doc = store.load()
+    assert (doc.completed, doc.failed) == (["a"], ["b"])
+    assert doc.find("b").last_error == "blocked"
+
+
+def test_failure_propagates_down_the_chain_naming_the_dependency(store: QueueStore) -> None:
+    add_all(store, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "depends_on": ["a"]},
+            {"id": "c", "prompt": "p", "depends_on": "b"})
+    claim_id(store)
+    store.finish("a", ME, Status.FAILED)
+    outcome = store.claim(ME, 30)
+    assert outcome.task is None and outcome.drained
+    reasons = {p.task_id: p.reason for p in outcome.propagated}
+    assert reasons == {"b": "dependency 'a' ended failed", "c": "dependency 'b' ended failed"}
+    assert store.load().failed == ["a", "b", "c"]
+
+
+def test_unknown_dependency_and_cycles_fail_instead_of_waiting(store: QueueStore) -> None:
+    add_all(store, {"id": "u", "prompt": "p", "depends_on": ["ghost"]},
+            {"id": "x", "prompt": "p", "depends_on": ["y"]},
+            {"id": "y", "prompt": "p", "depends_on": ["x"]})
+    outcome = store.claim(ME, 30)
+    reasons = {p.task_id: p.reason for p in outcome.propagated}
+    assert "unknown dependency 'ghost'" in reasons["u"]
+    assert reasons["x"].startswith("dependency cycle") and "y" in reasons
+    assert outcome.drained
+
+
+def test_parallel_unsafe_task_runs_alone(store: QueueStore) -> None:
+    add_all(store, {"id": "a", "prompt": "p"}, {"id": "solo", "prompt": "p", "parallel_safe": False},
+            {"id": "c", "prompt": "p"})
+    assert claim_id(store) == "a"
+    assert claim_id(store, OTHER) == "c"  # solo is skipped while a runs
+    store.finish("a", ME, Status.COMPLETED)
+    store.finish("c", OTHER, Status.COMPLETED)
+    assert claim_id(store) == "solo"
+    store.add({"id": "d", "prompt": "p"})
+    assert claim_id(store, OTHER) is None  # nothing runs beside solo
+
+
+def test_an_expired_lease_is_reclaimed_by_another_worker(store: QueueStore, clock: Clock) -> None:
+    store.add({"id": "a", "prompt": "p"})
+    stale = WorkerIdentity("ghost", pid=ME.pid, host="elsewhere")
+    assert claim_id(store, stale) == "a"
+    assert claim_id(store) is None  # live lease held elsewhere
+    clock.now += 31
+    outcome = store.claim(ME, 30)
+    assert outcome.task.id == "a" and outcome.task.attempts == 2
+    assert outcome.reclaimed[0].reason == "lease expired"
+    assert outcome.reclaimed[0].previous["worker_id"] == "ghost"
+    with pytest.raises(LeaseLostError):
+        store.finish("a", stale, Status.COMPLETED)
+
+
+def test_heartbeat_keeps_the_lease_alive(store: QueueStore, clock: Clock) -> None:
+    store.add({"id": "a", "prompt": "p"})
+    holder = WorkerIdentity("h", pid=ME.pid, host="elsewhere")
+    claim_id(store, holder)
+    for _ in range(5):
+        clock.now += 20
+        assert store.heartbeat("a", holder, 30)
+    assert claim_id(store) is None
+    assert not store.heartbeat("a", ME, 30)  # not ours
+
+
+def test_a_dead_holder_on_this_host_is_reclaimed_at_once(store: QueueStore) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    store.add({"id": "a", "prompt": "p"})
+    assert claim_id(store, WorkerIdentity("dead", pid=child.pid)) == "a"
+    outcome = store.claim(ME, 30)
+    assert outcome.task.id == "a"
+    assert outcome.reclaimed[0].reason == "lease holder process no longer exists"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"version": "1.1",\n "tasks": [\n', "invalid JSON at line 3"),
+        ('{"version": "1", "api_endpoint": "x", "tasks": [{"id": "a"}, {"id": "a"}],'
+         ' "completed": [], "failed": []}', "duplicates the id 'a'"),
+        ('{"version": "1", "api_endpoint": "x", "tasks": [{"id": "a", "parallel_safe": "maybe"}],'
+         ' "completed": [], "failed": []}', "parallel_safe"),
+        ("[]", "queue must be a JSON object"),
+    ],
+)
+def test_a_malformed_queue_is_reported_and_never_overwritten(
+    store: QueueStore, workspace: Workspace, content: str, expected: str
+) -> None:
+    workspace.queue_path.write_text(content)
+    with pytest.raises(QueueFileError, match=expected) as caught:
+        store.claim(ME, 30)
+    assert str(workspace.queue_path) in str(caught.value)
+    with pytest.raises(QueueFileError):
+        store.add({"id": "b", "prompt": "p"})
+    assert workspace.queue_path.read_text() == content
+
+
+def test_finished_tasks_past_retention_move_to_the_archive(workspace: Workspace) -> None:
+    store = QueueStore(workspace, retain=10)
+    for index in range(40):
+        store.add({"id": f"t{index}", "prompt": "p"})
+        claim_id(store)
+        store.finish(f"t{index}", ME, Status.COMPLETED)
+    doc = store.load()
+    assert len(doc.tasks) <= 11
+    assert len(doc.completed) == 40
+    archived = [json.loads(line)["id"] for line in
+                workspace.queue_archive_path.read_text().splitlines()]
+    assert sorted(archived + [t.id for t in doc.tasks]) == sorted(f"t{i}" for i in range(40))
+    store.add({"id": "late", "prompt": "p", "depends_on": ["t0"]})  # archived dependency
+    assert claim_id(store) == "late"
+    with pytest.raises(DuplicateTaskError):
+        store.add({"id": "t0", "prompt": "again"})
+
+
+def test_a_writer_killed_mid_write_leaves_a_valid_file(workspace: Workspace) -> None:
+    """Regression guard for truncate-then-write: SIGKILL at arbitrary instants."""
+    for round_number in range(8):
+        proc = subprocess.Popen([sys.executable, ACTOR, str(workspace.root), "churn"],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        before = workspace.queue_path.stat().st_mtime_ns if workspace.queue_path.exists() else 0
+        wait_until(lambda b=before: workspace.queue_path.exists()
+                   and workspace.queue_path.stat().st_mtime_ns != b, timeout=10, interval=0.001)
+        time.sleep(random.uniform(0, 0.03))  # fault injection: kill at an arbitrary instant
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        document = json.loads(workspace.queue_path.read_text())
+        assert validate_queue_contract(document) == [], f"round {round_number}"
+        workspace.queue_path.unlink() if round_number % 2 else None
+    leftovers = [p for p in workspace.root.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) <= 8  # a killed writer may leave its temp file, never a torn queue
+
+
+def test_concurrent_processes_lose_no_task_and_run_none_twice(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    adders = [subprocess.Popen([sys.executable, ACTOR, str(workspace.root), "add", f"p{i}", "40"])
+              for i in range(3)]
+    for proc in adders:
+        assert proc.wait(timeout=60) == 0
+    outputs = [tmp_path / f"drain{i}.txt" for i in range(3)]
+    drainers = [subprocess.Popen([sys.executable, ACTOR, str(workspace.root), "drain",
+                                  f"d{i}", str(out)]) for i, out in enumerate(outputs)]
+    for proc in drainers:
+        assert proc.wait(timeout=120) == 0
+    claimed = [line for out in outputs for line in out.read_text().split()]
+    expected = {f"p{i}-{n}" for i in range(3) for n in range(40)}
+    assert len(claimed) == len(expected) == len(set(claimed))
+    assert set(claimed) == expected
+    doc = QueueStore(workspace).load()
+    assert all(t.status == Status.COMPLETED for t in doc.tasks)
+    assert sorted(doc.completed) == sorted(expected)
