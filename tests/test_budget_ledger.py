@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from budget_ledger import BudgetLedger
+from errors import GlobalBudgetExceeded, StateFileError
+from state_store import Workspace
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Reserves and settles until refused; waits for a line on stdin first so that all
+# children start spending at the same moment.
+SPENDER = """
+import sys
+from budget_ledger import BudgetLedger
+from errors import GlobalBudgetExceeded
+from state_store import Workspace
+root, limit, amount = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+ledger = BudgetLedger(Workspace(root), limit)
+print("ready", flush=True)
+sys.stdin.readline()
+settled = 0
+while True:
+    try:
+        reservation = ledger.reserve(amount, task_id="child")
+    except GlobalBudgetExceeded:
+        break
+    ledger.settle(reservation, amount)
+    settled += 1
+print(settled, flush=True)
+"""
+
+# Reserves, says so, and exits without settling once told to: a crash mid-call.
+HOLDER = """
+import os, sys
+from budget_ledger import BudgetLedger
+from state_store import Workspace
+ledger = BudgetLedger(Workspace(sys.argv[1]), float(sys.argv[2]))
+ledger.reserve(float(sys.argv[3]), task_id="held")
+print("held", flush=True)
+sys.stdin.readline()
+os._exit(1)
+"""
+
+
+def python_child(script: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop(child: subprocess.Popen[str]) -> None:
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
+
+
+def test_reserve_settle_and_refund(workspace: Workspace) -> None:
+    ledger = BudgetLedger(workspace, 1.0)
+    first = ledger.reserve(0.25, task_id="a")
+    second = ledger.reserve(0.5, task_id="b")
+    assert ledger.snapshot().reserved == pytest.approx(0.75)
+    ledger.settle(first, 0.125)
+    ledger.refund(second)
+    snapshot = ledger.snapshot()
+    assert (snapshot.spent, snapshot.reserved) == (0.125, 0.0)
+    assert snapshot.remaining == pytest.approx(0.875)
+
+
+def test_refuses_a_reservation_that_would_cross_the_limit(workspace: Workspace) -> None:
+    ledger = BudgetLedger(workspace, 1.0)
+    ledger.settle(ledger.reserve(0.5, task_id=None), 0.5)
+    ledger.reserve(0.25, task_id=None)
+    with pytest.raises(GlobalBudgetExceeded) as caught:
+        ledger.reserve(0.375, task_id=None)
+    message = str(caught.value)
+    assert "limit $1.000000" in message
+    assert "spent $0.500000" in message
+    assert "reserved $0.250000" in message
+    assert ledger.snapshot().reserved == 0.25
+
+
+def test_exactly_reaching_the_limit_is_allowed(workspace: Workspace) -> None:
+    ledger = BudgetLedger(workspace, 0.5)
+    ledger.reserve(0.5, task_id=None)
+    with pytest.raises(GlobalBudgetExceeded):
+        ledger.reserve(0.001, task_id=None)
+
+
+def test_spend_survives_a_restart(tmp_path: Path) -> None:
+    """The old wrapper kept the budget in memory, so every restart granted it afresh."""
+    ledger = BudgetLedger(Workspace(tmp_path), 1.0)
+    ledger.settle(ledger.reserve(0.75, task_id=None), 0.75)
+    restarted = BudgetLedger(Workspace(tmp_path), 1.0)
+    assert restarted.snapshot().spent == 0.75
+    with pytest.raises(GlobalBudgetExceeded):
+        restarted.reserve(0.5, task_id=None)
+
+
+def test_settling_a_vanished_reservation_still_counts_the_spend(workspace: Workspace) -> None:
+    ledger = BudgetLedger(workspace, 1.0)
+    ledger.settle("no-such-reservation", 0.25)
+    assert ledger.snapshot().spent == 0.25
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{broken", "invalid JSON"),
+        ('{"version": 1, "spent": "lots", "reservations": {}}', "spent"),
+        ('{"version": 2, "spent": 0, "reservations": {}}', "version"),
+        ('{"version": 1, "spent": 0, "reservations": {"r": {"amount": 1}}}', "reservations.r.pid"),
+    ],
+)
+def test_malformed_ledger_is_reported_and_never_overwritten(
+    workspace: Workspace, content: str, expected: str
+) -> None:
+    ledger = BudgetLedger(workspace, 1.0)
+    workspace.budget_ledger_path.write_text(content)
+    for operation in (
+        lambda: ledger.reserve(0.1, task_id=None),
+        lambda: ledger.settle("r", 0.1),
+        ledger.snapshot,
+    ):
+        with pytest.raises(StateFileError) as caught:
+            operation()
+        assert str(workspace.budget_ledger_path) in str(caught.value)
+        assert expected in str(caught.value)
+    assert workspace.budget_ledger_path.read_text() == content
+
+
+def test_ledger_file_is_the_documented_shape(workspace: Workspace) -> None:
+    ledger = BudgetLedger(workspace, 1.0)
+    reservation = ledger.reserve(0.5, task_id="t1")
+    document = json.loads(workspace.budget_ledger_path.read_text())
+    assert document["version"] == 1
+    assert document["spent"] == 0
+    held = document["reservations"][reservation]
+    assert held["amount"] == 0.5
+    assert held["task_id"] == "t1"
+    assert {"pid", "created_at"} <= held.keys()
+
+
+def test_no_overshoot_across_threads(workspace: Workspace) -> None:
+    ledger = BudgetLedger(workspace, 2.0)
+    amount = 1 / 16
+    start = threading.Barrier(8)
+    settled: list[int] = []
+
+    def spend() -> None:
+        count = 0
+        start.wait()
+        while True:
+            try:
+                reservation = ledger.reserve(amount, task_id=None)
+            except GlobalBudgetExceeded:
+                break
+            ledger.settle(reservation, amount)
+            count += 1
+        settled.append(count)
+
+    threads = [threading.Thread(target=spend) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    snapshot = ledger.snapshot()
+    assert sum(settled) == 32
+    assert snapshot.spent == 2.0
+    assert snapshot.reserved == 0
+
+
+def test_no_overshoot_and_no_lost_update_across_processes(workspace: Workspace) -> None:
+    limit, amount = 4.0, 1 / 16
+    BudgetLedger(workspace, limit)
+    children = [python_child(SPENDER, workspace.root, limit, amount) for _ in range(4)]
+    try:
+        for child in children:
+            assert child.stdout.readline().strip() == "ready"
+        for child in children:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        outputs = [child.communicate(timeout=60)[0] for child in children]
+    finally:
+        for child in children:
+            stop(child)
+    assert [child.returncode for child in children] == [0, 0, 0, 0]
+    settled = [int(output.strip()) for output in outputs]
+    snapshot = BudgetLedger(workspace, limit).snapshot()
+    assert snapshot.spent <= limit
+    assert snapshot.spent == sum(settled) * amount
+    assert sum(settled) == 64
+    assert snapshot.reserved == 0
+
+
+def test_a_live_process_keeps_its_hold_and_a_dead_one_loses_it(workspace: Workspace) -> None:
+    """A server that crashed mid-call must not pin its reservation forever."""
+    ledger = BudgetLedger(workspace, 1.0)
+    holder = python_child(HOLDER, workspace.root, 1.0, 0.75)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(GlobalBudgetExceeded):
+            ledger.reserve(0.5, task_id=None)
+        holder.stdin.write("exit\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=30) == 1
+    finally:
+        stop(holder)
+    assert ledger.snapshot().reserved == 0.75
+    ledger.reserve(0.5, task_id=None)
+    assert ledger.snapshot().reserved == 0.5
