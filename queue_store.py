@@ -344,6 +344,12 @@ class QueueStore:
 
         return self._transaction(change)
 
+    def set_api_endpoint(self, endpoint: str) -> None:
+        def change(doc: QueueDocument) -> None:
+            doc.api_endpoint = endpoint
+
+        self._transaction(change)
+
     def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
         now = self._clock()
 

@@ -11,9 +11,16 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 QUEUE_CONTRACT_VERSION = "1.1"
 DEFAULT_API_ENDPOINT = "http://127.0.0.1:8420"
@@ -109,7 +116,21 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def is_valid_task_id(value: object) -> bool:
-    return isinstance(value, str) and TASK_ID_PATTERN.fullmatch(value) is not None
+    """Ids become file names, so `.` and `..` are refused even though the pattern allows dots."""
+    return (
+        isinstance(value, str)
+        and TASK_ID_PATTERN.fullmatch(value) is not None
+        and value not in {".", ".."}
+    )
+
+
+def _checked_task_id(value: str) -> str:
+    if not is_valid_task_id(value):
+        raise ValueError("must match [A-Za-z0-9._-]{1,128} and not be '.' or '..'")
+    return value
+
+
+TaskId = Annotated[str, AfterValidator(_checked_task_id)]
 
 
 # --- queue.json -------------------------------------------------------------------
@@ -215,7 +236,7 @@ class Task(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(pattern=TASK_ID_PATTERN.pattern, max_length=128)
+    id: TaskId
     type: str | None = DEFAULT_TASK_TYPE
     prompt: str | None = None
     command: str | None = None
@@ -329,7 +350,7 @@ class CycleRequest(BaseModel):
     min_budget: float | None = Field(default=None, ge=0)
     max_budget: float | None = Field(default=None, ge=0)
     intensity: Literal["low", "medium", "high"] | None = None
-    task_id: str | None = Field(default=None, pattern=TASK_ID_PATTERN.pattern)
+    task_id: TaskId | None = None
 
     @property
     def effective_mode(self) -> Mode:
