@@ -1,0 +1,91 @@
+"""The worker's /cycle client against a real scripted HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask, jsonify, request
+from werkzeug.serving import make_server
+
+from cycle_client import CycleClient, EndpointRefused
+from runtime_contract import TOKEN_HEADER
+
+
+class ScriptedApi:
+    def __init__(self) -> None:
+        self.script: list[tuple[int, object, dict[str, str]]] = []
+        self.seen: list[dict[str, str]] = []
+        app = Flask(__name__)
+
+        @app.post("/cycle")
+        def cycle() -> object:
+            self.seen.append({"token": request.headers.get(TOKEN_HEADER, "")})
+            status, body, headers = self.script.pop(0)
+            response = jsonify(body) if not isinstance(body, str) else body
+            return response, status, headers
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+
+@pytest.fixture
+def api() -> Iterator[ScriptedApi]:
+    scripted = ScriptedApi()
+    scripted.thread.start()
+    yield scripted
+    scripted.server.shutdown()
+
+
+OK = (200, {"status": "completed", "result": "done", "exit_code": 0}, {})
+delays: list[float] = []
+
+
+def client(retries: int = 3) -> CycleClient:
+    delays.clear()
+    return CycleClient("secret-token", retries=retries, sleep=delays.append)
+
+
+def test_sends_the_token_and_parses_the_body(api: ScriptedApi) -> None:
+    api.script = [OK]
+    result = client().dispatch(api.url, {"task": "echo"}, read_timeout=5)
+    assert result.response.result == "done" and result.attempts == 1
+    assert api.seen == [{"token": "secret-token"}]
+
+
+def test_retries_429_honouring_retry_after_then_5xx_with_backoff(api: ScriptedApi) -> None:
+    api.script = [(429, {"error": "slow down"}, {"Retry-After": "3"}),
+                  (503, {"error": "starting"}, {}), OK]
+    result = client().dispatch(api.url, {}, read_timeout=5)
+    assert result.response is not None and result.attempts == 3
+    assert delays[0] == 3.0 and 0.8 <= delays[1] <= 1.2  # second attempt: 1 s ± 20 %
+
+
+def test_a_non_retryable_5xx_and_4xx_are_final(api: ScriptedApi) -> None:
+    api.script = [(502, {"error": "provider failed", "retryable": False}, {}),
+                  (403, {"error": "Local command blocked: x"}, {})]
+    first = client().dispatch(api.url, {}, read_timeout=5)
+    second = client().dispatch(api.url, {}, read_timeout=5)
+    assert first.error == "API returned 502: provider failed" and first.attempts == 1
+    assert second.error == "API returned 403: Local command blocked: x"
+
+
+def test_retries_are_bounded(api: ScriptedApi) -> None:
+    api.script = [(500, {"error": "boom"}, {})] * 3
+    result = client(retries=2).dispatch(api.url, {}, read_timeout=5)
+    assert result.response is None and result.attempts == 3 and len(delays) == 2
+
+
+def test_an_invalid_body_is_a_clear_failure(api: ScriptedApi) -> None:
+    api.script = [(200, {"status": "weird"}, {})]
+    result = client().dispatch(api.url, {}, read_timeout=5)
+    assert result.response is None and result.error.startswith("invalid API response: status")
+
+
+@pytest.mark.parametrize("endpoint", ["http://10.0.0.1:8420", "http://example.com",
+                                      "file:///etc/passwd", "http://127.0.0.1.evil.example"])
+def test_the_token_never_leaves_loopback(endpoint: str) -> None:
+    with pytest.raises(EndpointRefused, match="loopback-only"):
+        client().dispatch(endpoint, {}, read_timeout=5)
