@@ -1,0 +1,141 @@
+"""One command to install and start the runtime, one to install and run the tests.
+
+    python3 run.py          install into .venv, then start swarm.py, worker.py and
+                            control_panel.py on ./workspace (with demo tasks) until Ctrl-C
+    python3 run.py test     install into .venv (with test extras), then run the test suite
+
+Only the standard library is used until the virtual environment exists; then the
+script re-executes itself inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
+STAMP = VENV / ".swarm-installed"
+READY_TIMEOUT_SECONDS = 30.0
+
+
+def ensure_environment() -> None:
+    """Create .venv and install the project once per version of pyproject.toml."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"swarm-runtime needs Python 3.11 or newer (this is {sys.version.split()[0]})")
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not VENV_PYTHON.exists():
+        print("creating .venv ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    if not STAMP.exists() or STAMP.read_text() != wanted:
+        print("installing swarm-runtime and its dependencies into .venv ...", flush=True)
+        pip = [str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+        STAMP.write_text(wanted)
+
+
+def inside_venv() -> bool:
+    return Path(sys.prefix).resolve() == VENV.resolve()
+
+
+def main(argv: list[str]) -> int:
+    if not inside_venv():
+        ensure_environment()
+        os.execv(VENV_PYTHON, [str(VENV_PYTHON), str(Path(__file__).resolve()), *argv])
+    if argv[:1] == ["test"]:
+        return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
+    if argv[:1] in ([], ["up"]):
+        return start_runtime()
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+# --- the running runtime (inside .venv) -----------------------------------------------
+
+
+def start_runtime() -> int:
+    sys.path.insert(0, str(ROOT))
+    import demo
+
+    workspace = Path(os.environ.get("SWARM_WORKSPACE") or ROOT / "workspace").resolve()
+    env = {**os.environ, "SWARM_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    children: list[Child] = []
+    try:
+        api = Child.start("swarm", ["swarm.py"], env, children)
+        api_url = api.wait_for_url()
+        demo.seed(workspace, api_url)
+        panel = Child.start("panel", ["control_panel.py"], env, children)
+        panel_url = panel.wait_for_url()
+        Child.start("worker", ["worker.py"], env, children)
+        print(demo.banner(workspace, api_url, panel_url), flush=True)
+        while not stop.wait(0.5):
+            dead = [c for c in children if c.proc.poll() is not None]
+            if dead:
+                print(f"{dead[0].name} exited with code {dead[0].proc.returncode}; stopping")
+                return 1
+        return 0
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for child in reversed(children):
+            child.stop()
+        print("all processes stopped", flush=True)
+
+
+class Child:
+    """A runtime process whose output is echoed with its name in front."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[str]):
+        self.name = name
+        self.proc = proc
+        self.url: str | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._echo, daemon=True).start()
+
+    @classmethod
+    def start(cls, name: str, args: list[str], env: dict[str, str], into: list[Child]) -> Child:
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=env, text=True, bufsize=1,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        child = cls(name, proc)
+        into.append(child)
+        return child
+
+    def _echo(self) -> None:
+        for line in self.proc.stdout:
+            if self.url is None and "listening on http://127.0.0.1:" in line:
+                self.url = line.rsplit("listening on ", 1)[1].strip()
+                self._ready.set()
+            print(f"[{self.name}] {line}", end="", flush=True)
+        self._ready.set()
+
+    def wait_for_url(self) -> str:
+        self._ready.wait(READY_TIMEOUT_SECONDS)
+        if self.url is None:
+            raise RuntimeError(f"{self.name} did not start (see its output above)")
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
