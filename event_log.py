@@ -38,10 +38,16 @@ def cap_value(value: Any, limit: int = EVENT_FIELD_CAP_BYTES) -> Any:
     return value
 
 
-def build_event(task_id: str, worker_id: str, status: Status, **fields: Any) -> dict[str, Any]:
-    """The event as written: envelope first, the design's keys present (null when empty)."""
-    model: type[Event] = LeaseEvent if status == Status.LEASE_EXPIRED else ExecutionEvent
-    event = model(task_id=task_id, worker_id=worker_id, status=status, **fields)
+def build_event(
+    task_id: str, worker_id: str, status: Status, kind: type[Event] | None = None, **fields: Any
+) -> dict[str, Any]:
+    """The event as written: envelope first, the design's keys present (null when empty).
+
+    `kind` picks the event model whose keys must all appear; by default a lease event for
+    `lease_expired` and an execution event otherwise."""
+    if kind is None:
+        kind = LeaseEvent if status == Status.LEASE_EXPIRED else ExecutionEvent
+    event = kind(task_id=task_id, worker_id=worker_id, status=status, **fields)
     record = event.model_dump(mode="json")
     ordered = {key: record.pop(key) for key in ENVELOPE} | record
     return {key: cap_value(value) for key, value in ordered.items()}
@@ -54,7 +60,9 @@ class EventLog:
         self._workspace = workspace
         self.worker_id = worker_id
 
-    def emit(self, task_id: str, status: Status, **fields: Any) -> dict[str, Any]:
-        record = build_event(task_id, self.worker_id, status, **fields)
+    def emit(
+        self, task_id: str, status: Status, kind: type[Event] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        record = build_event(task_id, self.worker_id, status, kind, **fields)
         append_line(self._workspace, self._workspace.log_path, record)
         return record

@@ -83,6 +83,33 @@ class Mode(StrEnum):
     LOCAL = "local"
 
 
+class Verdict(StrEnum):
+    """The critic's verdict; APPROVE and MINOR_ISSUES accept the work."""
+
+    APPROVE = "APPROVE"
+    MINOR_ISSUES = "MINOR_ISSUES"
+    REJECT = "REJECT"
+
+
+ACCEPTING_VERDICTS = frozenset({Verdict.APPROVE, Verdict.MINOR_ISSUES})
+
+
+class QualityGateStatus(StrEnum):
+    """A change's state in quality_gate_queue.json, echoed as `quality_gate_status`."""
+
+    NEEDS_QA = "needs_qa"
+    REJECTED = "rejected"
+    UNAVAILABLE = "unavailable"
+    ERROR = "error"
+
+
+class ToolRoute(StrEnum):
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+    COMPOSED = "composed"
+    GENERATE = "generate"
+
+
 KNOWN_EXECUTION_STATUSES: frozenset[str] = frozenset(s.value for s in Status)
 
 # A task in one of these is waiting for a worker (requeue only once it is due).
@@ -325,6 +352,55 @@ class ExecutionEvent(Event, ExecutionFields):
     exit_code: int | None = None
     output: str | None = None
     attempt: int | None = None
+
+
+class ReviewFields(BaseModel):
+    """Phase 2: what the critic said about one attempt."""
+
+    review_verdict: Verdict | None = None
+    review_confidence: float | None = None
+    review_issues: list[str] | None = None
+    review_suggestions: list[str] | None = None
+    review_attempt: int | None = None
+    review_error: str | None = None
+
+
+class QualityGateFields(BaseModel):
+    quality_gate_status: QualityGateStatus | None = None
+    quality_gate_decision: Literal["approved", "rejected"] | None = None
+    quality_gate_change_id: str | None = None
+    quality_gate_error: str | None = None
+
+
+class RewardFields(BaseModel):
+    """Phase 5: whether approved, under-budget work earned identity tokens."""
+
+    phase5_reward_applied: bool | None = None
+    phase5_reward_tokens_requested: int | None = None
+    phase5_reward_tokens_awarded: int | None = None
+    phase5_reward_identity: str | None = None
+    phase5_reward_reason: str | None = None
+    phase5_reward_granted_at: str | None = None
+    phase5_reward_ledger_recorded: bool | None = None
+    phase5_reward_error: str | None = None
+
+
+class ReviewEvent(ExecutionEvent, ReviewFields, QualityGateFields, RewardFields):
+    """pending_review, and the approved | requeue | failed that follows a review."""
+
+
+class PlanFields(BaseModel):
+    """Phase 4: the decomposition of a parent task."""
+
+    phase4_plan_generated: bool | None = None
+    phase4_complexity_score: int | None = None
+    phase4_features: list[str] | None = None
+    phase4_subtasks: list[str] | None = None
+    phase4_subtasks_added: int | None = None
+
+
+class PlanEvent(Event, PlanFields):
+    """`queued`: a parent was split into subtasks and waits for them."""
 
 
 class LeaseEvent(Event):
