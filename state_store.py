@@ -21,16 +21,19 @@ from filelock import FileLock
 from errors import StateFileError
 from runtime_contract import (
     API_AUDIT_FILE,
+    BALANCES_FILE,
     BUDGET_LEDGER_FILE,
     EXECUTION_LOG_FILE,
     PAUSE_FILE,
     QUALITY_GATE_FILE,
     QUEUE_ARCHIVE_FILE,
     QUEUE_FILE,
+    REWARD_LEDGER_FILE,
     SAFETY_AUDIT_FILE,
     SANDBOX_DIR,
     STATE_DIR,
     TOKEN_FILE,
+    TOOL_STORE_FILE,
 )
 
 T = TypeVar("T")
@@ -54,6 +57,9 @@ class Workspace:
         self.safety_audit_path = self.state_dir / SAFETY_AUDIT_FILE
         self.queue_archive_path = self.state_dir / QUEUE_ARCHIVE_FILE
         self.pause_path = self.state_dir / PAUSE_FILE
+        self.reward_ledger_path = self.state_dir / REWARD_LEDGER_FILE
+        self.balances_path = self.state_dir / BALANCES_FILE
+        self.tool_store_path = self.state_dir / TOOL_STORE_FILE
         self._locks: dict[Path, FileLock] = {}
 
     def ensure_layout(self) -> None:
