@@ -13,7 +13,8 @@
     │   └── GlobalBudgetExceeded  ... by SWARM_BUDGET_LIMIT
     ├── UnpricedModelError        a model with no price on a paid provider
     ├── RateLimited               the token bucket is empty (carries Retry-After)
-    └── ProviderError             the LLM provider failed after its retries
+    ├── ProviderError             the LLM provider failed after its retries
+    └── ReviewUnavailable         the critic could not reach a verdict (fail closed)
 
 Every error carries what an operator needs to act (a path, a task id, a field),
 so messages can be shown as they are. Only the worker's per-task boundary and
@@ -127,3 +128,7 @@ class ProviderError(SwarmError):
         self.retryable = retryable
         self.status_code = status_code
         super().__init__(message)
+
+
+class ReviewUnavailable(SwarmError):
+    """The critic could not run; the task stays pending_review rather than being approved."""
