@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+import multiprocessing
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+import quality_gate
+from critic import Review
+from errors import StateFileError
+from quality_gate import GateDocument, QualityGate
+from runtime_contract import QualityGateFields, QualityGateStatus, Verdict
+from state_store import Workspace
+
+APPROVE = Review(verdict=Verdict.APPROVE, confidence=0.95)
+REJECT = Review(verdict=Verdict.REJECT, confidence=0.9, issues=["output is empty"])
+MORNING = datetime(2026, 1, 2, 9, 0, tzinfo=UTC)
+EVENING = datetime(2026, 1, 2, 18, 0, tzinfo=UTC)
+
+
+def test_a_rejection_then_an_approval_update_the_same_change(workspace: Workspace) -> None:
+    gate = QualityGate(workspace)
+    text = "Write a haiku about message queues\nMake it calm."
+    rejected = gate.record("haiku", text, "model-a", REJECT, 1, now=MORNING)
+    assert rejected == QualityGateFields(quality_gate_status=QualityGateStatus.REJECTED,
+                                         quality_gate_decision="rejected",
+                                         quality_gate_change_id="haiku")
+    approved = gate.record("haiku", text, "model-b", APPROVE, 1, now=EVENING)
+    assert approved.model_dump(mode="json") == {
+        "quality_gate_status": "needs_qa", "quality_gate_decision": "approved",
+        "quality_gate_change_id": "haiku", "quality_gate_error": None,
+    }
+    document = quality_gate.load(workspace)
+    assert list(document.changes) == ["haiku"]
+    change = document.changes["haiku"]
+    assert change.title == "Write a haiku about message queues"
+    assert change.description == text and change.author_id == "model-b"
+    assert (change.created_at, change.updated_at) == (MORNING.isoformat(), EVENING.isoformat())
+    assert change.status == QualityGateStatus.NEEDS_QA
+    assert change.vote.model_dump(mode="json") == {
+        "decision": "approved", "verdict": "APPROVE", "confidence": 0.95, "issues": [],
+        "attempt": 1, "voted_at": EVENING.isoformat(),
+    }
+
+
+def test_the_file_is_plain_json_matching_the_model(workspace: Workspace) -> None:
+    QualityGate(workspace).record("t1", "x" * 5000, "author", REJECT, 2, now=MORNING)
+    raw = json.loads(workspace.quality_gate_path.read_text())
+    assert raw["version"] == 1 and raw["created_at"] == MORNING.isoformat()
+    change = raw["changes"]["t1"]
+    assert change["status"] == "rejected" and change["change_id"] == "t1"
+    assert change["vote"]["decision"] == "rejected" and change["vote"]["issues"] == REJECT.issues
+    assert len(change["title"]) == 240 and len(change["description"].encode()) < 2100
+    assert GateDocument.model_validate(raw).model_dump(mode="json") == raw
+
+
+def test_an_empty_task_text_still_gets_a_title(workspace: Workspace) -> None:
+    QualityGate(workspace).record("t9", "\n  \n", "author", APPROVE, 0)
+    assert quality_gate.load(workspace).changes["t9"].title == "Task t9"
+
+
+def test_keys_added_by_other_tools_survive_a_record(workspace: Workspace) -> None:
+    gate = QualityGate(workspace)
+    gate.record("t1", "task", "author", REJECT, 1)
+    raw = json.loads(workspace.quality_gate_path.read_text())
+    raw["changes"]["t1"]["qa"] = {"assigned_to": "ops"}
+    workspace.quality_gate_path.write_text(json.dumps(raw))
+    gate.record("t1", "task", "author", APPROVE, 1)
+    assert json.loads(workspace.quality_gate_path.read_text())["changes"]["t1"]["qa"] == {
+        "assigned_to": "ops"}
+
+
+def test_load_of_a_missing_file_is_empty(workspace: Workspace) -> None:
+    assert quality_gate.load(workspace).changes == {}
+    assert not workspace.quality_gate_path.exists()
+
+
+MALFORMED = [
+    ("{not json", "invalid JSON at line 1"),
+    ("[]", "must be a JSON object"),
+    ('{"version": 2, "created_at": "a", "updated_at": "a", "changes": {}}', "version"),
+    ('{"version": 1, "created_at": "a", "updated_at": "a", "changes": {"t1": {"title": 1}}}',
+     "changes.t1.title"),
+    ('{"version": 1, "created_at": "a", "updated_at": "a", "changes": {"t1": '
+     '{"change_id": "t2", "title": "", "author_id": "a", "created_at": "a", "updated_at": "a",'
+     ' "status": "needs_qa", "vote": {"decision": "approved", "verdict": "APPROVE",'
+     ' "confidence": 1, "attempt": 0, "voted_at": "a"}}}}', "'t1' holds change_id 't2'"),
+    ('{"version": 1, "created_at": "a", "updated_at": "a", "changes": {"t1": '
+     '{"change_id": "t1", "title": "", "author_id": "a", "created_at": "a", "updated_at": "a",'
+     ' "status": "blocked", "vote": {}}}}', "changes.t1.status"),
+]
+
+
+@pytest.mark.parametrize(("content", "problem"), MALFORMED,
+                         ids=["bad-json", "not-object", "version", "field", "key", "status"])
+def test_a_malformed_file_is_reported_and_left_untouched(
+    workspace: Workspace, content: str, problem: str
+) -> None:
+    path = workspace.quality_gate_path
+    path.write_text(content)
+    before = path.read_bytes()
+    with pytest.raises(StateFileError) as raised:
+        QualityGate(workspace).record("t1", "task", "author", APPROVE, 0)
+    assert str(path) in str(raised.value) and problem in str(raised.value)
+    assert path.read_bytes() == before
+    with pytest.raises(StateFileError):
+        quality_gate.load(workspace)
+
+
+def test_record_safely_turns_a_failure_into_an_error_status(workspace: Workspace) -> None:
+    path = workspace.quality_gate_path
+    path.write_text("{not json")
+    fields = QualityGate(workspace).record_safely("t1", "task", "author", REJECT, 1)
+    assert fields.quality_gate_status == QualityGateStatus.ERROR
+    assert fields.quality_gate_decision == "rejected"
+    assert fields.quality_gate_change_id is None
+    assert str(path) in fields.quality_gate_error
+    assert path.read_text() == "{not json"
+
+
+def test_record_safely_passes_a_success_through(workspace: Workspace) -> None:
+    fields = QualityGate(workspace).record_safely("t1", "task", "author", APPROVE, 0)
+    assert fields.quality_gate_status == QualityGateStatus.NEEDS_QA
+    assert fields.quality_gate_error is None
+
+
+def _record_many(root: str, prefix: str, count: int) -> None:
+    gate = QualityGate(Workspace(root))
+    for index in range(count):
+        gate.record(f"{prefix}-{index}", f"task {index}", prefix, REJECT, 1)
+        gate.record("shared", "shared task", prefix, APPROVE, index)
+
+
+def test_concurrent_writers_in_several_processes_lose_nothing(workspace: Workspace) -> None:
+    """Unlocked read-modify-writes by several workers used to drop each other's changes."""
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_record_many, args=(str(workspace.root), f"w{n}", 15))
+               for n in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+    assert [writer.exitcode for writer in writers] == [0, 0, 0, 0]
+    changes = quality_gate.load(workspace).changes
+    expected = {f"w{n}-{i}" for n in range(4) for i in range(15)} | {"shared"}
+    assert set(changes) == expected
+    assert changes["shared"].status == QualityGateStatus.NEEDS_QA
+    assert not list(Path(workspace.root).glob(".quality_gate_queue.json.*.tmp"))
