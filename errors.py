@@ -6,6 +6,7 @@
     ├── DuplicateTaskError        `add` met an id that is already queued
     ├── UnknownTaskError          an operation named a task the queue does not hold
     ├── LeaseLostError            a worker tried to finish a task it no longer owns
+    ├── InvalidTransition         an operator action does not apply to the task's status
     ├── SettingsError             an environment variable cannot be parsed
     ├── PolicyViolation           a local command was refused (carries the rule)
     ├── BudgetError               a spend was refused
@@ -61,6 +62,15 @@ class LeaseLostError(SwarmError):
         super().__init__(
             f"worker {worker_id} no longer holds the lease on task {task_id!r}"
             f" (holder: {holder or 'nobody'})"
+        )
+
+
+class InvalidTransition(SwarmError):
+    def __init__(self, task_id: str, status: str, action: str, allowed: str):
+        self.task_id = task_id
+        self.status = status
+        super().__init__(
+            f"cannot {action} task {task_id!r}: it is {status}; only {allowed} tasks can be"
         )
 
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from errors import (
     DuplicateTaskError,
+    InvalidTransition,
     LeaseLostError,
     QueueFileError,
     StateFileError,
@@ -31,6 +32,7 @@ from runtime_contract import (
     CLAIMABLE_STATUSES,
     DEFAULT_API_ENDPOINT,
     FAILED_STATUSES,
+    ExecutionRecord,
     Lease,
     QueueDocument,
     Status,
@@ -44,6 +46,7 @@ from runtime_contract import (
     utc_now,
     validate_queue_contract,
 )
+from settings import Settings
 from state_store import Workspace, append_lines, atomic_write_json, read_json
 
 ARCHIVE_BATCH_FRACTION = 0.1
@@ -126,17 +129,39 @@ def lease_is_live(lease: Lease | None, now: float) -> bool:
 def reclaim_dead_leases(
     doc: QueueDocument, now: float, is_live: Callable[[Lease | None, float], bool] = lease_is_live
 ) -> list[Reclaim]:
-    """Put tasks whose holder stopped renewing back in line, keeping their attempt count."""
+    """Put tasks whose holder stopped renewing back in line, keeping their attempt count.
+
+    A task that died while running is run again; one that died while under review keeps
+    its recorded execution and is only reviewed again."""
     reclaimed = []
     for task in doc.tasks:
-        if task.status != Status.IN_PROGRESS or is_live(task.lease, now):
+        if not holds_lease(task) or is_live(task.lease, now):
             continue
         previous = task.lease.model_dump(mode="json") if task.lease else {}
         expired = task.lease is None or task.lease.expires_at <= now
         reason = "lease expired" if expired else "lease holder process no longer exists"
         reclaimed.append(Reclaim(task.id, previous, reason))
-        task.status, task.lease = Status.PENDING, None
+        if task.status == Status.IN_PROGRESS:
+            task.status = Status.PENDING
+        task.lease = None
     return reclaimed
+
+
+def holds_lease(task: Task) -> bool:
+    """Running, or being reviewed: a worker is (or was) working on it."""
+    return task.status == Status.IN_PROGRESS or (
+        task.status == Status.PENDING_REVIEW and task.lease is not None
+    )
+
+
+def awaits_review(task: Task) -> bool:
+    """Executed, then orphaned before its review ended; parked reviews wait for an operator."""
+    return (
+        task.status == Status.PENDING_REVIEW
+        and task.lease is None
+        and task.execution is not None
+        and not is_parked(task)
+    )
 
 
 def propagate_failures(doc: QueueDocument) -> list[Propagated]:
@@ -205,7 +230,7 @@ def _tasks_in_cycles(doc: QueueDocument) -> list[str]:
 def next_runnable(doc: QueueDocument, now: float, review_enabled: bool) -> Task | None:
     """First task in file order that is due, whose dependencies are satisfied and that
     fits beside what is already running (`parallel_safe: false` runs alone)."""
-    running = [t for t in doc.tasks if t.status == Status.IN_PROGRESS]
+    running = [t for t in doc.tasks if holds_lease(t)]
     if any(not t.parallel_safe for t in running):
         return None
     statuses = {t.id: t.status for t in doc.tasks}
@@ -216,9 +241,11 @@ def next_runnable(doc: QueueDocument, now: float, review_enabled: bool) -> Task 
         return statuses[dep] in satisfied if dep in statuses else dep in archived_ok
 
     for task in doc.tasks:
-        if task.status not in CLAIMABLE_STATUSES or (task.not_before or 0) > now:
-            continue
         if not task.parallel_safe and running:
+            continue
+        if awaits_review(task):
+            return task
+        if task.status not in CLAIMABLE_STATUSES or (task.not_before or 0) > now:
             continue
         if all(met(dep) for dep in task.depends_on):
             return task
@@ -226,7 +253,31 @@ def next_runnable(doc: QueueDocument, now: float, review_enabled: bool) -> Task 
 
 
 def is_drained(doc: QueueDocument) -> bool:
-    return not any(t.status in CLAIMABLE_STATUSES for t in doc.tasks)
+    """Nothing left that a worker could ever run without an operator's help."""
+    stuck = waiting_on_operator(doc)
+    return not any(
+        (t.status in CLAIMABLE_STATUSES and t.id not in stuck) or awaits_review(t)
+        for t in doc.tasks
+    )
+
+
+def is_parked(task: Task) -> bool:
+    """Executed, but the critic could not judge it: it waits for an operator."""
+    return task.status == Status.PENDING_REVIEW and bool(task.review and task.review.error)
+
+
+def waiting_on_operator(doc: QueueDocument) -> set[str]:
+    """Parked tasks and every waiting task that depends on one, directly or not."""
+    stuck = {t.id for t in doc.tasks if is_parked(t)}
+    waiting = [t for t in doc.tasks if t.status in CLAIMABLE_STATUSES]
+    grew = bool(stuck)
+    while grew:
+        grew = False
+        for task in waiting:
+            if task.id not in stuck and any(dep in stuck for dep in task.depends_on):
+                stuck.add(task.id)
+                grew = True
+    return stuck
 
 
 def record_outcome(doc: QueueDocument, task: Task, review_enabled: bool) -> None:
@@ -273,6 +324,11 @@ class QueueStore:
         self.retain = retain
         self.review_enabled = review_enabled
         self._clock = clock or time.time
+
+    @classmethod
+    def for_settings(cls, workspace: Workspace, settings: Settings) -> QueueStore:
+        """Every process must agree on retention and on whether review applies."""
+        return cls(workspace, retain=settings.queue_retain, review_enabled=settings.review)
 
     # reading
 
@@ -362,8 +418,9 @@ class QueueStore:
                 record_outcome(doc, doc.find(item.task_id), self.review_enabled)
             task = next_runnable(doc, now, self.review_enabled)
             if task is not None:
-                task.status = Status.IN_PROGRESS
-                task.attempts += 1
+                if not awaits_review(task):
+                    task.status = Status.IN_PROGRESS
+                    task.attempts += 1
                 task.lease = Lease(
                     worker_id=worker.worker_id, pid=worker.pid, host=worker.host,
                     pid_started=worker.pid_started, claimed_at=now,
@@ -395,36 +452,120 @@ class QueueStore:
         """Record the task's new status and release its lease; only the holder may."""
 
         def change(doc: QueueDocument) -> Task:
-            task = doc.find(task_id)
-            if task is None:
-                raise UnknownTaskError(task_id)
-            if not _owned_by(task, worker):
-                holder = task.lease.worker_id if task.lease else None
-                raise LeaseLostError(task_id, worker.worker_id, holder)
+            task = self._owned(doc, task_id, worker)
             _apply(task, status, fields)
             record_outcome(doc, task, self.review_enabled)
             return task.model_copy(deep=True)
 
         return self._transaction(change)
 
-    def requeue(self, task_id: str, *, not_before: float | None = None, **fields: Any) -> Task:
-        """Send a task back to the line (operator action or a critic's rejection)."""
+    def record_execution(
+        self, task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
+    ) -> Task:
+        """Executed, now under review by the same worker: the lease stays, the result is kept."""
 
+        def change(doc: QueueDocument) -> Task:
+            task = self._owned(doc, task_id, worker)
+            task.status = Status.PENDING_REVIEW
+            task.execution = execution
+            task.updated_at = utc_now().isoformat()
+            for name, value in fields.items():
+                setattr(task, name, value)
+            return task.model_copy(deep=True)
+
+        return self._transaction(change)
+
+    def plan(
+        self,
+        parent_id: str,
+        worker: WorkerIdentity,
+        subtasks: list[dict[str, Any]],
+        parent_updates: dict[str, Any],
+    ) -> list[Task]:
+        """Append a parent's subtasks and make it wait for them, in one write.
+
+        The parent goes back to `queued` without counting the claim as an attempt,
+        since planning ran nothing."""
+        stamp = utc_now().isoformat()
+        new_tasks = [
+            Task.model_validate(normalize_task({"created_at": stamp, **r, "status": Status.PENDING}))
+            for r in subtasks
+        ]
+
+        def change(doc: QueueDocument) -> list[Task]:
+            parent = self._owned(doc, parent_id, worker)
+            taken = {t.id for t in doc.tasks} | set(doc.completed) | set(doc.failed)
+            for task in new_tasks:
+                if task.id in taken:
+                    raise DuplicateTaskError(task.id)
+                taken.add(task.id)
+            _apply(parent, Status.QUEUED, parent_updates)
+            parent.attempts = max(0, parent.attempts - 1)
+            position = doc.tasks.index(parent)
+            doc.tasks[position:position] = new_tasks
+            return [t.model_copy(deep=True) for t in new_tasks]
+
+        return self._transaction(change)
+
+    @staticmethod
+    def _owned(doc: QueueDocument, task_id: str, worker: WorkerIdentity) -> Task:
+        task = doc.find(task_id)
+        if task is None:
+            raise UnknownTaskError(task_id)
+        if not _owned_by(task, worker):
+            holder = task.lease.worker_id if task.lease else None
+            raise LeaseLostError(task_id, worker.worker_id, holder)
+        return task
+
+    def requeue(self, task_id: str) -> Task:
+        """An operator sends a finished-badly task back to the line, with a fresh review count."""
+        return self._operate(task_id, requeue_by_operator)
+
+    def cancel(self, task_id: str) -> Task:
+        """An operator withdraws a task that has not started; its dependents then fail."""
+        return self._operate(task_id, cancel_by_operator)
+
+    def requeue_failed(self) -> list[Task]:
+        """Every task that ended failed (not cancelled or safety-blocked) goes back to the line."""
+
+        def change(doc: QueueDocument) -> list[Task]:
+            chosen = [t for t in doc.tasks if t.status == Status.FAILED]
+            for task in chosen:
+                requeue_by_operator(task)
+                record_outcome(doc, task, self.review_enabled)
+            return [t.model_copy(deep=True) for t in chosen]
+
+        return self._transaction(change)
+
+    def _operate(self, task_id: str, action: Callable[[Task], None]) -> Task:
         def change(doc: QueueDocument) -> Task:
             task = doc.find(task_id)
             if task is None:
                 raise UnknownTaskError(task_id)
-            _apply(task, Status.REQUEUE, {"not_before": not_before, **fields})
+            action(task)
             record_outcome(doc, task, self.review_enabled)
             return task.model_copy(deep=True)
 
         return self._transaction(change)
 
 
+def requeue_by_operator(task: Task) -> None:
+    if not (task.status in FAILED_STATUSES or is_parked(task)):
+        raise InvalidTransition(task.id, task.status, "requeue", "failed, blocked, cancelled "
+                                "or parked in pending_review")
+    _apply(task, Status.REQUEUE, {"not_before": None, "review": None, "last_error": None})
+
+
+def cancel_by_operator(task: Task) -> None:
+    if task.status not in CLAIMABLE_STATUSES:
+        raise InvalidTransition(task.id, task.status, "cancel", "pending, queued or requeue")
+    _apply(task, Status.CANCELLED, {"last_error": "cancelled by the operator"})
+
+
 def _owned_by(task: Task, worker: WorkerIdentity) -> bool:
     lease = task.lease
     return (
-        task.status == Status.IN_PROGRESS
+        holds_lease(task)
         and lease is not None
         and (lease.worker_id, lease.pid, lease.host) == (worker.worker_id, worker.pid, worker.host)
     )

@@ -258,6 +258,37 @@ class Lease(BaseModel):
     expires_at: float
 
 
+class ExecutionRecord(BaseModel):
+    """The latest execution of a task, kept in queue.json so that a review interrupted by a
+    crash resumes without running the task again, and a parent can read its subtasks' results."""
+
+    attempt: int
+    status: Status
+    result_summary: str | None = None
+    output: str | None = None
+    exit_code: int | None = None
+    model: str | None = None
+    budget_used: float | None = None
+    errors: str | None = None
+    safety_passed: bool | None = None
+    tool_route: str | None = None
+    tool_name: str | None = None
+    tool_confidence: float | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+
+
+class ReviewRecord(BaseModel):
+    """The critic's latest word on a task. `attempt` counts rejections so far, durably."""
+
+    verdict: Verdict | None = None
+    confidence: float | None = None
+    issues: list[str] = Field(default_factory=list)
+    suggestions: list[str] = Field(default_factory=list)
+    attempt: int = Field(default=0, ge=0)
+    error: str | None = None
+
+
 class Task(BaseModel):
     """One queue entry. Unknown fields are kept so operators can annotate tasks freely."""
 
@@ -282,6 +313,17 @@ class Task(BaseModel):
     created_at: str | None = None
     updated_at: str | None = None
     last_error: str | None = None
+    execution: ExecutionRecord | None = None
+    review: ReviewRecord | None = None
+    # Phase 4: requests from the operator, and the runtime's own plan bookkeeping.
+    decompose: bool | None = None
+    max_subtasks: int | None = Field(default=None, ge=1)
+    phase4_skip: bool | None = None
+    phase4_planned: bool | None = None
+    phase4_generated: bool | None = None
+    phase4_parent_task: str | None = None
+    phase4_intent: dict[str, Any] | None = None
+    phase4_plan: dict[str, Any] | None = None
 
     @field_validator("depends_on", mode="before")
     @classmethod

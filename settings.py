@@ -39,6 +39,10 @@ ENV_FIELDS: dict[str, str] = {
     "SWARM_GIT_ALLOW_WRITE": "git_allow_write",
     "SWARM_AUDIT_PROMPTS": "audit_prompts",
     "SWARM_IDENTITY": "identity",
+    "SWARM_REVIEW": "review",
+    "SWARM_MAX_REQUEUE_ATTEMPTS": "max_requeue_attempts",
+    "SWARM_REQUEUE_BACKOFF": "requeue_backoff",
+    "SWARM_CRITIC_MODEL": "critic_model",
 }
 
 
@@ -66,6 +70,10 @@ class Settings(BaseModel):
     git_allow_write: bool = False
     audit_prompts: bool = False
     identity: str = "resident_default"
+    review: bool = True
+    max_requeue_attempts: int = Field(default=3, ge=1, le=100)
+    requeue_backoff: float = Field(default=2.0, ge=0)
+    critic_model: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

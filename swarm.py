@@ -83,7 +83,7 @@ class ApiServices:
                 git_allow_write=settings.git_allow_write,
             ),
             wrapper=from_settings(settings, workspace),
-            store=QueueStore(workspace, retain=settings.queue_retain),
+            store=QueueStore.for_settings(workspace, settings),
         )
 
 
