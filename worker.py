@@ -1,11 +1,23 @@
 """worker.py: polls queue.json and drives each task through its lifecycle.
 
-    claim (lease) -> in_progress -> preflight safety -> POST /cycle -> completed | failed
-                                        \\-> safety_blocked (no HTTP call)
+    claim (lease) -> in_progress -> phase 4: gut check --complex--> queued (split into
+                                       |                           dependent subtasks)
+                                       v
+                     phase 3: tool routing, intent and feedback wrapped into the prompt
+                                       v
+                     phase 1: preflight safety --refused--> safety_blocked (no HTTP call)
+                                       v
+                     POST /cycle -> completed | failed
+                                       v
+                     phase 2: critic -> pending_review -> quality gate
+                                       v
+                     phase 5: reward -> approved | requeue (backoff) | failed
 
-Every transition is an event in execution_log.jsonl and a status in queue.json.
-One task can never stop the worker: `Worker.step` is the single place that catches
-broadly, and records whatever went wrong as that task's failure.
+Every transition is an event in execution_log.jsonl and a status in queue.json. The
+execution is recorded before its review, so a crash during review resumes the review
+and never runs the task again. One task can never stop the worker: `Worker.process`
+is the single place that catches broadly; before the execution it records the
+failure, after it parks the task in pending_review (never approving by default).
 """
 
 from __future__ import annotations
@@ -16,35 +28,72 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from critic import (
+    Review,
+    decide,
+    requeue_backoff,
+    review_fields,
+    review_record,
+)
 from cycle_client import CycleClient, Dispatch, EndpointRefused
-from errors import DuplicateTaskError, LeaseLostError, QueueFileError, SwarmError
+from decomposition import (
+    break_into_features,
+    gut_check,
+    plan_decomposition,
+    plan_event_fields,
+    should_plan,
+)
+from errors import (
+    DuplicateTaskError,
+    LeaseLostError,
+    QueueFileError,
+    ReviewUnavailable,
+    StateFileError,
+    SwarmError,
+)
 from event_log import EventLog, cap_text
 from execution_token import resolve_token
+from failpoints import failpoint
+from intent import extract_intent
+from pause_switch import read_pause
+from prompt_composer import compose_prompt, subtask_results
+from quality_gate import QualityGate
 from queue_store import HOST, ClaimOutcome, QueueStore, WorkerIdentity
+from reviewer import Critic
 from runtime_contract import (
     DEFAULT_INTENSITY,
     DEFAULT_MAX_BUDGET,
     DEFAULT_MIN_BUDGET,
     CycleRequest,
+    ExecutionRecord,
     Mode,
+    PlanEvent,
+    QualityGateStatus,
+    ReviewEvent,
+    ReviewRecord,
     Status,
     Task,
+    Verdict,
     iso,
     utc_now,
 )
 from safety_gateway import SafetyGateway
 from settings import Settings
 from state_store import Workspace
+from swarm_enrichment import RewardBook, not_approved_fields
+from tool_router import decision_fields, load_router
 
 log = logging.getLogger("worker")
 LOCAL_COMMAND_TIMEOUT = 30.0
 DISPATCH_GRACE_SECONDS = 30.0
 SUMMARY_CHARS = 2000
+RECORDED_OUTPUT_BYTES = 32 * 1024
 
 
 @dataclass
@@ -59,6 +108,14 @@ class Outcome:
         return self.fields.get("errors")
 
 
+@dataclass
+class Progress:
+    """How far the task in hand got: once `execution` is set it must never run again."""
+
+    task: Task
+    execution: ExecutionRecord | None = None
+
+
 class Worker:
     def __init__(
         self,
@@ -71,10 +128,15 @@ class Worker:
     ):
         self.settings = settings
         self.identity = identity
-        self.store = QueueStore(workspace, retain=settings.queue_retain)
+        self.workspace = workspace
+        self.store = QueueStore.for_settings(workspace, settings)
         self.events = EventLog(workspace, identity.worker_id)
         self.client = client
         self.gateway = gateway
+        self.critic = Critic(workspace.sandbox, client, settings.critic_model)
+        self.quality_gate = QualityGate(workspace)
+        self.rewards = RewardBook(workspace)
+        self._pause_reported: str | None = None
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -82,6 +144,11 @@ class Worker:
         """Work until stopped, or with `once` until nothing is runnable. Returns an exit code."""
         reported: str | None = None
         while not stop.is_set():
+            if self.paused():
+                if once:
+                    return 0
+                stop.wait(self.settings.poll_interval)
+                continue
             try:
                 outcome = self.step()
             except QueueFileError as exc:
@@ -98,6 +165,21 @@ class Worker:
                     return 0
                 stop.wait(self.settings.poll_interval)
         return 0
+
+    def paused(self) -> bool:
+        """The kill switch is read before every claim; a broken switch counts as on."""
+        try:
+            state = read_pause(self.workspace)
+            message = f"paused by {state.by or 'an operator'}" if state.paused else None
+        except StateFileError as exc:
+            message = f"pause switch unreadable, claiming nothing: {exc}"
+        if message != self._pause_reported:
+            if message:
+                log.warning("%s", message)
+            else:
+                log.info("resumed: claiming tasks again")
+            self._pause_reported = message
+        return message is not None
 
     def step(self) -> ClaimOutcome:
         """Claim one task and see it through; reports what the claim found."""
@@ -122,37 +204,86 @@ class Worker:
     # --- one task ----------------------------------------------------------------------
 
     def process(self, task: Task, endpoint: str) -> Outcome:
-        started = utc_now()
+        progress = Progress(task)
+        with self._keep_lease(task.id):
+            try:
+                return self._advance(progress, endpoint)
+            except LeaseLostError as exc:
+                log.warning("%s; its new holder will see it through", exc)
+                return Outcome(Status.FAILED, {"errors": str(exc)})
+            except Exception as exc:  # the per-task error boundary
+                log.exception("task %s crashed the worker path", task.id)
+                error = f"{type(exc).__name__}: {exc}"
+                if progress.execution is not None:
+                    return self._park(progress.task, progress.execution, error)
+                return self._fail(progress.task, error)
+
+    def _advance(self, progress: Progress, endpoint: str) -> Outcome:
+        task = progress.task
+        if task.status == Status.PENDING_REVIEW and task.execution is not None:
+            log.info("task %s: resuming its review; the execution is on record", task.id)
+            progress.execution = task.execution
+            return self.review(task, task.execution, endpoint)
+        started = iso(utc_now())
         self.events.emit(
-            task.id, Status.IN_PROGRESS, started_at=iso(started),
+            task.id, Status.IN_PROGRESS, started_at=started,
             mode=task.effective_mode, attempt=task.attempts,
         )
         log.info("task %s started (attempt %d)", task.id, task.attempts)
-        with self._keep_lease(task.id):
-            try:
-                outcome = self.execute(task, endpoint)
-            except Exception as exc:  # the per-task error boundary
-                log.exception("task %s crashed the worker path", task.id)
-                outcome = Outcome(Status.FAILED, {"errors": f"{type(exc).__name__}: {exc}"})
-        outcome.fields.setdefault("started_at", iso(started))
+        if self.plan(task):
+            return Outcome(Status.QUEUED)
+        outcome = self.execute(task, endpoint)
+        outcome.fields.setdefault("started_at", started)
         outcome.fields["completed_at"] = iso(utc_now())
+        self.events.emit(task.id, outcome.status, mode=task.effective_mode, **outcome.fields)
+        if outcome.status != Status.COMPLETED or not self.settings.review:
+            self._finish(task, outcome)
+            return outcome
+        execution = execution_record(task, outcome)
+        progress.task = self.store.record_execution(task.id, self.identity, execution)
+        progress.execution = execution
+        return self.review(progress.task, execution, endpoint)
+
+    def _fail(self, task: Task, error: str) -> Outcome:
+        outcome = Outcome(Status.FAILED, {"errors": error, "completed_at": iso(utc_now())})
         self.events.emit(task.id, outcome.status, mode=task.effective_mode, **outcome.fields)
         self._finish(task, outcome)
         return outcome
 
-    def _finish(self, task: Task, outcome: Outcome) -> None:
+    def _finish(self, task: Task, outcome: Outcome, **fields: Any) -> None:
+        error = outcome.error
         try:
             self.store.finish(
                 task.id, self.identity, outcome.status,
-                last_error=cap_text(outcome.error, SUMMARY_CHARS) if outcome.error else None,
+                last_error=cap_text(error, SUMMARY_CHARS) if error else None, **fields,
             )
         except LeaseLostError as exc:
             log.warning("%s; its new holder will run it again", exc)
         log.info("task %s -> %s", task.id, outcome.status.value)
 
+    # --- phase 4 -------------------------------------------------------------------------
+
+    def plan(self, task: Task) -> bool:
+        """Split a complex prompt into dependent subtasks; the parent then waits for them."""
+        if task.effective_mode != Mode.LLM or not task.prompt:
+            return False
+        check = gut_check(task.prompt)
+        features = break_into_features(task.prompt, task.max_subtasks)
+        wanted, reason = should_plan(task, check, features)
+        if not wanted:
+            return False
+        plan = plan_decomposition(task, extract_intent(task.prompt), check, features)
+        self.store.plan(task.id, self.identity, plan.subtasks, plan.parent_updates)
+        self.events.emit(task.id, Status.QUEUED, kind=PlanEvent, **plan_event_fields(plan))
+        log.info("task %s split into %s (%s)", task.id, ", ".join(plan.subtask_ids), reason)
+        return True
+
+    # --- execution -----------------------------------------------------------------------
+
     def execute(self, task: Task, endpoint: str) -> Outcome:
-        """Preflight the exact text that will run, then dispatch it."""
-        request = build_request(task)
+        """Compose, preflight the exact text that will run, then dispatch it."""
+        prompt, route_fields = self.compose(task)
+        request = build_request(task, prompt)
         text = request.task if request.effective_mode == Mode.LOCAL else request.prompt
         if not text or not text.strip():
             return Outcome(Status.FAILED, {"errors": missing_input_error(task)})
@@ -160,7 +291,7 @@ class Worker:
         if not passed:
             return Outcome(Status.SAFETY_BLOCKED, {
                 "errors": f"Safety check failed: {report.get('blocked_reason')}",
-                "safety_passed": False, "safety_report": report,
+                "safety_passed": False, "safety_report": report, **route_fields,
             })
         try:
             dispatch = self.client.dispatch(
@@ -169,8 +300,83 @@ class Worker:
             )
         except EndpointRefused as exc:
             return Outcome(Status.FAILED, {"errors": str(exc), "safety_passed": True,
-                                           "safety_report": report})
-        return outcome_from_dispatch(dispatch, report)
+                                           "safety_report": report, **route_fields})
+        outcome = outcome_from_dispatch(dispatch, report)
+        outcome.fields.update(route_fields)
+        return outcome
+
+    def compose(self, task: Task) -> tuple[str | None, dict[str, Any]]:
+        """Phase 3 routing and the prompt wrappers; local commands run exactly as written."""
+        if task.effective_mode != Mode.LLM or not task.prompt:
+            return None, {}
+        decision = load_router(self.workspace).route(task.prompt)
+        if decision.tool is not None:
+            log.info("Tool router selected %s via %s for %s",
+                     decision.tool.name, decision.route, task.id)
+        results = subtask_results(task, self.store.load()) if task.phase4_planned else []
+        return compose_prompt(task, decision, results), decision_fields(decision)
+
+    # --- phase 2 and 5 -------------------------------------------------------------------
+
+    def review(self, task: Task, execution: ExecutionRecord, endpoint: str) -> Outcome:
+        """Critic, quality gate, reward, then exactly one of approved | requeue | failed."""
+        previous = task.review or ReviewRecord()
+        try:
+            verdict = self.critic.review(task, execution, endpoint)
+        except ReviewUnavailable as exc:
+            return self._park(task, execution, str(exc))
+        decision = decide(
+            verdict, rejections_before=previous.attempt,
+            max_attempts=self.settings.max_requeue_attempts,
+            previous_issues=previous.issues if previous.verdict == Verdict.REJECT else None,
+        )
+        fields = execution_fields(execution) | review_fields(verdict, decision.rejections)
+        self.events.emit(task.id, Status.PENDING_REVIEW, kind=ReviewEvent, **fields)
+        fields |= self.quality_gate.record_safely(
+            task.id, task.prompt or task.command or "", execution.model or self.identity.worker_id,
+            verdict, decision.rejections,
+        ).model_dump(mode="json")
+        failpoint("worker.before_reward")
+        fields |= self._reward(task, execution, verdict, decision.outcome)
+        failpoint("worker.after_reward")
+        approved = decision.outcome == Status.APPROVED
+        fields.update(result_summary=execution.result_summary if approved else None,
+                      errors=decision.errors, completed_at=iso(utc_now()))
+        self.events.emit(task.id, decision.outcome, kind=ReviewEvent, **fields)
+        outcome = Outcome(decision.outcome, fields)
+        not_before = None
+        if decision.outcome == Status.REQUEUE:
+            delay = requeue_backoff(self.settings.requeue_backoff, decision.rejections)
+            not_before = time.time() + delay
+            log.info("task %s rejected; due again in %.1fs", task.id, delay)
+        self._finish(task, outcome, review=review_record(verdict, decision.rejections),
+                     not_before=not_before)
+        return outcome
+
+    def _reward(
+        self, task: Task, execution: ExecutionRecord, verdict: Review, status: Status
+    ) -> dict[str, Any]:
+        identity = task.identity_id or self.settings.identity
+        if status != Status.APPROVED:
+            return not_approved_fields(identity)
+        return self.rewards.grant_safely(
+            task.id, identity,
+            max_budget=DEFAULT_MAX_BUDGET if task.max_budget is None else task.max_budget,
+            budget_used=execution.budget_used, review_confidence=verdict.confidence,
+        ).event_fields()
+
+    def _park(self, task: Task, execution: ExecutionRecord, reason: str) -> Outcome:
+        """Fail closed: a task the critic could not judge waits, visibly, for an operator."""
+        previous = task.review or ReviewRecord()
+        log.error("task %s stays pending_review: %s", task.id, reason)
+        fields = execution_fields(execution) | {
+            "review_error": reason, "review_attempt": previous.attempt,
+            "quality_gate_status": QualityGateStatus.UNAVAILABLE, "errors": reason,
+        }
+        self.events.emit(task.id, Status.PENDING_REVIEW, kind=ReviewEvent, **fields)
+        outcome = Outcome(Status.PENDING_REVIEW, fields)
+        self._finish(task, outcome, review=previous.model_copy(update={"error": reason}))
+        return outcome
 
     @contextmanager
     def _keep_lease(self, task_id: str) -> Iterator[None]:
@@ -199,11 +405,11 @@ class Worker:
 # --- pure helpers -----------------------------------------------------------------------
 
 
-def build_request(task: Task) -> CycleRequest:
-    """The /cycle body for a task: the command for local work, the prompt for llm work."""
+def build_request(task: Task, prompt: str | None = None) -> CycleRequest:
+    """The /cycle body for a task: the command for local work, the (composed) prompt for llm."""
     mode = task.effective_mode
     return CycleRequest(
-        prompt=task.prompt if mode == Mode.LLM else None,
+        prompt=(prompt or task.prompt) if mode == Mode.LLM else None,
         task=(task.command or task.prompt) if mode == Mode.LOCAL else None,
         mode=mode,
         model=task.model,
@@ -213,6 +419,37 @@ def build_request(task: Task) -> CycleRequest:
         task_id=task.id,
         timeout=LOCAL_COMMAND_TIMEOUT,
     )
+
+
+def execution_record(task: Task, outcome: Outcome) -> ExecutionRecord:
+    """What the critic reviews and a planned parent reads, kept in queue.json."""
+    fields = outcome.fields
+
+    def capped(name: str) -> str | None:
+        value = fields.get(name)
+        return cap_text(value, RECORDED_OUTPUT_BYTES) if value else value
+
+    return ExecutionRecord(
+        attempt=task.attempts, status=outcome.status,
+        result_summary=capped("result_summary"), output=capped("output"),
+        errors=capped("errors"),
+        **{name: fields.get(name) for name in EXECUTION_RECORD_COPIED},
+    )
+
+
+EXECUTION_RECORD_COPIED = (
+    "exit_code", "model", "budget_used", "safety_passed", "tool_route", "tool_name",
+    "tool_confidence", "started_at", "completed_at",
+)
+EXECUTION_EVENT_FIELDS = (
+    "started_at", "completed_at", "result_summary", "model", "budget_used", "safety_passed",
+    "tool_route", "tool_name", "tool_confidence", "exit_code",
+)
+
+
+def execution_fields(execution: ExecutionRecord) -> dict[str, Any]:
+    """The execution's facts repeated on review events, so each event reads on its own."""
+    return {name: getattr(execution, name) for name in EXECUTION_EVENT_FIELDS}
 
 
 def missing_input_error(task: Task) -> str:
@@ -257,6 +494,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="worker.py", description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="exit when nothing is runnable")
     parser.add_argument("--worker-id", help="name in leases and events (default: host-pid)")
+    parser.add_argument(
+        "--identity", help="identity rewarded for approved work (default: SWARM_IDENTITY)"
+    )
     commands = parser.add_subparsers(dest="action")
     add = commands.add_parser("add", help="append a task to queue.json")
     add.add_argument("id")
@@ -286,7 +526,7 @@ def task_record(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_task(args: argparse.Namespace, workspace: Workspace, settings: Settings) -> int:
-    store = QueueStore(workspace, retain=settings.queue_retain)
+    store = QueueStore.for_settings(workspace, settings)
     try:
         task = store.add(task_record(args))
     except DuplicateTaskError as exc:
@@ -323,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     except SwarmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.identity:
+        settings = settings.model_copy(update={"identity": args.identity})
     workspace = Workspace(settings.workspace)
     workspace.ensure_layout()
     if args.action == "add":

@@ -57,12 +57,12 @@ def test_a_mixed_queue_runs_to_its_final_states(api: RunningProcess, workspace: 
     result = run_worker(workspace, "--once")
     assert result.returncode == 0, result.stdout + result.stderr
     assert queue_statuses(workspace) == {
-        "echo": "completed", "ls": "completed", "broken": "failed", "after-broken": "failed",
-        "haiku": "completed", "blocked": "safety_blocked", "ghost-dep": "failed",
+        "echo": "approved", "ls": "approved", "broken": "failed", "after-broken": "failed",
+        "haiku": "approved", "blocked": "safety_blocked", "ghost-dep": "failed",
         "disallowed": "failed",
     }
     history = statuses_by_task(workspace)
-    assert history["echo"] == ["in_progress", "completed"]
+    assert history["echo"] == ["in_progress", "completed", "pending_review", "approved"]
     assert history["blocked"] == ["in_progress", "safety_blocked"]
     assert history["after-broken"] == ["failed"]
     events = {(e["task_id"], e["status"]): e for e in read_events(workspace)}
@@ -128,7 +128,7 @@ def test_one_bad_task_never_stops_the_worker(spawn, workspace: Workspace) -> Non
     assert result.returncode == 0, result.stdout
     statuses = queue_statuses(workspace)
     assert statuses == {"bad-model": "failed", "huge": "failed",
-                        "provider-500": "failed", "fine": "completed"}
+                        "provider-500": "failed", "fine": "approved"}
     errors = {e["task_id"]: e["errors"] for e in read_events(workspace) if e["status"] == "failed"}
     assert "no-such-model-anywhere" in errors["bad-model"]
     assert "413" in errors["huge"] or "too large" in errors["huge"].lower()
@@ -146,7 +146,8 @@ def test_a_crashed_workers_task_is_finished_by_the_next_worker(
                              "attempts": 1, "lease": lease}], api.url)
     result = run_worker(workspace, "--once")
     assert result.returncode == 0
-    assert statuses_by_task(workspace)["orphan"] == ["lease_expired", "in_progress", "completed"]
+    assert statuses_by_task(workspace)["orphan"] == [
+        "lease_expired", "in_progress", "completed", "pending_review", "approved"]
     task = read_queue(workspace)["tasks"][0]
     assert task["attempts"] == 2 and task["lease"] is None
 
@@ -159,7 +160,7 @@ def test_two_workers_never_run_the_same_task(api: RunningProcess, workspace: Wor
     assert [w.wait(timeout=120) for w in workers] == [0, 0]
     starts = Counter(e["task_id"] for e in read_events(workspace) if e["status"] == "in_progress")
     assert len(starts) == 24 and set(starts.values()) == {1}
-    assert set(queue_statuses(workspace).values()) == {"completed"}
+    assert set(queue_statuses(workspace).values()) == {"approved"}
     by_worker = Counter(e["worker_id"] for e in read_events(workspace))
     assert set(by_worker) <= {"w0", "w1"}
 
@@ -175,8 +176,9 @@ def test_sigterm_finishes_the_task_in_hand_then_exits_zero(spawn, workspace: Wor
         wait_until(lambda: "slow" in statuses_by_task(workspace), timeout=20)
         worker.proc.send_signal(signal.SIGTERM)
         assert worker.proc.wait(timeout=30) == 0
-    assert statuses_by_task(workspace)["slow"] == ["in_progress", "completed"]
-    assert queue_statuses(workspace) == {"slow": "completed", "next": "pending"}
+    assert statuses_by_task(workspace)["slow"] == [
+        "in_progress", "completed", "pending_review", "approved"]
+    assert queue_statuses(workspace) == {"slow": "approved", "next": "pending"}
 
 
 def test_a_malformed_queue_is_reported_and_left_untouched(workspace: Workspace) -> None:
