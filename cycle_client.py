@@ -60,7 +60,9 @@ class CycleClient:
             last, delay = self._attempt(url, payload, read_timeout, attempt)
             if delay is None or attempt > self._retries:
                 return last
-            log.warning("cycle attempt %d failed (%s); retrying in %.1fs", attempt, last.error, delay)
+            log.warning(
+                "cycle attempt %d failed (%s); retrying in %.1fs", attempt, last.error, delay
+            )
             self._sleep(delay)
         return last
 

@@ -21,8 +21,16 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from event_log import cap_text
-from intent import UserIntent, dedupe, logical_lines, strip_filler, tidy, whole_words
-from runtime_contract import Mode, PlanFields, Status, Task, is_valid_task_id
+from intent import FILLER, UserIntent, dedupe, logical_lines, tidy, whole_words
+from runtime_contract import (
+    DEFAULT_MAX_BUDGET,
+    DEFAULT_MIN_BUDGET,
+    Mode,
+    PlanFields,
+    Status,
+    Task,
+    is_valid_task_id,
+)
 
 LONG_PROMPT_CHARS = 220
 MIN_LINES = 2
@@ -60,20 +68,23 @@ _CONNECTOR = whole_words(*CONNECTORS)
 _VERB = whole_words(*IMPERATIVE_VERBS)
 # A verb opens a clause only with something after it: "run" alone is a list item.
 _VERB_WITH_OBJECT = re.compile(rf"{_VERB.pattern}\s+[^\s,;.]", re.IGNORECASE)
-_LEADING_CONNECTOR = re.compile(rf"^[\s,]*(?:and\s+)?{_CONNECTOR.pattern}[\s,]*", re.IGNORECASE)
+# Each round must eat a whole word, so the repetition cannot backtrack badly.
+_LEAD = re.compile(rf"^(?:[\s,:]*{whole_words('and', *CONNECTORS, *FILLER).pattern})*[\s,:]*",
+                   re.IGNORECASE)
 _CLAUSE_OPENER = re.compile(
     r"(?:[\n.!?;,:]|(?:^|\n)\s*(?:[-*+•]|\d{1,3}[.)])|"
     r"(?<![\w'’-])(?:and|then|also|plus|next|finally|after\s+that|please))$",
     re.IGNORECASE,
 )
-_SENTENCE_SEP = re.compile(r"((?<=[.!?])\s+|\s*;\s*)")
+# `(?<!\s)` makes a long run of spaces cost one attempt, not one per space.
+_SENTENCE_SEP = re.compile(r"((?<=[.!?])\s+|(?<!\s)\s*;\s*)")
 _COMMA_SEP = re.compile(r"(,\s*)")
 _CONNECTOR_SEP = re.compile(
-    rf"(,?\s+(?:and\s+)?{_CONNECTOR.pattern},?)(?=\s)",
+    rf"(?<!\s)(,?\s+(?:and\s+)?{_CONNECTOR.pattern},?)(?=\s)",
     re.IGNORECASE,
 )
 _RESULTS = re.compile(
-    rf"\n*^{re.escape(RESULTS_HEADING)}$.*?^{re.escape(RESULTS_END)}$\n?",
+    rf"(?<!\n)\n*^{re.escape(RESULTS_HEADING)}$.*?^{re.escape(RESULTS_END)}$\n?",
     re.DOTALL | re.MULTILINE,
 )
 
@@ -176,13 +187,13 @@ def _split_at(text: str, separator: re.Pattern[str], opens: Callable[[str], bool
     """Cut at `separator` only where the next part opens a clause; elsewhere the separator
     and the part are glued back exactly as written."""
     parts = separator.split(text)
-    pieces = [parts[0]]
+    pieces = [[parts[0]]]
     for sep, part in zip(parts[1::2], parts[2::2], strict=True):
         if opens(part):
-            pieces.append(part)
+            pieces.append([part])
         else:
-            pieces[-1] += sep + part
-    return pieces
+            pieces[-1] += [sep, part]
+    return ["".join(piece) for piece in pieces]
 
 
 def _opens_clause(text: str) -> bool:
@@ -192,12 +203,7 @@ def _opens_clause(text: str) -> bool:
 def _without_lead(text: str) -> str:
     """Drop leading "and", connectors and filler, but only in front of a verb: "Next steps"
     and "Next.js" keep their first word."""
-    rest = text.strip()
-    while True:
-        stripped = strip_filler(_LEADING_CONNECTOR.sub("", _without_and(rest))).strip()
-        if stripped == rest:
-            break
-        rest = stripped
+    rest = _LEAD.sub("", text.strip(), count=1)
     return rest if _VERB_WITH_OBJECT.match(rest) else text.strip()
 
 
@@ -279,17 +285,17 @@ def _subtask_record(
         "model": parent.model, "intensity": parent.intensity, "identity_id": parent.identity_id,
         "min_budget": min_budget, "max_budget": max_budget,
         "phase4_generated": True, "phase4_parent_task": parent.id, "phase4_intent": intent,
+        "phase4_feature": features[index],
         "status": Status.PENDING.value,
     }
 
 
-def _budget_share(parent: Task, count: int) -> tuple[float | None, float | None]:
-    """Each subtask gets an equal share of what the parent set; unset stays unset."""
-    high = parent.max_budget / count if parent.max_budget is not None else None
-    low = parent.min_budget / count if parent.min_budget is not None else None
-    if low is not None and high is not None and low > high:
-        low = high
-    return low, high
+def _budget_share(parent: Task, count: int) -> tuple[float, float]:
+    """Each subtask gets an equal share of the parent's budget (its default when unset), so
+    splitting a task never multiplies what it may spend."""
+    high = (DEFAULT_MAX_BUDGET if parent.max_budget is None else parent.max_budget) / count
+    low = (DEFAULT_MIN_BUDGET if parent.min_budget is None else parent.min_budget) / count
+    return min(low, high), high
 
 
 def _validated(record: dict[str, Any]) -> dict[str, Any]:

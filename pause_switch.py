@@ -31,7 +31,9 @@ def read_pause(workspace: Workspace) -> PauseState:
         raise StateFileError(workspace.pause_path, problems) from None
 
 
-def set_pause(workspace: Workspace, paused: bool, *, by: str, reason: str | None = None) -> PauseState:
+def set_pause(
+    workspace: Workspace, paused: bool, *, by: str, reason: str | None = None
+) -> PauseState:
     state = PauseState(paused=paused, reason=reason, by=by, since=utc_now().isoformat())
     with workspace.lock(workspace.pause_path):
         atomic_write_json(workspace.pause_path, state.model_dump(mode="json"))

@@ -4,7 +4,8 @@ Order matters and is fixed here, once: the user's intent first (so nothing that
 follows can drown it), then the tool context, then the task itself, carrying the
 subtasks' results for a planned parent and the critic's feedback for a retry.
 Routing looks at the operator's own words, never at the wrapped text, so the
-runtime's headings cannot pull a tool in.
+runtime's headings cannot pull a tool in; a subtask is routed on its own feature,
+so a documentation step does not inherit the code tool its parent asked for.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def compose_prompt(
     if task.phase4_intent:
         text = inject_intent(text, intent_from_task(task))
     return text
+
+
+def routing_text(task: Task) -> str:
+    return task.phase4_feature or task.prompt or ""
 
 
 def subtask_results(task: Task, doc: QueueDocument) -> list[tuple[str, str, str | None]]:

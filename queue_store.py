@@ -383,18 +383,10 @@ class QueueStore:
 
     def add_many(self, records: list[dict[str, Any]]) -> list[Task]:
         """Append tasks all together or not at all."""
-        stamp = utc_now().isoformat()
-        tasks = [
-            Task.model_validate(normalize_task({"created_at": stamp, **r, "status": Status.PENDING}))
-            for r in records
-        ]
+        tasks = new_tasks(records)
 
         def change(doc: QueueDocument) -> list[Task]:
-            taken = {t.id for t in doc.tasks} | set(doc.completed) | set(doc.failed)
-            for task in tasks:
-                if task.id in taken:
-                    raise DuplicateTaskError(task.id)
-                taken.add(task.id)
+            _refuse_taken(doc, tasks)
             doc.tasks.extend(tasks)
             return tasks
 
@@ -486,24 +478,16 @@ class QueueStore:
 
         The parent goes back to `queued` without counting the claim as an attempt,
         since planning ran nothing."""
-        stamp = utc_now().isoformat()
-        new_tasks = [
-            Task.model_validate(normalize_task({"created_at": stamp, **r, "status": Status.PENDING}))
-            for r in subtasks
-        ]
+        subtask_records = new_tasks(subtasks)
 
         def change(doc: QueueDocument) -> list[Task]:
             parent = self._owned(doc, parent_id, worker)
-            taken = {t.id for t in doc.tasks} | set(doc.completed) | set(doc.failed)
-            for task in new_tasks:
-                if task.id in taken:
-                    raise DuplicateTaskError(task.id)
-                taken.add(task.id)
+            _refuse_taken(doc, subtask_records)
             _apply(parent, Status.QUEUED, parent_updates)
             parent.attempts = max(0, parent.attempts - 1)
             position = doc.tasks.index(parent)
-            doc.tasks[position:position] = new_tasks
-            return [t.model_copy(deep=True) for t in new_tasks]
+            doc.tasks[position:position] = subtask_records
+            return [t.model_copy(deep=True) for t in subtask_records]
 
         return self._transaction(change)
 
@@ -560,6 +544,24 @@ def cancel_by_operator(task: Task) -> None:
     if task.status not in CLAIMABLE_STATUSES:
         raise InvalidTransition(task.id, task.status, "cancel", "pending, queued or requeue")
     _apply(task, Status.CANCELLED, {"last_error": "cancelled by the operator"})
+
+
+def new_tasks(records: list[dict[str, Any]]) -> list[Task]:
+    """Validated, normalized, pending and stamped: how every task enters the queue."""
+    stamp = utc_now().isoformat()
+    return [
+        Task.model_validate(normalize_task({"created_at": stamp, **r, "status": Status.PENDING}))
+        for r in records
+    ]
+
+
+def _refuse_taken(doc: QueueDocument, tasks: list[Task]) -> None:
+    """Ids are unique across the live queue and the archive's id lists, and within `tasks`."""
+    taken = {t.id for t in doc.tasks} | set(doc.completed) | set(doc.failed)
+    for task in tasks:
+        if task.id in taken:
+            raise DuplicateTaskError(task.id)
+        taken.add(task.id)
 
 
 def _owned_by(task: Task, worker: WorkerIdentity) -> bool:

@@ -28,7 +28,7 @@ READY_TIMEOUT_SECONDS = 30.0
 
 def ensure_environment() -> None:
     """Create .venv and install the project once per version of pyproject.toml."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (runs under any python3, before the venv)
         sys.exit(f"swarm-runtime needs Python 3.11 or newer (this is {sys.version.split()[0]})")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if not VENV_PYTHON.exists():

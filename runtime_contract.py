@@ -322,6 +322,7 @@ class Task(BaseModel):
     phase4_planned: bool | None = None
     phase4_generated: bool | None = None
     phase4_parent_task: str | None = None
+    phase4_feature: str | None = None
     phase4_intent: dict[str, Any] | None = None
     phase4_plan: dict[str, Any] | None = None
 

@@ -62,7 +62,7 @@ from execution_token import resolve_token
 from failpoints import failpoint
 from intent import extract_intent
 from pause_switch import read_pause
-from prompt_composer import compose_prompt, subtask_results
+from prompt_composer import compose_prompt, routing_text, subtask_results
 from quality_gate import QualityGate
 from queue_store import HOST, ClaimOutcome, QueueStore, WorkerIdentity
 from reviewer import Critic
@@ -193,7 +193,8 @@ class Worker:
         for item in claim.reclaimed:
             log.warning("reclaimed task %s: %s", item.task_id, item.reason)
             self.events.emit(
-                item.task_id, Status.LEASE_EXPIRED, previous_holder=item.previous, reason=item.reason
+                item.task_id, Status.LEASE_EXPIRED,
+                previous_holder=item.previous, reason=item.reason,
             )
         for item in claim.propagated:
             log.warning("task %s cannot run: %s", item.task_id, item.reason)
@@ -309,7 +310,7 @@ class Worker:
         """Phase 3 routing and the prompt wrappers; local commands run exactly as written."""
         if task.effective_mode != Mode.LLM or not task.prompt:
             return None, {}
-        decision = load_router(self.workspace).route(task.prompt)
+        decision = load_router(self.workspace).route(routing_text(task))
         if decision.tool is not None:
             log.info("Tool router selected %s via %s for %s",
                      decision.tool.name, decision.route, task.id)
@@ -387,7 +388,10 @@ class Worker:
         def renew() -> None:
             while not done.wait(interval):
                 try:
-                    if not self.store.heartbeat(task_id, self.identity, self.settings.lease_seconds):
+                    renewed = self.store.heartbeat(
+                        task_id, self.identity, self.settings.lease_seconds
+                    )
+                    if not renewed:
                         log.warning("lost the lease on task %s", task_id)
                         return
                 except SwarmError as exc:
@@ -555,7 +559,9 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s worker: %(message)s", stream=sys.stdout
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s worker: %(message)s",
+        stream=sys.stdout,
     )
     args = parse_args(argv)
     try:

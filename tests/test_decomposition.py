@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -226,10 +227,12 @@ def test_the_parent_waits_for_every_subtask_and_records_the_plan() -> None:
     assert set(updates) == {"depends_on", "phase4_planned", "phase4_intent", "phase4_plan"}
 
 
+# Regression: an unset parent budget used to leave each subtask the full default,
+# so splitting a task tripled what it could spend.
 @pytest.mark.parametrize(("budgets", "shares"), [
     ({"min_budget": 0.03, "max_budget": 0.3}, (0.01, 0.1)),
-    ({"max_budget": 0.3}, (None, 0.1)),
-    ({}, (None, None)),
+    ({"max_budget": 0.3}, (0.05 / 3, 0.1)),
+    ({}, (0.05 / 3, 0.1 / 3)),
     ({"min_budget": 0.6, "max_budget": 0.3}, (0.1, 0.1)),
     ({"min_budget": 0.0, "max_budget": 0.0}, (0.0, 0.0)),
 ])
@@ -333,3 +336,17 @@ def test_no_results_leave_the_prompt_alone() -> None:
     assert parent_prompt_with_results(ISSUE_PROMPT, []) == ISSUE_PROMPT
     with_section = parent_prompt_with_results(ISSUE_PROMPT, RESULTS)
     assert parent_prompt_with_results(with_section, []) == ISSUE_PROMPT
+
+
+# --- hostile input ------------------------------------------------------------------------
+
+
+def test_a_pathological_prompt_stays_linear() -> None:
+    """Guards against quadratic cuts: 1,000 trailing "please" once took 26 s to strip."""
+    prompt = "a," * 5000 + " and" * 5000 + " " * 50_000 + "please " * 5000 + "\n" * 5000
+    started = time.monotonic()
+    gut_check(prompt)
+    break_into_features(prompt)
+    extract_intent(prompt)
+    parent_prompt_with_results(prompt, RESULTS)
+    assert time.monotonic() - started < 5.0

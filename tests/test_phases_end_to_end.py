@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from conftest import RunningProcess, child_env, read_events, read_queue, run_worker, write_queue
 from fake_llm_server import FakeLLMServer
 
-from conftest import RunningProcess, child_env, read_events, read_queue, run_worker, write_queue
 from state_store import Workspace
 
 AUTHOR_MODEL = "gpt-4o-mini"
@@ -120,8 +120,8 @@ def test_rejected_work_is_retried_with_feedback_then_fails_at_the_limit(runtime:
     assert result.returncode == 0, result.stdout + result.stderr
     ws = runtime.workspace
     assert len(runtime.prompts()) == 3
-    assert history(ws, "parser") == ["in_progress", "completed", "pending_review", "requeue"] * 2 + [
-        "in_progress", "completed", "pending_review", "failed"]
+    attempt = ["in_progress", "completed", "pending_review"]
+    assert history(ws, "parser") == [*attempt, "requeue", *attempt, "requeue", *attempt, "failed"]
     requeues = events_of(ws, "parser", "requeue")
     assert [e["review_attempt"] for e in requeues] == [1, 2]
     assert all(e["review_verdict"] == "REJECT" and e["review_issues"] for e in requeues)
@@ -262,6 +262,20 @@ def test_a_complex_prompt_is_split_and_its_whole_chain_is_approved(runtime: Runt
     assert parent["phase4_planned"] is True and parent["phase4_intent"]["goal"]
     assert set(subtasks) <= set(parent["depends_on"])
     assert task_record(ws, "auth__phase4_02")["depends_on"] == ["auth__phase4_01"]
+    assert sum(task_record(ws, sub)["max_budget"] for sub in subtasks) == pytest.approx(0.3)
+
+
+def test_subtasks_are_routed_on_their_own_feature(runtime: Runtime) -> None:
+    """Regression: every subtask inherited the parent's tool because its prompt quotes
+    the parent's goal; a documentation step got JSON-loading code."""
+    runtime.queue([{"id": "cfg", "prompt": "Write a config loader that uses read_json_safe, "
+                    "then add unit tests for the loader, and finally document the config "
+                    "file format in the README."}])
+    assert runtime.work().returncode == 0
+    routes = {e["task_id"]: e["tool_name"] for e in read_events(runtime.workspace)
+              if e["status"] == "completed"}
+    assert routes == {"cfg__phase4_01": "read_json_safe", "cfg__phase4_02": None,
+                      "cfg__phase4_03": None, "cfg": "read_json_safe"}
 
 
 def test_local_commands_are_never_decomposed(runtime: Runtime) -> None:

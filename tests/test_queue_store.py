@@ -10,11 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, wait_until
-from errors import DuplicateTaskError, LeaseLostError, QueueFileError
+
+from errors import (
+    DuplicateTaskError,
+    InvalidTransition,
+    LeaseLostError,
+    QueueFileError,
+    UnknownTaskError,
+)
 from queue_store import QueueStore, WorkerIdentity
-from runtime_contract import Status, validate_queue_contract
+from runtime_contract import ExecutionRecord, ReviewRecord, Status, validate_queue_contract
 from state_store import Workspace
 
 ACTOR = str(ROOT / "tests" / "helpers" / "queue_actor.py")
@@ -111,7 +117,8 @@ def test_unknown_dependency_and_cycles_fail_instead_of_waiting(store: QueueStore
 
 
 def test_parallel_unsafe_task_runs_alone(store: QueueStore) -> None:
-    add_all(store, {"id": "a", "prompt": "p"}, {"id": "solo", "prompt": "p", "parallel_safe": False},
+    add_all(store, {"id": "a", "prompt": "p"},
+            {"id": "solo", "prompt": "p", "parallel_safe": False},
             {"id": "c", "prompt": "p"})
     assert claim_id(store) == "a"
     assert claim_id(store, OTHER) == "c"  # solo is skipped while a runs
@@ -236,3 +243,76 @@ def test_concurrent_processes_lose_no_task_and_run_none_twice(
     doc = QueueStore(workspace).load()
     assert all(t.status == Status.COMPLETED for t in doc.tasks)
     assert sorted(doc.completed) == sorted(expected)
+
+
+# --- reviews, plans and operator actions --------------------------------------------------
+
+
+def executed(attempt: int = 1) -> ExecutionRecord:
+    return ExecutionRecord(attempt=attempt, status=Status.COMPLETED, result_summary="done")
+
+
+def test_a_review_orphaned_by_a_crash_is_resumed_without_a_new_attempt(
+    workspace: Workspace, clock: Clock
+) -> None:
+    store = QueueStore(workspace, review_enabled=True, clock=clock)
+    store.add({"id": "a", "prompt": "p"})
+    claim_id(store)
+    store.record_execution("a", ME, executed())
+    clock.now += 60
+    claim = store.claim(OTHER, lease_seconds=30)
+    assert [r.task_id for r in claim.reclaimed] == ["a"]
+    assert claim.task.status == Status.PENDING_REVIEW and claim.task.attempts == 1
+    assert claim.task.execution.result_summary == "done"
+
+
+def test_a_parked_review_and_its_dependents_wait_for_an_operator(workspace: Workspace) -> None:
+    store = QueueStore(workspace, review_enabled=True)
+    add_all(store, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "depends_on": ["a"]})
+    claim_id(store)
+    store.record_execution("a", ME, executed())
+    store.finish("a", ME, Status.PENDING_REVIEW, review=ReviewRecord(error="critic down"))
+    claim = store.claim(ME, lease_seconds=30)
+    assert claim.task is None and claim.drained
+    store.requeue("a")
+    task = store.load().find("a")
+    assert (task.status, task.review, task.last_error) == (Status.REQUEUE, None, None)
+    assert claim_id(store) == "a"
+
+
+def test_plan_inserts_subtasks_before_the_parent_which_waits(store: QueueStore) -> None:
+    store.add({"id": "p", "prompt": "big"})
+    claim_id(store)
+    store.plan("p", ME, [{"id": "p__phase4_01", "prompt": "one"}],
+               {"depends_on": ["p__phase4_01"], "phase4_planned": True})
+    doc = store.load()
+    assert [t.id for t in doc.tasks] == ["p__phase4_01", "p"]
+    parent = doc.find("p")
+    assert (parent.status, parent.attempts, parent.lease) == (Status.QUEUED, 0, None)
+    assert claim_id(store) == "p__phase4_01"
+    assert claim_id(store) is None
+
+
+def test_operator_requeue_and_cancel_refuse_the_wrong_status(store: QueueStore) -> None:
+    add_all(store, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"})
+    with pytest.raises(InvalidTransition, match="cannot requeue task 'a': it is pending"):
+        store.requeue("a")
+    store.cancel("a")
+    assert store.load().find("a").status == Status.CANCELLED
+    assert "a" in store.load().failed
+    with pytest.raises(InvalidTransition, match="cannot cancel task 'a': it is cancelled"):
+        store.cancel("a")
+    with pytest.raises(UnknownTaskError):
+        store.cancel("nope")
+
+
+def test_bulk_requeue_takes_every_failed_task_and_nothing_else(store: QueueStore) -> None:
+    add_all(store, *({"id": i, "prompt": "p"} for i in ("f1", "f2", "ok", "blocked")))
+    for task_id, status in (("f1", Status.FAILED), ("f2", Status.FAILED),
+                            ("ok", Status.COMPLETED), ("blocked", Status.SAFETY_BLOCKED)):
+        assert claim_id(store) == task_id
+        store.finish(task_id, ME, status)
+    requeued = store.requeue_failed()
+    assert sorted(t.id for t in requeued) == ["f1", "f2"]
+    doc = store.load()
+    assert doc.failed == ["blocked"] and doc.find("f1").status == Status.REQUEUE

@@ -38,10 +38,13 @@ def test_normalize_queue_puts_canonical_keys_first_and_keeps_the_rest() -> None:
                          "missing key: completed", "missing key: failed"]),
         ({**contract.empty_queue(), "tasks": {}}, ["tasks must be a list"]),
         ({**contract.empty_queue(), "tasks": [3]}, ["tasks[0] must be an object"]),
-        ({**contract.empty_queue(), "tasks": [{"prompt": "x"}]}, ["tasks[0] is missing non-empty id"]),
+        ({**contract.empty_queue(), "tasks": [{"prompt": "x"}]},
+         ["tasks[0] is missing non-empty id"]),
     ],
 )
-def test_validate_queue_contract_reports_readable_errors(queue: object, expected: list[str]) -> None:
+def test_validate_queue_contract_reports_readable_errors(
+    queue: object, expected: list[str]
+) -> None:
     assert contract.validate_queue_contract(queue) == expected
 
 

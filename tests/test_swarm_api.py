@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import ROOT, RunningProcess, child_env
 from fake_llm_server import FakeLLMServer
+
 from runtime_contract import TOKEN_HEADER
 from settings import Settings
 from state_store import Workspace

@@ -11,7 +11,6 @@ import time
 from collections import Counter
 
 import pytest
-
 from conftest import (
     ROOT,
     RunningProcess,
@@ -23,6 +22,8 @@ from conftest import (
     write_queue,
 )
 from fake_llm_server import FakeLLMServer
+
+from pause_switch import set_pause
 from state_store import Workspace
 
 
@@ -34,7 +35,7 @@ def statuses_by_task(workspace: Workspace) -> dict[str, list[str]]:
 
 
 def queue_statuses(workspace: Workspace) -> dict[str, str]:
-    return {t["id"]: t["status"] for t in read_queue(workspace)["tasks"]}
+    return {t["id"]: t.get("status", "pending") for t in read_queue(workspace)["tasks"]}
 
 
 def closed_port() -> int:
@@ -211,3 +212,24 @@ def test_every_event_has_the_envelope(
     run_worker(workspace, "--once")
     lines = workspace.log_path.read_text().splitlines()
     assert lines and all(json.loads(line).get(event_field) for line in lines)
+
+
+def test_a_paused_runtime_claims_nothing_until_resumed(
+    api: RunningProcess, workspace: Workspace
+) -> None:
+    write_queue(workspace, [{"id": "held", "command": "echo later"}], api.url)
+    set_pause(workspace, True, by="operator")
+    paused = run_worker(workspace, "--once")
+    assert paused.returncode == 0 and "paused by operator" in paused.stdout
+    assert queue_statuses(workspace) == {"held": "pending"} and not read_events(workspace)
+    set_pause(workspace, False, by="operator")
+    assert run_worker(workspace, "--once").returncode == 0
+    assert queue_statuses(workspace) == {"held": "approved"}
+
+
+def test_a_broken_pause_switch_counts_as_paused(api: RunningProcess, workspace: Workspace) -> None:
+    write_queue(workspace, [{"id": "held", "command": "echo later"}], api.url)
+    workspace.pause_path.write_text("{not json")
+    result = run_worker(workspace, "--once")
+    assert result.returncode == 0 and "pause switch unreadable" in result.stdout
+    assert queue_statuses(workspace) == {"held": "pending"}
