@@ -1,0 +1,622 @@
+// The control panel's page: plain DOM, no framework, no build step.
+// Everything that came from a task or a model is put on the page with textContent
+// (or as a text node), never parsed as HTML.
+"use strict";
+
+(() => {
+  const MAX_LIVE_ROWS = 200;
+  const SUMMARY_EVERY_MS = 2000;
+  const TASKS_EVERY_MS = 3000;
+  const TAB_EVERY_MS = 5000;
+  const PER_PAGE = 50;
+
+  const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
+  const tones = JSON.parse(document.body.dataset.tones || "{}");
+  const byId = (id) => document.getElementById(id);
+
+  const state = {
+    status: "", q: "", page: 1, pages: 1, tab: "tasks", detailId: null,
+    paused: null, taskTimer: null, detailTimer: null, tasksBusy: false, tasksAgain: false,
+  };
+
+  // --- small helpers ------------------------------------------------------------------
+
+  function el(tag, options = {}, ...children) {
+    const node = document.createElement(tag);
+    if (options.text !== undefined && options.text !== null) node.textContent = String(options.text);
+    if (options.className) node.className = options.className;
+    if (options.title) node.title = String(options.title);
+    if (options.onClick) node.addEventListener("click", options.onClick);
+    if (options.type) node.type = options.type;
+    for (const child of children) {
+      if (child !== null && child !== undefined) node.append(child);
+    }
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.firstChild.remove();
+  }
+
+  function statusBadge(status) {
+    return el("span", { className: `status tone-${tones[status] || "neutral"}`, text: status });
+  }
+
+  function when(iso) {
+    if (!iso) return "";
+    const moment = new Date(iso);
+    if (Number.isNaN(moment.getTime())) return String(iso);
+    const sameDay = moment.toDateString() === new Date().toDateString();
+    return sameDay ? moment.toLocaleTimeString() : moment.toLocaleString();
+  }
+
+  function money(value) {
+    return typeof value === "number" ? `$${value.toFixed(4)}` : "–";
+  }
+
+  function bytes(value) {
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let size = value || 0;
+    let unit = 0;
+    while (size >= 1024 && unit < units.length - 1) { size /= 1024; unit += 1; }
+    return `${size.toFixed(unit ? 1 : 0)} ${units[unit]}`;
+  }
+
+  function shown(value) {
+    if (value === null || value === undefined) return "";
+    return typeof value === "string" ? value : JSON.stringify(value, null, 2);
+  }
+
+  async function api(path, { method = "GET", body } = {}) {
+    const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    if (method !== "GET") {
+      options.headers["Content-Type"] = "application/json";
+      options.headers["X-CSRF-Token"] = csrfToken;
+      options.body = JSON.stringify(body || {});
+    }
+    const reply = await fetch(path, options);
+    let data = null;
+    try { data = await reply.json(); } catch (_) { data = null; }
+    if (!reply.ok) throw new Error((data && data.error) || `HTTP ${reply.status}`);
+    return data;
+  }
+
+  function say(node, message, isError) {
+    node.textContent = message;
+    node.classList.toggle("error", Boolean(isError));
+  }
+
+  function connection(ok) {
+    const node = byId("connection");
+    node.textContent = ok ? "connected" : "panel unreachable, retrying…";
+    node.classList.toggle("error", !ok);
+  }
+
+  // --- the health header --------------------------------------------------------------
+
+  async function refreshSummary() {
+    try {
+      renderSummary(await api("/api/summary"));
+      connection(true);
+    } catch (_) {
+      connection(false);
+    }
+  }
+
+  function renderSummary(summary) {
+    renderApi(summary.api);
+    renderWorkers(summary.workers);
+    renderPause(summary.pause);
+    renderBudget(summary.budget);
+    renderQueue(summary.queue);
+    renderLog(summary.log);
+  }
+
+  function tile(id, tone) {
+    const node = byId(id);
+    node.classList.remove("tone-good", "tone-bad", "tone-warn");
+    if (tone) node.classList.add(`tone-${tone}`);
+  }
+
+  function renderApi(api) {
+    const up = api.reachable && api.ok !== false;
+    byId("api-state").textContent = api.reachable ? (up ? "reachable" : "answering with errors") : "unreachable";
+    byId("api-note").textContent = [api.endpoint, api.provider && `model: ${api.provider}`, api.error]
+      .filter(Boolean).join(" · ");
+    tile("tile-api", up ? "good" : "bad");
+  }
+
+  function renderWorkers(workers) {
+    byId("workers-state").textContent = workers.length ? `${workers.length} active` : "none active";
+    byId("workers-note").textContent = workers.length
+      ? workers.map((w) => (w.task_id ? `${w.worker_id} on ${w.task_id}` : w.worker_id)).join(", ")
+      : "a worker shows here while it holds a lease or has logged recently";
+    tile("tile-workers", workers.length ? "good" : "warn");
+  }
+
+  function renderPause(pause) {
+    state.paused = Boolean(pause.paused);
+    byId("run-state").textContent = pause.paused ? "paused" : "running";
+    const note = pause.error || (pause.paused
+      ? `by ${pause.by || "an operator"} ${when(pause.since)}${pause.reason ? ` · ${pause.reason}` : ""}`
+      : "workers claim the next runnable task");
+    byId("run-note").textContent = note;
+    const button = byId("pause-button");
+    button.disabled = false;
+    button.textContent = pause.paused ? "Resume workers" : "Pause workers";
+    tile("tile-run", pause.paused ? "warn" : "good");
+  }
+
+  function renderBudget(budget) {
+    if (budget.error) {
+      byId("budget-state").textContent = "ledger unreadable";
+      byId("budget-note").textContent = budget.error;
+      tile("tile-budget", "bad");
+      return;
+    }
+    byId("budget-state").textContent = `${money(budget.spent)} of ${money(budget.limit)}`;
+    const meter = byId("budget-meter");
+    meter.max = budget.limit || 1;
+    meter.value = budget.spent;
+    byId("budget-note").textContent = `reserved ${money(budget.reserved)} · remaining ${money(budget.remaining)}`;
+    tile("tile-budget", budget.remaining <= 0 ? "bad" : null);
+  }
+
+  function renderQueue(queue) {
+    const list = byId("queue-counts");
+    clear(list);
+    if (queue.error) {
+      byId("queue-note").textContent = queue.error;
+      tile("tile-queue", "bad");
+      return;
+    }
+    for (const [status, count] of Object.entries(queue.by_status)) {
+      const chip = el("li", {}, statusBadge(status), el("span", { className: "count", text: count }));
+      chip.addEventListener("click", () => { byId("filter-status").value = status; filterChanged(); });
+      list.append(chip);
+    }
+    if (!queue.total) list.append(el("li", { className: "note", text: "the queue is empty" }));
+    const archived = queue.archived.completed + queue.archived.failed;
+    byId("queue-note").textContent = `${queue.total} in queue.json` +
+      (archived ? ` · archived: ${queue.archived.completed} completed, ${queue.archived.failed} failed` : "");
+    tile("tile-queue", null);
+  }
+
+  function renderLog(info) {
+    byId("log-state").textContent = `${info.events} events`;
+    const parts = [bytes(info.file_bytes)];
+    if (info.behind_bytes > 0) parts.push(`indexing, ${bytes(info.behind_bytes)} to go`);
+    if (info.malformed_count) {
+      const last = info.malformed[info.malformed.length - 1];
+      parts.push(`${info.malformed_count} malformed line(s), last: line ${last.line}: ${last.reason}`);
+    }
+    byId("log-note").textContent = parts.join(" · ");
+    tile("tile-log", info.malformed_count ? "warn" : null);
+  }
+
+  async function togglePause() {
+    const button = byId("pause-button");
+    button.disabled = true;
+    try {
+      await api(state.paused ? "/api/resume" : "/api/pause", { method: "POST", body: {} });
+    } catch (error) {
+      say(byId("action-result"), error.message, true);
+    }
+    await refreshSummary();
+  }
+
+  // --- the task table -----------------------------------------------------------------
+
+  function scheduleTasks(delay = 250) {
+    clearTimeout(state.taskTimer);
+    state.taskTimer = setTimeout(refreshTasks, delay);
+  }
+
+  async function refreshTasks() {
+    clearTimeout(state.taskTimer);
+    if (state.tasksBusy) { state.tasksAgain = true; return; }
+    state.tasksBusy = true;
+    const query = new URLSearchParams({ page: state.page, per_page: PER_PAGE });
+    if (state.status) query.set("status", state.status);
+    if (state.q) query.set("q", state.q);
+    try {
+      renderTasks(await api(`/api/tasks?${query}`));
+    } catch (error) {
+      say(byId("action-result"), error.message, true);
+    } finally {
+      state.tasksBusy = false;
+    }
+    if (state.tasksAgain) {
+      state.tasksAgain = false;
+      refreshTasks();
+      return;
+    }
+    state.taskTimer = setTimeout(refreshTasks, TASKS_EVERY_MS);
+  }
+
+  function renderTasks(data) {
+    state.page = data.page;
+    state.pages = data.pages;
+    const body = byId("task-rows");
+    clear(body);
+    for (const task of data.tasks) body.append(taskRow(task));
+    byId("tasks-empty").hidden = data.tasks.length > 0;
+    byId("page-info").textContent = `page ${data.page} of ${data.pages} · ${data.total} task(s)`;
+    byId("prev-page").disabled = data.page <= 1;
+    byId("next-page").disabled = data.page >= data.pages;
+  }
+
+  function taskRow(task) {
+    const row = el("tr", { className: state.detailId === task.id ? "selected" : "" });
+    row.dataset.taskId = task.id;
+    const idCell = el("td", {}, el("button", {
+      className: "link", text: task.id, type: "button", title: task.headline,
+      onClick: () => openDetail(task.id),
+    }));
+    if (task.error) idCell.append(el("div", { className: "row-error", text: task.error }));
+    row.append(
+      idCell,
+      el("td", {}, statusBadge(task.status)),
+      el("td", { text: task.mode }),
+      el("td", { text: task.model || "" }),
+      el("td", { text: task.attempts }),
+      el("td", { text: task.depends_on.join(", ") }),
+      el("td", { className: "when", text: when(task.last_event || task.updated_at), title: task.last_event || "" }),
+      el("td", {}, actionButtons(task)),
+    );
+    return row;
+  }
+
+  function actionButtons(task) {
+    const box = el("span", { className: "actions" });
+    for (const action of task.actions) {
+      box.append(el("button", {
+        type: "button", className: `action action-${action}`, text: action,
+        onClick: (event) => { event.stopPropagation(); act(task.id, action); },
+      }));
+    }
+    return box;
+  }
+
+  async function act(taskId, action) {
+    const result = byId("action-result");
+    try {
+      await api(`/api/tasks/${encodeURIComponent(taskId)}/${action}`, { method: "POST", body: {} });
+      say(result, `${action}: ${taskId}`, false);
+    } catch (error) {
+      say(result, error.message, true);
+    }
+    refreshTasks();
+    refreshSummary();
+    if (state.detailId === taskId) openDetail(taskId);
+  }
+
+  async function requeueFailed() {
+    const result = byId("action-result");
+    try {
+      const data = await api("/api/tasks/requeue-failed", { method: "POST", body: {} });
+      say(result, data.requeued.length ? `requeued ${data.requeued.join(", ")}` : "no failed task to requeue", false);
+    } catch (error) {
+      say(result, error.message, true);
+    }
+    refreshTasks();
+    refreshSummary();
+  }
+
+  function filterChanged() {
+    state.status = byId("filter-status").value;
+    state.q = byId("filter-q").value.trim();
+    state.page = 1;
+    scheduleTasks(0);
+  }
+
+  // --- adding a task ------------------------------------------------------------------
+
+  function modeChanged() {
+    const local = byId("add-mode").value === "local";
+    byId("add-text-label").textContent = local ? "Command (runs in the sandbox)" : "Prompt";
+  }
+
+  async function addTask(event) {
+    event.preventDefault();
+    const mode = byId("add-mode").value;
+    const text = byId("add-text").value;
+    const body = { id: byId("add-id").value.trim(), mode, depends_on: byId("add-deps").value };
+    body[mode === "local" ? "command" : "prompt"] = text;
+    const budget = byId("add-budget").value;
+    if (budget !== "") body.max_budget = Number(budget);
+    const result = byId("add-result");
+    try {
+      const data = await api("/api/tasks", { method: "POST", body });
+      say(result, `added ${data.task.id} (${data.task.status})`, false);
+      byId("add-form").reset();
+      modeChanged();
+    } catch (error) {
+      say(result, error.message, true);
+    }
+    refreshTasks();
+    refreshSummary();
+  }
+
+  // --- a task's detail ----------------------------------------------------------------
+
+  async function openDetail(taskId) {
+    state.detailId = taskId;
+    if (location.hash !== `#task=${encodeURIComponent(taskId)}`) {
+      history.replaceState(null, "", `#task=${encodeURIComponent(taskId)}`);
+    }
+    for (const row of byId("task-rows").children) {
+      row.classList.toggle("selected", row.dataset.taskId === taskId);
+    }
+    try {
+      renderDetail(await api(`/api/tasks/${encodeURIComponent(taskId)}`));
+      say(byId("detail-error"), "", false);
+    } catch (error) {
+      byId("detail-title").textContent = taskId;
+      say(byId("detail-error"), error.message, true);
+    }
+    byId("detail").hidden = false;
+  }
+
+  function closeDetail() {
+    state.detailId = null;
+    byId("detail").hidden = true;
+    history.replaceState(null, "", location.pathname);
+  }
+
+  function renderDetail(detail) {
+    const row = detail.row;
+    byId("detail-title").textContent = detail.id;
+    const status = byId("detail-status");
+    clear(status);
+    if (row) status.append(statusBadge(row.status));
+    else if (detail.archived) status.append(el("span", { className: "status", text: "archived" }));
+    const actions = byId("detail-actions");
+    clear(actions);
+    if (row) actions.append(actionButtons(row));
+    renderFacts(detail);
+    renderLinks(detail.links);
+    for (const field of ["prompt", "command", "output", "result", "errors"]) {
+      const value = detail[field];
+      byId(`detail-${field}`).textContent = shown(value);
+      document.querySelector(`[data-field="${field}"]`).hidden = !value;
+    }
+    byId("detail-count").textContent = detail.timeline_total > detail.timeline.length
+      ? `latest ${detail.timeline.length} of ${detail.timeline_total} events`
+      : `${detail.timeline_total} event(s)`;
+    const list = byId("detail-timeline");
+    clear(list);
+    for (const item of detail.timeline) list.append(timelineEntry(item.event));
+  }
+
+  function renderFacts(detail) {
+    const facts = byId("detail-facts");
+    clear(facts);
+    const task = detail.task || {};
+    const review = task.review || {};
+    const pairs = [
+      ["mode", detail.row && detail.row.mode], ["model", detail.row && detail.row.model],
+      ["attempts", task.attempts], ["created", when(task.created_at)], ["updated", when(task.updated_at)],
+      ["max budget", task.max_budget], ["last error", task.last_error],
+      ["review", review.verdict && `${review.verdict} (${review.confidence})`],
+      ["review issues", review.issues && review.issues.length ? review.issues.join("; ") : null],
+      ["lease", task.lease && `${task.lease.worker_id} until ${when(new Date(task.lease.expires_at * 1000).toISOString())}`],
+    ];
+    for (const [name, value] of pairs) {
+      if (value === null || value === undefined || value === "") continue;
+      facts.append(el("dt", { text: name }), el("dd", { text: value }));
+    }
+  }
+
+  function renderLinks(links) {
+    const box = byId("detail-links");
+    clear(box);
+    const groups = [["parent", links.parent ? [links.parent] : []], ["subtasks", links.subtasks],
+      ["depends on", links.depends_on], ["needed by", links.dependents]];
+    for (const [name, ids] of groups) {
+      if (!ids.length) continue;
+      const line = el("p", {}, el("span", { className: "note", text: `${name}: ` }));
+      for (const id of ids) {
+        line.append(el("button", { type: "button", className: "link", text: id, onClick: () => openDetail(id) }), " ");
+      }
+      box.append(line);
+    }
+  }
+
+  const ENVELOPE = new Set(["task_id", "worker_id", "status", "timestamp"]);
+
+  function timelineEntry(event) {
+    const summary = el("summary", {},
+      el("span", { className: "time", text: when(event.timestamp), title: event.timestamp }),
+      statusBadge(event.status),
+      el("span", { className: "worker", text: event.worker_id }),
+    );
+    const note = eventNote(event);
+    if (note) summary.append(el("span", { className: "event-note", text: note }));
+    const fields = el("dl", { className: "fields" });
+    for (const [key, value] of Object.entries(event)) {
+      if (ENVELOPE.has(key) || value === null || value === undefined) continue;
+      fields.append(el("dt", { text: key }), el("dd", {}, el("pre", { text: shown(value) })));
+    }
+    return el("li", {}, el("details", {}, summary, fields));
+  }
+
+  function eventNote(event) {
+    if (event.operator_action) return `operator: ${event.operator_action}`;
+    if (event.review_verdict) return `review: ${event.review_verdict}`;
+    if (event.errors) return String(event.errors).slice(0, 160);
+    if (event.tool_route) return `route: ${event.tool_route}${event.tool_name ? ` (${event.tool_name})` : ""}`;
+    if (event.result_summary) return String(event.result_summary).slice(0, 160);
+    return "";
+  }
+
+  function scheduleDetail(taskId) {
+    if (state.detailId !== taskId) return;
+    clearTimeout(state.detailTimer);
+    state.detailTimer = setTimeout(() => openDetail(taskId), 300);
+  }
+
+  // --- the live event stream ----------------------------------------------------------
+
+  function connectStream() {
+    const source = new EventSource("/api/stream?backlog=100");
+    const status = byId("stream-state");
+    source.addEventListener("open", () => { status.textContent = "live"; });
+    source.addEventListener("error", () => { status.textContent = "reconnecting…"; });
+    source.addEventListener("reset", () => {
+      clear(byId("events"));
+      status.textContent = "log restarted";
+    });
+    source.addEventListener("message", (message) => {
+      const item = JSON.parse(message.data);
+      addLiveEvent(item.event);
+      scheduleTasks();
+      scheduleDetail(item.event.task_id);
+    });
+  }
+
+  function addLiveEvent(event) {
+    const list = byId("events");
+    const row = el("li", {},
+      el("span", { className: "time", text: when(event.timestamp), title: event.timestamp }),
+      statusBadge(event.status),
+      el("button", {
+        type: "button", className: "link", text: event.task_id,
+        onClick: () => openDetail(event.task_id),
+      }),
+      el("span", { className: "worker", text: event.worker_id }),
+    );
+    const note = eventNote(event);
+    if (note) row.append(el("div", { className: "event-note", text: note }));
+    list.prepend(row);
+    while (list.children.length > MAX_LIVE_ROWS) list.lastElementChild.remove();
+  }
+
+  // --- the other views ----------------------------------------------------------------
+
+  const TABS = { review: refreshGate, safety: refreshSafety, rewards: refreshRewards, spend: refreshSpend };
+
+  function showTab(name) {
+    state.tab = name;
+    for (const button of document.querySelectorAll(".tab-button")) {
+      button.setAttribute("aria-pressed", String(button.dataset.tab === name));
+    }
+    for (const section of document.querySelectorAll(".tab")) {
+      section.hidden = section.id !== `tab-${name}`;
+    }
+    if (TABS[name]) TABS[name]();
+  }
+
+  function fillRows(bodyId, rows, emptyText, columns) {
+    const body = byId(bodyId);
+    clear(body);
+    if (!rows.length) {
+      const cell = el("td", { className: "empty", text: emptyText });
+      cell.colSpan = columns;
+      body.append(el("tr", {}, cell));
+    }
+    for (const cells of rows) body.append(el("tr", {}, ...cells.map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: c })))));
+  }
+
+  function taskLink(id) {
+    return id ? el("button", { type: "button", className: "link", text: id, onClick: () => openDetail(id) }) : "";
+  }
+
+  async function refreshGate() {
+    const status = byId("gate-status").value;
+    try {
+      const data = await api(`/api/quality-gate${status ? `?status=${encodeURIComponent(status)}` : ""}`);
+      byId("gate-note").textContent = Object.entries(data.counts).map(([k, v]) => `${k}: ${v}`).join(" · ");
+      fillRows("gate-rows", data.changes.map((c) => [
+        taskLink(c.change_id), statusBadge(c.status), c.vote.verdict, c.vote.confidence,
+        c.vote.issues.join("; "), when(c.updated_at),
+      ]), "nothing in the review queue", 6);
+    } catch (error) {
+      byId("gate-note").textContent = error.message;
+    }
+  }
+
+  async function refreshSafety() {
+    try {
+      const data = await api("/api/safety");
+      byId("safety-note").textContent = `${data.blocked} blocked of ${data.checked} checks` +
+        (data.tasks.length ? ` · blocked tasks in the queue: ${data.tasks.map((t) => t.id).join(", ")}` : "");
+      fillRows("safety-rows", data.blocks.map((b) => [
+        when(b.timestamp), taskLink(b.task_id), b.rules.join(", "), b.reason || "",
+      ]), "no safety block recorded", 4);
+    } catch (error) {
+      byId("safety-note").textContent = error.message;
+    }
+  }
+
+  async function refreshRewards() {
+    try {
+      const data = await api("/api/rewards");
+      fillRows("balance-rows", Object.entries(data.identities).map(([name, b]) => [
+        name, `${b.free_time_tokens} / ${b.free_time_cap}`, `${b.journal_tokens} / ${b.journal_cap}`, b.total,
+      ]), "no identity has earned anything yet", 4);
+      byId("grants-note").textContent = `${data.total_grants} grant(s)`;
+      fillRows("grant-rows", data.grants.map((g) => [
+        taskLink(g.task_id), g.identity_id, g.tokens_awarded, g.tokens_requested, g.state, g.reason, when(g.granted_at),
+      ]), "no reward granted yet", 7);
+    } catch (error) {
+      byId("grants-note").textContent = error.message;
+    }
+  }
+
+  async function refreshSpend() {
+    const bucket = byId("spend-bucket").value;
+    try {
+      const data = await api(`/api/spend?bucket=${encodeURIComponent(bucket)}`);
+      const events = Object.entries(data.events).map(([k, v]) => `${k}: ${v}`).join(" · ");
+      byId("spend-note").textContent = `total ${money(data.total_cost)}${events ? ` · ${events}` : ""}`;
+      renderChart(data.points);
+      fillRows("spend-rows", data.points.slice().reverse().map((p) => [when(p.start), p.calls, money(p.cost)]),
+        "no LLM call audited yet", 3);
+    } catch (error) {
+      byId("spend-note").textContent = error.message;
+    }
+  }
+
+  function renderChart(points) {
+    const chart = byId("spend-chart");
+    clear(chart);
+    const top = Math.max(...points.map((p) => p.cost), 0);
+    for (const point of points) {
+      const bar = el("div", { className: "bar", title: `${when(point.start)}: ${money(point.cost)}, ${point.calls} call(s)` });
+      bar.style.height = `${top > 0 ? Math.max(2, (point.cost / top) * 100) : 2}%`;
+      chart.append(bar);
+    }
+  }
+
+  // --- start --------------------------------------------------------------------------
+
+  function start() {
+    byId("pause-button").addEventListener("click", togglePause);
+    byId("requeue-failed").addEventListener("click", requeueFailed);
+    byId("filter-status").addEventListener("change", filterChanged);
+    let typing = null;
+    byId("filter-q").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(filterChanged, 250); });
+    byId("prev-page").addEventListener("click", () => { state.page -= 1; scheduleTasks(0); });
+    byId("next-page").addEventListener("click", () => { state.page += 1; scheduleTasks(0); });
+    byId("add-mode").addEventListener("change", modeChanged);
+    byId("add-form").addEventListener("submit", addTask);
+    byId("detail-close").addEventListener("click", closeDetail);
+    byId("gate-status").addEventListener("change", refreshGate);
+    byId("spend-bucket").addEventListener("change", refreshSpend);
+    for (const button of document.querySelectorAll(".tab-button")) {
+      button.addEventListener("click", () => showTab(button.dataset.tab));
+    }
+    document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeDetail(); });
+    modeChanged();
+    refreshSummary();
+    refreshTasks();
+    connectStream();
+    setInterval(refreshSummary, SUMMARY_EVERY_MS);
+    setInterval(() => { if (TABS[state.tab]) TABS[state.tab](); }, TAB_EVERY_MS);
+    const match = /^#task=(.+)$/.exec(location.hash);
+    if (match) openDetail(decodeURIComponent(match[1]));
+  }
+
+  start();
+})();
