@@ -42,9 +42,11 @@ REWARD_LEDGER_FILE = "phase5_reward_ledger.json"
 BALANCES_FILE = "free_time_balances.json"
 TOOL_STORE_FILE = "tool_store.json"
 PAUSE_FILE = "pause.json"
+WORKERS_DIR = "workers"
 
 TOKEN_HEADER = "X-Swarm-Internal-Token"
 OFFLINE_MODEL = "offline"
+PANEL_WORKER_ID = "control-panel"
 LOCAL_MODEL = "local"
 
 DEFAULT_MIN_BUDGET = 0.05
@@ -444,6 +446,30 @@ class PlanFields(BaseModel):
 
 class PlanEvent(Event, PlanFields):
     """`queued`: a parent was split into subtasks and waits for them."""
+
+
+class OperatorAction(StrEnum):
+    ADD = "add"
+    REQUEUE = "requeue"
+    CANCEL = "cancel"
+    REQUEUE_FAILED = "requeue_failed"
+
+
+class OperatorEvent(ExecutionEvent):
+    """A change an operator made from the control panel, logged like any transition."""
+
+    operator_action: OperatorAction | None = None
+
+
+class WorkerPresence(BaseModel):
+    """`.swarm/workers/<id>.json`: an idle worker holds no lease, so it says it is alive here."""
+
+    worker_id: str
+    pid: int
+    host: str
+    started_at: str
+    last_seen: float
+    paused: bool = False
 
 
 class LeaseEvent(Event):

@@ -34,6 +34,7 @@ from runtime_contract import (
     STATE_DIR,
     TOKEN_FILE,
     TOOL_STORE_FILE,
+    WORKERS_DIR,
 )
 
 T = TypeVar("T")
@@ -60,6 +61,7 @@ class Workspace:
         self.reward_ledger_path = self.state_dir / REWARD_LEDGER_FILE
         self.balances_path = self.state_dir / BALANCES_FILE
         self.tool_store_path = self.state_dir / TOOL_STORE_FILE
+        self.workers_dir = self.state_dir / WORKERS_DIR
         self._locks: dict[Path, FileLock] = {}
 
     def ensure_layout(self) -> None:

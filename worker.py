@@ -88,6 +88,7 @@ from settings import Settings
 from state_store import Workspace
 from swarm_enrichment import RewardBook, not_approved_fields
 from tool_router import decision_fields, load_router
+from worker_presence import PresenceBeacon
 
 log = logging.getLogger("worker")
 LOCAL_COMMAND_TIMEOUT = 30.0
@@ -137,14 +138,23 @@ class Worker:
         self.quality_gate = QualityGate(workspace)
         self.rewards = RewardBook(workspace)
         self._pause_reported: str | None = None
+        self.beacon = PresenceBeacon(workspace, identity)
 
     # --- the loop ----------------------------------------------------------------------
 
     def run(self, *, once: bool, stop: threading.Event) -> int:
         """Work until stopped, or with `once` until nothing is runnable. Returns an exit code."""
+        try:
+            return self._loop(once=once, stop=stop)
+        finally:
+            self.beacon.withdraw()
+
+    def _loop(self, *, once: bool, stop: threading.Event) -> int:
         reported: str | None = None
         while not stop.is_set():
-            if self.paused():
+            paused = self.paused()
+            self.beacon.announce(paused=paused)
+            if paused:
                 if once:
                     return 0
                 stop.wait(self.settings.poll_interval)

@@ -25,6 +25,7 @@ from fake_llm_server import FakeLLMServer
 
 from pause_switch import set_pause
 from state_store import Workspace
+from worker_presence import live_workers
 
 
 def statuses_by_task(workspace: Workspace) -> dict[str, list[str]]:
@@ -233,3 +234,15 @@ def test_a_broken_pause_switch_counts_as_paused(api: RunningProcess, workspace: 
     result = run_worker(workspace, "--once")
     assert result.returncode == 0 and "pause switch unreadable" in result.stdout
     assert queue_statuses(workspace) == {"held": "pending"}
+
+
+def test_an_idle_worker_announces_itself_and_withdraws_on_exit(
+    spawn, workspace: Workspace
+) -> None:
+    worker = spawn(["worker.py", "--worker-id", "idle-1"], child_env(workspace),
+                   wait_for_url=False)
+    present = wait_until(lambda: live_workers(workspace), timeout=20)
+    assert [p.worker_id for p in present] == ["idle-1"] and present[0].pid == worker.proc.pid
+    assert worker.stop() == 0
+    assert live_workers(workspace) == []
+    assert not list(workspace.workers_dir.glob("*.json"))
