@@ -45,13 +45,21 @@ _LEADING_FILLER = re.compile(
     rf"^[\s,]*(?:(?:{'|'.join(_phrase_pattern(f) for f in FILLER)}){_AFTER}[\s,:]*)+",
     re.IGNORECASE,
 )
-_TRAILING_PLEASE = re.compile(r"[\s,]+please\s*(?=[.!?]*\s*$)", re.IGNORECASE)
 LIST_MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+(?:\[[ xX]\]\s+)?")
 
 
 def strip_filler(text: str) -> str:
     """Politeness carries no intent; removing it keeps goals and features comparable."""
-    return _TRAILING_PLEASE.sub("", _LEADING_FILLER.sub("", text))
+    return _without_trailing_please(_LEADING_FILLER.sub("", text))
+
+
+def _without_trailing_please(text: str) -> str:
+    """"…, please?" keeps its "?"; done without a regex so a long prompt stays linear."""
+    body = text.rstrip(".!? \t\n")
+    head = body[:-len("please")]
+    if body.lower().endswith("please") and head[-1:] in (" ", ",", "\t"):
+        return head.rstrip(" ,\t") + text[len(body):]
+    return text
 
 
 def sentence_case(text: str) -> str:
@@ -72,7 +80,7 @@ def logical_lines(text: str, opens_item: Callable[[str], bool] | None = None) ->
     """Lines without list markers, with hard-wrapped prose joined back: a line continues the
     one before when it is unmarked, starts in lower case, the line before it is unfinished,
     and `opens_item` (if given) does not claim it as a new item."""
-    lines: list[str] = []
+    lines: list[list[str]] = []
     joinable = False
     for raw in text.splitlines():
         line = raw.strip()
@@ -81,12 +89,12 @@ def logical_lines(text: str, opens_item: Callable[[str], bool] | None = None) ->
             continue
         marker = LIST_MARKER.match(line)
         body = line[marker.end():] if marker else line
-        if joinable and not marker and _continues(lines[-1], body, opens_item):
-            lines[-1] = f"{lines[-1]} {body}"
+        if joinable and not marker and _continues(lines[-1][-1], body, opens_item):
+            lines[-1].append(body)
         else:
-            lines.append(body)
+            lines.append([body])
         joinable = True
-    return lines
+    return [" ".join(parts) for parts in lines]
 
 
 def _continues(previous: str, line: str, opens_item: Callable[[str], bool] | None) -> bool:
@@ -134,7 +142,7 @@ _NO_NOUN = re.compile(
     re.IGNORECASE,
 )
 _CLAUSE_TAIL = re.compile(r",\s*(?:and|but|then|so|while|yet|or)\b.*$", re.IGNORECASE | re.DOTALL)
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\s*;\s*")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<!\s)\s*;\s*")
 
 
 class UserIntent(BaseModel):
