@@ -18,25 +18,24 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 import control_panel
-from control_panel import (
-    CSRF_HEADER,
-    MAX_STREAMS,
-    ApiProbe,
-    bucket_spend,
-    create_app,
-    event_stream,
-    parse_cursor,
-    select_tasks,
-    worker_presence,
-)
+from control_panel import create_app
 from critic import Review
 from event_log import EventLog
+from panel_audit import bucket_spend
+from panel_guards import CSRF_HEADER, REDACTED
+from panel_health import worker_presence
+from panel_probe import ApiProbe
+from panel_state import MAX_STREAMS
+from panel_stream import event_stream, parse_cursor
+from panel_tasks import select_tasks
 from pause_switch import read_pause, set_pause
 from quality_gate import QualityGate
 from runtime_contract import (
     DEFAULT_PANEL_PORT,
+    PANEL_WORKER_ID,
     ExecutionRecord,
     Lease,
+    OperatorEvent,
     Status,
     Task,
     Verdict,
@@ -268,7 +267,7 @@ def test_no_secret_is_in_any_answer(workspace: Workspace) -> None:
     everything = "\n".join(answers)
     for secret in (API_TOKEN, LLM_KEY, GROQ_KEY, FILE_TOKEN):
         assert secret not in everything
-    assert control_panel.REDACTED in answers[4]
+    assert REDACTED in answers[4]
     app.extensions["panel"].close()
 
 
@@ -347,7 +346,7 @@ NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     ({"w1": "t1"}, {}, ["w1"]),
     ({}, {"w2": (NOW - timedelta(seconds=30)).isoformat()}, ["w2"]),
     ({}, {"w2": (NOW - timedelta(minutes=30)).isoformat()}, []),
-    ({}, {control_panel.OPERATOR_ID: NOW.isoformat()}, []),
+    ({}, {PANEL_WORKER_ID: NOW.isoformat()}, []),
     ({}, {"w3": "not a time"}, []),
     ({"w1": "t1"}, {"w1": NOW.isoformat(), "w0": NOW.isoformat()}, ["w0", "w1"]),
 ])
@@ -649,7 +648,9 @@ def test_adding_a_task_puts_it_in_queue_json_and_logs_it(
     assert tasks["new-local"]["command"] == "echo hi" and tasks["new-local"]["mode"] == "local"
     logged = [(e["task_id"], e["status"], e["operator_action"]) for e in read_events(workspace)]
     assert logged == [("new-llm", "pending", "add"), ("new-local", "pending", "add")]
-    assert all(e["worker_id"] == control_panel.OPERATOR_ID for e in read_events(workspace))
+    events = [OperatorEvent.model_validate(e) for e in read_events(workspace)]
+    assert all(e.worker_id == PANEL_WORKER_ID for e in events)
+    assert set(OperatorEvent.model_fields) <= set(read_events(workspace)[0])
 
 
 @pytest.mark.parametrize("body, status, field", [

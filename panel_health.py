@@ -1,0 +1,108 @@
+"""The health header: API reachable, workers alive, paused or running, budget, queue, log.
+
+Each part is read on its own and reports its own error, so one unreadable state file
+darkens one tile and never the whole header.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from errors import StateFileError
+from panel_audit import parse_time
+from panel_errors import PanelError, refusal
+from panel_state import Panel
+from panel_tasks import counts_by_status
+from pause_switch import read_pause
+from queue_store import lease_is_live
+from runtime_contract import PANEL_WORKER_ID, QUEUE_FILE, QueueDocument, Status
+
+MALFORMED_SHOWN = 5
+WORKER_SEEN_WINDOW_SECONDS = 120.0
+
+
+def archived_counts(doc: QueueDocument) -> dict[str, int]:
+    """Finished tasks moved out of `tasks` to the archive; only their ids remain."""
+    present = {task.id for task in doc.tasks}
+    return {Status.COMPLETED.value: len(set(doc.completed) - present),
+            Status.FAILED.value: len(set(doc.failed) - present)}
+
+
+def live_leases(doc: QueueDocument, now: float) -> dict[str, str]:
+    """worker id -> the task it holds, for leases still renewed by a living holder."""
+    return {t.lease.worker_id: t.id for t in doc.tasks if lease_is_live(t.lease, now)}
+
+
+def worker_presence(
+    leased: dict[str, str], last_seen: dict[str, str | None], now: datetime, window: float
+) -> list[dict[str, Any]]:
+    """Workers holding a live lease, and those that wrote an event within `window` seconds."""
+    workers = {
+        worker: {"worker_id": worker, "task_id": task_id, "lease": True,
+                 "last_seen": last_seen.get(worker)}
+        for worker, task_id in leased.items()
+    }
+    for worker, seen in last_seen.items():
+        moment = parse_time(seen)
+        if worker in workers or worker == PANEL_WORKER_ID or moment is None:
+            continue
+        if (now - moment).total_seconds() <= window:
+            workers[worker] = {"worker_id": worker, "task_id": None, "lease": False,
+                               "last_seen": seen}
+    return sorted(workers.values(), key=lambda w: w["worker_id"])
+
+
+def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
+    moment = now.timestamp()
+    leased: dict[str, str] = {}
+    try:
+        doc = panel.load_queue()
+    except PanelError as exc:
+        queue: dict[str, Any] = {"error": exc.body.error}
+        api = {"reachable": False, "error": f"{QUEUE_FILE} unreadable"}
+    else:
+        queue = {"error": None, "by_status": counts_by_status(doc.tasks), "total": len(doc.tasks),
+                 "archived": archived_counts(doc)}
+        api = panel.probe.check(doc.api_endpoint)
+        leased = live_leases(doc, moment)
+    window = max(WORKER_SEEN_WINDOW_SECONDS, 3 * panel.settings.lease_seconds)
+    return {
+        "api": api,
+        "workers": worker_presence(leased, panel.index.workers_last_seen(), now, window),
+        "pause": pause_of(panel),
+        "budget": budget_of(panel),
+        "queue": queue,
+        "log": log_of(panel),
+        "now": now.isoformat(),
+    }
+
+
+def pause_of(panel: Panel) -> dict[str, Any]:
+    try:
+        return read_pause(panel.workspace).model_dump(mode="json") | {"error": None}
+    except StateFileError as exc:
+        return {"paused": True, "error": f"{refusal(exc, panel.workspace).body.error}; "
+                "workers claim nothing while it is unreadable"}
+
+
+def budget_of(panel: Panel) -> dict[str, Any]:
+    try:
+        snapshot = panel.budget.snapshot()
+    except StateFileError as exc:
+        error = refusal(exc, panel.workspace).body.error
+        return {"limit": panel.settings.budget_limit, "error": error}
+    return {"limit": snapshot.limit, "spent": round(snapshot.spent, 6),
+            "reserved": round(snapshot.reserved, 6), "remaining": round(snapshot.remaining, 6),
+            "error": None}
+
+
+def log_of(panel: Panel) -> dict[str, Any]:
+    stats = panel.index.stats()
+    return {
+        "events": stats.events, "lines": stats.lines, "tasks": stats.tasks,
+        "file_bytes": stats.file_bytes, "indexed_bytes": stats.indexed_bytes,
+        "behind_bytes": panel.index.behind, "resets": stats.resets, "epoch": stats.epoch,
+        "malformed_count": stats.malformed_count,
+        "malformed": [vars(m) for m in stats.malformed[-MALFORMED_SHOWN:]],
+    }
