@@ -23,6 +23,11 @@ def armed() -> frozenset[str]:
     )
 
 
+def any_armed() -> bool:
+    """One environment lookup: lets a hot path skip building failpoint names outside tests."""
+    return bool(os.environ.get(FAILPOINTS_ENV))
+
+
 def failpoint(name: str) -> None:
     """Die here, at once, if the operator's test armed `name`."""
     if name in armed():

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from filelock import FileLock
 
+import failpoints
 from errors import StateFileError
 from runtime_contract import (
     API_AUDIT_FILE,
@@ -40,6 +41,7 @@ from runtime_contract import (
 T = TypeVar("T")
 LOCK_TIMEOUT_SECONDS = 30.0
 LOCK_POLL_SECONDS = 0.002
+TEMP_SUFFIX = ".tmp"
 
 
 class Workspace:
@@ -65,9 +67,12 @@ class Workspace:
         self._locks: dict[Path, FileLock] = {}
 
     def ensure_layout(self) -> None:
+        """Create the folders, and clear temp files that writers which died left behind."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(mode=0o700, exist_ok=True)
         self.sandbox.mkdir(exist_ok=True)
+        for folder in (self.root, self.state_dir):
+            sweep_stale_temp_files(folder)
 
     def lock(self, path: Path) -> FileLock:
         """The lock guarding `path`, created once per process (filelock objects are not shared)."""
@@ -79,20 +84,94 @@ class Workspace:
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Rename into place so a reader never sees half a file, even after a crash."""
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Rename into place so a reader never sees half a file, even after a crash.
+
+    The temp file's name carries the writer's pid, so a temp left by a writer that died
+    can be told from one still being written (see `sweep_stale_temp_files`). A failed
+    write raises OSError naming `path`, not the temp file, and leaves `path` untouched."""
+    try:
+        fd, temp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent
+        )
+    except OSError as exc:
+        raise _naming(path, exc) from exc
+    crash_test = failpoints.any_armed()
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            _write_temp(handle, data, path.name if crash_test else None)
         os.chmod(temp_name, mode)
+        if crash_test:
+            failpoints.failpoint(f"write:{path.name}:before_rename")
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
+        if isinstance(exc, OSError) and exc.filename != str(path):
+            raise _naming(path, exc) from exc
         raise
+    if crash_test:
+        failpoints.failpoint(f"write:{path.name}:renamed")
     fsync_directory(path.parent)
+
+
+def _write_temp(handle: Any, data: bytes, crash_name: str | None) -> None:
+    """Write, flush and fsync; under a crash test, half the bytes reach the disk first."""
+    if crash_name is not None:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        os.fsync(handle.fileno())
+        failpoints.failpoint(f"write:{crash_name}:partial")
+        data = data[len(data) // 2 :]
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def sweep_stale_temp_files(folder: Path) -> list[Path]:
+    """Remove `.<file>.<pid>.<random>.tmp` files whose writer is gone: the crash's leftovers.
+
+    Readers never look at temp files, so a leftover is harmless but untidy; a temp of a
+    live process (a write in progress) is left alone."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        pid = _temp_writer_pid(entry.name)
+        if pid is None or _process_exists(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _temp_writer_pid(name: str) -> int | None:
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+        return None
+    parts = name[: -len(TEMP_SUFFIX)].rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _naming(path: Path, exc: OSError) -> OSError:
+    """The same error about the state file itself, so the message tells the operator which
+    file could not be written ("[Errno 28] No space left on device: '.../queue.json'")."""
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 def fsync_directory(folder: Path) -> None:
@@ -156,32 +235,41 @@ def append_line(
     fsyncs before returning; audit trails on hot paths may skip it."""
     line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
     with workspace.lock(path):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        _append(path, line, durable=durable)
 
 
 def append_lines(workspace: Workspace, path: Path, records: list[dict[str, Any]]) -> None:
-    """Several records in one write: an archive batch lands whole or not at all."""
+    """Several records in one append: an archive batch lands whole or not at all."""
     if not records:
         return
     data = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
-    payload = data.encode("utf-8")
     with workspace.lock(path):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _append(path, data.encode("utf-8"), durable=True)
+
+
+def _append(path: Path, payload: bytes, *, durable: bool) -> None:
+    """Append whole lines or nothing: a write cut short (a full disk) is truncated away,
+    and a torn last line left by an earlier crash is ended first, so the new records
+    never run on from it. Errors name `path`."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _naming(path, exc) from exc
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            payload = b"\n" + payload
         try:
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            if durable:
+                os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, size)
+            raise _naming(path, exc) from exc
+    finally:
+        os.close(fd)
 
 
 def create_secret_file(path: Path, secret: str) -> bool:

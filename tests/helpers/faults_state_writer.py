@@ -1,0 +1,58 @@
+"""One state-file write through the runtime's own store code, in a process a test can kill.
+
+    faults_state_writer.py WORKSPACE KIND STEP
+
+KIND names the document: queue (a task `task-STEP` added), quality_gate (a vote on
+`task-STEP`), reward (a grant for `task-STEP`: the reward ledger, then the balances),
+budget (a reservation settled at 0.25). With SWARM_FAILPOINTS=write:<file>:<instant>
+the process kills itself inside the atomic writer of that file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from budget_ledger import BudgetLedger  # noqa: E402
+from critic import Review  # noqa: E402
+from quality_gate import QualityGate  # noqa: E402
+from queue_store import QueueStore  # noqa: E402
+from runtime_contract import Verdict  # noqa: E402
+from state_store import Workspace  # noqa: E402
+from swarm_enrichment import RewardBook  # noqa: E402
+
+IDENTITY = "resident_fault"
+BUDGET_LIMIT = 10.0
+SETTLED_COST = 0.25
+
+
+def write(workspace: Workspace, kind: str, task_id: str) -> None:
+    if kind == "queue":
+        QueueStore(workspace).add({"id": task_id, "prompt": f"say {task_id}"})
+    elif kind == "quality_gate":
+        review = Review(verdict=Verdict.APPROVE, confidence=0.9)
+        QualityGate(workspace).record(task_id, f"say {task_id}", "faults", review, 0)
+    elif kind == "reward":
+        outcome = RewardBook(workspace).grant(
+            task_id, IDENTITY, max_budget=1.0, budget_used=0.0, review_confidence=0.9
+        )
+        assert outcome.applied, outcome
+    elif kind == "budget":
+        ledger = BudgetLedger(workspace, BUDGET_LIMIT)
+        ledger.settle(ledger.reserve(0.5, task_id=task_id), SETTLED_COST)
+    else:
+        raise SystemExit(f"unknown kind {kind!r}")
+
+
+def main() -> int:
+    workspace = Workspace(sys.argv[1])
+    workspace.ensure_layout()
+    write(workspace, sys.argv[2], f"task-{sys.argv[3]}")
+    print("written", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
