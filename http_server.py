@@ -23,7 +23,10 @@ def serve(app: Flask, port: int, name: str) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"{name} listening on {url}", flush=True)
+    # One write: print() sends the newline separately, and a log line from another thread
+    # could land in between and run on from the URL a supervisor is reading.
+    sys.stdout.write(f"{name} listening on {url}\n")
+    sys.stdout.flush()
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

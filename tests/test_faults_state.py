@@ -8,6 +8,7 @@ names the file and the place; and the runtime carries on once the cause is gone.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -17,13 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, child_env
+import requests
+from conftest import (
+    ROOT,
+    RunningProcess,
+    child_env,
+    read_events,
+    run_worker,
+    wait_until,
+    write_queue,
+)
 from helpers.faults_state_writer import IDENTITY, SETTLED_COST, write
 from pydantic import BaseModel
 
 import quality_gate
 from budget_ledger import BudgetLedger, LedgerDocument
+from errors import StateFileError
 from queue_store import QueueStore
+from runtime_contract import TOKEN_HEADER
 from state_store import Workspace, read_json
 from swarm_enrichment import Balances, RewardBook, RewardLedger, parse_state
 
@@ -158,3 +170,137 @@ def test_a_writer_killed_mid_write_leaves_a_valid_file_and_the_next_write_works(
         landed = instant == "renamed"
         expected = state.expect_landed if landed else state.expect_lost
         assert state.ids(restarted) == expected, instant
+
+
+# --- malformed state files --------------------------------------------------------------
+
+BROKEN_QUEUE = '{\n  "version": "1.1",\n  "tasks": [\n    {"id": "a", "prompt": "x"},,\n  ]\n}\n'
+BROKEN_LEDGER = '{\n  "version": 1,\n  "grants": {\n    "t": {"task_id": "t"\n  }\n'
+BROKEN_TOOLS = '{\n  "greeter": {\n    "description": "says hello"\n    "keywords": []\n  }\n}\n'
+FAST_POLL = {"SWARM_POLL_INTERVAL": "0.05"}
+
+
+def get(url: str, path: str) -> tuple[int, dict[str, Any]]:
+    response = requests.get(url + path, timeout=10)
+    return response.status_code, response.json()
+
+
+def json_place(text: str) -> str:
+    """Where Python's JSON parser stops on `text`: what a good error message must repeat."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"line {exc.lineno}, column {exc.colno}"
+    raise AssertionError("the sample parses")
+
+
+def test_a_malformed_queue_is_named_with_its_place_left_untouched_and_the_rest_serves(
+    spawn: Callable[..., RunningProcess], workspace: Workspace
+) -> None:
+    workspace.queue_path.write_text(BROKEN_QUEUE)
+    place = json_place(BROKEN_QUEUE)
+    api = spawn(["swarm.py", "--port", "0"], child_env(workspace))
+    panel = spawn(["control_panel.py", "--port", "0"], child_env(workspace))
+    worker = spawn(["worker.py"], child_env(workspace, **FAST_POLL), wait_for_url=False)
+
+    wait_until(lambda: "queue.json is malformed" in worker.output, timeout=20)
+    report = next(line for line in worker.lines if "queue.json is malformed" in line)
+    assert str(workspace.queue_path) in report and place in report
+    added = run_worker(workspace, "add", "more", "echo hi", "--mode", "local")
+    assert added.returncode == 2
+    assert str(workspace.queue_path) in added.stderr and place in added.stderr
+
+    status, body = get(api.url, "/status")
+    assert status == 503 and place in body["error"] and "queue.json" in body["error"]
+    token = workspace.token_path.read_text().strip()
+    direct = requests.post(api.url + "/cycle", json={"mode": "local", "task": "echo still here"},
+                           headers={TOKEN_HEADER: token}, timeout=30)
+    assert direct.status_code == 200 and direct.json()["output"] == "still here\n"
+    status, body = get(panel.url, "/api/tasks")
+    assert status == 503 and "queue.json" in body["error"] and place in body["error"]
+    status, summary = get(panel.url, "/api/summary")
+    assert status == 200, summary
+    assert workspace.queue_path.read_text() == BROKEN_QUEUE
+    assert worker.proc.poll() is None, "the worker gave up instead of waiting for a fix"
+    assert worker.output.count("queue.json is malformed") == 1, "reported on every poll"
+
+    write_queue(workspace, [{"id": "fixed", "command": "echo fixed"}], api.url)
+    wait_until(lambda: queue_status(workspace, "fixed") == "approved", timeout=30)
+    assert get(api.url, "/status")[0] == 200
+
+
+def queue_status(workspace: Workspace, task_id: str) -> str | None:
+    try:
+        tasks = QueueStore(workspace).load().tasks
+    except StateFileError:
+        return None
+    return next((t.status.value for t in tasks if t.id == task_id), None)
+
+
+def test_a_malformed_reward_ledger_or_tool_store_is_named_and_left_untouched(
+    api: RunningProcess, spawn: Callable[..., RunningProcess], workspace: Workspace
+) -> None:
+    """The reward ledger broken: the work is still approved and the event says why nothing
+    was paid. The tool store broken: llm tasks fail naming it, local commands still run."""
+    workspace.reward_ledger_path.write_text(BROKEN_LEDGER)
+    workspace.tool_store_path.write_text(BROKEN_TOOLS)
+    write_queue(workspace, [
+        {"id": "echo", "command": "echo paid"},
+        {"id": "haiku", "prompt": "Write a haiku about queues"},
+    ], api.url)
+    result = run_worker(workspace, "--once", **FAST_POLL)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    events = {(e["task_id"], e["status"]): e for e in read_events(workspace)}
+    reward_error = events[("echo", "approved")]["phase5_reward_error"]
+    assert str(workspace.reward_ledger_path) in reward_error
+    assert json_place(BROKEN_LEDGER) in reward_error
+    routing_error = events[("haiku", "failed")]["errors"]
+    assert str(workspace.tool_store_path) in routing_error
+    assert json_place(BROKEN_TOOLS) in routing_error
+    assert workspace.reward_ledger_path.read_text() == BROKEN_LEDGER
+    assert workspace.tool_store_path.read_text() == BROKEN_TOOLS
+    assert not workspace.balances_path.exists(), "paid without a ledger entry"
+
+    panel = spawn(["control_panel.py", "--port", "0"], child_env(workspace))
+    status, body = get(panel.url, "/api/rewards")
+    assert status == 503 and "phase5_reward_ledger.json" in body["error"]
+    assert json_place(BROKEN_LEDGER) in body["error"]
+
+    workspace.reward_ledger_path.unlink()
+    workspace.tool_store_path.unlink()
+    QueueStore(workspace).add({"id": "haiku-2", "prompt": "Write a haiku about queues"})
+    assert run_worker(workspace, "--once", **FAST_POLL).returncode == 0
+    assert queue_status(workspace, "haiku-2") == "approved"
+    assert "task-2" not in RewardBook(workspace).ledger().grants
+    assert get(panel.url, "/api/rewards")[0] == 200
+
+
+def test_a_malformed_event_line_is_reported_by_number_and_new_events_stay_whole(
+    api: RunningProcess, spawn: Callable[..., RunningProcess], workspace: Workspace
+) -> None:
+    """A torn last line (no newline) must not swallow the next event appended after it."""
+    good = json.dumps({"task_id": "old", "worker_id": "w", "status": "pending",
+                       "timestamp": "2026-01-01T00:00:00+00:00"})
+    torn = '{"task_id": "torn", "status": "compl'
+    workspace.log_path.write_text(good + "\n" + torn)
+    write_queue(workspace, [{"id": "echo", "command": "echo after the tear"}], api.url)
+    assert run_worker(workspace, "--once", **FAST_POLL).returncode == 0
+
+    lines = workspace.log_path.read_text().splitlines()
+    assert lines[:2] == [good, torn], "the damaged line was rewritten"
+    events = [json.loads(line) for line in lines[2:]]
+    assert [e["status"] for e in events if e["task_id"] == "echo"] == [
+        "in_progress", "completed", "pending_review", "approved"]
+
+    panel = spawn(["control_panel.py", "--port", "0"], child_env(workspace))
+
+    def log_state() -> dict[str, Any] | None:
+        summary = get(panel.url, "/api/summary")[1]["log"]
+        return summary if summary["behind_bytes"] == 0 and summary["events"] else None
+
+    log_summary = wait_until(log_state)
+    assert log_summary["malformed_count"] == 1
+    assert [m["line"] for m in log_summary["malformed"]] == [2]
+    status, detail = get(panel.url, "/api/tasks/echo")
+    assert status == 200 and len(detail["timeline"]) == 4
