@@ -3,6 +3,8 @@
     python3 run.py          install into .venv, then start swarm.py, worker.py and
                             control_panel.py on ./workspace (with demo tasks) until Ctrl-C
     python3 run.py test     install into .venv (with test extras), then run the test suite
+    python3 run.py bench    install into .venv, then run the benchmarks and print one table
+                            (`bench --quick`, `bench queue panel`: see benchmarks/run_all.py)
 
 Only the standard library is used until the virtual environment exists; then the
 script re-executes itself inside it.
@@ -51,6 +53,9 @@ def main(argv: list[str]) -> int:
         os.execv(VENV_PYTHON, [str(VENV_PYTHON), str(Path(__file__).resolve()), *argv])
     if argv[:1] == ["test"]:
         return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
+    if argv[:1] == ["bench"]:
+        runner = ROOT / "benchmarks" / "run_all.py"
+        return subprocess.call([sys.executable, str(runner), *argv[1:]], cwd=ROOT)
     if argv[:1] in ([], ["up"]):
         return start_runtime()
     print(__doc__, file=sys.stderr)

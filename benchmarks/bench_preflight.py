@@ -1,7 +1,9 @@
 """Preflight latency: median and p99 per check, and for the whole call with and without audit.
 
 The gateway runs on every task, twice, so its cost must stay far below a millisecond for a
-4 KB prompt. Run `python benchmarks/bench_preflight.py [--iterations N]`.
+4 KB prompt. Comparison point: the 100-byte prompt. Target: p99 <= 1 ms for the whole
+audited call (as the worker and swarm.py make it) on a 4 KB prompt.
+Run `python benchmarks/bench_preflight.py [--iterations N] [--quick]`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchlib import Figure, print_table  # noqa: E402
+
 from safety_gateway import CHECKS, RULES, SafetyGateway, fold  # noqa: E402
 from state_store import Workspace  # noqa: E402
 
@@ -24,6 +28,8 @@ PARAGRAPH = (
     "records each attempt in the execution log, and keeps queue.json consistent across "
     "restarts. Add tests for `step()` and update the README table | option | default |.\n"
 )
+NAME = "5 safety preflight"
+TARGET_P99_US = 1000.0
 PROMPTS = {
     "100 B benign": PARAGRAPH[:100],
     "4 KB benign": (PARAGRAPH * 20)[:4096],
@@ -49,10 +55,9 @@ def percentiles(
     return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--iterations", type=int, default=5000)
-    iterations = parser.parse_args().iterations
+def run(quick: bool = False, iterations: int | None = None) -> list[Figure]:
+    iterations = iterations or (1000 if quick else 5000)
+    figures = []
     with tempfile.TemporaryDirectory() as folder:
         runners: dict[str, Callable[[str], object]] = {name: check_runner(name) for name in CHECKS}
         runners["whole call, no audit"] = SafetyGateway().pre_execute_safety_check
@@ -63,6 +68,22 @@ def main() -> None:
             for name, runner in runners.items():
                 median, p99 = percentiles(runner, text, iterations)
                 print(f"  {name:<22} median {median:8.1f} us   p99 {p99:8.1f} us")
+                if name == "whole call, audited":
+                    judged = label.startswith("4 KB")
+                    figures.append(Figure(
+                        NAME, f"{label}, audited call", f"median {median:.0f} us, p99 {p99:.0f} us",
+                        f"p99 <= {TARGET_P99_US:.0f} us" if judged else "",
+                        p99 <= TARGET_P99_US if judged else None,
+                    ))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--iterations", type=int, default=5000)
+    parser.add_argument("--quick", action="store_true", help="1000 iterations")
+    args = parser.parse_args()
+    print_table(run(args.quick, None if args.quick else args.iterations))
 
 
 if __name__ == "__main__":

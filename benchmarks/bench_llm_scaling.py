@@ -1,0 +1,108 @@
+"""LLM-path throughput and worker scaling against a provider that answers after 100 ms.
+
+A loopback OpenAI-compatible server (tests/fake_llm_server.py) holds every answer back
+by `--delay`; swarm.py talks to it as to any provider. For 1, 2, 4 and 8 workers,
+started idle and waiting for work, the same number of llm tasks is added at once and
+timed until every task is final (approved after review). Comparison point: one worker;
+the ideal speed-up with N workers is N. Targets: 4 workers >= 3.5x, 8 workers >= 6x.
+
+    python benchmarks/bench_llm_scaling.py [--tasks N] [--runs R] [--delay S] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import Child, Figure, clean_env, median, print_table
+from fake_llm_server import FakeLLMServer
+
+from queue_store import QueueStore  # noqa: E402
+from runtime_contract import Status  # noqa: E402
+from settings import Settings  # noqa: E402
+from state_store import Workspace  # noqa: E402
+
+NAME = "2 LLM worker scaling"
+WORKER_COUNTS = (1, 2, 4, 8)
+TARGETS = {4: 3.5, 8: 6.0}
+FINAL = {Status.APPROVED, Status.FAILED, Status.SAFETY_BLOCKED, Status.CANCELLED}
+DEADLINE_SECONDS = 300.0
+
+
+def tasks_per_second(provider_url: str, workers: int, tasks: int) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        workspace = Workspace(root)
+        workspace.ensure_layout()
+        env = clean_env(root, SWARM_LLM_BASE_URL=provider_url, SWARM_LLM_MODEL="local-model",
+                        SWARM_RATE_LIMIT="1000000")
+        api = Child(["swarm.py", "--port", "0"], env, wait_for_url=True)
+        started: list[Child] = []
+        try:
+            store = QueueStore.for_settings(workspace, Settings(workspace=root))
+            store.set_api_endpoint(api.url)
+            for number in range(workers):
+                started.append(Child(["worker.py", "--worker-id", f"bench-{number}"], env,
+                                     wait_for_url=False))
+            wait_for(lambda: len(list(workspace.workers_dir.glob("*.json"))) == workers)
+            store.add_many([{"id": f"t{i}", "mode": "llm", "prompt": f"Say hello to {i}"}
+                            for i in range(tasks)])
+            begin = time.perf_counter()
+            wait_for(lambda: all(t.status in FINAL for t in store.load().tasks))
+            elapsed = time.perf_counter() - begin
+            statuses = {t.status for t in store.load().tasks}
+            if statuses != {Status.APPROVED}:
+                raise RuntimeError(f"tasks ended {sorted(s.value for s in statuses)}")
+            return tasks / elapsed
+        finally:
+            for child in [*started, api]:
+                child.stop()
+
+
+def wait_for(condition: object, interval: float = 0.01) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not done within {DEADLINE_SECONDS:.0f} s")
+        time.sleep(interval)
+
+
+def run(quick: bool = False, tasks: int | None = None, runs: int | None = None,
+        delay: float = 0.1) -> list[Figure]:
+    tasks = tasks or (32 if quick else 64)
+    runs = runs or (1 if quick else 3)
+    rates: dict[int, list[float]] = {n: [] for n in WORKER_COUNTS}
+    with FakeLLMServer(delay=delay) as provider:
+        for number in range(runs):
+            for workers in WORKER_COUNTS:
+                rates[workers].append(tasks_per_second(provider.url, workers, tasks))
+                print(f"  run {number + 1}: {workers} worker(s) {rates[workers][-1]:.1f} tasks/s",
+                      flush=True)
+    base = median(rates[1])
+    figures = [Figure(NAME, f"1 worker ({delay * 1000:.0f} ms provider)", f"{base:.1f} tasks/s",
+                      f"ideal {1 / delay:.1f}/s")]
+    for workers in WORKER_COUNTS[1:]:
+        rate = median(rates[workers])
+        target = TARGETS.get(workers)
+        figures.append(Figure(
+            NAME, f"{workers} workers", f"{rate:.1f} tasks/s = {rate / base:.2f}x",
+            f">= {target}x" if target else f"ideal {workers}x",
+            rate / base >= target if target else None,
+        ))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, help="tasks per measurement (default 64, quick 32)")
+    parser.add_argument("--runs", type=int, help="runs to take the median of (default 3)")
+    parser.add_argument("--delay", type=float, default=0.1, help="provider delay in seconds")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print_table(run(args.quick, args.tasks, args.runs, args.delay))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Queue growth: the cost of one claim + finish as queue.json holds more tasks.
+
+The store is used exactly as a worker uses it (`QueueStore.claim`, then `finish`, each
+a locked read-modify-write of queue.json with fsync). The queue holds N tasks, half
+finished (approved) and half pending, and retention is set to N so that all of them
+stay in the file. Comparison point: the same operations at 100 tasks; the ideal growth
+is flat. Target: the cost at 10,000 tasks <= 2x the cost at 100.
+
+    python benchmarks/bench_queue_growth.py [--rounds R] [--sizes 100,1000,10000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import Figure, median, print_table
+
+from queue_store import QueueStore, WorkerIdentity  # noqa: E402
+from runtime_contract import Status, utc_now  # noqa: E402
+from state_store import Workspace, atomic_write_json  # noqa: E402
+
+NAME = "3 queue growth"
+SIZES = (100, 1000, 10_000)
+TARGET_RATIO = 2.0
+
+
+def build_queue(workspace: Workspace, size: int) -> None:
+    """N tasks shaped like a worker leaves them: half approved with a result, half pending."""
+    stamp = utc_now().isoformat()
+    tasks = []
+    for number in range(size):
+        task = {"id": f"task-{number:05d}", "mode": "local", "command": f"echo {number}",
+                "prompt": f"Print the number {number} so the operator can see it ran",
+                "status": Status.PENDING.value, "created_at": stamp, "attempts": 0}
+        if number % 2 == 0:
+            task.update(status=Status.APPROVED.value, attempts=1, updated_at=stamp,
+                        last_error=None)
+        tasks.append(task)
+    atomic_write_json(workspace.queue_path, {
+        "version": "1.1", "api_endpoint": "http://127.0.0.1:8420", "tasks": tasks,
+        "completed": [t["id"] for t in tasks if t["status"] == Status.APPROVED.value],
+        "failed": [],
+    })
+
+
+def claim_finish_ms(size: int, rounds: int) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        workspace = Workspace(Path(folder))
+        workspace.ensure_layout()
+        build_queue(workspace, size)
+        store = QueueStore(workspace, retain=size, review_enabled=True)
+        worker = WorkerIdentity("bench")
+        samples = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            claimed = store.claim(worker, lease_seconds=30).task
+            store.finish(claimed.id, worker, Status.APPROVED)
+            samples.append((time.perf_counter() - start) * 1000)
+        return median(samples)
+
+
+def run(quick: bool = False, rounds: int | None = None,
+        sizes: tuple[int, ...] = SIZES) -> list[Figure]:
+    rounds = rounds or (10 if quick else 30)
+    rounds = min(rounds, min(sizes) // 2)
+    costs = {}
+    for size in sizes:
+        costs[size] = claim_finish_ms(size, rounds)
+        print(f"  {size:>6} tasks: claim + finish {costs[size]:.2f} ms (median of {rounds})",
+              flush=True)
+    base = costs[sizes[0]]
+    figures = [Figure(NAME, f"claim + finish at {sizes[0]:,} tasks", f"{base:.2f} ms")]
+    for size in sizes[1:]:
+        ratio = costs[size] / base
+        last = size == sizes[-1]
+        figures.append(Figure(
+            NAME, f"at {size:,} tasks", f"{costs[size]:.2f} ms = {ratio:.1f}x",
+            f"<= {TARGET_RATIO:.0f}x" if last else "", ratio <= TARGET_RATIO if last else None,
+        ))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, help="claim + finish pairs per size (default 30)")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    sizes = tuple(int(size) for size in args.sizes.split(","))
+    print_table(run(args.quick, args.rounds, sizes))
+
+
+if __name__ == "__main__":
+    main()
