@@ -6,20 +6,19 @@ darkens one tile and never the whole header.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from errors import StateFileError
-from panel_audit import parse_time
 from panel_errors import PanelError, refusal
 from panel_state import Panel
 from panel_tasks import counts_by_status
 from pause_switch import read_pause
 from queue_store import lease_is_live
-from runtime_contract import PANEL_WORKER_ID, QUEUE_FILE, QueueDocument, Status
+from runtime_contract import QUEUE_FILE, QueueDocument, Status, WorkerPresence
+from worker_presence import live_workers
 
 MALFORMED_SHOWN = 5
-WORKER_SEEN_WINDOW_SECONDS = 120.0
 
 
 def archived_counts(doc: QueueDocument) -> dict[str, int]:
@@ -34,22 +33,22 @@ def live_leases(doc: QueueDocument, now: float) -> dict[str, str]:
     return {t.lease.worker_id: t.id for t in doc.tasks if lease_is_live(t.lease, now)}
 
 
-def worker_presence(
-    leased: dict[str, str], last_seen: dict[str, str | None], now: datetime, window: float
+def alive_workers(
+    present: list[WorkerPresence], leased: dict[str, str], last_logged: dict[str, str | None]
 ) -> list[dict[str, Any]]:
-    """Workers holding a live lease, and those that wrote an event within `window` seconds."""
+    """Workers that announce themselves (idle ones too) or hold a live lease.
+
+    A lease alone is enough: its holder renews it, so it is alive even when its presence
+    file is missing (written by an older worker, or removed by hand)."""
     workers = {
-        worker: {"worker_id": worker, "task_id": task_id, "lease": True,
-                 "last_seen": last_seen.get(worker)}
-        for worker, task_id in leased.items()
+        p.worker_id: {"worker_id": p.worker_id, "task_id": leased.get(p.worker_id),
+                      "lease": p.worker_id in leased, "paused": p.paused,
+                      "last_seen": datetime.fromtimestamp(p.last_seen, UTC).isoformat()}
+        for p in present
     }
-    for worker, seen in last_seen.items():
-        moment = parse_time(seen)
-        if worker in workers or worker == PANEL_WORKER_ID or moment is None:
-            continue
-        if (now - moment).total_seconds() <= window:
-            workers[worker] = {"worker_id": worker, "task_id": None, "lease": False,
-                               "last_seen": seen}
+    for worker, task_id in leased.items():
+        workers.setdefault(worker, {"worker_id": worker, "task_id": task_id, "lease": True,
+                                    "paused": False, "last_seen": last_logged.get(worker)})
     return sorted(workers.values(), key=lambda w: w["worker_id"])
 
 
@@ -66,10 +65,10 @@ def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
                  "archived": archived_counts(doc)}
         api = panel.probe.check(doc.api_endpoint)
         leased = live_leases(doc, moment)
-    window = max(WORKER_SEEN_WINDOW_SECONDS, 3 * panel.settings.lease_seconds)
+    present = live_workers(panel.workspace, moment)
     return {
         "api": api,
-        "workers": worker_presence(leased, panel.index.workers_last_seen(), now, window),
+        "workers": alive_workers(present, leased, panel.index.workers_last_seen()),
         "pause": pause_of(panel),
         "budget": budget_of(panel),
         "queue": queue,

@@ -126,11 +126,16 @@
     tile("tile-api", up ? "good" : "bad");
   }
 
+  function workerNote(worker) {
+    const doing = worker.task_id ? `on ${worker.task_id}` : (worker.paused ? "paused" : "idle");
+    return `${worker.worker_id} ${doing}`;
+  }
+
   function renderWorkers(workers) {
-    byId("workers-state").textContent = workers.length ? `${workers.length} active` : "none active";
+    byId("workers-state").textContent = workers.length ? `${workers.length} alive` : "none alive";
     byId("workers-note").textContent = workers.length
-      ? workers.map((w) => (w.task_id ? `${w.worker_id} on ${w.task_id}` : w.worker_id)).join(", ")
-      : "a worker shows here while it holds a lease or has logged recently";
+      ? workers.map(workerNote).join(", ")
+      : "a running worker shows here, idle or busy";
     tile("tile-workers", workers.length ? "good" : "warn");
   }
 

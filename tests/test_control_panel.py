@@ -6,14 +6,25 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningProcess, read_events, read_queue, run_worker, write_queue
+from conftest import (
+    RunningProcess,
+    child_env,
+    read_events,
+    read_queue,
+    run_worker,
+    wait_until,
+    write_queue,
+)
 from flask import Flask
 from werkzeug.test import TestResponse
 
@@ -23,13 +34,14 @@ from critic import Review
 from event_log import EventLog
 from panel_audit import bucket_spend
 from panel_guards import CSRF_HEADER, REDACTED
-from panel_health import worker_presence
+from panel_health import alive_workers
 from panel_probe import ApiProbe
 from panel_state import MAX_STREAMS
 from panel_stream import event_stream, parse_cursor
 from panel_tasks import select_tasks
 from pause_switch import read_pause, set_pause
 from quality_gate import QualityGate
+from queue_store import WorkerIdentity
 from runtime_contract import (
     DEFAULT_PANEL_PORT,
     PANEL_WORKER_ID,
@@ -39,11 +51,13 @@ from runtime_contract import (
     Status,
     Task,
     Verdict,
+    WorkerPresence,
 )
 from safety_gateway import SafetyGateway
 from settings import Settings
 from state_store import Workspace, append_line
 from swarm_enrichment import RewardBook
+from worker_presence import FRESH_FOR_SECONDS, PresenceBeacon
 
 BASE = f"http://127.0.0.1:{DEFAULT_PANEL_PORT}"
 ORIGIN = BASE
@@ -296,7 +310,6 @@ def test_the_summary_reports_queue_pause_budget_and_log(
     assert body["budget"]["limit"] == 5.0 and body["budget"]["spent"] == 0
     assert body["log"]["events"] == 1 and body["log"]["malformed_count"] == 0
     assert body["api"]["reachable"] is False
-    assert [w["worker_id"] for w in body["workers"]] == ["w1"]
 
 
 def test_the_summary_reaches_a_running_api(
@@ -341,18 +354,73 @@ def test_the_api_probe_never_leaves_loopback() -> None:
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("leased, seen, expected", [
-    ({}, {}, []),
-    ({"w1": "t1"}, {}, ["w1"]),
-    ({}, {"w2": (NOW - timedelta(seconds=30)).isoformat()}, ["w2"]),
-    ({}, {"w2": (NOW - timedelta(minutes=30)).isoformat()}, []),
-    ({}, {PANEL_WORKER_ID: NOW.isoformat()}, []),
-    ({}, {"w3": "not a time"}, []),
-    ({"w1": "t1"}, {"w1": NOW.isoformat(), "w0": NOW.isoformat()}, ["w0", "w1"]),
+def presence(worker_id: str, *, paused: bool = False) -> WorkerPresence:
+    return WorkerPresence(worker_id=worker_id, pid=1, host="h", started_at=NOW.isoformat(),
+                          last_seen=NOW.timestamp(), paused=paused)
+
+
+@pytest.mark.parametrize("present, leased, expected", [
+    ([], {}, []),
+    ([presence("idle")], {}, [("idle", None, False, False)]),
+    ([presence("held")], {"held": "t1"}, [("held", "t1", True, False)]),
+    ([], {"old": "t2"}, [("old", "t2", True, False)]),
+    ([presence("z", paused=True), presence("a")], {},
+     [("a", None, False, False), ("z", None, False, True)]),
 ])
-def test_worker_presence(leased: dict, seen: dict, expected: list[str]) -> None:
-    workers = worker_presence(leased, seen, NOW, window=120)
-    assert [w["worker_id"] for w in workers] == expected
+def test_alive_workers_are_the_present_and_the_lease_holders(
+    present: list, leased: dict, expected: list
+) -> None:
+    workers = alive_workers(present, leased, {"old": NOW.isoformat()})
+    assert [(w["worker_id"], w["task_id"], w["lease"], w["paused"]) for w in workers] == expected
+
+
+def test_a_worker_that_only_logged_recently_is_not_alive(
+    client: PanelClient, workspace: Workspace
+) -> None:
+    """Regression: the log alone once made a crashed worker look alive for minutes."""
+    EventLog(workspace, "crashed").emit("t", Status.IN_PROGRESS)
+    assert client.get("/api/summary").get_json()["workers"] == []
+
+
+def test_a_presence_file_makes_a_worker_alive_until_stale_or_withdrawn(
+    client: PanelClient, workspace: Workspace
+) -> None:
+    beacon = PresenceBeacon(workspace, WorkerIdentity("w-idle"))
+    beacon.announce(paused=False)
+    workers = client.get("/api/summary").get_json()["workers"]
+    assert [(w["worker_id"], w["task_id"], w["lease"]) for w in workers] == [
+        ("w-idle", None, False)]
+    assert datetime.fromisoformat(workers[0]["last_seen"]) > datetime.now(UTC) - timedelta(
+        seconds=FRESH_FOR_SECONDS)
+    beacon.announce(paused=True, now=time.time() - 2 * FRESH_FOR_SECONDS)
+    assert client.get("/api/summary").get_json()["workers"] == []
+    beacon.announce(paused=False)
+    assert len(client.get("/api/summary").get_json()["workers"]) == 1
+    beacon.withdraw()
+    assert client.get("/api/summary").get_json()["workers"] == []
+
+
+def test_a_presence_file_of_a_dead_process_is_not_alive(
+    client: PanelClient, workspace: Workspace
+) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    PresenceBeacon(workspace, WorkerIdentity("w-dead", pid=int(gone.stdout))).announce(
+        paused=False)
+    assert client.get("/api/summary").get_json()["workers"] == []
+
+
+def test_a_running_idle_worker_is_alive_on_the_panel(
+    spawn: Callable[..., RunningProcess], client: PanelClient, workspace: Workspace
+) -> None:
+    write_queue(workspace, [], UNREACHABLE)
+    worker = spawn(["worker.py", "--worker-id", "idle-1"], child_env(workspace),
+                   wait_for_url=False)
+    workers = wait_until(lambda: client.get("/api/summary").get_json()["workers"], timeout=20)
+    assert [(w["worker_id"], w["task_id"], w["lease"]) for w in workers] == [
+        ("idle-1", None, False)]
+    assert worker.stop() == 0
+    assert client.get("/api/summary").get_json()["workers"] == []
 
 
 def test_a_worker_holding_a_live_lease_is_alive(client: PanelClient, workspace: Workspace) -> None:
@@ -361,7 +429,8 @@ def test_a_worker_holding_a_live_lease_is_alive(client: PanelClient, workspace: 
     write_queue(workspace, [pending("t", status="in_progress", lease=lease.model_dump())],
                 UNREACHABLE)
     workers = client.get("/api/summary").get_json()["workers"]
-    assert workers == [{"worker_id": "w-live", "task_id": "t", "lease": True, "last_seen": None}]
+    assert workers == [{"worker_id": "w-live", "task_id": "t", "lease": True, "paused": False,
+                        "last_seen": None}]
 
 
 # --- the task table ---------------------------------------------------------------------

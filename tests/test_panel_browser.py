@@ -171,6 +171,22 @@ def test_requeue_and_pause_work_from_the_page(
     assert watched.errors == []
 
 
+def test_an_idle_worker_shows_as_alive_until_it_stops(
+    watched: Watched, panel: RunningProcess, spawn: Callable[..., RunningProcess],
+    workspace: Workspace,
+) -> None:
+    write_queue(workspace, [], panel.url)
+    page = open_panel(watched, panel)
+    page.locator("#workers-state", has_text="none alive").wait_for()
+    worker = spawn(["worker.py", "--worker-id", "idle-7"], child_env(workspace),
+                   wait_for_url=False)
+    page.locator("#workers-state", has_text="1 alive").wait_for()
+    assert text_of(page, "#workers-note") == "idle-7 idle"
+    assert worker.stop() == 0
+    page.locator("#workers-state", has_text="none alive").wait_for()
+    assert watched.errors == []
+
+
 def test_task_output_containing_a_script_shows_as_text(
     watched: Watched, panel: RunningProcess, workspace: Workspace
 ) -> None:
