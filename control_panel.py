@@ -42,7 +42,7 @@ from panel_stream import (
     stream_response,
 )
 from panel_tasks import detail_of, status_tones, table_of
-from runtime_contract import Mode, Status
+from runtime_contract import QUEUE_FILE, Mode, Status
 from settings import Settings
 
 MAX_BODY_BYTES = 256 * 1024
@@ -52,7 +52,7 @@ MAX_QUERY_CHARS = 200
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 GOLDEN_PATH_ONLY = (
     "spawner endpoints are disabled in golden-path mode: tasks run only through "
-    "worker.py against queue.json"
+    f"worker.py against {QUEUE_FILE}"
 )
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from runtime_contract import TASK_ID_PATTERN, Event
+
 log = logging.getLogger(__name__)
 
 READ_BLOCK_BYTES = 4 * 1024 * 1024
@@ -34,11 +36,13 @@ READ_WINDOW_BYTES = 1024 * 1024
 FINGERPRINT_BYTES = 64
 RECENT_EVENTS = 1000
 MALFORMED_KEPT = 50
-# The envelope as event_log.py writes it: task_id, worker_id, status, timestamp, in order.
+# The envelope as event_log.py writes it: the contract's Event fields, in their order.
 # Anything else (escapes, another key order, a hand-written line) takes the json path.
+TASK_ID, WORKER_ID, STATUS, TIMESTAMP = Event.model_fields
 EVENT_PREFIX = re.compile(
-    rb'\{"task_id": "([A-Za-z0-9._-]{1,128})", "worker_id": "([^"\\]*)", '
-    rb'"status": "([a-z_]+)", "timestamp": "([^"\\]*)"'
+    rb'\{"%b": "(%b)", "%b": "([^"\\]*)", "%b": "([a-z_]+)", "%b": "([^"\\]*)"' % (
+        TASK_ID.encode(), TASK_ID_PATTERN.pattern.encode(), WORKER_ID.encode(),
+        STATUS.encode(), TIMESTAMP.encode())
 )
 
 
@@ -356,11 +360,11 @@ class LogIndex(_Follower):
         record = parse_record(line, self.malformed)
         if record is None:
             return None
-        task_id, status = record.get("task_id"), record.get("status")
+        task_id, status = record.get(TASK_ID), record.get(STATUS)
         if not isinstance(task_id, str) or not task_id or not isinstance(status, str):
             self.malformed.add(line, "not an event: task_id and status must be strings")
             return None
-        worker_id, timestamp = record.get("worker_id"), record.get("timestamp")
+        worker_id, timestamp = record.get(WORKER_ID), record.get(TIMESTAMP)
         return (
             task_id,
             worker_id if isinstance(worker_id, str) else None,
