@@ -33,12 +33,14 @@ from runtime_contract import ReviewEvent, Status, Verdict, iso, utc_now  # noqa:
 from safety_gateway import SafetyGateway  # noqa: E402
 from state_store import Workspace, append_line  # noqa: E402
 from swarm_enrichment import RewardBook  # noqa: E402
+from worker_presence import PresenceBeacon  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 WORKER = "worker-a"
+IDLE_WORKER = "worker-b"
 
 
 class Seeder:
@@ -149,6 +151,7 @@ def photograph(url: str, out: Path) -> None:
         page.locator("#task-rows tr").nth(6).wait_for()
         page.locator("#events li").nth(10).wait_for()
         page.locator("#api-state", has_text="reachable").wait_for()
+        page.locator("#workers-state", has_text="2 alive").wait_for()
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out))
         browser.close()
@@ -164,6 +167,7 @@ def main() -> int:
         panel = None
         try:
             seed_showcase(workspace)
+            PresenceBeacon(workspace, WorkerIdentity(IDLE_WORKER)).announce(paused=False)
             QueueStore(workspace).set_api_endpoint(api_url)
             panel, url = start(["control_panel.py", "--port", "0"], env)
             photograph(url, out)
