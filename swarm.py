@@ -159,6 +159,15 @@ def _install_error_handlers(app: Flask) -> None:
         log.exception("unhandled error in %s", request.path)
         return _json_error(500, ErrorBody(error=f"internal error: {type(exc).__name__}"))
 
+    @app.errorhandler(OSError)
+    def state_unwritable(exc: OSError) -> Any:
+        """A full disk or a read-only workspace: say which file, and that a retry may work."""
+        if exc.filename is None:
+            return unexpected(exc)
+        log.error("%s could not write runtime state: %s", request.path, exc)
+        return _json_error(503, ErrorBody(error=f"cannot write runtime state: {exc}",
+                                          retryable=True))
+
 
 def _json_error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Any:
     response = jsonify(body.model_dump(mode="json", exclude_none=True))

@@ -153,7 +153,7 @@ class Worker:
         reported: str | None = None
         while not stop.is_set():
             paused = self.paused()
-            self.beacon.announce(paused=paused)
+            self.announce(paused)
             if paused:
                 if once:
                     return 0
@@ -161,20 +161,29 @@ class Worker:
                 continue
             try:
                 outcome = self.step()
-            except QueueFileError as exc:
+            except (QueueFileError, OSError) as exc:
                 if str(exc) != reported:
-                    log.error("queue.json is malformed and will not be touched: %s", exc)
+                    log.error("%s", stalled_message(exc))
                     reported = str(exc)
                 if once:
                     return 2
                 stop.wait(self.settings.poll_interval)
                 continue
+            if reported is not None:
+                log.info("state files are writable again; claiming tasks")
             reported = None
             if outcome.task is None:
                 if once and outcome.drained:
                     return 0
                 stop.wait(self.settings.poll_interval)
         return 0
+
+    def announce(self, paused: bool) -> None:
+        """Presence is a courtesy to the panel: a failed write (a full disk) must not stop work."""
+        try:
+            self.beacon.announce(paused=paused)
+        except OSError as exc:
+            log.warning("could not update this worker's presence file: %s", exc)
 
     def paused(self) -> bool:
         """The kill switch is read before every claim; a broken switch counts as on."""
@@ -419,6 +428,13 @@ class Worker:
 # --- pure helpers -----------------------------------------------------------------------
 
 
+def stalled_message(exc: Exception) -> str:
+    """Why the worker claims nothing: a queue.json to fix, or a state file it cannot write."""
+    if isinstance(exc, QueueFileError):
+        return f"queue.json is malformed and will not be touched: {exc}"
+    return f"cannot write runtime state, claiming nothing until it can: {exc}"
+
+
 def build_request(task: Task, prompt: str | None = None) -> CycleRequest:
     """The /cycle body for a task: the command for local work, the (composed) prompt for llm."""
     mode = task.effective_mode
@@ -551,6 +567,9 @@ def add_task(args: argparse.Namespace, workspace: Workspace, settings: Settings)
         return 2
     except (SwarmError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: nothing was added, the queue could not be written: {exc}", file=sys.stderr)
         return 2
     print(f"added task {task.id} ({task.effective_mode.value})")
     return 0

@@ -8,11 +8,13 @@ names the file and the place; and the runtime carries on once the cause is gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from conftest import (
     wait_until,
     write_queue,
 )
+from fake_llm_server import FakeLLMServer
 from helpers.faults_state_writer import IDENTITY, SETTLED_COST, write
 from pydantic import BaseModel
 
@@ -304,3 +307,113 @@ def test_a_malformed_event_line_is_reported_by_number_and_new_events_stay_whole(
     assert [m["line"] for m in log_summary["malformed"]] == [2]
     status, detail = get(panel.url, "/api/tasks/echo")
     assert status == 200 and len(detail["timeline"]) == 4
+
+
+# --- a full disk ----------------------------------------------------------------------
+
+DISK_SIZE = "4m"
+PRICED_MODEL = "fault-model"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of a few MB to hold the workspace, unmounted afterwards; skipped where the
+    test may not mount filesystems (not root, no tmpfs, a locked-down container)."""
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0755", "tmpfs",
+             str(mountpoint)], capture_output=True, text=True, timeout=30,
+        )
+    except FileNotFoundError:
+        pytest.skip("disk-full test needs the `mount` command to create a small tmpfs")
+    if mounted.returncode != 0:
+        pytest.skip(f"disk-full test cannot mount a {DISK_SIZE} tmpfs for the workspace "
+                    f"(needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
+            subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Write zeros until the filesystem refuses even one more byte."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (1 << 20, 4096, 1):
+            chunk = b"\0" * size
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, chunk)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def cycle(api: RunningProcess, workspace: Workspace, body: dict[str, Any]) -> requests.Response:
+    token = workspace.token_path.read_text().strip()
+    return requests.post(api.url + "/cycle", json=body, headers={TOKEN_HEADER: token},
+                         timeout=30)
+
+
+LLM_BODY = {"prompt": "Write a haiku about disks", "model": PRICED_MODEL, "max_tokens": 50}
+
+
+def state_snapshot(workspace: Workspace) -> dict[str, bytes]:
+    paths = [workspace.queue_path, workspace.quality_gate_path, workspace.reward_ledger_path,
+             workspace.balances_path, workspace.budget_ledger_path]
+    return {path.name: path.read_bytes() for path in paths}
+
+
+def test_a_full_disk_fails_writes_cleanly_corrupts_nothing_and_work_resumes_with_space(
+    small_disk: Path, tmp_path: Path, spawn: Callable[..., RunningProcess]
+) -> None:
+    workspace = Workspace(small_disk / "ws")
+    workspace.ensure_layout()
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({PRICED_MODEL: {"input": 1.0, "output": 2.0}}))
+    with FakeLLMServer() as provider:
+        env = child_env(workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_PRICES_FILE=str(prices),
+                        SWARM_LLM_RETRIES="0")
+        api = spawn(["swarm.py", "--port", "0"], env)
+        write_queue(workspace, [{"id": "before", "command": "echo before"}], api.url)
+        assert run_worker(workspace, "--once", **FAST_POLL).returncode == 0
+        assert cycle(api, workspace, LLM_BODY).status_code == 200
+        QueueStore(workspace).add({"id": "during", "command": "echo during"})
+        before = state_snapshot(workspace)
+        spent = BudgetLedger(workspace, 5.0).snapshot().spent
+        assert spent > 0
+
+        filler = fill(small_disk)
+        added = run_worker(workspace, "add", "late", "echo late", "--mode", "local")
+        assert added.returncode == 2
+        assert "No space left on device" in added.stderr
+        assert str(workspace.queue_path) in added.stderr
+        refused = cycle(api, workspace, LLM_BODY)
+        assert refused.status_code == 503, refused.text
+        assert "No space left on device" in refused.json()["error"]
+        assert refused.json()["retryable"] is True
+        assert len(provider.requests) == 1, "called the provider without holding its cost"
+        assert get(api.url, "/status")[0] == 200
+
+        worker = spawn(["worker.py"], child_env(workspace, **FAST_POLL), wait_for_url=False)
+        wait_until(lambda: "cannot write runtime state" in worker.output, timeout=20)
+        report = next(line for line in worker.lines if "cannot write runtime state" in line)
+        assert str(workspace.queue_path) in report and "No space left on device" in report
+        assert state_snapshot(workspace) == before, "a state file changed on a full disk"
+        assert queue_status(workspace, "during") == "pending"
+        assert list(workspace.root.glob(".*.tmp")) + list(workspace.state_dir.glob(".*.tmp")) == []
+        assert worker.proc.poll() is None, "the worker died instead of waiting for space"
+
+        filler.unlink()
+        wait_until(lambda: queue_status(workspace, "during") == "approved", timeout=30)
+        assert cycle(api, workspace, LLM_BODY).status_code == 200
+    assert worker.output.count("cannot write runtime state") == 1, "reported on every poll"
+    assert "writable again" in worker.output
+    history = [e["status"] for e in read_events(workspace) if e["task_id"] == "during"]
+    assert history == ["in_progress", "completed", "pending_review", "approved"]
+    ledger = BudgetLedger(workspace, 5.0).snapshot()
+    assert ledger.reserved == 0 and ledger.spent == pytest.approx(2 * spent)
