@@ -11,6 +11,8 @@ identifies the prompt by hash and never carries a secret.
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from rate_limiter import TokenBucket
 from runtime_contract import utc_now
 from settings import Settings
 from state_store import Workspace, append_line
+
+log = logging.getLogger(__name__)
 
 # Slack on the input bound for the chat template's role and separator tokens.
 TEMPLATE_TOKEN_ALLOWANCE = 32
@@ -76,6 +80,10 @@ class SecureAPIWrapper:
         self.default_model = default_model
         self.audit_prompts = audit_prompts
         self._secrets = tuple(secrets)
+        # Holds whose settle or refund could not be written yet: reservation -> cost, or
+        # None for a refund. The hold stays in the ledger file meanwhile; it covers the cost.
+        self._unclosed: dict[str, float | None] = {}
+        self._closing = threading.Lock()
 
     def call_llm(
         self,
@@ -133,6 +141,7 @@ class SecureAPIWrapper:
                 raise TaskBudgetExceeded(audit.task_id, estimate, max_budget)
             reservation = None
             if price != FREE:
+                self._close_pending()
                 reservation = self.ledger.reserve(estimate, task_id=audit.task_id)
         except tuple(REFUSAL_EVENTS) as exc:
             audit.write(REFUSAL_EVENTS[type(exc)], error=str(exc))
@@ -141,11 +150,34 @@ class SecureAPIWrapper:
 
     def _settle(self, reservation: str | None, cost: float) -> None:
         if reservation is not None:
-            self.ledger.settle(reservation, cost)
+            self._close(reservation, cost)
 
     def _release(self, reservation: str | None) -> None:
         if reservation is not None:
-            self.ledger.refund(reservation)
+            self._close(reservation, None)
+
+    def _close(self, reservation: str, cost: float | None) -> None:
+        """Settle (a cost) or refund (None) a hold. When the ledger cannot be written (a
+        full disk), the answer the provider already sent and billed is not thrown away:
+        the hold stays on file, covering the cost, and is closed by the next reserve."""
+        with self._closing:
+            self._unclosed[reservation] = cost
+        try:
+            self._close_pending()
+        except OSError as exc:
+            log.error("budget hold %s stays open until the ledger can be written: %s",
+                      reservation, exc)
+
+    def _close_pending(self) -> None:
+        """Write every settle and refund still owed; one thread at a time, so none twice."""
+        with self._closing:
+            while self._unclosed:
+                reservation, cost = next(iter(self._unclosed.items()))
+                if cost is None:
+                    self.ledger.refund(reservation)
+                else:
+                    self.ledger.settle(reservation, cost)
+                del self._unclosed[reservation]
 
     def scrub(self, text: str) -> str:
         return scrub_secrets(text, self._secrets)
@@ -180,7 +212,11 @@ class _Audit:
         if self.wrapper.audit_prompts:
             record["prompt"] = self.wrapper.scrub(self.prompt)
         workspace = self.wrapper.workspace
-        append_line(workspace, workspace.api_audit_path, record, durable=False)
+        try:
+            append_line(workspace, workspace.api_audit_path, record, durable=False)
+        except OSError as exc:
+            # Losing a paid answer (and calling again) would be worse than one missing line.
+            log.error("audit line %s for task %s not written: %s", event, self.task_id, exc)
 
 
 def from_settings(settings: Settings, workspace: Workspace) -> SecureAPIWrapper:

@@ -3,7 +3,8 @@
 It answers `POST /v1/chat/completions` the way a real provider does, over real HTTP,
 and can be told to misbehave: responses queued in `script` (a 429 with Retry-After,
 a 500, a body that is not JSON) are served first, in order, then the normal reply.
-`delay` holds every answer back, for timeouts and for keeping calls in flight.
+`delay` holds every answer back, for timeouts and for keeping calls in flight; `gate`, when
+set to an Event, holds every answer until the test sets it.
 
     python tests/fake_llm_server.py --port 0 --delay 0.1
     listening on http://127.0.0.1:<port>/v1
@@ -51,6 +52,7 @@ class FakeLLMServer:
         self.usage = usage
         self.delay = delay
         self.script: list[ScriptedResponse] = []
+        self.gate: threading.Event | None = None
         self._received: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -101,6 +103,8 @@ class FakeLLMServer:
             scripted = self.script.pop(0) if self.script else None
         if self.delay:
             self._closing.wait(self.delay)
+        while self.gate is not None and not self.gate.wait(0.01) and not self._closing.is_set():
+            pass
         if scripted is not None:
             return _scripted_response(*scripted)
         return Response(json.dumps(self._reply(body)), mimetype="application/json")

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,11 +384,22 @@ def test_a_full_disk_fails_writes_cleanly_corrupts_nothing_and_work_resumes_with
         assert run_worker(workspace, "--once", **FAST_POLL).returncode == 0
         assert cycle(api, workspace, LLM_BODY).status_code == 200
         QueueStore(workspace).add({"id": "during", "command": "echo during"})
-        before = state_snapshot(workspace)
         spent = BudgetLedger(workspace, 5.0).snapshot().spent
         assert spent > 0
+        provider.gate = threading.Event()
+        in_flight: list[requests.Response] = []
+        caller = threading.Thread(target=lambda: in_flight.append(cycle(api, workspace,
+                                                                        LLM_BODY)))
+        caller.start()
+        wait_until(lambda: len(provider.requests) == 2)
+        before = state_snapshot(workspace)
 
         filler = fill(small_disk)
+        provider.gate.set()
+        caller.join(timeout=30)
+        [answered] = in_flight
+        assert answered.status_code == 200, "a paid answer was lost to an unwritable ledger"
+        assert BudgetLedger(workspace, 5.0).snapshot().reserved > 0, "the hold was dropped"
         added = run_worker(workspace, "add", "late", "echo late", "--mode", "local")
         assert added.returncode == 2
         assert "No space left on device" in added.stderr
@@ -396,7 +408,7 @@ def test_a_full_disk_fails_writes_cleanly_corrupts_nothing_and_work_resumes_with
         assert refused.status_code == 503, refused.text
         assert "No space left on device" in refused.json()["error"]
         assert refused.json()["retryable"] is True
-        assert len(provider.requests) == 1, "called the provider without holding its cost"
+        assert len(provider.requests) == 2, "called the provider without holding its cost"
         assert get(api.url, "/status")[0] == 200
 
         worker = spawn(["worker.py"], child_env(workspace, **FAST_POLL), wait_for_url=False)
@@ -416,4 +428,4 @@ def test_a_full_disk_fails_writes_cleanly_corrupts_nothing_and_work_resumes_with
     history = [e["status"] for e in read_events(workspace) if e["task_id"] == "during"]
     assert history == ["in_progress", "completed", "pending_review", "approved"]
     ledger = BudgetLedger(workspace, 5.0).snapshot()
-    assert ledger.reserved == 0 and ledger.spent == pytest.approx(2 * spent)
+    assert ledger.reserved == 0 and ledger.spent == pytest.approx(3 * spent)
