@@ -45,6 +45,7 @@ from swarm_enrichment import Balances, RewardBook, RewardLedger, parse_state
 
 WRITER = ROOT / "tests" / "helpers" / "faults_state_writer.py"
 INSTANTS = ("partial", "before_rename", "renamed")
+FAST_POLL = {"SWARM_POLL_INTERVAL": "0.05"}
 
 
 # --- a writer killed inside the atomic write ------------------------------------------
@@ -176,12 +177,34 @@ def test_a_writer_killed_mid_write_leaves_a_valid_file_and_the_next_write_works(
         assert state.ids(restarted) == expected, instant
 
 
+def test_a_worker_killed_writing_the_quality_gate_is_finished_by_the_next_exactly_once(
+    api: RunningProcess, workspace: Workspace
+) -> None:
+    """The real worker dies with half of quality_gate_queue.json in its temp file, after the
+    execution was recorded: the next worker sweeps the temp, reclaims the task (an event)
+    and resumes its review without running the command again."""
+    write_queue(workspace, [{"id": "echo", "command": "echo once"}], api.url)
+    armed = "write:quality_gate_queue.json:partial"
+    killed = run_worker(workspace, "--once", SWARM_FAILPOINTS=armed)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert len(temp_files(workspace.root, workspace.quality_gate_path.name)) == 1
+    assert not workspace.quality_gate_path.exists()
+
+    finished = run_worker(workspace, "--once", **FAST_POLL)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert temp_files(workspace.root, workspace.quality_gate_path.name) == []
+    history = [e["status"] for e in read_events(workspace) if e["task_id"] == "echo"]
+    assert history == ["in_progress", "completed", "pending_review", "lease_expired",
+                       "pending_review", "approved"]
+    assert gate_ids(workspace) == ["echo"]
+    assert [grant.task_id for grant in RewardBook(workspace).ledger().grants.values()] == ["echo"]
+
+
 # --- malformed state files --------------------------------------------------------------
 
 BROKEN_QUEUE = '{\n  "version": "1.1",\n  "tasks": [\n    {"id": "a", "prompt": "x"},,\n  ]\n}\n'
 BROKEN_LEDGER = '{\n  "version": 1,\n  "grants": {\n    "t": {"task_id": "t"\n  }\n'
 BROKEN_TOOLS = '{\n  "greeter": {\n    "description": "says hello"\n    "keywords": []\n  }\n}\n'
-FAST_POLL = {"SWARM_POLL_INTERVAL": "0.05"}
 
 
 def get(url: str, path: str) -> tuple[int, dict[str, Any]]:
