@@ -48,8 +48,17 @@ class CycleClient:
         self._session = session or requests.Session()
         self._sleep = sleep
 
-    def dispatch(self, endpoint: str, payload: dict[str, Any], read_timeout: float) -> Dispatch:
-        """POST the payload; retry connection errors, 429 and retryable 5xx with backoff."""
+    def dispatch(
+        self,
+        endpoint: str,
+        payload: dict[str, Any],
+        read_timeout: float,
+        on_retry: Callable[[int, str, float], Any] | None = None,
+    ) -> Dispatch:
+        """POST the payload; retry connection errors, 429 and retryable 5xx with backoff.
+
+        `on_retry(attempt, error, delay)` hears of each failed attempt before its retry,
+        so a caller can make a dying API visible while the retries are still under way."""
         if not is_loopback_url(endpoint):
             raise EndpointRefused(
                 f"API endpoint must be loopback-only (127.0.0.0/8, ::1, localhost): {endpoint}"
@@ -63,6 +72,8 @@ class CycleClient:
             log.warning(
                 "cycle attempt %d failed (%s); retrying in %.1fs", attempt, last.error, delay
             )
+            if on_retry is not None:
+                on_retry(attempt, last.error or "", delay)
             self._sleep(delay)
         return last
 

@@ -479,6 +479,15 @@ class LeaseEvent(Event):
     reason: str | None = None
 
 
+class ApiRetryEvent(ExecutionEvent):
+    """`in_progress` still: a call to the execution API failed and will be tried again.
+
+    `errors` says what failed; the task keeps its lease and its attempt number."""
+
+    api_retry: int | None = None
+    retry_in: float | None = None
+
+
 # --- the /cycle wire format ---------------------------------------------------------
 
 

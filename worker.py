@@ -29,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +70,7 @@ from runtime_contract import (
     DEFAULT_INTENSITY,
     DEFAULT_MAX_BUDGET,
     DEFAULT_MIN_BUDGET,
+    ApiRetryEvent,
     CycleRequest,
     ExecutionRecord,
     Mode,
@@ -255,7 +256,10 @@ class Worker:
         outcome = self.execute(task, endpoint)
         outcome.fields.setdefault("started_at", started)
         outcome.fields["completed_at"] = iso(utc_now())
-        self.events.emit(task.id, outcome.status, mode=task.effective_mode, **outcome.fields)
+        self.events.emit(
+            task.id, outcome.status, mode=task.effective_mode, attempt=task.attempts,
+            **outcome.fields,
+        )
         if outcome.status != Status.COMPLETED or not self.settings.review:
             self._finish(task, outcome)
             return outcome
@@ -266,7 +270,10 @@ class Worker:
 
     def _fail(self, task: Task, error: str) -> Outcome:
         outcome = Outcome(Status.FAILED, {"errors": error, "completed_at": iso(utc_now())})
-        self.events.emit(task.id, outcome.status, mode=task.effective_mode, **outcome.fields)
+        self.events.emit(
+            task.id, outcome.status, mode=task.effective_mode, attempt=task.attempts,
+            **outcome.fields,
+        )
         self._finish(task, outcome)
         return outcome
 
@@ -317,6 +324,7 @@ class Worker:
             dispatch = self.client.dispatch(
                 endpoint, request.model_dump(mode="json", exclude_none=True),
                 read_timeout=request.timeout + DISPATCH_GRACE_SECONDS,
+                on_retry=self._retry_reporter(task),
             )
         except EndpointRefused as exc:
             return Outcome(Status.FAILED, {"errors": str(exc), "safety_passed": True,
@@ -324,6 +332,18 @@ class Worker:
         outcome = outcome_from_dispatch(dispatch, report)
         outcome.fields.update(route_fields)
         return outcome
+
+    def _retry_reporter(self, task: Task) -> Callable[[int, str, float], None]:
+        """Each failed call to the API is an event, so an operator sees a dead API at once,
+        not only when the retries run out."""
+
+        def report(retry: int, error: str, delay: float) -> None:
+            self.events.emit(
+                task.id, Status.IN_PROGRESS, kind=ApiRetryEvent, mode=task.effective_mode,
+                attempt=task.attempts, errors=error, api_retry=retry, retry_in=round(delay, 2),
+            )
+
+        return report
 
     def compose(self, task: Task) -> tuple[str | None, dict[str, Any]]:
         """Phase 3 routing and the prompt wrappers; local commands run exactly as written."""
