@@ -11,6 +11,7 @@ append-only archive in `.swarm/`, leaving only their ids in `completed`/`failed`
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from errors import (
     DuplicateTaskError,
@@ -47,9 +48,10 @@ from runtime_contract import (
     validate_queue_contract,
 )
 from settings import Settings
-from state_store import Workspace, append_lines, atomic_write_json, read_json
+from state_store import Workspace, append_lines, atomic_write_bytes, dump_json, parse_json
 
 ARCHIVE_BATCH_FRACTION = 0.1
+TASK_LIST = TypeAdapter(list[Task])
 HOST = socket.gethostname()
 
 
@@ -210,9 +212,14 @@ def _unmet_reason(
 def _tasks_in_cycles(doc: QueueDocument) -> list[str]:
     """Waiting tasks caught in (or behind) a dependency cycle among waiting tasks (Kahn)."""
     waiting = {t.id: t for t in doc.tasks if t.status in CLAIMABLE_STATUSES}
-    unresolved = {tid: {d for d in t.depends_on if d in waiting} for tid, t in waiting.items()}
+    # Only a task waiting on another waiting task can be in a cycle; the rest are resolved.
+    unresolved = {
+        tid: deps for tid, t in waiting.items()
+        if t.depends_on and (deps := {d for d in t.depends_on if d in waiting})
+    }
     dependents: dict[str, list[str]] = {}
     for tid, deps in unresolved.items():
+        deps.intersection_update(unresolved)
         for dep in deps:
             dependents.setdefault(dep, []).append(tid)
     ready = [tid for tid, deps in unresolved.items() if not deps]
@@ -224,7 +231,7 @@ def _tasks_in_cycles(doc: QueueDocument) -> list[str]:
             if not unresolved[dependent] and dependent not in resolved:
                 resolved.add(dependent)
                 ready.append(dependent)
-    return [tid for tid in waiting if tid not in resolved]
+    return [tid for tid in unresolved if tid not in resolved]
 
 
 def next_runnable(doc: QueueDocument, now: float, review_enabled: bool) -> Task | None:
@@ -324,6 +331,7 @@ class QueueStore:
         self.retain = retain
         self.review_enabled = review_enabled
         self._clock = clock or time.time
+        self._last: tuple[bytes, QueueDocument] | None = None
 
     @classmethod
     def for_settings(cls, workspace: Workspace, settings: Settings) -> QueueStore:
@@ -334,27 +342,41 @@ class QueueStore:
 
     def load(self) -> QueueDocument:
         """A validated snapshot; a malformed file raises QueueFileError and is left as it is."""
-        return self._read()
+        return self._parse(self._read_bytes())
 
-    def _read(self) -> QueueDocument:
+    def _read_bytes(self) -> bytes | None:
         try:
-            raw = read_json(self.path, empty_queue)
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _parse(self, raw: bytes | None) -> QueueDocument:
+        try:
+            document = empty_queue() if raw is None else parse_json(self.path, raw)
         except StateFileError as exc:
             raise QueueFileError(exc.path, exc.problems) from None
-        problems = validate_queue_contract(raw)
+        problems = validate_queue_contract(document)
         if problems:
             raise QueueFileError(self.path, problems)
         try:
-            return QueueDocument.model_validate(normalize_queue(raw))
+            return QueueDocument.model_validate(normalize_queue(document))
         except ValidationError as exc:
             raise QueueFileError(
                 self.path, [describe_validation_error(e) for e in exc.errors()]
             ) from None
 
     def _transaction(self, change: Callable[[QueueDocument], Any]) -> Any:
-        """Run `change` on a fresh copy under the lock; write only if it returned normally."""
+        """Run `change` on a fresh copy under the lock; write only if it returned normally
+        and changed something.
+
+        The document this store wrote last is kept with its bytes: when the file still
+        holds exactly those bytes, no other process has written since, and parsing and
+        validating every task again would only rebuild the same document. A failed change
+        drops it, since it may have half-changed it."""
         with self._workspace.lock(self.path):
-            doc = self._read()
+            raw = self._read_bytes()
+            cached, self._last = self._last, None
+            doc = cached[1] if cached is not None and cached[0] == raw else self._parse(raw)
             result = change(doc)
             archived = split_archivable(doc, self.retain, self.review_enabled)
             if archived:
@@ -363,17 +385,11 @@ class QueueStore:
                     self._workspace.queue_archive_path,
                     [t.model_dump(mode="json", exclude_unset=True) for t in archived],
                 )
-            atomic_write_json(self.path, self._dump(doc))
+            data = encode_queue(doc)
+            if data != raw:
+                atomic_write_bytes(self.path, data)
+            self._last = (data, doc)
             return result
-
-    @staticmethod
-    def _dump(doc: QueueDocument) -> dict[str, Any]:
-        return doc.model_dump(mode="json", exclude_unset=True) | {
-            "version": doc.version,
-            "api_endpoint": doc.api_endpoint,
-            "completed": doc.completed,
-            "failed": doc.failed,
-        }
 
     # operations
 
@@ -387,7 +403,7 @@ class QueueStore:
 
         def change(doc: QueueDocument) -> list[Task]:
             _refuse_taken(doc, tasks)
-            doc.tasks.extend(tasks)
+            doc.tasks.extend(t.model_copy(deep=True) for t in tasks)
             return tasks
 
         return self._transaction(change)
@@ -459,10 +475,10 @@ class QueueStore:
         def change(doc: QueueDocument) -> Task:
             task = self._owned(doc, task_id, worker)
             task.status = Status.PENDING_REVIEW
-            task.execution = execution
+            task.execution = execution.model_copy(deep=True)
             task.updated_at = utc_now().isoformat()
             for name, value in fields.items():
-                setattr(task, name, value)
+                setattr(task, name, copy.deepcopy(value))
             return task.model_copy(deep=True)
 
         return self._transaction(change)
@@ -486,8 +502,8 @@ class QueueStore:
             _apply(parent, Status.QUEUED, parent_updates)
             parent.attempts = max(0, parent.attempts - 1)
             position = doc.tasks.index(parent)
-            doc.tasks[position:position] = subtask_records
-            return [t.model_copy(deep=True) for t in subtask_records]
+            doc.tasks[position:position] = [t.model_copy(deep=True) for t in subtask_records]
+            return subtask_records
 
         return self._transaction(change)
 
@@ -533,6 +549,24 @@ class QueueStore:
         return self._transaction(change)
 
 
+def encode_queue(doc: QueueDocument) -> bytes:
+    """queue.json's bytes, one task per line, the task list encoded by pydantic's serializer
+    in one call: a dict per task first, then json, cost most of a write at 10,000 tasks."""
+    header = doc.model_dump(mode="json", exclude_unset=True, exclude={"tasks"}) | {
+        "version": doc.version,
+        "api_endpoint": doc.api_endpoint,
+        "completed": doc.completed,
+        "failed": doc.failed,
+    }
+    # Compact JSON escapes every quote inside a string, so `},{"id":` only ever occurs
+    # between objects, and whitespace may go there.
+    tasks = TASK_LIST.dump_json(doc.tasks, exclude_unset=True)[1:-1]
+    one_per_line = tasks.replace(b'},{"id":', b'},\n    {"id":')
+    listed = b"[\n    " + one_per_line + b"\n  ]" if tasks else b"[]"
+    # dump_json opens with "{\n"; the task list goes first, the other keys follow it.
+    return b'{\n  "tasks": ' + listed + b",\n" + dump_json(header)[2:]
+
+
 def requeue_by_operator(task: Task) -> None:
     if not (task.status in FAILED_STATUSES or is_parked(task)):
         raise InvalidTransition(task.id, task.status, "requeue", "failed, blocked, cancelled "
@@ -574,8 +608,10 @@ def _owned_by(task: Task, worker: WorkerIdentity) -> bool:
 
 
 def _apply(task: Task, status: Status, fields: dict[str, Any]) -> None:
+    """The caller's values are copied: the store keeps its document between transactions,
+    so nothing outside it may hold a piece of it."""
     task.status = status
     task.lease = None
     task.updated_at = utc_now().isoformat()
     for name, value in fields.items():
-        setattr(task, name, value)
+        setattr(task, name, copy.deepcopy(value))

@@ -220,6 +220,11 @@ def read_json(path: Path, default: Callable[[], T] | None = None) -> Any:
         if default is None:
             raise StateFileError(path, ["file does not exist"]) from None
         return default()
+    return parse_json(path, raw)
+
+
+def parse_json(path: Path, raw: bytes) -> Any:
+    """The bytes of `path` as JSON, or a StateFileError saying where they break."""
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
