@@ -46,7 +46,7 @@ from state_store import Workspace  # noqa: E402
 FEEDER_ID = "fault-feeder"
 BATCH = 25
 BACKLOG_LOW = 60
-PACE_SECONDS = 0.02
+PACE_SECONDS = 0.05
 READ_PACE_SECONDS = 0.002
 
 
@@ -115,10 +115,12 @@ def read_loop(settings: Settings, report: Path) -> int:
     while not stop.is_set():
         raw = queue_path.read_bytes()
         reads += 1
-        versions.add(hashlib.sha1(raw).hexdigest())
-        found = queue_problems(raw, settings.review)
-        if found and len(problems) < 20:
-            problems.append({"problems": found[:5], "bytes": len(raw)})
+        digest = hashlib.sha1(raw).hexdigest()
+        if digest not in versions:  # a torn copy would be new bytes too: each is checked
+            versions.add(digest)
+            found = queue_problems(raw, settings.review)
+            if found and len(problems) < 20:
+                problems.append({"problems": found[:5], "bytes": len(raw)})
         stop.wait(READ_PACE_SECONDS)
     report.write_text(json.dumps({"reads": reads, "versions": len(versions),
                                   "problems": problems}))
