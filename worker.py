@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from critic import (
@@ -96,6 +97,7 @@ LOCAL_COMMAND_TIMEOUT = 30.0
 DISPATCH_GRACE_SECONDS = 30.0
 SUMMARY_CHARS = 2000
 RECORDED_OUTPUT_BYTES = 32 * 1024
+WAKE_CHECK_SECONDS = 0.02
 
 
 @dataclass
@@ -176,8 +178,18 @@ class Worker:
             if outcome.task is None:
                 if once and outcome.drained:
                     return 0
-                stop.wait(self.settings.poll_interval)
+                self.wait_for_work(stop)
         return 0
+
+    def wait_for_work(self, stop: threading.Event) -> None:
+        """Wait out the poll interval, but claim again as soon as queue.json changes, so new
+        work starts within WAKE_CHECK_SECONDS instead of up to a whole interval later. A
+        claim that finds nothing writes nothing, so idle workers never wake each other."""
+        seen = file_signature(self.workspace.queue_path)
+        deadline = time.monotonic() + self.settings.poll_interval
+        while not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or file_signature(self.workspace.queue_path) != seen:
+                return
 
     def announce(self, paused: bool) -> None:
         """Presence is a courtesy to the panel: a failed write (a full disk) must not stop work."""
@@ -500,6 +512,15 @@ EXECUTION_EVENT_FIELDS = (
 def execution_fields(execution: ExecutionRecord) -> dict[str, Any]:
     """The execution's facts repeated on review events, so each event reads on its own."""
     return {name: getattr(execution, name) for name in EXECUTION_EVENT_FIELDS}
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """Changes whenever the file is replaced: every write renames a new inode into place."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def missing_input_error(task: Task) -> str:
