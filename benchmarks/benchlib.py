@@ -118,6 +118,26 @@ def print_machine() -> None:
         print(f"  {name:<11} {value}")
 
 
+def load_average() -> str:
+    """Other work on the machine moves every figure; the table says how busy it was."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+def durable_write_ms(folder: Path, rounds: int = 50, size: int = 2048) -> float:
+    """One atomic state-file write on this disk (temp file, fsync, rename, fsync folder):
+    the unit that every durable step of the runtime pays at least once."""
+    from state_store import atomic_write_bytes
+
+    path, data, samples = folder / "durable-write-probe.json", b"x" * size, []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        atomic_write_bytes(path, data)
+        samples.append((time.perf_counter() - start) * 1000)
+    path.unlink()
+    return median(samples)
+
+
 def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 

@@ -17,7 +17,7 @@ import bench_local_overhead
 import bench_panel
 import bench_preflight
 import bench_queue_growth
-from benchlib import Figure, print_machine, print_table
+from benchlib import Figure, load_average, print_machine, print_table
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
     "local": lambda args: bench_local_overhead.run(args.quick),
@@ -38,13 +38,14 @@ def main() -> None:
     args = parser.parse_args()
     print("machine:")
     print_machine()
+    print(f"  before     {load_average()}")
     figures: list[Figure] = []
     for name in args.names or list(BENCHMARKS):
         print(f"\n== {name} ==", flush=True)
         start = time.monotonic()
         figures.extend(BENCHMARKS[name](args))
         print(f"  ({time.monotonic() - start:.0f} s)", flush=True)
-    print()
+    print(f"\nafter: {load_average()}\n")
     print_table(figures)
 
 
