@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response
 
 from errors import (
     DuplicateTaskError,
@@ -20,6 +19,7 @@ from errors import (
     SwarmError,
     UnknownTaskError,
 )
+from json_errors import install_json_fallbacks, json_error
 from runtime_contract import ErrorBody
 from state_store import Workspace
 
@@ -58,27 +58,14 @@ def shown_path(path: Path, workspace: Workspace) -> str:
         return path.name
 
 
-def answer(status: int, body: ErrorBody) -> Response:
-    response = jsonify(body.model_dump(mode="json", exclude_none=True))
-    response.status_code = status
-    return response
-
-
 def install_error_handlers(app: Flask, workspace: Workspace) -> None:
+    install_json_fallbacks(app, log)
+
     @app.errorhandler(PanelError)
     def panel_error(exc: PanelError) -> Response:
-        return answer(exc.status, exc.body)
+        return json_error(exc.status, exc.body)
 
     @app.errorhandler(SwarmError)
     def swarm_error(exc: SwarmError) -> Response:
         error = refusal(exc, workspace)
-        return answer(error.status, error.body)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        return answer(exc.code or 500, ErrorBody(error=exc.description or exc.name))
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error in %s", request.path)
-        return answer(500, ErrorBody(error=f"internal error: {type(exc).__name__}"))
+        return json_error(error.status, error.body)

@@ -19,7 +19,6 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
 
 import planner
 from errors import (
@@ -33,6 +32,7 @@ from errors import (
 )
 from execution_token import resolve_token
 from http_server import serve
+from json_errors import install_json_fallbacks, json_error
 from local_runner import LocalCommandPolicy, prepare_sandbox, run_command
 from loopback import is_loopback_address
 from queue_store import QueueStore, lease_is_live
@@ -146,18 +146,11 @@ def _install_access_control(app: Flask, services: ApiServices) -> None:
 
 
 def _install_error_handlers(app: Flask) -> None:
+    unexpected = install_json_fallbacks(app, log)
+
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Any:
-        return _json_error(exc.status, exc.body, exc.headers)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Any:
-        return _json_error(exc.code or 500, ErrorBody(error=exc.description or exc.name))
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Any:
-        log.exception("unhandled error in %s", request.path)
-        return _json_error(500, ErrorBody(error=f"internal error: {type(exc).__name__}"))
+        return json_error(exc.status, exc.body, exc.headers)
 
     @app.errorhandler(OSError)
     def state_unwritable(exc: OSError) -> Any:
@@ -165,15 +158,8 @@ def _install_error_handlers(app: Flask) -> None:
         if exc.filename is None:
             return unexpected(exc)
         log.error("%s could not write runtime state: %s", request.path, exc)
-        return _json_error(503, ErrorBody(error=f"cannot write runtime state: {exc}",
-                                          retryable=True))
-
-
-def _json_error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Any:
-    response = jsonify(body.model_dump(mode="json", exclude_none=True))
-    response.status_code = status
-    response.headers.update(headers or {})
-    return response
+        return json_error(503, ErrorBody(error=f"cannot write runtime state: {exc}",
+                                         retryable=True))
 
 
 # --- /cycle -----------------------------------------------------------------------------
