@@ -12,6 +12,7 @@ is flat. Target: the cost at 10,000 tasks <= 2x the cost at 100.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -46,29 +47,31 @@ def build_queue(workspace: Workspace, size: int) -> None:
     })
 
 
-def claim_finish_ms(size: int, rounds: int) -> float:
-    with tempfile.TemporaryDirectory() as folder:
-        workspace = Workspace(Path(folder))
-        workspace.ensure_layout()
-        build_queue(workspace, size)
-        store = QueueStore(workspace, retain=size, review_enabled=True)
-        worker = WorkerIdentity("bench")
-        samples = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            claimed = store.claim(worker, lease_seconds=30).task
-            store.finish(claimed.id, worker, Status.APPROVED)
-            samples.append((time.perf_counter() - start) * 1000)
-        return median(samples)
+def claim_finish_ms(store: QueueStore) -> float:
+    worker = WorkerIdentity("bench")
+    start = time.perf_counter()
+    claimed = store.claim(worker, lease_seconds=30).task
+    store.finish(claimed.id, worker, Status.APPROVED)
+    return (time.perf_counter() - start) * 1000
 
 
 def run(quick: bool = False, rounds: int | None = None,
         sizes: tuple[int, ...] = SIZES) -> list[Figure]:
-    rounds = rounds or (10 if quick else 30)
-    rounds = min(rounds, min(sizes) // 2)
-    costs = {}
+    """The sizes take turns round by round, so other load on the machine hits all alike."""
+    rounds = min(rounds or (10 if quick else 30), min(sizes) // 2)
+    with contextlib.ExitStack() as stack:
+        stores = {}
+        for size in sizes:
+            workspace = Workspace(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            workspace.ensure_layout()
+            build_queue(workspace, size)
+            stores[size] = QueueStore(workspace, retain=size, review_enabled=True)
+        samples: dict[int, list[float]] = {size: [] for size in sizes}
+        for _ in range(rounds):
+            for size, store in stores.items():
+                samples[size].append(claim_finish_ms(store))
+    costs = {size: median(taken) for size, taken in samples.items()}
     for size in sizes:
-        costs[size] = claim_finish_ms(size, rounds)
         print(f"  {size:>6} tasks: claim + finish {costs[size]:.2f} ms (median of {rounds})",
               flush=True)
     base = costs[sizes[0]]
