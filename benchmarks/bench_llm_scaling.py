@@ -12,17 +12,18 @@ the ideal speed-up with N workers is N. Targets: 4 workers >= 3.5x, 8 workers >=
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import Child, Figure, clean_env, median, print_table
+from benchlib import Child, Figure, clean_env, cpu_seconds, median, print_table
 from fake_llm_server import FakeLLMServer
 
 from queue_store import QueueStore  # noqa: E402
 from runtime_contract import Status  # noqa: E402
 from settings import Settings  # noqa: E402
-from state_store import Workspace  # noqa: E402
+from state_store import Workspace, read_json  # noqa: E402
 
 NAME = "2 LLM worker scaling"
 WORKER_COUNTS = (1, 2, 4, 8)
@@ -31,7 +32,8 @@ FINAL = {Status.APPROVED, Status.FAILED, Status.SAFETY_BLOCKED, Status.CANCELLED
 DEADLINE_SECONDS = 300.0
 
 
-def tasks_per_second(provider_url: str, workers: int, tasks: int) -> float:
+def tasks_per_second(provider_url: str, workers: int, tasks: int) -> tuple[float, float]:
+    """Throughput, and the CPU seconds per task that workers and API used meanwhile."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         workspace = Workspace(root)
@@ -47,21 +49,31 @@ def tasks_per_second(provider_url: str, workers: int, tasks: int) -> float:
                 started.append(Child(["worker.py", "--worker-id", f"bench-{number}"], env,
                                      wait_for_url=False))
             wait_for(lambda: len(list(workspace.workers_dir.glob("*.json"))) == workers)
+            pids = [child.proc.pid for child in [*started, api]]
+            cpu_before = sum(map(cpu_seconds, pids))
             store.add_many([{"id": f"t{i}", "mode": "llm", "prompt": f"Say hello to {i}"}
                             for i in range(tasks)])
             begin = time.perf_counter()
-            wait_for(lambda: all(t.status in FINAL for t in store.load().tasks))
+            wait_for(lambda: all_final(workspace))
             elapsed = time.perf_counter() - begin
+            cpu = sum(map(cpu_seconds, pids)) - cpu_before
             statuses = {t.status for t in store.load().tasks}
             if statuses != {Status.APPROVED}:
                 raise RuntimeError(f"tasks ended {sorted(s.value for s in statuses)}")
-            return tasks / elapsed
+            return tasks / elapsed, cpu / tasks
         finally:
             for child in [*started, api]:
                 child.stop()
 
 
-def wait_for(condition: object, interval: float = 0.01) -> None:
+def all_final(workspace: Workspace) -> bool:
+    """A plain read, not the validating store: the watcher must not take CPU from the
+    processes it measures."""
+    tasks = read_json(workspace.queue_path)["tasks"]
+    return all(task["status"] in FINAL for task in tasks)
+
+
+def wait_for(condition: object, interval: float = 0.02) -> None:
     deadline = time.monotonic() + DEADLINE_SECONDS
     while not condition():
         if time.monotonic() > deadline:
@@ -74,12 +86,15 @@ def run(quick: bool = False, tasks: int | None = None, runs: int | None = None,
     tasks = tasks or (32 if quick else 64)
     runs = runs or (1 if quick else 3)
     rates: dict[int, list[float]] = {n: [] for n in WORKER_COUNTS}
+    cpu: dict[int, list[float]] = {n: [] for n in WORKER_COUNTS}
     with FakeLLMServer(delay=delay) as provider:
         for number in range(runs):
             for workers in WORKER_COUNTS:
-                rates[workers].append(tasks_per_second(provider.url, workers, tasks))
-                print(f"  run {number + 1}: {workers} worker(s) {rates[workers][-1]:.1f} tasks/s",
-                      flush=True)
+                rate, cpu_per_task = tasks_per_second(provider.url, workers, tasks)
+                rates[workers].append(rate)
+                cpu[workers].append(cpu_per_task)
+                print(f"  run {number + 1}: {workers} worker(s) {rate:.1f} tasks/s, "
+                      f"{cpu_per_task * 1000:.0f} ms CPU per task", flush=True)
     base = median(rates[1])
     figures = [Figure(NAME, f"1 worker ({delay * 1000:.0f} ms provider)", f"{base:.1f} tasks/s",
                       f"ideal {1 / delay:.1f}/s")]
@@ -91,6 +106,13 @@ def run(quick: bool = False, tasks: int | None = None, runs: int | None = None,
             f">= {target}x" if target else f"ideal {workers}x",
             rate / base >= target if target else None,
         ))
+    most = WORKER_COUNTS[-1]
+    per_task = median(cpu[most])
+    cores = os.cpu_count() or 1
+    figures.append(Figure(
+        NAME, f"CPU per task with {most} workers (workers + API)",
+        f"{per_task * 1000:.0f} ms: {cores} cores cap at {cores / per_task:.0f} tasks/s",
+    ))
     return figures
 
 

@@ -138,6 +138,12 @@ def durable_write_ms(folder: Path, rounds: int = 50, size: int = 2048) -> float:
     return median(samples)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
