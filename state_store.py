@@ -2,21 +2,22 @@
 
 A JSON document is replaced, never edited: write a temp file in the same folder,
 flush, fsync, `os.replace`, fsync the folder. A crash at any instant leaves the old
-file or the new one, never half of either. Every read-modify-write happens under a
-`filelock` lock on `<file>.lock` and re-reads inside it.
+file or the new one, never half of either. Every read-modify-write happens under an
+exclusive `flock` on `<file>.lock` and re-reads inside it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-
-from filelock import FileLock
 
 import failpoints
 from errors import StateFileError
@@ -75,12 +76,56 @@ class Workspace:
             sweep_stale_temp_files(folder)
 
     def lock(self, path: Path) -> FileLock:
-        """The lock guarding `path`, created once per process (filelock objects are not shared)."""
+        """The lock guarding `path`, created once per process and shared by its threads."""
         if path not in self._locks:
-            self._locks[path] = FileLock(
-                f"{path}.lock", timeout=LOCK_TIMEOUT_SECONDS, poll_interval=LOCK_POLL_SECONDS
-            )
+            self._locks[path] = FileLock(f"{path}.lock")
         return self._locks[path]
+
+
+class FileLock:
+    """An exclusive lock on a lock file that binds processes and the threads of one process.
+
+    Each thread's outermost `with` opens the lock file and takes `flock` on that descriptor
+    (two descriptors exclude each other even in one process); inner `with`s in the same
+    thread only count. The kernel drops the lock when its holder dies. The `filelock`
+    package did the same in about 250 us per lock and unlock, more than the fsync of a
+    small file, and a task takes about fifteen locks."""
+
+    def __init__(self, lock_path: str, timeout: float = LOCK_TIMEOUT_SECONDS):
+        self.lock_path = lock_path
+        self.timeout = timeout
+        self._held = threading.local()
+
+    def __enter__(self) -> FileLock:
+        depth = getattr(self._held, "depth", 0)
+        if depth == 0:
+            self._held.fd = self._acquire()
+        self._held.depth = depth + 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held.depth -= 1
+        if self._held.depth == 0:
+            fd, self._held.fd = self._held.fd, None
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def _acquire(self) -> int:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise TimeoutError(
+                        f"could not lock {self.lock_path} within {self.timeout:g} s"
+                    ) from None
+                time.sleep(LOCK_POLL_SECONDS)
+            except BaseException:
+                os.close(fd)
+                raise
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
