@@ -89,7 +89,7 @@ from safety_gateway import SafetyGateway
 from settings import Settings
 from state_store import Workspace
 from swarm_enrichment import RewardBook, not_approved_fields
-from tool_router import decision_fields, load_router
+from tool_router import ToolRouter, decision_fields, load_router
 from worker_presence import PresenceBeacon
 
 log = logging.getLogger("worker")
@@ -141,6 +141,7 @@ class Worker:
         self.quality_gate = QualityGate(workspace)
         self.rewards = RewardBook(workspace)
         self._pause_reported: str | None = None
+        self._router: tuple[tuple[int, int, int] | None, ToolRouter] | None = None
         self.beacon = PresenceBeacon(workspace, identity)
 
     # --- the loop ----------------------------------------------------------------------
@@ -361,12 +362,20 @@ class Worker:
         """Phase 3 routing and the prompt wrappers; local commands run exactly as written."""
         if task.effective_mode != Mode.LLM or not task.prompt:
             return None, {}
-        decision = load_router(self.workspace).route(routing_text(task))
+        decision = self.router().route(routing_text(task))
         if decision.tool is not None:
             log.info("Tool router selected %s via %s for %s",
                      decision.tool.name, decision.route, task.id)
         results = subtask_results(task, self.store.load()) if task.phase4_planned else []
         return compose_prompt(task, decision, results), decision_fields(decision)
+
+    def router(self) -> ToolRouter:
+        """Built again only when the tool store changes: indexing every tool's words cost
+        about 5 ms of CPU per task."""
+        signature = file_signature(self.workspace.tool_store_path)
+        if self._router is None or self._router[0] != signature:
+            self._router = (signature, load_router(self.workspace))
+        return self._router[1]
 
     # --- phase 2 and 5 -------------------------------------------------------------------
 
