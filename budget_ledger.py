@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from errors import GlobalBudgetExceeded, StateFileError
+from process_control import process_exists
 from runtime_contract import describe_validation_error, utc_now
 from state_store import Workspace, read_json, update_json
 
@@ -140,26 +141,12 @@ class BudgetLedger:
         orphans = [
             key
             for key, held in ledger.reservations.items()
-            if held.host in (None, self._host) and not _pid_alive(held.pid)
+            if held.host in (None, self._host) and not process_exists(held.pid)
         ]
         for key in orphans:
             held = ledger.reservations.pop(key)
             log.warning("released budget reservation %s of dead pid %s", key, held.pid)
         return bool(orphans)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _empty() -> dict[str, Any]:

@@ -29,6 +29,7 @@ from errors import (
     StateFileError,
     UnknownTaskError,
 )
+from process_control import process_exists
 from runtime_contract import (
     CLAIMABLE_STATUSES,
     DEFAULT_API_ENDPOINT,
@@ -111,12 +112,8 @@ def holder_is_alive(lease: Lease, host: str = HOST) -> bool:
     """False only when we can prove the holder is gone: same host and no such process."""
     if lease.host != host:
         return True
-    try:
-        os.kill(lease.pid, 0)
-    except ProcessLookupError:
+    if not process_exists(lease.pid):
         return False
-    except PermissionError:
-        return True
     started = process_start_time(lease.pid)
     return not (lease.pid_started and started and started != lease.pid_started)
 

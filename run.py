@@ -21,6 +21,8 @@ import threading
 import venv
 from pathlib import Path
 
+from process_control import stop_gracefully
+
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
@@ -133,13 +135,7 @@ class Child:
         return self.url
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_gracefully(self.proc)
 
 
 if __name__ == "__main__":

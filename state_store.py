@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import failpoints
 from errors import StateFileError
+from process_control import process_exists
 from runtime_contract import (
     API_AUDIT_FILE,
     BALANCES_FILE,
@@ -184,7 +185,7 @@ def sweep_stale_temp_files(folder: Path) -> list[Path]:
         return removed
     for entry in entries:
         pid = _temp_writer_pid(entry.name)
-        if pid is None or _process_exists(pid):
+        if pid is None or process_exists(pid):
             continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry.path)
@@ -199,18 +200,6 @@ def _temp_writer_pid(name: str) -> int | None:
     if len(parts) != 3 or not parts[1].isdigit():
         return None
     return int(parts[1])
-
-
-def _process_exists(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _naming(path: Path, exc: OSError) -> OSError:

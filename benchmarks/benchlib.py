@@ -11,7 +11,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+
+from process_control import stop_gracefully  # noqa: E402
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+\S*)")
 START_TIMEOUT_SECONDS = 30.0
@@ -191,10 +192,4 @@ class Child:
             pass
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_gracefully(self.proc)
