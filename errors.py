@@ -2,7 +2,7 @@
 
     SwarmError
     ├── StateFileError            a state file is unreadable or breaks its schema
-    │   └── QueueFileError        ... and that file is queue.json
+    │   └── QueueFileError        ... and that file is queue.json or its journal
     ├── DuplicateTaskError        `add` met an id that is already queued
     ├── UnknownTaskError          an operation named a task the queue does not hold
     ├── LeaseLostError            a worker tried to finish a task it no longer owns
@@ -41,7 +41,7 @@ class StateFileError(SwarmError):
 
 
 class QueueFileError(StateFileError):
-    """queue.json is malformed."""
+    """queue.json, or the journal of its recent changes, is malformed."""
 
 
 class DuplicateTaskError(SwarmError):

@@ -7,10 +7,9 @@ byte offset, in the background and, a block at a time, by the requests themselve
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -28,7 +27,7 @@ from panel_probe import ApiProbe
 from queue_store import QueueStore
 from runtime_contract import PANEL_WORKER_ID, QueueDocument
 from settings import Settings
-from state_store import Workspace, read_json
+from state_store import Workspace, file_version, read_json
 from swarm_enrichment import Balances, RewardLedger, parse_state
 
 T = TypeVar("T")
@@ -41,24 +40,21 @@ MAX_STREAMS = 16
 
 
 class FileCache(Generic[T]):
-    """A parsed state file, parsed again only once the file was replaced or changed.
+    """A parsed state file, parsed again only once its version changed.
 
-    State files are replaced atomically, so (inode, mtime, size) names a version; with
-    10,000 tasks in queue.json this keeps a page view from validating them all again."""
+    State files are replaced atomically, so (inode, mtime, size) names a version; the
+    queue's version also covers its journal. With 10,000 tasks in queue.json this keeps
+    a page view from validating them all again."""
 
-    def __init__(self, path: Path, parse: Callable[[], T]):
-        self.path = path
+    def __init__(self, version: Callable[[], Hashable], parse: Callable[[], T]):
+        self._current_version = version
         self._parse = parse
         self._lock = threading.Lock()
-        self._version: tuple[int, int, int] | None = None
+        self._version: Hashable = None
         self._value: T | None = None
 
     def get(self) -> T:
-        try:
-            stat = os.stat(self.path)
-            version: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        except FileNotFoundError:
-            version = None
+        version = self._current_version()
         with self._lock:
             if self._value is None or version != self._version:
                 self._value, self._version = self._parse(), version
@@ -66,7 +62,8 @@ class FileCache(Generic[T]):
 
 
 def state_cache(path: Path, model: type[M]) -> FileCache[M]:
-    return FileCache(path, lambda: parse_state(model, read_json(path, dict), path))
+    return FileCache(lambda: file_version(path),
+                     lambda: parse_state(model, read_json(path, dict), path))
 
 
 class Panel:
@@ -87,8 +84,9 @@ class Panel:
         self.safety = SafetyBlocks()
         self.spend_log = JsonlFold(ws.api_audit_path, self.spend.add, self.spend.forget)
         self.safety_log = JsonlFold(ws.safety_audit_path, self.safety.add, self.safety.forget)
-        self.queue = FileCache(ws.queue_path, self.store.load)
-        self.gate = FileCache(ws.quality_gate_path, lambda: quality_gate.load(ws))
+        self.queue = FileCache(self.store.version, self.store.load)
+        self.gate = FileCache(lambda: file_version(ws.quality_gate_path),
+                              lambda: quality_gate.load(ws))
         self.grants = state_cache(ws.reward_ledger_path, RewardLedger)
         self.balances = state_cache(ws.balances_path, Balances)
 

@@ -14,7 +14,7 @@ from log_tail import IndexedEvent, TaskInfo
 from panel_errors import PanelError
 from panel_state import Panel
 from panel_stream import event_item
-from queue_store import is_parked
+from queue_rules import is_parked
 from runtime_contract import (
     APPROVED_STATUSES,
     CLAIMABLE_STATUSES,

@@ -38,6 +38,7 @@ BUDGET_LEDGER_FILE = "budget_ledger.json"
 API_AUDIT_FILE = "api_audit.jsonl"
 SAFETY_AUDIT_FILE = "safety_audit.jsonl"
 QUEUE_ARCHIVE_FILE = "queue_archive.jsonl"
+QUEUE_JOURNAL_FILE = "queue_journal.jsonl"
 REWARD_LEDGER_FILE = "phase5_reward_ledger.json"
 BALANCES_FILE = "free_time_balances.json"
 TOOL_STORE_FILE = "tool_store.json"
@@ -358,6 +359,27 @@ class QueueDocument(BaseModel):
 
     def find(self, task_id: str) -> Task | None:
         return next((t for t in self.tasks if t.id == task_id), None)
+
+
+Outcome = Literal["completed", "failed"]
+
+
+class QueueJournalRecord(BaseModel):
+    """One queue transaction in `.swarm/queue_journal.jsonl`, appended instead of rewriting
+    a large queue.json. It holds the new state of each task it changed, never a difference,
+    so replaying a record that queue.json already contains changes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: float
+    tasks: list[Task] = Field(default_factory=list)
+    # A new task's place: the id of the task it was inserted in front of (else it is last).
+    before: dict[str, str] = Field(default_factory=dict)
+    # Moved to the archive.
+    removed: list[str] = Field(default_factory=list)
+    # Which of queue.json's `completed` / `failed` lists a task id now belongs to, if any.
+    outcomes: dict[str, Outcome | None] = Field(default_factory=dict)
+    api_endpoint: str | None = None
 
 
 # --- events -------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from runtime_contract import (
     QUALITY_GATE_FILE,
     QUEUE_ARCHIVE_FILE,
     QUEUE_FILE,
+    QUEUE_JOURNAL_FILE,
     REWARD_LEDGER_FILE,
     SAFETY_AUDIT_FILE,
     SANDBOX_DIR,
@@ -61,6 +62,7 @@ class Workspace:
         self.api_audit_path = self.state_dir / API_AUDIT_FILE
         self.safety_audit_path = self.state_dir / SAFETY_AUDIT_FILE
         self.queue_archive_path = self.state_dir / QUEUE_ARCHIVE_FILE
+        self.queue_journal_path = self.state_dir / QUEUE_JOURNAL_FILE
         self.pause_path = self.state_dir / PAUSE_FILE
         self.reward_ledger_path = self.state_dir / REWARD_LEDGER_FILE
         self.balances_path = self.state_dir / BALANCES_FILE
@@ -208,6 +210,16 @@ def _naming(path: Path, exc: OSError) -> OSError:
     return OSError(exc.errno, exc.strerror, str(path))
 
 
+def file_version(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, size), or None if absent: a file replaced atomically gets a new
+    version, and so does a file appended to."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
 def fsync_directory(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -331,6 +343,47 @@ def _append(path: Path, payload: bytes, *, durable: bool) -> None:
             raise _naming(path, exc) from exc
     finally:
         os.close(fd)
+
+
+def append_after(path: Path, offset: int, payload: bytes) -> int:
+    """Durably append `payload` at `offset`, cutting off whatever lies past it: the torn
+    tail of a writer that died mid-append, which its reader never counted as written.
+
+    For journals whose reader knows where its last complete record ends. The caller holds
+    the file's lock. Returns the new end; a failed write leaves the file as it was."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _naming(path, exc) from exc
+    try:
+        created = offset == 0 and os.fstat(fd).st_size == 0
+        if os.fstat(fd).st_size != offset:
+            os.ftruncate(fd, offset)
+        try:
+            if failpoints.any_armed():
+                os.pwrite(fd, payload[: len(payload) // 2], offset)
+                os.fsync(fd)
+                failpoints.failpoint(f"append:{path.name}:partial")
+            view, at = memoryview(payload), offset
+            while view:
+                written = os.pwrite(fd, view, at)
+                view, at = view[written:], at + written
+            os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, offset)
+            raise _naming(path, exc) from exc
+    finally:
+        os.close(fd)
+    if created:
+        fsync_directory(path.parent)
+    return offset + len(payload)
+
+
+def remove_durably(path: Path) -> None:
+    """Delete `path` (if there) and make the deletion survive a crash."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+        fsync_directory(path.parent)
 
 
 def create_secret_file(path: Path, secret: str) -> bool:

@@ -268,7 +268,7 @@ def status_snapshot(services: ApiServices) -> dict[str, Any]:
     try:
         doc = services.store.load()
     except StateFileError as exc:
-        raise ApiError(503, f"queue.json is malformed: {exc}", field=str(exc.path)) from None
+        raise ApiError(503, f"{exc.path.name} is malformed: {exc}", field=str(exc.path)) from None
     counts: dict[str, int] = {}
     for task in doc.tasks:
         counts[task.status.value] = counts.get(task.status.value, 0) + 1

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from critic import (
@@ -87,7 +86,7 @@ from runtime_contract import (
 )
 from safety_gateway import SafetyGateway
 from settings import Settings
-from state_store import Workspace
+from state_store import Workspace, file_version
 from swarm_enrichment import RewardBook, not_approved_fields
 from tool_router import ToolRouter, decision_fields, load_router
 from worker_presence import PresenceBeacon
@@ -152,6 +151,15 @@ class Worker:
             return self._loop(once=once, stop=stop)
         finally:
             self.beacon.withdraw()
+            self.leave_queue_current()
+
+    def leave_queue_current(self) -> None:
+        """Fold the queue journal into queue.json on the way out, so that queue.json shows
+        what this worker did to anyone reading it directly."""
+        try:
+            self.store.flush()
+        except (OSError, StateFileError) as exc:
+            log.warning("queue.json may lag behind its journal: %s", exc)
 
     def _loop(self, *, once: bool, stop: threading.Event) -> int:
         reported: str | None = None
@@ -186,10 +194,10 @@ class Worker:
         """Wait out the poll interval, but claim again as soon as queue.json changes, so new
         work starts within WAKE_CHECK_SECONDS instead of up to a whole interval later. A
         claim that finds nothing writes nothing, so idle workers never wake each other."""
-        seen = file_signature(self.workspace.queue_path)
+        seen = self.store.version()
         deadline = time.monotonic() + self.settings.poll_interval
         while not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline or file_signature(self.workspace.queue_path) != seen:
+            if time.monotonic() >= deadline or self.store.version() != seen:
                 return
 
     def announce(self, paused: bool) -> None:
@@ -372,7 +380,7 @@ class Worker:
     def router(self) -> ToolRouter:
         """Built again only when the tool store changes: indexing every tool's words cost
         about 5 ms of CPU per task."""
-        signature = file_signature(self.workspace.tool_store_path)
+        signature = file_version(self.workspace.tool_store_path)
         if self._router is None or self._router[0] != signature:
             self._router = (signature, load_router(self.workspace))
         return self._router[1]
@@ -472,7 +480,7 @@ class Worker:
 def stalled_message(exc: Exception) -> str:
     """Why the worker claims nothing: a queue.json to fix, or a state file it cannot write."""
     if isinstance(exc, QueueFileError):
-        return f"queue.json is malformed and will not be touched: {exc}"
+        return f"{exc.path.name} is malformed and will not be touched: {exc}"
     return f"cannot write runtime state, claiming nothing until it can: {exc}"
 
 
@@ -521,15 +529,6 @@ EXECUTION_EVENT_FIELDS = (
 def execution_fields(execution: ExecutionRecord) -> dict[str, Any]:
     """The execution's facts repeated on review events, so each event reads on its own."""
     return {name: getattr(execution, name) for name in EXECUTION_EVENT_FIELDS}
-
-
-def file_signature(path: Path) -> tuple[int, int, int] | None:
-    """Changes whenever the file is replaced: every write renames a new inode into place."""
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        return None
-    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def missing_input_error(task: Task) -> str:
@@ -613,7 +612,7 @@ def add_task(args: argparse.Namespace, workspace: Workspace, settings: Settings)
         print(f"error: {exc}; choose another id", file=sys.stderr)
         return 1
     except QueueFileError as exc:
-        print(f"error: queue.json is malformed, nothing was added: {exc}", file=sys.stderr)
+        print(f"error: {exc.path.name} is malformed, nothing was added: {exc}", file=sys.stderr)
         return 2
     except (SwarmError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -622,6 +621,10 @@ def add_task(args: argparse.Namespace, workspace: Workspace, settings: Settings)
         print(f"error: nothing was added, the queue could not be written: {exc}", file=sys.stderr)
         return 2
     print(f"added task {task.id} ({task.effective_mode.value})")
+    try:
+        store.flush()  # the operator may look at queue.json next
+    except (OSError, StateFileError) as exc:
+        print(f"warning: queue.json does not show it yet: {exc}", file=sys.stderr)
     return 0
 
 

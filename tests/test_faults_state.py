@@ -177,6 +177,55 @@ def test_a_writer_killed_mid_write_leaves_a_valid_file_and_the_next_write_works(
         assert state.ids(restarted) == expected, instant
 
 
+def run_killed_writer(ws: Workspace, kind: str, failpoint: str) -> None:
+    env = child_env(ws, SWARM_FAILPOINTS=failpoint)
+    writer = subprocess.run([sys.executable, str(WRITER), str(ws.root), kind, "2"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert writer.returncode == -signal.SIGKILL, f"never reached\n{writer.stderr}"
+
+
+def journal_lines(ws: Workspace) -> list[dict[str, Any]]:
+    raw = ws.queue_journal_path.read_bytes()
+    assert raw.endswith(b"\n"), "the journal ends in a torn line"
+    return [json.loads(line) for line in raw.splitlines()]
+
+
+def test_a_writer_killed_mid_append_to_the_queue_journal_commits_nothing(
+    workspace: Workspace,
+) -> None:
+    """A large queue appends to its journal: SIGKILL with half a record on disk. The half
+    record was never committed: readers skip it, and the next append cuts it off."""
+    # A queue.json large enough that two records do not yet trigger a fold.
+    QueueStore(workspace).add({"id": "task-0", "prompt": "many words " * 2000})
+    write(workspace, "queue_journal", "task-1")  # starts the journal that continues it
+    run_killed_writer(workspace, "queue_journal", "append:queue_journal.jsonl:partial")
+    assert not workspace.queue_journal_path.read_bytes().endswith(b"\n"), "nothing was torn"
+    assert queue_ids(workspace) == ["task-0", "task-1"]
+
+    write(workspace, "queue_journal", "task-3")
+    assert queue_ids(workspace) == ["task-0", "task-1", "task-3"]
+    records = journal_lines(workspace)[1:]
+    assert [task["id"] for record in records for task in record["tasks"]] == ["task-1", "task-3"]
+
+
+def test_a_writer_killed_between_a_fold_and_dropping_the_journal_replays_nothing(
+    workspace: Workspace,
+) -> None:
+    """The fold renamed the new queue.json into place and died before removing the
+    journal: the journal now continues an older queue.json, so it is ignored, and every
+    task is in the queue exactly once."""
+    write(workspace, "queue_journal", "task-1")
+    run_killed_writer(workspace, "queue_fold", "write:queue.json:renamed")
+    unfolded = [task["id"] for record in journal_lines(workspace)[1:] for task in record["tasks"]]
+    assert unfolded == ["task-2"], "the journal should still hold the folded record"
+    assert queue_ids(workspace) == ["task-1", "task-2"]
+    write(workspace, "queue_fold", "task-3")
+    assert queue_ids(workspace) == ["task-1", "task-2", "task-3"]
+    assert not workspace.queue_journal_path.exists()
+    on_disk = json.loads(workspace.queue_path.read_text())["tasks"]
+    assert [task["id"] for task in on_disk] == ["task-1", "task-2", "task-3"]
+
+
 def test_a_worker_killed_writing_the_quality_gate_is_finished_by_the_next_exactly_once(
     api: RunningProcess, workspace: Workspace
 ) -> None:

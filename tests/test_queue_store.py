@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, wait_until
 
+import queue_store
 from errors import (
     DuplicateTaskError,
     InvalidTransition,
@@ -39,9 +41,30 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def store(workspace: Workspace, clock: Clock) -> QueueStore:
-    return QueueStore(workspace, retain=1000, clock=clock)
+@pytest.fixture(params=["rewrite", "journal"])
+def store(
+    workspace: Workspace, clock: Clock, request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[QueueStore]:
+    """Every store test runs twice: as a small queue (queue.json rewritten by each
+    transaction) and as a large one whose journal is never folded on its own. Then a
+    new store, reading queue.json and replaying the journal as another process would,
+    must see exactly the queue the store has in memory, before and after a fold."""
+    if request.param == "rewrite":
+        yield QueueStore(workspace, retain=1000, clock=clock)
+        return
+    monkeypatch.setattr(queue_store, "COMPACT_RATIO", 0)
+    monkeypatch.setattr(queue_store, "FRESH_SECONDS", 3600.0)
+    store = QueueStore(workspace, retain=1000, clock=clock, small_queue_bytes=0)
+    yield store
+    try:
+        expected = store.load().model_dump()
+    except QueueFileError:
+        return  # the test left a malformed queue on purpose
+    assert QueueStore(workspace, clock=clock).load().model_dump() == expected
+    store.flush()
+    assert not workspace.queue_journal_path.exists()
+    assert QueueStore(workspace, clock=clock).load().model_dump() == expected
 
 
 ME = WorkerIdentity("w1")
@@ -316,3 +339,79 @@ def test_bulk_requeue_takes_every_failed_task_and_nothing_else(store: QueueStore
     assert sorted(t.id for t in requeued) == ["f1", "f2"]
     doc = store.load()
     assert doc.failed == ["blocked"] and doc.find("f1").status == Status.REQUEUE
+
+
+# --- the journal of a large queue -------------------------------------------------------
+
+
+@pytest.fixture
+def large(workspace: Workspace, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> QueueStore:
+    """A store that journals every transaction after the first, and folds only when told."""
+    monkeypatch.setattr(queue_store, "COMPACT_RATIO", 0)
+    monkeypatch.setattr(queue_store, "FRESH_SECONDS", 3600.0)
+    return QueueStore(workspace, clock=clock, small_queue_bytes=0)
+
+
+def on_disk_ids(workspace: Workspace) -> list[str]:
+    return [task["id"] for task in json.loads(workspace.queue_path.read_text())["tasks"]]
+
+
+def test_a_large_queue_appends_and_queue_json_catches_up_once_the_journal_is_old(
+    large: QueueStore, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_all(large, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"})
+    assert on_disk_ids(workspace) == ["a"]  # the second add only reached the journal
+    assert len(workspace.queue_journal_path.read_text().splitlines()) == 2
+    assert [t.id for t in QueueStore(workspace).load().tasks] == ["a", "b"]
+    assert claim_id(large) == "a"
+    monkeypatch.setattr(queue_store, "FRESH_SECONDS", 0.0)
+    assert claim_id(large) == "b"  # this transaction finds the journal old enough to fold
+    assert on_disk_ids(workspace) == ["a", "b"] and not workspace.queue_journal_path.exists()
+    statuses = {t["id"]: t["status"] for t in json.loads(workspace.queue_path.read_text())["tasks"]}
+    assert statuses == {"a": "in_progress", "b": "in_progress"}
+
+
+def test_two_processes_share_a_journaled_queue_through_folds(
+    large: QueueStore, workspace: Workspace, clock: Clock
+) -> None:
+    other = QueueStore(workspace, clock=clock, small_queue_bytes=0)
+    add_all(large, *({"id": f"t{n}", "prompt": "p"} for n in range(4)))
+    assert claim_id(other, OTHER) == "t0"
+    assert claim_id(large) == "t1"  # sees the other's claim in the journal
+    other.finish("t0", OTHER, Status.COMPLETED)
+    large.flush()  # replaces queue.json and drops the journal under the other's feet
+    assert claim_id(other, OTHER) == "t2"
+    other.add({"id": "t4", "prompt": "p", "depends_on": ["t0"]})
+    assert [claim_id(large) for _ in range(3)] == ["t3", "t4", None]
+    assert large.load().model_dump() == other.load().model_dump()
+    assert large.load().completed == ["t0"]
+
+
+def test_a_malformed_journal_line_is_named_and_left_untouched(
+    large: QueueStore, workspace: Workspace
+) -> None:
+    add_all(large, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"})
+    with workspace.queue_journal_path.open("a") as journal:
+        journal.write('{"at": 1, "tasks": [{"id": "c", "status": "sleeping"}]}\n')
+    broken = workspace.queue_journal_path.read_bytes()
+    for attempt in (lambda: QueueStore(workspace).load(), lambda: large.claim(ME, 30)):
+        with pytest.raises(QueueFileError) as caught:
+            attempt()
+        message = str(caught.value)
+        assert str(workspace.queue_journal_path) in message and "line 3" in message
+        assert "status" in message
+    assert workspace.queue_journal_path.read_bytes() == broken
+
+
+def test_a_hand_edit_of_queue_json_overrules_what_the_journal_had_not_folded(
+    large: QueueStore, workspace: Workspace
+) -> None:
+    add_all(large, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"})
+    edited = {"version": "1.1", "api_endpoint": "http://127.0.0.1:1", "completed": [],
+              "failed": [], "tasks": [{"id": "x", "prompt": "p"}]}
+    workspace.queue_path.write_text(json.dumps(edited))
+    assert [t.id for t in large.load().tasks] == ["x"]
+    large.add({"id": "c", "prompt": "p"})
+    assert [t.id for t in QueueStore(workspace).load().tasks] == ["x", "c"]
+    workspace.queue_path.unlink()  # starting over empties the queue, journal or not
+    assert QueueStore(workspace).load().tasks == []

@@ -2,7 +2,9 @@
 
     faults_state_writer.py WORKSPACE KIND STEP
 
-KIND names the document: queue (a task `task-STEP` added), quality_gate (a vote on
+KIND names the document: queue (a task `task-STEP` added), queue_journal (the same, as
+a large queue does it: a record appended to the journal), queue_fold (that, then the
+journal folded into queue.json), quality_gate (a vote on
 `task-STEP`), reward (a grant for `task-STEP`: the reward ledger, then the balances),
 budget (a reservation settled at 0.25). With SWARM_FAILPOINTS=write:<file>:<instant>
 the process kills itself inside the atomic writer of that file.
@@ -31,6 +33,11 @@ SETTLED_COST = 0.25
 def write(workspace: Workspace, kind: str, task_id: str) -> None:
     if kind == "queue":
         QueueStore(workspace).add({"id": task_id, "prompt": f"say {task_id}"})
+    elif kind in ("queue_journal", "queue_fold"):
+        store = QueueStore(workspace, small_queue_bytes=0)
+        store.add({"id": task_id, "prompt": f"say {task_id}"})
+        if kind == "queue_fold":
+            store.flush()
     elif kind == "quality_gate":
         review = Review(verdict=Verdict.APPROVE, confidence=0.9)
         QualityGate(workspace).record(task_id, f"say {task_id}", "faults", review, 0)
