@@ -12,6 +12,8 @@ the ideal speed-up with N workers is N. Targets: 4 workers >= 3.5x, 8 workers >=
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import tempfile
 import time
@@ -68,9 +70,17 @@ def tasks_per_second(provider_url: str, workers: int, tasks: int) -> tuple[float
 
 def all_final(workspace: Workspace) -> bool:
     """A plain read, not the validating store: the watcher must not take CPU from the
-    processes it measures."""
-    tasks = read_json(workspace.queue_path)["tasks"]
-    return all(task["status"] in FINAL for task in tasks)
+    processes it measures. queue.json may lag behind the queue's journal, so the task
+    states recorded there since override it."""
+    statuses = {task["id"]: task["status"] for task in read_json(workspace.queue_path)["tasks"]}
+    try:
+        journal = workspace.queue_journal_path.read_bytes()
+    except FileNotFoundError:
+        journal = b""
+    for line in journal.splitlines()[1:]:
+        with contextlib.suppress(ValueError):  # a record being written right now
+            statuses.update((task["id"], task["status"]) for task in json.loads(line)["tasks"])
+    return all(status in FINAL for status in statuses.values())
 
 
 def wait_for(condition: object, interval: float = 0.02) -> None:
