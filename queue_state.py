@@ -54,7 +54,6 @@ class QueueState:
         self.failed_ids = set(doc.failed)
         self.unchecked: set[str] = set()
         self._encoded: dict[str, bytes] = {}
-        self._recording = True
         self._reset_record()
         self._reindex()
         self.unchecked = {t.id for t in doc.tasks if t.status in CLAIMABLE_STATUSES}

@@ -288,10 +288,13 @@ class QueueStore:
         disk) is only logged: queue.json stays as it was, and a later transaction tries
         again."""
         try:
-            self._write_snapshot(state)
-            self._journal.discard()
+            self._fold_now(state)
         except OSError as exc:
             log.warning("could not fold the queue journal into %s: %s", self.path, exc)
+
+    def _fold_now(self, state: QueueState) -> None:
+        self._write_snapshot(state)
+        self._journal.discard()
 
     def flush(self) -> None:
         """Fold the journal into queue.json now, so that it shows every change: for a
@@ -299,8 +302,7 @@ class QueueStore:
         with self._workspace.lock(self.path):
             state = self._current()
             if self._journal.holds_records_after(self._snapshot_version):
-                self._write_snapshot(state)
-                self._journal.discard()
+                self._fold_now(state)
 
     # operations
 

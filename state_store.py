@@ -333,9 +333,7 @@ def _append(path: Path, payload: bytes, *, durable: bool) -> None:
         if size and os.pread(fd, 1, size - 1) != b"\n":
             payload = b"\n" + payload
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, payload)
             if durable:
                 os.fsync(fd)
         except OSError as exc:
@@ -349,34 +347,38 @@ def append_after(path: Path, offset: int, payload: bytes) -> int:
     """Durably append `payload` at `offset`, cutting off whatever lies past it: the torn
     tail of a writer that died mid-append, which its reader never counted as written.
 
-    For journals whose reader knows where its last complete record ends. The caller holds
-    the file's lock. Returns the new end; a failed write leaves the file as it was."""
+    For a journal that exists and whose reader knows where its last complete record
+    ends. The caller holds the file's lock. Returns the new end; a failed write leaves
+    the file as it was."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise _naming(path, exc) from exc
     try:
-        created = offset == 0 and os.fstat(fd).st_size == 0
         if os.fstat(fd).st_size != offset:
             os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
         try:
             if failpoints.any_armed():
-                os.pwrite(fd, payload[: len(payload) // 2], offset)
+                _write_all(fd, payload[: len(payload) // 2])
                 os.fsync(fd)
                 failpoints.failpoint(f"append:{path.name}:partial")
-            view, at = memoryview(payload), offset
-            while view:
-                written = os.pwrite(fd, view, at)
-                view, at = view[written:], at + written
+                os.lseek(fd, offset, os.SEEK_SET)
+            _write_all(fd, payload)
             os.fsync(fd)
         except OSError as exc:
             os.ftruncate(fd, offset)
             raise _naming(path, exc) from exc
     finally:
         os.close(fd)
-    if created:
-        fsync_directory(path.parent)
     return offset + len(payload)
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    """os.write may write less than asked (a signal, a nearly full disk): write the rest."""
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def remove_durably(path: Path) -> None:

@@ -43,8 +43,7 @@ def clock() -> Clock:
 
 @pytest.fixture(params=["rewrite", "journal"])
 def store(
-    workspace: Workspace, clock: Clock, request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
+    workspace: Workspace, clock: Clock, request: pytest.FixtureRequest
 ) -> Iterator[QueueStore]:
     """Every store test runs twice: as a small queue (queue.json rewritten by each
     transaction) and as a large one whose journal is never folded on its own. Then a
@@ -53,9 +52,7 @@ def store(
     if request.param == "rewrite":
         yield QueueStore(workspace, retain=1000, clock=clock)
         return
-    monkeypatch.setattr(queue_store, "COMPACT_RATIO", 0)
-    monkeypatch.setattr(queue_store, "FRESH_SECONDS", 3600.0)
-    store = QueueStore(workspace, retain=1000, clock=clock, small_queue_bytes=0)
+    store = request.getfixturevalue("large")
     yield store
     try:
         expected = store.load().model_dump()
