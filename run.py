@@ -21,7 +21,7 @@ import threading
 import venv
 from pathlib import Path
 
-from process_control import stop_gracefully
+from swarm_runtime.processes import stop_gracefully
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -57,7 +57,8 @@ def main(argv: list[str]) -> int:
         return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
     if argv[:1] == ["bench"]:
         runner = ROOT / "benchmarks" / "run_all.py"
-        return subprocess.call([sys.executable, str(runner), *argv[1:]], cwd=ROOT)
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # the fake provider lives there
+        return subprocess.call([sys.executable, str(runner), *argv[1:]], cwd=ROOT, env=env)
     if argv[:1] in ([], ["up"]):
         return start_runtime()
     print(__doc__, file=sys.stderr)
@@ -68,8 +69,7 @@ def main(argv: list[str]) -> int:
 
 
 def start_runtime() -> int:
-    sys.path.insert(0, str(ROOT))
-    import demo
+    from swarm_runtime import demo
 
     workspace = Path(os.environ.get("SWARM_WORKSPACE") or ROOT / "workspace").resolve()
     env = {**os.environ, "SWARM_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}

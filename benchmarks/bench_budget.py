@@ -18,12 +18,12 @@ from pathlib import Path
 
 from benchlib import Figure, median, print_table
 
-from budget_ledger import BudgetLedger  # noqa: E402
-from llm_provider import Completion  # noqa: E402
-from pricing import load_price_table  # noqa: E402
-from rate_limiter import TokenBucket  # noqa: E402
-from secure_api_wrapper import SecureAPIWrapper  # noqa: E402
-from state_store import Workspace, atomic_write_bytes  # noqa: E402
+from swarm_runtime.llm.budget import BudgetLedger  # noqa: E402
+from swarm_runtime.llm.pricing import load_price_table  # noqa: E402
+from swarm_runtime.llm.provider import Completion  # noqa: E402
+from swarm_runtime.llm.rate_limit import TokenBucket  # noqa: E402
+from swarm_runtime.llm.wrapper import SecureAPIWrapper  # noqa: E402
+from swarm_runtime.store.state_files import Workspace, atomic_write_bytes  # noqa: E402
 
 NAME = "6 budget reservation"
 TARGET_MS = 2.0

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchlib import Figure, print_table
 
-from benchlib import Figure, print_table  # noqa: E402
-
-from safety_gateway import CHECKS, RULES, SafetyGateway, fold  # noqa: E402
-from state_store import Workspace  # noqa: E402
+from swarm_runtime.safety.gateway import CHECKS, RULES, SafetyGateway, fold
+from swarm_runtime.store.state_files import Workspace
 
 PARAGRAPH = (
     "Refactor the queue worker so that it retries failed tasks with exponential backoff, "

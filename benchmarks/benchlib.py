@@ -20,11 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from swarm_runtime.processes import stop_gracefully
 
-from process_control import stop_gracefully  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+\S*)")
 START_TIMEOUT_SECONDS = 30.0
@@ -128,7 +126,7 @@ def load_average() -> str:
 def durable_write_ms(folder: Path, rounds: int = 50, size: int = 2048) -> float:
     """One atomic state-file write on this disk (temp file, fsync, rename, fsync folder):
     the unit that every durable step of the runtime pays at least once."""
-    from state_store import atomic_write_bytes
+    from swarm_runtime.store.state_files import atomic_write_bytes
 
     path, data, samples = folder / "durable-write-probe.json", b"x" * size, []
     for _ in range(rounds):

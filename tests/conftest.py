@@ -16,12 +16,10 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.state_files import Workspace
 
-from settings import Settings  # noqa: E402
-from state_store import Workspace  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+\S*)")
 PROCESS_START_TIMEOUT = 20.0

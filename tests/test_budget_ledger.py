@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from budget_ledger import BudgetLedger
-from errors import GlobalBudgetExceeded, StateFileError
-from state_store import Workspace
+from swarm_runtime.errors import GlobalBudgetExceeded, StateFileError
+from swarm_runtime.llm.budget import BudgetLedger
+from swarm_runtime.store.state_files import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,9 +18,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # children start spending at the same moment.
 SPENDER = """
 import sys
-from budget_ledger import BudgetLedger
-from errors import GlobalBudgetExceeded
-from state_store import Workspace
+from swarm_runtime.llm.budget import BudgetLedger
+from swarm_runtime.errors import GlobalBudgetExceeded
+from swarm_runtime.store.state_files import Workspace
 root, limit, amount = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 ledger = BudgetLedger(Workspace(root), limit)
 print("ready", flush=True)
@@ -39,8 +39,8 @@ print(settled, flush=True)
 # Reserves, says so, and exits without settling once told to: a crash mid-call.
 HOLDER = """
 import os, sys
-from budget_ledger import BudgetLedger
-from state_store import Workspace
+from swarm_runtime.llm.budget import BudgetLedger
+from swarm_runtime.store.state_files import Workspace
 ledger = BudgetLedger(Workspace(sys.argv[1]), float(sys.argv[2]))
 ledger.reserve(float(sys.argv[3]), task_id="held")
 print("held", flush=True)

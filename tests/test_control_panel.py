@@ -28,21 +28,7 @@ from conftest import (
 from flask import Flask
 from werkzeug.test import TestResponse
 
-import control_panel
-from control_panel import create_app
-from critic import Review
-from event_log import EventLog
-from panel_audit import bucket_spend
-from panel_guards import CSRF_HEADER, REDACTED
-from panel_health import alive_workers
-from panel_probe import ApiProbe
-from panel_state import MAX_STREAMS
-from panel_stream import event_stream, parse_cursor
-from panel_tasks import select_tasks
-from pause_switch import read_pause, set_pause
-from quality_gate import QualityGate
-from queue_store import WorkerIdentity
-from runtime_contract import (
+from swarm_runtime.contract import (
     DEFAULT_PANEL_PORT,
     PANEL_WORKER_ID,
     ExecutionRecord,
@@ -53,11 +39,25 @@ from runtime_contract import (
     Verdict,
     WorkerPresence,
 )
-from safety_gateway import SafetyGateway
-from settings import Settings
-from state_store import Workspace, append_line
-from swarm_enrichment import RewardBook
-from worker_presence import FRESH_FOR_SECONDS, PresenceBeacon
+from swarm_runtime.panel import app as control_panel
+from swarm_runtime.panel.app import create_app
+from swarm_runtime.panel.audit import bucket_spend
+from swarm_runtime.panel.guards import CSRF_HEADER, REDACTED
+from swarm_runtime.panel.health import alive_workers
+from swarm_runtime.panel.probe import ApiProbe
+from swarm_runtime.panel.state import MAX_STREAMS
+from swarm_runtime.panel.stream import event_stream, parse_cursor
+from swarm_runtime.panel.tasks import select_tasks
+from swarm_runtime.phases.critic import Review
+from swarm_runtime.phases.quality_gate import QualityGate
+from swarm_runtime.phases.rewards import RewardBook
+from swarm_runtime.queue.presence import FRESH_FOR_SECONDS, PresenceBeacon
+from swarm_runtime.queue.store import WorkerIdentity
+from swarm_runtime.safety.gateway import SafetyGateway
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.events import EventLog
+from swarm_runtime.store.pause import read_pause, set_pause
+from swarm_runtime.store.state_files import Workspace, append_line
 
 BASE = f"http://127.0.0.1:{DEFAULT_PANEL_PORT}"
 ORIGIN = BASE

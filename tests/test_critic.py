@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from critic import (
+from swarm_runtime.contract import ExecutionRecord, Mode, ReviewFields, Status, Task, Verdict
+from swarm_runtime.errors import ReviewUnavailable
+from swarm_runtime.phases.critic import (
     FEEDBACK_HEADING,
     Review,
     Submission,
@@ -21,9 +23,7 @@ from critic import (
     review_record,
     submission_from,
 )
-from errors import ReviewUnavailable
-from runtime_contract import ExecutionRecord, Mode, ReviewFields, Status, Task, Verdict
-from state_store import Workspace
+from swarm_runtime.store.state_files import Workspace
 
 HAIKU_TASK = "Write a haiku about message queues"
 HAIKU = "Messages wait in line,\nthe queue hums softly at night,\nworkers drain the dawn."

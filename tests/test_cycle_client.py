@@ -9,8 +9,8 @@ import pytest
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
-from cycle_client import CycleClient, EndpointRefused
-from runtime_contract import TOKEN_HEADER
+from swarm_runtime.contract import TOKEN_HEADER
+from swarm_runtime.worker.cycle_client import CycleClient, EndpointRefused
 
 
 class ScriptedApi:

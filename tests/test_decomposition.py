@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from decomposition import (
+from swarm_runtime.contract import Mode, PlanFields, Status, Task, is_valid_task_id
+from swarm_runtime.phases.decomposition import (
     NO_RESULT,
     RESULT_CAP_BYTES,
     RESULTS_END,
@@ -19,8 +20,7 @@ from decomposition import (
     plan_event_fields,
     should_plan,
 )
-from intent import UserIntent, extract_intent
-from runtime_contract import Mode, PlanFields, Status, Task, is_valid_task_id
+from swarm_runtime.phases.intent import UserIntent, extract_intent
 
 ISSUE_PROMPT = "Implement auth API, add integration tests, and then update deployment docs."
 COMMA_PROMPT = "Implement auth API, add integration tests, update deployment docs."

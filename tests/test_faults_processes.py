@@ -28,7 +28,7 @@ from conftest import (
 from fake_llm_server import FakeLLMServer
 from helpers.faults_queue_churn import FEEDER_ID, is_failing, task_spec
 
-from state_store import Workspace
+from swarm_runtime.store.state_files import Workspace
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
 AUTHOR_MODEL = "gpt-4o-mini"

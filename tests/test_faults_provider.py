@@ -21,12 +21,12 @@ import requests
 from conftest import RunningProcess, child_env, run_worker, start_process, write_queue
 from fake_llm_server import FakeLLMServer, ScriptedResponse
 
-from budget_ledger import LedgerDocument
-from llm_provider import estimate_tokens
-from pricing import Price
-from runtime_contract import TOKEN_HEADER
-from secure_api_wrapper import input_token_bound
-from state_store import Workspace
+from swarm_runtime.contract import TOKEN_HEADER
+from swarm_runtime.llm.budget import LedgerDocument
+from swarm_runtime.llm.pricing import Price
+from swarm_runtime.llm.provider import estimate_tokens
+from swarm_runtime.llm.wrapper import input_token_bound
+from swarm_runtime.store.state_files import Workspace
 
 MODEL = "fault-model"
 PRICE = Price(1000.0, 2000.0)

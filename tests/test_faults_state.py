@@ -35,13 +35,13 @@ from fake_llm_server import FakeLLMServer
 from helpers.faults_state_writer import IDENTITY, SETTLED_COST, write
 from pydantic import BaseModel
 
-import quality_gate
-from budget_ledger import BudgetLedger, LedgerDocument
-from errors import StateFileError
-from queue_store import QueueStore
-from runtime_contract import TOKEN_HEADER
-from state_store import Workspace, read_json
-from swarm_enrichment import Balances, RewardBook, RewardLedger, parse_state
+from swarm_runtime.contract import TOKEN_HEADER
+from swarm_runtime.errors import StateFileError
+from swarm_runtime.llm.budget import BudgetLedger, LedgerDocument
+from swarm_runtime.phases import quality_gate
+from swarm_runtime.phases.rewards import Balances, RewardBook, RewardLedger, parse_state
+from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.store.state_files import Workspace, read_json
 
 WRITER = ROOT / "tests" / "helpers" / "faults_state_writer.py"
 INSTANTS = ("partial", "before_rename", "renamed")

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from intent import (
+from swarm_runtime.contract import Task
+from swarm_runtime.phases.intent import (
     GOAL_CHARS,
     INTENT_END,
     INTENT_HEADING,
@@ -14,7 +15,6 @@ from intent import (
     intent_from_task,
     whole_words,
 )
-from runtime_contract import Task
 
 
 @pytest.mark.parametrize(("text", "found"), [

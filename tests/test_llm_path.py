@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from fake_llm_server import FakeLLMServer
 
-from errors import GlobalBudgetExceeded, RateLimited
-from llm_provider import OpenAICompatibleProvider
-from rate_limiter import TokenBucket
-from secure_api_wrapper import LLMCallResult, SecureAPIWrapper, from_settings
-from settings import Settings
-from state_store import Workspace
+from swarm_runtime.errors import GlobalBudgetExceeded, RateLimited
+from swarm_runtime.llm.provider import OpenAICompatibleProvider
+from swarm_runtime.llm.rate_limit import TokenBucket
+from swarm_runtime.llm.wrapper import LLMCallResult, SecureAPIWrapper, from_settings
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.state_files import Workspace
 
 API_KEY = "sk-test-path-91c0d7"
 FAKE_SERVER = Path(__file__).with_name("fake_llm_server.py")

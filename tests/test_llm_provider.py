@@ -8,15 +8,15 @@ import pytest
 from fake_llm_server import FakeLLMServer
 from pydantic import SecretStr
 
-from errors import ProviderError
-from llm_provider import (
+from swarm_runtime.contract import OFFLINE_MODEL
+from swarm_runtime.errors import ProviderError
+from swarm_runtime.llm.provider import (
     OfflineProvider,
     OpenAICompatibleProvider,
     build_provider,
     estimate_tokens,
 )
-from runtime_contract import OFFLINE_MODEL
-from settings import Settings
+from swarm_runtime.settings import Settings
 
 API_KEY = "sk-test-7f3a9c1e5b"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from errors import PolicyViolation, SwarmError
-from local_runner import (
+from swarm_runtime.errors import PolicyViolation, SwarmError
+from swarm_runtime.safety.local_commands import (
     GIT_SAFETY_CONFIG,
     TRUSTED_PATH,
     CommandPlan,

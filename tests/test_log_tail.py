@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import log_tail
-from event_log import EventLog, build_event
-from log_tail import EVENT_PREFIX, JsonlFold, JsonlTail, LogIndex
-from runtime_contract import Status
-from state_store import Workspace, append_line
+from swarm_runtime.contract import Status
+from swarm_runtime.panel import log_tail
+from swarm_runtime.panel.log_tail import EVENT_PREFIX, JsonlFold, JsonlTail, LogIndex
+from swarm_runtime.store.events import EventLog, build_event
+from swarm_runtime.store.state_files import Workspace, append_line
 
 
 def line(task_id: str, status: Status = Status.COMPLETED, worker: str = "w1", **fields) -> bytes:

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from conftest import RunningProcess, child_env, read_queue, wait_until, write_queue
 
-from event_log import EventLog
-from pause_switch import read_pause
-from runtime_contract import ExecutionRecord, Status
-from state_store import Workspace
+from swarm_runtime.contract import ExecutionRecord, Status
+from swarm_runtime.store.events import EventLog
+from swarm_runtime.store.pause import read_pause
+from swarm_runtime.store.state_files import Workspace
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -17,7 +17,7 @@ import pytest
 from conftest import RunningProcess, child_env, read_events, read_queue, run_worker, write_queue
 from fake_llm_server import FakeLLMServer
 
-from state_store import Workspace
+from swarm_runtime.store.state_files import Workspace
 
 AUTHOR_MODEL = "gpt-4o-mini"
 CRITIC_MODEL = "gpt-4o"

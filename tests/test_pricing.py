@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from errors import StateFileError, UnpricedModelError
-from pricing import BUILTIN_PRICES, FREE, Price, load_price_table, price_for
-from runtime_contract import OFFLINE_MODEL
+from swarm_runtime.contract import OFFLINE_MODEL
+from swarm_runtime.errors import StateFileError, UnpricedModelError
+from swarm_runtime.llm.pricing import BUILTIN_PRICES, FREE, Price, load_price_table, price_for
 
 
 @pytest.mark.parametrize(

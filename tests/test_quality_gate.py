@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-import quality_gate
-from critic import Review
-from errors import StateFileError
-from quality_gate import GateDocument, QualityGate
-from runtime_contract import QualityGateFields, QualityGateStatus, Verdict
-from state_store import Workspace
+from swarm_runtime.contract import QualityGateFields, QualityGateStatus, Verdict
+from swarm_runtime.errors import StateFileError
+from swarm_runtime.phases import quality_gate
+from swarm_runtime.phases.critic import Review
+from swarm_runtime.phases.quality_gate import GateDocument, QualityGate
+from swarm_runtime.store.state_files import Workspace
 
 APPROVE = Review(verdict=Verdict.APPROVE, confidence=0.95)
 REJECT = Review(verdict=Verdict.REJECT, confidence=0.9, issues=["output is empty"])

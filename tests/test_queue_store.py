@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, wait_until
 
-import queue_store
-from errors import (
+from swarm_runtime.contract import ExecutionRecord, ReviewRecord, Status, validate_queue_contract
+from swarm_runtime.errors import (
     DuplicateTaskError,
     InvalidTransition,
     LeaseLostError,
     QueueFileError,
     UnknownTaskError,
 )
-from queue_store import QueueStore, WorkerIdentity
-from runtime_contract import ExecutionRecord, ReviewRecord, Status, validate_queue_contract
-from state_store import Workspace
+from swarm_runtime.queue import store as queue_store
+from swarm_runtime.queue.store import QueueStore, WorkerIdentity
+from swarm_runtime.store.state_files import Workspace
 
 ACTOR = str(ROOT / "tests" / "helpers" / "queue_actor.py")
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-import runtime_contract as contract
-from event_log import build_event, cap_text
+from swarm_runtime import contract
+from swarm_runtime.store.events import build_event, cap_text
 
 
 def test_normalize_task_fills_design_defaults_and_keeps_unknown_keys() -> None:

@@ -10,19 +10,19 @@ import pytest
 from fake_llm_server import FakeLLMServer
 from pydantic import SecretStr
 
-from budget_ledger import BudgetLedger
-from errors import (
+from swarm_runtime.errors import (
     GlobalBudgetExceeded,
     ProviderError,
     RateLimited,
     TaskBudgetExceeded,
     UnpricedModelError,
 )
-from llm_provider import OfflineProvider, OpenAICompatibleProvider, Provider
-from pricing import BUILTIN_PRICES, Price
-from rate_limiter import TokenBucket
-from secure_api_wrapper import SecureAPIWrapper, input_token_bound
-from state_store import Workspace
+from swarm_runtime.llm.budget import BudgetLedger
+from swarm_runtime.llm.pricing import BUILTIN_PRICES, Price
+from swarm_runtime.llm.provider import OfflineProvider, OpenAICompatibleProvider, Provider
+from swarm_runtime.llm.rate_limit import TokenBucket
+from swarm_runtime.llm.wrapper import SecureAPIWrapper, input_token_bound
+from swarm_runtime.store.state_files import Workspace
 
 API_KEY = "sk-test-wrapper-4d2b8e"
 PROMPT = "Write a haiku about the secret plans"

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from state_store import FileLock
+from swarm_runtime.store.state_files import FileLock
 
 HOLDER = """
 import sys, time
-sys.path.insert(0, sys.argv[2])
-from state_store import FileLock
+from swarm_runtime.store.state_files import FileLock
 with FileLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

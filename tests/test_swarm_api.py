@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT, RunningProcess, child_env
+from conftest import RunningProcess, child_env
 from fake_llm_server import FakeLLMServer
 
-from runtime_contract import TOKEN_HEADER
-from settings import Settings
-from state_store import Workspace
-from swarm import create_app
+from swarm_runtime.api.app import create_app
+from swarm_runtime.contract import TOKEN_HEADER
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.state_files import Workspace
 
 
 def token_of(workspace: Workspace) -> str:
@@ -195,11 +195,12 @@ def test_plan_refuses_an_unusable_reply_and_queues_nothing(
 
 
 def test_concurrent_starts_agree_on_one_token(workspace: Workspace) -> None:
-    script = ("import sys; sys.path.insert(0, sys.argv[1]);"
-              "from execution_token import resolve_token; from settings import Settings;"
-              "from state_store import Workspace;"
-              "print(resolve_token(Settings(workspace=sys.argv[2]), Workspace(sys.argv[2])))")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(ROOT), str(workspace.root)],
+    script = ("import sys;"
+              "from swarm_runtime.store.token import resolve_token;"
+              "from swarm_runtime.settings import Settings;"
+              "from swarm_runtime.store.state_files import Workspace;"
+              "print(resolve_token(Settings(workspace=sys.argv[1]), Workspace(sys.argv[1])))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(workspace.root)],
                               stdout=subprocess.PIPE, text=True) for _ in range(6)]
     tokens = {proc.communicate(timeout=30)[0].strip() for proc in procs}
     assert len(tokens) == 1 and token_of(workspace) in tokens

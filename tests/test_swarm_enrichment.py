@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 from conftest import ROOT, child_env
 
-from errors import StateFileError
-from runtime_contract import RewardFields
-from state_store import Workspace
-from swarm_enrichment import (
+from swarm_runtime.contract import RewardFields
+from swarm_runtime.errors import StateFileError
+from swarm_runtime.phases.rewards import (
     HISTORY_LIMIT,
     Reason,
     RewardBook,
@@ -25,6 +24,7 @@ from swarm_enrichment import (
     reward_tokens,
     split_grant,
 )
+from swarm_runtime.store.state_files import Workspace
 
 BUDGET = {"max_budget": 0.20, "budget_used": 0.05, "review_confidence": 0.9}
 BUDGET_TOKENS = 8  # 0.75 * 8 + 0.9 * 2 = 7.8
@@ -32,8 +32,8 @@ NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 GRANT_SCRIPT = """
 import json, sys
-from state_store import Workspace
-from swarm_enrichment import RewardBook
+from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.phases.rewards import RewardBook
 root, task_id, identity_id = sys.argv[1:4]
 book = RewardBook(Workspace(root))
 outcome = book.grant(task_id, identity_id, max_budget=0.2, budget_used=0.05,
@@ -43,8 +43,8 @@ print(outcome.model_dump_json(), flush=True)
 
 RACING_SCRIPT = """
 import os, sys, time
-from state_store import Workspace
-from swarm_enrichment import RewardBook
+from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.phases.rewards import RewardBook
 root, go, own_task = sys.argv[1:4]
 book = RewardBook(Workspace(root))
 print("ready", flush=True)

@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-import tool_router
-from errors import StateFileError
-from runtime_contract import ExecutionFields, ToolRoute
-from state_store import Workspace
-from tool_router import (
+from swarm_runtime.contract import ExecutionFields, ToolRoute
+from swarm_runtime.errors import StateFileError
+from swarm_runtime.phases import routing as tool_router
+from swarm_runtime.phases.routing import (
     BUILTIN_TOOLS,
     RouteDecision,
     Tool,
@@ -22,6 +21,7 @@ from tool_router import (
     load_router,
     load_tool_store,
 )
+from swarm_runtime.store.state_files import Workspace
 
 EXACT, SEMANTIC = ToolRoute.EXACT, ToolRoute.SEMANTIC
 COMPOSED, GENERATE = ToolRoute.COMPOSED, ToolRoute.GENERATE

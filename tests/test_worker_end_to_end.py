@@ -23,9 +23,9 @@ from conftest import (
 )
 from fake_llm_server import FakeLLMServer
 
-from pause_switch import set_pause
-from state_store import Workspace
-from worker_presence import live_workers
+from swarm_runtime.queue.presence import live_workers
+from swarm_runtime.store.pause import set_pause
+from swarm_runtime.store.state_files import Workspace
 
 
 def statuses_by_task(workspace: Workspace) -> dict[str, list[str]]:

@@ -22,14 +22,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pydantic import ValidationError
 
-from pydantic import ValidationError  # noqa: E402
-
-from errors import InvalidTransition, UnknownTaskError  # noqa: E402
-from event_log import EventLog  # noqa: E402
-from queue_store import QueueStore  # noqa: E402
-from runtime_contract import (  # noqa: E402
+from swarm_runtime.contract import (
     CLAIMABLE_STATUSES,
     FAILED_STATUSES,
     OperatorAction,
@@ -40,8 +35,11 @@ from runtime_contract import (  # noqa: E402
     normalize_queue,
     validate_queue_contract,
 )
-from settings import Settings  # noqa: E402
-from state_store import Workspace  # noqa: E402
+from swarm_runtime.errors import InvalidTransition, UnknownTaskError
+from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.events import EventLog
+from swarm_runtime.store.state_files import Workspace
 
 FEEDER_ID = "fault-feeder"
 BATCH = 25

@@ -13,17 +13,14 @@ the process kills itself inside the atomic writer of that file.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from budget_ledger import BudgetLedger  # noqa: E402
-from critic import Review  # noqa: E402
-from quality_gate import QualityGate  # noqa: E402
-from queue_store import QueueStore  # noqa: E402
-from runtime_contract import Verdict  # noqa: E402
-from state_store import Workspace  # noqa: E402
-from swarm_enrichment import RewardBook  # noqa: E402
+from swarm_runtime.contract import Verdict
+from swarm_runtime.llm.budget import BudgetLedger
+from swarm_runtime.phases.critic import Review
+from swarm_runtime.phases.quality_gate import QualityGate
+from swarm_runtime.phases.rewards import RewardBook
+from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.store.state_files import Workspace
 
 IDENTITY = "resident_fault"
 BUDGET_LIMIT = 10.0

@@ -10,13 +10,10 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from queue_store import QueueStore, WorkerIdentity  # noqa: E402
-from runtime_contract import Status  # noqa: E402
-from state_store import Workspace  # noqa: E402
+from swarm_runtime.contract import Status
+from swarm_runtime.queue.store import QueueStore, WorkerIdentity
+from swarm_runtime.store.state_files import Workspace
 
 
 def main() -> int:

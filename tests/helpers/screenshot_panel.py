@@ -22,18 +22,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from swarm_runtime.contract import ReviewEvent, Status, Verdict, iso, utc_now
+from swarm_runtime.phases.critic import Review
+from swarm_runtime.phases.quality_gate import QualityGate
+from swarm_runtime.phases.rewards import RewardBook
+from swarm_runtime.queue.presence import PresenceBeacon
+from swarm_runtime.queue.store import QueueStore, WorkerIdentity
+from swarm_runtime.safety.gateway import SafetyGateway
+from swarm_runtime.store.events import EventLog
+from swarm_runtime.store.state_files import Workspace, append_line
 
-from critic import Review  # noqa: E402
-from event_log import EventLog  # noqa: E402
-from quality_gate import QualityGate  # noqa: E402
-from queue_store import QueueStore, WorkerIdentity  # noqa: E402
-from runtime_contract import ReviewEvent, Status, Verdict, iso, utc_now  # noqa: E402
-from safety_gateway import SafetyGateway  # noqa: E402
-from state_store import Workspace, append_line  # noqa: E402
-from swarm_enrichment import RewardBook  # noqa: E402
-from worker_presence import PresenceBeacon  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -1,0 +1,309 @@
+"""swarm.py: the execution API (`/cycle`, `/plan`, `/status`) on 127.0.0.1.
+
+Access control runs before any body is parsed: the socket peer must be loopback
+(`X-Forwarded-For` is never consulted) and `/cycle` and `/plan` need the internal
+execution token. The safety gateway runs again here on exactly the text that will
+execute. LLM calls go through the SecureAPIWrapper (rate limit, budget, audit);
+local commands through the allowlist + denylist policy, without a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, jsonify, request
+from pydantic import ValidationError
+
+from swarm_runtime.api.plan import PlanError, plan_tasks
+from swarm_runtime.contract import (
+    LOCAL_MODEL,
+    TOKEN_HEADER,
+    CycleRequest,
+    CycleResponse,
+    ErrorBody,
+    Mode,
+    Status,
+    Usage,
+)
+from swarm_runtime.errors import (
+    BudgetError,
+    PolicyViolation,
+    ProviderError,
+    RateLimited,
+    StateFileError,
+    SwarmError,
+    UnpricedModelError,
+)
+from swarm_runtime.llm.wrapper import SecureAPIWrapper, from_settings
+from swarm_runtime.queue.store import QueueStore, lease_is_live
+from swarm_runtime.safety.gateway import SafetyGateway
+from swarm_runtime.safety.local_commands import LocalCommandPolicy, prepare_sandbox, run_command
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.store.token import resolve_token
+from swarm_runtime.web.json_errors import install_json_fallbacks, json_error
+from swarm_runtime.web.loopback import is_loopback_address
+from swarm_runtime.web.server import serve
+
+log = logging.getLogger("swarm")
+TOKEN_PROTECTED = frozenset({"/cycle", "/plan"})
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass
+class ApiServices:
+    """Everything the handlers use, built once per app."""
+
+    settings: Settings
+    workspace: Workspace
+    token: str
+    gateway: SafetyGateway
+    policy: LocalCommandPolicy
+    wrapper: SecureAPIWrapper
+    store: QueueStore
+
+    @classmethod
+    def build(cls, settings: Settings) -> ApiServices:
+        workspace = Workspace(settings.workspace)
+        workspace.ensure_layout()
+        prepare_sandbox(workspace.sandbox)
+        return cls(
+            settings=settings,
+            workspace=workspace,
+            token=resolve_token(settings, workspace),
+            gateway=SafetyGateway(workspace),
+            policy=LocalCommandPolicy(
+                workspace.sandbox, settings.local_allowlist,
+                git_allow_write=settings.git_allow_write,
+            ),
+            wrapper=from_settings(settings, workspace),
+            store=QueueStore.for_settings(workspace, settings),
+        )
+
+
+class ApiError(Exception):
+    """An HTTP answer with a JSON body; raised anywhere in a handler."""
+
+    def __init__(self, status: int, message: str, **extra: Any):
+        self.status = status
+        self.body = ErrorBody(error=message, **extra)
+        self.headers: dict[str, str] = {}
+        super().__init__(message)
+
+
+def create_app(settings: Settings, services: ApiServices | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    services = services or ApiServices.build(settings)
+    app.extensions["swarm"] = services
+    _install_access_control(app, services)
+    _install_error_handlers(app)
+
+    @app.post("/cycle")
+    def cycle() -> Any:
+        cycle_request = parse_cycle_request(request.get_json(silent=True))
+        report = check_safety(services.gateway, cycle_request)
+        if cycle_request.effective_mode == Mode.LOCAL:
+            response = run_local(services, cycle_request, report)
+        else:
+            response = run_llm(services, cycle_request, report)
+        return jsonify(response.model_dump(mode="json"))
+
+    @app.post("/plan")
+    def plan() -> Any:
+        try:
+            planned = plan_tasks(services.wrapper, services.store, services.workspace)
+        except PlanError as exc:
+            raise ApiError(502, str(exc), retryable=False) from None
+        except SwarmError as exc:
+            raise llm_error(exc) from None
+        return jsonify(planned)
+
+    @app.get("/status")
+    def status() -> Any:
+        return jsonify(status_snapshot(services))
+
+    return app
+
+
+def _install_access_control(app: Flask, services: ApiServices) -> None:
+    @app.before_request
+    def guard() -> None:
+        if not is_loopback_address(request.remote_addr):
+            raise ApiError(403, f"{request.path} is localhost-only")
+        if request.path in TOKEN_PROTECTED:
+            supplied = request.headers.get(TOKEN_HEADER, "")
+            if not supplied:
+                raise ApiError(401, f"missing internal execution token (header {TOKEN_HEADER})")
+            if not hmac.compare_digest(supplied.encode(), services.token.encode()):
+                raise ApiError(403, "invalid internal execution token")
+
+
+def _install_error_handlers(app: Flask) -> None:
+    unexpected = install_json_fallbacks(app, log)
+
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> Any:
+        return json_error(exc.status, exc.body, exc.headers)
+
+    @app.errorhandler(OSError)
+    def state_unwritable(exc: OSError) -> Any:
+        """A full disk or a read-only workspace: say which file, and that a retry may work."""
+        if exc.filename is None:
+            return unexpected(exc)
+        log.error("%s could not write runtime state: %s", request.path, exc)
+        return json_error(503, ErrorBody(error=f"cannot write runtime state: {exc}",
+                                         retryable=True))
+
+
+# --- /cycle -----------------------------------------------------------------------------
+
+
+def parse_cycle_request(body: Any) -> CycleRequest:
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", field="body")
+    try:
+        cycle_request = CycleRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ApiError(400, f"invalid field {field!r}: {first['msg']}", field=field) from None
+    if not (cycle_request.prompt or "").strip() and not (cycle_request.task or "").strip():
+        raise ApiError(400, "prompt or task must be provided", field="prompt")
+    return cycle_request
+
+
+def check_safety(gateway: SafetyGateway, cycle_request: CycleRequest) -> dict[str, Any]:
+    """Check every text the request carries; the first block refuses the request."""
+    report: dict[str, Any] = {}
+    for name in ("task", "prompt"):
+        text = getattr(cycle_request, name)
+        if text is None:
+            continue
+        passed, report = gateway.pre_execute_safety_check(text, cycle_request.task_id)
+        if not passed:
+            raise ApiError(
+                403, f"Safety check failed ({name}): {report.get('blocked_reason')}", field=name
+            )
+    return report
+
+
+def run_local(
+    services: ApiServices, cycle_request: CycleRequest, report: dict[str, Any]
+) -> CycleResponse:
+    if not (cycle_request.task or "").strip():
+        raise ApiError(400, "local mode requires task (the command to run)", field="task")
+    try:
+        plan = services.policy.check(cycle_request.task)
+    except PolicyViolation as exc:
+        raise ApiError(403, str(exc), rule=exc.rule, field="task") from None
+    result = run_command(plan, timeout=cycle_request.timeout)
+    if result.timed_out:
+        summary = f"command timed out after {cycle_request.timeout:g}s"
+    else:
+        summary = f"command exited with code {result.exit_code} in {result.duration:.2f}s"
+    succeeded = not result.timed_out and result.exit_code == 0
+    return CycleResponse(
+        status=Status.COMPLETED if succeeded else Status.FAILED,
+        result=summary,
+        model=LOCAL_MODEL,
+        task_id=cycle_request.task_id,
+        output=result.output,
+        budget_used=0.0,
+        exit_code=result.exit_code,
+        safety_report=report,
+    )
+
+
+def run_llm(
+    services: ApiServices, cycle_request: CycleRequest, report: dict[str, Any]
+) -> CycleResponse:
+    if not (cycle_request.prompt or "").strip():
+        raise ApiError(400, "llm mode requires prompt", field="prompt")
+    try:
+        call = services.wrapper.call_llm(
+            cycle_request.prompt,
+            model=cycle_request.model,
+            max_tokens=cycle_request.max_tokens,
+            temperature=cycle_request.temperature,
+            task_id=cycle_request.task_id,
+            max_budget=cycle_request.max_budget,
+        )
+    except SwarmError as exc:
+        raise llm_error(exc) from None
+    return CycleResponse(
+        status=Status.COMPLETED,
+        result=call.text,
+        model=call.model,
+        task_id=cycle_request.task_id,
+        usage=Usage(prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens),
+        budget_used=round(call.cost, 6),
+        safety_report=report,
+    )
+
+
+def llm_error(exc: SwarmError) -> ApiError:
+    """Map the wrapper's refusals to HTTP; the message always says which limit and why."""
+    if isinstance(exc, RateLimited):
+        error = ApiError(429, str(exc), retryable=True)
+        error.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return error
+    if isinstance(exc, BudgetError | UnpricedModelError):
+        return ApiError(403, str(exc))
+    if isinstance(exc, ProviderError):
+        return ApiError(502, f"LLM provider failed: {exc}", retryable=False)
+    return ApiError(500, str(exc))
+
+
+# --- /status ----------------------------------------------------------------------------
+
+
+def status_snapshot(services: ApiServices) -> dict[str, Any]:
+    try:
+        doc = services.store.load()
+    except StateFileError as exc:
+        raise ApiError(503, f"{exc.path.name} is malformed: {exc}", field=str(exc.path)) from None
+    counts: dict[str, int] = {}
+    for task in doc.tasks:
+        counts[task.status.value] = counts.get(task.status.value, 0) + 1
+    now = time.time()
+    workers = sorted({t.lease.worker_id for t in doc.tasks if lease_is_live(t.lease, now)})
+    budget = services.wrapper.budget_snapshot()
+    return {
+        "tasks": len(doc.tasks),
+        "by_status": counts,
+        "completed": len(doc.completed),
+        "failed": len(doc.failed),
+        "workers_with_live_leases": workers,
+        "budget": {"limit": budget.limit, "spent": budget.spent, "reserved": budget.reserved},
+        "provider": services.settings.default_model,
+    }
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s swarm: %(message)s", stream=sys.stdout
+    )
+    parser = argparse.ArgumentParser(prog="swarm.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, help="port on 127.0.0.1 (0 picks a free one)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(api_port=args.port)
+        app = create_app(settings)
+    except SwarmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return serve(app, settings.api_port, "swarm API")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,561 @@
+"""The queue and event contract: the one place that names statuses, files and fields.
+
+Every other module imports its vocabulary from here, so a status or a file name is
+spelled exactly once. The pydantic models are the wire and file formats; the plain
+functions (`normalize_*`, `validate_queue_contract`) keep the design's semantics for
+callers that handle raw dictionaries.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+QUEUE_CONTRACT_VERSION = "1.1"
+DEFAULT_API_ENDPOINT = "http://127.0.0.1:8420"
+DEFAULT_API_PORT = 8420
+DEFAULT_PANEL_PORT = 8421
+
+# Files inside the workspace.
+QUEUE_FILE = "queue.json"
+EXECUTION_LOG_FILE = "execution_log.jsonl"
+QUALITY_GATE_FILE = "quality_gate_queue.json"
+STATE_DIR = ".swarm"
+SANDBOX_DIR = "sandbox"
+TOKEN_FILE = "internal_execution_token"
+BUDGET_LEDGER_FILE = "budget_ledger.json"
+API_AUDIT_FILE = "api_audit.jsonl"
+SAFETY_AUDIT_FILE = "safety_audit.jsonl"
+QUEUE_ARCHIVE_FILE = "queue_archive.jsonl"
+QUEUE_JOURNAL_FILE = "queue_journal.jsonl"
+REWARD_LEDGER_FILE = "phase5_reward_ledger.json"
+BALANCES_FILE = "free_time_balances.json"
+TOOL_STORE_FILE = "tool_store.json"
+PAUSE_FILE = "pause.json"
+WORKERS_DIR = "workers"
+
+TOKEN_HEADER = "X-Swarm-Internal-Token"
+OFFLINE_MODEL = "offline"
+PANEL_WORKER_ID = "control-panel"
+LOCAL_MODEL = "local"
+
+DEFAULT_MIN_BUDGET = 0.05
+DEFAULT_MAX_BUDGET = 0.10
+DEFAULT_INTENSITY = "medium"
+DEFAULT_TASK_TYPE = "cycle"
+
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+EVENT_FIELD_CAP_BYTES = 64 * 1024
+TRUNCATION_MARKER = "…[truncated {dropped} bytes]"
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PENDING_REVIEW = "pending_review"
+    APPROVED = "approved"
+    REQUEUE = "requeue"
+    NEEDS_QA = "needs_qa"
+    NEEDS_INTEGRATION = "needs_integration"
+    NEEDS_E2E = "needs_e2e"
+    READY_FOR_MERGE = "ready_for_merge"
+    SUBTASK_STARTED = "subtask_started"
+    SUBTASK_COMPLETED = "subtask_completed"
+    SUBTASK_FAILED = "subtask_failed"
+    SAFETY_BLOCKED = "safety_blocked"
+    CANCELLED = "cancelled"
+    LEASE_EXPIRED = "lease_expired"
+
+
+class Mode(StrEnum):
+    LLM = "llm"
+    LOCAL = "local"
+
+
+class Verdict(StrEnum):
+    """The critic's verdict; APPROVE and MINOR_ISSUES accept the work."""
+
+    APPROVE = "APPROVE"
+    MINOR_ISSUES = "MINOR_ISSUES"
+    REJECT = "REJECT"
+
+
+ACCEPTING_VERDICTS = frozenset({Verdict.APPROVE, Verdict.MINOR_ISSUES})
+
+
+class QualityGateStatus(StrEnum):
+    """A change's state in quality_gate_queue.json, echoed as `quality_gate_status`."""
+
+    NEEDS_QA = "needs_qa"
+    REJECTED = "rejected"
+    UNAVAILABLE = "unavailable"
+    ERROR = "error"
+
+
+class ToolRoute(StrEnum):
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+    COMPOSED = "composed"
+    GENERATE = "generate"
+
+
+KNOWN_EXECUTION_STATUSES: frozenset[str] = frozenset(s.value for s in Status)
+
+# A task in one of these is waiting for a worker (requeue only once it is due).
+CLAIMABLE_STATUSES = frozenset({Status.PENDING, Status.REQUEUE, Status.QUEUED})
+# Finished for good: nothing will run this task again without an operator.
+FAILED_STATUSES = frozenset({Status.FAILED, Status.SAFETY_BLOCKED, Status.CANCELLED})
+APPROVED_STATUSES = frozenset({Status.APPROVED, Status.READY_FOR_MERGE})
+
+
+def is_known_execution_status(status: object) -> bool:
+    return isinstance(status, str) and status in KNOWN_EXECUTION_STATUSES
+
+
+def satisfying_statuses(review_enabled: bool) -> frozenset[str]:
+    """Statuses that let a dependent run; `completed` counts only where no review applies."""
+    if review_enabled:
+        return APPROVED_STATUSES
+    return APPROVED_STATUSES | {Status.COMPLETED}
+
+
+def final_statuses(review_enabled: bool) -> frozenset[str]:
+    return satisfying_statuses(review_enabled) | FAILED_STATUSES
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def is_valid_task_id(value: object) -> bool:
+    """Ids become file names, so `.` and `..` are refused even though the pattern allows dots."""
+    return (
+        isinstance(value, str)
+        and TASK_ID_PATTERN.fullmatch(value) is not None
+        and value not in {".", ".."}
+    )
+
+
+def _checked_task_id(value: str) -> str:
+    if not is_valid_task_id(value):
+        raise ValueError("must match [A-Za-z0-9._-]{1,128} and not be '.' or '..'")
+    return value
+
+
+TaskId = Annotated[str, AfterValidator(_checked_task_id)]
+
+
+# --- queue.json -------------------------------------------------------------------
+
+TASK_DEFAULTS: dict[str, Any] = {
+    "type": DEFAULT_TASK_TYPE,
+    "depends_on": [],
+    "parallel_safe": True,
+    "status": Status.PENDING.value,
+}
+REQUIRED_QUEUE_KEYS = ("version", "api_endpoint", "tasks", "completed", "failed")
+
+
+def normalize_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Fill the design's defaults where a key is absent; a present null stays null."""
+    normalized = dict(task)
+    for key, default in TASK_DEFAULTS.items():
+        if key not in normalized:
+            normalized[key] = list(default) if isinstance(default, list) else default
+    if "mode" not in normalized and normalized.get("command") and not normalized.get("prompt"):
+        normalized["mode"] = Mode.LOCAL.value
+    return normalized
+
+
+def normalize_queue(queue: dict[str, Any]) -> dict[str, Any]:
+    """Canonical keys first, unknown keys kept after them, every task normalized."""
+    normalized: dict[str, Any] = {
+        "version": str(queue.get("version") or QUEUE_CONTRACT_VERSION),
+        "api_endpoint": queue.get("api_endpoint") or DEFAULT_API_ENDPOINT,
+        "tasks": [normalize_task(t) for t in queue.get("tasks") or [] if isinstance(t, dict)],
+        "completed": list(queue.get("completed") or []),
+        "failed": list(queue.get("failed") or []),
+    }
+    for key, value in queue.items():
+        normalized.setdefault(key, value)
+    return normalized
+
+
+def empty_queue() -> dict[str, Any]:
+    return normalize_queue({})
+
+
+def validate_queue_contract(queue: object) -> list[str]:
+    """Readable problems with a raw queue document; an empty list means it is usable."""
+    if not isinstance(queue, dict):
+        return ["queue must be a JSON object"]
+    errors = [f"missing key: {key}" for key in REQUIRED_QUEUE_KEYS if key not in queue]
+    tasks = queue.get("tasks", [])
+    if not isinstance(tasks, list):
+        return [*errors, "tasks must be a list"]
+    for name in ("completed", "failed"):
+        if name in queue and not isinstance(queue[name], list):
+            errors.append(f"{name} must be a list of task ids")
+    seen: dict[str, int] = {}
+    for index, task in enumerate(tasks):
+        errors.extend(_task_problems(index, task, seen))
+    return errors
+
+
+def _task_problems(index: int, task: object, seen: dict[str, int]) -> list[str]:
+    where = f"tasks[{index}]"
+    if not isinstance(task, dict):
+        return [f"{where} must be an object"]
+    task_id = task.get("id")
+    if not task_id:
+        return [f"{where} is missing non-empty id"]
+    if not is_valid_task_id(task_id):
+        return [f"{where}.id {task_id!r} must match [A-Za-z0-9._-]{{1,128}}"]
+    problems = []
+    if task_id in seen:
+        problems.append(f"{where} duplicates the id {task_id!r} of tasks[{seen[task_id]}]")
+    seen.setdefault(task_id, index)
+    try:
+        Task.model_validate(task)
+    except ValidationError as exc:
+        problems.extend(
+            f"{where} (id {task_id!r}).{describe_validation_error(err)}" for err in exc.errors()
+        )
+    return problems
+
+
+def describe_validation_error(error: dict[str, Any]) -> str:
+    """One pydantic error as `field.path: message`."""
+    path = ".".join(str(part) for part in error.get("loc", ()))
+    return f"{path}: {error.get('msg', 'invalid')}"
+
+
+class Lease(BaseModel):
+    """Who is running a task, until when; renewed by the holder's heartbeat."""
+
+    model_config = ConfigDict(extra="allow")
+
+    worker_id: str
+    pid: int
+    host: str
+    pid_started: float | None = None
+    claimed_at: float
+    expires_at: float
+
+
+class ExecutionRecord(BaseModel):
+    """The latest execution of a task, kept in queue.json so that a review interrupted by a
+    crash resumes without running the task again, and a parent can read its subtasks' results."""
+
+    attempt: int
+    status: Status
+    result_summary: str | None = None
+    output: str | None = None
+    exit_code: int | None = None
+    model: str | None = None
+    budget_used: float | None = None
+    errors: str | None = None
+    safety_passed: bool | None = None
+    tool_route: str | None = None
+    tool_name: str | None = None
+    tool_confidence: float | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+
+
+class ReviewRecord(BaseModel):
+    """The critic's latest word on a task. `attempt` counts rejections so far, durably."""
+
+    verdict: Verdict | None = None
+    confidence: float | None = None
+    issues: list[str] = Field(default_factory=list)
+    suggestions: list[str] = Field(default_factory=list)
+    attempt: int = Field(default=0, ge=0)
+    error: str | None = None
+
+
+class Task(BaseModel):
+    """One queue entry. Unknown fields are kept so operators can annotate tasks freely."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: TaskId
+    type: str | None = DEFAULT_TASK_TYPE
+    prompt: str | None = None
+    command: str | None = None
+    mode: Mode | None = None
+    model: str | None = None
+    min_budget: float | None = Field(default=None, ge=0)
+    max_budget: float | None = Field(default=None, ge=0)
+    intensity: Literal["low", "medium", "high"] | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    parallel_safe: bool = True
+    identity_id: str | None = None
+    status: Status = Status.PENDING
+    attempts: int = Field(default=0, ge=0)
+    lease: Lease | None = None
+    not_before: float | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    last_error: str | None = None
+    execution: ExecutionRecord | None = None
+    review: ReviewRecord | None = None
+    # Phase 4: requests from the operator, and the runtime's own plan bookkeeping.
+    decompose: bool | None = None
+    max_subtasks: int | None = Field(default=None, ge=1)
+    phase4_skip: bool | None = None
+    phase4_planned: bool | None = None
+    phase4_generated: bool | None = None
+    phase4_parent_task: str | None = None
+    phase4_feature: str | None = None
+    phase4_intent: dict[str, Any] | None = None
+    phase4_plan: dict[str, Any] | None = None
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _ids_list(cls, value: object) -> object:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def effective_mode(self) -> Mode:
+        if self.mode:
+            return self.mode
+        return Mode.LOCAL if self.command and not self.prompt else Mode.LLM
+
+    def to_record(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+class QueueDocument(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    version: str = QUEUE_CONTRACT_VERSION
+    api_endpoint: str = DEFAULT_API_ENDPOINT
+    tasks: list[Task] = Field(default_factory=list)
+    completed: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
+
+    def find(self, task_id: str) -> Task | None:
+        return next((t for t in self.tasks if t.id == task_id), None)
+
+
+Outcome = Literal["completed", "failed"]
+
+
+class QueueJournalRecord(BaseModel):
+    """One queue transaction in `.swarm/queue_journal.jsonl`, appended instead of rewriting
+    a large queue.json. It holds the new state of each task it changed, never a difference,
+    so replaying a record that queue.json already contains changes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: float
+    tasks: list[Task] = Field(default_factory=list)
+    # A new task's place: the id of the task it was inserted in front of (else it is last).
+    before: dict[str, str] = Field(default_factory=dict)
+    # Moved to the archive.
+    removed: list[str] = Field(default_factory=list)
+    # Which of queue.json's `completed` / `failed` lists a task id now belongs to, if any.
+    outcomes: dict[str, Outcome | None] = Field(default_factory=dict)
+    api_endpoint: str | None = None
+
+
+# --- events -------------------------------------------------------------------------
+
+
+class Event(BaseModel):
+    """Envelope shared by every line of execution_log.jsonl."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str
+    worker_id: str
+    status: Status
+    timestamp: str = Field(default_factory=lambda: utc_now().isoformat())
+
+
+class ExecutionFields(BaseModel):
+    """Fields of the design's execution events; present with null when empty."""
+
+    started_at: str | None = None
+    completed_at: str | None = None
+    result_summary: str | None = None
+    errors: str | None = None
+    model: str | None = None
+    budget_used: float | None = None
+    safety_passed: bool | None = None
+    safety_report: dict[str, Any] | None = None
+    tool_route: str | None = None
+    tool_name: str | None = None
+    tool_confidence: float | None = None
+
+
+class ExecutionEvent(Event, ExecutionFields):
+    """in_progress, completed, failed, safety_blocked, cancelled and the like."""
+
+    mode: Mode | None = None
+    exit_code: int | None = None
+    output: str | None = None
+    attempt: int | None = None
+
+
+class ReviewFields(BaseModel):
+    """Phase 2: what the critic said about one attempt."""
+
+    review_verdict: Verdict | None = None
+    review_confidence: float | None = None
+    review_issues: list[str] | None = None
+    review_suggestions: list[str] | None = None
+    review_attempt: int | None = None
+    review_error: str | None = None
+
+
+class QualityGateFields(BaseModel):
+    quality_gate_status: QualityGateStatus | None = None
+    quality_gate_decision: Literal["approved", "rejected"] | None = None
+    quality_gate_change_id: str | None = None
+    quality_gate_error: str | None = None
+
+
+class RewardFields(BaseModel):
+    """Phase 5: whether approved, under-budget work earned identity tokens."""
+
+    phase5_reward_applied: bool | None = None
+    phase5_reward_tokens_requested: int | None = None
+    phase5_reward_tokens_awarded: int | None = None
+    phase5_reward_identity: str | None = None
+    phase5_reward_reason: str | None = None
+    phase5_reward_granted_at: str | None = None
+    phase5_reward_ledger_recorded: bool | None = None
+    phase5_reward_error: str | None = None
+
+
+class ReviewEvent(ExecutionEvent, ReviewFields, QualityGateFields, RewardFields):
+    """pending_review, and the approved | requeue | failed that follows a review."""
+
+
+class PlanFields(BaseModel):
+    """Phase 4: the decomposition of a parent task."""
+
+    phase4_plan_generated: bool | None = None
+    phase4_complexity_score: int | None = None
+    phase4_features: list[str] | None = None
+    phase4_subtasks: list[str] | None = None
+    phase4_subtasks_added: int | None = None
+
+
+class PlanEvent(Event, PlanFields):
+    """`queued`: a parent was split into subtasks and waits for them."""
+
+
+class OperatorAction(StrEnum):
+    ADD = "add"
+    REQUEUE = "requeue"
+    CANCEL = "cancel"
+    REQUEUE_FAILED = "requeue_failed"
+
+
+class OperatorEvent(ExecutionEvent):
+    """A change an operator made from the control panel, logged like any transition."""
+
+    operator_action: OperatorAction | None = None
+
+
+class WorkerPresence(BaseModel):
+    """`.swarm/workers/<id>.json`: an idle worker holds no lease, so it says it is alive here."""
+
+    worker_id: str
+    pid: int
+    host: str
+    started_at: str
+    last_seen: float
+    paused: bool = False
+
+
+class LeaseEvent(Event):
+    """A lease was reclaimed from a holder that stopped renewing it."""
+
+    previous_holder: dict[str, Any] | None = None
+    reason: str | None = None
+
+
+class ApiRetryEvent(ExecutionEvent):
+    """`in_progress` still: a call to the execution API failed and will be tried again.
+
+    `errors` says what failed; the task keeps its lease and its attempt number."""
+
+    api_retry: int | None = None
+    retry_in: float | None = None
+
+
+# --- the /cycle wire format ---------------------------------------------------------
+
+
+class CycleRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str | None = None
+    task: str | None = None
+    mode: Mode | None = None
+    model: str | None = Field(default=None, max_length=200)
+    max_tokens: int = Field(default=1024, ge=1, le=65536)
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    timeout: float = Field(default=30.0, gt=0, le=3600)
+    min_budget: float | None = Field(default=None, ge=0)
+    max_budget: float | None = Field(default=None, ge=0)
+    intensity: Literal["low", "medium", "high"] | None = None
+    task_id: TaskId | None = None
+
+    @property
+    def effective_mode(self) -> Mode:
+        if self.mode:
+            return self.mode
+        return Mode.LOCAL if self.task and not self.prompt else Mode.LLM
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class CycleResponse(BaseModel):
+    status: Literal[Status.COMPLETED, Status.FAILED]
+    result: str | None = None
+    model: str | None = None
+    task_id: str | None = None
+    usage: Usage | None = None
+    output: str | None = None
+    budget_used: float | None = None
+    exit_code: int | None = None
+    safety_report: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every non-2xx answer of both servers: never an HTML page, never a traceback."""
+
+    error: str
+    field: str | None = None
+    rule: str | None = None
+    retryable: bool = False

@@ -1,0 +1,323 @@
+"""Who answers a prompt: an offline stand-in, or any OpenAI-compatible chat endpoint.
+
+A provider returns text and the tokens it used, and knows nothing of budgets. Every
+failure of the HTTP provider becomes a ProviderError, and no error text ever holds
+the API key, not even when a server echoes the request back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import requests
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from requests.adapters import HTTPAdapter
+
+from swarm_runtime.contract import OFFLINE_MODEL, describe_validation_error
+from swarm_runtime.errors import ProviderError
+from swarm_runtime.settings import Settings
+from swarm_runtime.web.loopback import is_loopback_url
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_CAP_SECONDS = 30.0
+BACKOFF_CAP_SECONDS = 8.0
+CONNECT_TIMEOUT_CAP_SECONDS = 5.0
+ERROR_BODY_CHARS = 300
+OFFLINE_ECHO_CHARS = 200
+CONNECTION_POOL_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    usage_reported: bool
+
+
+class Provider(Protocol):
+    name: str
+    is_local: bool
+
+    def model_for(self, requested: str) -> str:
+        """The model that will really answer a request for `requested` (and be billed)."""
+        ...
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        model: str,
+        max_tokens: int,
+        temperature: float,
+        system: str | None = None,
+    ) -> Completion: ...
+
+
+def estimate_tokens(text: str) -> int:
+    """A count for when none is reported: ~4 bytes or ~3/4 of a word per token, the larger."""
+    by_bytes = math.ceil(len(text.encode("utf-8")) / 4)
+    by_words = math.ceil(len(text.split()) * 4 / 3)
+    return max(1, by_bytes, by_words)
+
+
+def scrub_secrets(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class OfflineProvider:
+    """Answers with no network, the same way every time, so the runtime works without a key."""
+
+    name = OFFLINE_MODEL
+    is_local = True
+
+    def model_for(self, requested: str) -> str:
+        return OFFLINE_MODEL
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        model: str,
+        max_tokens: int,
+        temperature: float,
+        system: str | None = None,
+    ) -> Completion:
+        source = f"{system or ''}\n{prompt}"
+        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:12]
+        echo = " ".join(prompt.split())[:OFFLINE_ECHO_CHARS]
+        text = f"[offline model] deterministic response to: {echo} (digest {digest})"
+        return Completion(
+            text=text,
+            model=OFFLINE_MODEL,
+            prompt_tokens=estimate_tokens(source),
+            completion_tokens=estimate_tokens(text),
+            usage_reported=False,
+        )
+
+
+class _Message(BaseModel):
+    content: str
+
+
+class _Choice(BaseModel):
+    message: _Message
+
+
+class _Usage(BaseModel):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+class ChatReply(BaseModel):
+    """The part of an OpenAI chat completion the runtime relies on."""
+
+    model: str | None = None
+    choices: list[_Choice] = Field(min_length=1)
+    usage: _Usage | None = None
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way a later attempt may fix."""
+
+    def __init__(self, cause: str, wait: float | None = None, status_code: int | None = None):
+        super().__init__(cause)
+        self.cause = cause
+        self.wait = wait
+        self.status_code = status_code
+
+
+class OpenAICompatibleProvider:
+    """POSTs to `<base_url>/chat/completions` with bounded, backed-off retries."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr | None,
+        *,
+        timeout: float,
+        retries: int,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        backoff_base: float = 0.5,
+    ):
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        self.name = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+        self.is_local = is_loopback_url(self.base_url)
+        self._url = f"{self.base_url}/chat/completions"
+        self._api_key = api_key
+        self._timeout = (min(CONNECT_TIMEOUT_CAP_SECONDS, timeout), timeout)
+        self._attempts = max(1, retries + 1)
+        self._session = session or _pooled_session()
+        self._sleep = sleep
+        self._backoff_base = backoff_base
+
+    def model_for(self, requested: str) -> str:
+        return requested
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        model: str,
+        max_tokens: int,
+        temperature: float,
+        system: str | None = None,
+    ) -> Completion:
+        messages = [{"role": "user", "content": prompt}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        body = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        reply = self._parse(self._post_with_retries(body))
+        return _completion(reply, model, f"{system or ''}\n{prompt}")
+
+    def _post_with_retries(self, body: dict[str, Any]) -> requests.Response:
+        for attempt in range(self._attempts):
+            try:
+                return self._attempt(body)
+            except _Retryable as failure:
+                last = failure
+                if attempt + 1 < self._attempts:
+                    self._pause(attempt, failure)
+        raise ProviderError(
+            self._scrub(
+                f"provider {self.name} failed after {self._attempts} attempt(s); "
+                f"last cause: {last.cause}"
+            ),
+            retryable=False,
+            status_code=last.status_code,
+        )
+
+    def _attempt(self, body: dict[str, Any]) -> requests.Response:
+        headers = {}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        try:
+            # No redirects: the key goes to the configured endpoint and nowhere else.
+            response = self._session.post(
+                self._url, json=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            )
+        except requests.Timeout as exc:
+            raise _Retryable(f"timed out after {self._timeout[1]}s ({type(exc).__name__})") from exc
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise _Retryable(f"connection failed: {_first_line(exc)}") from exc
+        except requests.RequestException as exc:
+            message = f"request to provider {self.name} failed: {exc}"
+            raise ProviderError(self._scrub(message)) from None
+        return self._check_status(response)
+
+    def _check_status(self, response: requests.Response) -> requests.Response:
+        status = response.status_code
+        if status == 429 or status >= 500:
+            cause = f"HTTP {status}: {_snippet(response)}"
+            raise _Retryable(cause, _retry_after(response), status)
+        if not 200 <= status < 300:
+            message = f"provider {self.name} rejected the request: HTTP {status}: "
+            message += _snippet(response)
+            raise ProviderError(self._scrub(message), retryable=False, status_code=status)
+        return response
+
+    def _parse(self, response: requests.Response) -> ChatReply:
+        """A reply we cannot read is not retried: the same server will send the same thing."""
+        status = response.status_code
+        try:
+            raw = response.json()
+        except ValueError:
+            message = f"provider {self.name} sent malformed JSON: {_snippet(response)}"
+            raise ProviderError(self._scrub(message), status_code=status) from None
+        try:
+            return ChatReply.model_validate(raw)
+        except ValidationError as exc:
+            detail = "; ".join(describe_validation_error(e) for e in exc.errors()[:3])
+            message = f"provider {self.name} sent a reply of unexpected shape: {detail}"
+            raise ProviderError(message, status_code=status) from None
+
+    def _pause(self, attempt: int, failure: _Retryable) -> None:
+        """Wait as the server asked, else back off exponentially with jitter against herds."""
+        delay = failure.wait
+        if delay is None:
+            delay = min(BACKOFF_CAP_SECONDS, self._backoff_base * 2**attempt)
+            delay *= random.uniform(1.0, 1.25)
+        log.warning(
+            "provider %s: %s; retrying in %.2fs", self.name, self._scrub(failure.cause), delay
+        )
+        self._sleep(delay)
+
+    def _scrub(self, text: str) -> str:
+        if self._api_key is None:
+            return text
+        return scrub_secrets(text, [self._api_key.get_secret_value()])
+
+
+def build_provider(settings: Settings) -> Provider:
+    """No base URL (no SWARM_LLM_BASE_URL and no GROQ_API_KEY) means offline."""
+    if settings.provider_base_url is None:
+        return OfflineProvider()
+    return OpenAICompatibleProvider(
+        settings.provider_base_url,
+        settings.provider_api_key,
+        timeout=settings.llm_timeout,
+        retries=settings.llm_retries,
+    )
+
+
+def _completion(reply: ChatReply, model: str, source: str) -> Completion:
+    text = reply.choices[0].message.content
+    usage = reply.usage
+    return Completion(
+        text=text,
+        model=reply.model or model,
+        prompt_tokens=usage.prompt_tokens if usage else estimate_tokens(source),
+        completion_tokens=usage.completion_tokens if usage else estimate_tokens(text),
+        usage_reported=usage is not None,
+    )
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Retry-After in seconds, capped, so a server cannot park a request for an hour."""
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    if math.isnan(seconds):
+        return None
+    return min(RETRY_AFTER_CAP_SECONDS, max(0.0, seconds))
+
+
+def _snippet(response: requests.Response) -> str:
+    text = response.text.strip()
+    if len(text) > ERROR_BODY_CHARS:
+        return text[:ERROR_BODY_CHARS] + "…"
+    return text or "(empty body)"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:ERROR_BODY_CHARS] if str(exc) else type(exc).__name__
+
+
+def _pooled_session() -> requests.Session:
+    """Enough pooled connections that concurrent calls do not reconnect every time."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=CONNECTION_POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session

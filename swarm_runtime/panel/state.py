@@ -1,0 +1,122 @@
+"""What every panel handler reads and changes, built once per app.
+
+The panel keeps no copy of the truth: queue.json is read through the worker's own
+store (parsed again only when replaced), and the logs are followed incrementally by
+byte offset, in the background and, a block at a time, by the requests themselves.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from swarm_runtime.contract import PANEL_WORKER_ID, QueueDocument
+from swarm_runtime.errors import StateFileError
+from swarm_runtime.llm.budget import BudgetLedger
+from swarm_runtime.panel.audit import SafetyBlocks, SpendSeries
+from swarm_runtime.panel.errors import refusal
+from swarm_runtime.panel.guards import SecretScrubber
+from swarm_runtime.panel.log_tail import READ_BLOCK_BYTES, JsonlFold, LogIndex
+from swarm_runtime.panel.probe import ApiProbe
+from swarm_runtime.phases import quality_gate
+from swarm_runtime.phases.rewards import Balances, RewardLedger, parse_state
+from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.events import EventLog
+from swarm_runtime.store.state_files import Workspace, file_version, read_json
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+INDEX_INTERVAL_SECONDS = 0.2
+# A request reads at most this much of a log itself; the background follower does the rest.
+REQUEST_INDEX_BYTES = 1024 * 1024
+MAX_STREAMS = 16
+
+
+class FileCache(Generic[T]):
+    """A parsed state file, parsed again only once its version changed.
+
+    State files are replaced atomically, so (inode, mtime, size) names a version; the
+    queue's version also covers its journal. With 10,000 tasks in queue.json this keeps
+    a page view from validating them all again."""
+
+    def __init__(self, version: Callable[[], Hashable], parse: Callable[[], T]):
+        self._current_version = version
+        self._parse = parse
+        self._lock = threading.Lock()
+        self._version: Hashable = None
+        self._value: T | None = None
+
+    def get(self) -> T:
+        version = self._current_version()
+        with self._lock:
+            if self._value is None or version != self._version:
+                self._value, self._version = self._parse(), version
+            return self._value
+
+
+def state_cache(path: Path, model: type[M]) -> FileCache[M]:
+    return FileCache(lambda: file_version(path),
+                     lambda: parse_state(model, read_json(path, dict), path))
+
+
+class Panel:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.workspace = ws = Workspace(settings.workspace)
+        ws.ensure_layout()
+        self.store = QueueStore.for_settings(ws, settings)
+        self.events = EventLog(ws, PANEL_WORKER_ID)
+        self.csrf_token = secrets.token_urlsafe(32)
+        self.scrub = SecretScrubber(settings, ws)
+        self.stop = threading.Event()
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self.probe = ApiProbe()
+        self.budget = BudgetLedger(ws, settings.budget_limit)
+        self.index = LogIndex(ws.log_path)
+        self.spend = SpendSeries()
+        self.safety = SafetyBlocks()
+        self.spend_log = JsonlFold(ws.api_audit_path, self.spend.add, self.spend.forget)
+        self.safety_log = JsonlFold(ws.safety_audit_path, self.safety.add, self.safety.forget)
+        self.queue = FileCache(self.store.version, self.store.load)
+        self.gate = FileCache(lambda: file_version(ws.quality_gate_path),
+                              lambda: quality_gate.load(ws))
+        self.grants = state_cache(ws.reward_ledger_path, RewardLedger)
+        self.balances = state_cache(ws.balances_path, Balances)
+
+    @property
+    def followers(self) -> tuple[LogIndex, JsonlFold, JsonlFold]:
+        return self.index, self.spend_log, self.safety_log
+
+    def follow(self) -> None:
+        """Keep every log indexed until `stop`: the background half of incremental reading.
+
+        Each step holds a follower's lock for one block only, so requests interleave
+        with the first indexing of a large log instead of waiting for all of it."""
+        while not self.stop.is_set():
+            for follower in self.followers:
+                while follower.refresh(READ_BLOCK_BYTES) and not self.stop.is_set():
+                    pass
+            self.stop.wait(INDEX_INTERVAL_SECONDS)
+
+    def catch_up(self, follower: LogIndex | JsonlFold | None = None) -> None:
+        """Read what was appended since the last look, so an answer is never stale."""
+        (follower or self.index).refresh(REQUEST_INDEX_BYTES)
+
+    def close(self) -> None:
+        self.stop.set()
+        for follower in self.followers:
+            follower.close()
+
+    def load_queue(self) -> QueueDocument:
+        """queue.json, or a 503 naming it when it cannot be used (it is never rewritten)."""
+        try:
+            return self.queue.get()
+        except StateFileError as exc:
+            raise refusal(exc, self.workspace) from None

@@ -1,0 +1,127 @@
+"""The live event stream: server-sent events, and long polling for clients without them.
+
+Both start with a backlog (or what followed the client's cursor) and then send each
+event appended to execution_log.jsonl, read through the log index by byte offset.
+A cursor is `epoch:offset`; one from an older epoch (the log was rotated or
+truncated) makes the client start over with a `reset`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response
+
+from swarm_runtime.panel.errors import PanelError
+from swarm_runtime.panel.log_tail import EventPage, IndexedEvent
+from swarm_runtime.panel.state import MAX_STREAMS, Panel
+
+STREAM_POLL_SECONDS = 0.2
+STREAM_KEEPALIVE_SECONDS = 15.0
+STREAM_LIFETIME_SECONDS = 300.0
+STREAM_RETRY_MS = 1000
+LONG_POLL_MAX_SECONDS = 25.0
+DEFAULT_BACKLOG = 100
+MAX_EVENTS_PER_PAGE = 500
+
+
+def event_item(item: IndexedEvent) -> dict[str, Any]:
+    return {"cursor": item.cursor, "event": item.event}
+
+
+def page_body(page: EventPage) -> dict[str, Any]:
+    return {"events": [event_item(e) for e in page.events], "cursor": page.cursor,
+            "epoch": page.epoch, "reset": page.reset, "more": page.more}
+
+
+def parse_cursor(token: str | None) -> tuple[int | None, str | None]:
+    """`epoch:offset` (or a bare offset) from Last-Event-ID; anything else starts over."""
+    if not token:
+        return None, None
+    epoch, _, offset = token.rpartition(":")
+    try:
+        return int(offset), epoch or None
+    except ValueError:
+        return -1, None
+
+
+def sse(data: dict[str, Any], *, event_id: str, kind: str | None = None) -> str:
+    head = f"event: {kind}\n" if kind else ""
+    return f"{head}id: {event_id}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def sse_page(page: EventPage) -> Iterator[str]:
+    if page.reset:
+        yield sse({"epoch": page.epoch}, event_id=f"{page.epoch}:{page.cursor}", kind="reset")
+    for item in page.events:
+        yield sse(event_item(item), event_id=f"{page.epoch}:{item.cursor}")
+
+
+def first_page(panel: Panel, cursor: int | None, epoch: str | None, limit: int) -> EventPage:
+    """The backlog for a new client; what followed its cursor for a returning one."""
+    panel.catch_up()
+    if cursor is None:
+        return panel.index.backlog(limit)
+    return panel.index.events_after(cursor, limit, epoch)
+
+
+def event_stream(
+    panel: Panel, cursor: int | None, epoch: str | None, backlog: int,
+    lifetime: float = STREAM_LIFETIME_SECONDS,
+) -> Iterator[str]:
+    """Server-sent events: the backlog (or what followed Last-Event-ID), then each new event.
+
+    The stream ends after `lifetime` seconds or when the panel stops, so no thread is held
+    forever; the browser reconnects by itself, sending the id of the last event it got."""
+    yield f"retry: {STREAM_RETRY_MS}\n\n"
+    page = first_page(panel, cursor, epoch, backlog if cursor is None else MAX_EVENTS_PER_PAGE)
+    deadline = time.monotonic() + lifetime
+    quiet_since = time.monotonic()
+    while True:
+        chunk = "".join(sse_page(page))
+        if chunk:
+            quiet_since = time.monotonic()
+            yield panel.scrub(chunk)
+        elif time.monotonic() - quiet_since > STREAM_KEEPALIVE_SECONDS:
+            quiet_since = time.monotonic()
+            yield ": keepalive\n\n"
+        if not page.more and (panel.stop.wait(STREAM_POLL_SECONDS) or time.monotonic() > deadline):
+            return
+        panel.catch_up()
+        page = panel.index.events_after(page.cursor, MAX_EVENTS_PER_PAGE, page.epoch)
+
+
+def stream_response(panel: Panel, cursor: int | None, epoch: str | None,
+                    backlog: int) -> Response:
+    """An SSE response holding one of the panel's few stream slots until it closes."""
+    if not panel.streams.acquire(blocking=False):
+        raise PanelError(503, f"{MAX_STREAMS} live streams are open already; close a tab "
+                         "or use /api/events")
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            panel.streams.release()
+
+    response = Response(event_stream(panel, cursor, epoch, backlog),
+                        mimetype="text/event-stream")
+    response.headers["X-Accel-Buffering"] = "no"
+    response.call_on_close(release)
+    return response
+
+
+def long_poll(panel: Panel, cursor: int | None, epoch: str | None, limit: int,
+              wait: int) -> EventPage:
+    """Events after `cursor` (the backlog without one), waiting up to `wait` s for the first."""
+    deadline = time.monotonic() + wait
+    while True:
+        page = first_page(panel, cursor, epoch, limit)
+        if cursor is None or page.events or page.reset or time.monotonic() >= deadline:
+            return page
+        if panel.stop.wait(STREAM_POLL_SECONDS):
+            return page

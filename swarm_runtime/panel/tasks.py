@@ -1,0 +1,157 @@
+"""Read models of the task table and of one task's detail.
+
+Plain functions of queue.json's tasks and the log index: newest first, filtered,
+searched and paginated, cheap enough for 10,000 tasks on every page view.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, TypeVar
+
+from swarm_runtime.contract import (
+    APPROVED_STATUSES,
+    CLAIMABLE_STATUSES,
+    FAILED_STATUSES,
+    OperatorAction,
+    QueueDocument,
+    Status,
+    Task,
+)
+from swarm_runtime.panel.errors import PanelError
+from swarm_runtime.panel.log_tail import IndexedEvent, TaskInfo
+from swarm_runtime.panel.state import Panel
+from swarm_runtime.panel.stream import event_item
+from swarm_runtime.queue.rules import is_parked
+
+T = TypeVar("T")
+
+HEADLINE_CHARS = 120
+TIMELINE_LIMIT = 500
+
+
+def status_tones() -> dict[str, str]:
+    """How the page colours each status, derived from the contract's own groupings."""
+    tones = {status.value: "neutral" for status in Status}
+    groups = [
+        ("waiting", CLAIMABLE_STATUSES),
+        ("active", {Status.IN_PROGRESS, Status.PENDING_REVIEW, Status.SUBTASK_STARTED}),
+        ("good", APPROVED_STATUSES | {Status.COMPLETED, Status.SUBTASK_COMPLETED}),
+        ("warn", {Status.LEASE_EXPIRED, Status.REQUEUE}),
+        ("bad", FAILED_STATUSES | {Status.SUBTASK_FAILED}),
+    ]
+    for tone, statuses in groups:
+        tones.update({status.value: tone for status in statuses})
+    return tones
+
+
+def counts_by_status(tasks: list[Task]) -> dict[str, int]:
+    """Counts in the contract's order of statuses, leaving out those with none."""
+    counts = Counter(task.status.value for task in tasks)
+    return {status.value: counts[status.value] for status in Status if counts[status.value]}
+
+
+def actions_for(task: Task) -> list[str]:
+    """What the operator may do to the task now; mirrors the store's own transition rules."""
+    actions = []
+    if task.status in FAILED_STATUSES or is_parked(task):
+        actions.append(OperatorAction.REQUEUE.value)
+    if task.status in CLAIMABLE_STATUSES:
+        actions.append(OperatorAction.CANCEL.value)
+    return actions
+
+
+def headline(task: Task, limit: int = HEADLINE_CHARS) -> str:
+    text = task.prompt or task.command or ""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def task_row(task: Task, info: TaskInfo | None) -> dict[str, Any]:
+    model = task.model or (task.execution.model if task.execution else None)
+    return {
+        "id": task.id, "status": task.status.value, "mode": task.effective_mode.value,
+        "model": model, "attempts": task.attempts, "depends_on": task.depends_on,
+        "created_at": task.created_at, "updated_at": task.updated_at,
+        "last_event": info.last_timestamp if info else None,
+        "events": info.events if info else 0, "error": task.last_error,
+        "headline": headline(task), "actions": actions_for(task),
+    }
+
+
+def matches(task: Task, needle: str) -> bool:
+    fields = (task.id, task.prompt, task.command, task.last_error, task.model)
+    return any(needle in value.casefold() for value in fields if value)
+
+
+def select_tasks(tasks: list[Task], status: str | None, query: str) -> list[Task]:
+    """Tasks with `status` whose id or text contains `query`, newest first."""
+    needle = query.strip().casefold()
+    chosen = [
+        (position, task) for position, task in enumerate(tasks)
+        if (not status or task.status == status) and (not needle or matches(task, needle))
+    ]
+    chosen.sort(key=lambda pair: (pair[1].created_at or "", pair[0]), reverse=True)
+    return [task for _, task in chosen]
+
+
+def page_of(items: list[T], page: int, per_page: int) -> tuple[list[T], int]:
+    """One page of `items` (the last one when `page` is past it) and the number of pages."""
+    pages = max(1, math.ceil(len(items) / per_page))
+    start = (min(page, pages) - 1) * per_page
+    return items[start : start + per_page], pages
+
+
+def table_of(panel: Panel, status: str | None, query: str, page: int,
+             per_page: int) -> dict[str, Any]:
+    doc = panel.load_queue()
+    chosen = select_tasks(doc.tasks, status, query)
+    shown, pages = page_of(chosen, page, per_page)
+    return {
+        "tasks": [task_row(t, panel.index.task(t.id)) for t in shown],
+        "total": len(chosen), "page": min(page, pages), "pages": pages,
+        "per_page": per_page, "counts": counts_by_status(doc.tasks),
+    }
+
+
+def latest_field(name: str, task: Task | None, timeline: list[IndexedEvent]) -> Any:
+    """The task's recorded execution has the last word; else the newest event that says."""
+    if task is not None and task.execution is not None:
+        value = getattr(task.execution, name, None)
+        if value:
+            return value
+    return next((e.event[name] for e in reversed(timeline) if e.event.get(name)), None)
+
+
+def task_links(doc: QueueDocument, task_id: str, task: Task | None,
+               timeline: list[IndexedEvent]) -> dict[str, Any]:
+    """Parent, subtasks (planned or already in the queue), dependencies and dependents."""
+    planned = latest_field("phase4_subtasks", None, timeline) or []
+    children = [t.id for t in doc.tasks if t.phase4_parent_task == task_id]
+    return {
+        "parent": task.phase4_parent_task if task else None,
+        "subtasks": list(dict.fromkeys([*planned, *children])),
+        "depends_on": task.depends_on if task else [],
+        "dependents": [t.id for t in doc.tasks if task_id in t.depends_on],
+    }
+
+
+def detail_of(panel: Panel, task_id: str) -> dict[str, Any]:
+    """A task in the queue, or one archived or known only from the log; else a 404."""
+    doc = panel.load_queue()
+    task = doc.find(task_id)
+    timeline, total = panel.index.timeline(task_id, TIMELINE_LIMIT)
+    archived = task is None and (task_id in doc.completed or task_id in doc.failed)
+    if task is None and not archived and not total:
+        raise PanelError(404, f"no task with id {task_id!r} in the queue or the log", field="id")
+    return {
+        "id": task_id, "task": task.to_record() if task else None, "archived": archived,
+        "row": task_row(task, panel.index.task(task_id)) if task else None,
+        "prompt": task.prompt if task else None, "command": task.command if task else None,
+        "output": latest_field("output", task, timeline),
+        "result": latest_field("result_summary", task, timeline),
+        "errors": latest_field("errors", task, timeline),
+        "links": task_links(doc, task_id, task, timeline),
+        "timeline": [event_item(e) for e in timeline], "timeline_total": total,
+    }

@@ -1,0 +1,182 @@
+"""quality_gate_queue.json: one change per reviewed task, carrying the critic's vote.
+
+Every worker writes here, so each record is a read-modify-write under the file's lock
+and lands atomically. A re-review after a requeue updates the same change in place. A
+file that does not match the schema is reported with its path and the field at fault and
+left exactly as it is: an operator's QA history is never reset to empty.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from swarm_runtime.contract import (
+    QualityGateFields,
+    QualityGateStatus,
+    Status,
+    TaskId,
+    Verdict,
+    describe_validation_error,
+    iso,
+    utc_now,
+)
+from swarm_runtime.errors import StateFileError, SwarmError
+from swarm_runtime.phases.critic import Review
+from swarm_runtime.store.events import cap_text
+from swarm_runtime.store.state_files import Workspace, read_json, update_json
+
+log = logging.getLogger(__name__)
+
+TITLE_CHARS = 240
+DESCRIPTION_BYTES = 2_000
+GateDecision = Literal[Status.APPROVED, QualityGateStatus.REJECTED]
+ChangeStatus = Literal[QualityGateStatus.NEEDS_QA, QualityGateStatus.REJECTED]
+
+
+class Vote(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    decision: GateDecision
+    verdict: Verdict
+    confidence: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    issues: list[str] = Field(default_factory=list)
+    attempt: int = Field(ge=0)
+    voted_at: str
+
+
+class Change(BaseModel):
+    """Unknown keys are kept, so a QA tool may annotate a change without losing it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    change_id: TaskId
+    title: str
+    description: str = ""
+    author_id: str
+    created_at: str
+    updated_at: str
+    status: ChangeStatus
+    vote: Vote
+
+
+class GateDocument(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    version: Literal[1] = 1
+    created_at: str
+    updated_at: str
+    changes: dict[str, Change] = Field(default_factory=dict)
+
+    @field_validator("changes")
+    @classmethod
+    def _keyed_by_change_id(cls, changes: dict[str, Change]) -> dict[str, Change]:
+        for key, change in changes.items():
+            if key != change.change_id:
+                raise ValueError(f"the key {key!r} holds change_id {change.change_id!r}")
+        return changes
+
+
+class QualityGate:
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.path = workspace.quality_gate_path
+
+    def record(
+        self,
+        task_id: str,
+        task_text: str,
+        author_id: str,
+        review: Review,
+        rejections: int,
+        *,
+        now: datetime | None = None,
+    ) -> QualityGateFields:
+        """Cast the critic's vote on the task's change, creating the change on first review."""
+        moment = iso(now or utc_now())
+        vote = Vote(decision=decision_for(review), verdict=review.verdict,
+                    confidence=review.confidence, issues=list(review.issues),
+                    attempt=rejections, voted_at=moment)
+
+        def mutate(raw: Any) -> tuple[dict[str, Any], QualityGateFields]:
+            document = parse_document(raw, self.workspace)
+            change = _changed(document.changes.get(task_id), task_id, task_text, author_id, vote)
+            document.changes[task_id] = change
+            document.updated_at = moment
+            return document.model_dump(mode="json"), fields_for(change)
+
+        return update_json(self.workspace, self.path, mutate, lambda: _empty(moment))
+
+    def record_safely(
+        self,
+        task_id: str,
+        task_text: str,
+        author_id: str,
+        review: Review,
+        rejections: int,
+        *,
+        now: datetime | None = None,
+    ) -> QualityGateFields:
+        """Like `record`, but a failure becomes the event's quality_gate_error, not a crash."""
+        try:
+            return self.record(task_id, task_text, author_id, review, rejections, now=now)
+        except (SwarmError, OSError) as exc:
+            log.error("quality gate could not record task %s: %s", task_id, exc)
+            return QualityGateFields(quality_gate_status=QualityGateStatus.ERROR,
+                                     quality_gate_decision=decision_for(review),
+                                     quality_gate_error=str(exc))
+
+
+def decision_for(review: Review) -> GateDecision:
+    return Status.APPROVED if review.accepted else QualityGateStatus.REJECTED
+
+
+def fields_for(change: Change) -> QualityGateFields:
+    return QualityGateFields(quality_gate_status=change.status,
+                             quality_gate_decision=change.vote.decision,
+                             quality_gate_change_id=change.change_id)
+
+
+def _changed(
+    existing: Change | None, task_id: str, task_text: str, author_id: str, vote: Vote
+) -> Change:
+    """A new change, or the existing one with the new vote; created_at is kept."""
+    status = (QualityGateStatus.NEEDS_QA if vote.decision == Status.APPROVED
+              else QualityGateStatus.REJECTED)
+    updates = {"title": title_of(task_text, task_id),
+               "description": cap_text(task_text, DESCRIPTION_BYTES),
+               "author_id": author_id, "updated_at": vote.voted_at, "status": status,
+               "vote": vote}
+    if existing is not None:
+        return existing.model_copy(update=updates)
+    return Change(change_id=task_id, created_at=vote.voted_at, **updates)
+
+
+def title_of(task_text: str, task_id: str) -> str:
+    first_line = next((line.strip() for line in task_text.splitlines() if line.strip()), "")
+    return (first_line or f"Task {task_id}")[:TITLE_CHARS]
+
+
+def parse_document(raw: Any, workspace: Workspace) -> GateDocument:
+    """Validate the file; a broken one raises instead of being replaced by an empty one."""
+    if not isinstance(raw, dict):
+        raise StateFileError(workspace.quality_gate_path, ["the document must be a JSON object"])
+    try:
+        return GateDocument.model_validate(raw)
+    except ValidationError as exc:
+        problems = [describe_validation_error(error) for error in exc.errors()]
+        raise StateFileError(workspace.quality_gate_path, problems) from None
+
+
+def load(workspace: Workspace) -> GateDocument:
+    """The gate as it is now, for readers such as the control panel; missing means empty."""
+    moment = iso(utc_now())
+    return parse_document(read_json(workspace.quality_gate_path, lambda: _empty(moment)),
+                          workspace)
+
+
+def _empty(moment: str | None) -> dict[str, Any]:
+    return {"version": 1, "created_at": moment, "updated_at": moment, "changes": {}}

@@ -1,0 +1,447 @@
+"""Identity rewards (phase 5): approved, under-budget work earns free-time tokens.
+
+Two files hold a reward: the ledger says which task paid which identity what, and the
+balances say what each identity holds. A task pays an identity exactly once, even if
+the process dies between the two writes, because a grant is a two-step commit made
+under both files' locks, always taken in the same order (ledger, then balances):
+
+1. the ledger records the grant as `pending`: the intent to pay;
+2. the balances are paid, and the payment names the grant in the identity's history;
+3. the ledger marks the grant `applied`.
+
+Every grant (and `recover`) first finishes the pending grants it finds: one already
+named in its identity's history only needs its mark, any other is paid first. So a
+crash at any instant ends, after the next grant, in exactly one payment. Since nothing
+is paid before the pending grants are finished, a pending grant is always the newest
+payment of its identity, which is why the bounded history is enough to recognise it.
+
+The formula and the split are pure functions, so tests can table them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from swarm_runtime.contract import (
+    RewardFields,
+    TaskId,
+    describe_validation_error,
+    is_valid_task_id,
+    utc_now,
+)
+from swarm_runtime.errors import StateFileError, SwarmError
+from swarm_runtime.store.failpoints import failpoint
+from swarm_runtime.store.state_files import Workspace, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+SAVINGS_WEIGHT = 8.0
+CONFIDENCE_WEIGHT = 2.0
+MIN_TOKENS, MAX_TOKENS = 1, 10
+NEUTRAL_CONFIDENCE = 0.5
+FREE_TIME_PERCENT = 70
+FREE_TIME_CAP = 500
+JOURNAL_CAP = 200
+HISTORY_LIMIT = 50
+IDENTITY_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+KEY_SEPARATOR = "::"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Reason(StrEnum):
+    """Why a reward was or was not paid; the approved one is suffixed `:<task_id>`."""
+
+    APPROVED_UNDER_BUDGET = "worker_approved_under_budget"
+    ALREADY_GRANTED = "already_granted"
+    NOT_UNDER_BUDGET = "not_under_budget"
+    REVIEW_NOT_APPROVED = "review_not_approved"
+    POOL_FULL = "pool_full"
+    REWARD_ERROR = "reward_error"
+
+
+class GrantState(StrEnum):
+    PENDING = "pending"
+    APPLIED = "applied"
+
+
+# --- the formula ---------------------------------------------------------------------
+
+
+def savings_ratio(max_budget: float | None, budget_used: float | None) -> float:
+    """The unspent share of the budget; 0 when the spend is unknown or nothing was saved."""
+    if max_budget is None or budget_used is None or not math.isfinite(max_budget):
+        return 0.0
+    if not (max_budget > 0 and 0 <= budget_used < max_budget):
+        return 0.0
+    return (max_budget - budget_used) / max_budget
+
+
+def is_under_budget(max_budget: float | None, budget_used: float | None) -> bool:
+    return savings_ratio(max_budget, budget_used) > 0
+
+
+def reward_tokens(
+    max_budget: float | None, budget_used: float | None, review_confidence: float | None
+) -> int:
+    """Savings ratio weighted 8 plus review confidence weighted 2, halves rounded up and
+    clamped to [1, 10]. Only savings earn: a task not under budget gets 0, not the minimum."""
+    ratio = savings_ratio(max_budget, budget_used)
+    if ratio <= 0:
+        return 0
+    raw = ratio * SAVINGS_WEIGHT + clamp_confidence(review_confidence) * CONFIDENCE_WEIGHT
+    return max(MIN_TOKENS, min(MAX_TOKENS, math.floor(raw + 0.5)))
+
+
+def clamp_confidence(value: float | None) -> float:
+    """A critic that gave no usable confidence counts as undecided (0.5), not as sure."""
+    if value is None or not math.isfinite(value):
+        return NEUTRAL_CONFIDENCE
+    return max(0.0, min(1.0, value))
+
+
+def split_grant(tokens: int, free_time_headroom: int, journal_headroom: int) -> tuple[int, int]:
+    """70% free time (halves up), the rest journal, each cut to its pool's headroom. A cut
+    share is not moved to the other pool, so an identity never gets more than was asked."""
+    tokens = max(0, tokens)
+    free_time = (tokens * FREE_TIME_PERCENT + 50) // 100
+    journal = tokens - free_time
+    return min(free_time, max(0, free_time_headroom)), min(journal, max(0, journal_headroom))
+
+
+# --- identities and keys ---------------------------------------------------------------
+
+
+def is_valid_identity(value: object) -> bool:
+    return isinstance(value, str) and IDENTITY_PATTERN.fullmatch(value) is not None
+
+
+def _checked_identity(value: str) -> str:
+    if not is_valid_identity(value):
+        raise ValueError("must match [A-Za-z0-9._:@-]{1,128}")
+    return value
+
+
+IdentityId = Annotated[str, AfterValidator(_checked_identity)]
+
+
+def timestamp(now: datetime | None) -> str:
+    return (now or utc_now()).isoformat()
+
+
+def grant_key(task_id: str, identity_id: str) -> str:
+    """Unambiguous because task ids cannot contain ':' (identities may)."""
+    return f"{task_id}{KEY_SEPARATOR}{identity_id}"
+
+
+def check_ids(task_id: str, identity_id: str) -> None:
+    if not is_valid_task_id(task_id):
+        raise ValueError(f"task id {task_id!r} must match [A-Za-z0-9._-]{{1,128}}")
+    if not is_valid_identity(identity_id):
+        raise ValueError(f"identity id {identity_id!r} must match [A-Za-z0-9._:@-]{{1,128}}")
+
+
+# --- the files -------------------------------------------------------------------------
+
+
+class Grant(BaseModel):
+    """One ledger entry: what a task earned an identity, and whether it is paid yet."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: TaskId
+    identity_id: IdentityId
+    tokens_requested: int = Field(ge=0)
+    free_time_awarded: int = Field(ge=0)
+    journal_awarded: int = Field(ge=0)
+    tokens_awarded: int = Field(ge=0)
+    reason: str
+    granted_at: str
+    review_confidence: float | None = Field(default=None, allow_inf_nan=False)
+    budget_used: float | None = Field(default=None, allow_inf_nan=False)
+    max_budget: float | None = Field(default=None, allow_inf_nan=False)
+    state: GrantState = GrantState.APPLIED
+
+    @model_validator(mode="after")
+    def _awarded_is_the_sum(self) -> Grant:
+        if self.tokens_awarded != self.free_time_awarded + self.journal_awarded:
+            raise ValueError("tokens_awarded must equal free_time_awarded + journal_awarded")
+        return self
+
+    @property
+    def key(self) -> str:
+        return grant_key(self.task_id, self.identity_id)
+
+    def with_shares(self, free_time_headroom: int, journal_headroom: int) -> Grant:
+        """The requested tokens split between the pools, as far as they have room."""
+        free_time, journal = split_grant(self.tokens_requested, free_time_headroom,
+                                         journal_headroom)
+        return self.model_copy(update={"free_time_awarded": free_time, "journal_awarded": journal,
+                                       "tokens_awarded": free_time + journal})
+
+
+class RewardLedger(BaseModel):
+    """phase5_reward_ledger.json. Entries are never removed: the key is the once-only guard."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: Literal[1] = 1
+    grants: dict[str, Grant] = Field(default_factory=dict)
+
+    @field_validator("grants")
+    @classmethod
+    def _keyed_by_task_and_identity(cls, grants: dict[str, Grant]) -> dict[str, Grant]:
+        for key, grant in grants.items():
+            if key != grant.key:
+                raise ValueError(f"the key {key!r} holds the grant {grant.key!r}")
+        return grants
+
+    def pending(self) -> list[Grant]:
+        return [g for g in self.grants.values() if g.state == GrantState.PENDING]
+
+
+class Payment(BaseModel):
+    """A history line; `grant` is the ledger key, so an interrupted grant is recognisable."""
+
+    model_config = ConfigDict(extra="allow")
+
+    grant: str
+    free_time: int = Field(ge=0)
+    journal: int = Field(ge=0)
+    paid_at: str
+
+
+class IdentityBalance(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    free_time_tokens: int = Field(default=0, ge=0)
+    journal_tokens: int = Field(default=0, ge=0)
+    free_time_cap: int = Field(default=FREE_TIME_CAP, ge=0)
+    journal_cap: int = Field(default=JOURNAL_CAP, ge=0)
+    history: list[Payment] = Field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.free_time_tokens + self.journal_tokens
+
+    def headroom(self) -> tuple[int, int]:
+        return (max(0, self.free_time_cap - self.free_time_tokens),
+                max(0, self.journal_cap - self.journal_tokens))
+
+    def has_paid(self, key: str) -> bool:
+        return any(payment.grant == key for payment in self.history)
+
+    def pay(self, grant: Grant, paid_at: str) -> None:
+        self.free_time_tokens += grant.free_time_awarded
+        self.journal_tokens += grant.journal_awarded
+        self.history.append(Payment(grant=grant.key, free_time=grant.free_time_awarded,
+                                    journal=grant.journal_awarded, paid_at=paid_at))
+        del self.history[:-HISTORY_LIMIT]
+
+
+class Balances(BaseModel):
+    """free_time_balances.json: each identity's pools, caps and recent payments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: Literal[1] = 1
+    identities: dict[IdentityId, IdentityBalance] = Field(default_factory=dict)
+
+    def of(self, identity_id: str) -> IdentityBalance:
+        return self.identities.setdefault(identity_id, IdentityBalance())
+
+    def has_paid(self, grant: Grant) -> bool:
+        balance = self.identities.get(grant.identity_id)
+        return balance is not None and balance.has_paid(grant.key)
+
+
+def parse_state(model: type[M], raw: Any, path: Path) -> M:
+    """Validate a state file; a broken one raises and is never replaced by an empty one."""
+    if not isinstance(raw, dict):
+        raise StateFileError(path, ["the document must be a JSON object"])
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise StateFileError(path, [describe_validation_error(e) for e in exc.errors()]) from None
+
+
+# --- outcomes --------------------------------------------------------------------------
+
+
+class RewardOutcome(BaseModel):
+    """What the final review event says about the reward."""
+
+    applied: bool = False
+    identity: str | None = None
+    reason: str
+    tokens_requested: int | None = None
+    tokens_awarded: int | None = None
+    granted_at: str | None = None
+    ledger_recorded: bool | None = None
+    error: str | None = None
+
+    def event_fields(self) -> dict[str, Any]:
+        """Every phase5_reward_* key, null where there is nothing to say."""
+        return RewardFields(
+            phase5_reward_applied=self.applied,
+            phase5_reward_tokens_requested=self.tokens_requested,
+            phase5_reward_tokens_awarded=self.tokens_awarded,
+            phase5_reward_identity=self.identity,
+            phase5_reward_reason=self.reason,
+            phase5_reward_granted_at=self.granted_at,
+            phase5_reward_ledger_recorded=self.ledger_recorded,
+            phase5_reward_error=self.error,
+        ).model_dump(mode="json")
+
+
+def not_approved_fields(identity_id: str | None) -> dict[str, Any]:
+    """Only approved work earns; the event still says so, with the identity it would have paid."""
+    return RewardOutcome(identity=identity_id, reason=Reason.REVIEW_NOT_APPROVED).event_fields()
+
+
+def reported(grant: Grant, *, applied: bool) -> RewardOutcome:
+    """A ledgered grant as an outcome: paid by this call, or found already paid."""
+    return RewardOutcome(
+        applied=applied, identity=grant.identity_id,
+        reason=grant.reason if applied else Reason.ALREADY_GRANTED,
+        tokens_requested=grant.tokens_requested, tokens_awarded=grant.tokens_awarded,
+        granted_at=grant.granted_at, ledger_recorded=True,
+    )
+
+
+# --- the book --------------------------------------------------------------------------
+
+
+class RewardBook:
+    """Grants rewards exactly once per task and identity; see the module docstring."""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.ledger_path = workspace.reward_ledger_path
+        self.balances_path = workspace.balances_path
+        workspace.ensure_layout()
+
+    def grant(
+        self,
+        task_id: str,
+        identity_id: str,
+        *,
+        max_budget: float | None,
+        budget_used: float | None,
+        review_confidence: float | None,
+        now: datetime | None = None,
+    ) -> RewardOutcome:
+        """Pay for approved work once. Not under budget touches no file. A grant the pools
+        cannot hold at all (`pool_full`) is not ledgered, so a later review may still earn.
+        A grant interrupted earlier for this same key and finished here counts as applied."""
+        check_ids(task_id, identity_id)
+        requested = reward_tokens(max_budget, budget_used, review_confidence)
+        if requested == 0:
+            return RewardOutcome(identity=identity_id, reason=Reason.NOT_UNDER_BUDGET)
+        draft = Grant(
+            task_id=task_id, identity_id=identity_id, tokens_requested=requested,
+            free_time_awarded=0, journal_awarded=0, tokens_awarded=0,
+            reason=f"{Reason.APPROVED_UNDER_BUDGET}:{task_id}", granted_at=timestamp(now),
+            review_confidence=clamp_confidence(review_confidence),
+            budget_used=budget_used, max_budget=max_budget, state=GrantState.PENDING,
+        )
+        with self._locked() as (ledger, balances):
+            finished = self._finish_pending(ledger, balances, draft.granted_at)
+            if draft.key in ledger.grants:
+                return reported(ledger.grants[draft.key], applied=draft.key in finished)
+            grant = draft.with_shares(*balances.of(identity_id).headroom())
+            if grant.tokens_awarded == 0:
+                return RewardOutcome(identity=identity_id, reason=Reason.POOL_FULL,
+                                     tokens_requested=requested, tokens_awarded=0,
+                                     ledger_recorded=False)
+            self._commit(ledger, balances, grant)
+            return reported(grant, applied=True)
+
+    def grant_safely(
+        self,
+        task_id: str,
+        identity_id: str,
+        *,
+        max_budget: float | None,
+        budget_used: float | None,
+        review_confidence: float | None,
+        now: datetime | None = None,
+    ) -> RewardOutcome:
+        """Like `grant`, but a failure becomes the event's phase5_reward_error, not a crash;
+        whatever it left pending is finished by the next grant."""
+        try:
+            return self.grant(task_id, identity_id, max_budget=max_budget,
+                              budget_used=budget_used, review_confidence=review_confidence,
+                              now=now)
+        except (SwarmError, OSError, ValueError) as exc:
+            log.error("reward for task %s could not be granted: %s", task_id, exc)
+            return RewardOutcome(identity=identity_id, reason=Reason.REWARD_ERROR, error=str(exc))
+
+    def recover(self, *, now: datetime | None = None) -> int:
+        """Finish grants a crash left pending; returns how many there were."""
+        with self._locked() as (ledger, balances):
+            return len(self._finish_pending(ledger, balances, timestamp(now)))
+
+    def ledger(self) -> RewardLedger:
+        """The ledger as it is now, for readers such as the control panel."""
+        return parse_state(RewardLedger, read_json(self.ledger_path, dict), self.ledger_path)
+
+    def balances(self) -> Balances:
+        return parse_state(Balances, read_json(self.balances_path, dict), self.balances_path)
+
+    @contextmanager
+    def _locked(self) -> Iterator[tuple[RewardLedger, Balances]]:
+        """Both locks, ledger first, for the whole decision; both files read inside them."""
+        with self.workspace.lock(self.ledger_path), self.workspace.lock(self.balances_path):
+            yield self.ledger(), self.balances()
+
+    def _commit(self, ledger: RewardLedger, balances: Balances, grant: Grant) -> None:
+        ledger.grants[grant.key] = grant
+        self._write(self.ledger_path, ledger)
+        failpoint("reward.after_ledger")
+        balances.of(grant.identity_id).pay(grant, grant.granted_at)
+        self._write(self.balances_path, balances)
+        failpoint("reward.after_balances")
+        grant.state = GrantState.APPLIED
+        self._write(self.ledger_path, ledger)
+        log.info("task %s earned %s %d token(s)", grant.task_id, grant.identity_id,
+                 grant.tokens_awarded)
+
+    def _finish_pending(self, ledger: RewardLedger, balances: Balances, moment: str) -> set[str]:
+        """Pay what a crash left unpaid, then mark every pending grant applied."""
+        pending = ledger.pending()
+        if not pending:
+            return set()
+        unpaid = [grant for grant in pending if not balances.has_paid(grant)]
+        for grant in unpaid:
+            balances.of(grant.identity_id).pay(grant, moment)
+        if unpaid:
+            self._write(self.balances_path, balances)
+        for grant in pending:
+            grant.state = GrantState.APPLIED
+        self._write(self.ledger_path, ledger)
+        log.warning("finished %d interrupted reward grant(s), %d paid now",
+                    len(pending), len(unpaid))
+        return {grant.key for grant in pending}
+
+    @staticmethod
+    def _write(path: Path, document: BaseModel) -> None:
+        atomic_write_json(path, document.model_dump(mode="json"))

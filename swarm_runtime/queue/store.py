@@ -1,0 +1,490 @@
+"""The worker's one door to queue.json: add, claim, heartbeat, finish, requeue.
+
+Every operation is a transaction under queue.json's lock, so several workers, the API
+and the panel can share the queue. Each process keeps the queue in memory
+(`queue_state`) and, at the start of a transaction, catches up with what others wrote;
+the decisions are pure functions in `queue_rules`.
+
+What a transaction costs does not grow with the queue:
+- a small queue.json is rewritten whole, atomically, as it always was;
+- a large one is not: the transaction appends one record to the journal
+  (`queue_journal`), which is folded into queue.json once it reaches a quarter of
+  queue.json's size or is a second old, so queue.json is never more than about a second
+  behind while the runtime is busy, and current once it is idle;
+- finished tasks beyond `retain` move to an append-only archive in `.swarm/`, leaving
+  only their ids in `completed`/`failed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from swarm_runtime.contract import (
+    DEFAULT_API_ENDPOINT,
+    ExecutionRecord,
+    Lease,
+    QueueDocument,
+    Status,
+    Task,
+    describe_validation_error,
+    empty_queue,
+    normalize_queue,
+    normalize_task,
+    utc_now,
+    validate_queue_contract,
+)
+from swarm_runtime.errors import (
+    DuplicateTaskError,
+    LeaseLostError,
+    QueueFileError,
+    StateFileError,
+    UnknownTaskError,
+)
+from swarm_runtime.processes import process_exists
+from swarm_runtime.queue.journal import QueueJournal
+from swarm_runtime.queue.rules import (
+    Propagated,
+    Reclaim,
+    archivable_ids,
+    awaits_review,
+    cancel_by_operator,
+    change_status,
+    is_drained,
+    is_parked,
+    next_runnable,
+    propagate_failures,
+    reclaim_dead_leases,
+    record_outcome,
+    requeue_by_operator,
+)
+from swarm_runtime.queue.state import QueueState, holds_lease
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.state_files import (
+    Workspace,
+    append_lines,
+    atomic_write_bytes,
+    file_version,
+    parse_json,
+)
+
+__all__ = ["HOST", "ClaimOutcome", "QueueStore", "WorkerIdentity", "holder_is_alive",
+           "is_parked", "lease_is_live"]
+
+log = logging.getLogger("swarm.queue")
+HOST = socket.gethostname()
+# Below this size queue.json is rewritten whole by every transaction (about 1 ms): it
+# stays current to the transaction, and the journal is not used.
+SMALL_QUEUE_BYTES = 16 * 1024
+# The journal is folded into queue.json once it reaches queue.json's size divided by
+# this, so the rewrites cost a constant share of the appends, or once it is this old.
+COMPACT_RATIO = 4
+FRESH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    worker_id: str
+    pid: int = field(default_factory=os.getpid)
+    host: str = HOST
+
+    @property
+    def pid_started(self) -> float | None:
+        return process_start_time(self.pid)
+
+
+@dataclass
+class ClaimOutcome:
+    """What one claim did: the task won (or None), plus what it cleaned up on the way."""
+
+    task: Task | None = None
+    reclaimed: list[Reclaim] = field(default_factory=list)
+    propagated: list[Propagated] = field(default_factory=list)
+    drained: bool = False
+    api_endpoint: str = DEFAULT_API_ENDPOINT
+
+
+# --- process liveness -------------------------------------------------------------------
+
+
+def process_start_time(pid: int) -> float | None:
+    """The kernel's start time of `pid` (clock ticks), to tell a live holder from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("ascii", errors="replace")
+    except OSError:
+        return None
+    try:
+        return float(stat[stat.rindex(")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def holder_is_alive(lease: Lease, host: str = HOST) -> bool:
+    """False only when we can prove the holder is gone: same host and no such process."""
+    if lease.host != host:
+        return True
+    if not process_exists(lease.pid):
+        return False
+    started = process_start_time(lease.pid)
+    return not (lease.pid_started and started and started != lease.pid_started)
+
+
+def lease_is_live(lease: Lease | None, now: float) -> bool:
+    return lease is not None and lease.expires_at > now and holder_is_alive(lease)
+
+
+# --- the store --------------------------------------------------------------------------
+
+
+class QueueStore:
+    def __init__(
+        self,
+        workspace: Workspace,
+        *,
+        retain: int = 1000,
+        review_enabled: bool = False,
+        clock: Callable[[], float] | None = None,
+        small_queue_bytes: int = SMALL_QUEUE_BYTES,
+    ):
+        self._workspace = workspace
+        self.path = workspace.queue_path
+        self.retain = retain
+        self.review_enabled = review_enabled
+        self.small_queue_bytes = small_queue_bytes
+        self._clock = clock or time.time
+        self._journal = QueueJournal(workspace.queue_journal_path)
+        self._state: QueueState | None = None
+        self._snapshot_version: tuple[int, int, int] | None = None
+        self._snapshot_bytes = 0
+
+    @classmethod
+    def for_settings(cls, workspace: Workspace, settings: Settings) -> QueueStore:
+        """Every process must agree on retention and on whether review applies."""
+        return cls(workspace, retain=settings.queue_retain, review_enabled=settings.review)
+
+    def version(self) -> tuple[Any, ...]:
+        """Changes whenever the queue may have: a cheap test before `load`."""
+        return file_version(self.path), file_version(self._journal.path)
+
+    # reading
+
+    def load(self) -> QueueDocument:
+        """A validated snapshot; a malformed file raises QueueFileError and is left as it is.
+
+        Its tasks are shared with the store (tasks are replaced, never changed in place),
+        so the caller must treat it as read-only."""
+        with self._workspace.lock(self.path):
+            return self._current().snapshot()
+
+    def _current(self) -> QueueState:
+        """The queue as it stands: the state kept from the last transaction, caught up with
+        the journal, or queue.json read again once something replaced it."""
+        self._state, state = None, self._state
+        version = file_version(self.path)
+        fresh = state is None or version != self._snapshot_version
+        if fresh:
+            state = self._read_snapshot(version, state)
+        restarted, records = self._journal.read_new(version)
+        if restarted and not fresh:  # another process folded it, or started it
+            state = self._read_snapshot(version, state)
+            _, records = self._journal.read_new(version)
+        for record in records:
+            state.apply(record)
+        self._state = state
+        return state
+
+    def _read_snapshot(
+        self, version: tuple[int, int, int] | None, known: QueueState | None = None
+    ) -> QueueState:
+        """queue.json as a new state; or `known` itself when queue.json now holds exactly
+        its bytes, as after another process folded a journal this one had read to the end:
+        comparing bytes costs a millisecond at 10,000 tasks, parsing them a hundred."""
+        raw = self._read_bytes()
+        if known is not None and raw is not None and raw == known.encode():
+            state = known
+        else:
+            state = QueueState(self._parse(raw), self.review_enabled)
+        self._snapshot_version, self._snapshot_bytes = version, len(raw or b"")
+        self._journal.forget()
+        return state
+
+    def _read_bytes(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _parse(self, raw: bytes | None) -> QueueDocument:
+        try:
+            document = empty_queue() if raw is None else parse_json(self.path, raw)
+        except StateFileError as exc:
+            raise QueueFileError(exc.path, exc.problems) from None
+        problems = validate_queue_contract(document)
+        if problems:
+            raise QueueFileError(self.path, problems)
+        try:
+            return QueueDocument.model_validate(normalize_queue(document))
+        except ValidationError as exc:
+            raise QueueFileError(
+                self.path, [describe_validation_error(e) for e in exc.errors()]
+            ) from None
+
+    # writing
+
+    def _transaction(self, change: Callable[[QueueState], Any]) -> Any:
+        """Run `change` on the current state under the lock and make what it changed
+        durable before returning. A change that raises, or a write that fails, drops the
+        state, which is then read again from the files: nothing half-done survives."""
+        with self._workspace.lock(self.path):
+            state = self._current()
+            try:
+                result = change(state)
+                self._archive(state)
+                self._persist(state)
+            except BaseException:
+                self._state = None
+                raise
+            return result
+
+    def _archive(self, state: QueueState) -> None:
+        leaving = archivable_ids(state, self.retain)
+        if leaving:
+            archived = state.remove(leaving)
+            append_lines(
+                self._workspace,
+                self._workspace.queue_archive_path,
+                [t.model_dump(mode="json", exclude_unset=True) for t in archived],
+            )
+
+    def _persist(self, state: QueueState) -> None:
+        record = state.take_record(time.time())
+        journal = self._journal
+        pending = journal.holds_records_after(self._snapshot_version)
+        if record is None:
+            if pending and journal.age() >= FRESH_SECONDS:
+                self._fold(state)
+            return
+        if not pending and self._snapshot_bytes <= self.small_queue_bytes:
+            self._write_snapshot(state)
+            return
+        journal.append(record, self._snapshot_version)
+        if journal.size * COMPACT_RATIO >= self._snapshot_bytes or (
+            journal.age() >= FRESH_SECONDS
+        ):
+            self._fold(state)
+
+    def _write_snapshot(self, state: QueueState) -> None:
+        """Replace queue.json with the whole queue; any journal is obsolete from then on."""
+        data = state.encode()
+        atomic_write_bytes(self.path, data)
+        self._snapshot_version, self._snapshot_bytes = file_version(self.path), len(data)
+
+    def _fold(self, state: QueueState) -> None:
+        """Write queue.json with every journal record in it, then drop the journal.
+
+        The transaction is already durable in the journal, so a failure here (a full
+        disk) is only logged: queue.json stays as it was, and a later transaction tries
+        again."""
+        try:
+            self._fold_now(state)
+        except OSError as exc:
+            log.warning("could not fold the queue journal into %s: %s", self.path, exc)
+
+    def _fold_now(self, state: QueueState) -> None:
+        self._write_snapshot(state)
+        self._journal.discard()
+
+    def flush(self) -> None:
+        """Fold the journal into queue.json now, so that it shows every change: for a
+        process about to exit, or a script that reads queue.json itself next."""
+        with self._workspace.lock(self.path):
+            state = self._current()
+            if self._journal.holds_records_after(self._snapshot_version):
+                self._fold_now(state)
+
+    # operations
+
+    def add(self, record: dict[str, Any]) -> Task:
+        """Append one task; a duplicate id is refused (also one already archived)."""
+        return self.add_many([record])[0]
+
+    def add_many(self, records: list[dict[str, Any]]) -> list[Task]:
+        """Append tasks all together or not at all."""
+        tasks = new_tasks(records)
+
+        def change(state: QueueState) -> list[Task]:
+            _refuse_taken(state, tasks)
+            state.add([t.model_copy(deep=True) for t in tasks])
+            return tasks
+
+        return self._transaction(change)
+
+    def set_api_endpoint(self, endpoint: str) -> None:
+        self._transaction(lambda state: state.set_api_endpoint(endpoint))
+
+    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
+        now = self._clock()
+
+        def change(state: QueueState) -> ClaimOutcome:
+            outcome = ClaimOutcome(
+                reclaimed=reclaim_dead_leases(state, now, lease_is_live),
+                api_endpoint=state.doc.api_endpoint,
+            )
+            outcome.propagated = propagate_failures(state)
+            task = next_runnable(state, now)
+            if task is not None:
+                lease = Lease(
+                    worker_id=worker.worker_id, pid=worker.pid, host=worker.host,
+                    pid_started=worker.pid_started, claimed_at=now,
+                    expires_at=now + lease_seconds,
+                )
+                changes: dict[str, Any] = {"lease": lease, "updated_at": utc_now().isoformat()}
+                if not awaits_review(task):
+                    changes |= {"status": Status.IN_PROGRESS, "attempts": task.attempts + 1}
+                outcome.task = state.update(task.id, **changes).model_copy(deep=True)
+            outcome.drained = task is None and is_drained(state)
+            return outcome
+
+        return self._transaction(change)
+
+    def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool:
+        """Extend our lease; False means another worker has reclaimed the task."""
+        now = self._clock()
+
+        def change(state: QueueState) -> bool:
+            task = state.find(task_id)
+            if task is None or not _owned_by(task, worker):
+                return False
+            lease = task.lease.model_copy(update={"expires_at": now + lease_seconds})
+            state.update(task_id, lease=lease)
+            return True
+
+        return self._transaction(change)
+
+    def finish(
+        self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any
+    ) -> Task:
+        """Record the task's new status and release its lease; only the holder may."""
+
+        def change(state: QueueState) -> Task:
+            self._owned(state, task_id, worker)
+            task = change_status(state, task_id, status, **fields)
+            record_outcome(state, task_id)
+            return task.model_copy(deep=True)
+
+        return self._transaction(change)
+
+    def record_execution(
+        self, task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
+    ) -> Task:
+        """Executed, now under review by the same worker: the lease stays, the result is kept."""
+
+        def change(state: QueueState) -> Task:
+            self._owned(state, task_id, worker)
+            task = state.update(
+                task_id, status=Status.PENDING_REVIEW, execution=execution,
+                updated_at=utc_now().isoformat(), **fields,
+            )
+            return task.model_copy(deep=True)
+
+        return self._transaction(change)
+
+    def plan(
+        self,
+        parent_id: str,
+        worker: WorkerIdentity,
+        subtasks: list[dict[str, Any]],
+        parent_updates: dict[str, Any],
+    ) -> list[Task]:
+        """Append a parent's subtasks and make it wait for them, in one write.
+
+        The parent goes back to `queued` without counting the claim as an attempt,
+        since planning ran nothing."""
+        subtask_records = new_tasks(subtasks)
+
+        def change(state: QueueState) -> list[Task]:
+            parent = self._owned(state, parent_id, worker)
+            _refuse_taken(state, subtask_records)
+            change_status(state, parent_id, Status.QUEUED,
+                          attempts=max(0, parent.attempts - 1), **parent_updates)
+            state.add([t.model_copy(deep=True) for t in subtask_records], before=parent_id)
+            return subtask_records
+
+        return self._transaction(change)
+
+    @staticmethod
+    def _owned(state: QueueState, task_id: str, worker: WorkerIdentity) -> Task:
+        task = state.find(task_id)
+        if task is None:
+            raise UnknownTaskError(task_id)
+        if not _owned_by(task, worker):
+            holder = task.lease.worker_id if task.lease else None
+            raise LeaseLostError(task_id, worker.worker_id, holder)
+        return task
+
+    def requeue(self, task_id: str) -> Task:
+        """An operator sends a finished-badly task back to the line, with a fresh review count."""
+        return self._operate(task_id, requeue_by_operator)
+
+    def cancel(self, task_id: str) -> Task:
+        """An operator withdraws a task that has not started; its dependents then fail."""
+        return self._operate(task_id, cancel_by_operator)
+
+    def requeue_failed(self) -> list[Task]:
+        """Every task that ended failed (not cancelled or safety-blocked) goes back to the line."""
+
+        def change(state: QueueState) -> list[Task]:
+            chosen = [t for t in state.doc.tasks if t.status == Status.FAILED]
+            requeued = []
+            for task in chosen:
+                requeued.append(requeue_by_operator(state, task).model_copy(deep=True))
+                record_outcome(state, task.id)
+            return requeued
+
+        return self._transaction(change)
+
+    def _operate(self, task_id: str, action: Callable[[QueueState, Task], Task]) -> Task:
+        def change(state: QueueState) -> Task:
+            task = state.find(task_id)
+            if task is None:
+                raise UnknownTaskError(task_id)
+            changed = action(state, task)
+            record_outcome(state, task_id)
+            return changed.model_copy(deep=True)
+
+        return self._transaction(change)
+
+
+def new_tasks(records: list[dict[str, Any]]) -> list[Task]:
+    """Validated, normalized, pending and stamped: how every task enters the queue."""
+    stamp = utc_now().isoformat()
+    return [
+        Task.model_validate(normalize_task({"created_at": stamp, **r, "status": Status.PENDING}))
+        for r in records
+    ]
+
+
+def _refuse_taken(state: QueueState, tasks: list[Task]) -> None:
+    """Ids are unique across the live queue and the archive's id lists, and within `tasks`."""
+    seen: set[str] = set()
+    for task in tasks:
+        if task.id in seen or state.is_taken(task.id):
+            raise DuplicateTaskError(task.id)
+        seen.add(task.id)
+
+
+def _owned_by(task: Task, worker: WorkerIdentity) -> bool:
+    lease = task.lease
+    return (
+        holds_lease(task)
+        and lease is not None
+        and (lease.worker_id, lease.pid, lease.host) == (worker.worker_id, worker.pid, worker.host)
+    )

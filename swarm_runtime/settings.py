@@ -1,0 +1,132 @@
+"""Runtime settings: one frozen model, built from the environment in `main()` only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from swarm_runtime.contract import DEFAULT_API_PORT, DEFAULT_PANEL_PORT, OFFLINE_MODEL
+from swarm_runtime.errors import SettingsError
+
+GROQ_BASE_URL = "https://api.groq.com/openai/v1"
+GROQ_DEFAULT_MODEL = "llama-3.1-8b-instant"
+DEFAULT_LOCAL_ALLOWLIST = ("echo", "ls", "pwd", "cat", "rg", "git")
+
+# Environment variable -> settings field. The README documents each one.
+ENV_FIELDS: dict[str, str] = {
+    "SWARM_WORKSPACE": "workspace",
+    "SWARM_API_PORT": "api_port",
+    "CONTROL_PANEL_PORT": "panel_port",
+    "SWARM_INTERNAL_TOKEN": "internal_token",
+    "SWARM_LLM_BASE_URL": "llm_base_url",
+    "SWARM_LLM_API_KEY": "llm_api_key",
+    "SWARM_LLM_MODEL": "llm_model",
+    "GROQ_API_KEY": "groq_api_key",
+    "SWARM_BUDGET_LIMIT": "budget_limit",
+    "SWARM_RATE_LIMIT": "rate_limit",
+    "SWARM_PRICES_FILE": "prices_file",
+    "SWARM_QUEUE_RETAIN": "queue_retain",
+    "SWARM_LEASE_SECONDS": "lease_seconds",
+    "SWARM_POLL_INTERVAL": "poll_interval",
+    "SWARM_API_RETRIES": "api_retries",
+    "SWARM_LLM_TIMEOUT": "llm_timeout",
+    "SWARM_LLM_RETRIES": "llm_retries",
+    "SWARM_LOCAL_ALLOWLIST": "local_allowlist",
+    "SWARM_GIT_ALLOW_WRITE": "git_allow_write",
+    "SWARM_AUDIT_PROMPTS": "audit_prompts",
+    "SWARM_IDENTITY": "identity",
+    "SWARM_REVIEW": "review",
+    "SWARM_MAX_REQUEUE_ATTEMPTS": "max_requeue_attempts",
+    "SWARM_REQUEUE_BACKOFF": "requeue_backoff",
+    "SWARM_CRITIC_MODEL": "critic_model",
+}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    workspace: Path = Field(default_factory=Path.cwd)
+    api_port: int = Field(default=DEFAULT_API_PORT, ge=0, le=65535)
+    panel_port: int = Field(default=DEFAULT_PANEL_PORT, ge=0, le=65535)
+    internal_token: SecretStr | None = None
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str | None = None
+    groq_api_key: SecretStr | None = None
+    budget_limit: float = Field(default=5.0, ge=0)
+    rate_limit: int = Field(default=60, ge=1)
+    prices_file: Path | None = None
+    queue_retain: int = Field(default=1000, ge=0)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+    api_retries: int = Field(default=3, ge=0, le=10)
+    llm_timeout: float = Field(default=60.0, gt=0)
+    llm_retries: int = Field(default=3, ge=0, le=10)
+    local_allowlist: tuple[str, ...] = DEFAULT_LOCAL_ALLOWLIST
+    git_allow_write: bool = False
+    audit_prompts: bool = False
+    identity: str = "resident_default"
+    review: bool = True
+    max_requeue_attempts: int = Field(default=3, ge=1, le=100)
+    requeue_backoff: float = Field(default=2.0, ge=0)
+    critic_model: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every SWARM_* variable; a bad value names its variable instead of crashing."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable, field in ENV_FIELDS.items():
+            raw = environ.get(variable, "").strip()
+            if raw:
+                values[field] = _split_list(raw) if field == "local_allowlist" else raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc)) from None
+
+    @property
+    def provider_base_url(self) -> str | None:
+        """None means the offline provider answers."""
+        if self.llm_base_url:
+            return self.llm_base_url.rstrip("/")
+        if self.groq_api_key:
+            return GROQ_BASE_URL
+        return None
+
+    @property
+    def provider_api_key(self) -> SecretStr | None:
+        if self.llm_base_url:
+            return self.llm_api_key
+        return self.groq_api_key
+
+    @property
+    def default_model(self) -> str:
+        if self.llm_model:
+            return self.llm_model
+        if self.groq_api_key and not self.llm_base_url:
+            return GROQ_DEFAULT_MODEL
+        return OFFLINE_MODEL if self.provider_base_url is None else "default"
+
+    def secret_values(self) -> list[str]:
+        """Every secret the runtime holds, so output can be scrubbed of them."""
+        secrets = (self.internal_token, self.llm_api_key, self.groq_api_key)
+        return [s.get_secret_value() for s in secrets if s and s.get_secret_value()]
+
+
+def _split_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _explain(exc: ValidationError) -> str:
+    by_field = {field: variable for variable, field in ENV_FIELDS.items()}
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        problems.append(f"{by_field.get(field, field)}: {error['msg']}")
+    return "invalid settings: " + "; ".join(problems)

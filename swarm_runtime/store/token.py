@@ -1,0 +1,25 @@
+"""The internal execution token shared by the worker and the execution API."""
+
+from __future__ import annotations
+
+import secrets
+
+from swarm_runtime.errors import StateFileError
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.state_files import Workspace, create_secret_file
+
+
+def resolve_token(settings: Settings, workspace: Workspace) -> str:
+    """SWARM_INTERNAL_TOKEN if set, else the workspace's token file, created once.
+
+    Creation is exclusive, so a worker and an API started together end up with the
+    same token whichever of them wins the race."""
+    if settings.internal_token and settings.internal_token.get_secret_value().strip():
+        return settings.internal_token.get_secret_value().strip()
+    workspace.ensure_layout()
+    if not workspace.token_path.exists():
+        create_secret_file(workspace.token_path, secrets.token_urlsafe(48))
+    token = workspace.token_path.read_text(encoding="utf-8").strip()
+    if not token:
+        raise StateFileError(workspace.token_path, ["token file is empty; delete it to regenerate"])
+    return token

@@ -1,0 +1,135 @@
+"""The worker's HTTP client for `POST /cycle`, with bounded retries on transient failures."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from pydantic import ValidationError
+
+from swarm_runtime.contract import TOKEN_HEADER, CycleResponse, describe_validation_error
+from swarm_runtime.web.loopback import is_loopback_url
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What came back: a parsed body, or the reason there is none."""
+
+    response: CycleResponse | None
+    error: str | None = None
+    http_status: int | None = None
+    attempts: int = 1
+
+
+class EndpointRefused(ValueError):
+    """The queue names an API endpoint the worker must not send the token to."""
+
+
+class CycleClient:
+    def __init__(
+        self,
+        token: str,
+        *,
+        retries: int = 3,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], Any] = time.sleep,
+    ):
+        self._token = token
+        self._retries = retries
+        self._session = session or requests.Session()
+        self._sleep = sleep
+
+    def dispatch(
+        self,
+        endpoint: str,
+        payload: dict[str, Any],
+        read_timeout: float,
+        on_retry: Callable[[int, str, float], Any] | None = None,
+    ) -> Dispatch:
+        """POST the payload; retry connection errors, 429 and retryable 5xx with backoff.
+
+        `on_retry(attempt, error, delay)` hears of each failed attempt before its retry,
+        so a caller can make a dying API visible while the retries are still under way."""
+        if not is_loopback_url(endpoint):
+            raise EndpointRefused(
+                f"API endpoint must be loopback-only (127.0.0.0/8, ::1, localhost): {endpoint}"
+            )
+        url = endpoint.rstrip("/") + "/cycle"
+        last = Dispatch(None, "no attempt made")
+        for attempt in range(1, self._retries + 2):
+            last, delay = self._attempt(url, payload, read_timeout, attempt)
+            if delay is None or attempt > self._retries:
+                return last
+            log.warning(
+                "cycle attempt %d failed (%s); retrying in %.1fs", attempt, last.error, delay
+            )
+            if on_retry is not None:
+                on_retry(attempt, last.error or "", delay)
+            self._sleep(delay)
+        return last
+
+    def _attempt(
+        self, url: str, payload: dict[str, Any], read_timeout: float, attempt: int
+    ) -> tuple[Dispatch, float | None]:
+        """One POST; the second value is the delay before a retry, or None for a final answer."""
+        try:
+            reply = self._session.post(
+                url,
+                json=payload,
+                headers={TOKEN_HEADER: self._token},
+                timeout=(CONNECT_TIMEOUT_SECONDS, read_timeout),
+            )
+        except requests.ConnectionError as exc:
+            error = f"cannot connect to the execution API at {url}: {type(exc).__name__}"
+            return Dispatch(None, error, attempts=attempt), backoff(attempt)
+        except requests.Timeout:
+            error = f"the execution API did not answer within {read_timeout:.0f}s"
+            return Dispatch(None, error, attempts=attempt), None
+        return interpret(reply, attempt)
+
+
+def interpret(reply: requests.Response, attempt: int) -> tuple[Dispatch, float | None]:
+    body = _json_or_none(reply)
+    if reply.status_code == 200:
+        try:
+            return Dispatch(CycleResponse.model_validate(body), None, 200, attempt), None
+        except ValidationError as exc:
+            problems = "; ".join(describe_validation_error(e) for e in exc.errors()[:3])
+            return Dispatch(None, f"invalid API response: {problems}", 200, attempt), None
+    message = body.get("error") if isinstance(body, dict) else None
+    error = f"API returned {reply.status_code}: {message or reply.text[:500]}"
+    result = Dispatch(None, error, reply.status_code, attempt)
+    retryable = isinstance(body, dict) and body.get("retryable", True) is not False
+    if reply.status_code == 429:
+        return result, retry_after(reply, attempt)
+    if reply.status_code >= 500 and retryable:
+        return result, backoff(attempt)
+    return result, None
+
+
+def _json_or_none(reply: requests.Response) -> Any:
+    try:
+        return reply.json()
+    except ValueError:
+        return None
+
+
+def backoff(attempt: int) -> float:
+    """Exponential with jitter: 0.5, 1, 2, 4 s ... capped, so a restarting API is waited for."""
+    return min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+
+
+def retry_after(reply: requests.Response, attempt: int) -> float:
+    try:
+        return min(MAX_BACKOFF_SECONDS, max(0.0, float(reply.headers.get("Retry-After", ""))))
+    except ValueError:
+        return backoff(attempt)

@@ -1,0 +1,677 @@
+"""worker.py: polls queue.json and drives each task through its lifecycle.
+
+    claim (lease) -> in_progress -> phase 4: gut check --complex--> queued (split into
+                                       |                           dependent subtasks)
+                                       v
+                     phase 3: tool routing, intent and feedback wrapped into the prompt
+                                       v
+                     phase 1: preflight safety --refused--> safety_blocked (no HTTP call)
+                                       v
+                     POST /cycle -> completed | failed
+                                       v
+                     phase 2: critic -> pending_review -> quality gate
+                                       v
+                     phase 5: reward -> approved | requeue (backoff) | failed
+
+Every transition is an event in execution_log.jsonl and a status in queue.json. The
+execution is recorded before its review, so a crash during review resumes the review
+and never runs the task again. One task can never stop the worker: `Worker.process`
+is the single place that catches broadly; before the execution it records the
+failure, after it parks the task in pending_review (never approving by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarm_runtime.contract import (
+    DEFAULT_INTENSITY,
+    DEFAULT_MAX_BUDGET,
+    DEFAULT_MIN_BUDGET,
+    ApiRetryEvent,
+    CycleRequest,
+    ExecutionRecord,
+    Mode,
+    PlanEvent,
+    QualityGateStatus,
+    ReviewEvent,
+    ReviewRecord,
+    Status,
+    Task,
+    Verdict,
+    iso,
+    utc_now,
+)
+from swarm_runtime.errors import (
+    DuplicateTaskError,
+    LeaseLostError,
+    QueueFileError,
+    ReviewUnavailable,
+    StateFileError,
+    SwarmError,
+)
+from swarm_runtime.phases.critic import (
+    Review,
+    decide,
+    requeue_backoff,
+    review_fields,
+    review_record,
+)
+from swarm_runtime.phases.decomposition import (
+    break_into_features,
+    gut_check,
+    plan_decomposition,
+    plan_event_fields,
+    should_plan,
+)
+from swarm_runtime.phases.intent import extract_intent
+from swarm_runtime.phases.prompt import compose_prompt, routing_text, subtask_results
+from swarm_runtime.phases.quality_gate import QualityGate
+from swarm_runtime.phases.rewards import RewardBook, not_approved_fields
+from swarm_runtime.phases.routing import ToolRouter, decision_fields, load_router
+from swarm_runtime.queue.presence import PresenceBeacon
+from swarm_runtime.queue.store import HOST, ClaimOutcome, QueueStore, WorkerIdentity
+from swarm_runtime.safety.gateway import SafetyGateway
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.events import EventLog, cap_text
+from swarm_runtime.store.failpoints import failpoint
+from swarm_runtime.store.pause import read_pause
+from swarm_runtime.store.state_files import Workspace, file_version
+from swarm_runtime.store.token import resolve_token
+from swarm_runtime.worker.cycle_client import CycleClient, Dispatch, EndpointRefused
+from swarm_runtime.worker.review import Critic
+
+log = logging.getLogger("worker")
+LOCAL_COMMAND_TIMEOUT = 30.0
+DISPATCH_GRACE_SECONDS = 30.0
+SUMMARY_CHARS = 2000
+RECORDED_OUTPUT_BYTES = 32 * 1024
+WAKE_CHECK_SECONDS = 0.02
+
+
+@dataclass
+class Outcome:
+    """A task's result as the worker records it: a status and the event's fields."""
+
+    status: Status
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error(self) -> str | None:
+        return self.fields.get("errors")
+
+
+@dataclass
+class Progress:
+    """How far the task in hand got: once `execution` is set it must never run again."""
+
+    task: Task
+    execution: ExecutionRecord | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        workspace: Workspace,
+        *,
+        identity: WorkerIdentity,
+        client: CycleClient,
+        gateway: SafetyGateway,
+    ):
+        self.settings = settings
+        self.identity = identity
+        self.workspace = workspace
+        self.store = QueueStore.for_settings(workspace, settings)
+        self.events = EventLog(workspace, identity.worker_id)
+        self.client = client
+        self.gateway = gateway
+        self.critic = Critic(workspace.sandbox, client, settings.critic_model)
+        self.quality_gate = QualityGate(workspace)
+        self.rewards = RewardBook(workspace)
+        self._pause_reported: str | None = None
+        self._router: tuple[tuple[int, int, int] | None, ToolRouter] | None = None
+        self.beacon = PresenceBeacon(workspace, identity)
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self, *, once: bool, stop: threading.Event) -> int:
+        """Work until stopped, or with `once` until nothing is runnable. Returns an exit code."""
+        try:
+            return self._loop(once=once, stop=stop)
+        finally:
+            self.beacon.withdraw()
+            self.leave_queue_current()
+
+    def leave_queue_current(self) -> None:
+        """Fold the queue journal into queue.json on the way out, so that queue.json shows
+        what this worker did to anyone reading it directly."""
+        try:
+            self.store.flush()
+        except (OSError, StateFileError) as exc:
+            log.warning("queue.json may lag behind its journal: %s", exc)
+
+    def _loop(self, *, once: bool, stop: threading.Event) -> int:
+        reported: str | None = None
+        while not stop.is_set():
+            paused = self.paused()
+            self.announce(paused)
+            if paused:
+                if once:
+                    return 0
+                stop.wait(self.settings.poll_interval)
+                continue
+            try:
+                outcome = self.step()
+            except (QueueFileError, OSError) as exc:
+                if str(exc) != reported:
+                    log.error("%s", stalled_message(exc))
+                    reported = str(exc)
+                if once:
+                    return 2
+                stop.wait(self.settings.poll_interval)
+                continue
+            if reported is not None:
+                log.info("state files are writable again; claiming tasks")
+            reported = None
+            if outcome.task is None:
+                if once and outcome.drained:
+                    return 0
+                self.wait_for_work(stop)
+        return 0
+
+    def wait_for_work(self, stop: threading.Event) -> None:
+        """Wait out the poll interval, but claim again as soon as queue.json changes, so new
+        work starts within WAKE_CHECK_SECONDS instead of up to a whole interval later. A
+        claim that finds nothing writes nothing, so idle workers never wake each other."""
+        seen = self.store.version()
+        deadline = time.monotonic() + self.settings.poll_interval
+        while not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or self.store.version() != seen:
+                return
+
+    def announce(self, paused: bool) -> None:
+        """Presence is a courtesy to the panel: a failed write (a full disk) must not stop work."""
+        try:
+            self.beacon.announce(paused=paused)
+        except OSError as exc:
+            log.warning("could not update this worker's presence file: %s", exc)
+
+    def paused(self) -> bool:
+        """The kill switch is read before every claim; a broken switch counts as on."""
+        try:
+            state = read_pause(self.workspace)
+            message = f"paused by {state.by or 'an operator'}" if state.paused else None
+        except StateFileError as exc:
+            message = f"pause switch unreadable, claiming nothing: {exc}"
+        if message != self._pause_reported:
+            if message:
+                log.warning("%s", message)
+            else:
+                log.info("resumed: claiming tasks again")
+            self._pause_reported = message
+        return message is not None
+
+    def step(self) -> ClaimOutcome:
+        """Claim one task and see it through; reports what the claim found."""
+        claim = self.store.claim(self.identity, self.settings.lease_seconds)
+        self._report_cleanup(claim)
+        if claim.task is not None:
+            self.process(claim.task, claim.api_endpoint)
+        return claim
+
+    def _report_cleanup(self, claim: ClaimOutcome) -> None:
+        for item in claim.reclaimed:
+            log.warning("reclaimed task %s: %s", item.task_id, item.reason)
+            self.events.emit(
+                item.task_id, Status.LEASE_EXPIRED,
+                previous_holder=item.previous, reason=item.reason,
+            )
+        for item in claim.propagated:
+            log.warning("task %s cannot run: %s", item.task_id, item.reason)
+            self.events.emit(
+                item.task_id, item.status, errors=item.reason, completed_at=iso(utc_now())
+            )
+
+    # --- one task ----------------------------------------------------------------------
+
+    def process(self, task: Task, endpoint: str) -> Outcome:
+        progress = Progress(task)
+        with self._keep_lease(task.id):
+            try:
+                return self._advance(progress, endpoint)
+            except LeaseLostError as exc:
+                log.warning("%s; its new holder will see it through", exc)
+                return Outcome(Status.FAILED, {"errors": str(exc)})
+            except Exception as exc:  # the per-task error boundary
+                log.exception("task %s crashed the worker path", task.id)
+                error = f"{type(exc).__name__}: {exc}"
+                if progress.execution is not None:
+                    return self._park(progress.task, progress.execution, error)
+                return self._fail(progress.task, error)
+
+    def _advance(self, progress: Progress, endpoint: str) -> Outcome:
+        task = progress.task
+        if task.status == Status.PENDING_REVIEW and task.execution is not None:
+            log.info("task %s: resuming its review; the execution is on record", task.id)
+            progress.execution = task.execution
+            return self.review(task, task.execution, endpoint)
+        started = iso(utc_now())
+        self.events.emit(
+            task.id, Status.IN_PROGRESS, started_at=started,
+            mode=task.effective_mode, attempt=task.attempts,
+        )
+        log.info("task %s started (attempt %d)", task.id, task.attempts)
+        if self.plan(task):
+            return Outcome(Status.QUEUED)
+        outcome = self.execute(task, endpoint)
+        outcome.fields.setdefault("started_at", started)
+        outcome.fields["completed_at"] = iso(utc_now())
+        self.events.emit(
+            task.id, outcome.status, mode=task.effective_mode, attempt=task.attempts,
+            **outcome.fields,
+        )
+        if outcome.status != Status.COMPLETED or not self.settings.review:
+            self._finish(task, outcome)
+            return outcome
+        execution = execution_record(task, outcome)
+        progress.task = self.store.record_execution(task.id, self.identity, execution)
+        progress.execution = execution
+        return self.review(progress.task, execution, endpoint)
+
+    def _fail(self, task: Task, error: str) -> Outcome:
+        outcome = Outcome(Status.FAILED, {"errors": error, "completed_at": iso(utc_now())})
+        self.events.emit(
+            task.id, outcome.status, mode=task.effective_mode, attempt=task.attempts,
+            **outcome.fields,
+        )
+        self._finish(task, outcome)
+        return outcome
+
+    def _finish(self, task: Task, outcome: Outcome, **fields: Any) -> None:
+        error = outcome.error
+        try:
+            self.store.finish(
+                task.id, self.identity, outcome.status,
+                last_error=cap_text(error, SUMMARY_CHARS) if error else None, **fields,
+            )
+        except LeaseLostError as exc:
+            log.warning("%s; its new holder will run it again", exc)
+        log.info("task %s -> %s", task.id, outcome.status.value)
+
+    # --- phase 4 -------------------------------------------------------------------------
+
+    def plan(self, task: Task) -> bool:
+        """Split a complex prompt into dependent subtasks; the parent then waits for them."""
+        if task.effective_mode != Mode.LLM or not task.prompt:
+            return False
+        check = gut_check(task.prompt)
+        features = break_into_features(task.prompt, task.max_subtasks)
+        wanted, reason = should_plan(task, check, features)
+        if not wanted:
+            return False
+        plan = plan_decomposition(task, extract_intent(task.prompt), check, features)
+        self.store.plan(task.id, self.identity, plan.subtasks, plan.parent_updates)
+        self.events.emit(task.id, Status.QUEUED, kind=PlanEvent, **plan_event_fields(plan))
+        log.info("task %s split into %s (%s)", task.id, ", ".join(plan.subtask_ids), reason)
+        return True
+
+    # --- execution -----------------------------------------------------------------------
+
+    def execute(self, task: Task, endpoint: str) -> Outcome:
+        """Compose, preflight the exact text that will run, then dispatch it."""
+        prompt, route_fields = self.compose(task)
+        request = build_request(task, prompt)
+        text = request.task if request.effective_mode == Mode.LOCAL else request.prompt
+        if not text or not text.strip():
+            return Outcome(Status.FAILED, {"errors": missing_input_error(task)})
+        passed, report = self.gateway.pre_execute_safety_check(text, task.id)
+        if not passed:
+            return Outcome(Status.SAFETY_BLOCKED, {
+                "errors": f"Safety check failed: {report.get('blocked_reason')}",
+                "safety_passed": False, "safety_report": report, **route_fields,
+            })
+        try:
+            dispatch = self.client.dispatch(
+                endpoint, request.model_dump(mode="json", exclude_none=True),
+                read_timeout=request.timeout + DISPATCH_GRACE_SECONDS,
+                on_retry=self._retry_reporter(task),
+            )
+        except EndpointRefused as exc:
+            return Outcome(Status.FAILED, {"errors": str(exc), "safety_passed": True,
+                                           "safety_report": report, **route_fields})
+        outcome = outcome_from_dispatch(dispatch, report)
+        outcome.fields.update(route_fields)
+        return outcome
+
+    def _retry_reporter(self, task: Task) -> Callable[[int, str, float], None]:
+        """Each failed call to the API is an event, so an operator sees a dead API at once,
+        not only when the retries run out."""
+
+        def report(retry: int, error: str, delay: float) -> None:
+            self.events.emit(
+                task.id, Status.IN_PROGRESS, kind=ApiRetryEvent, mode=task.effective_mode,
+                attempt=task.attempts, errors=error, api_retry=retry, retry_in=round(delay, 2),
+            )
+
+        return report
+
+    def compose(self, task: Task) -> tuple[str | None, dict[str, Any]]:
+        """Phase 3 routing and the prompt wrappers; local commands run exactly as written."""
+        if task.effective_mode != Mode.LLM or not task.prompt:
+            return None, {}
+        decision = self.router().route(routing_text(task))
+        if decision.tool is not None:
+            log.info("Tool router selected %s via %s for %s",
+                     decision.tool.name, decision.route, task.id)
+        results = subtask_results(task, self.store.load()) if task.phase4_planned else []
+        return compose_prompt(task, decision, results), decision_fields(decision)
+
+    def router(self) -> ToolRouter:
+        """Built again only when the tool store changes: indexing every tool's words cost
+        about 5 ms of CPU per task."""
+        signature = file_version(self.workspace.tool_store_path)
+        if self._router is None or self._router[0] != signature:
+            self._router = (signature, load_router(self.workspace))
+        return self._router[1]
+
+    # --- phase 2 and 5 -------------------------------------------------------------------
+
+    def review(self, task: Task, execution: ExecutionRecord, endpoint: str) -> Outcome:
+        """Critic, quality gate, reward, then exactly one of approved | requeue | failed."""
+        previous = task.review or ReviewRecord()
+        try:
+            verdict = self.critic.review(task, execution, endpoint)
+        except ReviewUnavailable as exc:
+            return self._park(task, execution, str(exc))
+        decision = decide(
+            verdict, rejections_before=previous.attempt,
+            max_attempts=self.settings.max_requeue_attempts,
+            previous_issues=previous.issues if previous.verdict == Verdict.REJECT else None,
+        )
+        fields = execution_fields(execution) | review_fields(verdict, decision.rejections)
+        self.events.emit(task.id, Status.PENDING_REVIEW, kind=ReviewEvent, **fields)
+        fields |= self.quality_gate.record_safely(
+            task.id, task.prompt or task.command or "", execution.model or self.identity.worker_id,
+            verdict, decision.rejections,
+        ).model_dump(mode="json")
+        failpoint("worker.before_reward")
+        fields |= self._reward(task, execution, verdict, decision.outcome)
+        failpoint("worker.after_reward")
+        approved = decision.outcome == Status.APPROVED
+        fields.update(result_summary=execution.result_summary if approved else None,
+                      errors=decision.errors, completed_at=iso(utc_now()))
+        self.events.emit(task.id, decision.outcome, kind=ReviewEvent, **fields)
+        outcome = Outcome(decision.outcome, fields)
+        not_before = None
+        if decision.outcome == Status.REQUEUE:
+            delay = requeue_backoff(self.settings.requeue_backoff, decision.rejections)
+            not_before = time.time() + delay
+            log.info("task %s rejected; due again in %.1fs", task.id, delay)
+        self._finish(task, outcome, review=review_record(verdict, decision.rejections),
+                     not_before=not_before)
+        return outcome
+
+    def _reward(
+        self, task: Task, execution: ExecutionRecord, verdict: Review, status: Status
+    ) -> dict[str, Any]:
+        identity = task.identity_id or self.settings.identity
+        if status != Status.APPROVED:
+            return not_approved_fields(identity)
+        return self.rewards.grant_safely(
+            task.id, identity,
+            max_budget=DEFAULT_MAX_BUDGET if task.max_budget is None else task.max_budget,
+            budget_used=execution.budget_used, review_confidence=verdict.confidence,
+        ).event_fields()
+
+    def _park(self, task: Task, execution: ExecutionRecord, reason: str) -> Outcome:
+        """Fail closed: a task the critic could not judge waits, visibly, for an operator."""
+        previous = task.review or ReviewRecord()
+        log.error("task %s stays pending_review: %s", task.id, reason)
+        fields = execution_fields(execution) | {
+            "review_error": reason, "review_attempt": previous.attempt,
+            "quality_gate_status": QualityGateStatus.UNAVAILABLE, "errors": reason,
+        }
+        self.events.emit(task.id, Status.PENDING_REVIEW, kind=ReviewEvent, **fields)
+        outcome = Outcome(Status.PENDING_REVIEW, fields)
+        self._finish(task, outcome, review=previous.model_copy(update={"error": reason}))
+        return outcome
+
+    @contextmanager
+    def _keep_lease(self, task_id: str) -> Iterator[None]:
+        """Renew the lease while the task runs, so no other worker reclaims it."""
+        done = threading.Event()
+        interval = self.settings.lease_seconds / 3
+
+        def renew() -> None:
+            while not done.wait(interval):
+                try:
+                    renewed = self.store.heartbeat(
+                        task_id, self.identity, self.settings.lease_seconds
+                    )
+                    if not renewed:
+                        log.warning("lost the lease on task %s", task_id)
+                        return
+                except SwarmError as exc:
+                    log.warning("could not renew the lease on task %s: %s", task_id, exc)
+
+        thread = threading.Thread(target=renew, name=f"lease-{task_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+
+# --- pure helpers -----------------------------------------------------------------------
+
+
+def stalled_message(exc: Exception) -> str:
+    """Why the worker claims nothing: a queue.json to fix, or a state file it cannot write."""
+    if isinstance(exc, QueueFileError):
+        return f"{exc.path.name} is malformed and will not be touched: {exc}"
+    return f"cannot write runtime state, claiming nothing until it can: {exc}"
+
+
+def build_request(task: Task, prompt: str | None = None) -> CycleRequest:
+    """The /cycle body for a task: the command for local work, the (composed) prompt for llm."""
+    mode = task.effective_mode
+    return CycleRequest(
+        prompt=(prompt or task.prompt) if mode == Mode.LLM else None,
+        task=(task.command or task.prompt) if mode == Mode.LOCAL else None,
+        mode=mode,
+        model=task.model,
+        min_budget=DEFAULT_MIN_BUDGET if task.min_budget is None else task.min_budget,
+        max_budget=DEFAULT_MAX_BUDGET if task.max_budget is None else task.max_budget,
+        intensity=task.intensity or DEFAULT_INTENSITY,
+        task_id=task.id,
+        timeout=LOCAL_COMMAND_TIMEOUT,
+    )
+
+
+def execution_record(task: Task, outcome: Outcome) -> ExecutionRecord:
+    """What the critic reviews and a planned parent reads, kept in queue.json."""
+    fields = outcome.fields
+
+    def capped(name: str) -> str | None:
+        value = fields.get(name)
+        return cap_text(value, RECORDED_OUTPUT_BYTES) if value else value
+
+    return ExecutionRecord(
+        attempt=task.attempts, status=outcome.status,
+        result_summary=capped("result_summary"), output=capped("output"),
+        errors=capped("errors"),
+        **{name: fields.get(name) for name in EXECUTION_RECORD_COPIED},
+    )
+
+
+EXECUTION_RECORD_COPIED = (
+    "exit_code", "model", "budget_used", "safety_passed", "tool_route", "tool_name",
+    "tool_confidence", "started_at", "completed_at",
+)
+EXECUTION_EVENT_FIELDS = (
+    "started_at", "completed_at", "result_summary", "model", "budget_used", "safety_passed",
+    "tool_route", "tool_name", "tool_confidence", "exit_code",
+)
+
+
+def execution_fields(execution: ExecutionRecord) -> dict[str, Any]:
+    """The execution's facts repeated on review events, so each event reads on its own."""
+    return {name: getattr(execution, name) for name in EXECUTION_EVENT_FIELDS}
+
+
+def missing_input_error(task: Task) -> str:
+    if task.effective_mode == Mode.LOCAL:
+        return "local task has no command to run (set `command`)"
+    return "task has neither a prompt nor a command"
+
+
+def outcome_from_dispatch(dispatch: Dispatch, report: dict[str, Any]) -> Outcome:
+    """Success comes from the response body's status and exit code, never from HTTP 200 alone."""
+    body = dispatch.response
+    if body is None:
+        return Outcome(Status.FAILED, {
+            "errors": dispatch.error, "safety_passed": True, "safety_report": report,
+        })
+    succeeded = body.status == Status.COMPLETED and body.exit_code in (None, 0)
+    fields: dict[str, Any] = {
+        "result_summary": body.result,
+        "model": body.model,
+        "budget_used": body.budget_used,
+        "safety_passed": bool((body.safety_report or report).get("passed", True)),
+        "safety_report": body.safety_report or report,
+        "exit_code": body.exit_code,
+        "output": body.output,
+    }
+    if not succeeded:
+        fields["errors"] = failure_reason(body)
+    return Outcome(Status.COMPLETED if succeeded else Status.FAILED, fields)
+
+
+def failure_reason(body: Any) -> str:
+    if body.exit_code not in (None, 0):
+        tail = (body.output or "").strip()[-500:]
+        return f"command exited with code {body.exit_code}" + (f": {tail}" if tail else "")
+    return body.result or "the execution API reported a failure"
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="worker.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--once", action="store_true", help="exit when nothing is runnable")
+    parser.add_argument("--worker-id", help="name in leases and events (default: host-pid)")
+    parser.add_argument(
+        "--identity", help="identity rewarded for approved work (default: SWARM_IDENTITY)"
+    )
+    commands = parser.add_subparsers(dest="action")
+    add = commands.add_parser("add", help="append a task to queue.json")
+    add.add_argument("id")
+    add.add_argument("prompt", help="the llm prompt (or the command, with --mode local)")
+    add.add_argument("--depends-on", default="", help="comma-separated task ids")
+    add.add_argument("--mode", choices=[m.value for m in Mode])
+    add.add_argument("--command", help="a local command to run in the sandbox")
+    add.add_argument("--model")
+    add.add_argument("--min-budget", type=float)
+    add.add_argument("--max-budget", type=float)
+    return parser.parse_args(argv)
+
+
+def task_record(args: argparse.Namespace) -> dict[str, Any]:
+    depends_on = [dep.strip() for dep in args.depends_on.split(",") if dep.strip()]
+    record: dict[str, Any] = {"id": args.id, "depends_on": depends_on}
+    if args.command or args.mode == Mode.LOCAL:
+        record.update(mode=Mode.LOCAL.value, command=args.command or args.prompt)
+        if args.command:
+            record["prompt"] = args.prompt
+    else:
+        record.update(mode=Mode.LLM.value, prompt=args.prompt)
+    for name in ("model", "min_budget", "max_budget"):
+        if getattr(args, name) is not None:
+            record[name] = getattr(args, name)
+    return record
+
+
+def add_task(args: argparse.Namespace, workspace: Workspace, settings: Settings) -> int:
+    store = QueueStore.for_settings(workspace, settings)
+    try:
+        task = store.add(task_record(args))
+    except DuplicateTaskError as exc:
+        print(f"error: {exc}; choose another id", file=sys.stderr)
+        return 1
+    except QueueFileError as exc:
+        print(f"error: {exc.path.name} is malformed, nothing was added: {exc}", file=sys.stderr)
+        return 2
+    except (SwarmError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: nothing was added, the queue could not be written: {exc}", file=sys.stderr)
+        return 2
+    print(f"added task {task.id} ({task.effective_mode.value})")
+    try:
+        store.flush()  # the operator may look at queue.json next
+    except (OSError, StateFileError) as exc:
+        print(f"warning: queue.json does not show it yet: {exc}", file=sys.stderr)
+    return 0
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """Flag-only handlers: the loop finishes the task in hand, then exits 0."""
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s; finishing the current task", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s worker: %(message)s",
+        stream=sys.stdout,
+    )
+    args = parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SwarmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.identity:
+        settings = settings.model_copy(update={"identity": args.identity})
+    workspace = Workspace(settings.workspace)
+    workspace.ensure_layout()
+    if args.action == "add":
+        return add_task(args, workspace, settings)
+    identity = WorkerIdentity(args.worker_id or default_worker_id())
+    worker = Worker(
+        settings, workspace, identity=identity,
+        client=CycleClient(resolve_token(settings, workspace), retries=settings.api_retries),
+        gateway=SafetyGateway(workspace),
+    )
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    log.info("worker %s polling %s", identity.worker_id, workspace.queue_path)
+    return worker.run(once=args.once, stop=stop)
+
+
+def default_worker_id() -> str:
+    return f"{HOST}-{os.getpid()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
