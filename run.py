@@ -113,8 +113,14 @@ class Child:
     @classmethod
     def start(cls, name: str, args: list[str], env: dict[str, str], into: list[Child]) -> Child:
         proc = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=env, text=True, bufsize=1,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            bufsize=1,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         child = cls(name, proc)
         into.append(child)

@@ -40,10 +40,18 @@ class InstantProvider:
     def model_for(self, requested: str) -> str:
         return requested
 
-    def complete(self, prompt: str, *, model: str, max_tokens: int, temperature: float,
-                 system: str | None = None) -> Completion:
-        return Completion(text="ok", model=model, prompt_tokens=12, completion_tokens=8,
-                          usage_reported=True)
+    def complete(
+        self,
+        prompt: str,
+        *,
+        model: str,
+        max_tokens: int,
+        temperature: float,
+        system: str | None = None,
+    ) -> Completion:
+        return Completion(
+            text="ok", model=model, prompt_tokens=12, completion_tokens=8, usage_reported=True
+        )
 
 
 def ledger_ms(workspace: Workspace, calls: int) -> float:
@@ -74,16 +82,24 @@ def floor_ms(workspace: Workspace, calls: int) -> float:
 def wrapper_ms(workspace: Workspace, calls: int) -> tuple[float, float]:
     """Median call time with a priced model and with a free one, interleaved."""
     wrapper = SecureAPIWrapper(
-        provider=InstantProvider(), ledger=BudgetLedger(workspace, limit=1_000_000.0),
-        limiter=TokenBucket(10_000_000), prices=load_price_table(None), workspace=workspace,
+        provider=InstantProvider(),
+        ledger=BudgetLedger(workspace, limit=1_000_000.0),
+        limiter=TokenBucket(10_000_000),
+        prices=load_price_table(None),
+        workspace=workspace,
         default_model=PRICED_MODEL,
     )
     priced, free = [], []
     for number in range(calls):
         for model, samples in ((PRICED_MODEL, priced), (FREE_MODEL, free)):
             start = time.perf_counter()
-            wrapper.call_llm("Summarise the queue design in one line.", model=model,
-                             max_tokens=256, temperature=0.2, task_id=f"task-{number}")
+            wrapper.call_llm(
+                "Summarise the queue design in one line.",
+                model=model,
+                max_tokens=256,
+                temperature=0.2,
+                task_id=f"task-{number}",
+            )
             samples.append((time.perf_counter() - start) * 1000)
     return median(priced), median(free)
 
@@ -100,16 +116,27 @@ def run(quick: bool = False, calls: int | None = None) -> list[Figure]:
         workspace.ensure_layout()
         priced, free = wrapper_ms(workspace, calls)
     overhead = priced - free
-    print(f"  ledger alone {alone:.2f} ms (two bare atomic writes {floor:.2f} ms); "
-          f"wrapper call priced {priced:.2f} ms, free {free:.2f} ms ({calls} calls each)",
-          flush=True)
+    print(
+        f"  ledger alone {alone:.2f} ms (two bare atomic writes {floor:.2f} ms); "
+        f"wrapper call priced {priced:.2f} ms, free {free:.2f} ms ({calls} calls each)",
+        flush=True,
+    )
     return [
-        Figure(NAME, "reserve + settle, ledger alone", f"{alone:.2f} ms",
-               f"<= {TARGET_MS:.0f} ms", alone <= TARGET_MS),
+        Figure(
+            NAME,
+            "reserve + settle, ledger alone",
+            f"{alone:.2f} ms",
+            f"<= {TARGET_MS:.0f} ms",
+            alone <= TARGET_MS,
+        ),
         Figure(NAME, "floor: two durable writes of the file", f"{floor:.2f} ms"),
-        Figure(NAME, "per call through SecureAPIWrapper", f"{overhead:.2f} ms "
-               f"({priced:.2f} priced vs {free:.2f} free)", f"<= {TARGET_MS:.0f} ms",
-               overhead <= TARGET_MS),
+        Figure(
+            NAME,
+            "per call through SecureAPIWrapper",
+            f"{overhead:.2f} ms ({priced:.2f} priced vs {free:.2f} free)",
+            f"<= {TARGET_MS:.0f} ms",
+            overhead <= TARGET_MS,
+        ),
     ]
 
 

@@ -40,21 +40,30 @@ def tasks_per_second(provider_url: str, workers: int, tasks: int) -> tuple[float
         root = Path(folder)
         workspace = Workspace(root)
         workspace.ensure_layout()
-        env = clean_env(root, SWARM_LLM_BASE_URL=provider_url, SWARM_LLM_MODEL="local-model",
-                        SWARM_RATE_LIMIT="1000000")
+        env = clean_env(
+            root,
+            SWARM_LLM_BASE_URL=provider_url,
+            SWARM_LLM_MODEL="local-model",
+            SWARM_RATE_LIMIT="1000000",
+        )
         api = Child(["swarm.py", "--port", "0"], env, wait_for_url=True)
         started: list[Child] = []
         try:
             store = QueueStore.for_settings(workspace, Settings(workspace=root))
             store.set_api_endpoint(api.url)
             for number in range(workers):
-                started.append(Child(["worker.py", "--worker-id", f"bench-{number}"], env,
-                                     wait_for_url=False))
+                started.append(
+                    Child(["worker.py", "--worker-id", f"bench-{number}"], env, wait_for_url=False)
+                )
             wait_for(lambda: len(list(workspace.workers_dir.glob("*.json"))) == workers)
             pids = [child.proc.pid for child in [*started, api]]
             cpu_before = sum(map(cpu_seconds, pids))
-            store.add_many([{"id": f"t{i}", "mode": "llm", "prompt": f"Say hello to {i}"}
-                            for i in range(tasks)])
+            store.add_many(
+                [
+                    {"id": f"t{i}", "mode": "llm", "prompt": f"Say hello to {i}"}
+                    for i in range(tasks)
+                ]
+            )
             begin = time.perf_counter()
             wait_for(lambda: all_final(workspace))
             elapsed = time.perf_counter() - begin
@@ -91,8 +100,9 @@ def wait_for(condition: object, interval: float = 0.02) -> None:
         time.sleep(interval)
 
 
-def run(quick: bool = False, tasks: int | None = None, runs: int | None = None,
-        delay: float = 0.1) -> list[Figure]:
+def run(
+    quick: bool = False, tasks: int | None = None, runs: int | None = None, delay: float = 0.1
+) -> list[Figure]:
     tasks = tasks or (32 if quick else 64)
     runs = runs or (1 if quick else 3)
     rates: dict[int, list[float]] = {n: [] for n in WORKER_COUNTS}
@@ -103,26 +113,42 @@ def run(quick: bool = False, tasks: int | None = None, runs: int | None = None,
                 rate, cpu_per_task = tasks_per_second(provider.url, workers, tasks)
                 rates[workers].append(rate)
                 cpu[workers].append(cpu_per_task)
-                print(f"  run {number + 1}: {workers} worker(s) {rate:.1f} tasks/s, "
-                      f"{cpu_per_task * 1000:.0f} ms CPU per task", flush=True)
+                print(
+                    f"  run {number + 1}: {workers} worker(s) {rate:.1f} tasks/s, "
+                    f"{cpu_per_task * 1000:.0f} ms CPU per task",
+                    flush=True,
+                )
     base = median(rates[1])
-    figures = [Figure(NAME, f"1 worker ({delay * 1000:.0f} ms provider)", f"{base:.1f} tasks/s",
-                      f"ideal {1 / delay:.1f}/s")]
+    figures = [
+        Figure(
+            NAME,
+            f"1 worker ({delay * 1000:.0f} ms provider)",
+            f"{base:.1f} tasks/s",
+            f"ideal {1 / delay:.1f}/s",
+        )
+    ]
     for workers in WORKER_COUNTS[1:]:
         rate = median(rates[workers])
         target = TARGETS.get(workers)
-        figures.append(Figure(
-            NAME, f"{workers} workers", f"{rate:.1f} tasks/s = {rate / base:.2f}x",
-            f">= {target}x" if target else f"ideal {workers}x",
-            rate / base >= target if target else None,
-        ))
+        figures.append(
+            Figure(
+                NAME,
+                f"{workers} workers",
+                f"{rate:.1f} tasks/s = {rate / base:.2f}x",
+                f">= {target}x" if target else f"ideal {workers}x",
+                rate / base >= target if target else None,
+            )
+        )
     most = WORKER_COUNTS[-1]
     per_task = median(cpu[most])
     cores = os.cpu_count() or 1
-    figures.append(Figure(
-        NAME, f"CPU per task with {most} workers (workers + API)",
-        f"{per_task * 1000:.0f} ms: {cores} cores cap at {cores / per_task:.0f} tasks/s",
-    ))
+    figures.append(
+        Figure(
+            NAME,
+            f"CPU per task with {most} workers (workers + API)",
+            f"{per_task * 1000:.0f} ms: {cores} cores cap at {cores / per_task:.0f} tasks/s",
+        )
+    )
     return figures
 
 

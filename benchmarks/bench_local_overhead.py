@@ -45,10 +45,12 @@ FSYNCED_APPENDS_PER_TASK = 4
 
 def direct_seconds_per_task(tasks: int) -> float:
     """The comparison point: the same commands, straight from a loop."""
-    total = seconds(lambda: [
-        subprocess.run(["echo", f"task {i}"], capture_output=True, check=True)
-        for i in range(tasks)
-    ])
+    total = seconds(
+        lambda: [
+            subprocess.run(["echo", f"task {i}"], capture_output=True, check=True)
+            for i in range(tasks)
+        ]
+    )
     return total / tasks
 
 
@@ -57,17 +59,23 @@ def worker_seconds(root: Path, api_url: str, tasks: int, run: int) -> float:
     workspace = Workspace(root)
     store = QueueStore.for_settings(workspace, Settings(workspace=root))
     store.set_api_endpoint(api_url)
-    store.add_many([
-        {"id": f"r{run}-t{i}", "mode": "local", "command": f"echo task {i}"}
-        for i in range(tasks)
-    ])
-    elapsed = seconds(lambda: subprocess.run(
-        [sys.executable, "worker.py", "--once"], cwd=ROOT, env=clean_env(root),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
-    ))
+    store.add_many(
+        [{"id": f"r{run}-t{i}", "mode": "local", "command": f"echo task {i}"} for i in range(tasks)]
+    )
+    elapsed = seconds(
+        lambda: subprocess.run(
+            [sys.executable, "worker.py", "--once"],
+            cwd=ROOT,
+            env=clean_env(root),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
+    )
     doc = store.load()
-    unfinished = [t.id for t in doc.tasks if t.id.startswith(f"r{run}-")
-                  and t.status != Status.APPROVED]
+    unfinished = [
+        t.id for t in doc.tasks if t.id.startswith(f"r{run}-") and t.status != Status.APPROVED
+    ]
     if unfinished:
         raise RuntimeError(f"tasks did not end approved: {unfinished[:5]}")
     return elapsed
@@ -93,23 +101,43 @@ def run(quick: bool = False, tasks: int | None = None, runs: int | None = None) 
         empty, full = one_run(tasks)
         runtime.append((full - empty) / tasks)
         direct.append(direct_seconds_per_task(tasks))
-        print(f"  run {number + 1}: worker start+exit {empty * 1000:.0f} ms, "
-              f"{runtime[-1] * 1000:.1f} ms/task through the runtime, "
-              f"{direct[-1] * 1000:.2f} ms/task direct", flush=True)
+        print(
+            f"  run {number + 1}: worker start+exit {empty * 1000:.0f} ms, "
+            f"{runtime[-1] * 1000:.1f} ms/task through the runtime, "
+            f"{direct[-1] * 1000:.2f} ms/task direct",
+            flush=True,
+        )
     with tempfile.TemporaryDirectory() as folder:
         disk = durable_write_ms(Path(folder))
     per_task, bare = median(runtime), median(direct)
     overhead_ms = (per_task - bare) * 1000
     rate = 1 / per_task
     return [
-        Figure(NAME, "overhead per task (median)", f"{overhead_ms:.1f} ms",
-               f"<= {TARGET_OVERHEAD_MS:.0f} ms", overhead_ms <= TARGET_OVERHEAD_MS),
-        Figure(NAME, "runtime vs direct subprocess", f"{per_task / bare:.1f}x "
-               f"({per_task * 1000:.1f} vs {bare * 1000:.2f} ms)"),
-        Figure(NAME, "disk: one atomic state write", f"{disk:.2f} ms; a task makes "
-               f"{ATOMIC_WRITES_PER_TASK} + {FSYNCED_APPENDS_PER_TASK} fsynced appends"),
-        Figure(NAME, "one worker, local tasks/s", f"{rate:.1f}/s",
-               f">= {TARGET_TASKS_PER_SECOND:.0f}/s", rate >= TARGET_TASKS_PER_SECOND),
+        Figure(
+            NAME,
+            "overhead per task (median)",
+            f"{overhead_ms:.1f} ms",
+            f"<= {TARGET_OVERHEAD_MS:.0f} ms",
+            overhead_ms <= TARGET_OVERHEAD_MS,
+        ),
+        Figure(
+            NAME,
+            "runtime vs direct subprocess",
+            f"{per_task / bare:.1f}x ({per_task * 1000:.1f} vs {bare * 1000:.2f} ms)",
+        ),
+        Figure(
+            NAME,
+            "disk: one atomic state write",
+            f"{disk:.2f} ms; a task makes "
+            f"{ATOMIC_WRITES_PER_TASK} + {FSYNCED_APPENDS_PER_TASK} fsynced appends",
+        ),
+        Figure(
+            NAME,
+            "one worker, local tasks/s",
+            f"{rate:.1f}/s",
+            f">= {TARGET_TASKS_PER_SECOND:.0f}/s",
+            rate >= TARGET_TASKS_PER_SECOND,
+        ),
     ]
 
 

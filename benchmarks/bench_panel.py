@@ -35,27 +35,51 @@ HOST = {"Host": "127.0.0.1:8421"}
 ENDPOINTS = {"task list": "/api/tasks", "event backlog": "/api/events"}
 TARGET_RATIO = 1.5
 PLACEHOLDER = "task-PLACEHOLDER"
-SUMMARY = ("Wrote the loader in config_loader.py: it reads the JSON file, validates the keys "
-           "against the schema, and falls back to defaults for missing optional values. ") * 3
+SUMMARY = (
+    "Wrote the loader in config_loader.py: it reads the JSON file, validates the keys "
+    "against the schema, and falls back to defaults for missing optional values. "
+) * 3
 
 
 def task_events(task_id: str) -> bytes:
     """The four lines a worker writes for one approved task."""
     common = {"mode": "llm", "model": "llama-3.1-8b-instant"}
-    report = {"passed": True, "checks": ["constitutional", "workspace", "network", "injection"],
-              "blocked_reason": None, "matches": []}
-    done = {"started_at": "2026-01-05T10:00:00+00:00", "completed_at": "2026-01-05T10:00:02+00:00",
-            "result_summary": SUMMARY, "budget_used": 0.00042, "safety_passed": True,
-            "tool_route": "generate", "tool_confidence": 0.0}
-    review = {"review_verdict": "APPROVE", "review_confidence": 0.92, "review_issues": [],
-              "review_attempt": 0, "quality_gate_status": "needs_qa"}
+    report = {
+        "passed": True,
+        "checks": ["constitutional", "workspace", "network", "injection"],
+        "blocked_reason": None,
+        "matches": [],
+    }
+    done = {
+        "started_at": "2026-01-05T10:00:00+00:00",
+        "completed_at": "2026-01-05T10:00:02+00:00",
+        "result_summary": SUMMARY,
+        "budget_used": 0.00042,
+        "safety_passed": True,
+        "tool_route": "generate",
+        "tool_confidence": 0.0,
+    }
+    review = {
+        "review_verdict": "APPROVE",
+        "review_confidence": 0.92,
+        "review_issues": [],
+        "review_attempt": 0,
+        "quality_gate_status": "needs_qa",
+    }
     records = [
         build_event(task_id, "host-4242", Status.IN_PROGRESS, attempt=1, **common),
-        build_event(task_id, "host-4242", Status.COMPLETED, safety_report=report, **done,
-                    **common),
+        build_event(task_id, "host-4242", Status.COMPLETED, safety_report=report, **done, **common),
         build_event(task_id, "host-4242", Status.PENDING_REVIEW, ReviewEvent, **done, **review),
-        build_event(task_id, "host-4242", Status.APPROVED, ReviewEvent, **done, **review,
-                    phase5_reward_applied=True, phase5_reward_tokens_awarded=10),
+        build_event(
+            task_id,
+            "host-4242",
+            Status.APPROVED,
+            ReviewEvent,
+            **done,
+            **review,
+            phase5_reward_applied=True,
+            phase5_reward_tokens_awarded=10,
+        ),
     ]
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
@@ -67,8 +91,9 @@ def write_log(workspace: Workspace, size: int) -> int:
     with open(workspace.log_path, "wb") as handle:
         while written < size:
             per_block = min(2000, (size - written) // len(template) + 1)
-            block = "".join(template.replace(PLACEHOLDER, f"task-{tasks + i:07d}")
-                            for i in range(per_block)).encode()
+            block = "".join(
+                template.replace(PLACEHOLDER, f"task-{tasks + i:07d}") for i in range(per_block)
+            ).encode()
             handle.write(block)
             written += len(block)
             tasks += per_block
@@ -77,12 +102,24 @@ def write_log(workspace: Workspace, size: int) -> int:
 
 def write_queue(workspace: Workspace, tasks: int) -> None:
     shown = range(max(0, tasks - QUEUE_TASKS), tasks)
-    atomic_write_json(workspace.queue_path, {
-        "version": "1.1", "api_endpoint": "http://127.0.0.1:8420",
-        "tasks": [{"id": f"task-{n:07d}", "prompt": f"Write config loader number {n}",
-                   "status": "approved", "attempts": 1} for n in shown],
-        "completed": [f"task-{n:07d}" for n in shown], "failed": [],
-    })
+    atomic_write_json(
+        workspace.queue_path,
+        {
+            "version": "1.1",
+            "api_endpoint": "http://127.0.0.1:8420",
+            "tasks": [
+                {
+                    "id": f"task-{n:07d}",
+                    "prompt": f"Write config loader number {n}",
+                    "status": "approved",
+                    "attempts": 1,
+                }
+                for n in shown
+            ],
+            "completed": [f"task-{n:07d}" for n in shown],
+            "failed": [],
+        },
+    )
 
 
 class Subject:
@@ -119,8 +156,9 @@ def interleaved(small: Subject, large: Subject, url: str, requests: int) -> tupl
     return median(samples[0]), median(samples[1])
 
 
-def run(quick: bool = False, log_mb: int | None = None, requests: int | None = None
-        ) -> list[Figure]:
+def run(
+    quick: bool = False, log_mb: int | None = None, requests: int | None = None
+) -> list[Figure]:
     log_mb = log_mb or (128 if quick else 1024)
     requests = requests or (30 if quick else 100)
     needed = (log_mb + SMALL_MB) * 1024 * 1024 + 512 * 1024 * 1024
@@ -141,21 +179,32 @@ def run(quick: bool = False, log_mb: int | None = None, requests: int | None = N
 def figures(small: Subject, large: Subject, requests: int) -> list[Figure]:
     size = large.log_bytes
     label = f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
-    print(f"  index: {small.log_bytes / 2**20:.1f} MB in {small.index_seconds * 1000:.0f} ms, "
-          f"{label} in {large.index_seconds:.1f} s", flush=True)
+    print(
+        f"  index: {small.log_bytes / 2**20:.1f} MB in {small.index_seconds * 1000:.0f} ms, "
+        f"{label} in {large.index_seconds:.1f} s",
+        flush=True,
+    )
     result = []
     for name, url in ENDPOINTS.items():
         small_ms, large_ms = interleaved(small, large, url, requests)
         ratio = large_ms / small_ms
         print(f"  {name}: {small_ms:.2f} ms (1 MB) vs {large_ms:.2f} ms ({label})", flush=True)
-        result.append(Figure(
-            NAME, f"{name}, {label} vs 1 MB log",
-            f"{large_ms:.2f} vs {small_ms:.2f} ms = {ratio:.2f}x",
-            f"<= {TARGET_RATIO}x", ratio <= TARGET_RATIO,
-        ))
-    result.append(Figure(NAME, f"one-off index of the {label} log",
-                         f"{large.index_seconds:.1f} s "
-                         f"({size / 2**20 / large.index_seconds:.0f} MB/s)"))
+        result.append(
+            Figure(
+                NAME,
+                f"{name}, {label} vs 1 MB log",
+                f"{large_ms:.2f} vs {small_ms:.2f} ms = {ratio:.2f}x",
+                f"<= {TARGET_RATIO}x",
+                ratio <= TARGET_RATIO,
+            )
+        )
+    result.append(
+        Figure(
+            NAME,
+            f"one-off index of the {label} log",
+            f"{large.index_seconds:.1f} s ({size / 2**20 / large.index_seconds:.0f} MB/s)",
+        )
+    )
     return result
 
 

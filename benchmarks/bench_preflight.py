@@ -66,11 +66,15 @@ def run(quick: bool = False, iterations: int | None = None) -> list[Figure]:
                 print(f"  {name:<22} median {median:8.1f} us   p99 {p99:8.1f} us")
                 if name == "whole call, audited":
                     judged = label.startswith("4 KB")
-                    figures.append(Figure(
-                        NAME, f"{label}, audited call", f"median {median:.0f} us, p99 {p99:.0f} us",
-                        f"p99 <= {TARGET_P99_US:.0f} us" if judged else "",
-                        p99 <= TARGET_P99_US if judged else None,
-                    ))
+                    figures.append(
+                        Figure(
+                            NAME,
+                            f"{label}, audited call",
+                            f"median {median:.0f} us, p99 {p99:.0f} us",
+                            f"p99 <= {TARGET_P99_US:.0f} us" if judged else "",
+                            p99 <= TARGET_P99_US if judged else None,
+                        )
+                    )
     return figures
 
 

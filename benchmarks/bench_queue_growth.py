@@ -38,18 +38,28 @@ def build_queue(workspace: Workspace, size: int) -> None:
     stamp = utc_now().isoformat()
     tasks = []
     for number in range(size):
-        task = {"id": f"task-{number:05d}", "mode": "local", "command": f"echo {number}",
-                "prompt": f"Print the number {number} so the operator can see it ran",
-                "status": Status.PENDING.value, "created_at": stamp, "attempts": 0}
+        task = {
+            "id": f"task-{number:05d}",
+            "mode": "local",
+            "command": f"echo {number}",
+            "prompt": f"Print the number {number} so the operator can see it ran",
+            "status": Status.PENDING.value,
+            "created_at": stamp,
+            "attempts": 0,
+        }
         if number % 2 == 0:
-            task.update(status=Status.APPROVED.value, attempts=1, updated_at=stamp,
-                        last_error=None)
+            task.update(status=Status.APPROVED.value, attempts=1, updated_at=stamp, last_error=None)
         tasks.append(task)
-    atomic_write_json(workspace.queue_path, {
-        "version": "1.1", "api_endpoint": "http://127.0.0.1:8420", "tasks": tasks,
-        "completed": [t["id"] for t in tasks if t["status"] == Status.APPROVED.value],
-        "failed": [],
-    })
+    atomic_write_json(
+        workspace.queue_path,
+        {
+            "version": "1.1",
+            "api_endpoint": "http://127.0.0.1:8420",
+            "tasks": tasks,
+            "completed": [t["id"] for t in tasks if t["status"] == Status.APPROVED.value],
+            "failed": [],
+        },
+    )
 
 
 def claim_finish_ms(store: QueueStore) -> float:
@@ -68,8 +78,9 @@ def fold_ms(store: QueueStore) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def run(quick: bool = False, rounds: int | None = None,
-        sizes: tuple[int, ...] = SIZES) -> list[Figure]:
+def run(
+    quick: bool = False, rounds: int | None = None, sizes: tuple[int, ...] = SIZES
+) -> list[Figure]:
     """The sizes take turns round by round, so other load on the machine hits all alike."""
     rounds = min(rounds or (10 if quick else 30), min(sizes) // 2)
     with contextlib.ExitStack() as stack:
@@ -83,23 +94,33 @@ def run(quick: bool = False, rounds: int | None = None,
         for _ in range(rounds):
             for size, store in stores.items():
                 samples[size].append(claim_finish_ms(store))
-        folds = {size: median([fold_ms(store) for _ in range(5)])
-                 for size, store in stores.items()}
+        folds = {size: median([fold_ms(store) for _ in range(5)]) for size, store in stores.items()}
     costs = {size: median(taken) for size, taken in samples.items()}
     for size in sizes:
-        print(f"  {size:>6} tasks: claim + finish {costs[size]:.2f} ms (median of {rounds}); "
-              f"one fold of the journal into queue.json {folds[size]:.1f} ms", flush=True)
+        print(
+            f"  {size:>6} tasks: claim + finish {costs[size]:.2f} ms (median of {rounds}); "
+            f"one fold of the journal into queue.json {folds[size]:.1f} ms",
+            flush=True,
+        )
     base = costs[sizes[0]]
     figures = [Figure(NAME, f"claim + finish at {sizes[0]:,} tasks", f"{base:.2f} ms")]
     for size in sizes[1:]:
         ratio = costs[size] / base
         last = size == sizes[-1]
-        figures.append(Figure(
-            NAME, f"at {size:,} tasks", f"{costs[size]:.2f} ms = {ratio:.1f}x",
-            f"<= {TARGET_RATIO:.0f}x" if last else "", ratio <= TARGET_RATIO if last else None,
-        ))
-    figures.append(Figure(NAME, f"one journal fold at {sizes[-1]:,} tasks (<= 1/s)",
-                          f"{folds[sizes[-1]]:.1f} ms"))
+        figures.append(
+            Figure(
+                NAME,
+                f"at {size:,} tasks",
+                f"{costs[size]:.2f} ms = {ratio:.1f}x",
+                f"<= {TARGET_RATIO:.0f}x" if last else "",
+                ratio <= TARGET_RATIO if last else None,
+            )
+        )
+    figures.append(
+        Figure(
+            NAME, f"one journal fold at {sizes[-1]:,} tasks (<= 1/s)", f"{folds[sizes[-1]]:.1f} ms"
+        )
+    )
     return figures
 
 

@@ -163,7 +163,10 @@ class Child:
 
     def __init__(self, args: list[str], env: dict[str, str], *, wait_for_url: bool):
         self.proc = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=env, text=True,
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            text=True,
             stdout=subprocess.PIPE if wait_for_url else subprocess.DEVNULL,
             stderr=subprocess.STDOUT if wait_for_url else subprocess.DEVNULL,
         )

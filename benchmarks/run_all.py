@@ -31,8 +31,13 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], metavar="NAME",
-                        help=f"any of {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        choices=[[], *BENCHMARKS],
+        metavar="NAME",
+        help=f"any of {', '.join(BENCHMARKS)} (default: all)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller log")
     parser.add_argument("--log-mb", type=int, help="the large log's size (default 1024)")
     args = parser.parse_args()

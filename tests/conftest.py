@@ -164,8 +164,13 @@ def read_events(workspace: Workspace) -> list[dict[str, Any]]:
 
 
 def write_queue(workspace: Workspace, tasks: list[dict[str, Any]], endpoint: str) -> None:
-    document = {"version": "1.1", "api_endpoint": endpoint, "tasks": tasks,
-                "completed": [], "failed": []}
+    document = {
+        "version": "1.1",
+        "api_endpoint": endpoint,
+        "tasks": tasks,
+        "completed": [],
+        "failed": [],
+    }
     workspace.queue_path.write_text(json.dumps(document, indent=2))
 
 

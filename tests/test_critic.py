@@ -39,14 +39,27 @@ def submission(
     error: str | None = None,
     files: tuple[str, ...] = (),
 ) -> Submission:
-    return Submission(task_id="t1", task_text=task_text, mode=mode, status=status,
-                      exit_code=exit_code, output=output, error=error, declared_files=list(files))
+    return Submission(
+        task_id="t1",
+        task_text=task_text,
+        mode=mode,
+        status=status,
+        exit_code=exit_code,
+        output=output,
+        error=error,
+        declared_files=list(files),
+    )
 
 
-def review(verdict: Verdict, confidence: float = 0.9, issues: tuple[str, ...] = (),
-           suggestions: tuple[str, ...] = ()) -> Review:
-    return Review(verdict=verdict, confidence=confidence, issues=list(issues),
-                  suggestions=list(suggestions))
+def review(
+    verdict: Verdict,
+    confidence: float = 0.9,
+    issues: tuple[str, ...] = (),
+    suggestions: tuple[str, ...] = (),
+) -> Review:
+    return Review(
+        verdict=verdict, confidence=confidence, issues=list(issues), suggestions=list(suggestions)
+    )
 
 
 def write(relative: str, text: str) -> Callable[[Path], None]:
@@ -79,65 +92,177 @@ THREE_PLACEHOLDERS = (
 DETERMINISTIC_CASES = [
     ("success", submission(), nothing, Verdict.APPROVE, None),
     ("failed status", submission(status=Status.FAILED), nothing, Verdict.REJECT, "status failed"),
-    ("nonzero exit code", submission("oops", mode=Mode.LOCAL, exit_code=2), nothing,
-     Verdict.REJECT, "exited with code 2"),
-    ("reported error", submission(error="provider timed out"), nothing, Verdict.REJECT,
-     "provider timed out"),
+    (
+        "nonzero exit code",
+        submission("oops", mode=Mode.LOCAL, exit_code=2),
+        nothing,
+        Verdict.REJECT,
+        "exited with code 2",
+    ),
+    (
+        "reported error",
+        submission(error="provider timed out"),
+        nothing,
+        Verdict.REJECT,
+        "provider timed out",
+    ),
     ("empty output", submission("  \n"), nothing, Verdict.REJECT, "output is empty"),
-    ("refusal", submission("I'm sorry, but I can't help with that."), nothing, Verdict.REJECT,
-     "refusal"),
-    ("cannot help", submission("I cannot help with message queues."), nothing, Verdict.REJECT,
-     "refusal"),
-    ("as an ai", submission("As an AI language model, queues are beyond me."), nothing,
-     Verdict.REJECT, "refusal"),
-    ("traceback", submission("Traceback (most recent call last):\n  File x"), nothing,
-     Verdict.REJECT, "refusal or an error message"),
+    (
+        "refusal",
+        submission("I'm sorry, but I can't help with that."),
+        nothing,
+        Verdict.REJECT,
+        "refusal",
+    ),
+    (
+        "cannot help",
+        submission("I cannot help with message queues."),
+        nothing,
+        Verdict.REJECT,
+        "refusal",
+    ),
+    (
+        "as an ai",
+        submission("As an AI language model, queues are beyond me."),
+        nothing,
+        Verdict.REJECT,
+        "refusal",
+    ),
+    (
+        "traceback",
+        submission("Traceback (most recent call last):\n  File x"),
+        nothing,
+        Verdict.REJECT,
+        "refusal or an error message",
+    ),
     ("error prefix", submission("Error: rate limited"), nothing, Verdict.REJECT, "error message"),
-    ("text mentioning errors is fine",
-     submission("Errors happen; a queue keeps the message.\nError: handling is a retry away."),
-     nothing, Verdict.APPROVE, None),
-    ("lowercase todo in prose is fine", submission("My todo list: read about queues."), nothing,
-     Verdict.APPROVE, None),
-    ("file missing", submission(files=("missing.txt",)), nothing, Verdict.REJECT,
-     "missing.txt does not exist"),
-    ("dot-dot escape", submission(files=("../outside.txt",)), write("../outside.txt", "x"),
-     Verdict.REJECT, "../outside.txt is outside the sandbox"),
-    ("absolute path", submission(files=("/etc/passwd",)), nothing, Verdict.REJECT,
-     "/etc/passwd is an absolute path"),
-    ("symlink escape", submission(files=("link/secret.py",)), link_outside, Verdict.REJECT,
-     "link/secret.py is outside the sandbox"),
-    ("python syntax error", submission(files=("pkg/bad.py",)),
-     write("pkg/bad.py", "import os\ndef f(:\n    pass\n"), Verdict.REJECT,
-     "pkg/bad.py line 2: syntax error"),
-    ("python compile error", submission(files=("top.py",)), write("top.py", "x = 1\nreturn x\n"),
-     Verdict.REJECT, "top.py line 2: syntax error"),
-    ("valid python file", submission(files=("ok.py",)), write("ok.py", "VALUE = 1\n"),
-     Verdict.APPROVE, None),
-    ("inner dot-dot that stays inside", submission(files=("a/../ok.txt",)), write("ok.txt", "x"),
-     Verdict.APPROVE, None),
-    ("TODO in a code block", submission(CODE_WITH_TODO), nothing, Verdict.MINOR_ISSUES,
-     "output code block 1 line 2: placeholder TODO"),
-    ("placeholder pass in a file", submission(files=("m.py",)),
-     write("m.py", "def f():\n    pass  # placeholder\n"), Verdict.MINOR_ISSUES,
-     "m.py line 2: placeholder pass # placeholder"),
-    ("three placeholders", submission(THREE_PLACEHOLDERS), nothing, Verdict.REJECT,
-     "line 4: placeholder raise NotImplementedError"),
-    ("TODO inside a word is not a marker", submission("```\nTODOS = 1\nmastodon = 2\n```\nqueue"),
-     nothing, Verdict.APPROVE, None),
-    ("off-topic llm output",
-     submission(BANANAS), nothing,
-     Verdict.REJECT, "off topic"),
-    ("stemmed words count as on topic",
-     submission("Tokens split; parse each expression.", task_text="Write a tokenizer for them"),
-     nothing, Verdict.APPROVE, None),
-    ("a bare result is not judged for topic",
-     submission("120", task_text="Compute the factorial of five"), nothing,
-     Verdict.APPROVE, None),
-    ("local mode skips the topic check",
-     submission(BANANAS, task_text="cat tokenizer_notes.txt", mode=Mode.LOCAL, exit_code=0),
-     nothing, Verdict.APPROVE, None),
-    ("local mode may be silent", submission("", task_text="touch x", mode=Mode.LOCAL, exit_code=0),
-     nothing, Verdict.APPROVE, None),
+    (
+        "text mentioning errors is fine",
+        submission("Errors happen; a queue keeps the message.\nError: handling is a retry away."),
+        nothing,
+        Verdict.APPROVE,
+        None,
+    ),
+    (
+        "lowercase todo in prose is fine",
+        submission("My todo list: read about queues."),
+        nothing,
+        Verdict.APPROVE,
+        None,
+    ),
+    (
+        "file missing",
+        submission(files=("missing.txt",)),
+        nothing,
+        Verdict.REJECT,
+        "missing.txt does not exist",
+    ),
+    (
+        "dot-dot escape",
+        submission(files=("../outside.txt",)),
+        write("../outside.txt", "x"),
+        Verdict.REJECT,
+        "../outside.txt is outside the sandbox",
+    ),
+    (
+        "absolute path",
+        submission(files=("/etc/passwd",)),
+        nothing,
+        Verdict.REJECT,
+        "/etc/passwd is an absolute path",
+    ),
+    (
+        "symlink escape",
+        submission(files=("link/secret.py",)),
+        link_outside,
+        Verdict.REJECT,
+        "link/secret.py is outside the sandbox",
+    ),
+    (
+        "python syntax error",
+        submission(files=("pkg/bad.py",)),
+        write("pkg/bad.py", "import os\ndef f(:\n    pass\n"),
+        Verdict.REJECT,
+        "pkg/bad.py line 2: syntax error",
+    ),
+    (
+        "python compile error",
+        submission(files=("top.py",)),
+        write("top.py", "x = 1\nreturn x\n"),
+        Verdict.REJECT,
+        "top.py line 2: syntax error",
+    ),
+    (
+        "valid python file",
+        submission(files=("ok.py",)),
+        write("ok.py", "VALUE = 1\n"),
+        Verdict.APPROVE,
+        None,
+    ),
+    (
+        "inner dot-dot that stays inside",
+        submission(files=("a/../ok.txt",)),
+        write("ok.txt", "x"),
+        Verdict.APPROVE,
+        None,
+    ),
+    (
+        "TODO in a code block",
+        submission(CODE_WITH_TODO),
+        nothing,
+        Verdict.MINOR_ISSUES,
+        "output code block 1 line 2: placeholder TODO",
+    ),
+    (
+        "placeholder pass in a file",
+        submission(files=("m.py",)),
+        write("m.py", "def f():\n    pass  # placeholder\n"),
+        Verdict.MINOR_ISSUES,
+        "m.py line 2: placeholder pass # placeholder",
+    ),
+    (
+        "three placeholders",
+        submission(THREE_PLACEHOLDERS),
+        nothing,
+        Verdict.REJECT,
+        "line 4: placeholder raise NotImplementedError",
+    ),
+    (
+        "TODO inside a word is not a marker",
+        submission("```\nTODOS = 1\nmastodon = 2\n```\nqueue"),
+        nothing,
+        Verdict.APPROVE,
+        None,
+    ),
+    ("off-topic llm output", submission(BANANAS), nothing, Verdict.REJECT, "off topic"),
+    (
+        "stemmed words count as on topic",
+        submission("Tokens split; parse each expression.", task_text="Write a tokenizer for them"),
+        nothing,
+        Verdict.APPROVE,
+        None,
+    ),
+    (
+        "a bare result is not judged for topic",
+        submission("120", task_text="Compute the factorial of five"),
+        nothing,
+        Verdict.APPROVE,
+        None,
+    ),
+    (
+        "local mode skips the topic check",
+        submission(BANANAS, task_text="cat tokenizer_notes.txt", mode=Mode.LOCAL, exit_code=0),
+        nothing,
+        Verdict.APPROVE,
+        None,
+    ),
+    (
+        "local mode may be silent",
+        submission("", task_text="touch x", mode=Mode.LOCAL, exit_code=0),
+        nothing,
+        Verdict.APPROVE,
+        None,
+    ),
 ]
 
 
@@ -171,8 +296,7 @@ def test_deterministic_review(
 def test_confidence_follows_the_verdict(
     workspace: Workspace, verdict: Verdict, confidence: float
 ) -> None:
-    outputs = {Verdict.APPROVE: HAIKU, Verdict.MINOR_ISSUES: CODE_WITH_TODO,
-               Verdict.REJECT: ""}
+    outputs = {Verdict.APPROVE: HAIKU, Verdict.MINOR_ISSUES: CODE_WITH_TODO, Verdict.REJECT: ""}
     result = deterministic_review(submission(outputs[verdict]), workspace.sandbox)
     assert (result.verdict, result.confidence) == (verdict, confidence)
 
@@ -197,12 +321,16 @@ def test_the_same_rejection_is_worded_the_same_way_twice(workspace: Workspace) -
 
 
 def test_submission_reads_the_answer_and_the_declared_files() -> None:
-    task = Task.model_validate({
-        "id": "t1", "prompt": HAIKU_TASK, "files_created": "a.py",
-        "files_modified": ["b.py", "", "a.py"], "artifacts": ["out/c.txt"],
-    })
-    execution = ExecutionRecord(attempt=1, status=Status.COMPLETED, result_summary=HAIKU,
-                                model="m")
+    task = Task.model_validate(
+        {
+            "id": "t1",
+            "prompt": HAIKU_TASK,
+            "files_created": "a.py",
+            "files_modified": ["b.py", "", "a.py"],
+            "artifacts": ["out/c.txt"],
+        }
+    )
+    execution = ExecutionRecord(attempt=1, status=Status.COMPLETED, result_summary=HAIKU, model="m")
     sub = submission_from(task, execution)
     assert sub.output == HAIKU and sub.task_text == HAIKU_TASK and sub.mode == Mode.LLM
     assert sub.declared_files == ["a.py", "b.py", "out/c.txt"]
@@ -210,11 +338,16 @@ def test_submission_reads_the_answer_and_the_declared_files() -> None:
 
 def test_submission_of_a_command_reads_its_output() -> None:
     task = Task.model_validate({"id": "t2", "command": "echo hi"})
-    execution = ExecutionRecord(attempt=1, status=Status.COMPLETED, result_summary="ran echo",
-                                output="hi\n", exit_code=0)
+    execution = ExecutionRecord(
+        attempt=1, status=Status.COMPLETED, result_summary="ran echo", output="hi\n", exit_code=0
+    )
     sub = submission_from(task, execution)
-    assert (sub.mode, sub.task_text, sub.output, sub.exit_code) == (Mode.LOCAL, "echo hi",
-                                                                    "hi\n", 0)
+    assert (sub.mode, sub.task_text, sub.output, sub.exit_code) == (
+        Mode.LOCAL,
+        "echo hi",
+        "hi\n",
+        0,
+    )
     assert sub.declared_files == []
 
 
@@ -226,8 +359,12 @@ def test_llm_review_prompt_carries_the_task_and_a_capped_output() -> None:
     assert all(v.value in prompt for v in Verdict)
 
 
-VERDICT_JSON = {"verdict": "REJECT", "confidence": 0.7, "issues": ["too short"],
-                "suggestions": ["say more"]}
+VERDICT_JSON = {
+    "verdict": "REJECT",
+    "confidence": 0.7,
+    "issues": ["too short"],
+    "suggestions": ["say more"],
+}
 
 
 @pytest.mark.parametrize(
@@ -266,8 +403,12 @@ def test_parse_llm_verdict_fails_closed(answer: str, reason: str) -> None:
     [
         (review(Verdict.APPROVE, 0.95), review(Verdict.REJECT, 0.6), Verdict.REJECT, 0.6),
         (review(Verdict.REJECT, 0.9), review(Verdict.APPROVE, 0.99), Verdict.REJECT, 0.9),
-        (review(Verdict.MINOR_ISSUES, 0.75), review(Verdict.APPROVE, 0.8),
-         Verdict.MINOR_ISSUES, 0.75),
+        (
+            review(Verdict.MINOR_ISSUES, 0.75),
+            review(Verdict.APPROVE, 0.8),
+            Verdict.MINOR_ISSUES,
+            0.75,
+        ),
         (review(Verdict.APPROVE, 0.95), review(Verdict.APPROVE, 0.7), Verdict.APPROVE, 0.7),
     ],
 )
@@ -279,8 +420,10 @@ def test_combine_keeps_the_stricter_verdict(
 
 
 def test_combine_merges_reasons_without_repeats() -> None:
-    combined = combine(review(Verdict.MINOR_ISSUES, issues=("a", "b"), suggestions=("fix a",)),
-                       review(Verdict.REJECT, issues=("b", "c"), suggestions=("fix a", "fix c")))
+    combined = combine(
+        review(Verdict.MINOR_ISSUES, issues=("a", "b"), suggestions=("fix a",)),
+        review(Verdict.REJECT, issues=("b", "c"), suggestions=("fix a", "fix c")),
+    )
     assert combined.issues == ["a", "b", "c"]
     assert combined.suggestions == ["fix a", "fix c"]
 
@@ -293,22 +436,66 @@ REJECTED = review(Verdict.REJECT, issues=("output is empty", "off topic"))
     [
         (review(Verdict.APPROVE), 0, None, Status.APPROVED, 0, None),
         (review(Verdict.MINOR_ISSUES), 2, ["x"], Status.APPROVED, 2, None),
-        (REJECTED, 0, None, Status.REQUEUE, 1,
-         "Quality gate rejected task: output is empty; off topic"),
-        (REJECTED, 1, ["something else"], Status.REQUEUE, 2,
-         "Quality gate rejected task: output is empty; off topic"),
-        (REJECTED, 2, ["something else"], Status.FAILED, 3,
-         "Quality gate rejected task after 3 attempt(s): output is empty; off topic"),
-        (review(Verdict.REJECT), 2, None, Status.FAILED, 3,
-         "Quality gate rejected task after 3 attempt(s): critic rejected task output"),
-        (REJECTED, 1, ["off topic", "output is empty"], Status.FAILED, 2,
-         "Quality gate rejected task after 2 attempt(s): output is empty; off topic"
-         " (no progress: the critic returned the same rejection twice)"),
-        (review(Verdict.REJECT), 1, [], Status.REQUEUE, 2,
-         "Quality gate rejected task: critic rejected task output"),
+        (
+            REJECTED,
+            0,
+            None,
+            Status.REQUEUE,
+            1,
+            "Quality gate rejected task: output is empty; off topic",
+        ),
+        (
+            REJECTED,
+            1,
+            ["something else"],
+            Status.REQUEUE,
+            2,
+            "Quality gate rejected task: output is empty; off topic",
+        ),
+        (
+            REJECTED,
+            2,
+            ["something else"],
+            Status.FAILED,
+            3,
+            "Quality gate rejected task after 3 attempt(s): output is empty; off topic",
+        ),
+        (
+            review(Verdict.REJECT),
+            2,
+            None,
+            Status.FAILED,
+            3,
+            "Quality gate rejected task after 3 attempt(s): critic rejected task output",
+        ),
+        (
+            REJECTED,
+            1,
+            ["off topic", "output is empty"],
+            Status.FAILED,
+            2,
+            "Quality gate rejected task after 2 attempt(s): output is empty; off topic"
+            " (no progress: the critic returned the same rejection twice)",
+        ),
+        (
+            review(Verdict.REJECT),
+            1,
+            [],
+            Status.REQUEUE,
+            2,
+            "Quality gate rejected task: critic rejected task output",
+        ),
     ],
-    ids=["approve", "minor", "first-reject", "second-reject", "at-limit", "no-issues-at-limit",
-         "no-progress", "silent-rejections-are-not-no-progress"],
+    ids=[
+        "approve",
+        "minor",
+        "first-reject",
+        "second-reject",
+        "at-limit",
+        "no-issues-at-limit",
+        "no-progress",
+        "silent-rejections-are-not-no-progress",
+    ],
 )
 def test_decide(
     verdict: Review,
@@ -319,8 +506,7 @@ def test_decide(
     errors: str | None,
 ) -> None:
     decision = decide(verdict, rejections_before=before, max_attempts=3, previous_issues=previous)
-    assert (decision.outcome, decision.rejections, decision.errors) == (
-        outcome, rejections, errors)
+    assert (decision.outcome, decision.rejections, decision.errors) == (outcome, rejections, errors)
     assert decision.no_progress == ("no progress" in (errors or ""))
 
 
@@ -331,8 +517,15 @@ def test_decide_fails_on_the_first_rejection_when_one_attempt_is_allowed() -> No
 
 @pytest.mark.parametrize(
     ("base", "rejections", "delay"),
-    [(2.0, 1, 2.0), (2.0, 2, 4.0), (2.0, 3, 8.0), (0.5, 4, 4.0), (2.0, 0, 2.0), (0.0, 5, 0.0),
-     (2.0, 100, 3600.0)],
+    [
+        (2.0, 1, 2.0),
+        (2.0, 2, 4.0),
+        (2.0, 3, 8.0),
+        (0.5, 4, 4.0),
+        (2.0, 0, 2.0),
+        (0.0, 5, 0.0),
+        (2.0, 100, 3600.0),
+    ],
 )
 def test_requeue_backoff_doubles(base: float, rejections: int, delay: float) -> None:
     assert requeue_backoff(base, rejections) == delay
@@ -356,9 +549,19 @@ def test_retry_prompt_replaces_rather_than_stacks() -> None:
 def test_review_record_and_fields_carry_the_rejection_count() -> None:
     verdict = review(Verdict.REJECT, 0.9, issues=("a",), suggestions=("b",))
     record = review_record(verdict, 2)
-    assert (record.verdict, record.confidence, record.issues, record.suggestions,
-            record.attempt) == (Verdict.REJECT, 0.9, ["a"], ["b"], 2)
+    assert (
+        record.verdict,
+        record.confidence,
+        record.issues,
+        record.suggestions,
+        record.attempt,
+    ) == (Verdict.REJECT, 0.9, ["a"], ["b"], 2)
     fields = review_fields(verdict, 2)
     assert set(fields) <= set(ReviewFields.model_fields)
-    assert fields == {"review_verdict": "REJECT", "review_confidence": 0.9,
-                      "review_issues": ["a"], "review_suggestions": ["b"], "review_attempt": 2}
+    assert fields == {
+        "review_verdict": "REJECT",
+        "review_confidence": 0.9,
+        "review_issues": ["a"],
+        "review_suggestions": ["b"],
+        "review_attempt": 2,
+    }

@@ -56,16 +56,21 @@ def test_sends_the_token_and_parses_the_body(api: ScriptedApi) -> None:
 
 
 def test_retries_429_honouring_retry_after_then_5xx_with_backoff(api: ScriptedApi) -> None:
-    api.script = [(429, {"error": "slow down"}, {"Retry-After": "3"}),
-                  (503, {"error": "starting"}, {}), OK]
+    api.script = [
+        (429, {"error": "slow down"}, {"Retry-After": "3"}),
+        (503, {"error": "starting"}, {}),
+        OK,
+    ]
     result = client().dispatch(api.url, {}, read_timeout=5)
     assert result.response is not None and result.attempts == 3
     assert delays[0] == 3.0 and 0.8 <= delays[1] <= 1.2  # second attempt: 1 s ± 20 %
 
 
 def test_a_non_retryable_5xx_and_4xx_are_final(api: ScriptedApi) -> None:
-    api.script = [(502, {"error": "provider failed", "retryable": False}, {}),
-                  (403, {"error": "Local command blocked: x"}, {})]
+    api.script = [
+        (502, {"error": "provider failed", "retryable": False}, {}),
+        (403, {"error": "Local command blocked: x"}, {}),
+    ]
     first = client().dispatch(api.url, {}, read_timeout=5)
     second = client().dispatch(api.url, {}, read_timeout=5)
     assert first.error == "API returned 502: provider failed" and first.attempts == 1
@@ -84,8 +89,15 @@ def test_an_invalid_body_is_a_clear_failure(api: ScriptedApi) -> None:
     assert result.response is None and result.error.startswith("invalid API response: status")
 
 
-@pytest.mark.parametrize("endpoint", ["http://10.0.0.1:8420", "http://example.com",
-                                      "file:///etc/passwd", "http://127.0.0.1.evil.example"])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://10.0.0.1:8420",
+        "http://example.com",
+        "file:///etc/passwd",
+        "http://127.0.0.1.evil.example",
+    ],
+)
 def test_the_token_never_leaves_loopback(endpoint: str) -> None:
     with pytest.raises(EndpointRefused, match="loopback-only"):
         client().dispatch(endpoint, {}, read_timeout=5)

@@ -31,45 +31,53 @@ THREE = ["Implement auth API", "Add integration tests", "Update deployment docs"
 # --- gut check ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("signal", "prompt", "fires"), [
-    ("long_prompt", "x" * 220, True),
-    ("long_prompt", "x" * 219, False),
-    ("long_prompt", "  " + "x" * 219 + "  ", False),
-    ("multi_line", "Build the viewer\nShip it", True),
-    ("multi_line", "Build the viewer\n\n   \n", False),
-    ("sequencing_connectors", "Build it then ship it", True),
-    ("sequencing_connectors", "Build it. Also, ship it", True),
-    ("sequencing_connectors", "Build it plus docs", True),
-    ("sequencing_connectors", "Build it, AFTER THAT ship", True),
-    ("sequencing_connectors", "Next, ship it", True),
-    ("sequencing_connectors", "Finally ship it", True),
-    ("sequencing_connectors", "Fix the authentication flow", False),
-    ("sequencing_connectors", "Handle surplus items", False),
-    ("sequencing_connectors", "Deploy thence", False),
-    ("sequencing_connectors", "Build the nextgen viewer", False),
-    ("sequencing_connectors", "Finalize the aftermath", False),
-    ("comma_enumeration", "Add a, b, c", True),
-    ("comma_enumeration", "Add a; b, c", True),
-    ("comma_enumeration", "Add a, b", False),
-    ("compound_clauses", "Create login endpoint and add integration tests", True),
-    ("compound_clauses", COMMA_PROMPT, True),
-    ("compound_clauses", "- Write the parser\n- Test the parser", True),
-    ("compound_clauses", DESCRIPTIVE_PROMPT, False),
-    ("compound_clauses", "Add tests and docs for the parser", False),
-    ("compound_clauses", "Write the address parser", False),
-])
+@pytest.mark.parametrize(
+    ("signal", "prompt", "fires"),
+    [
+        ("long_prompt", "x" * 220, True),
+        ("long_prompt", "x" * 219, False),
+        ("long_prompt", "  " + "x" * 219 + "  ", False),
+        ("multi_line", "Build the viewer\nShip it", True),
+        ("multi_line", "Build the viewer\n\n   \n", False),
+        ("sequencing_connectors", "Build it then ship it", True),
+        ("sequencing_connectors", "Build it. Also, ship it", True),
+        ("sequencing_connectors", "Build it plus docs", True),
+        ("sequencing_connectors", "Build it, AFTER THAT ship", True),
+        ("sequencing_connectors", "Next, ship it", True),
+        ("sequencing_connectors", "Finally ship it", True),
+        ("sequencing_connectors", "Fix the authentication flow", False),
+        ("sequencing_connectors", "Handle surplus items", False),
+        ("sequencing_connectors", "Deploy thence", False),
+        ("sequencing_connectors", "Build the nextgen viewer", False),
+        ("sequencing_connectors", "Finalize the aftermath", False),
+        ("comma_enumeration", "Add a, b, c", True),
+        ("comma_enumeration", "Add a; b, c", True),
+        ("comma_enumeration", "Add a, b", False),
+        ("compound_clauses", "Create login endpoint and add integration tests", True),
+        ("compound_clauses", COMMA_PROMPT, True),
+        ("compound_clauses", "- Write the parser\n- Test the parser", True),
+        ("compound_clauses", DESCRIPTIVE_PROMPT, False),
+        ("compound_clauses", "Add tests and docs for the parser", False),
+        ("compound_clauses", "Write the address parser", False),
+    ],
+)
 def test_each_signal_fires_only_on_its_rule(signal: str, prompt: str, fires: bool) -> None:
     assert (signal in gut_check(prompt).signals) is fires
 
 
-@pytest.mark.parametrize(("prompt", "signals"), [
-    (ISSUE_PROMPT, ["sequencing_connectors", "comma_enumeration", "compound_clauses"]),
-    (COMMA_PROMPT, ["comma_enumeration", "compound_clauses"]),
-    ("Create login endpoint and add integration tests, then update docs.",
-     ["sequencing_connectors", "compound_clauses"]),
-    (DESCRIPTIVE_PROMPT, []),
-    ("Build the 3D viewer", []),
-])
+@pytest.mark.parametrize(
+    ("prompt", "signals"),
+    [
+        (ISSUE_PROMPT, ["sequencing_connectors", "comma_enumeration", "compound_clauses"]),
+        (COMMA_PROMPT, ["comma_enumeration", "compound_clauses"]),
+        (
+            "Create login endpoint and add integration tests, then update docs.",
+            ["sequencing_connectors", "compound_clauses"],
+        ),
+        (DESCRIPTIVE_PROMPT, []),
+        ("Build the 3D viewer", []),
+    ],
+)
 def test_score_counts_signals_in_fixed_order(prompt: str, signals: list[str]) -> None:
     check = gut_check(prompt)
     assert check.signals == signals and check.score == len(signals)
@@ -87,24 +95,26 @@ def task(**fields: Any) -> Task:
     return Task.model_validate({"id": "parent", "prompt": ISSUE_PROMPT, **fields})
 
 
-BUSY = GutCheck(score=3, signals=["sequencing_connectors", "comma_enumeration",
-                                  "compound_clauses"])
+BUSY = GutCheck(score=3, signals=["sequencing_connectors", "comma_enumeration", "compound_clauses"])
 CALM = GutCheck(score=1, signals=["comma_enumeration"])
 
 
-@pytest.mark.parametrize(("fields", "check", "features", "reason"), [
-    ({"mode": "local", "command": "echo hi"}, BUSY, THREE, "local"),
-    ({"prompt": None, "command": "echo a, b; then c"}, BUSY, THREE, "local"),
-    ({"prompt": "   "}, BUSY, THREE, "no prompt"),
-    ({"phase4_planned": True}, BUSY, THREE, "phase4_planned"),
-    ({"phase4_generated": True}, BUSY, THREE, "phase4_generated"),
-    ({"phase4_skip": True}, BUSY, THREE, "phase4_skip"),
-    ({"phase4_skip": True, "decompose": True}, BUSY, THREE, "phase4_skip"),
-    ({"decompose": False}, BUSY, THREE, "decompose is false"),
-    ({}, BUSY, ["Implement auth API"], "fewer than two"),
-    ({"decompose": True}, BUSY, ["Implement auth API"], "fewer than two"),
-    ({}, CALM, THREE, "below 2"),
-])
+@pytest.mark.parametrize(
+    ("fields", "check", "features", "reason"),
+    [
+        ({"mode": "local", "command": "echo hi"}, BUSY, THREE, "local"),
+        ({"prompt": None, "command": "echo a, b; then c"}, BUSY, THREE, "local"),
+        ({"prompt": "   "}, BUSY, THREE, "no prompt"),
+        ({"phase4_planned": True}, BUSY, THREE, "phase4_planned"),
+        ({"phase4_generated": True}, BUSY, THREE, "phase4_generated"),
+        ({"phase4_skip": True}, BUSY, THREE, "phase4_skip"),
+        ({"phase4_skip": True, "decompose": True}, BUSY, THREE, "phase4_skip"),
+        ({"decompose": False}, BUSY, THREE, "decompose is false"),
+        ({}, BUSY, ["Implement auth API"], "fewer than two"),
+        ({"decompose": True}, BUSY, ["Implement auth API"], "fewer than two"),
+        ({}, CALM, THREE, "below 2"),
+    ],
+)
 def test_plans_are_refused(
     fields: dict[str, Any], check: GutCheck, features: list[str], reason: str
 ) -> None:
@@ -112,11 +122,14 @@ def test_plans_are_refused(
     assert wanted is False and reason in why
 
 
-@pytest.mark.parametrize(("fields", "check", "reason"), [
-    ({"decompose": True}, CALM, "requested"),
-    ({}, BUSY, "complexity score 3"),
-    ({"mode": "llm", "command": "echo hi"}, BUSY, "complexity score 3"),
-])
+@pytest.mark.parametrize(
+    ("fields", "check", "reason"),
+    [
+        ({"decompose": True}, CALM, "requested"),
+        ({}, BUSY, "complexity score 3"),
+        ({"mode": "llm", "command": "echo hi"}, BUSY, "complexity score 3"),
+    ],
+)
 def test_plans_are_made(fields: dict[str, Any], check: GutCheck, reason: str) -> None:
     wanted, why = should_plan(task(**fields), check, THREE)
     assert wanted is True and reason in why
@@ -125,41 +138,62 @@ def test_plans_are_made(fields: dict[str, Any], check: GutCheck, reason: str) ->
 # --- the feature breakdown ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("prompt", "features"), [
-    (ISSUE_PROMPT, THREE),
-    (COMMA_PROMPT, THREE),
-    (DESCRIPTIVE_PROMPT, ["Implement auth API, with OAuth2 support and refresh tokens"]),
-    ("Create login endpoint and add integration tests, then update docs.",
-     ["Create login endpoint and add integration tests", "Update docs"]),
-    ("Build the 3D viewer", ["Build the 3D viewer"]),
-    ("Implement v2 API", ["Implement v2 API"]),
-    ("Build the 3D viewer, then add 2 presets.", ["Build the 3D viewer", "Add 2 presets"]),
-    ("Fix the authentication flow", ["Fix the authentication flow"]),
-    ("Handle surplus items", ["Handle surplus items"]),
-    ("Build the next version of the API", ["Build the next version of the API"]),
-    ("Deploy the Next.js app and also add a health check",
-     ["Deploy the Next.js app", "Add a health check"]),
-    ("Add logging, metrics, and alerts.", ["Add logging, metrics, and alerts"]),
-    ("Add build, test, and deploy steps.", ["Add build, test, and deploy steps"]),
-    ("Refactor the store, using atomic writes, for crash safety.",
-     ["Refactor the store, using atomic writes, for crash safety"]),
-    ("Please build a parser. It must be fast. Then add tests. Finally, write docs.",
-     ["Build a parser. It must be fast", "Add tests", "Write docs"]),
-    ("Write the parser; test the parser", ["Write the parser", "Test the parser"]),
-    ("Build the API then add tests after that deploy it",
-     ["Build the API", "Add tests", "Deploy it"]),
-    ("1. Build the 3D viewer\n2. Write tests for it\n3) Deploy to staging",
-     ["Build the 3D viewer", "Write tests for it", "Deploy to staging"]),
-    ("Release plan:\n- Login page\n* Signup page\n- [ ] Password reset",
-     ["Login page", "Signup page", "Password reset"]),
-    ("create the schema\nwrite the migration\nadd a rollback",
-     ["Create the schema", "Write the migration", "Add a rollback"]),
-    ("Refactor the store and make sure\nit keeps atomic writes.\n\nThen add tests.",
-     ["Refactor the store and make sure it keeps atomic writes", "Add tests"]),
-    ("Add tests. add tests!", ["Add tests"]),
-    ("Steps:", ["Steps"]),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    ("prompt", "features"),
+    [
+        (ISSUE_PROMPT, THREE),
+        (COMMA_PROMPT, THREE),
+        (DESCRIPTIVE_PROMPT, ["Implement auth API, with OAuth2 support and refresh tokens"]),
+        (
+            "Create login endpoint and add integration tests, then update docs.",
+            ["Create login endpoint and add integration tests", "Update docs"],
+        ),
+        ("Build the 3D viewer", ["Build the 3D viewer"]),
+        ("Implement v2 API", ["Implement v2 API"]),
+        ("Build the 3D viewer, then add 2 presets.", ["Build the 3D viewer", "Add 2 presets"]),
+        ("Fix the authentication flow", ["Fix the authentication flow"]),
+        ("Handle surplus items", ["Handle surplus items"]),
+        ("Build the next version of the API", ["Build the next version of the API"]),
+        (
+            "Deploy the Next.js app and also add a health check",
+            ["Deploy the Next.js app", "Add a health check"],
+        ),
+        ("Add logging, metrics, and alerts.", ["Add logging, metrics, and alerts"]),
+        ("Add build, test, and deploy steps.", ["Add build, test, and deploy steps"]),
+        (
+            "Refactor the store, using atomic writes, for crash safety.",
+            ["Refactor the store, using atomic writes, for crash safety"],
+        ),
+        (
+            "Please build a parser. It must be fast. Then add tests. Finally, write docs.",
+            ["Build a parser. It must be fast", "Add tests", "Write docs"],
+        ),
+        ("Write the parser; test the parser", ["Write the parser", "Test the parser"]),
+        (
+            "Build the API then add tests after that deploy it",
+            ["Build the API", "Add tests", "Deploy it"],
+        ),
+        (
+            "1. Build the 3D viewer\n2. Write tests for it\n3) Deploy to staging",
+            ["Build the 3D viewer", "Write tests for it", "Deploy to staging"],
+        ),
+        (
+            "Release plan:\n- Login page\n* Signup page\n- [ ] Password reset",
+            ["Login page", "Signup page", "Password reset"],
+        ),
+        (
+            "create the schema\nwrite the migration\nadd a rollback",
+            ["Create the schema", "Write the migration", "Add a rollback"],
+        ),
+        (
+            "Refactor the store and make sure\nit keeps atomic writes.\n\nThen add tests.",
+            ["Refactor the store and make sure it keeps atomic writes", "Add tests"],
+        ),
+        ("Add tests. add tests!", ["Add tests"]),
+        ("Steps:", ["Steps"]),
+        ("", []),
+    ],
+)
 def test_features_split_only_at_new_actions(prompt: str, features: list[str]) -> None:
     assert break_into_features(prompt) == features
 
@@ -171,17 +205,43 @@ def test_a_descriptive_clause_is_never_a_feature_of_its_own() -> None:
     assert "with OAuth2 support and refresh tokens" in features[0]
 
 
-@pytest.mark.parametrize(("limit", "features"), [
-    (None, ["Add step 1", "Add step 2", "Add step 3", "Add step 4", "Add step 5",
-            "Add step 6; Add step 7"]),
-    (3, ["Add step 1", "Add step 2", "Add step 3; Add step 4; Add step 5; Add step 6; "
-                                     "Add step 7"]),
-    (1, ["Add step 1; Add step 2; Add step 3; Add step 4; Add step 5; Add step 6; "
-         "Add step 7"]),
-    (7, [f"Add step {i}" for i in range(1, 8)]),
-    (0, ["Add step 1", "Add step 2", "Add step 3", "Add step 4", "Add step 5",
-         "Add step 6; Add step 7"]),
-])
+@pytest.mark.parametrize(
+    ("limit", "features"),
+    [
+        (
+            None,
+            [
+                "Add step 1",
+                "Add step 2",
+                "Add step 3",
+                "Add step 4",
+                "Add step 5",
+                "Add step 6; Add step 7",
+            ],
+        ),
+        (
+            3,
+            [
+                "Add step 1",
+                "Add step 2",
+                "Add step 3; Add step 4; Add step 5; Add step 6; Add step 7",
+            ],
+        ),
+        (1, ["Add step 1; Add step 2; Add step 3; Add step 4; Add step 5; Add step 6; Add step 7"]),
+        (7, [f"Add step {i}" for i in range(1, 8)]),
+        (
+            0,
+            [
+                "Add step 1",
+                "Add step 2",
+                "Add step 3",
+                "Add step 4",
+                "Add step 5",
+                "Add step 6; Add step 7",
+            ],
+        ),
+    ],
+)
 def test_surplus_features_merge_into_the_last(limit: int | None, features: list[str]) -> None:
     prompt = "\n".join(f"- Add step {i}" for i in range(1, 8))
     assert break_into_features(prompt, limit) == features
@@ -194,8 +254,7 @@ def planned(**fields: Any) -> tuple[Task, Any]:
     parent = task(**fields)
     check = gut_check(parent.prompt or "")
     features = break_into_features(parent.prompt or "")
-    return parent, plan_decomposition(parent, extract_intent(parent.prompt or ""), check,
-                                      features)
+    return parent, plan_decomposition(parent, extract_intent(parent.prompt or ""), check, features)
 
 
 def test_subtasks_are_numbered_after_the_parent() -> None:
@@ -208,7 +267,10 @@ def test_subtasks_are_numbered_after_the_parent() -> None:
 def test_subtasks_form_a_chain_from_the_parents_own_dependencies() -> None:
     _, plan = planned(depends_on=["setup", "schema", "setup"])
     assert [s["depends_on"] for s in plan.subtasks] == [
-        ["setup", "schema"], ["parent__phase4_01"], ["parent__phase4_02"]]
+        ["setup", "schema"],
+        ["parent__phase4_01"],
+        ["parent__phase4_02"],
+    ]
 
 
 def test_the_first_subtask_of_an_independent_parent_is_free_to_run() -> None:
@@ -222,20 +284,26 @@ def test_the_parent_waits_for_every_subtask_and_records_the_plan() -> None:
     assert updates["depends_on"] == ["setup", *plan.subtask_ids]
     assert updates["phase4_planned"] is True
     assert updates["phase4_intent"] == extract_intent(ISSUE_PROMPT).model_dump(mode="json")
-    assert updates["phase4_plan"] == {"gut_check": gut_check(ISSUE_PROMPT).model_dump(),
-                                      "features": THREE, "subtasks": plan.subtask_ids}
+    assert updates["phase4_plan"] == {
+        "gut_check": gut_check(ISSUE_PROMPT).model_dump(),
+        "features": THREE,
+        "subtasks": plan.subtask_ids,
+    }
     assert set(updates) == {"depends_on", "phase4_planned", "phase4_intent", "phase4_plan"}
 
 
 # Regression: an unset parent budget used to leave each subtask the full default,
 # so splitting a task tripled what it could spend.
-@pytest.mark.parametrize(("budgets", "shares"), [
-    ({"min_budget": 0.03, "max_budget": 0.3}, (0.01, 0.1)),
-    ({"max_budget": 0.3}, (0.05 / 3, 0.1)),
-    ({}, (0.05 / 3, 0.1 / 3)),
-    ({"min_budget": 0.6, "max_budget": 0.3}, (0.1, 0.1)),
-    ({"min_budget": 0.0, "max_budget": 0.0}, (0.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    ("budgets", "shares"),
+    [
+        ({"min_budget": 0.03, "max_budget": 0.3}, (0.01, 0.1)),
+        ({"max_budget": 0.3}, (0.05 / 3, 0.1)),
+        ({}, (0.05 / 3, 0.1 / 3)),
+        ({"min_budget": 0.6, "max_budget": 0.3}, (0.1, 0.1)),
+        ({"min_budget": 0.0, "max_budget": 0.0}, (0.0, 0.0)),
+    ],
+)
 def test_budgets_are_split_evenly(
     budgets: dict[str, float], shares: tuple[float | None, float | None]
 ) -> None:
@@ -246,8 +314,7 @@ def test_budgets_are_split_evenly(
 
 
 def test_subtasks_inherit_the_parents_settings_and_intent() -> None:
-    parent, plan = planned(model="m-1", intensity="high", identity_id="ada",
-                           mode="llm")
+    parent, plan = planned(model="m-1", intensity="high", identity_id="ada", mode="llm")
     intent = extract_intent(ISSUE_PROMPT)
     for feature, subtask in zip(THREE, plan.subtasks, strict=True):
         assert subtask["prompt"].startswith(feature + "\n\n")
@@ -271,8 +338,10 @@ def test_unset_fields_are_left_to_the_store() -> None:
 def test_a_long_parent_id_still_gives_valid_distinct_ids() -> None:
     first = Task(id="a" * 128, prompt=ISSUE_PROMPT)
     second = Task(id="a" * 127 + "b", prompt=ISSUE_PROMPT)
-    plans = [plan_decomposition(t, extract_intent(ISSUE_PROMPT), gut_check(ISSUE_PROMPT), THREE)
-             for t in (first, second)]
+    plans = [
+        plan_decomposition(t, extract_intent(ISSUE_PROMPT), gut_check(ISSUE_PROMPT), THREE)
+        for t in (first, second)
+    ]
     ids = [i for plan in plans for i in plan.subtask_ids]
     assert all(is_valid_task_id(i) and len(i) <= 128 for i in ids)
     assert len(set(ids)) == 6
@@ -289,16 +358,20 @@ def test_event_fields_are_exactly_the_contracts() -> None:
     fields = plan_event_fields(plan)
     assert set(fields) == set(PlanFields.model_fields)
     assert fields == {
-        "phase4_plan_generated": True, "phase4_complexity_score": 3,
-        "phase4_features": THREE, "phase4_subtasks": plan.subtask_ids,
+        "phase4_plan_generated": True,
+        "phase4_complexity_score": 3,
+        "phase4_features": THREE,
+        "phase4_subtasks": plan.subtask_ids,
         "phase4_subtasks_added": 3,
     }
 
 
 # --- the parent's final prompt ------------------------------------------------------------
 
-RESULTS = [("p__phase4_01", "Implement auth API", "Done: /login added."),
-           ("p__phase4_02", "Add integration tests", None)]
+RESULTS = [
+    ("p__phase4_01", "Implement auth API", "Done: /login added."),
+    ("p__phase4_02", "Add integration tests", None),
+]
 
 
 def test_results_follow_the_prompt_with_a_closing_instruction() -> None:

@@ -59,8 +59,13 @@ def kill_hard(process: RunningProcess) -> None:
 
 
 def provider_env(workspace: Workspace, provider: FakeLLMServer, **extra: str) -> dict[str, str]:
-    return child_env(workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL=AUTHOR_MODEL,
-                     SWARM_POLL_INTERVAL="0.05", **extra)
+    return child_env(
+        workspace,
+        SWARM_LLM_BASE_URL=provider.url,
+        SWARM_LLM_MODEL=AUTHOR_MODEL,
+        SWARM_POLL_INTERVAL="0.05",
+        **extra,
+    )
 
 
 def test_a_worker_killed_mid_task_is_reclaimed_and_the_task_finishes_once(
@@ -81,8 +86,12 @@ def test_a_worker_killed_mid_task_is_reclaimed_and_the_task_finishes_once(
 
     events = [e for e in read_events(workspace) if e["task_id"] == "slow"]
     assert [(e["status"], e["worker_id"]) for e in events] == [
-        ("in_progress", "doomed"), ("lease_expired", "rescuer"), ("in_progress", "rescuer"),
-        ("completed", "rescuer"), ("pending_review", "rescuer"), ("approved", "rescuer"),
+        ("in_progress", "doomed"),
+        ("lease_expired", "rescuer"),
+        ("in_progress", "rescuer"),
+        ("completed", "rescuer"),
+        ("pending_review", "rescuer"),
+        ("approved", "rescuer"),
     ]
     reclaim = events[1]
     assert reclaim["previous_holder"]["worker_id"] == "doomed"
@@ -113,8 +122,9 @@ def test_a_frozen_worker_loses_its_expired_lease_and_records_nothing_after_it(
         rescuer = spawn(["worker.py", "--worker-id", "rescuer"], env, wait_for_url=False)
         wait_until(lambda: status_of(workspace, "stuck") in FINAL, timeout=30)
         frozen.proc.send_signal(signal.SIGCONT)
-        wait_until(lambda: "lost the lease" in frozen.output
-                   or "new holder" in frozen.output, timeout=20)
+        wait_until(
+            lambda: "lost the lease" in frozen.output or "new holder" in frozen.output, timeout=20
+        )
         assert frozen.stop() == 0 and rescuer.stop() == 0
 
     events = [e for e in read_events(workspace) if e["task_id"] == "stuck"]
@@ -129,11 +139,13 @@ def test_a_frozen_worker_loses_its_expired_lease_and_records_nothing_after_it(
     # the log keeps it, under attempt 1, after the reclaim; nothing of its review follows.
     frozen_events = [(e["status"], e["attempt"]) for e in events if e["worker_id"] == "frozen"]
     assert frozen_events == [("in_progress", 1), ("completed", 1)]
-    late = next(i for i, e in enumerate(events)
-                if e["worker_id"] == "frozen" and e["status"] == "completed")
+    late = next(
+        i for i, e in enumerate(events) if e["worker_id"] == "frozen" and e["status"] == "completed"
+    )
     assert events.index(reclaim) < late
-    assert [e["attempt"] for e in events
-            if e["worker_id"] == "rescuer" and e["status"] == "completed"] == [2]
+    assert [
+        e["attempt"] for e in events if e["worker_id"] == "rescuer" and e["status"] == "completed"
+    ] == [2]
     assert len(provider.requests) == 2
     task = task_record(workspace, "stuck")
     assert (task["status"], task["attempts"], task["lease"]) == ("approved", 2, None)
@@ -141,8 +153,11 @@ def test_a_frozen_worker_loses_its_expired_lease_and_records_nothing_after_it(
 
 
 def api_retries(workspace: Workspace, task_id: str) -> list[dict[str, Any]]:
-    return [e for e in read_events(workspace)
-            if e["task_id"] == task_id and e.get("api_retry") is not None]
+    return [
+        e
+        for e in read_events(workspace)
+        if e["task_id"] == task_id and e.get("api_retry") is not None
+    ]
 
 
 def test_the_api_killed_mid_request_is_retried_once_it_is_back(
@@ -154,8 +169,9 @@ def test_the_api_killed_mid_request_is_retried_once_it_is_back(
     with FakeLLMServer(delay=PROVIDER_DELAY) as provider:
         env = provider_env(workspace, provider, SWARM_API_RETRIES=API_RETRIES)
         first_api = spawn(["swarm.py", "--port", str(port)], env)
-        write_queue(workspace, [{"id": "t", "prompt": "Write a haiku about restarts"}],
-                    first_api.url)
+        write_queue(
+            workspace, [{"id": "t", "prompt": "Write a haiku about restarts"}], first_api.url
+        )
         worker = spawn(["worker.py", "--worker-id", "w"], env, wait_for_url=False)
         wait_until(lambda: provider.requests, timeout=20)
         kill_hard(first_api)
@@ -172,8 +188,11 @@ def test_the_api_killed_mid_request_is_retried_once_it_is_back(
     assert [r["api_retry"] for r in retries] == list(range(1, len(retries) + 1))
     assert all("cannot connect to the execution API" in r["errors"] for r in retries)
     assert all(r["attempt"] == 1 and r["retry_in"] > 0 for r in retries)
-    outcomes = [e["status"] for e in read_events(workspace)
-                if e["task_id"] == "t" and e.get("api_retry") is None]
+    outcomes = [
+        e["status"]
+        for e in read_events(workspace)
+        if e["task_id"] == "t" and e.get("api_retry") is None
+    ]
     assert outcomes == ["in_progress", "completed", "pending_review", "approved"]
     # The first API died holding the provider's answer; the retry asked again, once.
     assert len(provider.requests) == 2
@@ -196,24 +215,31 @@ def archived_tasks(workspace: Workspace) -> list[dict[str, Any]]:
 
 def all_final(workspace: Workspace) -> bool:
     queue = read_queue(workspace)
-    return (len(set(queue["completed"]) | set(queue["failed"])) == TOTAL_TASKS
-            and all(t["status"] in FINAL for t in queue["tasks"]))
+    return len(set(queue["completed"]) | set(queue["failed"])) == TOTAL_TASKS and all(
+        t["status"] in FINAL for t in queue["tasks"]
+    )
 
 
 def test_four_workers_drain_500_tasks_while_another_process_adds_and_requeues(
     spawn: Callable[..., RunningProcess], workspace: Workspace, tmp_path: Path
 ) -> None:
-    env = child_env(workspace, SWARM_REVIEW="0", SWARM_QUEUE_RETAIN="50",
-                    SWARM_POLL_INTERVAL="0.05")
+    env = child_env(
+        workspace, SWARM_REVIEW="0", SWARM_QUEUE_RETAIN="50", SWARM_POLL_INTERVAL="0.05"
+    )
     api = spawn(["swarm.py", "--port", "0"], env)
     write_queue(workspace, [task_spec(i) for i in range(PRELOADED)], api.url)
     reader = spawn([CHURN, "read", str(tmp_path / "reads.json")], env, wait_for_url=False)
     wait_until(lambda: "reading" in reader.output, timeout=20)
     started = time.monotonic()
-    workers = [spawn(["worker.py", "--worker-id", f"w{i}"], env, wait_for_url=False)
-               for i in range(WORKERS)]
-    feeder = spawn([CHURN, "feed", str(tmp_path / "fed.json"), str(PRELOADED),
-                    str(TOTAL_TASKS)], env, wait_for_url=False)
+    workers = [
+        spawn(["worker.py", "--worker-id", f"w{i}"], env, wait_for_url=False)
+        for i in range(WORKERS)
+    ]
+    feeder = spawn(
+        [CHURN, "feed", str(tmp_path / "fed.json"), str(PRELOADED), str(TOTAL_TASKS)],
+        env,
+        wait_for_url=False,
+    )
     assert feeder.proc.wait(timeout=120) == 0, feeder.output
     wait_until(lambda: all_final(workspace), timeout=60, interval=0.1)
     elapsed = time.monotonic() - started
@@ -221,9 +247,11 @@ def test_four_workers_drain_500_tasks_while_another_process_adds_and_requeues(
     assert reader.stop() == 0
     fed = json.loads((tmp_path / "fed.json").read_text())
     reads = json.loads((tmp_path / "reads.json").read_text())
-    print(f"{TOTAL_TASKS} tasks in {elapsed:.1f}s ({TOTAL_TASKS / elapsed:.1f} tasks/s); "
-          f"{len(fed['requeued'])} requeued; queue.json read {reads['reads']} times, "
-          f"{reads['versions']} versions")
+    print(
+        f"{TOTAL_TASKS} tasks in {elapsed:.1f}s ({TOTAL_TASKS / elapsed:.1f} tasks/s); "
+        f"{len(fed['requeued'])} requeued; queue.json read {reads['reads']} times, "
+        f"{reads['versions']} versions"
+    )
     assert reads["problems"] == [] and reads["versions"] >= 50, reads
     expected = {task_spec(i)["id"] for i in range(TOTAL_TASKS)}
     failing = {tid for tid in expected if is_failing(tid)}
@@ -243,10 +271,16 @@ def test_four_workers_drain_500_tasks_while_another_process_adds_and_requeues(
     # Each attempt started once and ended once; only operator requeues made second ones.
     events = read_events(workspace)
     assert not [e for e in events if e["status"] == "lease_expired"]
-    starts = Counter((e["task_id"], e["attempt"]) for e in events
-                     if e["status"] == "in_progress" and e.get("api_retry") is None)
-    ends = Counter((e["task_id"], e["attempt"]) for e in events
-                   if e["status"] in ("completed", "failed") and e["worker_id"] != FEEDER_ID)
+    starts = Counter(
+        (e["task_id"], e["attempt"])
+        for e in events
+        if e["status"] == "in_progress" and e.get("api_retry") is None
+    )
+    ends = Counter(
+        (e["task_id"], e["attempt"])
+        for e in events
+        if e["status"] in ("completed", "failed") and e["worker_id"] != FEEDER_ID
+    )
     assert set(starts.values()) == {1} and set(ends.values()) == {1}
     assert set(starts) == set(ends)
     requeues = Counter(e["task_id"] for e in events if e.get("operator_action") == "requeue")

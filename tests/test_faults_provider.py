@@ -44,8 +44,12 @@ class LlmPath:
 
     def cycle(self, **overrides: Any) -> requests.Response:
         body = {"prompt": PROMPT, "model": MODEL, "max_tokens": MAX_TOKENS, "task_id": "t"}
-        return requests.post(self.api.url + "/cycle", json=body | overrides,
-                             headers={TOKEN_HEADER: self.token}, timeout=60)
+        return requests.post(
+            self.api.url + "/cycle",
+            json=body | overrides,
+            headers={TOKEN_HEADER: self.token},
+            timeout=60,
+        )
 
     def ledger(self) -> LedgerDocument:
         return LedgerDocument.model_validate_json(self.workspace.budget_ledger_path.read_bytes())
@@ -53,15 +57,20 @@ class LlmPath:
 
 def prices_file(folder: Path) -> Path:
     path = folder / "prices.json"
-    path.write_text(json.dumps({MODEL: {"input": PRICE.input_per_million,
-                                        "output": PRICE.output_per_million}}))
+    path.write_text(
+        json.dumps({MODEL: {"input": PRICE.input_per_million, "output": PRICE.output_per_million}})
+    )
     return path
 
 
 def api_env(workspace: Workspace, provider: FakeLLMServer, folder: Path, **extra: str) -> dict:
     return child_env(
-        workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL=MODEL,
-        SWARM_PRICES_FILE=str(prices_file(folder)), SWARM_RATE_LIMIT="100000", **extra,
+        workspace,
+        SWARM_LLM_BASE_URL=provider.url,
+        SWARM_LLM_MODEL=MODEL,
+        SWARM_PRICES_FILE=str(prices_file(folder)),
+        SWARM_RATE_LIMIT="100000",
+        **extra,
     )
 
 
@@ -72,8 +81,14 @@ def path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmPath]:
     workspace = Workspace(folder / "ws")
     workspace.ensure_layout()
     with FakeLLMServer() as provider:
-        env = api_env(workspace, provider, folder, SWARM_LLM_TIMEOUT=str(LLM_TIMEOUT),
-                      SWARM_LLM_RETRIES="1", SWARM_BUDGET_LIMIT="100")
+        env = api_env(
+            workspace,
+            provider,
+            folder,
+            SWARM_LLM_TIMEOUT=str(LLM_TIMEOUT),
+            SWARM_LLM_RETRIES="1",
+            SWARM_BUDGET_LIMIT="100",
+        )
         api = start_process(["swarm.py", "--port", "0"], env)
         try:
             yield LlmPath(workspace, provider, api, workspace.token_path.read_text().strip())
@@ -104,17 +119,35 @@ class Fault:
 
 
 FAULTS = [
-    Fault("slow past the timeout", delay=LLM_TIMEOUT + 0.5, attempts=2, status=502,
-          says=("timed out", "after 2 attempt(s)")),
-    Fault("429 with Retry-After, then an answer",
-          script=[(429, {"error": "slow down"}, {"Retry-After": "0.2"})], attempts=2),
-    Fault("429 until the retries run out", status=502, attempts=2,
-          script=[(429, {"error": "slow down"}, {"Retry-After": "0.1"})] * 2,
-          says=("HTTP 429", "after 2 attempt(s)")),
-    Fault("500 every time", script=[(500, "upstream broke", {})] * 2, attempts=2, status=502,
-          says=("HTTP 500", "upstream broke", "after 2 attempt(s)")),
-    Fault("malformed JSON", script=[(200, "{'choices': [", {})], status=502,
-          says=("malformed JSON",)),
+    Fault(
+        "slow past the timeout",
+        delay=LLM_TIMEOUT + 0.5,
+        attempts=2,
+        status=502,
+        says=("timed out", "after 2 attempt(s)"),
+    ),
+    Fault(
+        "429 with Retry-After, then an answer",
+        script=[(429, {"error": "slow down"}, {"Retry-After": "0.2"})],
+        attempts=2,
+    ),
+    Fault(
+        "429 until the retries run out",
+        status=502,
+        attempts=2,
+        script=[(429, {"error": "slow down"}, {"Retry-After": "0.1"})] * 2,
+        says=("HTTP 429", "after 2 attempt(s)"),
+    ),
+    Fault(
+        "500 every time",
+        script=[(500, "upstream broke", {})] * 2,
+        attempts=2,
+        status=502,
+        says=("HTTP 500", "upstream broke", "after 2 attempt(s)"),
+    ),
+    Fault(
+        "malformed JSON", script=[(200, "{'choices': [", {})], status=502, says=("malformed JSON",)
+    ),
     Fault("missing usage", usage=None),
 ]
 
@@ -157,9 +190,11 @@ def test_a_task_whose_provider_sends_garbage_fails_once_with_the_reason(
 ) -> None:
     """The worker does not re-send a call the API marked as not retryable."""
     llm.provider.script.append((200, "<html>gateway</html>", {}))
-    write_queue(llm.workspace, [{"id": "garbled", "prompt": "Write a haiku about HTML",
-                                  "max_budget": 10.0}],
-                llm.api.url)
+    write_queue(
+        llm.workspace,
+        [{"id": "garbled", "prompt": "Write a haiku about HTML", "max_budget": 10.0}],
+        llm.api.url,
+    )
     result = run_worker(llm.workspace, "--once", SWARM_POLL_INTERVAL="0.05")
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(llm.provider.requests) == 1, result.stdout + llm.workspace.log_path.read_text()
@@ -197,15 +232,19 @@ def test_fifty_concurrent_calls_near_the_limit_never_spend_past_it(
         def call(api: RunningProcess) -> None:
             body = {"prompt": PROMPT, "model": MODEL, "max_tokens": MAX_TOKENS}
             start.wait()
-            answers.append(requests.post(api.url + "/cycle", json=body,
-                                         headers={TOKEN_HEADER: token}, timeout=60))
+            answers.append(
+                requests.post(
+                    api.url + "/cycle", json=body, headers={TOKEN_HEADER: token}, timeout=60
+                )
+            )
 
         def watch() -> None:
             start.wait()
             while not done.is_set():
                 if workspace.budget_ledger_path.exists():
                     ledger = LedgerDocument.model_validate_json(
-                        workspace.budget_ledger_path.read_bytes())
+                        workspace.budget_ledger_path.read_bytes()
+                    )
                     peaks.append(ledger.spent + ledger.reserved)
 
         threads = [threading.Thread(target=call, args=(apis[n % 2],)) for n in range(BURST)]
@@ -220,8 +259,9 @@ def test_fifty_concurrent_calls_near_the_limit_never_spend_past_it(
 
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses == [200] * AFFORDABLE + [403] * (BURST - AFFORDABLE)
-    assert all("global budget exceeded" in a.json()["error"] for a in answers
-               if a.status_code == 403)
+    assert all(
+        "global budget exceeded" in a.json()["error"] for a in answers if a.status_code == 403
+    )
     assert served == AFFORDABLE
     assert peaks and max(peaks) <= limit
     final = LedgerDocument.model_validate_json(workspace.budget_ledger_path.read_bytes())

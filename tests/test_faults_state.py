@@ -108,23 +108,50 @@ class StateFile:
 ALL_THREE = ["task-1", "task-2", "task-3"]
 WITHOUT_2 = ["task-1", "task-3"]
 STATE_FILES = [
-    StateFile("queue.json", "queue", lambda ws: ws.queue_path, queue_ids, queue_ids,
-              ALL_THREE, WITHOUT_2),
-    StateFile("quality_gate_queue.json", "quality_gate", lambda ws: ws.quality_gate_path,
-              gate_ids, gate_ids, ALL_THREE, WITHOUT_2),
-    StateFile("phase5_reward_ledger.json", "reward", lambda ws: ws.reward_ledger_path,
-              reward_ids, lambda ws: sorted(parsed(RewardLedger, ws.reward_ledger_path).grants),
-              ALL_THREE, WITHOUT_2),
+    StateFile(
+        "queue.json", "queue", lambda ws: ws.queue_path, queue_ids, queue_ids, ALL_THREE, WITHOUT_2
+    ),
+    StateFile(
+        "quality_gate_queue.json",
+        "quality_gate",
+        lambda ws: ws.quality_gate_path,
+        gate_ids,
+        gate_ids,
+        ALL_THREE,
+        WITHOUT_2,
+    ),
+    StateFile(
+        "phase5_reward_ledger.json",
+        "reward",
+        lambda ws: ws.reward_ledger_path,
+        reward_ids,
+        lambda ws: sorted(parsed(RewardLedger, ws.reward_ledger_path).grants),
+        ALL_THREE,
+        WITHOUT_2,
+    ),
     # The ledger holds the pending grant before balances are written, so the next grant
     # finishes it whichever instant the balances writer died at.
-    StateFile("free_time_balances.json", "reward", lambda ws: ws.balances_path,
-              reward_ids, lambda ws: [payment.grant for payment in
-                                     parsed(Balances, ws.balances_path).of(IDENTITY).history],
-              ALL_THREE, ALL_THREE),
+    StateFile(
+        "free_time_balances.json",
+        "reward",
+        lambda ws: ws.balances_path,
+        reward_ids,
+        lambda ws: [
+            payment.grant for payment in parsed(Balances, ws.balances_path).of(IDENTITY).history
+        ],
+        ALL_THREE,
+        ALL_THREE,
+    ),
     # A reservation of a dead writer is released by the next reserve; nothing was settled.
-    StateFile("budget_ledger.json", "budget", lambda ws: ws.budget_ledger_path,
-              budget_ids, budget_in_flight, ["settled-0", "settled-1"],
-              ["settled-0", "settled-1"]),
+    StateFile(
+        "budget_ledger.json",
+        "budget",
+        lambda ws: ws.budget_ledger_path,
+        budget_ids,
+        budget_in_flight,
+        ["settled-0", "settled-1"],
+        ["settled-0", "settled-1"],
+    ),
 ]
 
 
@@ -136,7 +163,11 @@ def start_killed_writer(ws: Workspace, state: StateFile, instant: str) -> subpro
     env = child_env(ws, SWARM_FAILPOINTS=f"write:{state.name}:{instant}")
     return subprocess.Popen(
         [sys.executable, str(WRITER), str(ws.root), state.kind, "2"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -179,8 +210,14 @@ def test_a_writer_killed_mid_write_leaves_a_valid_file_and_the_next_write_works(
 
 def run_killed_writer(ws: Workspace, kind: str, failpoint: str) -> None:
     env = child_env(ws, SWARM_FAILPOINTS=failpoint)
-    writer = subprocess.run([sys.executable, str(WRITER), str(ws.root), kind, "2"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=30)
+    writer = subprocess.run(
+        [sys.executable, str(WRITER), str(ws.root), kind, "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert writer.returncode == -signal.SIGKILL, f"never reached\n{writer.stderr}"
 
 
@@ -243,8 +280,14 @@ def test_a_worker_killed_writing_the_quality_gate_is_finished_by_the_next_exactl
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert temp_files(workspace.root, workspace.quality_gate_path.name) == []
     history = [e["status"] for e in read_events(workspace) if e["task_id"] == "echo"]
-    assert history == ["in_progress", "completed", "pending_review", "lease_expired",
-                       "pending_review", "approved"]
+    assert history == [
+        "in_progress",
+        "completed",
+        "pending_review",
+        "lease_expired",
+        "pending_review",
+        "approved",
+    ]
     assert gate_ids(workspace) == ["echo"]
     assert [grant.task_id for grant in RewardBook(workspace).ledger().grants.values()] == ["echo"]
 
@@ -289,8 +332,12 @@ def test_a_malformed_queue_is_named_with_its_place_left_untouched_and_the_rest_s
     status, body = get(api.url, "/status")
     assert status == 503 and place in body["error"] and "queue.json" in body["error"]
     token = workspace.token_path.read_text().strip()
-    direct = requests.post(api.url + "/cycle", json={"mode": "local", "task": "echo still here"},
-                           headers={TOKEN_HEADER: token}, timeout=30)
+    direct = requests.post(
+        api.url + "/cycle",
+        json={"mode": "local", "task": "echo still here"},
+        headers={TOKEN_HEADER: token},
+        timeout=30,
+    )
     assert direct.status_code == 200 and direct.json()["output"] == "still here\n"
     status, body = get(panel.url, "/api/tasks")
     assert status == 503 and "queue.json" in body["error"] and place in body["error"]
@@ -320,10 +367,14 @@ def test_a_malformed_reward_ledger_or_tool_store_is_named_and_left_untouched(
     was paid. The tool store broken: llm tasks fail naming it, local commands still run."""
     workspace.reward_ledger_path.write_text(BROKEN_LEDGER)
     workspace.tool_store_path.write_text(BROKEN_TOOLS)
-    write_queue(workspace, [
-        {"id": "echo", "command": "echo paid"},
-        {"id": "haiku", "prompt": "Write a haiku about queues"},
-    ], api.url)
+    write_queue(
+        workspace,
+        [
+            {"id": "echo", "command": "echo paid"},
+            {"id": "haiku", "prompt": "Write a haiku about queues"},
+        ],
+        api.url,
+    )
     result = run_worker(workspace, "--once", **FAST_POLL)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -356,8 +407,14 @@ def test_a_malformed_event_line_is_reported_by_number_and_new_events_stay_whole(
     api: RunningProcess, spawn: Callable[..., RunningProcess], workspace: Workspace
 ) -> None:
     """A torn last line (no newline) must not swallow the next event appended after it."""
-    good = json.dumps({"task_id": "old", "worker_id": "w", "status": "pending",
-                       "timestamp": "2026-01-01T00:00:00+00:00"})
+    good = json.dumps(
+        {
+            "task_id": "old",
+            "worker_id": "w",
+            "status": "pending",
+            "timestamp": "2026-01-01T00:00:00+00:00",
+        }
+    )
     torn = '{"task_id": "torn", "status": "compl'
     workspace.log_path.write_text(good + "\n" + torn)
     write_queue(workspace, [{"id": "echo", "command": "echo after the tear"}], api.url)
@@ -367,7 +424,11 @@ def test_a_malformed_event_line_is_reported_by_number_and_new_events_stay_whole(
     assert lines[:2] == [good, torn], "the damaged line was rewritten"
     events = [json.loads(line) for line in lines[2:]]
     assert [e["status"] for e in events if e["task_id"] == "echo"] == [
-        "in_progress", "completed", "pending_review", "approved"]
+        "in_progress",
+        "completed",
+        "pending_review",
+        "approved",
+    ]
 
     panel = spawn(["control_panel.py", "--port", "0"], child_env(workspace))
 
@@ -396,14 +457,18 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mountpoint.mkdir()
     try:
         mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0755", "tmpfs",
-             str(mountpoint)], capture_output=True, text=True, timeout=30,
+            ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0755", "tmpfs", str(mountpoint)],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except FileNotFoundError:
         pytest.skip("disk-full test needs the `mount` command to create a small tmpfs")
     if mounted.returncode != 0:
-        pytest.skip(f"disk-full test cannot mount a {DISK_SIZE} tmpfs for the workspace "
-                    f"(needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+        pytest.skip(
+            f"disk-full test cannot mount a {DISK_SIZE} tmpfs for the workspace "
+            f"(needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}"
+        )
     try:
         yield mountpoint
     finally:
@@ -428,16 +493,20 @@ def fill(folder: Path) -> Path:
 
 def cycle(api: RunningProcess, workspace: Workspace, body: dict[str, Any]) -> requests.Response:
     token = workspace.token_path.read_text().strip()
-    return requests.post(api.url + "/cycle", json=body, headers={TOKEN_HEADER: token},
-                         timeout=30)
+    return requests.post(api.url + "/cycle", json=body, headers={TOKEN_HEADER: token}, timeout=30)
 
 
 LLM_BODY = {"prompt": "Write a haiku about disks", "model": PRICED_MODEL, "max_tokens": 50}
 
 
 def state_snapshot(workspace: Workspace) -> dict[str, bytes]:
-    paths = [workspace.queue_path, workspace.quality_gate_path, workspace.reward_ledger_path,
-             workspace.balances_path, workspace.budget_ledger_path]
+    paths = [
+        workspace.queue_path,
+        workspace.quality_gate_path,
+        workspace.reward_ledger_path,
+        workspace.balances_path,
+        workspace.budget_ledger_path,
+    ]
     return {path.name: path.read_bytes() for path in paths}
 
 
@@ -449,8 +518,12 @@ def test_a_full_disk_fails_writes_cleanly_corrupts_nothing_and_work_resumes_with
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({PRICED_MODEL: {"input": 1.0, "output": 2.0}}))
     with FakeLLMServer() as provider:
-        env = child_env(workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_PRICES_FILE=str(prices),
-                        SWARM_LLM_RETRIES="0")
+        env = child_env(
+            workspace,
+            SWARM_LLM_BASE_URL=provider.url,
+            SWARM_PRICES_FILE=str(prices),
+            SWARM_LLM_RETRIES="0",
+        )
         api = spawn(["swarm.py", "--port", "0"], env)
         write_queue(workspace, [{"id": "before", "command": "echo before"}], api.url)
         assert run_worker(workspace, "--once", **FAST_POLL).returncode == 0
@@ -460,8 +533,7 @@ def test_a_full_disk_fails_writes_cleanly_corrupts_nothing_and_work_resumes_with
         assert spent > 0
         provider.gate = threading.Event()
         in_flight: list[requests.Response] = []
-        caller = threading.Thread(target=lambda: in_flight.append(cycle(api, workspace,
-                                                                        LLM_BODY)))
+        caller = threading.Thread(target=lambda: in_flight.append(cycle(api, workspace, LLM_BODY)))
         caller.start()
         wait_until(lambda: len(provider.requests) == 2)
         before = state_snapshot(workspace)

@@ -17,37 +17,46 @@ from swarm_runtime.phases.intent import (
 )
 
 
-@pytest.mark.parametrize(("text", "found"), [
-    ("then update docs", True),
-    ("Fix the authentication flow", False),
-    ("Handle surplus items", False),
-    ("the nextgen viewer", False),
-    ("a next-gen viewer", False),
-    ("Deploy the Next.js app", False),
-    ("thence we go", False),
-    ("After that, deploy", True),
-    ("after   that deploy", True),
-])
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("then update docs", True),
+        ("Fix the authentication flow", False),
+        ("Handle surplus items", False),
+        ("the nextgen viewer", False),
+        ("a next-gen viewer", False),
+        ("Deploy the Next.js app", False),
+        ("thence we go", False),
+        ("After that, deploy", True),
+        ("after   that deploy", True),
+    ],
+)
 def test_whole_words_never_match_inside_a_word(text: str, found: bool) -> None:
     pattern = whole_words("then", "plus", "next", "after that")
     assert (pattern.search(text) is not None) is found
 
 
-@pytest.mark.parametrize(("prompt", "goal"), [
-    ("Build the 3D viewer.", "Build the 3D viewer"),
-    ("Please build the 3D viewer.", "Build the 3D viewer"),
-    ("Can you add a login page? It must use OAuth2.", "Add a login page"),
-    ("could you, please, fix the flaky test", "Fix the flaky test"),
-    ("I want you to write a changelog entry", "Write a changelog entry"),
-    ("Implement auth API, add integration tests, and then update deployment docs.",
-     "Implement auth API, add integration tests, and then update deployment docs"),
-    ("1. Build the parser\n2. Add tests", "Build the parser"),
-    ("Refactor the store and make sure\nit keeps atomic writes.",
-     "Refactor the store and make sure it keeps atomic writes"),
-    ("Don't touch the schema. Add an index on users.email.",
-     "Add an index on users.email"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    ("prompt", "goal"),
+    [
+        ("Build the 3D viewer.", "Build the 3D viewer"),
+        ("Please build the 3D viewer.", "Build the 3D viewer"),
+        ("Can you add a login page? It must use OAuth2.", "Add a login page"),
+        ("could you, please, fix the flaky test", "Fix the flaky test"),
+        ("I want you to write a changelog entry", "Write a changelog entry"),
+        (
+            "Implement auth API, add integration tests, and then update deployment docs.",
+            "Implement auth API, add integration tests, and then update deployment docs",
+        ),
+        ("1. Build the parser\n2. Add tests", "Build the parser"),
+        (
+            "Refactor the store and make sure\nit keeps atomic writes.",
+            "Refactor the store and make sure it keeps atomic writes",
+        ),
+        ("Don't touch the schema. Add an index on users.email.", "Add an index on users.email"),
+        ("", ""),
+    ],
+)
 def test_goal_is_the_first_sentence_without_filler(prompt: str, goal: str) -> None:
     assert extract_intent(prompt).goal == goal
 
@@ -58,51 +67,62 @@ def test_a_long_goal_is_cut_at_a_word_edge() -> None:
     assert goal.startswith("Write very very")
 
 
-@pytest.mark.parametrize(("prompt", "constraints"), [
-    ("Build a CLI. It must run offline.", ["It must run offline"]),
-    ("Build a CLI. Tests should pass on 3.11.", ["Tests should pass on 3.11"]),
-    ("Build a CLI. Python 3.11 is required.", ["Python 3.11 is required"]),
-    ("Build a CLI. Use only the standard library.", ["Use only the standard library"]),
-    ("Build a CLI. Return exactly one line.", ["Return exactly one line"]),
-    ("Build a CLI. Use at most 3 files; keep at least 90% coverage.",
-     ["Use at most 3 files", "Keep at least 90% coverage"]),
-    ("Build a CLI. Answer within 2 seconds.", ["Answer within 2 seconds"]),
-    ("Build a CLI. Use no more than 200 lines.", ["Use no more than 200 lines"]),
-    ("Build a CLI. Commonly used flags are fine.", []),
-    ("Build a CLI. It must run offline. it MUST run offline!", ["It must run offline"]),
-])
+@pytest.mark.parametrize(
+    ("prompt", "constraints"),
+    [
+        ("Build a CLI. It must run offline.", ["It must run offline"]),
+        ("Build a CLI. Tests should pass on 3.11.", ["Tests should pass on 3.11"]),
+        ("Build a CLI. Python 3.11 is required.", ["Python 3.11 is required"]),
+        ("Build a CLI. Use only the standard library.", ["Use only the standard library"]),
+        ("Build a CLI. Return exactly one line.", ["Return exactly one line"]),
+        (
+            "Build a CLI. Use at most 3 files; keep at least 90% coverage.",
+            ["Use at most 3 files", "Keep at least 90% coverage"],
+        ),
+        ("Build a CLI. Answer within 2 seconds.", ["Answer within 2 seconds"]),
+        ("Build a CLI. Use no more than 200 lines.", ["Use no more than 200 lines"]),
+        ("Build a CLI. Commonly used flags are fine.", []),
+        ("Build a CLI. It must run offline. it MUST run offline!", ["It must run offline"]),
+    ],
+)
 def test_constraints_are_sentences_with_a_whole_word_cue(
     prompt: str, constraints: list[str]
 ) -> None:
     assert extract_intent(prompt).constraints == constraints
 
 
-@pytest.mark.parametrize(("prompt", "preferences"), [
-    ("Build a CLI. Prefer click over argparse.", ["Prefer click over argparse"]),
-    ("Build a CLI. Ideally keep it under 100 lines.", ["Ideally keep it under 100 lines"]),
-    ("Build a CLI. Add colour if possible.", ["Add colour if possible"]),
-    ("Build a CLI. Shell completion is nice to have.", ["Shell completion is nice to have"]),
-    ("Build a CLI. I would like a --json flag.", ["I would like a --json flag"]),
-    ("Build a CLI. Preferential treatment is none.", []),
-])
+@pytest.mark.parametrize(
+    ("prompt", "preferences"),
+    [
+        ("Build a CLI. Prefer click over argparse.", ["Prefer click over argparse"]),
+        ("Build a CLI. Ideally keep it under 100 lines.", ["Ideally keep it under 100 lines"]),
+        ("Build a CLI. Add colour if possible.", ["Add colour if possible"]),
+        ("Build a CLI. Shell completion is nice to have.", ["Shell completion is nice to have"]),
+        ("Build a CLI. I would like a --json flag.", ["I would like a --json flag"]),
+        ("Build a CLI. Preferential treatment is none.", []),
+    ],
+)
 def test_preferences_are_sentences_with_a_whole_word_cue(
     prompt: str, preferences: list[str]
 ) -> None:
     assert extract_intent(prompt).preferences == preferences
 
 
-@pytest.mark.parametrize(("prompt", "anti_goals"), [
-    ("Build a CLI. Don't add dependencies.", ["Add dependencies"]),
-    ("Build a CLI. Don’t add dependencies.", ["Add dependencies"]),
-    ("Build a CLI. Do not print colours.", ["Print colours"]),
-    ("Build a CLI. Never write to stdout, but log to stderr.", ["Write to stdout"]),
-    ("Build a CLI. Avoid global state.", ["Global state"]),
-    ("Refactor the worker without changing its public API.", ["Changing its public API"]),
-    ("Build a CLI. No external dependencies.", ["External dependencies"]),
-    ("Build a CLI. Use no more than 200 lines.", []),
-    ("Implement auth API, with OAuth2 support and refresh tokens.", []),
-    ("Build a CLI. Note the notation.", []),
-])
+@pytest.mark.parametrize(
+    ("prompt", "anti_goals"),
+    [
+        ("Build a CLI. Don't add dependencies.", ["Add dependencies"]),
+        ("Build a CLI. Don’t add dependencies.", ["Add dependencies"]),
+        ("Build a CLI. Do not print colours.", ["Print colours"]),
+        ("Build a CLI. Never write to stdout, but log to stderr.", ["Write to stdout"]),
+        ("Build a CLI. Avoid global state.", ["Global state"]),
+        ("Refactor the worker without changing its public API.", ["Changing its public API"]),
+        ("Build a CLI. No external dependencies.", ["External dependencies"]),
+        ("Build a CLI. Use no more than 200 lines.", []),
+        ("Implement auth API, with OAuth2 support and refresh tokens.", []),
+        ("Build a CLI. Note the notation.", []),
+    ],
+)
 def test_anti_goals_name_what_is_forbidden(prompt: str, anti_goals: list[str]) -> None:
     assert extract_intent(prompt).anti_goals == anti_goals
 
@@ -116,7 +136,12 @@ def test_extraction_is_deterministic_and_marked_extracted() -> None:
 def test_the_block_lists_only_what_is_present() -> None:
     intent = UserIntent(goal="Ship it", constraints=["Tests pass"], anti_goals=["Globals"])
     assert intent_block(intent).splitlines() == [
-        INTENT_HEADING, "Goal: Ship it", "Constraints:", "- Tests pass", "Avoid:", "- Globals",
+        INTENT_HEADING,
+        "Goal: Ship it",
+        "Constraints:",
+        "- Tests pass",
+        "Avoid:",
+        "- Globals",
         INTENT_END,
     ]
 
@@ -136,7 +161,8 @@ def test_a_multi_line_item_cannot_end_the_block_early() -> None:
 def test_injection_puts_the_block_first_then_a_blank_line() -> None:
     intent = UserIntent(goal="Ship it")
     assert inject_intent("Write the code", intent) == (
-        f"{INTENT_HEADING}\nGoal: Ship it\n{INTENT_END}\n\nWrite the code")
+        f"{INTENT_HEADING}\nGoal: Ship it\n{INTENT_END}\n\nWrite the code"
+    )
 
 
 def test_injection_replaces_an_earlier_block_instead_of_stacking() -> None:
@@ -158,11 +184,17 @@ def test_a_task_without_a_stored_intent_gets_one_extracted() -> None:
 
 
 def test_a_stored_intent_wins_over_the_prompt() -> None:
-    stored = {"goal": "Ship feature set", "constraints": ["Stay small"], "source": "inherited",
-              "original_text": "ignored", "confidence": 0.7}
+    stored = {
+        "goal": "Ship feature set",
+        "constraints": ["Stay small"],
+        "source": "inherited",
+        "original_text": "ignored",
+        "confidence": 0.7,
+    }
     intent = intent_from_task(Task(id="t", prompt="Build a CLI.", phase4_intent=stored))
-    assert intent == UserIntent(goal="Ship feature set", constraints=["Stay small"],
-                                source="inherited")
+    assert intent == UserIntent(
+        goal="Ship feature set", constraints=["Stay small"], source="inherited"
+    )
 
 
 def test_a_stored_intent_is_coerced_and_its_missing_goal_filled() -> None:

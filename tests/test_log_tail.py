@@ -91,8 +91,9 @@ def test_lines_torn_by_a_concurrent_writer_are_never_reported(
 
     def write() -> None:
         for number in range(1500):
-            event = build_event(f"t-{number % 7}", "writer", Status.COMPLETED,
-                                output="y" * (number % 300))
+            event = build_event(
+                f"t-{number % 7}", "writer", Status.COMPLETED, output="y" * (number % 300)
+            )
             append_line(workspace, workspace.log_path, event, durable=False)
         done.set()
 
@@ -133,9 +134,7 @@ def test_a_rewrite_in_place_to_a_longer_file_is_noticed(index: LogIndex, log_pat
     assert index.task("a") is None
 
 
-def test_rotation_indexes_the_new_file_from_its_first_byte(
-    index: LogIndex, log_path: Path
-) -> None:
+def test_rotation_indexes_the_new_file_from_its_first_byte(index: LogIndex, log_path: Path) -> None:
     append(log_path, line("old-1"), line("old-2"))
     index.refresh()
     log_path.rename(log_path.with_suffix(".1"))
@@ -160,14 +159,24 @@ def test_rotation_to_a_file_of_the_same_size_is_noticed(index: LogIndex, log_pat
 def test_a_malformed_line_is_reported_with_its_line_number_and_skipped(
     index: LogIndex, log_path: Path
 ) -> None:
-    append(log_path, line("a"), b"{not json\n", b"\n", line("b"), b'{"task_id": 3}\n', b"[1]\n",
-           line("c"))
+    append(
+        log_path,
+        line("a"),
+        b"{not json\n",
+        b"\n",
+        line("b"),
+        b'{"task_id": 3}\n',
+        b"[1]\n",
+        line("c"),
+    )
     index.refresh()
     stats = index.stats()
     assert stats.events == 3
     assert stats.lines == 7
     assert [(m.line, m.reason.split(":")[0]) for m in stats.malformed] == [
-        (2, "invalid JSON"), (5, "not an event"), (6, "not a JSON object"),
+        (2, "invalid JSON"),
+        (5, "not an event"),
+        (6, "not a JSON object"),
     ]
     assert stats.malformed[0].offset == len(line("a"))
 
@@ -226,12 +235,15 @@ def test_events_after_pages_through_the_log_by_cursor(index: LogIndex, log_path:
     assert index.events_after(second.cursor, 10, second.epoch).events == []
 
 
-@pytest.mark.parametrize("cursor, epoch", [
-    (5, None),          # inside a line
-    (10**9, None),      # past the end
-    (-1, None),
-    (0, "stale-epoch"),
-])
+@pytest.mark.parametrize(
+    "cursor, epoch",
+    [
+        (5, None),  # inside a line
+        (10**9, None),  # past the end
+        (-1, None),
+        (0, "stale-epoch"),
+    ],
+)
 def test_a_cursor_that_means_nothing_here_resets_to_the_backlog(
     index: LogIndex, log_path: Path, cursor: int, epoch: str | None
 ) -> None:

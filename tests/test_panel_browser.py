@@ -21,8 +21,14 @@ from swarm_runtime.store.pause import read_pause
 from swarm_runtime.store.state_files import Workspace
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 UI_TIMEOUT_MS = 10_000
 LIVE_EVENT_DEADLINE_MS = 2_000
@@ -50,8 +56,9 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=shutil.which("chromium"),
-                                              args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS
+        )
         yield launched
         launched.close()
 
@@ -102,8 +109,11 @@ def text_of(page: Any, selector: str) -> str:
 def test_the_page_loads_without_console_errors(
     watched: Watched, panel: RunningProcess, workspace: Workspace
 ) -> None:
-    write_queue(workspace, [{"id": "t1", "prompt": "hello"},
-                            {"id": "t2", "prompt": "again", "depends_on": ["t1"]}], panel.url)
+    write_queue(
+        workspace,
+        [{"id": "t1", "prompt": "hello"}, {"id": "t2", "prompt": "again", "depends_on": ["t1"]}],
+        panel.url,
+    )
     EventLog(workspace, "worker-1").emit("t1", Status.IN_PROGRESS)
     page = open_panel(watched, panel)
     page.locator("#task-rows tr").nth(1).wait_for()
@@ -121,8 +131,9 @@ def test_an_event_appended_to_the_log_appears_in_the_page(
 ) -> None:
     page = open_panel(watched, panel)
     appended = time.monotonic()
-    EventLog(workspace, "worker-9").emit("late-task", Status.COMPLETED,
-                                         result_summary="appended after the page loaded")
+    EventLog(workspace, "worker-9").emit(
+        "late-task", Status.COMPLETED, result_summary="appended after the page loaded"
+    )
     row = page.locator("#events li", has_text="late-task")
     row.wait_for(timeout=LIVE_EVENT_DEADLINE_MS)
     assert time.monotonic() - appended < LIVE_EVENT_DEADLINE_MS / 1000
@@ -142,10 +153,16 @@ def test_a_task_added_from_the_page_lands_in_queue_json(
     page.fill("#add-deps", "first")
     page.click("#add-submit")
     page.locator("#add-result", has_text="added from-the-page").wait_for()
-    task = wait_until(lambda: next((t for t in read_queue(workspace)["tasks"]
-                                    if t["id"] == "from-the-page"), None))
+    task = wait_until(
+        lambda: next(
+            (t for t in read_queue(workspace)["tasks"] if t["id"] == "from-the-page"), None
+        )
+    )
     assert (task["mode"], task["command"], task["depends_on"]) == (
-        "local", "echo added from the browser", ["first"])
+        "local",
+        "echo added from the browser",
+        ["first"],
+    )
     page.locator("#task-rows tr", has_text="from-the-page").wait_for()
     page.locator("#events li", has_text="operator: add").wait_for()
     assert watched.errors == []
@@ -154,13 +171,17 @@ def test_a_task_added_from_the_page_lands_in_queue_json(
 def test_requeue_and_pause_work_from_the_page(
     watched: Watched, panel: RunningProcess, workspace: Workspace
 ) -> None:
-    write_queue(workspace, [{"id": "broken", "prompt": "p", "status": "failed",
-                             "last_error": "it broke"}], panel.url)
+    write_queue(
+        workspace,
+        [{"id": "broken", "prompt": "p", "status": "failed", "last_error": "it broke"}],
+        panel.url,
+    )
     page = open_panel(watched, panel)
     page.locator("#task-rows tr", has_text="it broke").locator("button.action-requeue").click()
     wait_until(lambda: read_queue(workspace)["tasks"][0]["status"] == "requeue")
-    page.locator("#task-rows tr", has_text="broken").locator(".status", has_text="requeue") \
-        .wait_for()
+    page.locator("#task-rows tr", has_text="broken").locator(
+        ".status", has_text="requeue"
+    ).wait_for()
 
     page.locator("#pause-button", has_text="Pause workers").click()
     wait_until(lambda: workspace.pause_path.exists() and read_pause(workspace).paused)
@@ -172,14 +193,15 @@ def test_requeue_and_pause_work_from_the_page(
 
 
 def test_an_idle_worker_shows_as_alive_until_it_stops(
-    watched: Watched, panel: RunningProcess, spawn: Callable[..., RunningProcess],
+    watched: Watched,
+    panel: RunningProcess,
+    spawn: Callable[..., RunningProcess],
     workspace: Workspace,
 ) -> None:
     write_queue(workspace, [], panel.url)
     page = open_panel(watched, panel)
     page.locator("#workers-state", has_text="none alive").wait_for()
-    worker = spawn(["worker.py", "--worker-id", "idle-7"], child_env(workspace),
-                   wait_for_url=False)
+    worker = spawn(["worker.py", "--worker-id", "idle-7"], child_env(workspace), wait_for_url=False)
     page.locator("#workers-state", has_text="1 alive").wait_for()
     assert text_of(page, "#workers-note") == "idle-7 idle"
     assert worker.stop() == 0
@@ -190,10 +212,24 @@ def test_an_idle_worker_shows_as_alive_until_it_stops(
 def test_task_output_containing_a_script_shows_as_text(
     watched: Watched, panel: RunningProcess, workspace: Workspace
 ) -> None:
-    execution = ExecutionRecord(attempt=1, status=Status.COMPLETED, output=XSS,
-                                result_summary='<img src=x onerror="alert(2)">')
-    write_queue(workspace, [{"id": "xss", "prompt": XSS, "status": "completed",
-                             "execution": execution.model_dump(mode="json")}], panel.url)
+    execution = ExecutionRecord(
+        attempt=1,
+        status=Status.COMPLETED,
+        output=XSS,
+        result_summary='<img src=x onerror="alert(2)">',
+    )
+    write_queue(
+        workspace,
+        [
+            {
+                "id": "xss",
+                "prompt": XSS,
+                "status": "completed",
+                "execution": execution.model_dump(mode="json"),
+            }
+        ],
+        panel.url,
+    )
     EventLog(workspace, "worker-1").emit("xss", Status.COMPLETED, output=XSS, errors=XSS)
     page = open_panel(watched, panel, "#task=xss")
     page.locator("#detail-output", has_text=XSS).wait_for()

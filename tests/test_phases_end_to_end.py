@@ -40,8 +40,11 @@ class Runtime:
 
     def prompts(self, model: str = AUTHOR_MODEL) -> list[str]:
         """The user message of every provider request for `model`, in arrival order."""
-        return [r["body"]["messages"][-1]["content"] for r in self.provider.requests
-                if r["body"]["model"] == model]
+        return [
+            r["body"]["messages"][-1]["content"]
+            for r in self.provider.requests
+            if r["body"]["model"] == model
+        ]
 
 
 def user_text(body: dict[str, Any]) -> str:
@@ -56,8 +59,11 @@ def on_topic(body: dict[str, Any]) -> str:
 @pytest.fixture
 def runtime(spawn: Callable[..., RunningProcess], workspace: Workspace) -> Iterator[Runtime]:
     with FakeLLMServer(responder=on_topic) as provider:
-        env = {"SWARM_LLM_BASE_URL": provider.url, "SWARM_LLM_MODEL": AUTHOR_MODEL,
-               "SWARM_REQUEUE_BACKOFF": "0.05"}
+        env = {
+            "SWARM_LLM_BASE_URL": provider.url,
+            "SWARM_LLM_MODEL": AUTHOR_MODEL,
+            "SWARM_REQUEUE_BACKOFF": "0.05",
+        }
         api = spawn(["swarm.py", "--port", "0"], child_env(workspace, **env))
         yield Runtime(provider, api, workspace, env)
 
@@ -84,8 +90,9 @@ def identity_tokens(workspace: Workspace, identity: str) -> int:
 
 
 def test_good_work_is_reviewed_approved_mirrored_and_rewarded(runtime: Runtime) -> None:
-    runtime.queue([{"id": "haiku", "prompt": "Write a haiku about message queues",
-                    "max_budget": 0.2}])
+    runtime.queue(
+        [{"id": "haiku", "prompt": "Write a haiku about message queues", "max_budget": 0.2}]
+    )
     result = runtime.work()
     assert result.returncode == 0, result.stdout + result.stderr
     ws = runtime.workspace
@@ -109,11 +116,13 @@ def test_good_work_is_reviewed_approved_mirrored_and_rewarded(runtime: Runtime) 
 
 
 def test_rejected_work_is_retried_with_feedback_then_fails_at_the_limit(runtime: Runtime) -> None:
-    bad_answers = iter([
-        "I'm sorry, but I can't help with that.",
-        "Bananas are an excellent source of potassium and ripen quickly.",
-        "",
-    ])
+    bad_answers = iter(
+        [
+            "I'm sorry, but I can't help with that.",
+            "Bananas are an excellent source of potassium and ripen quickly.",
+            "",
+        ]
+    )
     runtime.provider.responder = lambda body: next(bad_answers)
     runtime.queue([{"id": "parser", "prompt": "Write a tokenizer for arithmetic expressions"}])
     result = runtime.work()
@@ -153,8 +162,10 @@ def test_a_requeued_task_waits_out_its_backoff(runtime: Runtime) -> None:
     assert runtime.work(SWARM_REQUEUE_BACKOFF="0.6").returncode == 0
     requeue = events_of(runtime.workspace, "later", "requeue")[0]
     starts = events_of(runtime.workspace, "later", "in_progress")
-    gap = (datetime.fromisoformat(starts[1]["timestamp"])
-           - datetime.fromisoformat(requeue["timestamp"])).total_seconds()
+    gap = (
+        datetime.fromisoformat(starts[1]["timestamp"])
+        - datetime.fromisoformat(requeue["timestamp"])
+    ).total_seconds()
     assert gap >= 0.55
     assert history(runtime.workspace, "later")[-1] == "approved"
 
@@ -178,16 +189,22 @@ def test_a_critic_that_cannot_run_leaves_the_task_pending_review(runtime: Runtim
 
 
 def test_a_second_model_can_reject_what_the_checks_passed(runtime: Runtime) -> None:
-    verdict = {"verdict": "REJECT", "confidence": 0.8, "issues": ["the haiku has 4 lines"],
-               "suggestions": ["use three lines"]}
+    verdict = {
+        "verdict": "REJECT",
+        "confidence": 0.8,
+        "issues": ["the haiku has 4 lines"],
+        "suggestions": ["use three lines"],
+    }
 
     def answer(body: dict[str, Any]) -> str:
         return json.dumps(verdict) if body["model"] == CRITIC_MODEL else on_topic(body)
 
     runtime.provider.responder = answer
     runtime.queue([{"id": "strict", "prompt": "Write a haiku about message queues"}])
-    assert runtime.work(SWARM_CRITIC_MODEL=CRITIC_MODEL,
-                        SWARM_MAX_REQUEUE_ATTEMPTS="1").returncode == 0
+    assert (
+        runtime.work(SWARM_CRITIC_MODEL=CRITIC_MODEL, SWARM_MAX_REQUEUE_ATTEMPTS="1").returncode
+        == 0
+    )
     review = events_of(runtime.workspace, "strict", "pending_review")[0]
     assert review["review_verdict"] == "REJECT"
     assert "the haiku has 4 lines" in review["review_issues"]
@@ -207,20 +224,26 @@ def test_the_critic_must_not_be_the_author(runtime: Runtime) -> None:
 
 
 def test_a_tool_routed_task_sends_the_tool_context(runtime: Runtime) -> None:
-    runtime.queue([
-        {"id": "tooled", "prompt": "Use read_json_safe to load config.json and print the port"},
-        {"id": "plain", "prompt": "Update the README with install steps"},
-    ])
+    runtime.queue(
+        [
+            {"id": "tooled", "prompt": "Use read_json_safe to load config.json and print the port"},
+            {"id": "plain", "prompt": "Update the README with install steps"},
+        ]
+    )
     assert runtime.work().returncode == 0
     tooled, plain = runtime.prompts()
     assert tooled.startswith(("RELEVANT TOOL CONTEXT (reuse before new generation)",))
     assert "TOOL_NAME: read_json_safe" in tooled and "TOOL_ROUTE: exact" in tooled
     assert tooled.rstrip().endswith(
-        "TASK:\nUse read_json_safe to load config.json and print the port")
+        "TASK:\nUse read_json_safe to load config.json and print the port"
+    )
     assert "RELEVANT TOOL CONTEXT" not in plain
     done = events_of(runtime.workspace, "tooled", "completed")[0]
     assert (done["tool_route"], done["tool_name"], done["tool_confidence"]) == (
-        "exact", "read_json_safe", 1.0)
+        "exact",
+        "read_json_safe",
+        1.0,
+    )
     assert events_of(runtime.workspace, "plain", "completed")[0]["tool_route"] == "generate"
 
 
@@ -247,7 +270,10 @@ def test_a_complex_prompt_is_split_and_its_whole_chain_is_approved(runtime: Runt
     assert planned["phase4_plan_generated"] is True
     assert planned["phase4_subtasks"] == subtasks and planned["phase4_subtasks_added"] == 3
     assert planned["phase4_features"] == [
-        "Implement auth API", "Add integration tests", "Update deployment docs"]
+        "Implement auth API",
+        "Add integration tests",
+        "Update deployment docs",
+    ]
     assert planned["phase4_complexity_score"] >= 2
     statuses = {t["id"]: t["status"] for t in read_queue(ws)["tasks"]}
     assert statuses == dict.fromkeys(["auth", *subtasks], "approved")
@@ -268,14 +294,28 @@ def test_a_complex_prompt_is_split_and_its_whole_chain_is_approved(runtime: Runt
 def test_subtasks_are_routed_on_their_own_feature(runtime: Runtime) -> None:
     """Regression: every subtask inherited the parent's tool because its prompt quotes
     the parent's goal; a documentation step got JSON-loading code."""
-    runtime.queue([{"id": "cfg", "prompt": "Write a config loader that uses read_json_safe, "
-                    "then add unit tests for the loader, and finally document the config "
-                    "file format in the README."}])
+    runtime.queue(
+        [
+            {
+                "id": "cfg",
+                "prompt": "Write a config loader that uses read_json_safe, "
+                "then add unit tests for the loader, and finally document the config "
+                "file format in the README.",
+            }
+        ]
+    )
     assert runtime.work().returncode == 0
-    routes = {e["task_id"]: e["tool_name"] for e in read_events(runtime.workspace)
-              if e["status"] == "completed"}
-    assert routes == {"cfg__phase4_01": "read_json_safe", "cfg__phase4_02": None,
-                      "cfg__phase4_03": None, "cfg": "read_json_safe"}
+    routes = {
+        e["task_id"]: e["tool_name"]
+        for e in read_events(runtime.workspace)
+        if e["status"] == "completed"
+    }
+    assert routes == {
+        "cfg__phase4_01": "read_json_safe",
+        "cfg__phase4_02": None,
+        "cfg__phase4_03": None,
+        "cfg": "read_json_safe",
+    }
 
 
 def test_local_commands_are_never_decomposed(runtime: Runtime) -> None:
@@ -287,13 +327,16 @@ def test_local_commands_are_never_decomposed(runtime: Runtime) -> None:
 # --- phase 5: exactly-once rewards across crashes ------------------------------------------
 
 
-@pytest.mark.parametrize("crash_at", ["worker.before_reward", "worker.after_reward",
-                                      "reward.after_ledger", "reward.after_balances"])
+@pytest.mark.parametrize(
+    "crash_at",
+    ["worker.before_reward", "worker.after_reward", "reward.after_ledger", "reward.after_balances"],
+)
 def test_a_worker_killed_around_the_grant_pays_exactly_once(
     runtime: Runtime, crash_at: str
 ) -> None:
-    runtime.queue([{"id": "paid", "prompt": "Write a haiku about message queues",
-                    "identity_id": "ada"}])
+    runtime.queue(
+        [{"id": "paid", "prompt": "Write a haiku about message queues", "identity_id": "ada"}]
+    )
     crashed = runtime.work(SWARM_FAILPOINTS=crash_at)
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
     assert task_record(runtime.workspace, "paid")["status"] == "pending_review"

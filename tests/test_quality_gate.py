@@ -24,13 +24,17 @@ def test_a_rejection_then_an_approval_update_the_same_change(workspace: Workspac
     gate = QualityGate(workspace)
     text = "Write a haiku about message queues\nMake it calm."
     rejected = gate.record("haiku", text, "model-a", REJECT, 1, now=MORNING)
-    assert rejected == QualityGateFields(quality_gate_status=QualityGateStatus.REJECTED,
-                                         quality_gate_decision="rejected",
-                                         quality_gate_change_id="haiku")
+    assert rejected == QualityGateFields(
+        quality_gate_status=QualityGateStatus.REJECTED,
+        quality_gate_decision="rejected",
+        quality_gate_change_id="haiku",
+    )
     approved = gate.record("haiku", text, "model-b", APPROVE, 1, now=EVENING)
     assert approved.model_dump(mode="json") == {
-        "quality_gate_status": "needs_qa", "quality_gate_decision": "approved",
-        "quality_gate_change_id": "haiku", "quality_gate_error": None,
+        "quality_gate_status": "needs_qa",
+        "quality_gate_decision": "approved",
+        "quality_gate_change_id": "haiku",
+        "quality_gate_error": None,
     }
     document = quality_gate.load(workspace)
     assert list(document.changes) == ["haiku"]
@@ -40,8 +44,12 @@ def test_a_rejection_then_an_approval_update_the_same_change(workspace: Workspac
     assert (change.created_at, change.updated_at) == (MORNING.isoformat(), EVENING.isoformat())
     assert change.status == QualityGateStatus.NEEDS_QA
     assert change.vote.model_dump(mode="json") == {
-        "decision": "approved", "verdict": "APPROVE", "confidence": 0.95, "issues": [],
-        "attempt": 1, "voted_at": EVENING.isoformat(),
+        "decision": "approved",
+        "verdict": "APPROVE",
+        "confidence": 0.95,
+        "issues": [],
+        "attempt": 1,
+        "voted_at": EVENING.isoformat(),
     }
 
 
@@ -69,7 +77,8 @@ def test_keys_added_by_other_tools_survive_a_record(workspace: Workspace) -> Non
     workspace.quality_gate_path.write_text(json.dumps(raw))
     gate.record("t1", "task", "author", APPROVE, 1)
     assert json.loads(workspace.quality_gate_path.read_text())["changes"]["t1"]["qa"] == {
-        "assigned_to": "ops"}
+        "assigned_to": "ops"
+    }
 
 
 def test_load_of_a_missing_file_is_empty(workspace: Workspace) -> None:
@@ -81,20 +90,31 @@ MALFORMED = [
     ("{not json", "invalid JSON at line 1"),
     ("[]", "must be a JSON object"),
     ('{"version": 2, "created_at": "a", "updated_at": "a", "changes": {}}', "version"),
-    ('{"version": 1, "created_at": "a", "updated_at": "a", "changes": {"t1": {"title": 1}}}',
-     "changes.t1.title"),
-    ('{"version": 1, "created_at": "a", "updated_at": "a", "changes": {"t1": '
-     '{"change_id": "t2", "title": "", "author_id": "a", "created_at": "a", "updated_at": "a",'
-     ' "status": "needs_qa", "vote": {"decision": "approved", "verdict": "APPROVE",'
-     ' "confidence": 1, "attempt": 0, "voted_at": "a"}}}}', "'t1' holds change_id 't2'"),
-    ('{"version": 1, "created_at": "a", "updated_at": "a", "changes": {"t1": '
-     '{"change_id": "t1", "title": "", "author_id": "a", "created_at": "a", "updated_at": "a",'
-     ' "status": "blocked", "vote": {}}}}', "changes.t1.status"),
+    (
+        '{"version": 1, "created_at": "a", "updated_at": "a", "changes": {"t1": {"title": 1}}}',
+        "changes.t1.title",
+    ),
+    (
+        '{"version": 1, "created_at": "a", "updated_at": "a", "changes": {"t1": '
+        '{"change_id": "t2", "title": "", "author_id": "a", "created_at": "a", "updated_at": "a",'
+        ' "status": "needs_qa", "vote": {"decision": "approved", "verdict": "APPROVE",'
+        ' "confidence": 1, "attempt": 0, "voted_at": "a"}}}}',
+        "'t1' holds change_id 't2'",
+    ),
+    (
+        '{"version": 1, "created_at": "a", "updated_at": "a", "changes": {"t1": '
+        '{"change_id": "t1", "title": "", "author_id": "a", "created_at": "a", "updated_at": "a",'
+        ' "status": "blocked", "vote": {}}}}',
+        "changes.t1.status",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("content", "problem"), MALFORMED,
-                         ids=["bad-json", "not-object", "version", "field", "key", "status"])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    MALFORMED,
+    ids=["bad-json", "not-object", "version", "field", "key", "status"],
+)
 def test_a_malformed_file_is_reported_and_left_untouched(
     workspace: Workspace, content: str, problem: str
 ) -> None:
@@ -136,8 +156,10 @@ def _record_many(root: str, prefix: str, count: int) -> None:
 def test_concurrent_writers_in_several_processes_lose_nothing(workspace: Workspace) -> None:
     """Unlocked read-modify-writes by several workers used to drop each other's changes."""
     context = multiprocessing.get_context("spawn")
-    writers = [context.Process(target=_record_many, args=(str(workspace.root), f"w{n}", 15))
-               for n in range(4)]
+    writers = [
+        context.Process(target=_record_many, args=(str(workspace.root), f"w{n}", 15))
+        for n in range(4)
+    ]
     for writer in writers:
         writer.start()
     for writer in writers:

@@ -90,7 +90,11 @@ def test_added_task_is_normalized_and_keeps_unknown_fields(store: QueueStore, wo
     raw = json.loads(workspace.queue_path.read_text())["tasks"][0]
     assert raw["owner"] == "ops"
     assert (raw["type"], raw["depends_on"], raw["parallel_safe"], raw["status"]) == (
-        "cycle", [], True, "pending")
+        "cycle",
+        [],
+        True,
+        "pending",
+    )
 
 
 def test_claims_in_file_order_once_dependencies_are_satisfied(store: QueueStore) -> None:
@@ -114,8 +118,12 @@ def test_status_and_lists_track_the_lifecycle(store: QueueStore) -> None:
 
 
 def test_failure_propagates_down_the_chain_naming_the_dependency(store: QueueStore) -> None:
-    add_all(store, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "depends_on": ["a"]},
-            {"id": "c", "prompt": "p", "depends_on": "b"})
+    add_all(
+        store,
+        {"id": "a", "prompt": "p"},
+        {"id": "b", "prompt": "p", "depends_on": ["a"]},
+        {"id": "c", "prompt": "p", "depends_on": "b"},
+    )
     claim_id(store)
     store.finish("a", ME, Status.FAILED)
     outcome = store.claim(ME, 30)
@@ -126,9 +134,12 @@ def test_failure_propagates_down_the_chain_naming_the_dependency(store: QueueSto
 
 
 def test_unknown_dependency_and_cycles_fail_instead_of_waiting(store: QueueStore) -> None:
-    add_all(store, {"id": "u", "prompt": "p", "depends_on": ["ghost"]},
-            {"id": "x", "prompt": "p", "depends_on": ["y"]},
-            {"id": "y", "prompt": "p", "depends_on": ["x"]})
+    add_all(
+        store,
+        {"id": "u", "prompt": "p", "depends_on": ["ghost"]},
+        {"id": "x", "prompt": "p", "depends_on": ["y"]},
+        {"id": "y", "prompt": "p", "depends_on": ["x"]},
+    )
     outcome = store.claim(ME, 30)
     reasons = {p.task_id: p.reason for p in outcome.propagated}
     assert "unknown dependency 'ghost'" in reasons["u"]
@@ -137,9 +148,12 @@ def test_unknown_dependency_and_cycles_fail_instead_of_waiting(store: QueueStore
 
 
 def test_parallel_unsafe_task_runs_alone(store: QueueStore) -> None:
-    add_all(store, {"id": "a", "prompt": "p"},
-            {"id": "solo", "prompt": "p", "parallel_safe": False},
-            {"id": "c", "prompt": "p"})
+    add_all(
+        store,
+        {"id": "a", "prompt": "p"},
+        {"id": "solo", "prompt": "p", "parallel_safe": False},
+        {"id": "c", "prompt": "p"},
+    )
     assert claim_id(store) == "a"
     assert claim_id(store, OTHER) == "c"  # solo is skipped while a runs
     store.finish("a", ME, Status.COMPLETED)
@@ -188,10 +202,16 @@ def test_a_dead_holder_on_this_host_is_reclaimed_at_once(store: QueueStore) -> N
     ("content", "expected"),
     [
         ('{"version": "1.1",\n "tasks": [\n', "invalid JSON at line 3"),
-        ('{"version": "1", "api_endpoint": "x", "tasks": [{"id": "a"}, {"id": "a"}],'
-         ' "completed": [], "failed": []}', "duplicates the id 'a'"),
-        ('{"version": "1", "api_endpoint": "x", "tasks": [{"id": "a", "parallel_safe": "maybe"}],'
-         ' "completed": [], "failed": []}', "parallel_safe"),
+        (
+            '{"version": "1", "api_endpoint": "x", "tasks": [{"id": "a"}, {"id": "a"}],'
+            ' "completed": [], "failed": []}',
+            "duplicates the id 'a'",
+        ),
+        (
+            '{"version": "1", "api_endpoint": "x",'
+            ' "tasks": [{"id": "a", "parallel_safe": "maybe"}], "completed": [], "failed": []}',
+            "parallel_safe",
+        ),
         ("[]", "queue must be a JSON object"),
     ],
 )
@@ -216,8 +236,9 @@ def test_finished_tasks_past_retention_move_to_the_archive(workspace: Workspace)
     doc = store.load()
     assert len(doc.tasks) <= 11
     assert len(doc.completed) == 40
-    archived = [json.loads(line)["id"] for line in
-                workspace.queue_archive_path.read_text().splitlines()]
+    archived = [
+        json.loads(line)["id"] for line in workspace.queue_archive_path.read_text().splitlines()
+    ]
     assert sorted(archived + [t.id for t in doc.tasks]) == sorted(f"t{i}" for i in range(40))
     store.add({"id": "late", "prompt": "p", "depends_on": ["t0"]})  # archived dependency
     assert claim_id(store) == "late"
@@ -228,12 +249,18 @@ def test_finished_tasks_past_retention_move_to_the_archive(workspace: Workspace)
 def test_a_writer_killed_mid_write_leaves_a_valid_file(workspace: Workspace) -> None:
     """Regression guard for truncate-then-write: SIGKILL at arbitrary instants."""
     for round_number in range(8):
-        proc = subprocess.Popen([sys.executable, ACTOR, str(workspace.root), "churn"],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, ACTOR, str(workspace.root), "churn"], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip() == "ready"
         before = workspace.queue_path.stat().st_mtime_ns if workspace.queue_path.exists() else 0
-        wait_until(lambda b=before: workspace.queue_path.exists()
-                   and workspace.queue_path.stat().st_mtime_ns != b, timeout=10, interval=0.001)
+        wait_until(
+            lambda b=before: (
+                workspace.queue_path.exists() and workspace.queue_path.stat().st_mtime_ns != b
+            ),
+            timeout=10,
+            interval=0.001,
+        )
         time.sleep(random.uniform(0, 0.03))  # fault injection: kill at an arbitrary instant
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -247,13 +274,17 @@ def test_a_writer_killed_mid_write_leaves_a_valid_file(workspace: Workspace) -> 
 def test_concurrent_processes_lose_no_task_and_run_none_twice(
     workspace: Workspace, tmp_path: Path
 ) -> None:
-    adders = [subprocess.Popen([sys.executable, ACTOR, str(workspace.root), "add", f"p{i}", "40"])
-              for i in range(3)]
+    adders = [
+        subprocess.Popen([sys.executable, ACTOR, str(workspace.root), "add", f"p{i}", "40"])
+        for i in range(3)
+    ]
     for proc in adders:
         assert proc.wait(timeout=60) == 0
     outputs = [tmp_path / f"drain{i}.txt" for i in range(3)]
-    drainers = [subprocess.Popen([sys.executable, ACTOR, str(workspace.root), "drain",
-                                  f"d{i}", str(out)]) for i, out in enumerate(outputs)]
+    drainers = [
+        subprocess.Popen([sys.executable, ACTOR, str(workspace.root), "drain", f"d{i}", str(out)])
+        for i, out in enumerate(outputs)
+    ]
     for proc in drainers:
         assert proc.wait(timeout=120) == 0
     claimed = [line for out in outputs for line in out.read_text().split()]
@@ -303,8 +334,12 @@ def test_a_parked_review_and_its_dependents_wait_for_an_operator(workspace: Work
 def test_plan_inserts_subtasks_before_the_parent_which_waits(store: QueueStore) -> None:
     store.add({"id": "p", "prompt": "big"})
     claim_id(store)
-    store.plan("p", ME, [{"id": "p__phase4_01", "prompt": "one"}],
-               {"depends_on": ["p__phase4_01"], "phase4_planned": True})
+    store.plan(
+        "p",
+        ME,
+        [{"id": "p__phase4_01", "prompt": "one"}],
+        {"depends_on": ["p__phase4_01"], "phase4_planned": True},
+    )
     doc = store.load()
     assert [t.id for t in doc.tasks] == ["p__phase4_01", "p"]
     parent = doc.find("p")
@@ -328,8 +363,12 @@ def test_operator_requeue_and_cancel_refuse_the_wrong_status(store: QueueStore) 
 
 def test_bulk_requeue_takes_every_failed_task_and_nothing_else(store: QueueStore) -> None:
     add_all(store, *({"id": i, "prompt": "p"} for i in ("f1", "f2", "ok", "blocked")))
-    for task_id, status in (("f1", Status.FAILED), ("f2", Status.FAILED),
-                            ("ok", Status.COMPLETED), ("blocked", Status.SAFETY_BLOCKED)):
+    for task_id, status in (
+        ("f1", Status.FAILED),
+        ("f2", Status.FAILED),
+        ("ok", Status.COMPLETED),
+        ("blocked", Status.SAFETY_BLOCKED),
+    ):
         assert claim_id(store) == task_id
         store.finish(task_id, ME, status)
     requeued = store.requeue_failed()
@@ -404,8 +443,13 @@ def test_a_hand_edit_of_queue_json_overrules_what_the_journal_had_not_folded(
     large: QueueStore, workspace: Workspace
 ) -> None:
     add_all(large, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"})
-    edited = {"version": "1.1", "api_endpoint": "http://127.0.0.1:1", "completed": [],
-              "failed": [], "tasks": [{"id": "x", "prompt": "p"}]}
+    edited = {
+        "version": "1.1",
+        "api_endpoint": "http://127.0.0.1:1",
+        "completed": [],
+        "failed": [],
+        "tasks": [{"id": "x", "prompt": "p"}],
+    }
     workspace.queue_path.write_text(json.dumps(edited))
     assert [t.id for t in large.load().tasks] == ["x"]
     large.add({"id": "c", "prompt": "p"})

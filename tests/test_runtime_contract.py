@@ -34,12 +34,21 @@ def test_normalize_queue_puts_canonical_keys_first_and_keeps_the_rest() -> None:
     ("queue", "expected"),
     [
         ([], ["queue must be a JSON object"]),
-        ({"tasks": []}, ["missing key: version", "missing key: api_endpoint",
-                         "missing key: completed", "missing key: failed"]),
+        (
+            {"tasks": []},
+            [
+                "missing key: version",
+                "missing key: api_endpoint",
+                "missing key: completed",
+                "missing key: failed",
+            ],
+        ),
         ({**contract.empty_queue(), "tasks": {}}, ["tasks must be a list"]),
         ({**contract.empty_queue(), "tasks": [3]}, ["tasks[0] must be an object"]),
-        ({**contract.empty_queue(), "tasks": [{"prompt": "x"}]},
-         ["tasks[0] is missing non-empty id"]),
+        (
+            {**contract.empty_queue(), "tasks": [{"prompt": "x"}]},
+            ["tasks[0] is missing non-empty id"],
+        ),
     ],
 )
 def test_validate_queue_contract_reports_readable_errors(
@@ -49,10 +58,16 @@ def test_validate_queue_contract_reports_readable_errors(
 
 
 def test_validation_names_the_task_and_field_at_fault() -> None:
-    queue = {**contract.empty_queue(), "tasks": [
-        {"id": "a"}, {"id": "a"}, {"id": "../etc"}, {"id": "b", "depends_on": 5},
-        {"id": "c", "max_budget": "lots"},
-    ]}
+    queue = {
+        **contract.empty_queue(),
+        "tasks": [
+            {"id": "a"},
+            {"id": "a"},
+            {"id": "../etc"},
+            {"id": "b", "depends_on": 5},
+            {"id": "c", "max_budget": "lots"},
+        ],
+    }
     errors = contract.validate_queue_contract(queue)
     assert "tasks[1] duplicates the id 'a' of tasks[0]" in errors
     assert any(e.startswith("tasks[2].id '../etc' must match") for e in errors)
@@ -66,9 +81,25 @@ def test_empty_queue_is_valid() -> None:
 
 @pytest.mark.parametrize(
     "status",
-    ["queued", "in_progress", "completed", "failed", "pending_review", "approved", "requeue",
-     "needs_qa", "needs_integration", "needs_e2e", "ready_for_merge", "subtask_started",
-     "subtask_completed", "subtask_failed", "safety_blocked", "cancelled", "lease_expired"],
+    [
+        "queued",
+        "in_progress",
+        "completed",
+        "failed",
+        "pending_review",
+        "approved",
+        "requeue",
+        "needs_qa",
+        "needs_integration",
+        "needs_e2e",
+        "ready_for_merge",
+        "subtask_started",
+        "subtask_completed",
+        "subtask_failed",
+        "safety_blocked",
+        "cancelled",
+        "lease_expired",
+    ],
 )
 def test_known_execution_statuses(status: str) -> None:
     assert contract.is_known_execution_status(status)
@@ -81,8 +112,17 @@ def test_unknown_statuses_are_rejected(status: object) -> None:
 
 @pytest.mark.parametrize(
     ("task_id", "valid"),
-    [("t1", True), ("a.b_c-d", True), ("x" * 128, True), ("x" * 129, False), ("", False),
-     ("a/b", False), ("../x", False), ("a b", False), ("é", False)],
+    [
+        ("t1", True),
+        ("a.b_c-d", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("", False),
+        ("a/b", False),
+        ("../x", False),
+        ("a b", False),
+        ("é", False),
+    ],
 )
 def test_task_ids_are_safe_file_names(task_id: str, valid: bool) -> None:
     assert contract.is_valid_task_id(task_id) is valid
@@ -99,16 +139,27 @@ def test_events_carry_the_envelope_and_null_keys() -> None:
     assert list(event)[:4] == ["task_id", "worker_id", "status", "timestamp"]
     assert event["status"] == "failed"
     assert "+00:00" in event["timestamp"]
-    for key in ("started_at", "completed_at", "result_summary", "model", "budget_used",
-                "safety_passed", "safety_report", "tool_route", "tool_name", "tool_confidence"):
+    for key in (
+        "started_at",
+        "completed_at",
+        "result_summary",
+        "model",
+        "budget_used",
+        "safety_passed",
+        "safety_report",
+        "tool_route",
+        "tool_name",
+        "tool_confidence",
+    ):
         assert key in event and event[key] is None
     assert event["errors"] == "boom"
 
 
 def test_large_event_fields_are_capped_with_a_marker() -> None:
     huge = "é" * 70_000
-    event = build_event("t1", "w1", contract.Status.COMPLETED, output=huge,
-                        safety_report={"blob": "x" * 70_000})
+    event = build_event(
+        "t1", "w1", contract.Status.COMPLETED, output=huge, safety_report={"blob": "x" * 70_000}
+    )
     assert len(event["output"].encode()) < 66 * 1024
     assert "truncated" in event["output"]
     assert event["safety_report"]["truncated"] is True

@@ -75,7 +75,11 @@ def run_grant(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", GRANT_SCRIPT, str(workspace.root), task_id, identity_id],
-        cwd=ROOT, env=child_env(workspace, **env), capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=child_env(workspace, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -148,11 +152,13 @@ def test_a_grant_applies_once_and_a_second_review_reports_already_granted(
 ) -> None:
     first = book.grant("t1", "resident_default", **BUDGET, now=NOW)
     assert first.event_fields() == {
-        "phase5_reward_applied": True, "phase5_reward_tokens_requested": BUDGET_TOKENS,
+        "phase5_reward_applied": True,
+        "phase5_reward_tokens_requested": BUDGET_TOKENS,
         "phase5_reward_tokens_awarded": BUDGET_TOKENS,
         "phase5_reward_identity": "resident_default",
         "phase5_reward_reason": "worker_approved_under_budget:t1",
-        "phase5_reward_granted_at": NOW.isoformat(), "phase5_reward_ledger_recorded": True,
+        "phase5_reward_granted_at": NOW.isoformat(),
+        "phase5_reward_ledger_recorded": True,
         "phase5_reward_error": None,
     }
     balances_before = book.balances_path.read_bytes()
@@ -179,7 +185,10 @@ def test_each_identity_earns_its_own_grant_for_the_same_task(book: RewardBook) -
 def test_not_under_budget_writes_nothing(book: RewardBook, workspace: Workspace) -> None:
     outcome = book.grant("t1", "ada", max_budget=0.10, budget_used=0.12, review_confidence=0.9)
     assert (outcome.applied, outcome.reason, outcome.ledger_recorded) == (
-        False, "not_under_budget", None)
+        False,
+        "not_under_budget",
+        None,
+    )
     assert not workspace.reward_ledger_path.exists()
     assert not workspace.balances_path.exists()
 
@@ -187,25 +196,36 @@ def test_not_under_budget_writes_nothing(book: RewardBook, workspace: Workspace)
 def test_a_full_pool_is_not_ledgered_so_the_task_can_earn_once_there_is_room(
     book: RewardBook, workspace: Workspace
 ) -> None:
-    write_balance(workspace, "ada", free_time_tokens=10, journal_tokens=5,
-                  free_time_cap=10, journal_cap=5)
+    write_balance(
+        workspace, "ada", free_time_tokens=10, journal_tokens=5, free_time_cap=10, journal_cap=5
+    )
     full = book.grant("t1", "ada", **BUDGET)
     assert (full.applied, full.reason, full.tokens_requested, full.tokens_awarded) == (
-        False, "pool_full", BUDGET_TOKENS, 0)
+        False,
+        "pool_full",
+        BUDGET_TOKENS,
+        0,
+    )
     assert full.ledger_recorded is False
     assert book.ledger().grants == {}
-    write_balance(workspace, "ada", free_time_tokens=8, journal_tokens=5,
-                  free_time_cap=10, journal_cap=5)
+    write_balance(
+        workspace, "ada", free_time_tokens=8, journal_tokens=5, free_time_cap=10, journal_cap=5
+    )
     partial = book.grant("t1", "ada", **BUDGET)
     assert (partial.applied, partial.tokens_requested, partial.tokens_awarded) == (
-        True, BUDGET_TOKENS, 2)
+        True,
+        BUDGET_TOKENS,
+        2,
+    )
     balance = book.balances().identities["ada"]
     assert (balance.free_time_tokens, balance.journal_tokens) == (10, 5)
 
 
 def test_history_keeps_only_the_latest_payments(book: RewardBook, workspace: Workspace) -> None:
-    old = [{"grant": f"old{i}::ada", "free_time": 1, "journal": 0, "paid_at": "then"}
-           for i in range(HISTORY_LIMIT)]
+    old = [
+        {"grant": f"old{i}::ada", "free_time": 1, "journal": 0, "paid_at": "then"}
+        for i in range(HISTORY_LIMIT)
+    ]
     write_balance(workspace, "ada", free_time_tokens=HISTORY_LIMIT, history=old)
     book.grant("t1", "ada", **BUDGET)
     history = book.balances().identities["ada"].history
@@ -214,10 +234,19 @@ def test_history_keeps_only_the_latest_payments(book: RewardBook, workspace: Wor
     assert history[-1].grant == "t1::ada"
 
 
-@pytest.mark.parametrize(("task_id", "identity_id"), [
-    ("t1", ""), ("t1", "has space"), ("t1", "x" * 129), ("t1", "idé"), ("t1", "a/b"),
-    ("", "ada"), ("t:1", "ada"), ("..", "ada"),
-])
+@pytest.mark.parametrize(
+    ("task_id", "identity_id"),
+    [
+        ("t1", ""),
+        ("t1", "has space"),
+        ("t1", "x" * 129),
+        ("t1", "idé"),
+        ("t1", "a/b"),
+        ("", "ada"),
+        ("t:1", "ada"),
+        ("..", "ada"),
+    ],
+)
 def test_invalid_ids_are_refused_and_reported_without_writing(
     book: RewardBook, workspace: Workspace, task_id: str, identity_id: str
 ) -> None:
@@ -232,31 +261,51 @@ def test_invalid_ids_are_refused_and_reported_without_writing(
 # --- malformed files ----------------------------------------------------------------------
 
 VALID_GRANT = {
-    "task_id": "t0", "identity_id": "ada", "tokens_requested": 3, "free_time_awarded": 2,
-    "journal_awarded": 1, "tokens_awarded": 3, "reason": "worker_approved_under_budget:t0",
+    "task_id": "t0",
+    "identity_id": "ada",
+    "tokens_requested": 3,
+    "free_time_awarded": 2,
+    "journal_awarded": 1,
+    "tokens_awarded": 3,
+    "reason": "worker_approved_under_budget:t0",
     "granted_at": "then",
 }
 
 
-@pytest.mark.parametrize(("which", "content", "problem"), [
-    ("ledger", "{not json", "invalid JSON"),
-    ("ledger", "[]", "must be a JSON object"),
-    ("ledger", json.dumps({"version": 2, "grants": {}}), "version"),
-    ("ledger", json.dumps({"version": 1, "grants": []}), "grants"),
-    ("ledger", json.dumps({"version": 1, "grants": {"t0::ada": {**VALID_GRANT,
-                                                                "tokens_awarded": "many"}}}),
-     "grants.t0::ada.tokens_awarded"),
-    ("ledger", json.dumps({"version": 1, "grants": {"t0::bob": VALID_GRANT}}), "t0::ada"),
-    ("ledger", json.dumps({"version": 1, "grants": {"t0::ada": {**VALID_GRANT,
-                                                                "tokens_awarded": 9}}}),
-     "tokens_awarded must equal"),
-    ("balances", "\xff", "invalid JSON"),
-    ("balances", json.dumps({"version": 1, "identities": {"ada": {"free_time_tokens": -1}}}),
-     "identities.ada.free_time_tokens"),
-    ("balances", json.dumps({"version": 1, "identities": {"a b": {}}}), "identities"),
-    ("balances", json.dumps({"version": 1, "identities": {"ada": {"history": [{}]}}}),
-     "identities.ada.history.0.grant"),
-])
+@pytest.mark.parametrize(
+    ("which", "content", "problem"),
+    [
+        ("ledger", "{not json", "invalid JSON"),
+        ("ledger", "[]", "must be a JSON object"),
+        ("ledger", json.dumps({"version": 2, "grants": {}}), "version"),
+        ("ledger", json.dumps({"version": 1, "grants": []}), "grants"),
+        (
+            "ledger",
+            json.dumps(
+                {"version": 1, "grants": {"t0::ada": {**VALID_GRANT, "tokens_awarded": "many"}}}
+            ),
+            "grants.t0::ada.tokens_awarded",
+        ),
+        ("ledger", json.dumps({"version": 1, "grants": {"t0::bob": VALID_GRANT}}), "t0::ada"),
+        (
+            "ledger",
+            json.dumps({"version": 1, "grants": {"t0::ada": {**VALID_GRANT, "tokens_awarded": 9}}}),
+            "tokens_awarded must equal",
+        ),
+        ("balances", "\xff", "invalid JSON"),
+        (
+            "balances",
+            json.dumps({"version": 1, "identities": {"ada": {"free_time_tokens": -1}}}),
+            "identities.ada.free_time_tokens",
+        ),
+        ("balances", json.dumps({"version": 1, "identities": {"a b": {}}}), "identities"),
+        (
+            "balances",
+            json.dumps({"version": 1, "identities": {"ada": {"history": [{}]}}}),
+            "identities.ada.history.0.grant",
+        ),
+    ],
+)
 def test_a_malformed_file_is_reported_and_left_untouched(
     book: RewardBook, workspace: Workspace, which: str, content: str, problem: str
 ) -> None:
@@ -285,7 +334,10 @@ def test_racing_processes_pay_a_shared_task_exactly_once(
     racers = [
         subprocess.Popen(
             [sys.executable, "-c", RACING_SCRIPT, str(workspace.root), str(go), f"own{i}"],
-            cwd=ROOT, env=child_env(workspace), stdout=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=child_env(workspace),
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for i in range(6)
     ]
@@ -329,8 +381,10 @@ def test_a_grant_killed_between_its_writes_pays_exactly_once(
 def test_recover_finishes_a_grant_left_pending_even_behind_a_full_history(
     book: RewardBook, workspace: Workspace
 ) -> None:
-    old = [{"grant": f"old{i}::ada", "free_time": 0, "journal": 0, "paid_at": "then"}
-           for i in range(HISTORY_LIMIT)]
+    old = [
+        {"grant": f"old{i}::ada", "free_time": 0, "journal": 0, "paid_at": "then"}
+        for i in range(HISTORY_LIMIT)
+    ]
     write_balance(workspace, "ada", history=old)
     crashed = run_grant(workspace, "t1", "ada", SWARM_FAILPOINTS="reward.after_balances")
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr

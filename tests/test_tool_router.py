@@ -59,26 +59,42 @@ ROUTE_TABLE = [
     ("Wrap this call:\n```python\nurl = slugify(title)\n```", EXACT, "slugify"),
     # A longer identifier that contains a tool name is a different name: never exact.
     ("Rename read_json_safely to load_settings", SEMANTIC, "read_json_safe"),
-    ("Load settings from a JSON file and report a clear error when it is malformed",
-     SEMANTIC, "read_json_safe"),
+    (
+        "Load settings from a JSON file and report a clear error when it is malformed",
+        SEMANTIC,
+        "read_json_safe",
+    ),
     (ROBUST_LOAD, SEMANTIC, "read_json_safe"),
-    ("Save the settings as JSON without corrupting the file on a crash",
-     SEMANTIC, "write_json_atomic"),
-    ("Add retries with exponential backoff to the webhook sender",
-     SEMANTIC, "retry_with_backoff"),
+    (
+        "Save the settings as JSON without corrupting the file on a crash",
+        SEMANTIC,
+        "write_json_atomic",
+    ),
+    ("Add retries with exponential backoff to the webhook sender", SEMANTIC, "retry_with_backoff"),
     ("Fetch JSON from the GitHub API with a timeout", SEMANTIC, "http_get_json"),
     ("Parse the uploaded CSV into a list of rows", SEMANTIC, "parse_csv_rows"),
     ("Generate URL slugs for blog post titles", SEMANTIC, "slugify"),
-    ("Turn the title «Crème Brûlée — Café» into a URL slug without accents",
-     SEMANTIC, "slugify"),
-    ("Read the JSON config safely, then write it back atomically",
-     COMPOSED, "composed_read_json_safe_write_json_atomic"),
-    ("Fetch the exchange rates from the API and retry with exponential backoff on timeouts",
-     COMPOSED, "composed_http_get_json_retry_with_backoff"),
-    ("Download the CSV export over HTTP, parse the rows, and turn each title into a URL slug",
-     COMPOSED, "composed_http_get_json_parse_csv_rows_slugify"),
-    ("Call read_json_safe, then write_json_atomic",
-     COMPOSED, "composed_read_json_safe_write_json_atomic"),
+    ("Turn the title «Crème Brûlée — Café» into a URL slug without accents", SEMANTIC, "slugify"),
+    (
+        "Read the JSON config safely, then write it back atomically",
+        COMPOSED,
+        "composed_read_json_safe_write_json_atomic",
+    ),
+    (
+        "Fetch the exchange rates from the API and retry with exponential backoff on timeouts",
+        COMPOSED,
+        "composed_http_get_json_retry_with_backoff",
+    ),
+    (
+        "Download the CSV export over HTTP, parse the rows, and turn each title into a URL slug",
+        COMPOSED,
+        "composed_http_get_json_parse_csv_rows_slugify",
+    ),
+    (
+        "Call read_json_safe, then write_json_atomic",
+        COMPOSED,
+        "composed_read_json_safe_write_json_atomic",
+    ),
 ]
 
 
@@ -97,8 +113,11 @@ def write_store(workspace: Workspace, document: Any) -> Path:
 
 
 def store_entry(**overrides: Any) -> dict[str, Any]:
-    entry = {"description": "Roll out a Helm chart to a Kubernetes cluster",
-             "keywords": ["helm", "kubernetes"], "code": "def deploy() -> None: ...\n"}
+    entry = {
+        "description": "Roll out a Helm chart to a Kubernetes cluster",
+        "keywords": ["helm", "kubernetes"],
+        "code": "def deploy() -> None: ...\n",
+    }
     return {**entry, **overrides}
 
 
@@ -114,8 +133,9 @@ def test_route_table(
 
 
 @pytest.mark.parametrize(("prompt", "route", "tool_name"), ROUTE_TABLE)
-def test_confidence_fits_the_route(router: ToolRouter, prompt: str, route: ToolRoute,
-                                   tool_name: str | None) -> None:
+def test_confidence_fits_the_route(
+    router: ToolRouter, prompt: str, route: ToolRoute, tool_name: str | None
+) -> None:
     confidence = router.route(prompt).confidence
     if route == GENERATE:
         assert confidence == 0.0
@@ -153,7 +173,9 @@ def test_an_exact_name_and_a_semantic_part_compose_below_full_confidence(
     prompt = "Use read_json_safe to load the config, then save it back atomically, no corruption"
     decision = router.route(prompt)
     assert (decision.route, decision.components) == (
-        COMPOSED, ("read_json_safe", "write_json_atomic"))
+        COMPOSED,
+        ("read_json_safe", "write_json_atomic"),
+    )
     assert 0.5 < decision.confidence < 1.0, "an exact part (1.0) and a semantic part (< 1.0)"
 
 
@@ -178,8 +200,9 @@ def test_a_wrapped_prompt_is_routed_by_its_task_not_the_injected_code(
 
 def test_routing_is_deterministic(router: ToolRouter) -> None:
     prompts = [prompt for prompt, _, _ in ROUTE_TABLE]
-    assert [router.route(p) for p in prompts] == [ToolRouter(BUILTIN_TOOLS).route(p)
-                                                  for p in prompts]
+    assert [router.route(p) for p in prompts] == [
+        ToolRouter(BUILTIN_TOOLS).route(p) for p in prompts
+    ]
 
 
 def test_operator_tools_route_by_name_and_by_meaning() -> None:
@@ -230,8 +253,7 @@ def test_inject_tool_context_wraps_once(router: ToolRouter) -> None:
 
 def test_decision_fields_for_a_match_and_for_generate(router: ToolRouter) -> None:
     exact = decision_fields(router.route("Use read_json_safe to load config.json"))
-    assert exact == {"tool_route": "exact", "tool_name": "read_json_safe",
-                     "tool_confidence": 1.0}
+    assert exact == {"tool_route": "exact", "tool_name": "read_json_safe", "tool_confidence": 1.0}
     generate = decision_fields(router.route("Update the README with install steps"))
     assert generate == {"tool_route": "generate", "tool_name": None, "tool_confidence": None}
     ExecutionFields.model_validate(exact)
@@ -248,8 +270,9 @@ def test_decision_needs_a_tool_unless_it_is_generate() -> None:
 
 
 def test_valid_store_loads_in_order(workspace: Workspace) -> None:
-    path = write_store(workspace, {"deploy_helm_chart": store_entry(),
-                                   "notify": store_entry(keywords=[])})
+    path = write_store(
+        workspace, {"deploy_helm_chart": store_entry(), "notify": store_entry(keywords=[])}
+    )
     tools = load_tool_store(path)
     assert [tool.name for tool in tools] == ["deploy_helm_chart", "notify"]
     assert tools[0].keywords == ("helm", "kubernetes")
@@ -263,7 +286,7 @@ def test_missing_store_is_empty(workspace: Workspace) -> None:
 
 def test_store_with_bad_json_is_reported_not_treated_as_empty(workspace: Workspace) -> None:
     """The reference read a store holding a // comment as empty and said nothing."""
-    workspace.tool_store_path.write_text('{\n  // my tools\n}\n', encoding="utf-8")
+    workspace.tool_store_path.write_text("{\n  // my tools\n}\n", encoding="utf-8")
     with pytest.raises(StateFileError, match="invalid JSON at line 2") as caught:
         load_tool_store(workspace.tool_store_path)
     assert caught.value.path == workspace.tool_store_path
@@ -276,10 +299,14 @@ def test_store_with_bad_json_is_reported_not_treated_as_empty(workspace: Workspa
     [
         ([], "must be a JSON object mapping tool names"),
         ({"my_tool": "print(1)"}, "tools.my_tool: must be an object with description"),
-        ({"my_tool": store_entry(keywords="helm")},
-         "tools.my_tool.keywords: must be a list of strings"),
-        ({"my_tool": store_entry(keywords=["helm", 3])},
-         "tools.my_tool.keywords: must be a list of strings"),
+        (
+            {"my_tool": store_entry(keywords="helm")},
+            "tools.my_tool.keywords: must be a list of strings",
+        ),
+        (
+            {"my_tool": store_entry(keywords=["helm", 3])},
+            "tools.my_tool.keywords: must be a list of strings",
+        ),
         ({"my_tool": store_entry(description=5)}, "tools.my_tool.description: must be a string"),
         ({"my_tool": store_entry(code="  ")}, "tools.my_tool.code: must be a non-empty string"),
         ({"my_tool": {"description": "d"}}, "tools.my_tool.code: Field required"),
@@ -298,8 +325,9 @@ def test_store_problems_name_the_path_and_the_field(
 
 
 def test_store_reports_every_broken_tool_at_once(workspace: Workspace) -> None:
-    path = write_store(workspace, {"a": store_entry(code=1), "ok": store_entry(),
-                                   "b": store_entry(keywords=None)})
+    path = write_store(
+        workspace, {"a": store_entry(code=1), "ok": store_entry(), "b": store_entry(keywords=None)}
+    )
     with pytest.raises(StateFileError) as caught:
         load_tool_store(path)
     assert [p.split(":")[0] for p in caught.value.problems] == ["tools.a.code", "tools.b.keywords"]
@@ -346,7 +374,9 @@ def test_text_skills() -> None:
     assert skill("slugify")("  Crème Brûlée: the Recipe!  ") == "creme-brulee-the-recipe"
     parse_csv_rows = skill("parse_csv_rows")
     assert parse_csv_rows("\ufeffid, name\n1,Ada\n\n2,Bob\n") == [
-        {"id": "1", "name": "Ada"}, {"id": "2", "name": "Bob"}]
+        {"id": "1", "name": "Ada"},
+        {"id": "2", "name": "Bob"},
+    ]
     with pytest.raises(ValueError, match="line 3: expected 2 fields, got 3"):
         parse_csv_rows("id,name\n1,Ada\n2,Bob,extra\n")
 

@@ -79,7 +79,8 @@ class ApiServices:
             token=resolve_token(settings, workspace),
             gateway=SafetyGateway(workspace),
             policy=LocalCommandPolicy(
-                workspace.sandbox, settings.local_allowlist,
+                workspace.sandbox,
+                settings.local_allowlist,
                 git_allow_write=settings.git_allow_write,
             ),
             wrapper=from_settings(settings, workspace),
@@ -158,8 +159,9 @@ def _install_error_handlers(app: Flask) -> None:
         if exc.filename is None:
             return unexpected(exc)
         log.error("%s could not write runtime state: %s", request.path, exc)
-        return json_error(503, ErrorBody(error=f"cannot write runtime state: {exc}",
-                                         retryable=True))
+        return json_error(
+            503, ErrorBody(error=f"cannot write runtime state: {exc}", retryable=True)
+        )
 
 
 # --- /cycle -----------------------------------------------------------------------------

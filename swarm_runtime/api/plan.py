@@ -78,18 +78,28 @@ def task_records(tasks: list[PlannedTask]) -> list[dict[str, Any]]:
     records = []
     for index, task in enumerate(tasks, start=1):
         low, high = PRIORITY_BUDGETS[task.priority]
-        records.append({
-            "id": f"plan-{batch}-{index:02d}", "prompt": task.description, "mode": Mode.LLM.value,
-            "intensity": task.priority, "min_budget": low, "max_budget": high,
-        })
+        records.append(
+            {
+                "id": f"plan-{batch}-{index:02d}",
+                "prompt": task.description,
+                "mode": Mode.LLM.value,
+                "intensity": task.priority,
+                "min_budget": low,
+                "max_budget": high,
+            }
+        )
     return records
 
 
 def plan_tasks(wrapper: Any, store: QueueStore, workspace: Workspace) -> dict[str, Any]:
     files = scan_python_files(workspace.sandbox)
     call = wrapper.call_llm(
-        planning_prompt(files), model=None, max_tokens=1024, temperature=0.4,
-        task_id=None, max_budget=None,
+        planning_prompt(files),
+        model=None,
+        max_tokens=1024,
+        temperature=0.4,
+        task_id=None,
+        max_budget=None,
     )
     added = store.add_many(task_records(parse_plan(call.text)))
     return {

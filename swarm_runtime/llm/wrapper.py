@@ -165,8 +165,9 @@ class SecureAPIWrapper:
         try:
             self._close_pending()
         except OSError as exc:
-            log.error("budget hold %s stays open until the ledger can be written: %s",
-                      reservation, exc)
+            log.error(
+                "budget hold %s stays open until the ledger can be written: %s", reservation, exc
+            )
 
     def _close_pending(self) -> None:
         """Write every settle and refund still owed; one thread at a time, so none twice."""

@@ -72,8 +72,9 @@ def acted(panel: Panel, task: Task, action: OperatorAction) -> dict[str, Any]:
 
     The queue has already changed; a log that cannot be written is reported, not undone."""
     try:
-        panel.events.emit(task.id, task.status, OperatorEvent, operator_action=action,
-                          errors=task.last_error)
+        panel.events.emit(
+            task.id, task.status, OperatorEvent, operator_action=action, errors=task.last_error
+        )
         logged = True
     except OSError as exc:
         log.error("operator action %s on %s not logged: %s", action.value, task.id, exc)
@@ -94,10 +95,13 @@ def cancel(panel: Panel, task_id: str) -> dict[str, Any]:
 
 
 def requeue_failed(panel: Panel) -> dict[str, Any]:
-    results = [acted(panel, task, OperatorAction.REQUEUE_FAILED)
-               for task in panel.store.requeue_failed()]
-    return {"requeued": [r["task"]["id"] for r in results],
-            "event_logged": all(r["event_logged"] for r in results)}
+    results = [
+        acted(panel, task, OperatorAction.REQUEUE_FAILED) for task in panel.store.requeue_failed()
+    ]
+    return {
+        "requeued": [r["task"]["id"] for r in results],
+        "event_logged": all(r["event_logged"] for r in results),
+    }
 
 
 def pause(panel: Panel, body: PauseBody) -> dict[str, Any]:

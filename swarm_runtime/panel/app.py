@@ -79,9 +79,13 @@ def _register_page(app: Flask, panel: Panel) -> None:
     @app.get("/")
     def index() -> str:
         return render_template(
-            "index.html", csrf_token=panel.csrf_token, tones=json.dumps(status_tones()),
-            statuses=[s.value for s in Status], modes=[m.value for m in Mode],
-            gate_statuses=list(GATE_SHOWN), spend_buckets=list(SPEND_BUCKETS),
+            "index.html",
+            csrf_token=panel.csrf_token,
+            tones=json.dumps(status_tones()),
+            statuses=[s.value for s in Status],
+            modes=[m.value for m in Mode],
+            gate_statuses=list(GATE_SHOWN),
+            spend_buckets=list(SPEND_BUCKETS),
         )
 
     @app.route("/api/spawner/", defaults={"_rest": ""}, methods=ALL_METHODS)
@@ -178,7 +182,8 @@ def _register_events(app: Flask, panel: Panel) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout,
+        level=logging.INFO,
+        stream=sys.stdout,
         format="%(asctime)s %(levelname)s control_panel: %(message)s",
     )
     parser = argparse.ArgumentParser(prog="control_panel.py", description=__doc__.splitlines()[0])

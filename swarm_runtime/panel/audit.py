@@ -64,8 +64,11 @@ def bucket_spend(minutes: dict[int, list[float]], width: int, points: int) -> li
         total[1] += calls
     latest = sorted(buckets)[-points:]
     return [
-        {"start": datetime.fromtimestamp(start, UTC).isoformat(),
-         "cost": round(buckets[start][0], 6), "calls": int(buckets[start][1])}
+        {
+            "start": datetime.fromtimestamp(start, UTC).isoformat(),
+            "cost": round(buckets[start][0], 6),
+            "calls": int(buckets[start][1]),
+        }
         for start in latest
     ]
 
@@ -87,7 +90,11 @@ class SafetyBlocks:
         if record.get("passed") is not False:
             return
         self.blocked += 1
-        self.latest.append({
-            "timestamp": record.get("timestamp"), "task_id": record.get("task_id"),
-            "reason": record.get("blocked_reason"), "rules": record.get("rules") or [],
-        })
+        self.latest.append(
+            {
+                "timestamp": record.get("timestamp"),
+                "task_id": record.get("task_id"),
+                "reason": record.get("blocked_reason"),
+                "rules": record.get("rules") or [],
+            }
+        )

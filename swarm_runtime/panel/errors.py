@@ -45,8 +45,9 @@ def refusal(exc: SwarmError, workspace: Workspace) -> PanelError:
     if isinstance(exc, StateFileError):
         name = shown_path(exc.path, workspace)
         problems = "; ".join(exc.problems)
-        return PanelError(503, f"{name} cannot be used and was left as it is: {problems}",
-                          field=name)
+        return PanelError(
+            503, f"{name} cannot be used and was left as it is: {problems}", field=name
+        )
     return PanelError(500, str(exc))
 
 

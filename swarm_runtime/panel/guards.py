@@ -55,8 +55,11 @@ class SecretScrubber:
             except OSError:
                 self._token = None
         values = [*self._settings.secret_values(), *([self._token] if self._token else [])]
-        return sorted({form for v in values for form in (v, json.dumps(v)[1:-1]) if form},
-                      key=len, reverse=True)
+        return sorted(
+            {form for v in values for form in (v, json.dumps(v)[1:-1]) if form},
+            key=len,
+            reverse=True,
+        )
 
     def __call__(self, text: str) -> str:
         for value in self.values():
@@ -78,8 +81,11 @@ def check_request(port: int, csrf_token: str) -> None:
     """Raise a 403 unless the request is addressed to us and, if it changes state, from us."""
     hosts = allowed_hosts(port)
     if request.host.lower() not in hosts:
-        raise PanelError(403, f"unexpected Host header {request.host!r}: the panel answers "
-                         f"only to 127.0.0.1:{port} or localhost:{port}")
+        raise PanelError(
+            403,
+            f"unexpected Host header {request.host!r}: the panel answers "
+            f"only to 127.0.0.1:{port} or localhost:{port}",
+        )
     if request.method not in UNSAFE_METHODS or request.path.startswith(SPAWNER_PREFIX):
         return
     origin = request.headers.get("Origin")
@@ -103,7 +109,8 @@ def harden(response: Response, scrub: Callable[[str], str]) -> Response:
     return response
 
 
-def install_guards(app: Flask, settings: Settings, csrf_token: str,
-                   scrub: Callable[[str], str]) -> None:
+def install_guards(
+    app: Flask, settings: Settings, csrf_token: str, scrub: Callable[[str], str]
+) -> None:
     app.before_request(lambda: check_request(served_port(app, settings), csrf_token))
     app.after_request(lambda response: harden(response, scrub))

@@ -24,8 +24,10 @@ MALFORMED_SHOWN = 5
 def archived_counts(doc: QueueDocument) -> dict[str, int]:
     """Finished tasks moved out of `tasks` to the archive; only their ids remain."""
     present = {task.id for task in doc.tasks}
-    return {Status.COMPLETED.value: len(set(doc.completed) - present),
-            Status.FAILED.value: len(set(doc.failed) - present)}
+    return {
+        Status.COMPLETED.value: len(set(doc.completed) - present),
+        Status.FAILED.value: len(set(doc.failed) - present),
+    }
 
 
 def live_leases(doc: QueueDocument, now: float) -> dict[str, str]:
@@ -41,14 +43,26 @@ def alive_workers(
     A lease alone is enough: its holder renews it, so it is alive even when its presence
     file is missing (written by an older worker, or removed by hand)."""
     workers = {
-        p.worker_id: {"worker_id": p.worker_id, "task_id": leased.get(p.worker_id),
-                      "lease": p.worker_id in leased, "paused": p.paused,
-                      "last_seen": datetime.fromtimestamp(p.last_seen, UTC).isoformat()}
+        p.worker_id: {
+            "worker_id": p.worker_id,
+            "task_id": leased.get(p.worker_id),
+            "lease": p.worker_id in leased,
+            "paused": p.paused,
+            "last_seen": datetime.fromtimestamp(p.last_seen, UTC).isoformat(),
+        }
         for p in present
     }
     for worker, task_id in leased.items():
-        workers.setdefault(worker, {"worker_id": worker, "task_id": task_id, "lease": True,
-                                    "paused": False, "last_seen": last_logged.get(worker)})
+        workers.setdefault(
+            worker,
+            {
+                "worker_id": worker,
+                "task_id": task_id,
+                "lease": True,
+                "paused": False,
+                "last_seen": last_logged.get(worker),
+            },
+        )
     return sorted(workers.values(), key=lambda w: w["worker_id"])
 
 
@@ -61,8 +75,12 @@ def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
         queue: dict[str, Any] = {"error": exc.body.error}
         api = {"reachable": False, "error": f"{QUEUE_FILE} unreadable"}
     else:
-        queue = {"error": None, "by_status": counts_by_status(doc.tasks), "total": len(doc.tasks),
-                 "archived": archived_counts(doc)}
+        queue = {
+            "error": None,
+            "by_status": counts_by_status(doc.tasks),
+            "total": len(doc.tasks),
+            "archived": archived_counts(doc),
+        }
         api = panel.probe.check(doc.api_endpoint)
         leased = live_leases(doc, moment)
     present = live_workers(panel.workspace, moment)
@@ -81,8 +99,11 @@ def pause_of(panel: Panel) -> dict[str, Any]:
     try:
         return read_pause(panel.workspace).model_dump(mode="json") | {"error": None}
     except StateFileError as exc:
-        return {"paused": True, "error": f"{refusal(exc, panel.workspace).body.error}; "
-                "workers claim nothing while it is unreadable"}
+        return {
+            "paused": True,
+            "error": f"{refusal(exc, panel.workspace).body.error}; "
+            "workers claim nothing while it is unreadable",
+        }
 
 
 def budget_of(panel: Panel) -> dict[str, Any]:
@@ -91,17 +112,26 @@ def budget_of(panel: Panel) -> dict[str, Any]:
     except StateFileError as exc:
         error = refusal(exc, panel.workspace).body.error
         return {"limit": panel.settings.budget_limit, "error": error}
-    return {"limit": snapshot.limit, "spent": round(snapshot.spent, 6),
-            "reserved": round(snapshot.reserved, 6), "remaining": round(snapshot.remaining, 6),
-            "error": None}
+    return {
+        "limit": snapshot.limit,
+        "spent": round(snapshot.spent, 6),
+        "reserved": round(snapshot.reserved, 6),
+        "remaining": round(snapshot.remaining, 6),
+        "error": None,
+    }
 
 
 def log_of(panel: Panel) -> dict[str, Any]:
     stats = panel.index.stats()
     return {
-        "events": stats.events, "lines": stats.lines, "tasks": stats.tasks,
-        "file_bytes": stats.file_bytes, "indexed_bytes": stats.indexed_bytes,
-        "behind_bytes": panel.index.behind, "resets": stats.resets, "epoch": stats.epoch,
+        "events": stats.events,
+        "lines": stats.lines,
+        "tasks": stats.tasks,
+        "file_bytes": stats.file_bytes,
+        "indexed_bytes": stats.indexed_bytes,
+        "behind_bytes": panel.index.behind,
+        "resets": stats.resets,
+        "epoch": stats.epoch,
         "malformed_count": stats.malformed_count,
         "malformed": [vars(m) for m in stats.malformed[-MALFORMED_SHOWN:]],
     }

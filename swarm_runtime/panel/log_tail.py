@@ -40,9 +40,14 @@ MALFORMED_KEPT = 50
 # Anything else (escapes, another key order, a hand-written line) takes the json path.
 TASK_ID, WORKER_ID, STATUS, TIMESTAMP = Event.model_fields
 EVENT_PREFIX = re.compile(
-    rb'\{"%b": "(%b)", "%b": "([^"\\]*)", "%b": "([a-z_]+)", "%b": "([^"\\]*)"' % (
-        TASK_ID.encode(), TASK_ID_PATTERN.pattern.encode(), WORKER_ID.encode(),
-        STATUS.encode(), TIMESTAMP.encode())
+    rb'\{"%b": "(%b)", "%b": "([^"\\]*)", "%b": "([a-z_]+)", "%b": "([^"\\]*)"'
+    % (
+        TASK_ID.encode(),
+        TASK_ID_PATTERN.pattern.encode(),
+        WORKER_ID.encode(),
+        STATUS.encode(),
+        TIMESTAMP.encode(),
+    )
 )
 
 
@@ -166,9 +171,7 @@ class JsonlTail:
             self._restart(identity)
             self.size = stat.st_size
             return False
-        changed = (
-            identity != self._identity or stat.st_size < self.read_to or not self._same_tail()
-        )
+        changed = identity != self._identity or stat.st_size < self.read_to or not self._same_tail()
         if changed:
             self._restart(identity)
         self.size = stat.st_size
@@ -355,8 +358,12 @@ class LogIndex(_Follower):
         match = EVENT_PREFIX.match(data)
         if match is not None and (data.endswith(b"}") or data.rstrip().endswith(b"}")):
             task_id, worker_id, status, timestamp = match.groups()
-            return (task_id.decode("ascii"), worker_id.decode("utf-8", "replace"),
-                    status.decode("ascii"), timestamp.decode("utf-8", "replace"))
+            return (
+                task_id.decode("ascii"),
+                worker_id.decode("utf-8", "replace"),
+                status.decode("ascii"),
+                timestamp.decode("utf-8", "replace"),
+            )
         record = parse_record(line, self.malformed)
         if record is None:
             return None
@@ -387,9 +394,14 @@ class LogIndex(_Follower):
         with self.lock:
             tail = self._tail
             return IndexStats(
-                epoch=tail.epoch, events=self.events, lines=tail.lines,
-                tasks=len(self._by_task), indexed_bytes=tail.offset, file_bytes=tail.size,
-                resets=tail.resets, malformed_count=self.malformed.count,
+                epoch=tail.epoch,
+                events=self.events,
+                lines=tail.lines,
+                tasks=len(self._by_task),
+                indexed_bytes=tail.offset,
+                file_bytes=tail.size,
+                resets=tail.resets,
+                malformed_count=self.malformed.count,
                 malformed=list(self.malformed.latest),
             )
 
@@ -421,9 +433,7 @@ class LogIndex(_Follower):
                 return [], 0
             return self._read_at(offsets[-limit:] if limit > 0 else []), len(offsets)
 
-    def events_after(
-        self, cursor: int, limit: int = 100, epoch: str | None = None
-    ) -> EventPage:
+    def events_after(self, cursor: int, limit: int = 100, epoch: str | None = None) -> EventPage:
         """Events whose lines start at `cursor` or later, up to `limit` of them.
 
         A cursor from another epoch, past the end, or not at a line boundary gets

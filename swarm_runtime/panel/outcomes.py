@@ -20,8 +20,11 @@ def gate_of(panel: Panel, status: str | None) -> dict[str, Any]:
     counts = Counter(change.status.value for change in changes)
     chosen = [c for c in changes if c.status.value == status] if status else changes
     chosen.sort(key=lambda c: c.updated_at, reverse=True)
-    return {"counts": dict(counts), "total": len(chosen),
-            "changes": [c.model_dump(mode="json") for c in chosen[:LIST_LIMIT]]}
+    return {
+        "counts": dict(counts),
+        "total": len(chosen),
+        "changes": [c.model_dump(mode="json") for c in chosen[:LIST_LIMIT]],
+    }
 
 
 def safety_of(panel: Panel) -> dict[str, Any]:
@@ -30,12 +33,20 @@ def safety_of(panel: Panel) -> dict[str, Any]:
         blocks = list(reversed(panel.safety.latest))
         checked, blocked = panel.safety.checked, panel.safety.blocked
     try:
-        tasks = [{"id": t.id, "error": t.last_error, "updated_at": t.updated_at}
-                 for t in panel.load_queue().tasks if t.status == Status.SAFETY_BLOCKED]
+        tasks = [
+            {"id": t.id, "error": t.last_error, "updated_at": t.updated_at}
+            for t in panel.load_queue().tasks
+            if t.status == Status.SAFETY_BLOCKED
+        ]
     except PanelError:
         tasks = []
-    return {"checked": checked, "blocked": blocked, "blocks": blocks, "tasks": tasks[-LIST_LIMIT:],
-            "malformed_count": panel.safety_log.malformed.count}
+    return {
+        "checked": checked,
+        "blocked": blocked,
+        "blocks": blocks,
+        "tasks": tasks[-LIST_LIMIT:],
+        "malformed_count": panel.safety_log.malformed.count,
+    }
 
 
 def rewards_of(panel: Panel) -> dict[str, Any]:
@@ -44,13 +55,22 @@ def rewards_of(panel: Panel) -> dict[str, Any]:
         name: balance.model_dump(mode="json", exclude={"history"}) | {"total": balance.total_tokens}
         for name, balance in panel.balances.get().identities.items()
     }
-    return {"grants": [g.model_dump(mode="json") for g in grants[:LIST_LIMIT]],
-            "total_grants": len(grants), "identities": identities}
+    return {
+        "grants": [g.model_dump(mode="json") for g in grants[:LIST_LIMIT]],
+        "total_grants": len(grants),
+        "identities": identities,
+    }
 
 
 def spend_of(panel: Panel, bucket: str) -> dict[str, Any]:
     with panel.spend_log.lock:
         points = bucket_spend(panel.spend.minutes, SPEND_BUCKETS[bucket], SPEND_POINTS)
         total, events = panel.spend.total, dict(panel.spend.events)
-    return {"bucket": bucket, "points": points, "total_cost": round(total, 6), "events": events,
-            "budget": budget_of(panel), "malformed_count": panel.spend_log.malformed.count}
+    return {
+        "bucket": bucket,
+        "points": points,
+        "total_cost": round(total, 6),
+        "events": events,
+        "budget": budget_of(panel),
+        "malformed_count": panel.spend_log.malformed.count,
+    }

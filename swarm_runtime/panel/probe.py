@@ -40,14 +40,19 @@ class ApiProbe:
         if not is_loopback_url(endpoint):
             return answer | {"error": "not a loopback URL; the panel only asks 127.0.0.1"}
         try:
-            reply = self._session.get(f"{endpoint.rstrip('/')}/status",
-                                      timeout=API_PROBE_TIMEOUT_SECONDS)
+            reply = self._session.get(
+                f"{endpoint.rstrip('/')}/status", timeout=API_PROBE_TIMEOUT_SECONDS
+            )
         except requests.RequestException as exc:
             return answer | {"error": f"no answer ({type(exc).__name__})"}
         body = _json_or_empty(reply)
         error = None if reply.ok else str(body.get("error") or f"HTTP {reply.status_code}")
-        return answer | {"reachable": True, "ok": reply.ok, "error": error,
-                         "provider": body.get("provider")}
+        return answer | {
+            "reachable": True,
+            "ok": reply.ok,
+            "error": error,
+            "provider": body.get("provider"),
+        }
 
 
 def _json_or_empty(reply: requests.Response) -> dict[str, Any]:

@@ -62,8 +62,9 @@ class FileCache(Generic[T]):
 
 
 def state_cache(path: Path, model: type[M]) -> FileCache[M]:
-    return FileCache(lambda: file_version(path),
-                     lambda: parse_state(model, read_json(path, dict), path))
+    return FileCache(
+        lambda: file_version(path), lambda: parse_state(model, read_json(path, dict), path)
+    )
 
 
 class Panel:
@@ -85,8 +86,9 @@ class Panel:
         self.spend_log = JsonlFold(ws.api_audit_path, self.spend.add, self.spend.forget)
         self.safety_log = JsonlFold(ws.safety_audit_path, self.safety.add, self.safety.forget)
         self.queue = FileCache(self.store.version, self.store.load)
-        self.gate = FileCache(lambda: file_version(ws.quality_gate_path),
-                              lambda: quality_gate.load(ws))
+        self.gate = FileCache(
+            lambda: file_version(ws.quality_gate_path), lambda: quality_gate.load(ws)
+        )
         self.grants = state_cache(ws.reward_ledger_path, RewardLedger)
         self.balances = state_cache(ws.balances_path, Balances)
 

@@ -34,8 +34,13 @@ def event_item(item: IndexedEvent) -> dict[str, Any]:
 
 
 def page_body(page: EventPage) -> dict[str, Any]:
-    return {"events": [event_item(e) for e in page.events], "cursor": page.cursor,
-            "epoch": page.epoch, "reset": page.reset, "more": page.more}
+    return {
+        "events": [event_item(e) for e in page.events],
+        "cursor": page.cursor,
+        "epoch": page.epoch,
+        "reset": page.reset,
+        "more": page.more,
+    }
 
 
 def parse_cursor(token: str | None) -> tuple[int | None, str | None]:
@@ -70,7 +75,10 @@ def first_page(panel: Panel, cursor: int | None, epoch: str | None, limit: int) 
 
 
 def event_stream(
-    panel: Panel, cursor: int | None, epoch: str | None, backlog: int,
+    panel: Panel,
+    cursor: int | None,
+    epoch: str | None,
+    backlog: int,
     lifetime: float = STREAM_LIFETIME_SECONDS,
 ) -> Iterator[str]:
     """Server-sent events: the backlog (or what followed Last-Event-ID), then each new event.
@@ -95,12 +103,12 @@ def event_stream(
         page = panel.index.events_after(page.cursor, MAX_EVENTS_PER_PAGE, page.epoch)
 
 
-def stream_response(panel: Panel, cursor: int | None, epoch: str | None,
-                    backlog: int) -> Response:
+def stream_response(panel: Panel, cursor: int | None, epoch: str | None, backlog: int) -> Response:
     """An SSE response holding one of the panel's few stream slots until it closes."""
     if not panel.streams.acquire(blocking=False):
-        raise PanelError(503, f"{MAX_STREAMS} live streams are open already; close a tab "
-                         "or use /api/events")
+        raise PanelError(
+            503, f"{MAX_STREAMS} live streams are open already; close a tab or use /api/events"
+        )
     released = threading.Event()
 
     def release() -> None:
@@ -108,15 +116,15 @@ def stream_response(panel: Panel, cursor: int | None, epoch: str | None,
             released.set()
             panel.streams.release()
 
-    response = Response(event_stream(panel, cursor, epoch, backlog),
-                        mimetype="text/event-stream")
+    response = Response(event_stream(panel, cursor, epoch, backlog), mimetype="text/event-stream")
     response.headers["X-Accel-Buffering"] = "no"
     response.call_on_close(release)
     return response
 
 
-def long_poll(panel: Panel, cursor: int | None, epoch: str | None, limit: int,
-              wait: int) -> EventPage:
+def long_poll(
+    panel: Panel, cursor: int | None, epoch: str | None, limit: int, wait: int
+) -> EventPage:
     """Events after `cursor` (the backlog without one), waiting up to `wait` s for the first."""
     deadline = time.monotonic() + wait
     while True:

@@ -71,12 +71,19 @@ def headline(task: Task, limit: int = HEADLINE_CHARS) -> str:
 def task_row(task: Task, info: TaskInfo | None) -> dict[str, Any]:
     model = task.model or (task.execution.model if task.execution else None)
     return {
-        "id": task.id, "status": task.status.value, "mode": task.effective_mode.value,
-        "model": model, "attempts": task.attempts, "depends_on": task.depends_on,
-        "created_at": task.created_at, "updated_at": task.updated_at,
+        "id": task.id,
+        "status": task.status.value,
+        "mode": task.effective_mode.value,
+        "model": model,
+        "attempts": task.attempts,
+        "depends_on": task.depends_on,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
         "last_event": info.last_timestamp if info else None,
-        "events": info.events if info else 0, "error": task.last_error,
-        "headline": headline(task), "actions": actions_for(task),
+        "events": info.events if info else 0,
+        "error": task.last_error,
+        "headline": headline(task),
+        "actions": actions_for(task),
     }
 
 
@@ -89,7 +96,8 @@ def select_tasks(tasks: list[Task], status: str | None, query: str) -> list[Task
     """Tasks with `status` whose id or text contains `query`, newest first."""
     needle = query.strip().casefold()
     chosen = [
-        (position, task) for position, task in enumerate(tasks)
+        (position, task)
+        for position, task in enumerate(tasks)
         if (not status or task.status == status) and (not needle or matches(task, needle))
     ]
     chosen.sort(key=lambda pair: (pair[1].created_at or "", pair[0]), reverse=True)
@@ -103,15 +111,19 @@ def page_of(items: list[T], page: int, per_page: int) -> tuple[list[T], int]:
     return items[start : start + per_page], pages
 
 
-def table_of(panel: Panel, status: str | None, query: str, page: int,
-             per_page: int) -> dict[str, Any]:
+def table_of(
+    panel: Panel, status: str | None, query: str, page: int, per_page: int
+) -> dict[str, Any]:
     doc = panel.load_queue()
     chosen = select_tasks(doc.tasks, status, query)
     shown, pages = page_of(chosen, page, per_page)
     return {
         "tasks": [task_row(t, panel.index.task(t.id)) for t in shown],
-        "total": len(chosen), "page": min(page, pages), "pages": pages,
-        "per_page": per_page, "counts": counts_by_status(doc.tasks),
+        "total": len(chosen),
+        "page": min(page, pages),
+        "pages": pages,
+        "per_page": per_page,
+        "counts": counts_by_status(doc.tasks),
     }
 
 
@@ -124,8 +136,9 @@ def latest_field(name: str, task: Task | None, timeline: list[IndexedEvent]) -> 
     return next((e.event[name] for e in reversed(timeline) if e.event.get(name)), None)
 
 
-def task_links(doc: QueueDocument, task_id: str, task: Task | None,
-               timeline: list[IndexedEvent]) -> dict[str, Any]:
+def task_links(
+    doc: QueueDocument, task_id: str, task: Task | None, timeline: list[IndexedEvent]
+) -> dict[str, Any]:
     """Parent, subtasks (planned or already in the queue), dependencies and dependents."""
     planned = latest_field("phase4_subtasks", None, timeline) or []
     children = [t.id for t in doc.tasks if t.phase4_parent_task == task_id]
@@ -146,12 +159,16 @@ def detail_of(panel: Panel, task_id: str) -> dict[str, Any]:
     if task is None and not archived and not total:
         raise PanelError(404, f"no task with id {task_id!r} in the queue or the log", field="id")
     return {
-        "id": task_id, "task": task.to_record() if task else None, "archived": archived,
+        "id": task_id,
+        "task": task.to_record() if task else None,
+        "archived": archived,
         "row": task_row(task, panel.index.task(task_id)) if task else None,
-        "prompt": task.prompt if task else None, "command": task.command if task else None,
+        "prompt": task.prompt if task else None,
+        "command": task.command if task else None,
         "output": latest_field("output", task, timeline),
         "result": latest_field("result_summary", task, timeline),
         "errors": latest_field("errors", task, timeline),
         "links": task_links(doc, task_id, task, timeline),
-        "timeline": [event_item(e) for e in timeline], "timeline_total": total,
+        "timeline": [event_item(e) for e in timeline],
+        "timeline_total": total,
     }

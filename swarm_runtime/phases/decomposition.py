@@ -45,23 +45,105 @@ RESULTS_HEADING = "## RESULTS OF SUBTASKS"
 RESULTS_END = "## END RESULTS OF SUBTASKS"
 NO_RESULT = "(no result recorded)"
 
-SIGNALS = ("long_prompt", "multi_line", "sequencing_connectors", "comma_enumeration",
-           "compound_clauses")
+SIGNALS = (
+    "long_prompt",
+    "multi_line",
+    "sequencing_connectors",
+    "comma_enumeration",
+    "compound_clauses",
+)
 CONNECTORS = ("and then", "then", "also", "plus", "after that", "next", "finally")
 # Verbs that open a task. Words that are as often nouns in a list ("log", "cache", "export")
 # are left out on purpose: a false split costs more than a missed one.
 IMPERATIVE_VERBS = (
-    "add", "adjust", "analyze", "analyse", "audit", "benchmark", "build", "bump", "calculate",
-    "change", "check", "clean", "compare", "compute", "configure", "convert", "create", "debug",
-    "define", "delete", "deploy", "describe", "design", "disable", "document", "draft",
-    "enable", "ensure", "evaluate", "explain", "expose", "extend", "extract", "fetch", "find",
-    "fix", "generate", "handle", "harden", "identify", "implement", "improve", "install",
-    "integrate", "introduce", "investigate", "make", "measure", "migrate", "modify", "monitor",
-    "move", "optimize", "optimise", "parse", "polish", "prepare", "publish", "refactor",
-    "remove", "rename", "render", "replace", "reproduce", "research", "resolve", "restructure",
-    "review", "rewrite", "run", "sanitize", "secure", "set", "ship", "simplify", "summarize",
-    "summarise", "switch", "test", "train", "translate", "tune", "update", "upgrade",
-    "validate", "verify", "wire", "write",
+    "add",
+    "adjust",
+    "analyze",
+    "analyse",
+    "audit",
+    "benchmark",
+    "build",
+    "bump",
+    "calculate",
+    "change",
+    "check",
+    "clean",
+    "compare",
+    "compute",
+    "configure",
+    "convert",
+    "create",
+    "debug",
+    "define",
+    "delete",
+    "deploy",
+    "describe",
+    "design",
+    "disable",
+    "document",
+    "draft",
+    "enable",
+    "ensure",
+    "evaluate",
+    "explain",
+    "expose",
+    "extend",
+    "extract",
+    "fetch",
+    "find",
+    "fix",
+    "generate",
+    "handle",
+    "harden",
+    "identify",
+    "implement",
+    "improve",
+    "install",
+    "integrate",
+    "introduce",
+    "investigate",
+    "make",
+    "measure",
+    "migrate",
+    "modify",
+    "monitor",
+    "move",
+    "optimize",
+    "optimise",
+    "parse",
+    "polish",
+    "prepare",
+    "publish",
+    "refactor",
+    "remove",
+    "rename",
+    "render",
+    "replace",
+    "reproduce",
+    "research",
+    "resolve",
+    "restructure",
+    "review",
+    "rewrite",
+    "run",
+    "sanitize",
+    "secure",
+    "set",
+    "ship",
+    "simplify",
+    "summarize",
+    "summarise",
+    "switch",
+    "test",
+    "train",
+    "translate",
+    "tune",
+    "update",
+    "upgrade",
+    "validate",
+    "verify",
+    "wire",
+    "write",
 )
 
 _CONNECTOR = whole_words(*CONNECTORS)
@@ -69,8 +151,9 @@ _VERB = whole_words(*IMPERATIVE_VERBS)
 # A verb opens a clause only with something after it: "run" alone is a list item.
 _VERB_WITH_OBJECT = re.compile(rf"{_VERB.pattern}\s+[^\s,;.]", re.IGNORECASE)
 # Each round must eat a whole word, so the repetition cannot backtrack badly.
-_LEAD = re.compile(rf"^(?:[\s,:]*{whole_words('and', *CONNECTORS, *FILLER).pattern})*[\s,:]*",
-                   re.IGNORECASE)
+_LEAD = re.compile(
+    rf"^(?:[\s,:]*{whole_words('and', *CONNECTORS, *FILLER).pattern})*[\s,:]*", re.IGNORECASE
+)
 _CLAUSE_OPENER = re.compile(
     r"(?:[\n.!?;,:]|(?:^|\n)\s*(?:[-*+•]|\d{1,3}[.)])|"
     r"(?<![\w'’-])(?:and|then|also|plus|next|finally|after\s+that|please))$",
@@ -119,7 +202,7 @@ def imperative_clauses(text: str) -> int:
     first = len(text) - len(text.lstrip())
     count = 0
     for found in _VERB_WITH_OBJECT.finditer(text):
-        window = text[max(first, found.start() - 40): found.start()].rstrip(" \t")
+        window = text[max(first, found.start() - 40) : found.start()].rstrip(" \t")
         if found.start() <= first or _CLAUSE_OPENER.search(window):
             count += 1
     return count
@@ -214,7 +297,7 @@ def _without_and(text: str) -> str:
 def _merge_tail(features: list[str], limit: int) -> list[str]:
     if len(features) <= limit:
         return features
-    return [*features[: limit - 1], "; ".join(features[limit - 1:])]
+    return [*features[: limit - 1], "; ".join(features[limit - 1 :])]
 
 
 # --- the plan ---------------------------------------------------------------------------
@@ -265,15 +348,27 @@ def plan_decomposition(
         "depends_on": list(dict.fromkeys([*parent_deps, *ids])),
         "phase4_planned": True,
         "phase4_intent": intent.model_dump(mode="json"),
-        "phase4_plan": {"gut_check": check.model_dump(mode="json"),
-                        "features": list(features), "subtasks": ids},
+        "phase4_plan": {
+            "gut_check": check.model_dump(mode="json"),
+            "features": list(features),
+            "subtasks": ids,
+        },
     }
-    return Plan(subtasks=[_validated(r) for r in subtasks], parent_updates=updates,
-                features=list(features), subtask_ids=ids, check=check)
+    return Plan(
+        subtasks=[_validated(r) for r in subtasks],
+        parent_updates=updates,
+        features=list(features),
+        subtask_ids=ids,
+        check=check,
+    )
 
 
 def _subtask_record(
-    parent: Task, goal: str, intent: dict[str, Any], features: list[str], ids: list[str],
+    parent: Task,
+    goal: str,
+    intent: dict[str, Any],
+    features: list[str],
+    ids: list[str],
     index: int,
 ) -> dict[str, Any]:
     count = len(features)
@@ -281,10 +376,17 @@ def _subtask_record(
     context += f", whose goal is: {goal}" if goal else "."
     min_budget, max_budget = _budget_share(parent, count)
     return {
-        "id": ids[index], "prompt": f"{features[index]}\n\n{context}", "mode": Mode.LLM.value,
-        "model": parent.model, "intensity": parent.intensity, "identity_id": parent.identity_id,
-        "min_budget": min_budget, "max_budget": max_budget,
-        "phase4_generated": True, "phase4_parent_task": parent.id, "phase4_intent": intent,
+        "id": ids[index],
+        "prompt": f"{features[index]}\n\n{context}",
+        "mode": Mode.LLM.value,
+        "model": parent.model,
+        "intensity": parent.intensity,
+        "identity_id": parent.identity_id,
+        "min_budget": min_budget,
+        "max_budget": max_budget,
+        "phase4_generated": True,
+        "phase4_parent_task": parent.id,
+        "phase4_intent": intent,
         "phase4_feature": features[index],
         "status": Status.PENDING.value,
     }
@@ -327,11 +429,22 @@ def parent_prompt_with_results(
     base = _RESULTS.sub("", parent_prompt)
     if not results:
         return base
-    lines = [base.rstrip(), "", RESULTS_HEADING,
-             "These subtasks of this task have already run, in this order:"]
+    lines = [
+        base.rstrip(),
+        "",
+        RESULTS_HEADING,
+        "These subtasks of this task have already run, in this order:",
+    ]
     for subtask_id, feature, result in results:
-        lines += ["", f"### {subtask_id}: {feature}", cap_text(result or NO_RESULT,
-                                                              RESULT_CAP_BYTES)]
-    lines += ["", "Integrate these results into one complete answer to the task above; "
-                  "build on them rather than redoing them.", RESULTS_END]
+        lines += [
+            "",
+            f"### {subtask_id}: {feature}",
+            cap_text(result or NO_RESULT, RESULT_CAP_BYTES),
+        ]
+    lines += [
+        "",
+        "Integrate these results into one complete answer to the task above; "
+        "build on them rather than redoing them.",
+        RESULTS_END,
+    ]
     return "\n".join(lines)

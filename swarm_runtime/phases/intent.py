@@ -39,8 +39,18 @@ def _phrase_pattern(phrase: str) -> str:
     return r"\s+".join(words)
 
 
-FILLER = ("please", "kindly", "can you", "could you", "would you", "will you",
-          "i want you to", "i'd like you to", "i would like you to", "let's")
+FILLER = (
+    "please",
+    "kindly",
+    "can you",
+    "could you",
+    "would you",
+    "will you",
+    "i want you to",
+    "i'd like you to",
+    "i would like you to",
+    "let's",
+)
 _LEADING_FILLER = re.compile(
     rf"^[\s,]*(?:(?:{'|'.join(_phrase_pattern(f) for f in FILLER)}){_AFTER}[\s,:]*)+",
     re.IGNORECASE,
@@ -54,11 +64,11 @@ def strip_filler(text: str) -> str:
 
 
 def _without_trailing_please(text: str) -> str:
-    """"…, please?" keeps its "?"; done without a regex so a long prompt stays linear."""
+    """ "…, please?" keeps its "?"; done without a regex so a long prompt stays linear."""
     body = text.rstrip(".!? \t\n")
-    head = body[:-len("please")]
+    head = body[: -len("please")]
     if body.lower().endswith("please") and head[-1:] in (" ", ",", "\t"):
-        return head.rstrip(" ,\t") + text[len(body):]
+        return head.rstrip(" ,\t") + text[len(body) :]
     return text
 
 
@@ -88,7 +98,7 @@ def logical_lines(text: str, opens_item: Callable[[str], bool] | None = None) ->
             joinable = False
             continue
         marker = LIST_MARKER.match(line)
-        body = line[marker.end():] if marker else line
+        body = line[marker.end() :] if marker else line
         if joinable and not marker and _continues(lines[-1][-1], body, opens_item):
             lines[-1].append(body)
         else:
@@ -98,8 +108,11 @@ def logical_lines(text: str, opens_item: Callable[[str], bool] | None = None) ->
 
 
 def _continues(previous: str, line: str, opens_item: Callable[[str], bool] | None) -> bool:
-    return (line[:1].islower() and not previous.endswith((".", "!", "?", ":", ";"))
-            and not (opens_item and opens_item(line)))
+    return (
+        line[:1].islower()
+        and not previous.endswith((".", "!", "?", ":", ";"))
+        and not (opens_item and opens_item(line))
+    )
 
 
 def shorten(text: str, limit: int) -> str:
@@ -125,16 +138,44 @@ def dedupe(items: Iterable[str]) -> list[str]:
 # --- the intent -------------------------------------------------------------------------
 
 CONSTRAINT_CUES = whole_words(
-    "must", "should", "required", "require", "requires", "only", "exactly", "at most",
-    "at least", "within", "no more than", "always", "need to", "needs to",
+    "must",
+    "should",
+    "required",
+    "require",
+    "requires",
+    "only",
+    "exactly",
+    "at most",
+    "at least",
+    "within",
+    "no more than",
+    "always",
+    "need to",
+    "needs to",
 )
 PREFERENCE_CUES = whole_words(
-    "prefer", "preferably", "preferred", "ideally", "if possible", "nice to have",
-    "would like", "would be nice", "optionally",
+    "prefer",
+    "preferably",
+    "preferred",
+    "ideally",
+    "if possible",
+    "nice to have",
+    "would like",
+    "would be nice",
+    "optionally",
 )
 _NEGATIONS = whole_words(
-    "don't", "dont", "do not", "never", "avoid", "without", "must not", "mustn't",
-    "should not", "shouldn't", "no need to",
+    "don't",
+    "dont",
+    "do not",
+    "never",
+    "avoid",
+    "without",
+    "must not",
+    "mustn't",
+    "should not",
+    "shouldn't",
+    "no need to",
 )
 # "no <noun>" forbids something; "no more than" and friends bound it instead.
 _NO_NOUN = re.compile(
@@ -165,15 +206,19 @@ class UserIntent(BaseModel):
         if isinstance(value, str):
             value = [value]
         if isinstance(value, list):
-            return [item.strip() if isinstance(item, str) else item for item in value
-                    if not (isinstance(item, str) and not item.strip())]
+            return [
+                item.strip() if isinstance(item, str) else item
+                for item in value
+                if not (isinstance(item, str) and not item.strip())
+            ]
         return value
 
 
 def extract_intent(prompt: str) -> UserIntent:
     """Goal from the first sentence; constraints, preferences and anti-goals by their cues."""
-    sentences = [tidy(raw) for line in logical_lines(prompt or "")
-                 for raw in _SENTENCE_BREAK.split(line)]
+    sentences = [
+        tidy(raw) for line in logical_lines(prompt or "") for raw in _SENTENCE_BREAK.split(line)
+    ]
     sentences = [sentence for sentence in sentences if sentence]
     return UserIntent(
         goal=shorten(_goal(sentences), GOAL_CHARS),
@@ -201,7 +246,7 @@ def anti_goal(sentence: str) -> str | None:
     found = _NEGATIONS.search(sentence) or _NO_NOUN.search(sentence)
     if found is None:
         return None
-    target = tidy(_CLAUSE_TAIL.sub("", sentence[found.end():]))
+    target = tidy(_CLAUSE_TAIL.sub("", sentence[found.end() :]))
     return target or sentence
 
 
@@ -231,9 +276,11 @@ _BLOCK = re.compile(
 def intent_block(intent: UserIntent) -> str:
     """Items are flattened to one line each, so no item can end the block early."""
     lines = [INTENT_HEADING, f"Goal: {_one_line(intent.goal) or '(not stated)'}"]
-    for title, items in (("Constraints", intent.constraints),
-                         ("Preferences", intent.preferences),
-                         ("Avoid", intent.anti_goals)):
+    for title, items in (
+        ("Constraints", intent.constraints),
+        ("Preferences", intent.preferences),
+        ("Avoid", intent.anti_goals),
+    ):
         if items:
             lines += [f"{title}:", *(f"- {_one_line(item)}" for item in items)]
     lines.append(INTENT_END)

@@ -97,9 +97,14 @@ class QualityGate:
     ) -> QualityGateFields:
         """Cast the critic's vote on the task's change, creating the change on first review."""
         moment = iso(now or utc_now())
-        vote = Vote(decision=decision_for(review), verdict=review.verdict,
-                    confidence=review.confidence, issues=list(review.issues),
-                    attempt=rejections, voted_at=moment)
+        vote = Vote(
+            decision=decision_for(review),
+            verdict=review.verdict,
+            confidence=review.confidence,
+            issues=list(review.issues),
+            attempt=rejections,
+            voted_at=moment,
+        )
 
         def mutate(raw: Any) -> tuple[dict[str, Any], QualityGateFields]:
             document = parse_document(raw, self.workspace)
@@ -125,9 +130,11 @@ class QualityGate:
             return self.record(task_id, task_text, author_id, review, rejections, now=now)
         except (SwarmError, OSError) as exc:
             log.error("quality gate could not record task %s: %s", task_id, exc)
-            return QualityGateFields(quality_gate_status=QualityGateStatus.ERROR,
-                                     quality_gate_decision=decision_for(review),
-                                     quality_gate_error=str(exc))
+            return QualityGateFields(
+                quality_gate_status=QualityGateStatus.ERROR,
+                quality_gate_decision=decision_for(review),
+                quality_gate_error=str(exc),
+            )
 
 
 def decision_for(review: Review) -> GateDecision:
@@ -135,21 +142,30 @@ def decision_for(review: Review) -> GateDecision:
 
 
 def fields_for(change: Change) -> QualityGateFields:
-    return QualityGateFields(quality_gate_status=change.status,
-                             quality_gate_decision=change.vote.decision,
-                             quality_gate_change_id=change.change_id)
+    return QualityGateFields(
+        quality_gate_status=change.status,
+        quality_gate_decision=change.vote.decision,
+        quality_gate_change_id=change.change_id,
+    )
 
 
 def _changed(
     existing: Change | None, task_id: str, task_text: str, author_id: str, vote: Vote
 ) -> Change:
     """A new change, or the existing one with the new vote; created_at is kept."""
-    status = (QualityGateStatus.NEEDS_QA if vote.decision == Status.APPROVED
-              else QualityGateStatus.REJECTED)
-    updates = {"title": title_of(task_text, task_id),
-               "description": cap_text(task_text, DESCRIPTION_BYTES),
-               "author_id": author_id, "updated_at": vote.voted_at, "status": status,
-               "vote": vote}
+    status = (
+        QualityGateStatus.NEEDS_QA
+        if vote.decision == Status.APPROVED
+        else QualityGateStatus.REJECTED
+    )
+    updates = {
+        "title": title_of(task_text, task_id),
+        "description": cap_text(task_text, DESCRIPTION_BYTES),
+        "author_id": author_id,
+        "updated_at": vote.voted_at,
+        "status": status,
+        "vote": vote,
+    }
     if existing is not None:
         return existing.model_copy(update=updates)
     return Change(change_id=task_id, created_at=vote.voted_at, **updates)
@@ -174,8 +190,7 @@ def parse_document(raw: Any, workspace: Workspace) -> GateDocument:
 def load(workspace: Workspace) -> GateDocument:
     """The gate as it is now, for readers such as the control panel; missing means empty."""
     moment = iso(utc_now())
-    return parse_document(read_json(workspace.quality_gate_path, lambda: _empty(moment)),
-                          workspace)
+    return parse_document(read_json(workspace.quality_gate_path, lambda: _empty(moment)), workspace)
 
 
 def _empty(moment: str | None) -> dict[str, Any]:

@@ -192,10 +192,16 @@ class Grant(BaseModel):
 
     def with_shares(self, free_time_headroom: int, journal_headroom: int) -> Grant:
         """The requested tokens split between the pools, as far as they have room."""
-        free_time, journal = split_grant(self.tokens_requested, free_time_headroom,
-                                         journal_headroom)
-        return self.model_copy(update={"free_time_awarded": free_time, "journal_awarded": journal,
-                                       "tokens_awarded": free_time + journal})
+        free_time, journal = split_grant(
+            self.tokens_requested, free_time_headroom, journal_headroom
+        )
+        return self.model_copy(
+            update={
+                "free_time_awarded": free_time,
+                "journal_awarded": journal,
+                "tokens_awarded": free_time + journal,
+            }
+        )
 
 
 class RewardLedger(BaseModel):
@@ -243,8 +249,10 @@ class IdentityBalance(BaseModel):
         return self.free_time_tokens + self.journal_tokens
 
     def headroom(self) -> tuple[int, int]:
-        return (max(0, self.free_time_cap - self.free_time_tokens),
-                max(0, self.journal_cap - self.journal_tokens))
+        return (
+            max(0, self.free_time_cap - self.free_time_tokens),
+            max(0, self.journal_cap - self.journal_tokens),
+        )
 
     def has_paid(self, key: str) -> bool:
         return any(payment.grant == key for payment in self.history)
@@ -252,8 +260,14 @@ class IdentityBalance(BaseModel):
     def pay(self, grant: Grant, paid_at: str) -> None:
         self.free_time_tokens += grant.free_time_awarded
         self.journal_tokens += grant.journal_awarded
-        self.history.append(Payment(grant=grant.key, free_time=grant.free_time_awarded,
-                                    journal=grant.journal_awarded, paid_at=paid_at))
+        self.history.append(
+            Payment(
+                grant=grant.key,
+                free_time=grant.free_time_awarded,
+                journal=grant.journal_awarded,
+                paid_at=paid_at,
+            )
+        )
         del self.history[:-HISTORY_LIMIT]
 
 
@@ -320,10 +334,13 @@ def not_approved_fields(identity_id: str | None) -> dict[str, Any]:
 def reported(grant: Grant, *, applied: bool) -> RewardOutcome:
     """A ledgered grant as an outcome: paid by this call, or found already paid."""
     return RewardOutcome(
-        applied=applied, identity=grant.identity_id,
+        applied=applied,
+        identity=grant.identity_id,
         reason=grant.reason if applied else Reason.ALREADY_GRANTED,
-        tokens_requested=grant.tokens_requested, tokens_awarded=grant.tokens_awarded,
-        granted_at=grant.granted_at, ledger_recorded=True,
+        tokens_requested=grant.tokens_requested,
+        tokens_awarded=grant.tokens_awarded,
+        granted_at=grant.granted_at,
+        ledger_recorded=True,
     )
 
 
@@ -357,11 +374,18 @@ class RewardBook:
         if requested == 0:
             return RewardOutcome(identity=identity_id, reason=Reason.NOT_UNDER_BUDGET)
         draft = Grant(
-            task_id=task_id, identity_id=identity_id, tokens_requested=requested,
-            free_time_awarded=0, journal_awarded=0, tokens_awarded=0,
-            reason=f"{Reason.APPROVED_UNDER_BUDGET}:{task_id}", granted_at=timestamp(now),
+            task_id=task_id,
+            identity_id=identity_id,
+            tokens_requested=requested,
+            free_time_awarded=0,
+            journal_awarded=0,
+            tokens_awarded=0,
+            reason=f"{Reason.APPROVED_UNDER_BUDGET}:{task_id}",
+            granted_at=timestamp(now),
             review_confidence=clamp_confidence(review_confidence),
-            budget_used=budget_used, max_budget=max_budget, state=GrantState.PENDING,
+            budget_used=budget_used,
+            max_budget=max_budget,
+            state=GrantState.PENDING,
         )
         with self._locked() as (ledger, balances):
             finished = self._finish_pending(ledger, balances, draft.granted_at)
@@ -369,9 +393,13 @@ class RewardBook:
                 return reported(ledger.grants[draft.key], applied=draft.key in finished)
             grant = draft.with_shares(*balances.of(identity_id).headroom())
             if grant.tokens_awarded == 0:
-                return RewardOutcome(identity=identity_id, reason=Reason.POOL_FULL,
-                                     tokens_requested=requested, tokens_awarded=0,
-                                     ledger_recorded=False)
+                return RewardOutcome(
+                    identity=identity_id,
+                    reason=Reason.POOL_FULL,
+                    tokens_requested=requested,
+                    tokens_awarded=0,
+                    ledger_recorded=False,
+                )
             self._commit(ledger, balances, grant)
             return reported(grant, applied=True)
 
@@ -388,9 +416,14 @@ class RewardBook:
         """Like `grant`, but a failure becomes the event's phase5_reward_error, not a crash;
         whatever it left pending is finished by the next grant."""
         try:
-            return self.grant(task_id, identity_id, max_budget=max_budget,
-                              budget_used=budget_used, review_confidence=review_confidence,
-                              now=now)
+            return self.grant(
+                task_id,
+                identity_id,
+                max_budget=max_budget,
+                budget_used=budget_used,
+                review_confidence=review_confidence,
+                now=now,
+            )
         except (SwarmError, OSError, ValueError) as exc:
             log.error("reward for task %s could not be granted: %s", task_id, exc)
             return RewardOutcome(identity=identity_id, reason=Reason.REWARD_ERROR, error=str(exc))
@@ -422,8 +455,9 @@ class RewardBook:
         failpoint("reward.after_balances")
         grant.state = GrantState.APPLIED
         self._write(self.ledger_path, ledger)
-        log.info("task %s earned %s %d token(s)", grant.task_id, grant.identity_id,
-                 grant.tokens_awarded)
+        log.info(
+            "task %s earned %s %d token(s)", grant.task_id, grant.identity_id, grant.tokens_awarded
+        )
 
     def _finish_pending(self, ledger: RewardLedger, balances: Balances, moment: str) -> set[str]:
         """Pay what a crash left unpaid, then mark every pending grant applied."""
@@ -438,8 +472,9 @@ class RewardBook:
         for grant in pending:
             grant.state = GrantState.APPLIED
         self._write(self.ledger_path, ledger)
-        log.warning("finished %d interrupted reward grant(s), %d paid now",
-                    len(pending), len(unpaid))
+        log.warning(
+            "finished %d interrupted reward grant(s), %d paid now", len(pending), len(unpaid)
+        )
         return {grant.key for grant in pending}
 
     @staticmethod

@@ -52,12 +52,21 @@ FILE_EXTENSION = re.compile(
     r"(?<=[\w-]\.)(?:json|jsonl|csv|tsv|txt|md|py|yaml|yml|toml|ini|cfg|xml|html|log)\b",
     re.IGNORECASE,
 )
-STEM_SUFFIXES = (("ically", "ic"), ("ly", ""), ("ies", "y"), ("ied", "y"), ("ing", ""),
-                 ("ed", ""), ("es", ""), ("s", ""))
+STEM_SUFFIXES = (
+    ("ically", "ic"),
+    ("ly", ""),
+    ("ies", "y"),
+    ("ied", "y"),
+    ("ing", ""),
+    ("ed", ""),
+    ("es", ""),
+    ("s", ""),
+)
 
 # Function words, plus the verbs and nouns every coding task uses: they say a task is work,
 # not which work, so matching on them is what dragged unrelated tools into prompts.
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+    """
 a about above after again against all also an and any are as at back be been before being
 below between both but by can could did do does doing done down during each else etc every
 few for from further had has have having he her here hers him his how i if in into is it its
@@ -70,7 +79,8 @@ generate handle helper implement implementation improve make method modify modul
 program project refactor script simple small support task thing something update use used
 using want need way work ensure sure able
 clear clearly good better proper properly correct correctly quick quickly nice
-""".split())
+""".split()
+)
 
 
 class Tool(BaseModel):
@@ -282,8 +292,7 @@ def http_get_json(url: str, *, params: dict[str, Any] | None = None, timeout: fl
 
 
 def _builtin(name: str, description: str, keywords: list[str], code: str) -> Tool:
-    return Tool(name=name, description=description, keywords=keywords, code=code,
-                source="builtin")
+    return Tool(name=name, description=description, keywords=keywords, code=code, source="builtin")
 
 
 BUILTIN_TOOLS: tuple[Tool, ...] = (
@@ -291,24 +300,49 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
         "read_json_safe",
         "Read and parse a JSON file: a default when it is missing, and an error naming the "
         "file, line and column when the JSON is malformed.",
-        ["json", "malformed", "invalid json", "decode error", "load config", "load settings",
-         "read config", "read settings"],
+        [
+            "json",
+            "malformed",
+            "invalid json",
+            "decode error",
+            "load config",
+            "load settings",
+            "read config",
+            "read settings",
+        ],
         READ_JSON_SAFE,
     ),
     _builtin(
         "write_json_atomic",
         "Write a JSON document atomically: temp file in the same folder, fsync, then rename "
         "over the target, so readers and crashes never see a half-written file.",
-        ["atomic", "atomically", "fsync", "crash", "corrupt", "corruption", "atomic write",
-         "save json", "persist json"],
+        [
+            "atomic",
+            "atomically",
+            "fsync",
+            "crash",
+            "corrupt",
+            "corruption",
+            "atomic write",
+            "save json",
+            "persist json",
+        ],
         WRITE_JSON_ATOMIC,
     ),
     _builtin(
         "retry_with_backoff",
         "Call a function again after transient failures, sleeping with exponential backoff "
         "and jitter between attempts, and re-raise the last error.",
-        ["retry", "retries", "backoff", "exponential", "jitter", "transient", "flaky",
-         "exponential backoff"],
+        [
+            "retry",
+            "retries",
+            "backoff",
+            "exponential",
+            "jitter",
+            "transient",
+            "flaky",
+            "exponential backoff",
+        ],
         RETRY_WITH_BACKOFF,
     ),
     _builtin(
@@ -329,8 +363,18 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
         "http_get_json",
         "Fetch a URL over HTTP with a timeout and decode the JSON body, raising on non-2xx "
         "statuses and bodies that are not JSON.",
-        ["http", "https", "api", "endpoint", "fetch", "download", "rest", "timeout",
-         "requests", "get json"],
+        [
+            "http",
+            "https",
+            "api",
+            "endpoint",
+            "fetch",
+            "download",
+            "rest",
+            "timeout",
+            "requests",
+            "get json",
+        ],
         HTTP_GET_JSON,
     ),
 )
@@ -457,8 +501,12 @@ class _Profile:
         evidence = explained + len(phrases) * PHRASE_BONUS
         strength = min(1.0, evidence / FULL_EVIDENCE)
         coverage = min(1.0, explained / len(task.words)) if task.words else 0.0
-        return _Match(self.tool, round((strength + coverage) / 2, 2), strong | weak,
-                      len(strong) >= 2 or bool(phrases))
+        return _Match(
+            self.tool,
+            round((strength + coverage) / 2, 2),
+            strong | weak,
+            len(strong) >= 2 or bool(phrases),
+        )
 
 
 @dataclass(frozen=True)
@@ -543,8 +591,12 @@ class ToolRouter:
                 continue
             uncovered = match.tokens - frozenset().union(*(pick.covered for pick in picks))
             if self._by_name[match.tool.name].match(uncovered, task).convincing:
-                picks = [*picks, _Pick(match.tool, match.score, match.tokens,
-                                       task.first(uncovered), exact=False)]
+                picks = [
+                    *picks,
+                    _Pick(
+                        match.tool, match.score, match.tokens, task.first(uncovered), exact=False
+                    ),
+                ]
         return picks
 
 
@@ -566,9 +618,12 @@ def _decision(picks: list[_Pick]) -> RouteDecision:
         return NO_TOOL
     if len(picks) > 1:
         confidence = round(sum(pick.confidence for pick in picks) / len(picks), 2)
-        return RouteDecision(route=ToolRoute.COMPOSED, tool=compose([p.tool for p in picks]),
-                             confidence=confidence,
-                             components=tuple(pick.tool.name for pick in picks))
+        return RouteDecision(
+            route=ToolRoute.COMPOSED,
+            tool=compose([p.tool for p in picks]),
+            confidence=confidence,
+            components=tuple(pick.tool.name for pick in picks),
+        )
     pick = picks[0]
     if pick.exact:
         route = ToolRoute.EXACT
@@ -576,8 +631,9 @@ def _decision(picks: list[_Pick]) -> RouteDecision:
         route = ToolRoute.SEMANTIC
     else:
         return NO_TOOL
-    return RouteDecision(route=route, tool=pick.tool, confidence=pick.confidence,
-                         components=(pick.tool.name,))
+    return RouteDecision(
+        route=route, tool=pick.tool, confidence=pick.confidence, components=(pick.tool.name,)
+    )
 
 
 def compose(tools: list[Tool]) -> Tool:
@@ -617,18 +673,20 @@ def inject_tool_context(prompt: str, decision: RouteDecision) -> str:
         return prompt
     tool = decision.tool
     description = " ".join(tool.description.split()) or "n/a"
-    return "\n".join([
-        CONTEXT_HEADING,
-        f"TOOL_NAME: {tool.name}",
-        f"TOOL_ROUTE: {decision.route.value}",
-        f"TOOL_CONFIDENCE: {decision.confidence:.2f}",
-        f"TOOL_DESCRIPTION: {description}",
-        "",
-        tool.code.strip("\n"),
-        "",
-        TASK_HEADING,
-        prompt,
-    ])
+    return "\n".join(
+        [
+            CONTEXT_HEADING,
+            f"TOOL_NAME: {tool.name}",
+            f"TOOL_ROUTE: {decision.route.value}",
+            f"TOOL_CONFIDENCE: {decision.confidence:.2f}",
+            f"TOOL_DESCRIPTION: {description}",
+            "",
+            tool.code.strip("\n"),
+            "",
+            TASK_HEADING,
+            prompt,
+        ]
+    )
 
 
 def decision_fields(decision: RouteDecision) -> dict[str, Any]:

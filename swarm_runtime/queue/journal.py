@@ -52,8 +52,10 @@ class QueueJournal:
 
     def holds_records_after(self, snapshot: Version) -> bool:
         """Records that queue.json (at version `snapshot`) does not contain yet."""
-        return self.position.name is not None and self.position.follows == snapshot and (
-            self.position.records > 0
+        return (
+            self.position.name is not None
+            and self.position.follows == snapshot
+            and (self.position.records > 0)
         )
 
     # reading
@@ -129,9 +131,7 @@ class QueueJournal:
         header = {"journal": name, "follows": snapshot, "started": time.time()}
         head = json.dumps(header).encode() + b"\n"
         atomic_write_bytes(self.path, head + first_record)
-        self.position = JournalPosition(
-            name, snapshot, end=len(head) + len(first_record), lines=1
-        )
+        self.position = JournalPosition(name, snapshot, end=len(head) + len(first_record), lines=1)
 
     def discard(self) -> None:
         """The journal's records are in queue.json now (which already made it obsolete)."""

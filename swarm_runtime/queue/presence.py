@@ -26,8 +26,11 @@ class PresenceBeacon:
     def __init__(self, workspace: Workspace, identity: WorkerIdentity):
         self._path = workspace.workers_dir / f"{identity.worker_id}.json"
         self._presence = WorkerPresence(
-            worker_id=identity.worker_id, pid=identity.pid, host=identity.host,
-            started_at=utc_now().isoformat(), last_seen=0.0,
+            worker_id=identity.worker_id,
+            pid=identity.pid,
+            host=identity.host,
+            started_at=utc_now().isoformat(),
+            last_seen=0.0,
         )
         workspace.workers_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -60,6 +63,11 @@ def live_workers(workspace: Workspace, now: float | None = None) -> list[WorkerP
 
 
 def _process_exists(presence: WorkerPresence) -> bool:
-    lease = Lease(worker_id=presence.worker_id, pid=presence.pid, host=presence.host,
-                  claimed_at=presence.last_seen, expires_at=presence.last_seen)
+    lease = Lease(
+        worker_id=presence.worker_id,
+        pid=presence.pid,
+        host=presence.host,
+        claimed_at=presence.last_seen,
+        expires_at=presence.last_seen,
+    )
     return holder_is_alive(lease)

@@ -252,14 +252,18 @@ def change_status(state: QueueState, task_id: str, status: Status, **fields: Any
 
 def requeue_by_operator(state: QueueState, task: Task) -> Task:
     if not (task.status in FAILED_STATUSES or is_parked(task)):
-        raise InvalidTransition(task.id, task.status, "requeue", "failed, blocked, cancelled "
-                                "or parked in pending_review")
-    return change_status(state, task.id, Status.REQUEUE, not_before=None, review=None,
-                         last_error=None)
+        raise InvalidTransition(
+            task.id,
+            task.status,
+            "requeue",
+            "failed, blocked, cancelled or parked in pending_review",
+        )
+    return change_status(
+        state, task.id, Status.REQUEUE, not_before=None, review=None, last_error=None
+    )
 
 
 def cancel_by_operator(state: QueueState, task: Task) -> Task:
     if task.status not in CLAIMABLE_STATUSES:
         raise InvalidTransition(task.id, task.status, "cancel", "pending, queued or requeue")
-    return change_status(state, task.id, Status.CANCELLED,
-                         last_error="cancelled by the operator")
+    return change_status(state, task.id, Status.CANCELLED, last_error="cancelled by the operator")

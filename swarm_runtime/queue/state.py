@@ -126,11 +126,13 @@ class QueueState:
 
     def snapshot(self) -> QueueDocument:
         """A document for readers; its tasks are shared, which copy-on-write makes safe."""
-        return self.doc.model_copy(update={
-            "tasks": list(self.doc.tasks),
-            "completed": list(self.doc.completed),
-            "failed": list(self.doc.failed),
-        })
+        return self.doc.model_copy(
+            update={
+                "tasks": list(self.doc.tasks),
+                "completed": list(self.doc.completed),
+                "failed": list(self.doc.failed),
+            }
+        )
 
     # --- changing --------------------------------------------------------------------
 

@@ -75,8 +75,15 @@ from swarm_runtime.store.state_files import (
     parse_json,
 )
 
-__all__ = ["HOST", "ClaimOutcome", "QueueStore", "WorkerIdentity", "holder_is_alive",
-           "is_parked", "lease_is_live"]
+__all__ = [
+    "HOST",
+    "ClaimOutcome",
+    "QueueStore",
+    "WorkerIdentity",
+    "holder_is_alive",
+    "is_parked",
+    "lease_is_live",
+]
 
 log = logging.getLogger("swarm.queue")
 HOST = socket.gethostname()
@@ -276,9 +283,7 @@ class QueueStore:
             self._write_snapshot(state)
             return
         journal.append(record, self._snapshot_version)
-        if journal.size * COMPACT_RATIO >= self._snapshot_bytes or (
-            journal.age() >= FRESH_SECONDS
-        ):
+        if journal.size * COMPACT_RATIO >= self._snapshot_bytes or (journal.age() >= FRESH_SECONDS):
             self._fold(state)
 
     def _write_snapshot(self, state: QueueState) -> None:
@@ -342,8 +347,11 @@ class QueueStore:
             task = next_runnable(state, now)
             if task is not None:
                 lease = Lease(
-                    worker_id=worker.worker_id, pid=worker.pid, host=worker.host,
-                    pid_started=worker.pid_started, claimed_at=now,
+                    worker_id=worker.worker_id,
+                    pid=worker.pid,
+                    host=worker.host,
+                    pid_started=worker.pid_started,
+                    claimed_at=now,
                     expires_at=now + lease_seconds,
                 )
                 changes: dict[str, Any] = {"lease": lease, "updated_at": utc_now().isoformat()}
@@ -369,9 +377,7 @@ class QueueStore:
 
         return self._transaction(change)
 
-    def finish(
-        self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any
-    ) -> Task:
+    def finish(self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any) -> Task:
         """Record the task's new status and release its lease; only the holder may."""
 
         def change(state: QueueState) -> Task:
@@ -390,8 +396,11 @@ class QueueStore:
         def change(state: QueueState) -> Task:
             self._owned(state, task_id, worker)
             task = state.update(
-                task_id, status=Status.PENDING_REVIEW, execution=execution,
-                updated_at=utc_now().isoformat(), **fields,
+                task_id,
+                status=Status.PENDING_REVIEW,
+                execution=execution,
+                updated_at=utc_now().isoformat(),
+                **fields,
             )
             return task.model_copy(deep=True)
 
@@ -413,8 +422,13 @@ class QueueStore:
         def change(state: QueueState) -> list[Task]:
             parent = self._owned(state, parent_id, worker)
             _refuse_taken(state, subtask_records)
-            change_status(state, parent_id, Status.QUEUED,
-                          attempts=max(0, parent.attempts - 1), **parent_updates)
+            change_status(
+                state,
+                parent_id,
+                Status.QUEUED,
+                attempts=max(0, parent.attempts - 1),
+                **parent_updates,
+            )
             state.add([t.model_copy(deep=True) for t in subtask_records], before=parent_id)
             return subtask_records
 

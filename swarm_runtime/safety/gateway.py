@@ -292,8 +292,11 @@ def evaluate(text: object) -> list[RuleMatch]:
     """Every rule that matches `text`, in table order. Text that cannot be run at all
     (not a string, or blank) is a match of its own and fails every check."""
     if not isinstance(text, str):
-        return [RuleMatch("input.not_text", INPUT_CHECK,
-                          f"text must be a string, not {type(text).__name__}")]
+        return [
+            RuleMatch(
+                "input.not_text", INPUT_CHECK, f"text must be a string, not {type(text).__name__}"
+            )
+        ]
     if not text.strip():
         return [RuleMatch("input.empty", INPUT_CHECK, "empty text: nothing to execute")]
     folded = fold(text)
@@ -365,5 +368,9 @@ def _append_audit(workspace: state_files.Workspace, record: dict[str, Any]) -> N
         workspace.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         state_files.append_line(workspace, workspace.safety_audit_path, record, durable=False)
     except OSError as exc:
-        log.warning("safety audit for task %s not written to %s: %s",
-                    record["task_id"], workspace.safety_audit_path, exc)
+        log.warning(
+            "safety audit for task %s not written to %s: %s",
+            record["task_id"],
+            workspace.safety_audit_path,
+            exc,
+        )

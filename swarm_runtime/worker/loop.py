@@ -234,8 +234,10 @@ class Worker:
         for item in claim.reclaimed:
             log.warning("reclaimed task %s: %s", item.task_id, item.reason)
             self.events.emit(
-                item.task_id, Status.LEASE_EXPIRED,
-                previous_holder=item.previous, reason=item.reason,
+                item.task_id,
+                Status.LEASE_EXPIRED,
+                previous_holder=item.previous,
+                reason=item.reason,
             )
         for item in claim.propagated:
             log.warning("task %s cannot run: %s", item.task_id, item.reason)
@@ -268,8 +270,11 @@ class Worker:
             return self.review(task, task.execution, endpoint)
         started = iso(utc_now())
         self.events.emit(
-            task.id, Status.IN_PROGRESS, started_at=started,
-            mode=task.effective_mode, attempt=task.attempts,
+            task.id,
+            Status.IN_PROGRESS,
+            started_at=started,
+            mode=task.effective_mode,
+            attempt=task.attempts,
         )
         log.info("task %s started (attempt %d)", task.id, task.attempts)
         if self.plan(task):
@@ -278,7 +283,10 @@ class Worker:
         outcome.fields.setdefault("started_at", started)
         outcome.fields["completed_at"] = iso(utc_now())
         self.events.emit(
-            task.id, outcome.status, mode=task.effective_mode, attempt=task.attempts,
+            task.id,
+            outcome.status,
+            mode=task.effective_mode,
+            attempt=task.attempts,
             **outcome.fields,
         )
         if outcome.status != Status.COMPLETED or not self.settings.review:
@@ -292,7 +300,10 @@ class Worker:
     def _fail(self, task: Task, error: str) -> Outcome:
         outcome = Outcome(Status.FAILED, {"errors": error, "completed_at": iso(utc_now())})
         self.events.emit(
-            task.id, outcome.status, mode=task.effective_mode, attempt=task.attempts,
+            task.id,
+            outcome.status,
+            mode=task.effective_mode,
+            attempt=task.attempts,
             **outcome.fields,
         )
         self._finish(task, outcome)
@@ -302,8 +313,11 @@ class Worker:
         error = outcome.error
         try:
             self.store.finish(
-                task.id, self.identity, outcome.status,
-                last_error=cap_text(error, SUMMARY_CHARS) if error else None, **fields,
+                task.id,
+                self.identity,
+                outcome.status,
+                last_error=cap_text(error, SUMMARY_CHARS) if error else None,
+                **fields,
             )
         except LeaseLostError as exc:
             log.warning("%s; its new holder will run it again", exc)
@@ -337,19 +351,32 @@ class Worker:
             return Outcome(Status.FAILED, {"errors": missing_input_error(task)})
         passed, report = self.gateway.pre_execute_safety_check(text, task.id)
         if not passed:
-            return Outcome(Status.SAFETY_BLOCKED, {
-                "errors": f"Safety check failed: {report.get('blocked_reason')}",
-                "safety_passed": False, "safety_report": report, **route_fields,
-            })
+            return Outcome(
+                Status.SAFETY_BLOCKED,
+                {
+                    "errors": f"Safety check failed: {report.get('blocked_reason')}",
+                    "safety_passed": False,
+                    "safety_report": report,
+                    **route_fields,
+                },
+            )
         try:
             dispatch = self.client.dispatch(
-                endpoint, request.model_dump(mode="json", exclude_none=True),
+                endpoint,
+                request.model_dump(mode="json", exclude_none=True),
                 read_timeout=request.timeout + DISPATCH_GRACE_SECONDS,
                 on_retry=self._retry_reporter(task),
             )
         except EndpointRefused as exc:
-            return Outcome(Status.FAILED, {"errors": str(exc), "safety_passed": True,
-                                           "safety_report": report, **route_fields})
+            return Outcome(
+                Status.FAILED,
+                {
+                    "errors": str(exc),
+                    "safety_passed": True,
+                    "safety_report": report,
+                    **route_fields,
+                },
+            )
         outcome = outcome_from_dispatch(dispatch, report)
         outcome.fields.update(route_fields)
         return outcome
@@ -360,8 +387,14 @@ class Worker:
 
         def report(retry: int, error: str, delay: float) -> None:
             self.events.emit(
-                task.id, Status.IN_PROGRESS, kind=ApiRetryEvent, mode=task.effective_mode,
-                attempt=task.attempts, errors=error, api_retry=retry, retry_in=round(delay, 2),
+                task.id,
+                Status.IN_PROGRESS,
+                kind=ApiRetryEvent,
+                mode=task.effective_mode,
+                attempt=task.attempts,
+                errors=error,
+                api_retry=retry,
+                retry_in=round(delay, 2),
             )
 
         return report
@@ -372,8 +405,9 @@ class Worker:
             return None, {}
         decision = self.router().route(routing_text(task))
         if decision.tool is not None:
-            log.info("Tool router selected %s via %s for %s",
-                     decision.tool.name, decision.route, task.id)
+            log.info(
+                "Tool router selected %s via %s for %s", decision.tool.name, decision.route, task.id
+            )
         results = subtask_results(task, self.store.load()) if task.phase4_planned else []
         return compose_prompt(task, decision, results), decision_fields(decision)
 
@@ -395,22 +429,29 @@ class Worker:
         except ReviewUnavailable as exc:
             return self._park(task, execution, str(exc))
         decision = decide(
-            verdict, rejections_before=previous.attempt,
+            verdict,
+            rejections_before=previous.attempt,
             max_attempts=self.settings.max_requeue_attempts,
             previous_issues=previous.issues if previous.verdict == Verdict.REJECT else None,
         )
         fields = execution_fields(execution) | review_fields(verdict, decision.rejections)
         self.events.emit(task.id, Status.PENDING_REVIEW, kind=ReviewEvent, **fields)
         fields |= self.quality_gate.record_safely(
-            task.id, task.prompt or task.command or "", execution.model or self.identity.worker_id,
-            verdict, decision.rejections,
+            task.id,
+            task.prompt or task.command or "",
+            execution.model or self.identity.worker_id,
+            verdict,
+            decision.rejections,
         ).model_dump(mode="json")
         failpoint("worker.before_reward")
         fields |= self._reward(task, execution, verdict, decision.outcome)
         failpoint("worker.after_reward")
         approved = decision.outcome == Status.APPROVED
-        fields.update(result_summary=execution.result_summary if approved else None,
-                      errors=decision.errors, completed_at=iso(utc_now()))
+        fields.update(
+            result_summary=execution.result_summary if approved else None,
+            errors=decision.errors,
+            completed_at=iso(utc_now()),
+        )
         self.events.emit(task.id, decision.outcome, kind=ReviewEvent, **fields)
         outcome = Outcome(decision.outcome, fields)
         not_before = None
@@ -418,8 +459,9 @@ class Worker:
             delay = requeue_backoff(self.settings.requeue_backoff, decision.rejections)
             not_before = time.time() + delay
             log.info("task %s rejected; due again in %.1fs", task.id, delay)
-        self._finish(task, outcome, review=review_record(verdict, decision.rejections),
-                     not_before=not_before)
+        self._finish(
+            task, outcome, review=review_record(verdict, decision.rejections), not_before=not_before
+        )
         return outcome
 
     def _reward(
@@ -429,9 +471,11 @@ class Worker:
         if status != Status.APPROVED:
             return not_approved_fields(identity)
         return self.rewards.grant_safely(
-            task.id, identity,
+            task.id,
+            identity,
             max_budget=DEFAULT_MAX_BUDGET if task.max_budget is None else task.max_budget,
-            budget_used=execution.budget_used, review_confidence=verdict.confidence,
+            budget_used=execution.budget_used,
+            review_confidence=verdict.confidence,
         ).event_fields()
 
     def _park(self, task: Task, execution: ExecutionRecord, reason: str) -> Outcome:
@@ -439,8 +483,10 @@ class Worker:
         previous = task.review or ReviewRecord()
         log.error("task %s stays pending_review: %s", task.id, reason)
         fields = execution_fields(execution) | {
-            "review_error": reason, "review_attempt": previous.attempt,
-            "quality_gate_status": QualityGateStatus.UNAVAILABLE, "errors": reason,
+            "review_error": reason,
+            "review_attempt": previous.attempt,
+            "quality_gate_status": QualityGateStatus.UNAVAILABLE,
+            "errors": reason,
         }
         self.events.emit(task.id, Status.PENDING_REVIEW, kind=ReviewEvent, **fields)
         outcome = Outcome(Status.PENDING_REVIEW, fields)
@@ -509,20 +555,37 @@ def execution_record(task: Task, outcome: Outcome) -> ExecutionRecord:
         return cap_text(value, RECORDED_OUTPUT_BYTES) if value else value
 
     return ExecutionRecord(
-        attempt=task.attempts, status=outcome.status,
-        result_summary=capped("result_summary"), output=capped("output"),
+        attempt=task.attempts,
+        status=outcome.status,
+        result_summary=capped("result_summary"),
+        output=capped("output"),
         errors=capped("errors"),
         **{name: fields.get(name) for name in EXECUTION_RECORD_COPIED},
     )
 
 
 EXECUTION_RECORD_COPIED = (
-    "exit_code", "model", "budget_used", "safety_passed", "tool_route", "tool_name",
-    "tool_confidence", "started_at", "completed_at",
+    "exit_code",
+    "model",
+    "budget_used",
+    "safety_passed",
+    "tool_route",
+    "tool_name",
+    "tool_confidence",
+    "started_at",
+    "completed_at",
 )
 EXECUTION_EVENT_FIELDS = (
-    "started_at", "completed_at", "result_summary", "model", "budget_used", "safety_passed",
-    "tool_route", "tool_name", "tool_confidence", "exit_code",
+    "started_at",
+    "completed_at",
+    "result_summary",
+    "model",
+    "budget_used",
+    "safety_passed",
+    "tool_route",
+    "tool_name",
+    "tool_confidence",
+    "exit_code",
 )
 
 
@@ -541,9 +604,14 @@ def outcome_from_dispatch(dispatch: Dispatch, report: dict[str, Any]) -> Outcome
     """Success comes from the response body's status and exit code, never from HTTP 200 alone."""
     body = dispatch.response
     if body is None:
-        return Outcome(Status.FAILED, {
-            "errors": dispatch.error, "safety_passed": True, "safety_report": report,
-        })
+        return Outcome(
+            Status.FAILED,
+            {
+                "errors": dispatch.error,
+                "safety_passed": True,
+                "safety_report": report,
+            },
+        )
     succeeded = body.status == Status.COMPLETED and body.exit_code in (None, 0)
     fields: dict[str, Any] = {
         "result_summary": body.result,
@@ -659,7 +727,9 @@ def main(argv: list[str] | None = None) -> int:
         return add_task(args, workspace, settings)
     identity = WorkerIdentity(args.worker_id or default_worker_id())
     worker = Worker(
-        settings, workspace, identity=identity,
+        settings,
+        workspace,
+        identity=identity,
         client=CycleClient(resolve_token(settings, workspace), retries=settings.api_retries),
         gateway=SafetyGateway(workspace),
     )

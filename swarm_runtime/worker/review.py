@@ -67,7 +67,8 @@ class Critic:
         )
         try:
             dispatch = self.client.dispatch(
-                endpoint, request.model_dump(mode="json", exclude_none=True),
+                endpoint,
+                request.model_dump(mode="json", exclude_none=True),
                 read_timeout=CRITIC_TIMEOUT_SECONDS,
             )
         except EndpointRefused as exc:

@@ -82,19 +82,24 @@ def feed(settings: Settings, report: Path, first: int, total: int) -> int:
                 unreachable.add(task_id)  # archived meanwhile: it stays failed
                 continue
             requeued.add(task_id)
-            events.emit(task.id, task.status, OperatorEvent,
-                        operator_action=OperatorAction.REQUEUE)
+            events.emit(task.id, task.status, OperatorEvent, operator_action=OperatorAction.REQUEUE)
         if following >= total and every_failure_handled(doc, total, requeued):
             break
         pace.wait(PACE_SECONDS)
-    report.write_text(json.dumps({"added": added, "requeued": sorted(requeued),
-                                  "left_failed": sorted(unreachable)}))
+    report.write_text(
+        json.dumps(
+            {"added": added, "requeued": sorted(requeued), "left_failed": sorted(unreachable)}
+        )
+    )
     return 0
 
 
 def failed_once(doc: QueueDocument, requeued: set[str]) -> list[str]:
-    return [t.id for t in doc.tasks
-            if t.status == Status.FAILED and is_failing(t.id) and t.id not in requeued]
+    return [
+        t.id
+        for t in doc.tasks
+        if t.status == Status.FAILED and is_failing(t.id) and t.id not in requeued
+    ]
 
 
 def every_failure_handled(doc: QueueDocument, total: int, requeued: set[str]) -> bool:
@@ -120,8 +125,7 @@ def read_loop(settings: Settings, report: Path) -> int:
             if found and len(problems) < 20:
                 problems.append({"problems": found[:5], "bytes": len(raw)})
         stop.wait(READ_PACE_SECONDS)
-    report.write_text(json.dumps({"reads": reads, "versions": len(versions),
-                                  "problems": problems}))
+    report.write_text(json.dumps({"reads": reads, "versions": len(versions), "problems": problems}))
     return 0
 
 
@@ -144,15 +148,24 @@ def queue_problems(raw: bytes, review_enabled: bool) -> list[str]:
 def list_problems(doc: QueueDocument, review_enabled: bool) -> list[str]:
     """`completed` and `failed` agree with the statuses: each finished task in exactly one."""
     completed, failed = set(doc.completed), set(doc.failed)
-    problems = [f"{name} repeats an id" for name, ids in
-                (("completed", doc.completed), ("failed", doc.failed)) if len(set(ids)) != len(ids)]
+    problems = [
+        f"{name} repeats an id"
+        for name, ids in (("completed", doc.completed), ("failed", doc.failed))
+        if len(set(ids)) != len(ids)
+    ]
     problems += [f"{tid} is both completed and failed" for tid in completed & failed]
     final = final_statuses(review_enabled)
     for task in doc.tasks:
-        expected = (failed if task.status in FAILED_STATUSES
-                    else completed if task.status in final else set())
-        listed = [name for name, ids in (("completed", completed), ("failed", failed))
-                  if task.id in ids]
+        expected = (
+            failed
+            if task.status in FAILED_STATUSES
+            else completed
+            if task.status in final
+            else set()
+        )
+        listed = [
+            name for name, ids in (("completed", completed), ("failed", failed)) if task.id in ids
+        ]
         if (task.id in expected) != bool(listed) or len(listed) > 1:
             problems.append(f"{task.id} is {task.status.value} but listed in {listed}")
     return problems

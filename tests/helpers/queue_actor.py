@@ -1,8 +1,8 @@
 """A separate process that hammers the queue store, for concurrency and crash tests.
 
-    queue_actor.py WORKSPACE add PREFIX COUNT      add COUNT tasks PREFIX-0..N
-    queue_actor.py WORKSPACE drain NAME OUT        claim+finish until drained; ids to OUT
-    queue_actor.py WORKSPACE churn                 add tasks forever (to be killed)
+queue_actor.py WORKSPACE add PREFIX COUNT      add COUNT tasks PREFIX-0..N
+queue_actor.py WORKSPACE drain NAME OUT        claim+finish until drained; ids to OUT
+queue_actor.py WORKSPACE churn                 add tasks forever (to be killed)
 """
 
 from __future__ import annotations
