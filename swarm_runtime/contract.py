@@ -9,9 +9,10 @@ callers that handle raw dictionaries.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import (
     AfterValidator,
@@ -141,6 +142,10 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def iso(moment: datetime) -> str: ...
+@overload
+def iso(moment: None) -> None: ...
 def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
@@ -242,7 +247,7 @@ def _task_problems(index: int, task: object, seen: dict[str, int]) -> list[str]:
     return problems
 
 
-def describe_validation_error(error: dict[str, Any]) -> str:
+def describe_validation_error(error: Mapping[str, Any]) -> str:
     """One pydantic error as `field.path: message`."""
     path = ".".join(str(part) for part in error.get("loc", ()))
     return f"{path}: {error.get('msg', 'invalid')}"

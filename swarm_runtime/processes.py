@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from typing import Any
 
 STOP_GRACE_SECONDS = 20.0
 
@@ -26,7 +27,7 @@ def process_exists(pid: int) -> bool:
     return True
 
 
-def stop_gracefully(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
+def stop_gracefully(proc: subprocess.Popen[Any], grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM lets a worker finish the task in hand; SIGKILL only after the grace period."""
     if proc.poll() is not None:
         return

@@ -199,10 +199,11 @@ def check_safety(gateway: SafetyGateway, cycle_request: CycleRequest) -> dict[st
 def run_local(
     services: ApiServices, cycle_request: CycleRequest, report: dict[str, Any]
 ) -> CycleResponse:
-    if not (cycle_request.task or "").strip():
+    command = cycle_request.task or ""
+    if not command.strip():
         raise ApiError(400, "local mode requires task (the command to run)", field="task")
     try:
-        plan = services.policy.check(cycle_request.task)
+        plan = services.policy.check(command)
     except PolicyViolation as exc:
         raise ApiError(403, str(exc), rule=exc.rule, field="task") from None
     result = run_command(plan, timeout=cycle_request.timeout)
@@ -226,11 +227,12 @@ def run_local(
 def run_llm(
     services: ApiServices, cycle_request: CycleRequest, report: dict[str, Any]
 ) -> CycleResponse:
-    if not (cycle_request.prompt or "").strip():
+    prompt = cycle_request.prompt or ""
+    if not prompt.strip():
         raise ApiError(400, "llm mode requires prompt", field="prompt")
     try:
         call = services.wrapper.call_llm(
-            cycle_request.prompt,
+            prompt,
             model=cycle_request.model,
             max_tokens=cycle_request.max_tokens,
             temperature=cycle_request.temperature,

@@ -133,7 +133,7 @@ def _register_outcomes(app: Flask, panel: Panel) -> None:
     def spend() -> Response:
         bucket = choice_arg("bucket", list(SPEND_BUCKETS), default="minute")
         panel.catch_up(panel.spend_log)
-        return jsonify(spend_of(panel, bucket))
+        return jsonify(spend_of(panel, bucket or "minute"))
 
 
 def _register_actions(app: Flask, panel: Panel) -> None:

@@ -456,7 +456,7 @@ class LogIndex(_Follower):
         for offset in offsets:
             data = next((d for _, d in self._lines_between(offset, self.end)), None)
             event = _load(data) if data is not None else None
-            if event is not None:
+            if event is not None and data is not None:
                 events.append(IndexedEvent(offset, offset + len(data) + 1, event))
         return events
 

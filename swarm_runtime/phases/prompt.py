@@ -41,7 +41,7 @@ def subtask_results(task: Task, doc: QueueDocument) -> list[tuple[str, str, str 
     """(id, feature, result) for each subtask of a planned parent, in plan order."""
     plan = task.phase4_plan or {}
     ids, features = plan.get("subtasks") or [], plan.get("features") or []
-    results = []
+    results: list[tuple[str, str, str | None]] = []
     for index, subtask_id in enumerate(ids):
         feature = features[index] if index < len(features) else ""
         subtask = doc.find(subtask_id)

@@ -140,7 +140,8 @@ def _in_cycles(state: QueueState, candidates: list[str]) -> list[str]:
         return task is not None and task.status in CLAIMABLE_STATUSES
 
     def waiting_deps(task_id: str) -> set[str]:
-        return {dep for dep in state.find(task_id).depends_on if waiting(dep)}
+        task = state.find(task_id)
+        return {dep for dep in task.depends_on if waiting(dep)} if task else set()
 
     unresolved: dict[str, set[str]] = {}
     frontier = [task_id for task_id in candidates if waiting(task_id)]

@@ -46,6 +46,8 @@ class QueueState:
       changed, or since a dependency failed; `queue_rules.propagate_failures` empties it.
     """
 
+    _api_endpoint: str | None
+
     def __init__(self, doc: QueueDocument, review_enabled: bool):
         self.doc = doc
         self.review_enabled = review_enabled
@@ -211,7 +213,7 @@ class QueueState:
         self._before: dict[str, str] = {}
         self._removed: list[str] = []
         self._outcomes: dict[str, Outcome | None] = {}
-        self._api_endpoint: str | None = None
+        self._api_endpoint = None
 
     @property
     def changed(self) -> bool:

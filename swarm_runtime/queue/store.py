@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 from pydantic import ValidationError
 
@@ -95,6 +95,8 @@ SMALL_QUEUE_BYTES = 16 * 1024
 COMPACT_RATIO = 4
 FRESH_SECONDS = 1.0
 
+R = TypeVar("R")
+
 
 @dataclass(frozen=True)
 class WorkerIdentity:
@@ -144,7 +146,7 @@ def holder_is_alive(lease: Lease, host: str = HOST) -> bool:
     return not (lease.pid_started and started and started != lease.pid_started)
 
 
-def lease_is_live(lease: Lease | None, now: float) -> bool:
+def lease_is_live(lease: Lease | None, now: float) -> TypeGuard[Lease]:
     return lease is not None and lease.expires_at > now and holder_is_alive(lease)
 
 
@@ -197,7 +199,7 @@ class QueueStore:
         self._state, state = None, self._state
         version = file_version(self.path)
         fresh = state is None or version != self._snapshot_version
-        if fresh:
+        if state is None or fresh:
             state = self._read_snapshot(version, state)
         restarted, records = self._journal.read_new(version)
         if restarted and not fresh:  # another process folded it, or started it
@@ -246,7 +248,7 @@ class QueueStore:
 
     # writing
 
-    def _transaction(self, change: Callable[[QueueState], Any]) -> Any:
+    def _transaction(self, change: Callable[[QueueState], R]) -> R:
         """Run `change` on the current state under the lock and make what it changed
         durable before returning. A change that raises, or a write that fails, drops the
         state, which is then read again from the files: nothing half-done survives."""
@@ -369,7 +371,7 @@ class QueueStore:
 
         def change(state: QueueState) -> bool:
             task = state.find(task_id)
-            if task is None or not _owned_by(task, worker):
+            if task is None or task.lease is None or not _owned_by(task, worker):
                 return False
             lease = task.lease.model_copy(update={"expires_at": now + lease_seconds})
             state.update(task_id, lease=lease)

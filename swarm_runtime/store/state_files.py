@@ -180,7 +180,7 @@ def sweep_stale_temp_files(folder: Path) -> list[Path]:
 
     Readers never look at temp files, so a leftover is harmless but untidy; a temp of a
     live process (a write in progress) is left alone."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:

@@ -125,7 +125,7 @@ def _json_or_none(reply: requests.Response) -> Any:
 
 def backoff(attempt: int) -> float:
     """Exponential with jitter: 0.5, 1, 2, 4 s ... capped, so a restarting API is waited for."""
-    return min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+    return min(MAX_BACKOFF_SECONDS, 0.5 * 2.0 ** (attempt - 1)) * random.uniform(0.8, 1.2)
 
 
 def retry_after(reply: requests.Response, attempt: int) -> float:

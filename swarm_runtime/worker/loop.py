@@ -239,10 +239,10 @@ class Worker:
                 previous_holder=item.previous,
                 reason=item.reason,
             )
-        for item in claim.propagated:
-            log.warning("task %s cannot run: %s", item.task_id, item.reason)
+        for failed in claim.propagated:
+            log.warning("task %s cannot run: %s", failed.task_id, failed.reason)
             self.events.emit(
-                item.task_id, item.status, errors=item.reason, completed_at=iso(utc_now())
+                failed.task_id, failed.status, errors=failed.reason, completed_at=iso(utc_now())
             )
 
     # --- one task ----------------------------------------------------------------------
