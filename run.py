@@ -1,7 +1,11 @@
-"""One command to install and start the runtime, one to install and run the tests.
+"""One command to install and start the runtime, one to check it, one to run the tests.
 
     python3 run.py          install into .venv, then start swarm.py, worker.py and
                             control_panel.py on ./workspace (with demo tasks) until Ctrl-C
+    python3 run.py check    install into .venv (with test extras), then run in order
+                            ruff check, ruff format --check, mypy, lint-imports and the
+                            packaging smoke test (tests/helpers/package_smoke.py: the wheel
+                            in a fresh venv); stops at the first step that fails
     python3 run.py test     install into .venv (with test extras), then run the test suite
     python3 run.py bench    install into .venv, then run the benchmarks and print one table
                             (`bench --quick`, `bench queue panel`: see benchmarks/run_all.py)
@@ -18,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import venv
 from pathlib import Path
 
@@ -25,9 +30,17 @@ from swarm_runtime.processes import stop_gracefully
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-VENV_PYTHON = VENV / "bin" / "python"
+VENV_BIN = VENV / "bin"
+VENV_PYTHON = VENV_BIN / "python"
 STAMP = VENV / ".swarm-installed"
 READY_TIMEOUT_SECONDS = 30.0
+CHECKS = (
+    ("ruff check", ["ruff", "check", "."]),
+    ("ruff format --check", ["ruff", "format", "--check", "."]),
+    ("mypy", ["mypy"]),
+    ("lint-imports", ["lint-imports"]),
+    ("packaging smoke test", ["python", "tests/helpers/package_smoke.py"]),
+)
 
 
 def ensure_environment() -> None:
@@ -53,6 +66,8 @@ def main(argv: list[str]) -> int:
     if not inside_venv():
         ensure_environment()
         os.execv(VENV_PYTHON, [str(VENV_PYTHON), str(Path(__file__).resolve()), *argv])
+    if argv == ["check"]:
+        return run_checks()
     if argv[:1] == ["test"]:
         return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
     if argv[:1] == ["bench"]:
@@ -63,6 +78,20 @@ def main(argv: list[str]) -> int:
         return start_runtime()
     print(__doc__, file=sys.stderr)
     return 2
+
+
+def run_checks() -> int:
+    """Each step is a tool from .venv/bin, run from the checkout with its own config."""
+    started = time.monotonic()
+    for step, (tool, *args) in CHECKS:
+        print(f"--- {step}", flush=True)
+        code = subprocess.call([str(VENV_BIN / tool), *args], cwd=ROOT)
+        if code != 0:
+            print(f"check failed: {step} (exit {code})", file=sys.stderr)
+            return 1
+    steps = ", ".join(step for step, _ in CHECKS)
+    print(f"check passed ({steps}) in {time.monotonic() - started:.0f} s")
+    return 0
 
 
 # --- the running runtime (inside .venv) -----------------------------------------------
@@ -127,6 +156,7 @@ class Child:
         return child
 
     def _echo(self) -> None:
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if self.url is None and "listening on http://127.0.0.1:" in line:
                 self.url = line.rsplit("listening on ", 1)[1].strip()

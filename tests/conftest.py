@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import inspect
 import json
 import os
 import re
@@ -12,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 import pytest
@@ -176,3 +179,66 @@ def write_queue(workspace: Workspace, tasks: list[dict[str, Any]], endpoint: str
 
 def read_queue(workspace: Workspace) -> dict[str, Any]:
     return json.loads(workspace.queue_path.read_text())
+
+
+# --- the slow marker ----------------------------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+PROCESS_MODULES = ("test_faults_*.py", "test_*_end_to_end.py", "test_panel_browser.py")
+# How starting a process, a server or a browser reads in a test's code (besides a Python
+# child started with `sys.executable`).
+PROCESS_NAMES = frozenset({"Popen", "multiprocessing", "make_server", "sync_playwright"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that starts a process, a server or a browser, so that
+    `-m "not slow"` runs the rest in seconds: every test of the process-level modules, and
+    any other whose own code, fixtures, or the functions and classes of the tests tree
+    they use start one. `spawn`, `api`, `start_process`, `run_worker` and the fake
+    provider's server all count, and so will the next helper built on them."""
+    for item in items:
+        if starts_processes(item):
+            item.add_marker(pytest.mark.slow)
+
+
+def starts_processes(item: pytest.Item) -> bool:
+    if any(fnmatch.fnmatch(item.path.name, pattern) for pattern in PROCESS_MODULES):
+        return True
+    if not isinstance(item, pytest.Function):
+        return False
+    fixtures = item._fixtureinfo.name2fixturedefs.values()
+    functions = [item.function, *(fixture.func for defs in fixtures for fixture in defs)]
+    seen: set[Callable[..., Any]] = set()
+    return any(reaches_process_names(function, seen) for function in functions)
+
+
+def reaches_process_names(function: Callable[..., Any], seen: set[Callable[..., Any]]) -> bool:
+    """Follow the names a function of the tests tree uses to the functions and classes of
+    the tests tree they are bound to; code outside it (pytest, the package) is not read."""
+    function = inspect.unwrap(function)
+    code = getattr(function, "__code__", None)
+    if function in seen or code is None or not code.co_filename.startswith(str(TESTS)):
+        return False
+    seen.add(function)
+    names = names_used(code)
+    python_child = {"sys", "executable"} <= names and function.__globals__.get("sys") is sys
+    if python_child or names & PROCESS_NAMES:
+        return True
+    bound = [function.__globals__.get(name) for name in names]
+    return any(reaches_process_names(callee, seen) for callee in callees(bound))
+
+
+def names_used(code: CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):  # nested functions, lambdas, comprehensions
+            names |= names_used(const)
+    return names
+
+
+def callees(bound: list[object]) -> Iterator[Callable[..., Any]]:
+    for value in bound:
+        if inspect.isfunction(value):
+            yield value
+        elif inspect.isclass(value):
+            yield from (member for member in vars(value).values() if inspect.isfunction(member))
