@@ -66,7 +66,7 @@ def claim_finish_ms(store: QueueStore) -> float:
     worker = WorkerIdentity("bench")
     start = time.perf_counter()
     claimed = store.claim(worker, lease_seconds=30).task
-    store.finish(claimed.id, worker, Status.APPROVED)
+    store.finish(claimed.id, worker, Status.COMPLETED)
     return (time.perf_counter() - start) * 1000
 
 

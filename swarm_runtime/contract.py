@@ -1,26 +1,35 @@
-"""The queue and event contract: the one place that names statuses, files and fields.
+"""The queue and event contract: the one place that names statuses, files and fields,
+and says which status may follow which.
 
 Every other module imports its vocabulary from here, so a status or a file name is
-spelled exactly once. The pydantic models are the wire and file formats; the plain
-functions (`normalize_*`, `validate_queue_contract`) keep the design's semantics for
-callers that handle raw dictionaries.
+spelled exactly once, and the store and the panel ask the same transition table. The
+pydantic models are the wire and file formats; the plain functions (`normalize_*`,
+`queue_problems`, `validate_queue_contract`) keep the design's semantics for callers
+that handle raw dictionaries.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, overload
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, NamedTuple, Self, overload
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
+    model_validator,
 )
 
 QUEUE_CONTRACT_VERSION = "1.1"
@@ -107,6 +116,21 @@ class QualityGateStatus(StrEnum):
     ERROR = "error"
 
 
+class ChangeStatus(StrEnum):
+    """A change's own state in quality_gate_queue.json. A vote leaves it needs_qa or
+    rejected; the others belong to the QA flow of the design's reference implementation,
+    which other tools drive."""
+
+    PENDING_VOTE = "pending_vote"
+    NEEDS_QA = "needs_qa"
+    REJECTED = "rejected"
+    QA_IN_PROGRESS = "qa_in_progress"
+    NEEDS_INTEGRATION = "needs_integration"
+    NEEDS_E2E = "needs_e2e"
+    READY_FOR_MERGE = "ready_for_merge"
+    BLOCKED = "blocked"
+
+
 class ToolRoute(StrEnum):
     EXACT = "exact"
     SEMANTIC = "semantic"
@@ -121,6 +145,117 @@ CLAIMABLE_STATUSES = frozenset({Status.PENDING, Status.REQUEUE, Status.QUEUED})
 # Finished for good: nothing will run this task again without an operator.
 FAILED_STATUSES = frozenset({Status.FAILED, Status.SAFETY_BLOCKED, Status.CANCELLED})
 APPROVED_STATUSES = frozenset({Status.APPROVED, Status.READY_FOR_MERGE})
+
+
+class OperatorAction(StrEnum):
+    ADD = "add"
+    REQUEUE = "requeue"
+    CANCEL = "cancel"
+    REQUEUE_FAILED = "requeue_failed"
+
+
+# --- which status may follow which --------------------------------------------------
+
+_WAITING_NEXT = frozenset({Status.IN_PROGRESS, Status.FAILED, Status.CANCELLED})
+_ENDED_BADLY_NEXT = frozenset({Status.REQUEUE})
+
+# The one transition table: the store refuses any other change of a task's status, and
+# the panel offers only what it allows. A status may always stay as it is. A status with
+# no entry (completed, approved, ready_for_merge, and those only events carry) is final.
+TRANSITIONS: Mapping[Status, frozenset[Status]] = MappingProxyType(
+    {
+        # Waiting: claimed, failed behind a dependency that can never be met, or cancelled.
+        Status.PENDING: _WAITING_NEXT,
+        Status.QUEUED: _WAITING_NEXT,
+        Status.REQUEUE: _WAITING_NEXT,
+        # Running: ran (and, under review, awaits the verdict), was blocked or failed, was
+        # split into subtasks it now waits for, or went back in line when its holder died.
+        Status.IN_PROGRESS: frozenset(
+            {
+                Status.COMPLETED,
+                Status.PENDING_REVIEW,
+                Status.SAFETY_BLOCKED,
+                Status.FAILED,
+                Status.QUEUED,
+                Status.PENDING,
+            }
+        ),
+        # Under review: the critic's verdict.
+        Status.PENDING_REVIEW: frozenset({Status.APPROVED, Status.REQUEUE, Status.FAILED}),
+        # Ended badly: only an operator sends it back.
+        Status.FAILED: _ENDED_BADLY_NEXT,
+        Status.SAFETY_BLOCKED: _ENDED_BADLY_NEXT,
+        Status.CANCELLED: _ENDED_BADLY_NEXT,
+    }
+)
+
+
+class ActionRule(NamedTuple):
+    """From which statuses an operator action applies, and the status it leads to."""
+
+    allowed_from: frozenset[Status]
+    leads_to: Status
+    # Applied at once to every task it allows, rather than to one task.
+    whole_queue: bool = False
+
+
+OPERATOR_ACTIONS: Mapping[OperatorAction, ActionRule] = MappingProxyType(
+    {
+        OperatorAction.REQUEUE: ActionRule(
+            FAILED_STATUSES | {Status.PENDING_REVIEW}, Status.REQUEUE
+        ),
+        OperatorAction.CANCEL: ActionRule(CLAIMABLE_STATUSES, Status.CANCELLED),
+        OperatorAction.REQUEUE_FAILED: ActionRule(
+            frozenset({Status.FAILED}), Status.REQUEUE, whole_queue=True
+        ),
+    }
+)
+
+
+def can_transition(old: Status, new: Status) -> bool:
+    return new == old or new in TRANSITIONS.get(old, frozenset())
+
+
+def statuses_leading_to(new: Status) -> list[Status]:
+    return [old for old in Status if new in TRANSITIONS.get(old, frozenset())]
+
+
+def action_allowed(action: OperatorAction, status: Status) -> bool:
+    rule = OPERATOR_ACTIONS.get(action)
+    return rule is not None and status in rule.allowed_from
+
+
+def task_allows(task: Task, action: OperatorAction) -> bool:
+    """The action table for one task. A task in review qualifies only once parked: until
+    then a worker holds its review, or the next claim resumes it."""
+    if task.status == Status.PENDING_REVIEW and not is_parked(task):
+        return False
+    return action_allowed(action, task.status)
+
+
+def allowed_actions(task: Task) -> list[OperatorAction]:
+    """The actions that apply to this one task now (not those over the whole queue)."""
+    return [
+        action
+        for action, rule in OPERATOR_ACTIONS.items()
+        if not rule.whole_queue and task_allows(task, action)
+    ]
+
+
+def is_parked(task: Task) -> bool:
+    """Executed, but the critic could not judge it: it waits for an operator."""
+    return task.status == Status.PENDING_REVIEW and bool(task.review and task.review.error)
+
+
+def describe_statuses(statuses: Iterable[Status], *, parked: bool = False) -> str:
+    """`a, b or c` in the contract's order; `parked`: a review counts only once parked."""
+    chosen = set(statuses)
+    names = [
+        f"parked {s.value}" if parked and s == Status.PENDING_REVIEW else s.value
+        for s in Status
+        if s in chosen
+    ]
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def is_known_execution_status(status: object) -> bool:
@@ -177,6 +312,47 @@ TASK_DEFAULTS: dict[str, Any] = {
     "status": Status.PENDING.value,
 }
 REQUIRED_QUEUE_KEYS = ("version", "api_endpoint", "tasks", "completed", "failed")
+# The reference's other names for a task's text, in the order it tries them: a blank
+# canonical field takes the first of them that holds text.
+TASK_SPELLINGS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "prompt": ("instruction", "description", "atomic_instruction", "task"),
+        "command": ("shell",),
+    }
+)
+
+_OTHER_SPELLINGS = frozenset(name for names in TASK_SPELLINGS.values() for name in names)
+
+
+def _has_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def spelled_fields(task: Mapping[str, Any]) -> dict[str, str]:
+    """Canonical fields the task gives only under another name: field -> that name.
+
+    A canonical key holding text, or a value of the wrong type (which validation then
+    reports), stands as it is."""
+    if _OTHER_SPELLINGS.isdisjoint(task):
+        return {}
+    spelled = {}
+    for name, others in TASK_SPELLINGS.items():
+        value = task.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            source = next((other for other in others if _has_text(task.get(other))), None)
+            if source is not None:
+                spelled[name] = source
+    return spelled
+
+
+def with_spellings(task: Mapping[str, Any], spelled: Mapping[str, str]) -> dict[str, Any]:
+    """The task with each spelled field given its value under the canonical name too."""
+    return {**task, **{name: task[source] for name, source in spelled.items()}}
+
+
+def implied_mode(prompt: object, command: object) -> Mode:
+    """A task without a mode runs its command locally when it has no prompt."""
+    return Mode.LOCAL if command and not prompt else Mode.LLM
 
 
 def normalize_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -185,8 +361,11 @@ def normalize_task(task: dict[str, Any]) -> dict[str, Any]:
     for key, default in TASK_DEFAULTS.items():
         if key not in normalized:
             normalized[key] = list(default) if isinstance(default, list) else default
-    if "mode" not in normalized and normalized.get("command") and not normalized.get("prompt"):
-        normalized["mode"] = Mode.LOCAL.value
+    if "mode" not in normalized:
+        spelled = spelled_fields(task)
+        prompt, command = (task.get(spelled.get(name, name)) for name in ("prompt", "command"))
+        if implied_mode(prompt, command) == Mode.LOCAL:
+            normalized["mode"] = Mode.LOCAL.value
     return normalized
 
 
@@ -209,15 +388,30 @@ def empty_queue() -> dict[str, Any]:
 
 
 def validate_queue_contract(queue: object) -> list[str]:
-    """Readable problems with a raw queue document; an empty list means it is usable."""
+    """The design's check of a queue document as the runtime writes it: every canonical
+    key present, plus `queue_problems`. An empty list means it is valid."""
+    if not isinstance(queue, dict):
+        return queue_problems(queue)
+    missing = [f"missing key: {key}" for key in REQUIRED_QUEUE_KEYS if key not in queue]
+    return missing + queue_problems(queue)
+
+
+def queue_problems(queue: object) -> list[str]:
+    """What makes a queue.json unusable: not an object, a value of the wrong type, a task
+    without a valid id, a duplicate id. A missing or null key is no problem:
+    `normalize_queue` fills in its default, as the reference does."""
     if not isinstance(queue, dict):
         return ["queue must be a JSON object"]
-    errors = [f"missing key: {key}" for key in REQUIRED_QUEUE_KEYS if key not in queue]
-    tasks = queue.get("tasks", [])
-    if not isinstance(tasks, list):
+    errors = []
+    if not isinstance(queue.get("version") or "", str | int | float):
+        errors.append("version must be a string or a number")
+    tasks = queue.get("tasks")
+    if tasks is None:
+        tasks = []
+    elif not isinstance(tasks, list):
         return [*errors, "tasks must be a list"]
     for name in ("completed", "failed"):
-        if name in queue and not isinstance(queue[name], list):
+        if queue.get(name) is not None and not isinstance(queue[name], list):
             errors.append(f"{name} must be a list of task ids")
     seen: dict[str, int] = {}
     for index, task in enumerate(tasks):
@@ -266,24 +460,30 @@ class Lease(BaseModel):
     expires_at: float
 
 
-class ExecutionRecord(BaseModel):
+class ExecutionFacts(BaseModel):
+    """What one execution came to, spelled once: queue.json keeps the latest
+    (ExecutionRecord) and the execution events carry them (ExecutionFields)."""
+
+    started_at: str | None = None
+    completed_at: str | None = None
+    result_summary: str | None = None
+    errors: str | None = None
+    model: str | None = None
+    budget_used: float | None = None
+    safety_passed: bool | None = None
+    tool_route: str | None = None
+    tool_name: str | None = None
+    tool_confidence: float | None = None
+    exit_code: int | None = None
+    output: str | None = None
+
+
+class ExecutionRecord(ExecutionFacts):
     """The latest execution of a task, kept in queue.json so that a review interrupted by a
     crash resumes without running the task again, and a parent can read its subtasks' results."""
 
     attempt: int
     status: Status
-    result_summary: str | None = None
-    output: str | None = None
-    exit_code: int | None = None
-    model: str | None = None
-    budget_used: float | None = None
-    errors: str | None = None
-    safety_passed: bool | None = None
-    tool_route: str | None = None
-    tool_name: str | None = None
-    tool_confidence: float | None = None
-    started_at: str | None = None
-    completed_at: str | None = None
 
 
 class ReviewRecord(BaseModel):
@@ -297,10 +497,20 @@ class ReviewRecord(BaseModel):
     error: str | None = None
 
 
-class Task(BaseModel):
-    """One queue entry. Unknown fields are kept so operators can annotate tasks freely."""
+class Spelled(NamedTuple):
+    """A task field read under another of the reference's names, and the blank value
+    the field itself had in the file: `(value,)`, or `()` when it was not there."""
 
-    model_config = ConfigDict(extra="allow")
+    field: str
+    source: str
+    blank: tuple[Any, ...]
+
+
+class Task(BaseModel):
+    """One queue entry. Unknown fields are kept so operators can annotate tasks freely;
+    a change the runtime assigns is validated like the file is."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     id: TaskId
     type: str | None = DEFAULT_TASK_TYPE
@@ -333,6 +543,36 @@ class Task(BaseModel):
     phase4_feature: str | None = None
     phase4_intent: dict[str, Any] | None = None
     phase4_plan: dict[str, Any] | None = None
+    _spelled: tuple[Spelled, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _read_spellings(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        """`instruction` or `shell` (and the like) fill a blank `prompt` or `command`."""
+        spelled = spelled_fields(data) if isinstance(data, dict) else {}
+        if not spelled:
+            return handler(data)
+        task = handler(with_spellings(data, spelled))
+        task._spelled = tuple(
+            Spelled(name, source, (data[name],) if name in data else ())
+            for name, source in spelled.items()
+        )
+        return task
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Write a spelled field back under the user's name only, never twice."""
+        data = handler(self)
+        extra = self.model_extra
+        if not extra:  # every other spelling is an extra field: nothing was spelled
+            return data
+        for name, source, blank in self._spelled:
+            if name in data and getattr(self, name) == extra.get(source):
+                if blank:
+                    data[name] = blank[0]
+                else:
+                    del data[name]
+        return data
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -345,12 +585,20 @@ class Task(BaseModel):
 
     @property
     def effective_mode(self) -> Mode:
-        if self.mode:
-            return self.mode
-        return Mode.LOCAL if self.command and not self.prompt else Mode.LLM
+        return self.mode or implied_mode(self.prompt, self.command)
 
     def to_record(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)
+
+
+def check_task_fields(task_id: str, names: Iterable[str]) -> None:
+    """The runtime's own changes name only Task's fields: a misspelt one is an error,
+    never a new key in queue.json (fields a user wrote there are kept as they are)."""
+    for name in names:
+        if name not in Task.model_fields:
+            guess = difflib.get_close_matches(name, Task.model_fields, n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            raise TypeError(f"task {task_id!r} has no field {name!r}{hint}")
 
 
 class QueueDocument(BaseModel):
@@ -401,28 +649,16 @@ class Event(BaseModel):
     timestamp: str = Field(default_factory=lambda: utc_now().isoformat())
 
 
-class ExecutionFields(BaseModel):
+class ExecutionFields(ExecutionFacts):
     """Fields of the design's execution events; present with null when empty."""
 
-    started_at: str | None = None
-    completed_at: str | None = None
-    result_summary: str | None = None
-    errors: str | None = None
-    model: str | None = None
-    budget_used: float | None = None
-    safety_passed: bool | None = None
     safety_report: dict[str, Any] | None = None
-    tool_route: str | None = None
-    tool_name: str | None = None
-    tool_confidence: float | None = None
 
 
 class ExecutionEvent(Event, ExecutionFields):
     """in_progress, completed, failed, safety_blocked, cancelled and the like."""
 
     mode: Mode | None = None
-    exit_code: int | None = None
-    output: str | None = None
     attempt: int | None = None
 
 
@@ -473,13 +709,6 @@ class PlanFields(BaseModel):
 
 class PlanEvent(Event, PlanFields):
     """`queued`: a parent was split into subtasks and waits for them."""
-
-
-class OperatorAction(StrEnum):
-    ADD = "add"
-    REQUEUE = "requeue"
-    CANCEL = "cancel"
-    REQUEUE_FAILED = "requeue_failed"
 
 
 class OperatorEvent(ExecutionEvent):
@@ -535,9 +764,7 @@ class CycleRequest(BaseModel):
 
     @property
     def effective_mode(self) -> Mode:
-        if self.mode:
-            return self.mode
-        return Mode.LOCAL if self.task and not self.prompt else Mode.LLM
+        return self.mode or implied_mode(self.prompt, self.task)
 
 
 class Usage(BaseModel):

@@ -994,3 +994,51 @@ def test_a_malformed_queue_is_503_naming_the_place_and_left_untouched(
 def test_an_unknown_path_is_a_json_404(client: PanelClient) -> None:
     reply = client.get("/api/nothing-here")
     assert reply.status_code == 404 and reply.get_json()["error"]
+
+
+# --- the reference's queue.json, and the one transition table -----------------------------
+
+
+def test_the_references_queue_is_read_and_changed_as_it_is(
+    client: PanelClient, workspace: Workspace
+) -> None:
+    document = {
+        "version": "1.0",
+        "api_endpoint": "http://127.0.0.1:8420",
+        "tasks": [{"id": "t1", "instruction": "Say hello"}, {"id": "t2", "shell": "echo hi"}],
+    }
+    workspace.queue_path.write_text(json.dumps(document))
+    rows = {row["id"]: row for row in client.get("/api/tasks").get_json()["tasks"]}
+    assert (rows["t1"]["mode"], rows["t1"]["headline"]) == ("llm", "Say hello")
+    assert (rows["t2"]["mode"], rows["t2"]["headline"]) == ("local", "echo hi")
+    detail = client.get("/api/tasks/t1").get_json()
+    assert detail["prompt"] == "Say hello" and detail["task"]["instruction"] == "Say hello"
+    queue = client.get("/api/summary").get_json()["queue"]
+    assert (queue["error"], queue["total"]) == (None, 2)
+    assert client.post("/api/tasks/t2/cancel").status_code == 200
+    written = {t["id"]: t for t in read_queue(workspace)["tasks"]}
+    assert written["t1"] == {
+        **document["tasks"][0],
+        "type": "cycle",
+        "depends_on": [],
+        "parallel_safe": True,
+        "status": "pending",
+    }
+    assert written["t2"]["shell"] == "echo hi" and "command" not in written["t2"]
+    assert written["t2"]["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("action", ["requeue", "cancel"])
+@pytest.mark.parametrize(
+    "task",
+    [pending("a", status=status.value) for status in Status]
+    + [pending("a", status="pending_review", review={"error": "critic down"})],
+    ids=lambda t: t["status"] + ("-parked" if "review" in t else ""),
+)
+def test_a_rows_buttons_are_exactly_what_the_store_accepts(
+    client: PanelClient, workspace: Workspace, task: dict[str, Any], action: str
+) -> None:
+    write_queue(workspace, [task], UNREACHABLE)
+    offered = action in client.get("/api/tasks").get_json()["tasks"][0]["actions"]
+    reply = client.post(f"/api/tasks/a/{action}")
+    assert reply.status_code == (200 if offered else 409)

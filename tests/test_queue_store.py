@@ -9,9 +9,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, wait_until
+from pydantic import ValidationError
 
 from swarm_runtime.contract import ExecutionRecord, ReviewRecord, Status, validate_queue_contract
 from swarm_runtime.errors import (
@@ -456,3 +458,114 @@ def test_a_hand_edit_of_queue_json_overrules_what_the_journal_had_not_folded(
     assert [t.id for t in QueueStore(workspace).load().tasks] == ["x", "c"]
     workspace.queue_path.unlink()  # starting over empties the queue, journal or not
     assert QueueStore(workspace).load().tasks == []
+
+
+# --- the reference's queue.json, as it is -----------------------------------------------
+
+REFERENCE_EMPTY_QUEUE = {"version": "1.0", "api_endpoint": "http://127.0.0.1:8420", "tasks": []}
+
+
+def test_the_references_empty_queue_is_used_as_it_is(
+    store: QueueStore, workspace: Workspace
+) -> None:
+    workspace.queue_path.write_text(json.dumps(REFERENCE_EMPTY_QUEUE))
+    assert store.load().tasks == []
+    assert claim_id(store) is None
+    store.add({"id": "t1", "instruction": "Say hello"})
+    assert claim_id(store) == "t1"
+    store.flush()
+    written = json.loads(workspace.queue_path.read_text())
+    assert (written["version"], written["completed"], written["failed"]) == ("1.0", [], [])
+
+
+@pytest.mark.parametrize("missing", ["version", "api_endpoint", "completed", "failed"])
+def test_a_missing_top_level_key_takes_its_default(
+    store: QueueStore, workspace: Workspace, missing: str
+) -> None:
+    document = {
+        "version": "1.0",
+        "api_endpoint": "http://127.0.0.1:1",
+        "tasks": [{"id": "a", "prompt": "p"}],
+        "completed": ["old"],
+        "failed": [],
+    }
+    del document[missing]
+    workspace.queue_path.write_text(json.dumps(document))
+    doc = store.load()
+    defaults = {
+        "version": "1.1",
+        "api_endpoint": "http://127.0.0.1:8420",
+        "completed": [],
+        "failed": [],
+    }
+    assert getattr(doc, missing) == defaults[missing]
+    assert claim_id(store) == "a"
+
+
+def test_a_task_in_the_references_spelling_runs_and_keeps_its_spelling(
+    store: QueueStore, workspace: Workspace
+) -> None:
+    tasks = [{"id": "t1", "instruction": "Say hello"}, {"id": "t2", "shell": "echo hi"}]
+    workspace.queue_path.write_text(json.dumps({**REFERENCE_EMPTY_QUEUE, "tasks": tasks}))
+    first = store.claim(ME, 30).task
+    assert (first.prompt, first.effective_mode.value) == ("Say hello", "llm")
+    second = store.claim(ME, 30).task
+    assert (second.command, second.effective_mode.value) == ("echo hi", "local")
+    store.flush()
+    written = {t["id"]: t for t in json.loads(workspace.queue_path.read_text())["tasks"]}
+    assert "prompt" not in written["t1"] and written["t1"]["instruction"] == "Say hello"
+    assert "command" not in written["t2"] and written["t2"]["shell"] == "echo hi"
+    assert QueueStore(workspace).load().find("t1").prompt == "Say hello"
+
+
+# --- our own changes are checked ----------------------------------------------------------
+
+
+def running(store: QueueStore) -> str:
+    store.add({"id": "a", "prompt": "p"})
+    return claim_id(store) or ""
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda s: s.finish("a", ME, Status.FAILED, last_eror="typo"), "no field 'last_eror'"),
+        (lambda s: s.finish("a", ME, Status.COMPLETED, lease=None, leese=None), "'leese'"),
+        (lambda s: s.record_execution("a", ME, executed(), reveiw=None), "'reveiw'"),
+        (lambda s: s.plan("a", ME, [{"id": "s1", "promt": "x"}], {}), "'promt'"),
+        (lambda s: s.plan("a", ME, [], {"phase4_plannned": True}), "'phase4_plannned'"),
+    ],
+)
+def test_a_misspelt_field_is_an_error_and_writes_nothing(
+    store: QueueStore, workspace: Workspace, change: Any, error: str
+) -> None:
+    running(store)
+    store.flush()
+    before = workspace.queue_path.read_bytes()
+    with pytest.raises(TypeError, match=error):
+        change(store)
+    assert workspace.queue_path.read_bytes() == before
+    assert store.load().find("a").status == Status.IN_PROGRESS
+
+
+def test_a_value_of_the_wrong_type_is_an_error_and_writes_nothing(
+    store: QueueStore, workspace: Workspace
+) -> None:
+    running(store)
+    store.flush()
+    before = workspace.queue_path.read_bytes()
+    with pytest.raises(ValidationError, match="not_before"):
+        store.finish("a", ME, Status.REQUEUE, not_before="soon")
+    assert workspace.queue_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("status", [Status.APPROVED, Status.REQUEUE, Status.CANCELLED])
+def test_a_status_the_table_does_not_allow_is_refused(
+    store: QueueStore, workspace: Workspace, status: Status
+) -> None:
+    running(store)
+    with pytest.raises(
+        InvalidTransition, match=f"set status {status} on task 'a': it is in_progress"
+    ):
+        store.finish("a", ME, status)
+    assert store.load().find("a").status == Status.IN_PROGRESS

@@ -312,3 +312,33 @@ def test_an_idle_worker_announces_itself_and_withdraws_on_exit(spawn, workspace:
     assert worker.stop() == 0
     assert live_workers(workspace) == []
     assert not list(workspace.workers_dir.glob("*.json"))
+
+
+def test_a_queue_in_the_references_spellings_runs_to_approved(
+    api: RunningProcess, workspace: Workspace
+) -> None:
+    """No completed/failed keys, version 1.0, `instruction` for the prompt, `shell` for the
+    command: normalised on reading, and the file keeps the user's spelling."""
+    document = {
+        "version": "1.0",
+        "api_endpoint": api.url,
+        "tasks": [{"id": "t1", "instruction": "Say hello"}, {"id": "t2", "shell": "echo hi"}],
+    }
+    workspace.queue_path.write_text(json.dumps(document))
+    result = run_worker(workspace, "--once")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert queue_statuses(workspace) == {"t1": "approved", "t2": "approved"}
+    events = {(e["task_id"], e["status"]): e for e in read_events(workspace)}
+    assert events[("t1", "in_progress")]["mode"] == "llm"
+    assert "Say hello" in events[("t1", "completed")]["result_summary"]
+    assert events[("t2", "in_progress")]["mode"] == "local"
+    assert events[("t2", "completed")]["output"] == "hi\n"
+    queue = read_queue(workspace)
+    assert (queue["version"], sorted(queue["completed"]), queue["failed"]) == (
+        "1.0",
+        ["t1", "t2"],
+        [],
+    )
+    written = {t["id"]: t for t in queue["tasks"]}
+    assert written["t1"]["instruction"] == "Say hello" and "prompt" not in written["t1"]
+    assert written["t2"]["shell"] == "echo hi" and "command" not in written["t2"]

@@ -14,16 +14,15 @@ from swarm_runtime.contract import (
     APPROVED_STATUSES,
     CLAIMABLE_STATUSES,
     FAILED_STATUSES,
-    OperatorAction,
     QueueDocument,
     Status,
     Task,
+    allowed_actions,
 )
 from swarm_runtime.panel.errors import PanelError
 from swarm_runtime.panel.log_tail import IndexedEvent, TaskInfo
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.panel.stream import event_item
-from swarm_runtime.queue.rules import is_parked
 
 T = TypeVar("T")
 
@@ -53,13 +52,8 @@ def counts_by_status(tasks: list[Task]) -> dict[str, int]:
 
 
 def actions_for(task: Task) -> list[str]:
-    """What the operator may do to the task now; mirrors the store's own transition rules."""
-    actions = []
-    if task.status in FAILED_STATUSES or is_parked(task):
-        actions.append(OperatorAction.REQUEUE.value)
-    if task.status in CLAIMABLE_STATUSES:
-        actions.append(OperatorAction.CANCEL.value)
-    return actions
+    """The buttons of a task's row: what the store would accept, from the same table."""
+    return [action.value for action in allowed_actions(task)]
 
 
 def headline(task: Task, limit: int = HEADLINE_CHARS) -> str:

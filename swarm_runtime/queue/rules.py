@@ -1,5 +1,6 @@
 """The queue's decisions: whose lease is dead, which waiting task can never run, which
-task is next, when the queue is drained, what retention archives.
+task is next, when the queue is drained, what retention archives, what an operator's
+action does (where the contract's table allows it).
 
 Pure functions over a `QueueState`: no file, no clock, no process table (the liveness
 check is passed in). Each looks only at the tasks its answer depends on, through the
@@ -15,12 +16,17 @@ from typing import Any
 from swarm_runtime.contract import (
     CLAIMABLE_STATUSES,
     FAILED_STATUSES,
+    OPERATOR_ACTIONS,
     Lease,
+    OperatorAction,
     Outcome,
     Status,
     Task,
+    describe_statuses,
     final_statuses,
+    is_parked,
     satisfying_statuses,
+    task_allows,
     utc_now,
 )
 from swarm_runtime.errors import InvalidTransition
@@ -30,6 +36,11 @@ ARCHIVE_BATCH_FRACTION = 0.1
 CYCLE_REASON = (
     "dependency cycle: this task waits, directly or through others, on a task that waits on it"
 )
+# What an operator's action resets besides the status, by the status it leads to.
+OPERATOR_EFFECTS: dict[Status, dict[str, Any]] = {
+    Status.REQUEUE: {"not_before": None, "review": None, "last_error": None},
+    Status.CANCELLED: {"last_error": "cancelled by the operator"},
+}
 
 
 @dataclass(frozen=True)
@@ -74,11 +85,6 @@ def awaits_review(task: Task) -> bool:
         and task.execution is not None
         and not is_parked(task)
     )
-
-
-def is_parked(task: Task) -> bool:
-    """Executed, but the critic could not judge it: it waits for an operator."""
-    return task.status == Status.PENDING_REVIEW and bool(task.review and task.review.error)
 
 
 def propagate_failures(state: QueueState) -> list[Propagated]:
@@ -251,20 +257,11 @@ def change_status(state: QueueState, task_id: str, status: Status, **fields: Any
     return state.update(task_id, **(changes | fields))
 
 
-def requeue_by_operator(state: QueueState, task: Task) -> Task:
-    if not (task.status in FAILED_STATUSES or is_parked(task)):
-        raise InvalidTransition(
-            task.id,
-            task.status,
-            "requeue",
-            "failed, blocked, cancelled or parked in pending_review",
-        )
-    return change_status(
-        state, task.id, Status.REQUEUE, not_before=None, review=None, last_error=None
-    )
-
-
-def cancel_by_operator(state: QueueState, task: Task) -> Task:
-    if task.status not in CLAIMABLE_STATUSES:
-        raise InvalidTransition(task.id, task.status, "cancel", "pending, queued or requeue")
-    return change_status(state, task.id, Status.CANCELLED, last_error="cancelled by the operator")
+def operate(state: QueueState, task: Task, action: OperatorAction) -> Task:
+    """An operator's action on one task: a requeue starts afresh (no backoff, no review
+    count, no error), a cancel says who cancelled."""
+    rule = OPERATOR_ACTIONS[action]
+    if not task_allows(task, action):
+        allowed = describe_statuses(rule.allowed_from, parked=True)
+        raise InvalidTransition(task.id, task.status, action.value, allowed)
+    return change_status(state, task.id, rule.leads_to, **OPERATOR_EFFECTS[rule.leads_to])

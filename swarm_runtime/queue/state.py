@@ -24,8 +24,13 @@ from swarm_runtime.contract import (
     QueueJournalRecord,
     Status,
     Task,
+    can_transition,
+    check_task_fields,
+    describe_statuses,
     final_statuses,
+    statuses_leading_to,
 )
+from swarm_runtime.errors import InvalidTransition
 from swarm_runtime.store.state_files import dump_json
 
 
@@ -141,11 +146,17 @@ class QueueState:
     def update(self, task_id: str, **changes: Any) -> Task:
         """Replace a task with a copy carrying `changes`; returns the copy.
 
-        The values are copied too: nothing outside the state may hold a piece of it."""
+        Every change names a Task field and is validated like the file, and a new status
+        must be one the contract's table lets follow the old. The values are copied too:
+        nothing outside the state may hold a piece of it."""
+        check_task_fields(task_id, changes)
         old = self._by_id[task_id]
         new = old.model_copy()
         for name, value in changes.items():
             setattr(new, name, copy.deepcopy(value))
+        if not can_transition(old.status, new.status):
+            allowed = describe_statuses(statuses_leading_to(new.status)) or "no"
+            raise InvalidTransition(task_id, old.status, f"set status {new.status} on", allowed)
         self.doc.tasks[self._rank[task_id]] = new
         self._refresh(old, new)
         self._touched[task_id] = None

@@ -31,15 +31,19 @@ from swarm_runtime.contract import (
     DEFAULT_API_ENDPOINT,
     ExecutionRecord,
     Lease,
+    OperatorAction,
     QueueDocument,
     Status,
     Task,
+    check_task_fields,
     describe_validation_error,
     empty_queue,
+    is_parked,
     normalize_queue,
     normalize_task,
+    queue_problems,
+    task_allows,
     utc_now,
-    validate_queue_contract,
 )
 from swarm_runtime.errors import (
     DuplicateTaskError,
@@ -55,15 +59,13 @@ from swarm_runtime.queue.rules import (
     Reclaim,
     archivable_ids,
     awaits_review,
-    cancel_by_operator,
     change_status,
     is_drained,
-    is_parked,
     next_runnable,
+    operate,
     propagate_failures,
     reclaim_dead_leases,
     record_outcome,
-    requeue_by_operator,
 )
 from swarm_runtime.queue.state import QueueState, holds_lease
 from swarm_runtime.settings import Settings
@@ -232,11 +234,13 @@ class QueueStore:
             return None
 
     def _parse(self, raw: bytes | None) -> QueueDocument:
+        """queue.json as written by us or by hand (or by the reference): a missing key takes
+        its default; only invalid JSON, a wrong type or a duplicate id is refused."""
         try:
             document = empty_queue() if raw is None else parse_json(self.path, raw)
         except StateFileError as exc:
             raise QueueFileError(exc.path, exc.problems) from None
-        problems = validate_queue_contract(document)
+        problems = queue_problems(document)
         if problems:
             raise QueueFileError(self.path, problems)
         try:
@@ -419,6 +423,8 @@ class QueueStore:
 
         The parent goes back to `queued` without counting the claim as an attempt,
         since planning ran nothing."""
+        for record in subtasks:
+            check_task_fields(str(record.get("id")), record)
         subtask_records = new_tasks(subtasks)
 
         def change(state: QueueState) -> list[Task]:
@@ -448,31 +454,32 @@ class QueueStore:
 
     def requeue(self, task_id: str) -> Task:
         """An operator sends a finished-badly task back to the line, with a fresh review count."""
-        return self._operate(task_id, requeue_by_operator)
+        return self._operate(task_id, OperatorAction.REQUEUE)
 
     def cancel(self, task_id: str) -> Task:
         """An operator withdraws a task that has not started; its dependents then fail."""
-        return self._operate(task_id, cancel_by_operator)
+        return self._operate(task_id, OperatorAction.CANCEL)
 
     def requeue_failed(self) -> list[Task]:
         """Every task that ended failed (not cancelled or safety-blocked) goes back to the line."""
+        action = OperatorAction.REQUEUE_FAILED
 
         def change(state: QueueState) -> list[Task]:
-            chosen = [t for t in state.doc.tasks if t.status == Status.FAILED]
+            chosen = [t for t in state.doc.tasks if task_allows(t, action)]
             requeued = []
             for task in chosen:
-                requeued.append(requeue_by_operator(state, task).model_copy(deep=True))
+                requeued.append(operate(state, task, action).model_copy(deep=True))
                 record_outcome(state, task.id)
             return requeued
 
         return self._transaction(change)
 
-    def _operate(self, task_id: str, action: Callable[[QueueState, Task], Task]) -> Task:
+    def _operate(self, task_id: str, action: OperatorAction) -> Task:
         def change(state: QueueState) -> Task:
             task = state.find(task_id)
             if task is None:
                 raise UnknownTaskError(task_id)
-            changed = action(state, task)
+            changed = operate(state, task, action)
             record_outcome(state, task_id)
             return changed.model_copy(deep=True)
 

@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from swarm_runtime.contract import ReviewEvent, Status, Verdict, iso, utc_now
+from swarm_runtime.contract import ExecutionRecord, ReviewEvent, Status, Verdict, iso, utc_now
 from swarm_runtime.phases.critic import Review
 from swarm_runtime.phases.quality_gate import QualityGate
 from swarm_runtime.phases.rewards import RewardBook
@@ -85,6 +85,8 @@ class Seeder:
         self, task_id: str, text: str, review: Review, status: Status, **fields: Any
     ) -> None:
         self.events.emit(task_id, Status.COMPLETED, **fields)
+        executed = ExecutionRecord(attempt=1, status=Status.COMPLETED)
+        self.store.record_execution(task_id, self.worker, executed)
         gate = QualityGate(self.workspace).record(task_id, text, "offline", review, 0)
         review_fields = {
             "review_verdict": review.verdict,
