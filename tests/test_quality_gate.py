@@ -4,20 +4,25 @@ import json
 import multiprocessing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from swarm_runtime.contract import QualityGateFields, QualityGateStatus, Verdict
 from swarm_runtime.errors import StateFileError
+from swarm_runtime.panel.outcomes import gate_of
+from swarm_runtime.panel.state import Panel
 from swarm_runtime.phases import quality_gate
 from swarm_runtime.phases.critic import Review
 from swarm_runtime.phases.quality_gate import GateDocument, QualityGate
+from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 
 APPROVE = Review(verdict=Verdict.APPROVE, confidence=0.95)
 REJECT = Review(verdict=Verdict.REJECT, confidence=0.9, issues=["output is empty"])
 MORNING = datetime(2026, 1, 2, 9, 0, tzinfo=UTC)
 EVENING = datetime(2026, 1, 2, 18, 0, tzinfo=UTC)
+LATER = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # after everything in the reference file
 
 
 def test_a_rejection_then_an_approval_update_the_same_change(workspace: Workspace) -> None:
@@ -104,7 +109,7 @@ MALFORMED = [
     (
         '{"version": 1, "created_at": "a", "updated_at": "a", "changes": {"t1": '
         '{"change_id": "t1", "title": "", "author_id": "a", "created_at": "a", "updated_at": "a",'
-        ' "status": "blocked", "vote": {}}}}',
+        ' "status": "merged", "vote": {}}}}',
         "changes.t1.status",
     ),
 ]
@@ -170,3 +175,130 @@ def test_concurrent_writers_in_several_processes_lose_nothing(workspace: Workspa
     assert set(changes) == expected
     assert changes["shared"].status == QualityGateStatus.NEEDS_QA
     assert not list(Path(workspace.root).glob(".quality_gate_queue.json.*.tmp"))
+
+
+# --- a file the reference implementation wrote --------------------------------------------
+
+
+def reference_change(change_id: str, status: str, ballot: str, vote: str) -> dict[str, Any]:
+    """A change as the reference's submit_change_for_vote and record_change_vote leave it."""
+    return {
+        "change_id": change_id,
+        "title": f"Prompt of {change_id}",
+        "description": f"Prompt of {change_id}",
+        "author_id": "resident_3f2a9c1d",
+        "created_at": "2026-02-09T10:00:00.123456+00:00",
+        "status": status,
+        "gates": {"unit": "pending", "integration": "pending", "e2e": "pending"},
+        "qa": {"assigned_to": None, "test_submission_id": None},
+        "integration": {"batch_id": None, "status": "pending"},
+        "e2e": {"status": "pending"},
+        "blind_vote": {"ballot_id": ballot, "status": vote},
+    }
+
+
+def reference_ballot(ballot: str, change_id: str, vote: str) -> dict[str, Any]:
+    return {
+        "ballot_id": ballot,
+        "subject_type": "change",
+        "subject_id": change_id,
+        "summary": f"Prompt of {change_id}",
+        "created_at": "2026-02-09T10:00:00.234567+00:00",
+        "status": vote,
+    }
+
+
+REFERENCE_GATE = {
+    "version": "1.0",
+    "created_at": "2026-02-09T09:59:59.000001+00:00",
+    "updated_at": "2026-02-09T10:00:01.345678+00:00",
+    "changes": {
+        "t1": reference_change("t1", "needs_qa", "vote_0a1b2c3d4e", "approved"),
+        "t2": reference_change("t2", "rejected", "vote_5f6a7b8c9d", "rejected"),
+        "fix login": reference_change("fix login", "pending_vote", "vote_1e2d3c4b5a", "pending"),
+        "chg_77aa88bb99": reference_change(
+            "chg_77aa88bb99", "blocked", "vote_9a8b7c6d5e", "approved"
+        ),
+    },
+    "residents": {},
+    "test_submissions": {},
+    "integration_tasks": {},
+    "integration_batches": {},
+    "votes": {
+        "vote_0a1b2c3d4e": reference_ballot("vote_0a1b2c3d4e", "t1", "approved"),
+        "vote_5f6a7b8c9d": reference_ballot("vote_5f6a7b8c9d", "t2", "rejected"),
+        "vote_1e2d3c4b5a": reference_ballot("vote_1e2d3c4b5a", "fix login", "pending"),
+        "vote_9a8b7c6d5e": reference_ballot("vote_9a8b7c6d5e", "chg_77aa88bb99", "approved"),
+    },
+    "vote_outbox": ["vote_0a1b2c3d4e", "vote_5f6a7b8c9d", "vote_1e2d3c4b5a", "vote_9a8b7c6d5e"],
+}
+
+
+@pytest.fixture
+def reference_gate(workspace: Workspace) -> bytes:
+    """Written as the reference writes it: json.dump(indent=2, ensure_ascii=False)."""
+    raw = json.dumps(REFERENCE_GATE, indent=2, ensure_ascii=False).encode()
+    workspace.quality_gate_path.write_bytes(raw)
+    return raw
+
+
+def test_a_reference_file_is_read_as_it_is(workspace: Workspace, reference_gate: bytes) -> None:
+    changes = quality_gate.load(workspace).changes
+    assert {key: change.status for key, change in changes.items()} == {
+        "t1": "needs_qa",
+        "t2": "rejected",
+        "fix login": "pending_vote",
+        "chg_77aa88bb99": "blocked",
+    }
+    assert changes["t1"].vote is None
+    assert workspace.quality_gate_path.read_bytes() == reference_gate
+
+
+def test_a_vote_on_a_reference_file_keeps_every_change_and_ballot(
+    workspace: Workspace, reference_gate: bytes
+) -> None:
+    gate = QualityGate(workspace)
+    gate.record("t9", "A new task", "author", REJECT, 1, now=LATER)
+    assert gate.record("t2", "Prompt of t2", "author", APPROVE, 1, now=LATER) == (
+        QualityGateFields(
+            quality_gate_status=QualityGateStatus.NEEDS_QA,
+            quality_gate_decision="approved",
+            quality_gate_change_id="t2",
+        )
+    )
+    after = json.loads(workspace.quality_gate_path.read_text())
+    for key, value in REFERENCE_GATE.items():
+        if key not in ("changes", "updated_at"):
+            assert after[key] == value, f"{key} changed"
+    assert after["updated_at"] == LATER.isoformat()
+    assert set(after["changes"]) == set(REFERENCE_GATE["changes"]) | {"t9"}
+    for change_id in ("t1", "fix login", "chg_77aa88bb99"):
+        assert after["changes"][change_id].items() >= REFERENCE_GATE["changes"][change_id].items()
+    revoted = after["changes"]["t2"]
+    kept = {k: v for k, v in REFERENCE_GATE["changes"]["t2"].items() if k != "status"}
+    assert revoted.items() >= kept.items(), "the reference's blind vote or QA fields were lost"
+    assert (revoted["status"], revoted["vote"]["decision"]) == ("needs_qa", "approved")
+    assert after["changes"]["t9"]["status"] == "rejected"
+
+
+def test_the_review_tab_lists_reference_changes(
+    workspace: Workspace, settings: Settings, reference_gate: bytes
+) -> None:
+    QualityGate(workspace).record("t9", "A new task", "author", REJECT, 1, now=LATER)
+    panel = Panel(settings)
+    try:
+        everything = gate_of(panel, None)
+        rejected = gate_of(panel, "rejected")
+    finally:
+        panel.close()
+    assert everything["counts"] == {"needs_qa": 1, "rejected": 2, "pending_vote": 1, "blocked": 1}
+    assert [row["change_id"] for row in rejected["changes"]] == ["t9", "t2"]
+    reference_row = rejected["changes"][1]
+    assert reference_row["blind_vote"] == {"ballot_id": "vote_5f6a7b8c9d", "status": "rejected"}
+    assert reference_row["vote"] == {
+        "decision": None,
+        "verdict": None,
+        "confidence": None,
+        "issues": [],
+    }
+    assert reference_row["updated_at"] == REFERENCE_GATE["changes"]["t2"]["created_at"]

@@ -14,6 +14,8 @@ from conftest import ROOT, child_env
 
 from swarm_runtime.contract import RewardFields
 from swarm_runtime.errors import StateFileError
+from swarm_runtime.panel.outcomes import rewards_of
+from swarm_runtime.panel.state import Panel
 from swarm_runtime.phases.rewards import (
     HISTORY_LIMIT,
     Reason,
@@ -24,6 +26,7 @@ from swarm_runtime.phases.rewards import (
     reward_tokens,
     split_grant,
 )
+from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 
 BUDGET = {"max_budget": 0.20, "budget_used": 0.05, "review_confidence": 0.9}
@@ -393,3 +396,154 @@ def test_recover_finishes_a_grant_left_pending_even_behind_a_full_history(
     assert book.recover() == 0
     assert total_tokens(book, "ada") == BUDGET_TOKENS
     assert book.ledger().grants["t1::ada"].state == "applied"
+
+
+# --- files the reference implementation wrote -----------------------------------------------
+
+# Its ledger and balances, in its key order and its json.dump(indent=2) formatting.
+REFERENCE_GRANT = {
+    "task_id": "t1",
+    "identity_id": "resident_default",
+    "tokens_requested": 8,
+    "tokens_awarded": 8,
+    "budget_used": 0.05,
+    "max_budget": 0.2,
+    "review_confidence": 0.9,
+    "reason": "worker_approved_under_budget:t1",
+    "granted_at": "2026-02-09T10:00:00.123456+00:00",
+}
+REFERENCE_FREE_TEXT_GRANT = {
+    **REFERENCE_GRANT,
+    "task_id": "Fix the login page",
+    "tokens_requested": 3,
+    "tokens_awarded": 3,
+    "reason": "worker_approved_under_budget:Fix the login page",
+}
+REFERENCE_LEDGER = {
+    "version": 1,
+    "grants": {
+        "t1::resident_default": REFERENCE_GRANT,
+        "Fix the login page::resident_default": REFERENCE_FREE_TEXT_GRANT,
+    },
+}
+REFERENCE_HISTORY_LINE = {
+    "granted_total": 8,
+    "free_time_granted": 5,
+    "journal_granted": 3,
+    "reason": "worker_approved_under_budget:t1",
+    "timestamp": "2026-02-09T11:00:00.654321",
+    "free_capped": False,
+    "journal_capped": False,
+}
+REFERENCE_BALANCES = {
+    "resident_default": {
+        "tokens": 8,
+        "journal_tokens": 3,
+        "free_time_cap": 500,
+        "history": [REFERENCE_HISTORY_LINE],
+        "spending_history": [],
+    },
+    "identity_7f3a": {
+        "tokens": 120,
+        "journal_tokens": 40,
+        "free_time_cap": 650,
+        "history": [],
+        "spending_history": [{"tokens": 30, "activity": "creative_writing"}],
+    },
+}
+
+
+def write_reference_files(workspace: Workspace, ledger: dict[str, Any] = REFERENCE_LEDGER) -> None:
+    workspace.reward_ledger_path.write_text(json.dumps(ledger, indent=2, ensure_ascii=False))
+    workspace.balances_path.write_text(json.dumps(REFERENCE_BALANCES, indent=2))
+
+
+def test_a_grant_the_reference_ledger_holds_is_not_paid_again(
+    book: RewardBook, workspace: Workspace
+) -> None:
+    write_reference_files(workspace)
+    files_before = [workspace.reward_ledger_path.read_bytes(), workspace.balances_path.read_bytes()]
+    again = book.grant("t1", "resident_default", **BUDGET)
+    assert again.event_fields() == {
+        "phase5_reward_applied": False,
+        "phase5_reward_tokens_requested": 8,
+        "phase5_reward_tokens_awarded": 8,
+        "phase5_reward_identity": "resident_default",
+        "phase5_reward_reason": "already_granted",
+        "phase5_reward_granted_at": REFERENCE_GRANT["granted_at"],
+        "phase5_reward_ledger_recorded": True,
+        "phase5_reward_error": None,
+    }
+    assert [workspace.reward_ledger_path.read_bytes(), workspace.balances_path.read_bytes()] == (
+        files_before
+    ), "a reference file was rewritten though nothing was paid"
+    assert total_tokens(book, "resident_default") == 8 + 3
+
+
+def test_a_new_grant_joins_the_reference_files_and_loses_nothing(
+    book: RewardBook, workspace: Workspace
+) -> None:
+    write_reference_files(workspace)
+    assert book.grant("t2", "resident_default", **BUDGET).applied
+    grants = json.loads(workspace.reward_ledger_path.read_text())["grants"]
+    assert set(grants) == set(REFERENCE_LEDGER["grants"]) | {"t2::resident_default"}
+    for key, entry in REFERENCE_LEDGER["grants"].items():
+        assert grants[key].items() >= entry.items(), f"{key} lost a field or a value"
+    assert book.grant("t1", "resident_default", **BUDGET).reason == "already_granted"
+    assert book.grant("t2", "resident_default", **BUDGET).reason == "already_granted"
+
+    identities = json.loads(workspace.balances_path.read_text())["identities"]
+    ours = identities["resident_default"]
+    assert (ours["free_time_tokens"], ours["journal_tokens"]) == (8 + 6, 3 + 2)
+    assert ours["free_time_cap"] == 500 and ours["spending_history"] == []
+    assert ours["reference_history"] == [REFERENCE_HISTORY_LINE]
+    assert [payment["grant"] for payment in ours["history"]] == ["t2::resident_default"]
+    assert identities["identity_7f3a"] == {
+        "free_time_tokens": 120,
+        "journal_tokens": 40,
+        "free_time_cap": 650,
+        "journal_cap": 200,
+        "history": [],
+        "reference_history": [],
+        "spending_history": [{"tokens": 30, "activity": "creative_writing"}],
+    }
+
+
+def test_a_reference_grant_that_awarded_nothing_does_not_block_the_task_forever(
+    book: RewardBook, workspace: Workspace
+) -> None:
+    """The reference ledgered a grant its full pools cut to 0, so the task could never earn."""
+    empty = {**REFERENCE_GRANT, "tokens_awarded": 0}
+    write_reference_files(workspace, {"version": 1, "grants": {"t1::resident_default": empty}})
+    paid = book.grant("t1", "resident_default", **BUDGET)
+    assert (paid.applied, paid.tokens_awarded) == (True, BUDGET_TOKENS)
+    entry = json.loads(workspace.reward_ledger_path.read_text())["grants"]["t1::resident_default"]
+    assert entry["replaces"] == empty
+    assert total_tokens(book, "resident_default") == 8 + 3 + BUDGET_TOKENS
+
+
+def test_the_panel_shows_the_reference_grants_and_balances(
+    workspace: Workspace, settings: Settings
+) -> None:
+    write_reference_files(workspace)
+    panel = Panel(settings)
+    try:
+        rewards = rewards_of(panel)
+    finally:
+        panel.close()
+    assert rewards["total_grants"] == 2
+    assert {grant["task_id"] for grant in rewards["grants"]} == {"t1", "Fix the login page"}
+    assert rewards["identities"]["identity_7f3a"]["total"] == 120 + 40
+
+
+def test_a_grant_killed_beside_reference_entries_pays_once_and_keeps_them(
+    book: RewardBook, workspace: Workspace
+) -> None:
+    write_reference_files(workspace)
+    crashed = run_grant(workspace, "t2", "resident_default", SWARM_FAILPOINTS="reward.after_ledger")
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    assert book.recover() == 1
+    assert total_tokens(book, "resident_default") == 8 + 3 + BUDGET_TOKENS
+    grants = book.ledger().grants
+    assert grants["t1::resident_default"].state == grants["t2::resident_default"].state == "applied"
+    assert book.grant("t1", "resident_default", **BUDGET).reason == "already_granted"

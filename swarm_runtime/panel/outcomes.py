@@ -10,21 +10,32 @@ from swarm_runtime.panel.audit import LIST_LIMIT, SPEND_BUCKETS, SPEND_POINTS, b
 from swarm_runtime.panel.errors import PanelError
 from swarm_runtime.panel.health import budget_of
 from swarm_runtime.panel.state import Panel
+from swarm_runtime.phases.quality_gate import Change
 
 # The review queue shows the changes waiting on a human, and those turned down.
 GATE_SHOWN = (QualityGateStatus.NEEDS_QA.value, QualityGateStatus.REJECTED.value)
+NO_VOTE: dict[str, Any] = {"decision": None, "verdict": None, "confidence": None, "issues": []}
 
 
 def gate_of(panel: Panel, status: str | None) -> dict[str, Any]:
     changes = list(panel.gate.get().changes.values())
     counts = Counter(change.status.value for change in changes)
     chosen = [c for c in changes if c.status.value == status] if status else changes
-    chosen.sort(key=lambda c: c.updated_at, reverse=True)
+    chosen.sort(key=lambda c: c.updated_at or c.created_at, reverse=True)
     return {
         "counts": dict(counts),
         "total": len(chosen),
-        "changes": [c.model_dump(mode="json") for c in chosen[:LIST_LIMIT]],
+        "changes": [gate_row(c) for c in chosen[:LIST_LIMIT]],
     }
+
+
+def gate_row(change: Change) -> dict[str, Any]:
+    """Every change in the one shape the review table reads: a change the reference
+    implementation wrote carries its blind_vote, not our critic's vote, and no updated_at."""
+    row = change.model_dump(mode="json")
+    row["vote"] = row["vote"] or NO_VOTE
+    row["updated_at"] = row["updated_at"] or change.created_at
+    return row
 
 
 def safety_of(panel: Panel) -> dict[str, Any]:

@@ -4,6 +4,10 @@ Every worker writes here, so each record is a read-modify-write under the file's
 and lands atomically. A re-review after a requeue updates the same change in place. A
 file that does not match the schema is reported with its path and the field at fault and
 left exactly as it is: an operator's QA history is never reset to empty.
+
+A file the design's reference implementation wrote (version "1.0") is read as it is:
+its changes carry a `blind_vote` instead of our `vote`, and its ballots, `vote_outbox`
+and QA-flow keys are kept, so recording a vote here loses none of them.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from swarm_runtime.contract import (
+    ChangeStatus,
     QualityGateFields,
     QualityGateStatus,
     Status,
-    TaskId,
     Verdict,
     describe_validation_error,
     iso,
@@ -34,7 +38,6 @@ log = logging.getLogger(__name__)
 TITLE_CHARS = 240
 DESCRIPTION_BYTES = 2_000
 GateDecision = Literal[Status.APPROVED, QualityGateStatus.REJECTED]
-ChangeStatus = Literal[QualityGateStatus.NEEDS_QA, QualityGateStatus.REJECTED]
 
 
 class Vote(BaseModel):
@@ -49,24 +52,26 @@ class Vote(BaseModel):
 
 
 class Change(BaseModel):
-    """Unknown keys are kept, so a QA tool may annotate a change without losing it."""
+    """Unknown keys are kept, so a QA tool may annotate a change without losing it. A change
+    the reference implementation wrote has no `vote` or `updated_at` of ours, and its id is
+    whatever task id it was given: it is kept, never renamed."""
 
     model_config = ConfigDict(extra="allow")
 
-    change_id: TaskId
+    change_id: str = Field(min_length=1)
     title: str
     description: str = ""
     author_id: str
     created_at: str
-    updated_at: str
+    updated_at: str | None = None
     status: ChangeStatus
-    vote: Vote
+    vote: Vote | None = None
 
 
 class GateDocument(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    version: Literal[1] = 1
+    version: Literal[1, "1.0"] = 1
     created_at: str
     updated_at: str
     changes: dict[str, Change] = Field(default_factory=dict)
@@ -111,7 +116,7 @@ class QualityGate:
             change = _changed(document.changes.get(task_id), task_id, task_text, author_id, vote)
             document.changes[task_id] = change
             document.updated_at = moment
-            return document.model_dump(mode="json"), fields_for(change)
+            return document.model_dump(mode="json"), fields_for(task_id, vote)
 
         return update_json(self.workspace, self.path, mutate, lambda: _empty(moment))
 
@@ -141,31 +146,36 @@ def decision_for(review: Review) -> GateDecision:
     return Status.APPROVED if review.accepted else QualityGateStatus.REJECTED
 
 
-def fields_for(change: Change) -> QualityGateFields:
+def fields_for(change_id: str, vote: Vote) -> QualityGateFields:
     return QualityGateFields(
-        quality_gate_status=change.status,
-        quality_gate_decision=change.vote.decision,
-        quality_gate_change_id=change.change_id,
+        quality_gate_status=status_after(vote),
+        quality_gate_decision=vote.decision,
+        quality_gate_change_id=change_id,
     )
+
+
+def status_after(vote: Vote) -> QualityGateStatus:
+    approved = vote.decision == Status.APPROVED
+    return QualityGateStatus.NEEDS_QA if approved else QualityGateStatus.REJECTED
 
 
 def _changed(
     existing: Change | None, task_id: str, task_text: str, author_id: str, vote: Vote
 ) -> Change:
-    """A new change, or the existing one with the new vote; created_at is kept."""
-    status = (
-        QualityGateStatus.NEEDS_QA
-        if vote.decision == Status.APPROVED
-        else QualityGateStatus.REJECTED
-    )
-    updates = {
-        "title": title_of(task_text, task_id),
-        "description": cap_text(task_text, DESCRIPTION_BYTES),
-        "author_id": author_id,
+    """A new change, or the existing one with the new vote; created_at is kept, and so are
+    keys we do not model. A change the reference implementation submitted (it has a
+    blind_vote) also keeps the title, description and author it was given."""
+    updates: dict[str, Any] = {
         "updated_at": vote.voted_at,
-        "status": status,
+        "status": ChangeStatus(status_after(vote)),
         "vote": vote,
     }
+    if existing is None or "blind_vote" not in (existing.model_extra or {}):
+        updates |= {
+            "title": title_of(task_text, task_id),
+            "description": cap_text(task_text, DESCRIPTION_BYTES),
+            "author_id": author_id,
+        }
     if existing is not None:
         return existing.model_copy(update=updates)
     return Change(change_id=task_id, created_at=vote.voted_at, **updates)

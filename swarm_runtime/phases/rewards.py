@@ -15,6 +15,13 @@ crash at any instant ends, after the next grant, in exactly one payment. Since n
 is paid before the pending grants are finished, a pending grant is always the newest
 payment of its identity, which is why the bounded history is enough to recognise it.
 
+Files written by the design's reference implementation are read as they are. Its ledger
+entries have no shares and no state: they were paid before they were written, so they
+count as applied, and a task they name is not paid again for that identity, unless the
+entry awarded nothing (a full pool): that one is replaced by the next grant, which keeps
+it under `replaces`. Its balances (identities at the top level, the free-time pool named
+`tokens`) are read into our shape, its own history kept under `reference_history`.
+
 The formula and the split are pure functions, so tests can table them.
 """
 
@@ -42,7 +49,6 @@ from pydantic import (
 
 from swarm_runtime.contract import (
     RewardFields,
-    TaskId,
     describe_validation_error,
     is_valid_task_id,
     utc_now,
@@ -61,6 +67,7 @@ FREE_TIME_PERCENT = 70
 FREE_TIME_CAP = 500
 JOURNAL_CAP = 200
 HISTORY_LIMIT = 50
+REFERENCE_HISTORY = "reference_history"
 IDENTITY_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 KEY_SEPARATOR = "::"
 
@@ -163,15 +170,17 @@ def check_ids(task_id: str, identity_id: str) -> None:
 
 
 class Grant(BaseModel):
-    """One ledger entry: what a task earned an identity, and whether it is paid yet."""
+    """One ledger entry: what a task earned an identity, and whether it is paid yet. The
+    task id is not checked against our pattern: the reference implementation's ids were
+    free text, and a recorded grant only needs to be matched, never used as a path."""
 
     model_config = ConfigDict(extra="allow")
 
-    task_id: TaskId
+    task_id: str = Field(min_length=1)
     identity_id: IdentityId
     tokens_requested: int = Field(ge=0)
-    free_time_awarded: int = Field(ge=0)
-    journal_awarded: int = Field(ge=0)
+    free_time_awarded: int | None = Field(default=None, ge=0)
+    journal_awarded: int | None = Field(default=None, ge=0)
     tokens_awarded: int = Field(ge=0)
     reason: str
     granted_at: str
@@ -182,13 +191,20 @@ class Grant(BaseModel):
 
     @model_validator(mode="after")
     def _awarded_is_the_sum(self) -> Grant:
-        if self.tokens_awarded != self.free_time_awarded + self.journal_awarded:
+        if self.free_time_awarded is None and self.journal_awarded is None:
+            return self
+        if self.tokens_awarded != sum(self.shares):
             raise ValueError("tokens_awarded must equal free_time_awarded + journal_awarded")
         return self
 
     @property
     def key(self) -> str:
         return grant_key(self.task_id, self.identity_id)
+
+    @property
+    def shares(self) -> tuple[int, int]:
+        """(free time, journal); a reference entry did not record its split."""
+        return self.free_time_awarded or 0, self.journal_awarded or 0
 
     def with_shares(self, free_time_headroom: int, journal_headroom: int) -> Grant:
         """The requested tokens split between the pools, as far as they have room."""
@@ -205,7 +221,8 @@ class Grant(BaseModel):
 
 
 class RewardLedger(BaseModel):
-    """phase5_reward_ledger.json. Entries are never removed: the key is the once-only guard."""
+    """phase5_reward_ledger.json. Entries are never removed: the key is the once-only guard
+    (a reference entry that paid nothing is replaced, and kept inside its replacement)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -244,6 +261,19 @@ class IdentityBalance(BaseModel):
     journal_cap: int = Field(default=JOURNAL_CAP, ge=0)
     history: list[Payment] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_reference(cls, data: Any) -> Any:
+        """The reference's `{tokens, journal_tokens, free_time_cap, history,
+        spending_history}`: the pool is renamed, its history kept apart from ours."""
+        if not isinstance(data, dict) or "tokens" not in data or "free_time_tokens" in data:
+            return data
+        converted = {k: v for k, v in data.items() if k not in ("tokens", "history")}
+        converted["free_time_tokens"] = data["tokens"]
+        if "history" in data:
+            converted[REFERENCE_HISTORY] = data["history"]
+        return converted
+
     @property
     def total_tokens(self) -> int:
         return self.free_time_tokens + self.journal_tokens
@@ -258,15 +288,11 @@ class IdentityBalance(BaseModel):
         return any(payment.grant == key for payment in self.history)
 
     def pay(self, grant: Grant, paid_at: str) -> None:
-        self.free_time_tokens += grant.free_time_awarded
-        self.journal_tokens += grant.journal_awarded
+        free_time, journal = grant.shares
+        self.free_time_tokens += free_time
+        self.journal_tokens += journal
         self.history.append(
-            Payment(
-                grant=grant.key,
-                free_time=grant.free_time_awarded,
-                journal=grant.journal_awarded,
-                paid_at=paid_at,
-            )
+            Payment(grant=grant.key, free_time=free_time, journal=journal, paid_at=paid_at)
         )
         del self.history[:-HISTORY_LIMIT]
 
@@ -278,6 +304,14 @@ class Balances(BaseModel):
 
     version: Literal[1] = 1
     identities: dict[IdentityId, IdentityBalance] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_reference(cls, data: Any) -> Any:
+        """The reference keys identities at the top level, with no version."""
+        if isinstance(data, dict) and data and not {"version", "identities"} & data.keys():
+            return {"version": 1, "identities": data}
+        return data
 
     def of(self, identity_id: str) -> IdentityBalance:
         return self.identities.setdefault(identity_id, IdentityBalance())
@@ -389,8 +423,9 @@ class RewardBook:
         )
         with self._locked() as (ledger, balances):
             finished = self._finish_pending(ledger, balances, draft.granted_at)
-            if draft.key in ledger.grants:
-                return reported(ledger.grants[draft.key], applied=draft.key in finished)
+            earlier = ledger.grants.get(draft.key)
+            if earlier is not None and earlier.tokens_awarded > 0:
+                return reported(earlier, applied=draft.key in finished)
             grant = draft.with_shares(*balances.of(identity_id).headroom())
             if grant.tokens_awarded == 0:
                 return RewardOutcome(
@@ -400,6 +435,9 @@ class RewardBook:
                     tokens_awarded=0,
                     ledger_recorded=False,
                 )
+            if earlier is not None:
+                replaced = earlier.model_dump(mode="json", exclude_unset=True)
+                grant = grant.model_copy(update={"replaces": replaced})
             self._commit(ledger, balances, grant)
             return reported(grant, applied=True)
 
