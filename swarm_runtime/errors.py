@@ -15,7 +15,9 @@
     ├── UnpricedModelError        a model with no price on a paid provider
     ├── RateLimited               the token bucket is empty (carries Retry-After)
     ├── ProviderError             the LLM provider failed after its retries
-    └── ReviewUnavailable         the critic could not reach a verdict (fail closed)
+    ├── ReviewUnavailable         the critic could not reach a verdict (fail closed)
+    └── HttpError                 a server refuses a request (web.json_errors: it carries
+                                  the status code and the JSON body that explains it)
 
 Every error carries what an operator needs to act (a path, a task id, a field),
 so messages can be shown as they are. Only the worker's per-task boundary and

@@ -9,7 +9,6 @@ local commands through the allowlist + denylist policy, without a shell.
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import logging
 import sys
@@ -47,9 +46,9 @@ from swarm_runtime.safety.local_commands import LocalCommandPolicy, prepare_sand
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.store.token import resolve_token
-from swarm_runtime.web.json_errors import install_json_fallbacks, json_error
+from swarm_runtime.web.json_errors import HttpError, install_json_fallbacks, json_error
 from swarm_runtime.web.loopback import is_loopback_address
-from swarm_runtime.web.server import serve
+from swarm_runtime.web.server import serve_main
 
 log = logging.getLogger("swarm")
 TOKEN_PROTECTED = frozenset({"/cycle", "/plan"})
@@ -88,16 +87,6 @@ class ApiServices:
         )
 
 
-class ApiError(Exception):
-    """An HTTP answer with a JSON body; raised anywhere in a handler."""
-
-    def __init__(self, status: int, message: str, **extra: Any):
-        self.status = status
-        self.body = ErrorBody(error=message, **extra)
-        self.headers: dict[str, str] = {}
-        super().__init__(message)
-
-
 def create_app(settings: Settings, services: ApiServices | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -121,7 +110,7 @@ def create_app(settings: Settings, services: ApiServices | None = None) -> Flask
         try:
             planned = plan_tasks(services.wrapper, services.store, services.workspace)
         except PlanError as exc:
-            raise ApiError(502, str(exc), retryable=False) from None
+            raise HttpError(502, str(exc), retryable=False) from None
         except SwarmError as exc:
             raise llm_error(exc) from None
         return jsonify(planned)
@@ -137,21 +126,17 @@ def _install_access_control(app: Flask, services: ApiServices) -> None:
     @app.before_request
     def guard() -> None:
         if not is_loopback_address(request.remote_addr):
-            raise ApiError(403, f"{request.path} is localhost-only")
+            raise HttpError(403, f"{request.path} is localhost-only")
         if request.path in TOKEN_PROTECTED:
             supplied = request.headers.get(TOKEN_HEADER, "")
             if not supplied:
-                raise ApiError(401, f"missing internal execution token (header {TOKEN_HEADER})")
+                raise HttpError(401, f"missing internal execution token (header {TOKEN_HEADER})")
             if not hmac.compare_digest(supplied.encode(), services.token.encode()):
-                raise ApiError(403, "invalid internal execution token")
+                raise HttpError(403, "invalid internal execution token")
 
 
 def _install_error_handlers(app: Flask) -> None:
     unexpected = install_json_fallbacks(app, log)
-
-    @app.errorhandler(ApiError)
-    def api_error(exc: ApiError) -> Any:
-        return json_error(exc.status, exc.body, exc.headers)
 
     @app.errorhandler(OSError)
     def state_unwritable(exc: OSError) -> Any:
@@ -169,15 +154,15 @@ def _install_error_handlers(app: Flask) -> None:
 
 def parse_cycle_request(body: Any) -> CycleRequest:
     if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object", field="body")
+        raise HttpError(400, "request body must be a JSON object", field="body")
     try:
         cycle_request = CycleRequest.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "body"
-        raise ApiError(400, f"invalid field {field!r}: {first['msg']}", field=field) from None
+        raise HttpError(400, f"invalid field {field!r}: {first['msg']}", field=field) from None
     if not (cycle_request.prompt or "").strip() and not (cycle_request.task or "").strip():
-        raise ApiError(400, "prompt or task must be provided", field="prompt")
+        raise HttpError(400, "prompt or task must be provided", field="prompt")
     return cycle_request
 
 
@@ -190,7 +175,7 @@ def check_safety(gateway: SafetyGateway, cycle_request: CycleRequest) -> dict[st
             continue
         passed, report = gateway.pre_execute_safety_check(text, cycle_request.task_id)
         if not passed:
-            raise ApiError(
+            raise HttpError(
                 403, f"Safety check failed ({name}): {report.get('blocked_reason')}", field=name
             )
     return report
@@ -201,11 +186,11 @@ def run_local(
 ) -> CycleResponse:
     command = cycle_request.task or ""
     if not command.strip():
-        raise ApiError(400, "local mode requires task (the command to run)", field="task")
+        raise HttpError(400, "local mode requires task (the command to run)", field="task")
     try:
         plan = services.policy.check(command)
     except PolicyViolation as exc:
-        raise ApiError(403, str(exc), rule=exc.rule, field="task") from None
+        raise HttpError(403, str(exc), rule=exc.rule, field="task") from None
     result = run_command(plan, timeout=cycle_request.timeout)
     if result.timed_out:
         summary = f"command timed out after {cycle_request.timeout:g}s"
@@ -229,7 +214,7 @@ def run_llm(
 ) -> CycleResponse:
     prompt = cycle_request.prompt or ""
     if not prompt.strip():
-        raise ApiError(400, "llm mode requires prompt", field="prompt")
+        raise HttpError(400, "llm mode requires prompt", field="prompt")
     try:
         call = services.wrapper.call_llm(
             prompt,
@@ -252,17 +237,16 @@ def run_llm(
     )
 
 
-def llm_error(exc: SwarmError) -> ApiError:
+def llm_error(exc: SwarmError) -> HttpError:
     """Map the wrapper's refusals to HTTP; the message always says which limit and why."""
     if isinstance(exc, RateLimited):
-        error = ApiError(429, str(exc), retryable=True)
-        error.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        return error
+        retry_after = str(max(1, round(exc.retry_after)))
+        return HttpError(429, str(exc), retryable=True, headers={"Retry-After": retry_after})
     if isinstance(exc, BudgetError | UnpricedModelError):
-        return ApiError(403, str(exc))
+        return HttpError(403, str(exc))
     if isinstance(exc, ProviderError):
-        return ApiError(502, f"LLM provider failed: {exc}", retryable=False)
-    return ApiError(500, str(exc))
+        return HttpError(502, f"LLM provider failed: {exc}", retryable=False)
+    return HttpError(500, str(exc))
 
 
 # --- /status ----------------------------------------------------------------------------
@@ -272,7 +256,7 @@ def status_snapshot(services: ApiServices) -> dict[str, Any]:
     try:
         doc = services.store.load()
     except StateFileError as exc:
-        raise ApiError(503, f"{exc.path.name} is malformed: {exc}", field=str(exc.path)) from None
+        raise HttpError(503, f"{exc.path.name} is malformed: {exc}", field=str(exc.path)) from None
     counts: dict[str, int] = {}
     for task in doc.tasks:
         counts[task.status.value] = counts.get(task.status.value, 0) + 1
@@ -294,19 +278,14 @@ def status_snapshot(services: ApiServices) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s swarm: %(message)s", stream=sys.stdout
+    return serve_main(
+        argv,
+        prog="swarm.py",
+        doc=__doc__,
+        name="swarm API",
+        port_setting="api_port",
+        create_app=create_app,
     )
-    parser = argparse.ArgumentParser(prog="swarm.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, help="port on 127.0.0.1 (0 picks a free one)")
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env(api_port=args.port)
-        app = create_app(settings)
-    except SwarmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return serve(app, settings.api_port, "swarm API")
 
 
 if __name__ == "__main__":

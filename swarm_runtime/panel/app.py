@@ -13,17 +13,16 @@ event stream (panel_stream), all sharing one `Panel` (panel_state).
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from flask import Flask, Response, jsonify, render_template, request
 
 from swarm_runtime.contract import QUEUE_FILE, Mode, Status
-from swarm_runtime.errors import SwarmError
 from swarm_runtime.panel import actions
 from swarm_runtime.panel.audit import SPEND_BUCKETS
 from swarm_runtime.panel.errors import PanelError, install_error_handlers
@@ -43,7 +42,7 @@ from swarm_runtime.panel.stream import (
 )
 from swarm_runtime.panel.tasks import detail_of, status_tones, table_of
 from swarm_runtime.settings import Settings
-from swarm_runtime.web.server import serve
+from swarm_runtime.web.server import serve_main
 
 MAX_BODY_BYTES = 256 * 1024
 DEFAULT_PER_PAGE = 50
@@ -180,27 +179,27 @@ def _register_events(app: Flask, panel: Panel) -> None:
         return stream_response(panel, cursor, epoch, backlog)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stdout,
-        format="%(asctime)s %(levelname)s control_panel: %(message)s",
-    )
-    parser = argparse.ArgumentParser(prog="control_panel.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, help="port on 127.0.0.1 (0 picks a free one)")
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env(panel_port=args.port)
-        app = create_app(settings)
-    except SwarmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+@contextmanager
+def following_the_log(app: Flask) -> Iterator[None]:
+    """While the panel serves, a thread follows the log; after, the panel closes its files."""
     panel: Panel = app.extensions["panel"]
     threading.Thread(target=panel.follow, name="log-follower", daemon=True).start()
     try:
-        return serve(app, settings.panel_port, "control panel")
+        yield
     finally:
         panel.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve_main(
+        argv,
+        prog="control_panel.py",
+        doc=__doc__,
+        name="control panel",
+        port_setting="panel_port",
+        create_app=create_app,
+        running=following_the_log,
+    )
 
 
 if __name__ == "__main__":

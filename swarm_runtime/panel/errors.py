@@ -1,8 +1,9 @@
 """How the panel says no: every refusal is a JSON ErrorBody, never an HTML page.
 
-A handler raises `PanelError` anywhere; the runtime's own errors (a missing task, a
-transition that does not apply, a state file that cannot be used) become the status
-code an operator's request earns, with the runtime's explanation.
+A handler raises `PanelError` (the `HttpError` both servers answer with) anywhere; the
+runtime's own errors (a missing task, a transition that does not apply, a state file
+that cannot be used) become the status code an operator's request earns, with the
+runtime's explanation.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 
 from flask import Flask, Response
 
-from swarm_runtime.contract import ErrorBody
 from swarm_runtime.errors import (
     DuplicateTaskError,
     InvalidTransition,
@@ -21,18 +21,10 @@ from swarm_runtime.errors import (
     UnknownTaskError,
 )
 from swarm_runtime.store.state_files import Workspace
-from swarm_runtime.web.json_errors import install_json_fallbacks, json_error
+from swarm_runtime.web.json_errors import HttpError, install_json_fallbacks, json_error
 
 log = logging.getLogger("control_panel")
-
-
-class PanelError(Exception):
-    """An answer with a JSON ErrorBody, raised anywhere in a handler."""
-
-    def __init__(self, status: int, message: str, *, field: str | None = None):
-        self.status = status
-        self.body = ErrorBody(error=message, field=field)
-        super().__init__(message)
+PanelError = HttpError
 
 
 def refusal(exc: SwarmError, workspace: Workspace) -> PanelError:
@@ -61,10 +53,6 @@ def shown_path(path: Path, workspace: Workspace) -> str:
 
 def install_error_handlers(app: Flask, workspace: Workspace) -> None:
     install_json_fallbacks(app, log)
-
-    @app.errorhandler(PanelError)
-    def panel_error(exc: PanelError) -> Response:
-        return json_error(exc.status, exc.body)
 
     @app.errorhandler(SwarmError)
     def swarm_error(exc: SwarmError) -> Response:

@@ -32,7 +32,9 @@ from swarm_runtime.contract import (
     describe_validation_error,
 )
 from swarm_runtime.errors import ReviewUnavailable
+from swarm_runtime.phases.text import key_words
 from swarm_runtime.store.events import cap_text
+from swarm_runtime.web.retry import backoff
 
 DECLARED_FILE_FIELDS = ("files_created", "files_modified", "artifacts")
 MAX_SCANNED_FILE_BYTES = 5 * 1024 * 1024
@@ -42,6 +44,7 @@ MAX_PLACEHOLDER_ISSUES = 10
 MINOR_PLACEHOLDER_LIMIT = 2
 ON_TOPIC_UNJUDGEABLE_CHARS = 2_000
 ON_TOPIC_MIN_KEY_WORDS = 5
+ON_TOPIC_MIN_WORD_CHARS = 4
 MAX_REQUEUE_BACKOFF_SECONDS = 3_600.0
 FEEDBACK_HEADING = "## CRITIC FEEDBACK FROM THE PREVIOUS ATTEMPT"
 NO_ISSUE_REASON = "critic rejected task output"
@@ -66,18 +69,6 @@ PLACEHOLDER = re.compile(
     r"\b(TODO|FIXME|XXX)\b|(pass\s*#\s*placeholder)|(raise\s+NotImplementedError)\b"
 )
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-WORD = re.compile(r"[a-z]+")
-SUFFIXES = ("ations", "ation", "ings", "ing", "ied", "ies", "ers", "er", "es", "ed", "ly", "s")
-STOP_WORDS = frozenset(
-    """
-    about above after again against also been before being below between both cannot could
-    does doing done down during each every from further have having here into just like make
-    more most much must only other over please same should some such than that their them
-    then there these they this those through under until very want were what when where which
-    while with within without would your yours write create give using need needs task thing
-    things well will shall able based sure kind
-    """.split()
-)
 
 
 @dataclass(frozen=True)
@@ -243,16 +234,7 @@ def _related(a: str, b: str) -> bool:
 
 
 def _key_stems(text: str) -> set[str]:
-    words = WORD.findall(text.lower())
-    return {_stem(w) for w in words if len(w) >= 4 and w not in STOP_WORDS}
-
-
-def _stem(word: str) -> str:
-    for suffix in SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            word = word[: -len(suffix)]
-            break
-    return word[:-1] if word.endswith("e") and len(word) > 4 else word
+    return {stem for stem, _ in key_words(text, min_length=ON_TOPIC_MIN_WORD_CHARS)}
 
 
 # --- declared files -------------------------------------------------------------------------
@@ -490,8 +472,7 @@ def _failed_message(rejections: int, reason: str) -> str:
 
 def requeue_backoff(base: float, rejections: int) -> float:
     """base, 2×base, 4×base… for the 1st, 2nd, 3rd rejection, capped at an hour."""
-    exponent = min(max(rejections, 1) - 1, 32)
-    return min(max(base, 0.0) * 2.0**exponent, MAX_REQUEUE_BACKOFF_SECONDS)
+    return backoff(rejections, base, MAX_REQUEUE_BACKOFF_SECONDS)
 
 
 def retry_prompt(original: str, issues: Iterable[str], suggestions: Iterable[str]) -> str:

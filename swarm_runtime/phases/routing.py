@@ -18,7 +18,7 @@ phrase) and must explain a fair share of the task.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from swarm_runtime.contract import ExecutionFields, ToolRoute, describe_validation_error
 from swarm_runtime.errors import StateFileError
+from swarm_runtime.phases.text import key_words
 from swarm_runtime.store.state_files import Workspace, read_json
 
 SEMANTIC_THRESHOLD = 0.6
@@ -46,41 +47,6 @@ STORE_FIELDS = frozenset({"description", "keywords", "code"})
 TOOL_EVENT_FIELDS = tuple(name for name in ExecutionFields.model_fields if name.startswith("tool_"))
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
-WORD = re.compile(r"[^\W_]+")
-CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-FILE_EXTENSION = re.compile(
-    r"(?<=[\w-]\.)(?:json|jsonl|csv|tsv|txt|md|py|yaml|yml|toml|ini|cfg|xml|html|log)\b",
-    re.IGNORECASE,
-)
-STEM_SUFFIXES = (
-    ("ically", "ic"),
-    ("ly", ""),
-    ("ies", "y"),
-    ("ied", "y"),
-    ("ing", ""),
-    ("ed", ""),
-    ("es", ""),
-    ("s", ""),
-)
-
-# Function words, plus the verbs and nouns every coding task uses: they say a task is work,
-# not which work, so matching on them is what dragged unrelated tools into prompts.
-STOP_WORDS = frozenset(
-    """
-a about above after again against all also an and any are as at back be been before being
-below between both but by can could did do does doing done down during each else etc every
-few for from further had has have having he her here hers him his how i if in into is it its
-itself just let like may me might more most must my no nor not now of off on once only onto or
-other our ours out over own per please same she should so some such than that the their them
-then there these they this those through to too under until up upon us very via was we were
-what when where which while who whom why will with within would yet you your yours
-add added adding build change code create edit file files data fix function functions
-generate handle helper implement implementation improve make method modify module new
-program project refactor script simple small support task thing something update use used
-using want need way work ensure sure able
-clear clearly good better proper properly correct correctly quick quickly nice
-""".split()
-)
 
 
 class Tool(BaseModel):
@@ -423,49 +389,8 @@ def load_router(workspace: Workspace) -> ToolRouter:
     return ToolRouter(tools.values())
 
 
-# --- words -------------------------------------------------------------------------
-
-
-def _stem(word: str) -> str:
-    """Fold plurals and -ing/-ed/-ly forms together, so "parsing" meets "parse"."""
-    for suffix, replacement in STEM_SUFFIXES:
-        if word.endswith(suffix) and not word.endswith("ss"):
-            candidate = word[: -len(suffix)] + replacement
-            if len(candidate) >= 3:
-                word = candidate
-                break
-    return word[:-1] if len(word) >= 4 and word.endswith("e") else word
-
-
-STOP_STEMS = STOP_WORDS | {_stem(word) for word in STOP_WORDS}
-
-
-def _words(text: str) -> Iterator[tuple[str, int]]:
-    """Lowercase word parts with their offsets; identifiers split on `_` and camelCase."""
-    extensions = {match.start() for match in FILE_EXTENSION.finditer(text)}
-    for match in WORD.finditer(text):
-        start = match.start()
-        for part in CAMEL_BOUNDARY.split(match.group()):
-            if start not in extensions:
-                yield part.lower(), start
-            start += len(part)
-
-
-def _content_tokens(text: str) -> list[tuple[str, int]]:
-    """The words that say what a task is about, stemmed, with where each one starts.
-
-    A file extension (the `json` of `config.json`) names a file, not the work, so it is
-    dropped."""
-    tokens = []
-    for word, start in _words(text):
-        token = _stem(word)
-        if len(word) >= 2 and not word.isdigit() and {word, token}.isdisjoint(STOP_STEMS):
-            tokens.append((token, start))
-    return tokens
-
-
 def _token_set(text: str) -> frozenset[str]:
-    return frozenset(token for token, _ in _content_tokens(text))
+    return frozenset(token for token, _ in key_words(text))
 
 
 # --- matching ----------------------------------------------------------------------
@@ -566,7 +491,7 @@ class ToolRouter:
         """Route the task itself: a prompt that already carries tool context is routed by
         the task under it, or the injected code would pick its own tool again."""
         text = task_text(prompt)
-        task = _Task(tuple(_content_tokens(text)))
+        task = _Task(tuple(key_words(text)))
         matches = [profile.match(task.words, task) for profile in self.profiles]
         picks = self._exact_picks(text, matches) or _best_semantic(matches, task)
         picks = self._add_components(picks, matches, task)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,9 +13,12 @@ from pydantic import ValidationError
 
 from swarm_runtime.contract import TOKEN_HEADER, CycleResponse, describe_validation_error
 from swarm_runtime.web.loopback import is_loopback_url
+from swarm_runtime.web.retry import backoff, retry_after
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 10.0
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_JITTER = (0.8, 1.2)
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
@@ -90,7 +92,7 @@ class CycleClient:
             )
         except requests.ConnectionError as exc:
             error = f"cannot connect to the execution API at {url}: {type(exc).__name__}"
-            return Dispatch(None, error, attempts=attempt), backoff(attempt)
+            return Dispatch(None, error, attempts=attempt), _backoff(attempt)
         except requests.Timeout:
             error = f"the execution API did not answer within {read_timeout:.0f}s"
             return Dispatch(None, error, attempts=attempt), None
@@ -110,9 +112,10 @@ def interpret(reply: requests.Response, attempt: int) -> tuple[Dispatch, float |
     result = Dispatch(None, error, reply.status_code, attempt)
     retryable = isinstance(body, dict) and body.get("retryable", True) is not False
     if reply.status_code == 429:
-        return result, retry_after(reply, attempt)
+        wait = retry_after(reply.headers, MAX_BACKOFF_SECONDS)
+        return result, _backoff(attempt) if wait is None else wait
     if reply.status_code >= 500 and retryable:
-        return result, backoff(attempt)
+        return result, _backoff(attempt)
     return result, None
 
 
@@ -123,13 +126,6 @@ def _json_or_none(reply: requests.Response) -> Any:
         return None
 
 
-def backoff(attempt: int) -> float:
-    """Exponential with jitter: 0.5, 1, 2, 4 s ... capped, so a restarting API is waited for."""
-    return min(MAX_BACKOFF_SECONDS, 0.5 * 2.0 ** (attempt - 1)) * random.uniform(0.8, 1.2)
-
-
-def retry_after(reply: requests.Response, attempt: int) -> float:
-    try:
-        return min(MAX_BACKOFF_SECONDS, max(0.0, float(reply.headers.get("Retry-After", ""))))
-    except ValueError:
-        return backoff(attempt)
+def _backoff(attempt: int) -> float:
+    """0.5, 1, 2, 4 s ... capped, so a restarting API is waited for."""
+    return backoff(attempt, BACKOFF_BASE_SECONDS, MAX_BACKOFF_SECONDS, BACKOFF_JITTER)
