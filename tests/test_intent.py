@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from swarm_runtime.contract import Task
+from swarm_runtime.contract import ReviewRecord, Task, ToolRoute, Verdict
+from swarm_runtime.phases.critic import FEEDBACK_HEADING
+from swarm_runtime.phases.decomposition import RESULTS_HEADING
 from swarm_runtime.phases.intent import (
     GOAL_CHARS,
     INTENT_END,
@@ -14,7 +16,10 @@ from swarm_runtime.phases.intent import (
     intent_block,
     intent_from_task,
     whole_words,
+    with_intent,
 )
+from swarm_runtime.phases.prompt import compose_prompt
+from swarm_runtime.phases.routing import CONTEXT_HEADING, TASK_HEADING, RouteDecision, Tool
 
 
 @pytest.mark.parametrize(
@@ -208,3 +213,71 @@ def test_a_malformed_stored_intent_is_refused() -> None:
     task = Task(id="t", prompt="Build a CLI.", phase4_intent={"goal": "x", "constraints": 5})
     with pytest.raises(ValidationError):
         intent_from_task(task)
+
+
+# --- every llm task carries its intent --------------------------------------------------
+
+GENERATE = RouteDecision(route=ToolRoute.GENERATE)
+
+
+def test_an_llm_task_gets_its_intent_extracted_for_keeping() -> None:
+    task = Task(id="t", prompt="Build a CLI. It must run offline.")
+    kept = with_intent(task)
+    assert kept.phase4_intent == extract_intent(task.prompt or "").model_dump(mode="json")
+    assert task.phase4_intent is None, "the caller's task must not change"
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        Task(id="cmd", command="echo hi"),
+        Task(id="cmd2", mode="local", prompt="List the files", command="ls"),
+        Task(id="empty", mode="llm"),
+        Task(
+            id="sub", prompt="Add tests", phase4_intent={"goal": "Ship it", "source": "inherited"}
+        ),
+    ],
+    ids=["local", "local-with-prompt", "no-prompt", "stored"],
+)
+def test_local_empty_and_already_carrying_tasks_are_left_as_they_are(task: Task) -> None:
+    assert with_intent(task) is task
+
+
+def test_a_plain_llm_prompt_starts_with_its_intent_block() -> None:
+    """Regression: only planned tasks carried the block; a plain task sent its bare prompt."""
+    task = Task(id="t", prompt="Write a haiku. Don't rhyme.")
+    assert compose_prompt(task, GENERATE, []) == (
+        f"{INTENT_HEADING}\nGoal: Write a haiku\nAvoid:\n- Rhyme\n{INTENT_END}\n\n"
+        "Write a haiku. Don't rhyme."
+    )
+
+
+def test_a_subtask_sends_its_parents_intent_once() -> None:
+    parent = UserIntent(goal="Ship the auth feature", constraints=["Keep the API stable"])
+    inherited = parent.model_copy(update={"source": "inherited"}).model_dump(mode="json")
+    subtask = Task(
+        id="p__phase4_01",
+        prompt="Add integration tests\n\nContext: step 1 of 2 of task p, whose goal is: Ship",
+        phase4_intent=inherited,
+        phase4_generated=True,
+    )
+    prompt = compose_prompt(with_intent(subtask), GENERATE, [])
+    assert prompt.splitlines().count(INTENT_HEADING) == 1
+    assert prompt.startswith(f"{INTENT_HEADING}\nGoal: Ship the auth feature\n")
+    assert "Goal: Add integration tests" not in prompt
+
+
+def test_the_blocks_are_composed_in_a_fixed_order() -> None:
+    tool = Tool(name="read_json_safe", description="Read JSON", code="def read_json_safe(): ...")
+    decision = RouteDecision(route=ToolRoute.EXACT, tool=tool, confidence=1.0)
+    task = Task(
+        id="p",
+        prompt="Write a config loader",
+        phase4_planned=True,
+        review=ReviewRecord(verdict=Verdict.REJECT, issues=["no tests"], attempt=1),
+    )
+    prompt = compose_prompt(task, decision, [("p__phase4_01", "Write it", "done")])
+    order = [INTENT_HEADING, CONTEXT_HEADING, "def read_json_safe"]
+    order += [f"{TASK_HEADING}\nWrite a config loader", RESULTS_HEADING, FEEDBACK_HEADING]
+    positions = [prompt.index(marker) for marker in order]
+    assert positions == sorted(positions) and positions[0] == 0

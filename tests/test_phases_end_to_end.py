@@ -138,6 +138,10 @@ def test_rejected_work_is_retried_with_feedback_then_fails_at_the_limit(runtime:
     assert all(e["phase5_reward_reason"] == "review_not_approved" for e in requeues)
     second_prompt = runtime.prompts()[1]
     assert "## CRITIC FEEDBACK FROM THE PREVIOUS ATTEMPT" in second_prompt
+    assert second_prompt.startswith(INTENT_HEADING) and second_prompt.count(INTENT_HEADING) == 1
+    assert second_prompt.index("Write a tokenizer") < second_prompt.index("## CRITIC FEEDBACK")
+    goal = task_record(ws, "parser")["phase4_intent"]["goal"]
+    assert goal == "Write a tokenizer for arithmetic expressions"
     assert requeues[0]["review_issues"][0] in second_prompt
     failed = events_of(ws, "parser", "failed")[-1]
     assert "rejected task after 3 attempt(s)" in failed["errors"]
@@ -232,12 +236,22 @@ def test_a_tool_routed_task_sends_the_tool_context(runtime: Runtime) -> None:
     )
     assert runtime.work().returncode == 0
     tooled, plain = runtime.prompts()
-    assert tooled.startswith(("RELEVANT TOOL CONTEXT (reuse before new generation)",))
+    intent, tool_context = tooled.split("\n\n", 1)
+    assert intent.splitlines() == [
+        INTENT_HEADING,
+        "Goal: Use read_json_safe to load config.json and print the port",
+        "## END USER INTENT",
+    ]
+    assert tool_context.startswith("RELEVANT TOOL CONTEXT (reuse before new generation)\n")
     assert "TOOL_NAME: read_json_safe" in tooled and "TOOL_ROUTE: exact" in tooled
     assert tooled.rstrip().endswith(
         "TASK:\nUse read_json_safe to load config.json and print the port"
     )
     assert "RELEVANT TOOL CONTEXT" not in plain
+    assert plain == (
+        f"{INTENT_HEADING}\nGoal: Update the README with install steps\n## END USER INTENT\n\n"
+        "Update the README with install steps"
+    )
     done = events_of(runtime.workspace, "tooled", "completed")[0]
     assert (done["tool_route"], done["tool_name"], done["tool_confidence"]) == (
         "exact",
@@ -281,7 +295,10 @@ def test_a_complex_prompt_is_split_and_its_whole_chain_is_approved(runtime: Runt
     assert approvals == [*subtasks, "auth"]
     prompts = runtime.prompts()
     assert len(prompts) == 4
+    assert all(p.splitlines().count(INTENT_HEADING) == 1 for p in prompts)
     assert all(p.startswith(INTENT_HEADING) for p in prompts)
+    goal = "Goal: Implement auth API, add integration tests, and then update deployment docs"
+    assert all(p.splitlines()[1] == goal for p in prompts), "a subtask sent its own goal"
     assert "## RESULTS OF SUBTASKS" in prompts[-1]
     assert all(sub in prompts[-1] for sub in subtasks)
     parent = task_record(ws, "auth")
@@ -289,6 +306,34 @@ def test_a_complex_prompt_is_split_and_its_whole_chain_is_approved(runtime: Runt
     assert set(subtasks) <= set(parent["depends_on"])
     assert task_record(ws, "auth__phase4_02")["depends_on"] == ["auth__phase4_01"]
     assert sum(task_record(ws, sub)["max_budget"] for sub in subtasks) == pytest.approx(0.3)
+
+
+def test_a_plain_llm_task_sends_its_intent_block_and_keeps_the_intent(runtime: Runtime) -> None:
+    """Regression: only decomposed tasks carried the intent block, so a plain task's
+    constraints and anti-goals never reached the model as the user's intent."""
+    prompt = "Write a haiku about message queues. It must mention retries. Don't use rhymes."
+    runtime.queue([{"id": "plain", "prompt": prompt}])
+    assert runtime.work().returncode == 0
+    assert runtime.prompts() == [
+        "\n".join(
+            [
+                INTENT_HEADING,
+                "Goal: Write a haiku about message queues",
+                "Constraints:",
+                "- It must mention retries",
+                "Avoid:",
+                "- Use rhymes",
+                "## END USER INTENT",
+                "",
+                prompt,
+            ]
+        )
+    ]
+    stored = task_record(runtime.workspace, "plain")
+    assert stored["phase4_intent"]["goal"] == "Write a haiku about message queues"
+    assert stored["phase4_intent"]["anti_goals"] == ["Use rhymes"]
+    assert not stored.get("phase4_planned") and len(read_queue(runtime.workspace)["tasks"]) == 1
+    assert history(runtime.workspace, "plain")[-1] == "approved"
 
 
 def test_subtasks_are_routed_on_their_own_feature(runtime: Runtime) -> None:

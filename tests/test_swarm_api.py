@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import RunningProcess, child_env
+from conftest import RunningProcess, child_env, read_queue, run_worker, write_queue
 from fake_llm_server import FakeLLMServer
 
 from swarm_runtime.api.app import create_app
+from swarm_runtime.api.plan import parse_plan, planning_prompt
 from swarm_runtime.contract import TOKEN_HEADER
+from swarm_runtime.llm.provider import PLANNER_REQUEST, OfflineProvider
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 
@@ -199,17 +201,6 @@ def test_llm_mode_answers_offline_by_default(api: RunningProcess, workspace: Wor
     assert set(body["usage"]) == {"prompt_tokens", "completion_tokens"}
 
 
-def test_plan_refuses_an_unusable_reply_and_queues_nothing(
-    api: RunningProcess, workspace: Workspace
-) -> None:
-    reply = requests.post(
-        f"{api.url}/plan", headers={TOKEN_HEADER: token_of(workspace)}, timeout=30
-    )
-    assert reply.status_code == 502
-    assert "planner reply" in reply.json()["error"]
-    assert requests.get(f"{api.url}/status", timeout=10).json()["tasks"] == 0
-
-
 def test_concurrent_starts_agree_on_one_token(workspace: Workspace) -> None:
     script = (
         "import sys;"
@@ -327,3 +318,109 @@ def test_events_and_audit_never_hold_the_api_key(
             assert "sk-test-secret-123" not in path.read_text(errors="replace"), path
     assert "sk-test-secret-123" not in api.output
     json.loads(reply.text)
+
+
+# --- /plan ---------------------------------------------------------------------------------
+
+
+def plan(api: RunningProcess, workspace: Workspace) -> requests.Response:
+    return requests.post(f"{api.url}/plan", headers={TOKEN_HEADER: token_of(workspace)}, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ("Here are some ideas: add tests and docs.", "planner reply is not JSON"),
+        ('{"description": "Add tests"}', "planner reply is not a list of tasks"),
+        ('[{"description": "Add tests"}, {"description": "Add docs"}]', "3 to 5 are required"),
+    ],
+    ids=["prose", "object", "too-few"],
+)
+def test_plan_refuses_an_unusable_reply_and_queues_nothing(
+    spawn, workspace: Workspace, provider: FakeLLMServer, reply: str, error: str
+) -> None:
+    provider.reply_text = reply
+    api = spawn(["swarm.py", "--port", "0"], llm_env(workspace, provider))
+    answer = plan(api, workspace)
+    assert answer.status_code == 502
+    assert error in answer.json()["error"]
+    (request,) = provider.requests
+    assert request["body"]["messages"][-1]["content"].startswith(PLANNER_REQUEST)
+    assert requests.get(f"{api.url}/status", timeout=10).json()["tasks"] == 0
+
+
+GENERIC_PLAN = [
+    ("Set up pytest with one smoke test that imports every module", "high"),
+    ("Add a README explaining what the sandbox code does and how to run its tests", "medium"),
+    ("Add a pyproject.toml naming the project, its Python version and its test command", "low"),
+]
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ([], GENERIC_PLAN),
+        (
+            [("util.py", 12)],
+            [("Add type hints and unit tests for the functions in util.py", "medium")]
+            + GENERIC_PLAN[:2],
+        ),
+        (
+            [("a.py", 5), ("app/main.py", 400), ("b.py", 5), ("c.py", 1), ("tests/conf.py", 9)]
+            + [("test_a.py", 30)],
+            [
+                (
+                    "Refactor app/main.py (400 lines) into smaller functions with clear names",
+                    "high",
+                ),
+                ("Extend test_a.py with tests for edge cases and error paths", "low"),
+                ("Extend tests/conf.py with tests for edge cases and error paths", "low"),
+                ("Add type hints and unit tests for the functions in a.py", "medium"),
+                ("Add type hints and unit tests for the functions in b.py", "medium"),
+            ],
+        ),
+    ],
+    ids=["no-files", "one-file", "six-files"],
+)
+def test_the_offline_model_plans_one_task_per_python_file(
+    files: list[tuple[str, int]], expected: list[tuple[str, str]]
+) -> None:
+    """Largest files first, at most five, topped up to three from a fixed set."""
+    prompt = planning_prompt(files)
+    answer = OfflineProvider().complete(prompt, model="offline", max_tokens=1024, temperature=0.4)
+    assert answer.model == "offline"
+    assert [(task.description, task.priority) for task in parse_plan(answer.text)] == expected
+    again = OfflineProvider().complete(prompt, model="offline", max_tokens=1024, temperature=0.4)
+    assert again.text == answer.text
+
+
+def test_plan_on_the_offline_model_queues_work_a_worker_finishes(
+    api: RunningProcess, workspace: Workspace
+) -> None:
+    """Regression: the offline model's echo was no plan, so /plan always answered 502."""
+    (workspace.sandbox / "app").mkdir()
+    (workspace.sandbox / "app" / "main.py").write_text("def main():\n    return 1\n" * 100)
+    (workspace.sandbox / "util.py").write_text("def double(x):\n    return 2 * x\n")
+    (workspace.sandbox / "test_util.py").write_text("def test_double():\n    assert True\n")
+    write_queue(workspace, [{"id": "mine", "prompt": "Write a haiku about queues"}], api.url)
+
+    first, second = plan(api, workspace), plan(api, workspace)
+    assert (first.status_code, second.status_code) == (200, 200)
+    body = first.json()
+    assert (body["status"], body["model"]) == ("planned", "offline")
+    assert (body["files_scanned"], body["total_lines"], body["tasks_created"]) == (3, 204, 3)
+    tasks = read_queue(workspace)["tasks"]
+    ids = [task["id"] for task in tasks]
+    assert ids == ["mine", *body["task_ids"], *second.json()["task_ids"]]
+    assert len(set(ids)) == 7, "every plan gets fresh ids"
+    assert [task["prompt"] for task in tasks[1:4]] == [
+        "Refactor app/main.py (200 lines) into smaller functions with clear names",
+        "Extend test_util.py with tests for edge cases and error paths",
+        "Add type hints and unit tests for the functions in util.py",
+    ]
+    assert [task["max_budget"] for task in tasks[1:4]] == [0.15, 0.05, 0.10]
+
+    result = run_worker(workspace, "--once")
+    assert result.returncode == 0, result.stdout + result.stderr
+    statuses = {task["id"]: task["status"] for task in read_queue(workspace)["tasks"]}
+    assert statuses == dict.fromkeys(ids, "approved")

@@ -1,4 +1,7 @@
-"""`POST /plan`: ask the model for improvement tasks over the sandbox and append them."""
+"""`POST /plan`: ask the model for improvement tasks over the sandbox and append them.
+
+The offline model reads the file list back out of `planning_prompt`, so with no provider
+configured the plan is deterministic: one task per Python file, largest first."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from swarm_runtime.contract import Mode
 from swarm_runtime.errors import SwarmError
+from swarm_runtime.llm.provider import PLANNER_REQUEST
 from swarm_runtime.queue.store import QueueStore
 from swarm_runtime.store.state_files import Workspace
 
@@ -51,8 +55,7 @@ def planning_prompt(files: list[tuple[str, int]]) -> str:
     if len(files) > MAX_LISTED_FILES:
         listing += f"\n... and {len(files) - MAX_LISTED_FILES} more files"
     return (
-        "Suggest 3 to 5 improvement tasks for this Python codebase "
-        f"({len(files)} files).\n{listing or '(no Python files yet)'}\n\n"
+        f"{PLANNER_REQUEST} ({len(files)} files).\n{listing or '(no Python files yet)'}\n\n"
         'Answer with only a JSON array of objects: {"description": str, '
         '"priority": "high" | "medium" | "low"}.'
     )

@@ -8,9 +8,10 @@ the API key, not even when a server echoes the request back.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
-import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,14 +26,27 @@ from swarm_runtime.contract import OFFLINE_MODEL, describe_validation_error
 from swarm_runtime.errors import ProviderError
 from swarm_runtime.settings import Settings
 from swarm_runtime.web.loopback import is_loopback_url
+from swarm_runtime.web.retry import backoff, retry_after
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_CAP_SECONDS = 30.0
 BACKOFF_CAP_SECONDS = 8.0
+BACKOFF_JITTER = (1.0, 1.25)
 CONNECT_TIMEOUT_CAP_SECONDS = 5.0
 ERROR_BODY_CHARS = 300
 OFFLINE_ECHO_CHARS = 200
+# The planner's prompt opens with this and lists files as "- <path>: <n> lines"; the offline
+# model reads that list back, so /plan works with no provider at all.
+PLANNER_REQUEST = "Suggest 3 to 5 improvement tasks for this Python codebase"
+OFFLINE_PLAN_FILES = 5
+OFFLINE_PLAN_LARGE_FILE_LINES = 150
+OFFLINE_PLAN_GENERIC = (
+    ("Set up pytest with one smoke test that imports every module", "high"),
+    ("Add a README explaining what the sandbox code does and how to run its tests", "medium"),
+    ("Add a pyproject.toml naming the project, its Python version and its test command", "low"),
+)
+_LISTED_FILE = re.compile(r"^- (.+): (\d+) lines$", re.MULTILINE)
 CONNECTION_POOL_SIZE = 32
 
 
@@ -97,9 +111,12 @@ class OfflineProvider:
         system: str | None = None,
     ) -> Completion:
         source = f"{system or ''}\n{prompt}"
-        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:12]
-        echo = " ".join(prompt.split())[:OFFLINE_ECHO_CHARS]
-        text = f"[offline model] deterministic response to: {echo} (digest {digest})"
+        if prompt.startswith(PLANNER_REQUEST):
+            text = offline_plan(prompt)
+        else:
+            digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:12]
+            echo = " ".join(prompt.split())[:OFFLINE_ECHO_CHARS]
+            text = f"[offline model] deterministic response to: {echo} (digest {digest})"
         return Completion(
             text=text,
             model=OFFLINE_MODEL,
@@ -107,6 +124,25 @@ class OfflineProvider:
             completion_tokens=estimate_tokens(text),
             usage_reported=False,
         )
+
+
+def offline_plan(prompt: str) -> str:
+    """The planner's JSON array: one task per listed file, largest first, at most five,
+    topped up to three from a fixed set (which is the whole answer for an empty sandbox)."""
+    listed = [(path, int(lines)) for path, lines in _LISTED_FILE.findall(prompt)]
+    largest = sorted(listed, key=lambda item: (-item[1], item[0]))[:OFFLINE_PLAN_FILES]
+    tasks = [_file_improvement(path, lines) for path, lines in largest]
+    tasks += OFFLINE_PLAN_GENERIC[: max(0, len(OFFLINE_PLAN_GENERIC) - len(tasks))]
+    return json.dumps([{"description": text, "priority": level} for text, level in tasks])
+
+
+def _file_improvement(path: str, lines: int) -> tuple[str, str]:
+    *folders, name = path.split("/")
+    if name.startswith("test_") or name.endswith("_test.py") or "tests" in folders:
+        return f"Extend {path} with tests for edge cases and error paths", "low"
+    if lines >= OFFLINE_PLAN_LARGE_FILE_LINES:
+        return f"Refactor {path} ({lines} lines) into smaller functions with clear names", "high"
+    return f"Add type hints and unit tests for the functions in {path}", "medium"
 
 
 class _Message(BaseModel):
@@ -229,7 +265,7 @@ class OpenAICompatibleProvider:
         status = response.status_code
         if status == 429 or status >= 500:
             cause = f"HTTP {status}: {_snippet(response)}"
-            raise _Retryable(cause, _retry_after(response), status)
+            raise _Retryable(cause, retry_after(response.headers, RETRY_AFTER_CAP_SECONDS), status)
         if not 200 <= status < 300:
             message = f"provider {self.name} rejected the request: HTTP {status}: "
             message += _snippet(response)
@@ -255,8 +291,7 @@ class OpenAICompatibleProvider:
         """Wait as the server asked, else back off exponentially with jitter against herds."""
         delay = failure.wait
         if delay is None:
-            delay = min(BACKOFF_CAP_SECONDS, self._backoff_base * 2**attempt)
-            delay *= random.uniform(1.0, 1.25)
+            delay = backoff(attempt + 1, self._backoff_base, BACKOFF_CAP_SECONDS, BACKOFF_JITTER)
         log.warning(
             "provider %s: %s; retrying in %.2fs", self.name, self._scrub(failure.cause), delay
         )
@@ -290,17 +325,6 @@ def _completion(reply: ChatReply, model: str, source: str) -> Completion:
         completion_tokens=usage.completion_tokens if usage else estimate_tokens(text),
         usage_reported=usage is not None,
     )
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    """Retry-After in seconds, capped, so a server cannot park a request for an hour."""
-    try:
-        seconds = float(response.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    if math.isnan(seconds):
-        return None
-    return min(RETRY_AFTER_CAP_SECONDS, max(0.0, seconds))
 
 
 def _snippet(response: requests.Response) -> str:

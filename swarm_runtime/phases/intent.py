@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from swarm_runtime.contract import Task
+from swarm_runtime.contract import Mode, Task
 
 INTENT_HEADING = "## USER INTENT (Do not deviate)"
 INTENT_END = "## END USER INTENT"
@@ -252,6 +252,16 @@ def anti_goal(sentence: str) -> str | None:
 
 def _capped(items: Iterable[str]) -> list[str]:
     return dedupe(shorten(item, ITEM_CHARS) for item in items)
+
+
+def with_intent(task: Task) -> Task:
+    """An llm task carrying its intent in `phase4_intent`, ready to be persisted. A stored
+    intent (a subtask's inherited copy, an operator's seed, an earlier attempt's) is kept,
+    so retries and subtasks send the same goal; local commands get none."""
+    if task.effective_mode != Mode.LLM or not task.prompt or task.phase4_intent:
+        return task
+    extracted = extract_intent(task.prompt).model_dump(mode="json")
+    return task.model_copy(update={"phase4_intent": extracted})
 
 
 def intent_from_task(task: Task) -> UserIntent:

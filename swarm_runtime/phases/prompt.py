@@ -3,6 +3,9 @@
 Order matters and is fixed here, once: the user's intent first (so nothing that
 follows can drown it), then the tool context, then the task itself, carrying the
 subtasks' results for a planned parent and the critic's feedback for a retry.
+Every llm task carries the intent block, planned or not; a subtask's block is its
+parent's intent, never a second one extracted from its own step. Local commands
+are never composed: the text that runs is the command as written.
 Routing looks at the operator's own words, never at the wrapped text, so the
 runtime's headings cannot pull a tool in; a subtask is routed on its own feature,
 so a documentation step does not inherit the code tool its parent asked for.
@@ -28,9 +31,7 @@ def compose_prompt(
     if task.review and task.review.verdict == Verdict.REJECT and task.review.issues:
         text = retry_prompt(text, task.review.issues, task.review.suggestions)
     text = inject_tool_context(text, decision)
-    if task.phase4_intent:
-        text = inject_intent(text, intent_from_task(task))
-    return text
+    return inject_intent(text, intent_from_task(task))
 
 
 def routing_text(task: Task) -> str:

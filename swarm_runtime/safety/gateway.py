@@ -19,6 +19,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from swarm_runtime.contract import utc_now
@@ -345,9 +346,14 @@ def _fingerprint(text: object) -> dict[str, Any]:
 
 
 class SafetyGateway:
-    """Checks each text before it runs and, given a workspace, audits every decision."""
+    """Checks each text before it runs and, given a workspace (its object or its root
+    folder), audits every decision."""
 
-    def __init__(self, workspace: state_files.Workspace | None = None, *, audit: bool = True):
+    def __init__(
+        self, workspace: state_files.Workspace | Path | str | None = None, *, audit: bool = True
+    ):
+        if isinstance(workspace, (Path, str)):
+            workspace = state_files.Workspace(workspace)
         self.workspace = workspace
         self._audit_to = workspace if audit else None
 

@@ -40,6 +40,7 @@ from swarm_runtime.contract import (
     DEFAULT_MIN_BUDGET,
     ApiRetryEvent,
     CycleRequest,
+    ExecutionFacts,
     ExecutionRecord,
     Mode,
     PlanEvent,
@@ -74,7 +75,7 @@ from swarm_runtime.phases.decomposition import (
     plan_event_fields,
     should_plan,
 )
-from swarm_runtime.phases.intent import extract_intent
+from swarm_runtime.phases.intent import intent_from_task, with_intent
 from swarm_runtime.phases.prompt import compose_prompt, routing_text, subtask_results
 from swarm_runtime.phases.quality_gate import QualityGate
 from swarm_runtime.phases.rewards import RewardBook, not_approved_fields
@@ -279,6 +280,8 @@ class Worker:
         log.info("task %s started (attempt %d)", task.id, task.attempts)
         if self.plan(task):
             return Outcome(Status.QUEUED)
+        task = progress.task = with_intent(task)
+        intent = {"phase4_intent": task.phase4_intent}
         outcome = self.execute(task, endpoint)
         outcome.fields.setdefault("started_at", started)
         outcome.fields["completed_at"] = iso(utc_now())
@@ -290,10 +293,10 @@ class Worker:
             **outcome.fields,
         )
         if outcome.status != Status.COMPLETED or not self.settings.review:
-            self._finish(task, outcome)
+            self._finish(task, outcome, **intent)
             return outcome
         execution = execution_record(task, outcome)
-        progress.task = self.store.record_execution(task.id, self.identity, execution)
+        progress.task = self.store.record_execution(task.id, self.identity, execution, **intent)
         progress.execution = execution
         return self.review(progress.task, execution, endpoint)
 
@@ -334,7 +337,7 @@ class Worker:
         wanted, reason = should_plan(task, check, features)
         if not wanted:
             return False
-        plan = plan_decomposition(task, extract_intent(task.prompt), check, features)
+        plan = plan_decomposition(task, intent_from_task(task), check, features)
         self.store.plan(task.id, self.identity, plan.subtasks, plan.parent_updates)
         self.events.emit(task.id, Status.QUEUED, kind=PlanEvent, **plan_event_fields(plan))
         log.info("task %s split into %s (%s)", task.id, ", ".join(plan.subtask_ids), reason)
@@ -548,44 +551,18 @@ def build_request(task: Task, prompt: str | None = None) -> CycleRequest:
 
 def execution_record(task: Task, outcome: Outcome) -> ExecutionRecord:
     """What the critic reviews and a planned parent reads, kept in queue.json."""
-    fields = outcome.fields
 
-    def capped(name: str) -> str | None:
-        value = fields.get(name)
-        return cap_text(value, RECORDED_OUTPUT_BYTES) if value else value
+    def recorded(value: Any) -> Any:
+        return cap_text(value, RECORDED_OUTPUT_BYTES) if isinstance(value, str) else value
 
-    return ExecutionRecord(
-        attempt=task.attempts,
-        status=outcome.status,
-        result_summary=capped("result_summary"),
-        output=capped("output"),
-        errors=capped("errors"),
-        **{name: fields.get(name) for name in EXECUTION_RECORD_COPIED},
-    )
+    facts = {name: recorded(outcome.fields.get(name)) for name in ExecutionFacts.model_fields}
+    return ExecutionRecord(attempt=task.attempts, status=outcome.status, **facts)
 
 
-EXECUTION_RECORD_COPIED = (
-    "exit_code",
-    "model",
-    "budget_used",
-    "safety_passed",
-    "tool_route",
-    "tool_name",
-    "tool_confidence",
-    "started_at",
-    "completed_at",
-)
-EXECUTION_EVENT_FIELDS = (
-    "started_at",
-    "completed_at",
-    "result_summary",
-    "model",
-    "budget_used",
-    "safety_passed",
-    "tool_route",
-    "tool_name",
-    "tool_confidence",
-    "exit_code",
+# All but the output, long and already in the execution's own event, and the errors, which
+# a review event states for itself.
+EXECUTION_EVENT_FIELDS = tuple(
+    name for name in ExecutionFacts.model_fields if name not in {"output", "errors"}
 )
 
 
