@@ -24,11 +24,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
-    PrivateAttr,
-    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -497,20 +494,14 @@ class ReviewRecord(BaseModel):
     error: str | None = None
 
 
-class Spelled(NamedTuple):
-    """A task field read under another of the reference's names, and the blank value
-    the field itself had in the file: `(value,)`, or `()` when it was not there."""
-
-    field: str
-    source: str
-    blank: tuple[Any, ...]
-
-
 class Task(BaseModel):
-    """One queue entry. Unknown fields are kept so operators can annotate tasks freely;
-    a change the runtime assigns is validated like the file is."""
+    """One queue entry. Unknown fields are kept so operators can annotate tasks freely.
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    Parsing and writing tasks is the hot path of every queue transaction (each worker
+    reads the others' changes), so the model carries no serializer and no private state;
+    a change the runtime makes is checked where it is made (`QueueState.update`)."""
+
+    model_config = ConfigDict(extra="allow")
 
     id: TaskId
     type: str | None = DEFAULT_TASK_TYPE
@@ -543,36 +534,19 @@ class Task(BaseModel):
     phase4_feature: str | None = None
     phase4_intent: dict[str, Any] | None = None
     phase4_plan: dict[str, Any] | None = None
-    _spelled: tuple[Spelled, ...] = PrivateAttr(default=())
 
     @model_validator(mode="wrap")
     @classmethod
     def _read_spellings(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        """`instruction` or `shell` (and the like) fill a blank `prompt` or `command`."""
+        """`instruction` or `shell` (and the like) fill a blank `prompt` or `command`. A
+        field filled from another name counts as unset when the file did not have it, so
+        the queue, written with exclude_unset, keeps the user's spelling and only it."""
         spelled = spelled_fields(data) if isinstance(data, dict) else {}
         if not spelled:
             return handler(data)
         task = handler(with_spellings(data, spelled))
-        task._spelled = tuple(
-            Spelled(name, source, (data[name],) if name in data else ())
-            for name, source in spelled.items()
-        )
+        task.__pydantic_fields_set__.difference_update(set(spelled) - data.keys())
         return task
-
-    @model_serializer(mode="wrap")
-    def _as_written(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """Write a spelled field back under the user's name only, never twice."""
-        data = handler(self)
-        extra = self.model_extra
-        if not extra:  # every other spelling is an extra field: nothing was spelled
-            return data
-        for name, source, blank in self._spelled:
-            if name in data and getattr(self, name) == extra.get(source):
-                if blank:
-                    data[name] = blank[0]
-                else:
-                    del data[name]
-        return data
 
     @field_validator("depends_on", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ document handed to a reader never changes under it, and what a transaction chang
 known exactly: those copies are what the journal records and what the next snapshot of
 queue.json encodes again; every other task's bytes are reused.
 
-Nothing here reads or writes a file; `queue_store` does, under the queue's lock.
+Nothing here reads or writes a file; `queue.store` does, under the queue's lock.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class QueueState:
       ones a claim, a reclaim or a drain check needs to look at.
     - `leased`: tasks a worker holds.
     - `unchecked`: waiting tasks whose dependencies nobody has judged since they last
-      changed, or since a dependency failed; `queue_rules.propagate_failures` empties it.
+      changed, or since a dependency failed; `rules.propagate_failures` empties it.
     """
 
     _api_endpoint: str | None
@@ -153,7 +153,7 @@ class QueueState:
         old = self._by_id[task_id]
         new = old.model_copy()
         for name, value in changes.items():
-            setattr(new, name, copy.deepcopy(value))
+            Task.__pydantic_validator__.validate_assignment(new, name, copy.deepcopy(value))
         if not can_transition(old.status, new.status):
             allowed = describe_statuses(statuses_leading_to(new.status)) or "no"
             raise InvalidTransition(task_id, old.status, f"set status {new.status} on", allowed)
