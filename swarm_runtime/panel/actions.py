@@ -20,10 +20,10 @@ from swarm_runtime.contract import (
     Task,
     TaskId,
 )
-from swarm_runtime.panel.errors import PanelError
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.panel.tasks import task_row
 from swarm_runtime.store.pause import set_pause
+from swarm_runtime.web.json_errors import HttpError
 
 log = logging.getLogger("control_panel")
 
@@ -57,7 +57,7 @@ class AddTaskBody(BaseModel):
         """The task as the store takes it; a local task needs a command, an LLM one a prompt."""
         required = "command" if self.mode == Mode.LOCAL else "prompt"
         if getattr(self, required) is None:
-            raise PanelError(400, f"a {self.mode.value} task needs a {required}", field=required)
+            raise HttpError(400, f"a {self.mode.value} task needs a {required}", field=required)
         return self.model_dump(mode="json", exclude_none=True)
 
 

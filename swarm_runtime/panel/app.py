@@ -2,13 +2,13 @@
 
 The page watches the runtime through the files the runtime itself writes: queue.json
 (read and changed through the worker's own store and lock), execution_log.jsonl
-(followed by byte offset, see log_tail.py), the review queue, the audit trails, the
+(followed by byte offset, see log_tail), the review queue, the audit trails, the
 reward ledger and the workers' presence files. It keeps no copy of its own, so after a
 restart it shows exactly what happened before.
 
-This module wires the pieces into a Flask app: guards (panel_guards), read models
-(panel_health, panel_tasks, panel_outcomes), operator actions (panel_actions) and the
-event stream (panel_stream), all sharing one `Panel` (panel_state).
+This module wires the pieces of this subpackage into a Flask app: the guards, the read
+models (health, tasks, outcomes), the operator actions and the event stream, all
+sharing one `Panel` (state).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from flask import Flask, Response, jsonify, render_template, request
 from swarm_runtime.contract import QUEUE_FILE, Mode, Status
 from swarm_runtime.panel import actions
 from swarm_runtime.panel.audit import SPEND_BUCKETS
-from swarm_runtime.panel.errors import PanelError, install_error_handlers
+from swarm_runtime.panel.errors import install_error_handlers
 from swarm_runtime.panel.guards import install_guards
 from swarm_runtime.panel.health import summary_of
 from swarm_runtime.panel.outcomes import GATE_SHOWN, gate_of, rewards_of, safety_of, spend_of
@@ -42,6 +42,7 @@ from swarm_runtime.panel.stream import (
 )
 from swarm_runtime.panel.tasks import detail_of, status_tones, table_of
 from swarm_runtime.settings import Settings
+from swarm_runtime.web.json_errors import HttpError
 from swarm_runtime.web.server import serve_main
 
 MAX_BODY_BYTES = 256 * 1024
@@ -90,7 +91,7 @@ def _register_page(app: Flask, panel: Panel) -> None:
     @app.route("/api/spawner/", defaults={"_rest": ""}, methods=ALL_METHODS)
     @app.route("/api/spawner/<path:_rest>", methods=ALL_METHODS)
     def spawner(_rest: str) -> Response:
-        raise PanelError(410, GOLDEN_PATH_ONLY)
+        raise HttpError(410, GOLDEN_PATH_ONLY)
 
 
 def _register_reads(app: Flask, panel: Panel) -> None:

@@ -1,6 +1,6 @@
 """How the panel says no: every refusal is a JSON ErrorBody, never an HTML page.
 
-A handler raises `PanelError` (the `HttpError` both servers answer with) anywhere; the
+A handler raises `HttpError` (the error both servers answer with) anywhere; the
 runtime's own errors (a missing task, a transition that does not apply, a state file
 that cannot be used) become the status code an operator's request earns, with the
 runtime's explanation.
@@ -24,23 +24,22 @@ from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.web.json_errors import HttpError, install_json_fallbacks, json_error
 
 log = logging.getLogger("control_panel")
-PanelError = HttpError
 
 
-def refusal(exc: SwarmError, workspace: Workspace) -> PanelError:
+def refusal(exc: SwarmError, workspace: Workspace) -> HttpError:
     """The status code an operator's request earns, with the runtime's own explanation."""
     if isinstance(exc, UnknownTaskError):
-        return PanelError(404, str(exc), field="id")
+        return HttpError(404, str(exc), field="id")
     if isinstance(exc, InvalidTransition | DuplicateTaskError):
         field = "id" if isinstance(exc, DuplicateTaskError) else None
-        return PanelError(409, str(exc), field=field)
+        return HttpError(409, str(exc), field=field)
     if isinstance(exc, StateFileError):
         name = shown_path(exc.path, workspace)
         problems = "; ".join(exc.problems)
-        return PanelError(
+        return HttpError(
             503, f"{name} cannot be used and was left as it is: {problems}", field=name
         )
-    return PanelError(500, str(exc))
+    return HttpError(500, str(exc))
 
 
 def shown_path(path: Path, workspace: Workspace) -> str:

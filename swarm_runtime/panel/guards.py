@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from flask import Flask, Response, request
 
-from swarm_runtime.panel.errors import PanelError
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.web.json_errors import HttpError
 
 CSRF_HEADER = "X-CSRF-Token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -81,7 +81,7 @@ def check_request(port: int, csrf_token: str) -> None:
     """Raise a 403 unless the request is addressed to us and, if it changes state, from us."""
     hosts = allowed_hosts(port)
     if request.host.lower() not in hosts:
-        raise PanelError(
+        raise HttpError(
             403,
             f"unexpected Host header {request.host!r}: the panel answers "
             f"only to 127.0.0.1:{port} or localhost:{port}",
@@ -90,10 +90,10 @@ def check_request(port: int, csrf_token: str) -> None:
         return
     origin = request.headers.get("Origin")
     if origin is not None and origin not in {f"http://{host}" for host in hosts}:
-        raise PanelError(403, f"foreign Origin {origin!r} refused")
+        raise HttpError(403, f"foreign Origin {origin!r} refused")
     supplied = request.headers.get(CSRF_HEADER, "")
     if not hmac.compare_digest(supplied.encode(), csrf_token.encode()):
-        raise PanelError(403, f"missing or invalid CSRF token (header {CSRF_HEADER})")
+        raise HttpError(403, f"missing or invalid CSRF token (header {CSRF_HEADER})")
 
 
 def harden(response: Response, scrub: Callable[[str], str]) -> Response:

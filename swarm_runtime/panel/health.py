@@ -11,12 +11,13 @@ from typing import Any
 
 from swarm_runtime.contract import QUEUE_FILE, QueueDocument, Status, WorkerPresence
 from swarm_runtime.errors import StateFileError
-from swarm_runtime.panel.errors import PanelError, refusal
+from swarm_runtime.panel.errors import refusal
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.panel.tasks import counts_by_status
 from swarm_runtime.queue.presence import live_workers
 from swarm_runtime.queue.store import lease_is_live
 from swarm_runtime.store.pause import read_pause
+from swarm_runtime.web.json_errors import HttpError
 
 MALFORMED_SHOWN = 5
 
@@ -71,7 +72,7 @@ def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
     leased: dict[str, str] = {}
     try:
         doc = panel.load_queue()
-    except PanelError as exc:
+    except HttpError as exc:
         queue: dict[str, Any] = {"error": exc.body.error}
         api = {"reachable": False, "error": f"{QUEUE_FILE} unreadable"}
     else:

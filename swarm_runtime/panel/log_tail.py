@@ -36,7 +36,7 @@ READ_WINDOW_BYTES = 1024 * 1024
 FINGERPRINT_BYTES = 64
 RECENT_EVENTS = 1000
 MALFORMED_KEPT = 50
-# The envelope as event_log.py writes it: the contract's Event fields, in their order.
+# The envelope as store.events writes it: the contract's Event fields, in their order.
 # Anything else (escapes, another key order, a hand-written line) takes the json path.
 TASK_ID, WORKER_ID, STATUS, TIMESTAMP = Event.model_fields
 EVENT_PREFIX = re.compile(

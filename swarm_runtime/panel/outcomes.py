@@ -7,10 +7,10 @@ from typing import Any
 
 from swarm_runtime.contract import QualityGateStatus, Status
 from swarm_runtime.panel.audit import LIST_LIMIT, SPEND_BUCKETS, SPEND_POINTS, bucket_spend
-from swarm_runtime.panel.errors import PanelError
 from swarm_runtime.panel.health import budget_of
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.phases.quality_gate import Change
+from swarm_runtime.web.json_errors import HttpError
 
 # The review queue shows the changes waiting on a human, and those turned down.
 GATE_SHOWN = (QualityGateStatus.NEEDS_QA.value, QualityGateStatus.REJECTED.value)
@@ -49,7 +49,7 @@ def safety_of(panel: Panel) -> dict[str, Any]:
             for t in panel.load_queue().tasks
             if t.status == Status.SAFETY_BLOCKED
         ]
-    except PanelError:
+    except HttpError:
         tasks = []
     return {
         "checked": checked,

@@ -9,7 +9,7 @@ from flask import request
 from pydantic import BaseModel, ValidationError
 
 from swarm_runtime.contract import is_valid_task_id
-from swarm_runtime.panel.errors import PanelError
+from swarm_runtime.web.json_errors import HttpError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -21,9 +21,9 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise PanelError(400, f"{name} must be an integer", field=name) from None
+        raise HttpError(400, f"{name} must be an integer", field=name) from None
     if not low <= value <= high:
-        raise PanelError(400, f"{name} must be between {low} and {high}", field=name)
+        raise HttpError(400, f"{name} must be between {low} and {high}", field=name)
     return value
 
 
@@ -31,7 +31,7 @@ def choice_arg(name: str, allowed: Collection[str], default: str | None = None) 
     """An optional argument that must be one of `allowed`; empty means `default`."""
     value = request.args.get(name) or default
     if value is not None and value not in allowed:
-        raise PanelError(400, f"{name} must be one of {', '.join(allowed)}", field=name)
+        raise HttpError(400, f"{name} must be one of {', '.join(allowed)}", field=name)
     return value
 
 
@@ -41,16 +41,16 @@ def parse_body(model: type[M]) -> M:
     if raw is None and not request.get_data():
         raw = {}
     if not isinstance(raw, dict):
-        raise PanelError(400, "the request body must be a JSON object", field="body")
+        raise HttpError(400, "the request body must be a JSON object", field="body")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "body"
-        raise PanelError(400, f"invalid field {field!r}: {first['msg']}", field=field) from None
+        raise HttpError(400, f"invalid field {field!r}: {first['msg']}", field=field) from None
 
 
 def checked_id(task_id: str) -> str:
     if not is_valid_task_id(task_id):
-        raise PanelError(400, "task ids match [A-Za-z0-9._-]{1,128}", field="id")
+        raise HttpError(400, "task ids match [A-Za-z0-9._-]{1,128}", field="id")
     return task_id

@@ -16,9 +16,9 @@ from typing import Any
 
 from flask import Response
 
-from swarm_runtime.panel.errors import PanelError
 from swarm_runtime.panel.log_tail import EventPage, IndexedEvent
 from swarm_runtime.panel.state import MAX_STREAMS, Panel
+from swarm_runtime.web.json_errors import HttpError
 
 STREAM_POLL_SECONDS = 0.2
 STREAM_KEEPALIVE_SECONDS = 15.0
@@ -106,7 +106,7 @@ def event_stream(
 def stream_response(panel: Panel, cursor: int | None, epoch: str | None, backlog: int) -> Response:
     """An SSE response holding one of the panel's few stream slots until it closes."""
     if not panel.streams.acquire(blocking=False):
-        raise PanelError(
+        raise HttpError(
             503, f"{MAX_STREAMS} live streams are open already; close a tab or use /api/events"
         )
     released = threading.Event()

@@ -19,10 +19,10 @@ from swarm_runtime.contract import (
     Task,
     allowed_actions,
 )
-from swarm_runtime.panel.errors import PanelError
 from swarm_runtime.panel.log_tail import IndexedEvent, TaskInfo
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.panel.stream import event_item
+from swarm_runtime.web.json_errors import HttpError
 
 T = TypeVar("T")
 
@@ -151,7 +151,7 @@ def detail_of(panel: Panel, task_id: str) -> dict[str, Any]:
     timeline, total = panel.index.timeline(task_id, TIMELINE_LIMIT)
     archived = task is None and (task_id in doc.completed or task_id in doc.failed)
     if task is None and not archived and not total:
-        raise PanelError(404, f"no task with id {task_id!r} in the queue or the log", field="id")
+        raise HttpError(404, f"no task with id {task_id!r} in the queue or the log", field="id")
     return {
         "id": task_id,
         "task": task.to_record() if task else None,

@@ -3,7 +3,7 @@
 Rewriting queue.json costs as much as the queue is long (2 MB and 8 ms of disk at
 10,000 tasks); appending one record costs as much as the transaction changed. So a large
 queue appends each transaction here and folds the journal into queue.json only now and
-then (see `queue_store.QueueStore._persist`).
+then (see `queue.store.QueueStore._persist`).
 
 The first line names the journal and the version of queue.json it continues (inode,
 mtime, size). The queue is that queue.json plus every complete record after it. Once

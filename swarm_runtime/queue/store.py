@@ -2,13 +2,13 @@
 
 Every operation is a transaction under queue.json's lock, so several workers, the API
 and the panel can share the queue. Each process keeps the queue in memory
-(`queue_state`) and, at the start of a transaction, catches up with what others wrote;
-the decisions are pure functions in `queue_rules`.
+(`queue.state`) and, at the start of a transaction, catches up with what others wrote;
+the decisions are pure functions in `queue.rules`.
 
 What a transaction costs does not grow with the queue:
 - a small queue.json is rewritten whole, atomically, as it always was;
 - a large one is not: the transaction appends one record to the journal
-  (`queue_journal`), which is folded into queue.json once it reaches a quarter of
+  (`queue.journal`), which is folded into queue.json once it reaches a quarter of
   queue.json's size or is a second old, so queue.json is never more than about a second
   behind while the runtime is busy, and current once it is idle;
 - finished tasks beyond `retain` move to an append-only archive in `.swarm/`, leaving
