@@ -5,10 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import requests
+
+from swarm_runtime.contract import TOKEN_HEADER
 from swarm_runtime.errors import DuplicateTaskError
 from swarm_runtime.queue.store import QueueStore
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.store.token import resolve_token
+
+PLAN_TIMEOUT_SECONDS = 30.0
 
 DEMO_TASKS: list[dict[str, Any]] = [
     {"id": "demo-echo", "mode": "local", "command": "echo hello from the sandbox"},
@@ -34,10 +40,12 @@ DEMO_TASKS: list[dict[str, Any]] = [
 
 
 def seed(root: Path, api_url: str) -> list[str]:
-    """Point the queue at the running API and add the demo tasks it does not hold yet."""
+    """Point the queue at the running API and add the demo tasks it does not hold yet.
+    On the first run, also ask `POST /plan` for improvement tasks for the sandbox."""
     workspace = Workspace(root)
     workspace.ensure_layout()
-    store = QueueStore.for_settings(workspace, Settings.from_env(workspace=workspace.root))
+    settings = Settings.from_env(workspace=workspace.root)
+    store = QueueStore.for_settings(workspace, settings)
     store.set_api_endpoint(api_url)
     added = []
     for task in DEMO_TASKS:
@@ -45,7 +53,25 @@ def seed(root: Path, api_url: str) -> list[str]:
             added.append(store.add(task).id)
         except DuplicateTaskError:
             continue
+    if added:
+        added += request_plan(api_url, resolve_token(settings, workspace))
     return added
+
+
+def request_plan(api_url: str, token: str) -> list[str]:
+    """The ids of the tasks `/plan` queued (on the offline model: a fixed, free plan).
+    A plan that fails is reported and skipped: the demo runs without it."""
+    try:
+        reply = requests.post(
+            f"{api_url}/plan", headers={TOKEN_HEADER: token}, timeout=PLAN_TIMEOUT_SECONDS
+        )
+    except requests.RequestException as exc:
+        print(f"demo: /plan could not be reached ({exc.__class__.__name__}); no plan queued")
+        return []
+    if reply.status_code != 200:
+        print(f"demo: /plan answered {reply.status_code}: {reply.text.strip()[:200]}")
+        return []
+    return list(reply.json()["task_ids"])
 
 
 def banner(root: Path, api_url: str, panel_url: str) -> str:

@@ -15,9 +15,11 @@ import requests
 from conftest import RunningProcess, child_env, read_queue, run_worker, write_queue
 from fake_llm_server import FakeLLMServer
 
+from swarm_runtime import demo
 from swarm_runtime.api.app import create_app
 from swarm_runtime.api.plan import parse_plan, planning_prompt
 from swarm_runtime.contract import TOKEN_HEADER
+from swarm_runtime.demo import DEMO_TASKS
 from swarm_runtime.llm.provider import PLANNER_REQUEST, OfflineProvider
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
@@ -189,7 +191,9 @@ def test_safety_runs_again_on_every_text_of_the_request(
     ):
         reply = cycle(api, workspace, body)
         assert reply.status_code == 403, body
-        assert reply.json()["error"].startswith("Safety check failed")
+        refusal = reply.json()
+        assert refusal["error"].startswith("Safety check failed")
+        assert refusal["rule"] and refusal["field"] in ("prompt", "task")  # names the rule
 
 
 def test_llm_mode_answers_offline_by_default(api: RunningProcess, workspace: Workspace) -> None:
@@ -424,3 +428,15 @@ def test_plan_on_the_offline_model_queues_work_a_worker_finishes(
     assert result.returncode == 0, result.stdout + result.stderr
     statuses = {task["id"]: task["status"] for task in read_queue(workspace)["tasks"]}
     assert statuses == dict.fromkeys(ids, "approved")
+
+
+def test_the_demo_seeds_its_tasks_and_a_plan_once(
+    api: RunningProcess, workspace: Workspace
+) -> None:
+    """python3 run.py's demo covers /plan's success path on the offline model."""
+    first = demo.seed(workspace.root, api.url)
+    planned = [task_id for task_id in first if task_id not in {t["id"] for t in DEMO_TASKS}]
+    assert {t["id"] for t in DEMO_TASKS} <= set(first) and 3 <= len(planned) <= 5
+    assert demo.seed(workspace.root, api.url) == []  # a second start adds nothing
+    queued = {task["id"] for task in read_queue(workspace)["tasks"]}
+    assert set(first) == queued

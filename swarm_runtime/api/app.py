@@ -175,10 +175,15 @@ def check_safety(gateway: SafetyGateway, cycle_request: CycleRequest) -> dict[st
             continue
         passed, report = gateway.pre_execute_safety_check(text, cycle_request.task_id)
         if not passed:
-            raise HttpError(
-                403, f"Safety check failed ({name}): {report.get('blocked_reason')}", field=name
-            )
+            reason, rule = report.get("blocked_reason"), blocked_rule(report)
+            raise HttpError(403, f"Safety check failed ({name}): {reason}", field=name, rule=rule)
     return report
+
+
+def blocked_rule(report: dict[str, Any]) -> str | None:
+    """The rule of the check that blocked, so a refusal names it as the events do."""
+    checks = report.get("checks", {}).values()
+    return next((check["rule"] for check in checks if not check["passed"]), None)
 
 
 def run_local(
