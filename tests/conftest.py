@@ -18,6 +18,7 @@ from types import CodeType
 from typing import Any
 
 import pytest
+from fake_llm_server import FakeLLMServer
 
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
@@ -145,6 +146,28 @@ def spawn() -> Iterator[Callable[..., RunningProcess]]:
 def api(spawn: Callable[..., RunningProcess], workspace: Workspace) -> RunningProcess:
     """A real swarm.py on a free port with the offline provider."""
     return spawn(["swarm.py", "--port", "0"], child_env(workspace))
+
+
+SCRIPTED_MODEL = "gpt-4o-mini"
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeLLMServer]:
+    """A real OpenAI-compatible server on loopback that scripts replies and records
+    requests; a module overrides this fixture to script another reply."""
+    with FakeLLMServer(reply_text="Done as asked.") as server:
+        yield server
+
+
+@pytest.fixture
+def api_url(
+    spawn: Callable[..., RunningProcess], workspace: Workspace, provider: FakeLLMServer
+) -> str:
+    """A real swarm.py whose model is the scripted provider."""
+    env = child_env(workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL=SCRIPTED_MODEL)
+    url = spawn(["swarm.py", "--port", "0"], env).url
+    assert url is not None
+    return url
 
 
 def run_worker(

@@ -9,11 +9,12 @@ task in `pending_review`. Reward: approved work under its budget pays its identi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import RunningProcess, child_env, read_events, read_queue, run_worker, write_queue
+from conftest import SCRIPTED_MODEL as MODEL
+from conftest import read_events, read_queue, run_worker, write_queue
 from fake_llm_server import FakeLLMServer
 
 from runtime_contract import KNOWN_EXECUTION_STATUSES
@@ -23,7 +24,6 @@ from swarm_runtime.phases.critic import FEEDBACK_HEADING, Review, decide
 from swarm_runtime.phases.quality_gate import QualityGate
 from swarm_runtime.store.state_files import Workspace
 
-MODEL = "gpt-4o-mini"
 CRITIC_MODEL = "gpt-4o"
 HAIKU_TASK = "Write a haiku about message queues"
 HAIKU = "Messages wait in line, the queue hums softly at night, workers drain the dawn."
@@ -36,17 +36,6 @@ REJECT = Review(verdict=Verdict.REJECT, confidence=0.9, issues=["output is empty
 def provider() -> Iterator[FakeLLMServer]:
     with FakeLLMServer(reply_text=HAIKU) as server:
         yield server
-
-
-@pytest.fixture
-def api_url(
-    spawn: Callable[..., RunningProcess], workspace: Workspace, provider: FakeLLMServer
-) -> str:
-    """A real swarm.py whose model is the scripted provider."""
-    env = child_env(workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL=MODEL)
-    url = spawn(["swarm.py", "--port", "0"], env).url
-    assert url is not None
-    return url
 
 
 def work(workspace: Workspace, **env: str) -> None:

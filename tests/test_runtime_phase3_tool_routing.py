@@ -9,18 +9,16 @@ worker.py and swarm.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import RunningProcess, child_env, read_events, run_worker, write_queue
+from conftest import read_events, run_worker, write_queue
 from fake_llm_server import FakeLLMServer
 
 from swarm_runtime.contract import ToolRoute
 from swarm_runtime.phases.routing import BUILTIN_TOOLS, Tool, compose, load_router
 from swarm_runtime.store.state_files import Workspace
 
-MODEL = "gpt-4o-mini"
 SKILL = "phase3_exact_skill"
 SKILL_CODE = "def phase3_exact_skill(title: str) -> str:\n    return title.strip().upper()\n"
 STORE = {
@@ -37,23 +35,6 @@ TWO_PART_TASK = (
     "Load the settings JSON with a clear error for malformed files, "
     "and save json atomically so a crash never corrupts it"
 )
-
-
-@pytest.fixture
-def provider() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(reply_text="Done as asked.") as server:
-        yield server
-
-
-@pytest.fixture
-def api_url(
-    spawn: Callable[..., RunningProcess], workspace: Workspace, provider: FakeLLMServer
-) -> str:
-    """A real swarm.py whose model is the scripted provider."""
-    env = child_env(workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL=MODEL)
-    url = spawn(["swarm.py", "--port", "0"], env).url
-    assert url is not None
-    return url
 
 
 def builtin(name: str) -> Tool:

@@ -8,11 +8,10 @@ every llm prompt: the subtasks', the parent's, and a plain task's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import RunningProcess, child_env, read_events, read_queue, run_worker, write_queue
+from conftest import read_events, read_queue, run_worker, write_queue
 from fake_llm_server import FakeLLMServer
 
 from swarm_runtime.contract import Task
@@ -26,30 +25,12 @@ from swarm_runtime.phases.decomposition import (
 from swarm_runtime.phases.intent import INTENT_HEADING, extract_intent
 from swarm_runtime.store.state_files import Workspace
 
-MODEL = "gpt-4o-mini"
 ISSUE_PROMPT = "Implement auth API, add integration tests, and then update deployment docs."
 COMMA_PROMPT = "Implement auth API, add integration tests, update deployment docs."
 DESCRIPTIVE_PROMPT = "Implement auth API, with OAuth2 support and refresh tokens."
 LOGIN_PROMPT = "Create login endpoint and add integration tests, then update docs."
 PLAIN_PROMPT = "Write a haiku about message queues"
 THREE = ["Implement auth API", "Add integration tests", "Update deployment docs"]
-
-
-@pytest.fixture
-def provider() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(reply_text="Done as asked.") as server:
-        yield server
-
-
-@pytest.fixture
-def api_url(
-    spawn: Callable[..., RunningProcess], workspace: Workspace, provider: FakeLLMServer
-) -> str:
-    """A real swarm.py whose model is the scripted provider."""
-    env = child_env(workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL=MODEL)
-    url = spawn(["swarm.py", "--port", "0"], env).url
-    assert url is not None
-    return url
 
 
 def decomposes(task_id: str, prompt: str) -> bool:
