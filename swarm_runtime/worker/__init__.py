@@ -1,5 +1,5 @@
 """The worker: claim, check, dispatch, review, reward; one task at a time."""
 
-from swarm_runtime.worker.loop import main
+from swarm_runtime.worker.cli import main
 
 __all__ = ["main"]
