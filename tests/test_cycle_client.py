@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask, jsonify, request
@@ -21,7 +23,12 @@ class ScriptedApi:
 
         @app.post("/cycle")
         def cycle() -> object:
-            self.seen.append({"token": request.headers.get(TOKEN_HEADER, "")})
+            self.seen.append(
+                {
+                    "token": request.headers.get(TOKEN_HEADER, ""),
+                    "authorization": request.headers.get("Authorization", ""),
+                }
+            )
             status, body, headers = self.script.pop(0)
             response = jsonify(body) if not isinstance(body, str) else body
             return response, status, headers
@@ -52,7 +59,7 @@ def test_sends_the_token_and_parses_the_body(api: ScriptedApi) -> None:
     api.script = [OK]
     result = client().dispatch(api.url, {"task": "echo"}, read_timeout=5)
     assert result.response.result == "done" and result.attempts == 1
-    assert api.seen == [{"token": "secret-token"}]
+    assert api.seen == [{"token": "secret-token", "authorization": ""}]
 
 
 def test_retries_429_honouring_retry_after_then_5xx_with_backoff(api: ScriptedApi) -> None:
@@ -96,8 +103,40 @@ def test_an_invalid_body_is_a_clear_failure(api: ScriptedApi) -> None:
         "http://example.com",
         "file:///etc/passwd",
         "http://127.0.0.1.evil.example",
+        "http://evil.example\\@127.0.0.1",
+        "http://127.0.0.1@evil.example",
     ],
 )
 def test_the_token_never_leaves_loopback(endpoint: str) -> None:
     with pytest.raises(EndpointRefused, match="loopback-only"):
         client().dispatch(endpoint, {}, read_timeout=5)
+
+
+def test_no_proxy_and_no_netrc_see_the_token(
+    api: ScriptedApi, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Environment proxies once applied to the worker's loopback calls, token and prompt too."""
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        proxy_url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy_url)
+            monkeypatch.setenv(name.lower(), proxy_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        netrc = tmp_path / "netrc"
+        netrc.write_text("machine 127.0.0.1 login worker password from-netrc\n")
+        monkeypatch.setenv("NETRC", str(netrc))
+        api.script = [OK]
+        result = client(retries=0).dispatch(api.url, {}, read_timeout=2)
+        proxy.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            proxy.accept()  # nothing ever connected to the proxy
+    assert result.response is not None
+    assert api.seen == [{"token": "secret-token", "authorization": ""}]
+
+
+def test_a_redirect_is_final_and_the_token_does_not_follow_it(api: ScriptedApi) -> None:
+    api.script = [(307, "", {"Location": "http://127.0.0.2:9/cycle"})]
+    result = client().dispatch(api.url, {}, read_timeout=5)
+    assert result.http_status == 307 and result.response is None and result.attempts == 1
+    assert len(api.seen) == 1

@@ -206,11 +206,44 @@ def test_connection_refused_is_a_provider_error() -> None:
         ("https://api.groq.com/openai/v1", False),
         ("http://127.0.0.1.example.com/v1", False),
         ("http://10.0.0.5:8000/v1", False),
+        ("http://remote.example\\@127.0.0.1:8000/v1", False),
+        ("http://2130706433:8000/v1", False),
     ],
 )
 def test_only_loopback_providers_are_local(base_url: str, local: bool) -> None:
     provider = OpenAICompatibleProvider(base_url, None, timeout=1, retries=0)
     assert provider.is_local is local
+
+
+def set_proxy(monkeypatch: pytest.MonkeyPatch, proxy: FakeLLMServer) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv(name.lower(), f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+
+def test_a_loopback_provider_never_goes_through_a_proxy(
+    server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key and the prompt for a local model once went to whatever HTTP_PROXY named."""
+    with FakeLLMServer() as proxy:
+        set_proxy(monkeypatch, proxy)
+        ask(provider_for(server))
+        assert proxy.requests == []
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {API_KEY}"
+
+
+def test_a_remote_provider_keeps_the_environment_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with FakeLLMServer() as proxy:
+        set_proxy(monkeypatch, proxy)
+        provider = OpenAICompatibleProvider(
+            "http://provider.invalid/v1", None, timeout=5, retries=0
+        )
+        assert ask(provider).text == "fake reply"
+        assert proxy.requests[0]["headers"]["Host"] == "provider.invalid"
 
 
 def test_build_provider_follows_settings(tmp_path, server: FakeLLMServer) -> None:

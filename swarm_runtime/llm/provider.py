@@ -16,16 +16,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import requests
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from swarm_runtime.contract import OFFLINE_MODEL, describe_validation_error
 from swarm_runtime.errors import ProviderError
 from swarm_runtime.settings import Settings
-from swarm_runtime.web.loopback import is_loopback_url
+from swarm_runtime.web.loopback import direct_session, loopback_url
 from swarm_runtime.web.retry import backoff, retry_after
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,12 @@ class _Retryable(Exception):
 
 
 class OpenAICompatibleProvider:
-    """POSTs to `<base_url>/chat/completions` with bounded, backed-off retries."""
+    """POSTs to `<base_url>/chat/completions` with bounded, backed-off retries.
+
+    A loopback provider is sent to directly, never through a proxy. A remote one keeps
+    requests' standard behaviour and honours HTTP(S)_PROXY and NO_PROXY: over https the
+    proxy only tunnels (CONNECT) and never sees the key; over plain http it sees the key,
+    as anyone on the path would."""
 
     def __init__(
         self,
@@ -190,15 +196,16 @@ class OpenAICompatibleProvider:
         sleep: Callable[[float], None] = time.sleep,
         backoff_base: float = 0.5,
     ):
-        self.base_url = base_url.rstrip("/")
-        parts = urlsplit(self.base_url)
-        self.name = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
-        self.is_local = is_loopback_url(self.base_url)
+        local_url = loopback_url(base_url)
+        self.is_local = local_url is not None
+        self.base_url = (local_url or base_url).rstrip("/")
+        self.name = _host_and_port(self.base_url)
         self._url = f"{self.base_url}/chat/completions"
         self._api_key = api_key
         self._timeout = (min(CONNECT_TIMEOUT_CAP_SECONDS, timeout), timeout)
         self._attempts = max(1, retries + 1)
-        self._session = session or _pooled_session()
+        session = session or _pooled_session()
+        self._session = direct_session(session) if self.is_local else session
         self._sleep = sleep
         self._backoff_base = backoff_base
 
@@ -336,6 +343,15 @@ def _snippet(response: requests.Response) -> str:
 
 def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0][:ERROR_BODY_CHARS] if str(exc) else type(exc).__name__
+
+
+def _host_and_port(url: str) -> str:
+    """As the sender reads the URL; one it cannot read fails on the first request instead."""
+    try:
+        parts = parse_url(url)
+    except LocationParseError:
+        return "(unreadable URL)"
+    return f"{parts.host}:{parts.port}" if parts.port else str(parts.host)
 
 
 def _pooled_session() -> requests.Session:

@@ -9,7 +9,7 @@ from typing import Any
 
 import requests
 
-from swarm_runtime.web.loopback import is_loopback_url
+from swarm_runtime.web.loopback import direct_session, loopback_url
 
 API_PROBE_TTL_SECONDS = 1.0
 API_PROBE_TIMEOUT_SECONDS = 0.5
@@ -22,8 +22,7 @@ class ApiProbe:
         self._clock = clock
         self._lock = threading.Lock()
         self._last: tuple[float, str, dict[str, Any]] | None = None
-        self._session = requests.Session()
-        self._session.trust_env = False  # a proxy must never see loopback traffic
+        self._session = direct_session()
 
     def check(self, endpoint: str) -> dict[str, Any]:
         with self._lock:
@@ -37,11 +36,12 @@ class ApiProbe:
 
     def _probe(self, endpoint: str) -> dict[str, Any]:
         answer: dict[str, Any] = {"endpoint": endpoint, "reachable": False, "error": None}
-        if not is_loopback_url(endpoint):
+        checked = loopback_url(endpoint)
+        if checked is None:
             return answer | {"error": "not a loopback URL; the panel only asks 127.0.0.1"}
         try:
             reply = self._session.get(
-                f"{endpoint.rstrip('/')}/status", timeout=API_PROBE_TIMEOUT_SECONDS
+                f"{checked.rstrip('/')}/status", timeout=API_PROBE_TIMEOUT_SECONDS
             )
         except requests.RequestException as exc:
             return answer | {"error": f"no answer ({type(exc).__name__})"}

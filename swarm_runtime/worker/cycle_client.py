@@ -12,7 +12,7 @@ import requests
 from pydantic import ValidationError
 
 from swarm_runtime.contract import TOKEN_HEADER, CycleResponse, describe_validation_error
-from swarm_runtime.web.loopback import is_loopback_url
+from swarm_runtime.web.loopback import direct_session, loopback_url
 from swarm_runtime.web.retry import backoff, retry_after
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class CycleClient:
     ):
         self._token = token
         self._retries = retries
-        self._session = session or requests.Session()
+        self._session = direct_session(session)
         self._sleep = sleep
 
     def dispatch(
@@ -61,11 +61,12 @@ class CycleClient:
 
         `on_retry(attempt, error, delay)` hears of each failed attempt before its retry,
         so a caller can make a dying API visible while the retries are still under way."""
-        if not is_loopback_url(endpoint):
+        checked = loopback_url(endpoint)
+        if checked is None:
             raise EndpointRefused(
-                f"API endpoint must be loopback-only (127.0.0.0/8, ::1, localhost): {endpoint}"
+                f"API endpoint must be loopback-only (127.0.0.0/8, ::1, localhost): {endpoint!r}"
             )
-        url = endpoint.rstrip("/") + "/cycle"
+        url = checked.rstrip("/") + "/cycle"
         last = Dispatch(None, "no attempt made")
         for attempt in range(1, self._retries + 2):
             last, delay = self._attempt(url, payload, read_timeout, attempt)
@@ -89,6 +90,7 @@ class CycleClient:
                 json=payload,
                 headers={TOKEN_HEADER: self._token},
                 timeout=(CONNECT_TIMEOUT_SECONDS, read_timeout),
+                allow_redirects=False,  # the token goes to the checked URL and nowhere else
             )
         except requests.ConnectionError as exc:
             error = f"cannot connect to the execution API at {url}: {type(exc).__name__}"
