@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import read_events, write_queue
+from conftest import read_events, wait_until, write_queue
 
 from swarm_runtime.contract import CycleResponse, Status, Task
 from swarm_runtime.phases.intent import INTENT_END, INTENT_HEADING
@@ -39,6 +40,7 @@ class ScriptedClient:
 
     answers: list[Answer] = field(default_factory=list)
     payloads: list[dict[str, Any]] = field(default_factory=list)
+    while_running: Callable[[], None] | None = None
 
     def dispatch(
         self,
@@ -49,6 +51,8 @@ class ScriptedClient:
     ) -> Dispatch:
         assert endpoint == ENDPOINT and read_timeout > 0
         self.payloads.append(payload)
+        if self.while_running is not None:
+            self.while_running()
         answer = self.answers.pop(0)
         for attempt, error in enumerate(answer.retries, start=1):
             if on_retry is not None:
@@ -82,17 +86,21 @@ class Harness:
         return [e["status"] for e in read_events(self.workspace) if e["task_id"] == task_id]
 
 
-@pytest.fixture
-def harness(workspace: Workspace) -> Harness:
+def make_harness(workspace: Workspace, **settings: Any) -> Harness:
     client = ScriptedClient()
     worker = Worker(
-        Settings(workspace=workspace.root, requeue_backoff=0),
+        Settings(workspace=workspace.root, requeue_backoff=0, **settings),
         workspace,
         identity=WorkerIdentity("in-process"),
         client=client,
         gateway=SafetyGateway(workspace),
     )
     return Harness(worker, client, workspace)
+
+
+@pytest.fixture
+def harness(workspace: Workspace) -> Harness:
+    return make_harness(workspace)
 
 
 def test_a_local_task_runs_its_exact_command_and_is_approved(harness: Harness) -> None:
@@ -170,4 +178,66 @@ def test_an_api_failure_is_reported_as_a_retry_then_fails_the_task(harness: Harn
     assert events[2]["errors"] == error and events[2]["safety_passed"] is True
     stored = harness.task("down")
     assert stored.status == Status.FAILED and stored.last_error == error
+    assert len(harness.client.payloads) == 1
+
+
+# --- a busy queue lock ------------------------------------------------------------------
+
+LOCK_TIMEOUT = "could not lock queue.json.lock within 30 s"
+
+
+def refuse_twice(monkeypatch: pytest.MonkeyPatch, harness: Harness, method: str) -> list[float]:
+    """The store's `method` times out on the lock twice, then works: returns when it was called."""
+    store = harness.worker.store
+    real = getattr(store, method)
+    calls: list[float] = []
+
+    def slow_lock(*args: Any, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise TimeoutError(LOCK_TIMEOUT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, method, slow_lock)
+    return calls
+
+
+def test_the_lease_renewal_outlives_lock_timeouts_and_keeps_renewing(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once, the first TimeoutError ended the renewals and the lease of a running task expired."""
+    harness = make_harness(workspace, lease_seconds=0.3)
+    renewals = refuse_twice(monkeypatch, harness, "heartbeat")
+    leases: list[float] = []
+
+    def run_through_renewals() -> None:
+        wait_until(lambda: len(renewals) >= 5, timeout=10)
+        lease = harness.task("slow").lease
+        assert lease is not None
+        leases.append(lease.expires_at - time.time())
+
+    harness.client.while_running = run_through_renewals
+    harness.client.answers = [completed("done", output="done\n", exit_code=0)]
+    harness.queue({"id": "slow", "command": "echo done"})
+    harness.step()
+    (left,) = leases
+    assert left > 0  # renewed after the timeouts: still live well past its first expiry
+    assert harness.task("slow").status == Status.APPROVED
+
+
+@pytest.mark.parametrize("commit", ["record_execution", "finish"])
+def test_a_finished_result_is_kept_through_lock_timeouts(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, commit: str
+) -> None:
+    """Once, a lock timeout while recording a paid result recorded the task failed."""
+    harness.worker.commit_backoff = 0.0
+    attempts = refuse_twice(monkeypatch, harness, commit)
+    harness.queue({"id": "paid", "command": "echo paid"})
+    harness.client.answers = [completed("paid", output="paid\n", exit_code=0)]
+    harness.step()
+    assert len(attempts) == 3
+    stored = harness.task("paid")
+    assert stored.status == Status.APPROVED
+    assert stored.execution is not None and stored.execution.result_summary == "paid"
+    assert harness.history("paid") == ["in_progress", "completed", "pending_review", "approved"]
     assert len(harness.client.payloads) == 1

@@ -258,6 +258,7 @@ def llm_error(exc: SwarmError) -> HttpError:
 
 
 def status_snapshot(services: ApiServices) -> dict[str, Any]:
+    """Read without queue.json's lock, so no flood of /status calls can delay a worker."""
     try:
         doc = services.store.load()
     except StateFileError as exc:

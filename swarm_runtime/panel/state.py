@@ -1,8 +1,9 @@
 """What every panel handler reads and changes, built once per app.
 
 The panel keeps no copy of the truth: queue.json is read through the worker's own
-store (parsed again only when replaced), and the logs are followed incrementally by
-byte offset, in the background and, a block at a time, by the requests themselves.
+store, without its lock (parsed again only when replaced), and the logs are followed
+incrementally by byte offset, in the background and, a block at a time, by the requests
+themselves.
 """
 
 from __future__ import annotations

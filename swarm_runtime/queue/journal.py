@@ -13,7 +13,8 @@ records, and a hand edit overrules them, exactly as it overrules a rewrite. So a
 between a fold's rename and the journal's removal loses nothing and replays nothing.
 
 A last line without its newline is a write that never finished: it was not committed,
-is skipped, and the next append cuts it off. All calls happen under queue.json's lock.
+is skipped, and the next append cuts it off. Writes happen under queue.json's lock;
+reads need none, since a reader never counts a record before its newline is written.
 """
 
 from __future__ import annotations

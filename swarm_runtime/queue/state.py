@@ -6,7 +6,7 @@ document handed to a reader never changes under it, and what a transaction chang
 known exactly: those copies are what the journal records and what the next snapshot of
 queue.json encodes again; every other task's bytes are reused.
 
-Nothing here reads or writes a file; `queue.store` does, under the queue's lock.
+Nothing here reads or writes a file; `queue.store` does.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The worker's one door to queue.json: add, claim, heartbeat, finish, requeue.
 
-Every operation is a transaction under queue.json's lock, so several workers, the API
-and the panel can share the queue. Each process keeps the queue in memory
+Every change is a transaction under queue.json's lock, so several workers, the API and
+the panel can share the queue; reading (`load`) takes no lock, so a reader can never
+make a transaction wait. Each process keeps the queue in memory
 (`queue.state`) and, at the start of a transaction, catches up with what others wrote;
 the decisions are pure functions in `queue.rules`.
 
@@ -20,9 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
 from pydantic import ValidationError
@@ -53,7 +56,7 @@ from swarm_runtime.errors import (
     UnknownTaskError,
 )
 from swarm_runtime.processes import process_exists
-from swarm_runtime.queue.journal import QueueJournal
+from swarm_runtime.queue.journal import QueueJournal, Version
 from swarm_runtime.queue.rules import (
     Propagated,
     Reclaim,
@@ -96,6 +99,9 @@ SMALL_QUEUE_BYTES = 16 * 1024
 # this, so the rewrites cost a constant share of the appends, or once it is this old.
 COMPACT_RATIO = 4
 FRESH_SECONDS = 1.0
+# A lock-free read that finds queue.json replaced while it read reads again, this many
+# times in all; the last read is a queue that existed, only a moment old.
+READ_ATTEMPTS = 3
 
 R = TypeVar("R")
 
@@ -152,6 +158,80 @@ def lease_is_live(lease: Lease | None, now: float) -> TypeGuard[Lease]:
     return lease is not None and lease.expires_at > now and holder_is_alive(lease)
 
 
+# --- following the files -----------------------------------------------------------------
+
+
+class QueueFollower:
+    """The queue as one reader of queue.json and its journal last saw it, caught up by
+    reading only what changed since: queue.json again once something replaced it, else
+    the journal's new records.
+
+    The bytes of queue.json and the version that picks the journal to follow come from
+    one open file, so a reader without the lock never lays one queue.json's journal
+    over another queue.json's tasks."""
+
+    def __init__(self, path: Path, journal: QueueJournal, review_enabled: bool):
+        self.path = path
+        self.journal = journal
+        self.review_enabled = review_enabled
+        self.state: QueueState | None = None
+        self.snapshot_version: Version = None
+        self.snapshot_bytes = 0
+
+    def current(self) -> QueueState:
+        """The queue as it stands; a failure drops the state, to be read again whole."""
+        self.state, state = None, self.state
+        fresh = state is None or file_version(self.path) != self.snapshot_version
+        if state is None or fresh:
+            state = self._read_snapshot(state)
+        restarted, records = self.journal.read_new(self.snapshot_version)
+        if restarted and not fresh:  # another process folded it, or started it
+            state = self._read_snapshot(state)
+            _, records = self.journal.read_new(self.snapshot_version)
+        for record in records:
+            state.apply(record)
+        self.state = state
+        return state
+
+    def _read_snapshot(self, known: QueueState | None = None) -> QueueState:
+        """queue.json as a new state; or `known` itself when queue.json now holds exactly
+        its bytes, as after another process folded a journal this one had read to the end:
+        comparing bytes costs a millisecond at 10,000 tasks, parsing them a hundred."""
+        version, raw = self._read_bytes()
+        if known is not None and raw is not None and raw == known.encode():
+            state = known
+        else:
+            state = QueueState(self._parse(raw), self.review_enabled)
+        self.snapshot_version, self.snapshot_bytes = version, len(raw or b"")
+        self.journal.forget()
+        return state
+
+    def _read_bytes(self) -> tuple[Version, bytes | None]:
+        try:
+            with open(self.path, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                return (stat.st_ino, stat.st_mtime_ns, stat.st_size), handle.read()
+        except FileNotFoundError:
+            return None, None
+
+    def _parse(self, raw: bytes | None) -> QueueDocument:
+        """queue.json as written by us or by hand (or by the reference): a missing key takes
+        its default; only invalid JSON, a wrong type or a duplicate id is refused."""
+        try:
+            document = empty_queue() if raw is None else parse_json(self.path, raw)
+        except StateFileError as exc:
+            raise QueueFileError(exc.path, exc.problems) from None
+        problems = queue_problems(document)
+        if problems:
+            raise QueueFileError(self.path, problems)
+        try:
+            return QueueDocument.model_validate(normalize_queue(document))
+        except ValidationError as exc:
+            raise QueueFileError(
+                self.path, [describe_validation_error(e) for e in exc.errors()]
+            ) from None
+
+
 # --- the store --------------------------------------------------------------------------
 
 
@@ -171,10 +251,9 @@ class QueueStore:
         self.review_enabled = review_enabled
         self.small_queue_bytes = small_queue_bytes
         self._clock = clock or time.time
-        self._journal = QueueJournal(workspace.queue_journal_path)
-        self._state: QueueState | None = None
-        self._snapshot_version: tuple[int, int, int] | None = None
-        self._snapshot_bytes = 0
+        self._writer = self._follower()
+        self._reader = self._follower()
+        self._reading = threading.Lock()  # readers of this process only; writers never take it
 
     @classmethod
     def for_settings(cls, workspace: Workspace, settings: Settings) -> QueueStore:
@@ -183,72 +262,36 @@ class QueueStore:
 
     def version(self) -> tuple[Any, ...]:
         """Changes whenever the queue may have: a cheap test before `load`."""
-        return file_version(self.path), file_version(self._journal.path)
+        return file_version(self.path), file_version(self._writer.journal.path)
 
     # reading
 
     def load(self) -> QueueDocument:
-        """A validated snapshot; a malformed file raises QueueFileError and is left as it is.
+        """A validated snapshot, read without the queue's lock, so that no reader (a /status
+        poller, the panel) can ever make a transaction wait; a malformed file raises
+        QueueFileError and is left as it is.
 
-        Its tasks are shared with the store (tasks are replaced, never changed in place),
+        queue.json is replaced atomically and the journal's incomplete last record is
+        skipped, so what is read is always a queue that existed. A read that raced a fold
+        (queue.json replaced, the journal removed) reads again, to return the newer one.
+        Its tasks are shared with the reader (tasks are replaced, never changed in place),
         so the caller must treat it as read-only."""
-        with self._workspace.lock(self.path):
-            return self._current().snapshot()
+        with self._reading:
+            reader = self._reader
+            state = reader.current()
+            for _ in range(READ_ATTEMPTS - 1):
+                if file_version(self.path) == reader.snapshot_version:
+                    break
+                state = reader.current()
+            return state.snapshot()
+
+    def _follower(self) -> QueueFollower:
+        journal = QueueJournal(self._workspace.queue_journal_path)
+        return QueueFollower(self.path, journal, self.review_enabled)
 
     def _current(self) -> QueueState:
-        """The queue as it stands: the state kept from the last transaction, caught up with
-        the journal, or queue.json read again once something replaced it."""
-        self._state, state = None, self._state
-        version = file_version(self.path)
-        fresh = state is None or version != self._snapshot_version
-        if state is None or fresh:
-            state = self._read_snapshot(version, state)
-        restarted, records = self._journal.read_new(version)
-        if restarted and not fresh:  # another process folded it, or started it
-            state = self._read_snapshot(version, state)
-            _, records = self._journal.read_new(version)
-        for record in records:
-            state.apply(record)
-        self._state = state
-        return state
-
-    def _read_snapshot(
-        self, version: tuple[int, int, int] | None, known: QueueState | None = None
-    ) -> QueueState:
-        """queue.json as a new state; or `known` itself when queue.json now holds exactly
-        its bytes, as after another process folded a journal this one had read to the end:
-        comparing bytes costs a millisecond at 10,000 tasks, parsing them a hundred."""
-        raw = self._read_bytes()
-        if known is not None and raw is not None and raw == known.encode():
-            state = known
-        else:
-            state = QueueState(self._parse(raw), self.review_enabled)
-        self._snapshot_version, self._snapshot_bytes = version, len(raw or b"")
-        self._journal.forget()
-        return state
-
-    def _read_bytes(self) -> bytes | None:
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def _parse(self, raw: bytes | None) -> QueueDocument:
-        """queue.json as written by us or by hand (or by the reference): a missing key takes
-        its default; only invalid JSON, a wrong type or a duplicate id is refused."""
-        try:
-            document = empty_queue() if raw is None else parse_json(self.path, raw)
-        except StateFileError as exc:
-            raise QueueFileError(exc.path, exc.problems) from None
-        problems = queue_problems(document)
-        if problems:
-            raise QueueFileError(self.path, problems)
-        try:
-            return QueueDocument.model_validate(normalize_queue(document))
-        except ValidationError as exc:
-            raise QueueFileError(
-                self.path, [describe_validation_error(e) for e in exc.errors()]
-            ) from None
+        """The queue as it stands, for a transaction: call only under the lock."""
+        return self._writer.current()
 
     # writing
 
@@ -263,7 +306,7 @@ class QueueStore:
                 self._archive(state)
                 self._persist(state)
             except BaseException:
-                self._state = None
+                self._writer.state = None
                 raise
             return result
 
@@ -279,24 +322,26 @@ class QueueStore:
 
     def _persist(self, state: QueueState) -> None:
         record = state.take_record(time.time())
-        journal = self._journal
-        pending = journal.holds_records_after(self._snapshot_version)
+        writer = self._writer
+        journal = writer.journal
+        pending = journal.holds_records_after(writer.snapshot_version)
         if record is None:
             if pending and journal.age() >= FRESH_SECONDS:
                 self._fold(state)
             return
-        if not pending and self._snapshot_bytes <= self.small_queue_bytes:
+        if not pending and writer.snapshot_bytes <= self.small_queue_bytes:
             self._write_snapshot(state)
             return
-        journal.append(record, self._snapshot_version)
-        if journal.size * COMPACT_RATIO >= self._snapshot_bytes or (journal.age() >= FRESH_SECONDS):
+        journal.append(record, writer.snapshot_version)
+        if journal.size * COMPACT_RATIO >= writer.snapshot_bytes or journal.age() >= FRESH_SECONDS:
             self._fold(state)
 
     def _write_snapshot(self, state: QueueState) -> None:
         """Replace queue.json with the whole queue; any journal is obsolete from then on."""
         data = state.encode()
         atomic_write_bytes(self.path, data)
-        self._snapshot_version, self._snapshot_bytes = file_version(self.path), len(data)
+        self._writer.snapshot_version = file_version(self.path)
+        self._writer.snapshot_bytes = len(data)
 
     def _fold(self, state: QueueState) -> None:
         """Write queue.json with every journal record in it, then drop the journal.
@@ -311,14 +356,14 @@ class QueueStore:
 
     def _fold_now(self, state: QueueState) -> None:
         self._write_snapshot(state)
-        self._journal.discard()
+        self._writer.journal.discard()
 
     def flush(self) -> None:
         """Fold the journal into queue.json now, so that it shows every change: for a
         process about to exit, or a script that reads queue.json itself next."""
         with self._workspace.lock(self.path):
             state = self._current()
-            if self._journal.holds_records_after(self._snapshot_version):
+            if self._writer.journal.holds_records_after(self._writer.snapshot_version):
                 self._fold_now(state)
 
     # operations

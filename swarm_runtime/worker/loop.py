@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from swarm_runtime.contract import (
     DEFAULT_INTENSITY,
@@ -54,7 +54,6 @@ from swarm_runtime.errors import (
     QueueFileError,
     ReviewUnavailable,
     StateFileError,
-    SwarmError,
 )
 from swarm_runtime.phases.critic import (
     Review,
@@ -92,6 +91,13 @@ DISPATCH_GRACE_SECONDS = 30.0
 SUMMARY_CHARS = 2000
 RECORDED_OUTPUT_BYTES = 32 * 1024
 WAKE_CHECK_SECONDS = 0.02
+# A finished result is committed this many times in all while queue.json's lock stays busy
+# past its timeout, waiting twice as long after each refusal (capped), before giving up.
+COMMIT_ATTEMPTS = 6
+COMMIT_BACKOFF_SECONDS = 1.0
+COMMIT_BACKOFF_MAX_SECONDS = 16.0
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -137,6 +143,7 @@ class Worker:
         self._pause_reported: str | None = None
         self._router: tuple[tuple[int, int, int] | None, ToolRouter] | None = None
         self.beacon = PresenceBeacon(workspace, identity)
+        self.commit_backoff = COMMIT_BACKOFF_SECONDS
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -290,7 +297,10 @@ class Worker:
             self._finish(task, outcome, **intent)
             return outcome
         execution = execution_record(task, outcome)
-        progress.task = self.store.record_execution(task.id, self.identity, execution, **intent)
+        progress.task = self._commit(
+            task.id,
+            lambda: self.store.record_execution(task.id, self.identity, execution, **intent),
+        )
         progress.execution = execution
         return self.review(progress.task, execution, endpoint)
 
@@ -309,16 +319,42 @@ class Worker:
     def _finish(self, task: Task, outcome: Outcome, **fields: Any) -> None:
         error = outcome.error
         try:
-            self.store.finish(
+            self._commit(
                 task.id,
-                self.identity,
-                outcome.status,
-                last_error=cap_text(error, SUMMARY_CHARS) if error else None,
-                **fields,
+                lambda: self.store.finish(
+                    task.id,
+                    self.identity,
+                    outcome.status,
+                    last_error=cap_text(error, SUMMARY_CHARS) if error else None,
+                    **fields,
+                ),
             )
         except LeaseLostError as exc:
             log.warning("%s; its new holder will run it again", exc)
         log.info("task %s -> %s", task.id, outcome.status.value)
+
+    def _commit(self, task_id: str, write: Callable[[], R]) -> R:
+        """Record a task's result, trying again while the queue's lock stays busy.
+
+        The result may be paid for and cannot be had again for free, so a lock timeout
+        (readers never hold the lock, but a slow writer may) is waited out with the result
+        kept in memory, rather than recorded as the task's failure."""
+        delay = self.commit_backoff
+        for attempt in range(1, COMMIT_ATTEMPTS):
+            try:
+                return write()
+            except TimeoutError as exc:
+                log.warning(
+                    "task %s: could not record its result (attempt %d of %d), again in %.1fs: %s",
+                    task_id,
+                    attempt,
+                    COMMIT_ATTEMPTS,
+                    delay,
+                    exc,
+                )
+            time.sleep(delay)  # not cut short by a stop: the result must be kept
+            delay = min(delay * 2, COMMIT_BACKOFF_MAX_SECONDS)
+        return write()
 
     # --- phase 4 -------------------------------------------------------------------------
 
@@ -502,11 +538,12 @@ class Worker:
                     renewed = self.store.heartbeat(
                         task_id, self.identity, self.settings.lease_seconds
                     )
-                    if not renewed:
-                        log.warning("lost the lease on task %s", task_id)
-                        return
-                except SwarmError as exc:
+                except Exception as exc:  # the thread's boundary: one failure ends no renewal
                     log.warning("could not renew the lease on task %s: %s", task_id, exc)
+                    continue
+                if not renewed:
+                    log.warning("lost the lease on task %s", task_id)
+                    return
 
         thread = threading.Thread(target=renew, name=f"lease-{task_id}", daemon=True)
         thread.start()
