@@ -65,7 +65,7 @@ _INTERPRETER = (
     r"(?:sh|bash|zsh|dash|ksh|fish|python[23]?(?:\.\d+)?|perl|ruby|node|php|pwsh|powershell"
     r"|iex|invoke-expression)"
 )
-_SUBSTITUTED_DOWNLOAD = rf"\s*[\"']?\s*(?:\$\(|`)\s*(?:sudo\s+)?{_DOWNLOADER}\b"
+_SUBSTITUTED_DOWNLOAD = rf"\s*+(?:[\"']\s*+)?(?:\$\(|`)\s*+(?:sudo\s++)?{_DOWNLOADER}\b"
 _EXFIL_OBJECT = (
     r"(?:data|database|secrets?|credentials?|keys?|tokens?|passwords?|files?|information"
     r"|records|logs|pii|documents?)"
@@ -75,7 +75,7 @@ _SECRET_OBJECT = (
     r"|(?:api|access|auth|secret|private|ssh|session|bearer|aws|signing)[\W_]*(?:keys?|tokens?))"
 )
 _HOSTS = r"(?:hosts?|servers?|machines?|nodes?|computers?|devices?|systems?|networks?)"
-_C2 = r"(?:c2|c&c|cnc|command[\W_]*(?:and|&|n)[\W_]*control)"
+_C2 = r"(?:c2|c&c|cnc|command(?:[\W_]*+(?:and|n)|(?=[\W_]*&))[\W_]*+control)"
 _EARLIER = r"(?:previous|previously|prior|above|earlier|preceding|foregoing|original|initial)"
 _DIRECTIONS = (
     r"(?:instructions?|rules|prompts?|directions?|directives?|guidelines|commands|messages?"
@@ -92,8 +92,10 @@ _OVERRIDE_TAIL = _any(
 
 # (rule id, check, patterns, reason). Patterns see folded text (see `fold`), so they are
 # written in lower case; a rule matches when any of its patterns does. Each pattern starts
-# with a literal, which keeps a 4 KB text well under a millisecond. A reason may show the
-# matched text as {match}.
+# with a literal, which keeps a 4 KB text well under a millisecond, and no two unbounded runs
+# that follow each other may trade characters (hence `*+` where a run precedes an optional
+# character of its own class), so a pattern's cost grows linearly with the text. A reason
+# may show the matched text as {match}.
 RULE_TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     (
         "constitutional.data_exfiltration",
@@ -201,12 +203,13 @@ RULE_TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "network.download_substituted_into_shell",
         "network",
         (
-            rf"<\(\s*(?:sudo\s+)?{_DOWNLOADER}\b",
+            rf"<\(\s*+(?:sudo\s++)?{_DOWNLOADER}\b",
             r"-c" + _SUBSTITUTED_DOWNLOAD,
             _lead("eval") + _SUBSTITUTED_DOWNLOAD,
             *_each(
                 ("iex", "invoke-expression"),
-                rf"\s*\(?\s*\(?\s*(?:{_DOWNLOADER}\b|new-object\s+(?:system\.)?net\.webclient)",
+                rf"\s*+(?:\(\s*+){{0,2}}"
+                rf"(?:{_DOWNLOADER}\b|new-object\s++(?:system\.)?net\.webclient)",
             ),
         ),
         "download executed by a shell or interpreter",
@@ -241,7 +244,7 @@ RULE_TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "prompt_injection.role_tag",
         "prompt_injection",
         (
-            r"<(?:\s*/?\s*system\s*>|\|\s*im_(?:start|end|sep)\s*\|>|</?sys>>"
+            r"<(?:\s*+(?:/\s*+)?system\s*>|\|\s*im_(?:start|end|sep)\s*\|>|</?sys>>"
             r"|\|(?:system|user|assistant|endoftext|start_header_id|end_header_id|eot_id)\|>)",
             r"\[/?inst\]",
             r"###(?<!\S###)#*[ \t]*(?:system|instruction)[ \t]*:",

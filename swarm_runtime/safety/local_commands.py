@@ -80,11 +80,24 @@ def _deny(rule: str, pattern: str, reason: str) -> DenyRule:
 _START, _END = r"(?<![\w.-])", r"(?![\w.-])"
 _NETWORK_TOOLS = "nc|ncat|netcat|socat|telnet|ssh|scp|sftp|ftp|rsync|curl|wget"
 
+
+def _after_first(lead: str, rest: str) -> str:
+    """`lead`, then `rest` anywhere after it. Only the first lead is tried, since `rest` can
+    match after a later lead only where it also matches after the first; scanning to the
+    end again from every lead made a repeated `curl|` cost cubic time."""
+    return rf"\A(?>.*?{lead}){rest}"
+
+
 # Checked in order on the raw text; group 1 is what the reason names.
 DENYLIST: tuple[DenyRule, ...] = (
     _deny(
         "deny.download_to_shell",
-        rf"{_START}(curl|wget){_END}.*\|\s*(?:sudo\s+)?(?:\S*/)?(?:ba|da|k|z|c|tc|fi)?sh{_END}",
+        # The directory before the shell stops at a pipe: a path through `|` also matches
+        # from that later pipe, and so is not read again for every pipe before it.
+        _after_first(
+            rf"{_START}(curl|wget){_END}",
+            rf".*\|\s*(?:sudo\s+)?(?:[^\s/|]*+/)*(?:ba|da|k|z|c|tc|fi)?sh{_END}",
+        ),
         "download piped into a shell ('{}' output must never run as code)",
     ),
     _deny(
@@ -99,7 +112,7 @@ DENYLIST: tuple[DenyRule, ...] = (
     ),
     _deny(
         "deny.recursive_delete",
-        rf"{_START}rm\s+(?:.*\s)?(-[a-z]*r[a-z]*|--recursive)(?![\w-])",
+        _after_first(rf"{_START}rm\s", r"(?:.*\s)?(-(?=[a-z]*r)[a-z]++|--recursive)(?![\w-])"),
         "recursive delete 'rm {}' is not permitted (it can wipe the workspace)",
     ),
     _deny(
@@ -109,7 +122,7 @@ DENYLIST: tuple[DenyRule, ...] = (
     ),
     _deny(
         "deny.raw_disk_write",
-        rf"{_START}(dd)\s+(?:.*\s)?(?:if|of)=",
+        _after_first(rf"{_START}(dd)\s", r"(?:.*\s)?(?:if|of)="),
         "raw disk copy with '{}' is not permitted (it can overwrite devices)",
     ),
     _deny(

@@ -1,0 +1,121 @@
+"""Every pattern the safety rules run costs time linear in its input.
+
+Regression: a 15 KB command of repeated `curl|` backtracked cubically in the local policy's
+download-to-shell pattern and froze the API for 35 s; other patterns were quadratic. The
+proof is by growth, not by a wall-clock bound: on inputs built to make each pattern
+backtrack, 100 KB must cost about 10x what 10 KB costs (a quadratic pattern costs 100x,
+a cubic one 1,000x).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from swarm_runtime.safety.gateway import RULES, Rule, evaluate
+from swarm_runtime.safety.local_commands import DENYLIST, ENV_ASSIGNMENT, URL, denylist_violation
+
+SMALL, LARGE = 10_000, 100_000
+MAX_RATIO = 30.0
+# Characters the gaps of the patterns consume.
+RUNS = (" ", "a", "_", "-", "&", "/", "|", "\\\n", ".")
+# Texts that open an attempt (with a run after them), and texts repeated whole: the shapes
+# the issue named and near misses of each rule.
+OPENERS = (
+    *("<", "#", "[", "$(", "`", "-c ", "|", "/", ".env", "\\"),
+    *("beacon command", "curl x |", "| sudo -", "iex (", "send the api ", "ignore all "),
+)
+REPEATED = (
+    *("curl|", "curl ", "wget -O- x | ", "curl x | sudo -x ", "curl x | env a=", "|/a"),
+    *("-rrrr-", "rm -", "ignore all of the ", "exfiltrate data ", "nc -x ", 'sh -c "$('),
+    *("eval `", "copy yourself ", "beacon command&", "### ", "<| ", "python -m "),
+)
+
+
+def vocabulary(patterns: list[re.Pattern[str]]) -> set[str]:
+    """The words a rule is written with: each may open an attempt or fill one of its gaps."""
+    words: set[str] = set()
+    for pattern in patterns:
+        source = re.sub(r"\\[A-Za-z]", " ", pattern.pattern)
+        words.update(re.findall(r"[a-z][a-z0-9_-]+", source))
+    return words
+
+
+def adversarial(words: set[str]) -> Iterator[tuple[str, str]]:
+    """(opener, run): a text is `opener` followed by `run` repeated, or `opener` repeated."""
+    for text in (*REPEATED, *RUNS):
+        yield text, ""
+    for opener in (*OPENERS, *sorted(f"{word} " for word in words)):
+        yield opener, ""
+        for run in RUNS:
+            yield opener, run
+
+
+def build(unit: str, run: str, size: int) -> str:
+    if not run:
+        return (unit * (size // len(unit) + 1))[:size]
+    return unit + run * ((size - len(unit)) // len(run) + 1)
+
+
+def cost(match: Callable[[str], object], text: str, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        match(text)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def growth(match: Callable[[str], object], unit: str, run: str) -> float:
+    """How many times more 100 KB costs than 10 KB; re-measured before a slow figure counts."""
+    small = cost(match, build(unit, run, SMALL), 3)
+    large_text = build(unit, run, LARGE)
+    ratio = cost(match, large_text, 1) / small
+    for _ in range(3):
+        if ratio < MAX_RATIO / 2:
+            break
+        small = min(small, cost(match, build(unit, run, SMALL), 3))
+        ratio = min(ratio, cost(match, large_text, 2) / small)
+    return ratio
+
+
+def worst_growth(match: Callable[[str], object], words: set[str]) -> tuple[float, str]:
+    figures = [
+        (growth(match, unit, run), f"{unit!r} + {run!r}...") for unit, run in adversarial(words)
+    ]
+    return max(figures)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[rule.rule_id for rule in RULES])
+def test_gateway_rule_cost_grows_linearly(rule: Rule) -> None:
+    ratio, text = worst_growth(rule.match, vocabulary(list(rule.patterns)))
+    assert ratio < MAX_RATIO, f"{rule.rule_id}: {ratio:.0f}x for 10x the input {text}"
+
+
+LOCAL_PATTERNS = [
+    *((rule.rule, rule.pattern.search, rule.pattern) for rule in DENYLIST),
+    ("env_assignment", ENV_ASSIGNMENT.match, ENV_ASSIGNMENT),
+    ("url", URL.match, URL),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "match", "pattern"),
+    LOCAL_PATTERNS,
+    ids=[f"{i}-{p[0]}" for i, p in enumerate(LOCAL_PATTERNS)],
+)
+def test_local_pattern_cost_grows_linearly(
+    name: str, match: Callable[[str], object], pattern: re.Pattern[str]
+) -> None:
+    ratio, text = worst_growth(match, vocabulary([pattern]))
+    assert ratio < MAX_RATIO, f"{name}: {ratio:.0f}x for 10x the input {text}"
+
+
+@pytest.mark.parametrize("check", [denylist_violation, evaluate], ids=["local", "gateway"])
+def test_a_command_of_repeated_curl_pipes_costs_linear_time(check: Callable[[str], object]) -> None:
+    """Regression: 15 KB of `curl|` took the local policy 35 s, freezing the whole API."""
+    ratio = growth(check, "curl|", "")
+    assert ratio < MAX_RATIO, f"{ratio:.0f}x for 10x the input"
