@@ -153,6 +153,27 @@ def test_the_host_check_follows_the_port_actually_bound(app: Flask) -> None:
     assert client.get("/api/summary", base_url=BASE).status_code == 403
 
 
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nests deeper"),
+        (b'{"id": "t-1", "prompt": ' + b"[" * 65 + b"]" * 65 + b"}", "nests deeper"),
+        (b'{"id": "t-1", "prompt": "a \\ud800 b"}', "surrogate"),
+        (b'{"id": "t-1", "prompt": "p", "\\udfff": 1}', "surrogate"),
+    ],
+)
+def test_deep_nesting_and_lone_surrogates_are_400_not_500(
+    client: PanelClient, raw: bytes, said: str
+) -> None:
+    """Both used to escape the parser as a RecursionError or a UnicodeEncodeError: a 500."""
+    headers = {"Content-Type": "application/json"}
+    reply = client.post("/api/tasks", data=raw, headers=headers)
+    assert reply.status_code == 400
+    assert reply.get_json()["field"] == "body"
+    assert said in reply.get_json()["error"]
+    assert client.get("/api/tasks").get_json()["total"] == 0
+
+
 STATE_CHANGES = [
     ("/api/tasks", {"id": "new", "prompt": "p"}),
     ("/api/tasks/t-failed/requeue", None),

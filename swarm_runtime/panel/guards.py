@@ -15,6 +15,7 @@ from flask import Flask, Response, request
 
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.web.hosts import allowed_hosts, check_host, served_port
 from swarm_runtime.web.json_errors import HttpError
 
 CSRF_HEADER = "X-CSRF-Token"
@@ -67,25 +68,10 @@ class SecretScrubber:
         return text
 
 
-def allowed_hosts(port: int) -> set[str]:
-    return {f"127.0.0.1:{port}", f"localhost:{port}"}
-
-
-def served_port(app: Flask, settings: Settings) -> int:
-    """The bound port once serving (`--port 0` picks one); the configured one before that."""
-    server_url = app.config.get("SERVER_URL")
-    return int(server_url.rsplit(":", 1)[1]) if server_url else settings.panel_port
-
-
 def check_request(port: int, csrf_token: str) -> None:
     """Raise a 403 unless the request is addressed to us and, if it changes state, from us."""
+    check_host(port, "panel")
     hosts = allowed_hosts(port)
-    if request.host.lower() not in hosts:
-        raise HttpError(
-            403,
-            f"unexpected Host header {request.host!r}: the panel answers "
-            f"only to 127.0.0.1:{port} or localhost:{port}",
-        )
     if request.method not in UNSAFE_METHODS or request.path.startswith(SPAWNER_PREFIX):
         return
     origin = request.headers.get("Origin")
@@ -112,5 +98,5 @@ def harden(response: Response, scrub: Callable[[str], str]) -> Response:
 def install_guards(
     app: Flask, settings: Settings, csrf_token: str, scrub: Callable[[str], str]
 ) -> None:
-    app.before_request(lambda: check_request(served_port(app, settings), csrf_token))
+    app.before_request(lambda: check_request(served_port(app, settings.panel_port), csrf_token))
     app.after_request(lambda response: harden(response, scrub))

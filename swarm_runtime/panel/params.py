@@ -9,6 +9,7 @@ from flask import request
 from pydantic import BaseModel, ValidationError
 
 from swarm_runtime.contract import is_valid_task_id
+from swarm_runtime.web.json_body import json_body
 from swarm_runtime.web.json_errors import HttpError
 
 M = TypeVar("M", bound=BaseModel)
@@ -37,7 +38,7 @@ def choice_arg(name: str, allowed: Collection[str], default: str | None = None) 
 
 def parse_body(model: type[M]) -> M:
     """An absent body counts as `{}`, so bodiless POSTs (resume) validate like any other."""
-    raw = request.get_json(silent=True)
+    raw = json_body()
     if raw is None and not request.get_data():
         raw = {}
     if not isinstance(raw, dict):

@@ -13,6 +13,7 @@ kills the whole process group and a cap on the output kept.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import selectors
@@ -32,6 +33,9 @@ from swarm_runtime.errors import PolicyViolation, SwarmError
 TRUSTED_PATH = "/usr/local/bin:/usr/bin:/bin"
 DEFAULT_ALLOWLIST = ("echo", "ls", "pwd", "cat", "rg", "git")
 DEFAULT_OUTPUT_CAP = 65536
+ARG_MAX = os.sysconf("SC_ARG_MAX")
+# Linux caps each argument at 32 pages whatever ARG_MAX says.
+MAX_ARG_STRLEN = 32 * os.sysconf("SC_PAGE_SIZE")
 
 # Kinds of value a flag or an operand takes.
 PATH, TEXT, NUMBER = "path", "text", "number"
@@ -53,6 +57,19 @@ class CommandPlan:
     argv: tuple[str, ...]
     cwd: Path
     env: dict[str, str]
+
+
+class ArgumentListTooLong(SwarmError):
+    """exec refused the command (E2BIG): the request's fault, so no retry can help."""
+
+    def __init__(self, plan: CommandPlan):
+        size = sum(len(os.fsencode(arg)) + 1 for arg in plan.argv)
+        longest = max(len(os.fsencode(arg)) for arg in plan.argv)
+        super().__init__(
+            f"the command's argument list is too long to run ({size} bytes, the longest "
+            f"argument {longest}): the system limit is {ARG_MAX} bytes for all arguments "
+            f"and environment together, and {MAX_ARG_STRLEN} bytes for any one argument"
+        )
 
 
 @dataclass(frozen=True)
@@ -590,16 +607,7 @@ def run_command(
     """
     started = time.monotonic()
     capture = _Capture(output_cap)
-    with subprocess.Popen(
-        plan.argv,
-        shell=False,
-        cwd=plan.cwd,
-        env=plan.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    ) as process:
+    with _spawn(plan) as process:
         exit_code = _wait(process, capture, started + timeout)
         if exit_code is None:
             _kill_group(process)
@@ -613,3 +621,21 @@ def run_command(
         duration=time.monotonic() - started,
         truncated=truncated,
     )
+
+
+def _spawn(plan: CommandPlan) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(
+            plan.argv,
+            shell=False,
+            cwd=plan.cwd,
+            env=plan.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        if exc.errno == errno.E2BIG:
+            raise ArgumentListTooLong(plan) from exc
+        raise

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -45,6 +46,7 @@ T = TypeVar("T")
 LOCK_TIMEOUT_SECONDS = 30.0
 LOCK_POLL_SECONDS = 0.002
 TEMP_SUFFIX = ".tmp"
+_C1_CONTROL = re.compile("[\x80-\x9f]")
 
 
 class Workspace:
@@ -298,6 +300,14 @@ def update_json(
         return result
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """One record as a JSONL line. C0 controls are escaped by JSON itself; C1 controls
+    (U+0080-U+009F, such as U+009B, a one-character terminal escape) are escaped here, so
+    `tail -f` on a log cannot drive the terminal. A JSON reader sees the same text."""
+    text = json.dumps(record, ensure_ascii=False, default=str)
+    return _C1_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
 def append_line(
     workspace: Workspace, path: Path, record: dict[str, Any], *, durable: bool = True
 ) -> None:
@@ -306,7 +316,7 @@ def append_line(
     One write per line means concurrent readers and writers never see interleaved
     records; the lock keeps writers from different processes in order. `durable`
     fsyncs before returning; audit trails on hot paths may skip it."""
-    line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    line = json_line(record).encode("utf-8")
     with workspace.lock(path):
         _append(path, line, durable=durable)
 
@@ -315,7 +325,7 @@ def append_lines(workspace: Workspace, path: Path, records: list[dict[str, Any]]
     """Several records in one append: an archive batch lands whole or not at all."""
     if not records:
         return
-    data = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+    data = "".join(json_line(r) for r in records)
     with workspace.lock(path):
         _append(path, data.encode("utf-8"), durable=True)
 

@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from swarm_runtime.contract import Mode
+from swarm_runtime.contract import TASK_ID_PATTERN, Mode, is_valid_task_id
 from swarm_runtime.errors import DuplicateTaskError, QueueFileError, StateFileError, SwarmError
 from swarm_runtime.queue.store import HOST, QueueStore, WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
@@ -29,7 +29,11 @@ log = logging.getLogger("worker")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="worker.py", description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="exit when nothing is runnable")
-    parser.add_argument("--worker-id", help="name in leases and events (default: host-pid)")
+    parser.add_argument(
+        "--worker-id",
+        type=worker_id,
+        help="name in leases and events, [A-Za-z0-9._-]{1,128} (default: host-pid)",
+    )
     parser.add_argument(
         "--identity", help="identity rewarded for approved work (default: SWARM_IDENTITY)"
     )
@@ -44,6 +48,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add.add_argument("--min-budget", type=float)
     add.add_argument("--max-budget", type=float)
     return parser.parse_args(argv)
+
+
+def worker_id(value: str) -> str:
+    """Worker ids land in leases, presence file names and every event, so they follow
+    the task-id rule."""
+    if not is_valid_task_id(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a valid worker id: it must match {TASK_ID_PATTERN.pattern}"
+            " and not be . or .."
+        )
+    return value
 
 
 def task_record(args: argparse.Namespace) -> dict[str, Any]:
