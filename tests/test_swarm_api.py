@@ -14,6 +14,7 @@ import pytest
 import requests
 from conftest import RunningProcess, child_env, read_queue, run_worker, write_queue
 from fake_llm_server import FakeLLMServer
+from flask.testing import FlaskClient
 
 from swarm_runtime import demo
 from swarm_runtime.api.app import create_app
@@ -21,6 +22,7 @@ from swarm_runtime.api.plan import parse_plan, planning_prompt
 from swarm_runtime.contract import TOKEN_HEADER
 from swarm_runtime.demo import DEMO_TASKS
 from swarm_runtime.llm.provider import PLANNER_REQUEST, OfflineProvider
+from swarm_runtime.safety.local_commands import MAX_ARG_STRLEN
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 
@@ -104,6 +106,88 @@ def test_forwarded_for_is_never_trusted(workspace: Workspace) -> None:
     )
     assert reply.status_code == 403
     assert "localhost-only" in reply.get_json()["error"]
+
+
+def in_process(settings: Settings) -> tuple[FlaskClient, str]:
+    """The app's test client, and the base URL that names this server in its Host."""
+    return create_app(settings).test_client(), f"http://127.0.0.1:{settings.api_port}"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:{port}",
+        "127.0.0.1",
+        "localhost",
+        "127.0.0.1:1",
+        "127.0.0.1.nip.io:{port}",
+        "0.0.0.0:{port}",
+        "[::1]:{port}",
+    ],
+)
+@pytest.mark.parametrize("path", ["/status", "/cycle", "/plan"])
+def test_a_foreign_host_is_refused_dns_rebinding(settings: Settings, host: str, path: str) -> None:
+    """A rebound name reaches 127.0.0.1 with the attacker's Host; it gets nothing, not even
+    the token check's answer."""
+    client, _ = in_process(settings)
+    reply = client.post(path, headers={"Host": host.format(port=settings.api_port)})
+    assert reply.status_code == 403
+    assert "Host" in reply.get_json()["error"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST:{port}"])
+def test_our_own_host_is_served(settings: Settings, host: str) -> None:
+    client, _ = in_process(settings)
+    reply = client.get("/status", headers={"Host": host.format(port=settings.api_port)})
+    assert reply.status_code == 200
+
+
+def test_the_host_check_follows_the_port_actually_bound(settings: Settings) -> None:
+    client, base = in_process(settings)
+    client.application.config["SERVER_URL"] = "http://127.0.0.1:5555"
+    assert client.get("/status", base_url="http://127.0.0.1:5555").status_code == 200
+    assert client.get("/status", base_url=base).status_code == 403
+
+
+NESTED_TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (NESTED_TOO_DEEP, "nests deeper"),
+        (b'{"prompt": ' + b"[" * 65 + b"]" * 65 + b"}", "nests deeper"),
+        (b'{"prompt": "hi \\ud800 there"}', "surrogate"),
+        (b'{"prompt": "hi", "task_id": "\\udfff"}', "surrogate"),
+        (b'{"\\udc00": 1, "prompt": "hi"}', "surrogate"),
+    ],
+)
+def test_deep_nesting_and_lone_surrogates_are_400_not_500(
+    settings: Settings, workspace: Workspace, raw: bytes, said: str
+) -> None:
+    """Both used to escape the parser as a RecursionError or a UnicodeEncodeError: a 500."""
+    client, base = in_process(settings)
+    headers = {TOKEN_HEADER: token_of(workspace), "Content-Type": "application/json"}
+    reply = client.post("/cycle", data=raw, headers=headers, base_url=base)
+    assert reply.status_code == 400
+    assert reply.get_json()["field"] == "body"
+    assert said in reply.get_json()["error"]
+
+
+def test_an_argument_list_too_long_is_400_naming_the_limit(
+    settings: Settings, workspace: Workspace
+) -> None:
+    """exec's E2BIG used to surface as a retryable "cannot write runtime state" 503."""
+    client, base = in_process(settings)
+    body = {"mode": "local", "task": "echo " + "a" * (MAX_ARG_STRLEN + 1)}
+    reply = client.post(
+        "/cycle", json=body, headers={TOKEN_HEADER: token_of(workspace)}, base_url=base
+    )
+    assert reply.status_code == 400
+    error = reply.get_json()
+    assert error["field"] == "task" and not error.get("retryable")
+    assert str(MAX_ARG_STRLEN) in error["error"] and "too long" in error["error"]
 
 
 @pytest.mark.parametrize(
@@ -300,9 +384,9 @@ def test_an_unpriced_model_on_a_remote_provider_is_refused(workspace: Workspace)
         llm_api_key="k",
         llm_model="mystery-model",
     )
-    client = create_app(settings).test_client()
+    client, base = in_process(settings)
     reply = client.post(
-        "/cycle", json={"prompt": "hi"}, headers={TOKEN_HEADER: token_of(workspace)}
+        "/cycle", json={"prompt": "hi"}, headers={TOKEN_HEADER: token_of(workspace)}, base_url=base
     )
     assert reply.status_code == 403
     error = reply.get_json()["error"]
@@ -440,3 +524,15 @@ def test_the_demo_seeds_its_tasks_and_a_plan_once(
     assert demo.seed(workspace.root, api.url) == []  # a second start adds nothing
     queued = {task["id"] for task in read_queue(workspace)["tasks"]}
     assert set(first) == queued
+
+
+def test_a_worker_and_the_api_agree_on_swarm_api_port(
+    api: RunningProcess, workspace: Workspace
+) -> None:
+    """Regression: the worker called queue.json's api_endpoint whatever SWARM_API_PORT said."""
+    write_queue(workspace, [{"id": "t", "command": "echo agreed"}], "http://127.0.0.1:1")
+    port = api.url.rsplit(":", 1)[1]
+    result = run_worker(workspace, "--once", SWARM_API_PORT=port, SWARM_API_RETRIES="0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"execution API: {api.url} (from SWARM_API_PORT)" in result.stdout
+    assert read_queue(workspace)["tasks"][0]["status"] == "approved"

@@ -42,10 +42,18 @@ from swarm_runtime.errors import (
 from swarm_runtime.llm.wrapper import SecureAPIWrapper, from_settings
 from swarm_runtime.queue.store import QueueStore, lease_is_live
 from swarm_runtime.safety.gateway import SafetyGateway
-from swarm_runtime.safety.local_commands import LocalCommandPolicy, prepare_sandbox, run_command
+from swarm_runtime.safety.local_commands import (
+    ArgumentListTooLong,
+    LocalCommandPolicy,
+    prepare_sandbox,
+    run_command,
+)
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.store.token import resolve_token
+from swarm_runtime.web.hosts import check_host, served_port
+from swarm_runtime.web.identity import IDENTITY_PATH, NONCE_PATTERN, identity_proof
+from swarm_runtime.web.json_body import json_body
 from swarm_runtime.web.json_errors import HttpError, install_json_fallbacks, json_error
 from swarm_runtime.web.loopback import is_loopback_address
 from swarm_runtime.web.server import serve_main
@@ -97,7 +105,7 @@ def create_app(settings: Settings, services: ApiServices | None = None) -> Flask
 
     @app.post("/cycle")
     def cycle() -> Any:
-        cycle_request = parse_cycle_request(request.get_json(silent=True))
+        cycle_request = parse_cycle_request(json_body())
         report = check_safety(services.gateway, cycle_request)
         if cycle_request.effective_mode == Mode.LOCAL:
             response = run_local(services, cycle_request, report)
@@ -119,6 +127,16 @@ def create_app(settings: Settings, services: ApiServices | None = None) -> Flask
     def status() -> Any:
         return jsonify(status_snapshot(services))
 
+    @app.get(IDENTITY_PATH)
+    def identity() -> Any:
+        """Prove, without the token, that this process holds it: the worker sends its
+        token nowhere else. The port is the socket's own, never the Host header's."""
+        nonce = request.args.get("nonce", "")
+        if not NONCE_PATTERN.fullmatch(nonce):
+            raise HttpError(400, "nonce must be 32 to 128 lowercase hex digits", field="nonce")
+        port = int(request.environ["SERVER_PORT"])
+        return jsonify({"proof": identity_proof(services.token, nonce, port)})
+
     return app
 
 
@@ -127,6 +145,7 @@ def _install_access_control(app: Flask, services: ApiServices) -> None:
     def guard() -> None:
         if not is_loopback_address(request.remote_addr):
             raise HttpError(403, f"{request.path} is localhost-only")
+        check_host(served_port(app, services.settings.api_port), "execution API")
         if request.path in TOKEN_PROTECTED:
             supplied = request.headers.get(TOKEN_HEADER, "")
             if not supplied:
@@ -196,7 +215,10 @@ def run_local(
         plan = services.policy.check(command)
     except PolicyViolation as exc:
         raise HttpError(403, str(exc), rule=exc.rule, field="task") from None
-    result = run_command(plan, timeout=cycle_request.timeout)
+    try:
+        result = run_command(plan, timeout=cycle_request.timeout)
+    except ArgumentListTooLong as exc:
+        raise HttpError(400, str(exc), field="task") from None
     if result.timed_out:
         summary = f"command timed out after {cycle_request.timeout:g}s"
     else:
