@@ -1,39 +1,25 @@
-"""The worker's /cycle client against real scripted HTTP servers on 127.0.0.1."""
+"""The worker's /cycle client against a real scripted HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
-from conftest import read_events, read_queue, run_worker, write_queue
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
 from swarm_runtime.contract import TOKEN_HEADER
-from swarm_runtime.store.state_files import Workspace
-from swarm_runtime.web.identity import identity_proof
 from swarm_runtime.worker.cycle_client import CycleClient, EndpointRefused
-
-TOKEN = "secret-token"
 
 
 class ScriptedApi:
     def __init__(self) -> None:
         self.script: list[tuple[int, object, dict[str, str]]] = []
         self.seen: list[dict[str, str]] = []
-        self.challenges = 0
         app = Flask(__name__)
-
-        @app.get("/identity")
-        def identity() -> object:
-            self.challenges += 1
-            nonce = request.args["nonce"]
-            return jsonify(proof=identity_proof(TOKEN, nonce, self.server.server_port))
 
         @app.post("/cycle")
         def cycle() -> object:
@@ -66,7 +52,7 @@ delays: list[float] = []
 
 def client(retries: int = 3) -> CycleClient:
     delays.clear()
-    return CycleClient(TOKEN, retries=retries, sleep=delays.append)
+    return CycleClient("secret-token", retries=retries, sleep=delays.append)
 
 
 def test_sends_the_token_and_parses_the_body(api: ScriptedApi) -> None:
@@ -154,116 +140,3 @@ def test_a_redirect_is_final_and_the_token_does_not_follow_it(api: ScriptedApi) 
     result = client().dispatch(api.url, {}, read_timeout=5)
     assert result.http_status == 307 and result.response is None and result.attempts == 1
     assert len(api.seen) == 1
-
-
-def test_each_attempt_is_preceded_by_a_fresh_identity_proof(api: ScriptedApi) -> None:
-    """Proving once per attempt notices the port changing hands between two tasks."""
-    api.script = [(503, {"error": "starting"}, {}), OK, OK]
-    shared = client()
-    shared.dispatch(api.url, {}, read_timeout=5)
-    shared.dispatch(api.url, {}, read_timeout=5)
-    assert api.challenges == 3 and len(api.seen) == 3
-
-
-Answer = Callable[[], tuple[object, int]]
-
-
-class Impostor:
-    """Whatever else may hold the API's port: it records every request it receives and
-    gives each the same `answer`."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.requests: list[dict[str, object]] = []
-        app = Flask(__name__)
-
-        @app.route("/", defaults={"path": ""}, methods=["GET", "POST"])
-        @app.route("/<path:path>", methods=["GET", "POST"])
-        def anything(path: str) -> object:
-            self.requests.append(
-                {
-                    "path": request.path,
-                    "query": request.query_string.decode(),
-                    "headers": dict(request.headers),
-                    "body": request.get_data(as_text=True),
-                }
-            )
-            return answer()
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-
-@pytest.fixture
-def impostor() -> Iterator[Callable[[Answer], Impostor]]:
-    started: list[Impostor] = []
-
-    def start(answer: Answer) -> Impostor:
-        started.append(Impostor(answer))
-        started[-1].thread.start()
-        return started[-1]
-
-    yield start
-    for each in started:
-        each.server.shutdown()
-
-
-@pytest.mark.parametrize(
-    "status, body",
-    [
-        (200, {"status": "completed", "result": "ok"}),  # answers anything with success
-        (200, {"proof": "0" * 64}),
-        (200, "not json"),
-        (404, {"error": "not found"}),
-        (401, {"error": "missing internal execution token"}),
-    ],
-)
-def test_an_impostor_on_the_port_never_sees_the_token_or_the_prompt(
-    impostor: Callable[[Answer], Impostor], status: int, body: object
-) -> None:
-    """Regression: the worker sent the token and the prompt to whatever held the port."""
-    fake = impostor(lambda: (body if isinstance(body, str) else jsonify(body), status))
-    result = client().dispatch(fake.url, {"prompt": "the secret plan"}, read_timeout=5)
-    assert result.response is None and result.attempts == 1 and not delays
-    assert result.error == (
-        f"{fake.url} is not this workspace's execution API (identity proof failed); "
-        "the token was not sent"
-    )
-    assert [seen["path"] for seen in fake.requests] == ["/identity"]
-    recorded = json.dumps(fake.requests)
-    assert TOKEN not in recorded and "secret plan" not in recorded
-    assert TOKEN_HEADER.lower() not in recorded.lower()
-
-
-def test_a_relayed_proof_for_another_port_is_refused(
-    api: ScriptedApi, impostor: Callable[[Answer], Impostor]
-) -> None:
-    """An impostor that forwards the challenge to the real API gets a proof bound to the
-    real API's port, which the worker, talking to the impostor's port, rejects."""
-
-    def relay() -> tuple[object, int]:
-        forwarded = requests.get(f"{api.url}/identity?{request.query_string.decode()}", timeout=5)
-        return forwarded.json(), forwarded.status_code
-
-    fake = impostor(relay)
-    result = client().dispatch(fake.url, {"prompt": "p"}, read_timeout=5)
-    assert api.challenges == 1, "the real API did answer the relayed challenge"
-    assert result.response is None and "identity proof failed" in (result.error or "")
-    assert [seen["path"] for seen in fake.requests] == ["/identity"]
-
-
-def test_a_worker_pointed_at_an_impostor_fails_the_task_and_keeps_its_secrets(
-    impostor: Callable[[Answer], Impostor], workspace: Workspace
-) -> None:
-    fake = impostor(lambda: (jsonify(status="completed", result="ok", exit_code=0), 200))
-    write_queue(workspace, [{"id": "t1", "mode": "llm", "prompt": "the secret plan"}], fake.url)
-    result = run_worker(workspace, "--once")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert read_queue(workspace)["tasks"][0]["status"] == "failed"
-    failed = [e for e in read_events(workspace) if e["status"] == "failed"][0]
-    assert "is not this workspace's execution API (identity proof failed)" in failed["errors"]
-    assert {seen["path"] for seen in fake.requests} == {"/identity"}
-    recorded = json.dumps(fake.requests)
-    assert (
-        workspace.token_path.read_text().strip() not in recorded and "secret plan" not in recorded
-    )

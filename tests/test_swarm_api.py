@@ -524,15 +524,3 @@ def test_the_demo_seeds_its_tasks_and_a_plan_once(
     assert demo.seed(workspace.root, api.url) == []  # a second start adds nothing
     queued = {task["id"] for task in read_queue(workspace)["tasks"]}
     assert set(first) == queued
-
-
-def test_a_worker_and_the_api_agree_on_swarm_api_port(
-    api: RunningProcess, workspace: Workspace
-) -> None:
-    """Regression: the worker called queue.json's api_endpoint whatever SWARM_API_PORT said."""
-    write_queue(workspace, [{"id": "t", "command": "echo agreed"}], "http://127.0.0.1:1")
-    port = api.url.rsplit(":", 1)[1]
-    result = run_worker(workspace, "--once", SWARM_API_PORT=port, SWARM_API_RETRIES="0")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"execution API: {api.url} (from SWARM_API_PORT)" in result.stdout
-    assert read_queue(workspace)["tasks"][0]["status"] == "approved"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.worker.cycle_client import Dispatch
-from swarm_runtime.worker.loop import Worker, api_endpoint
+from swarm_runtime.worker.loop import Worker
 
 ENDPOINT = "http://127.0.0.1:8420"
 
@@ -42,7 +41,6 @@ class ScriptedClient:
     answers: list[Answer] = field(default_factory=list)
     payloads: list[dict[str, Any]] = field(default_factory=list)
     while_running: Callable[[], None] | None = None
-    endpoint: str = ENDPOINT
 
     def dispatch(
         self,
@@ -51,7 +49,7 @@ class ScriptedClient:
         read_timeout: float,
         on_retry: Callable[[int, str, float], Any] | None = None,
     ) -> Dispatch:
-        assert endpoint == self.endpoint and read_timeout > 0
+        assert endpoint == ENDPOINT and read_timeout > 0
         self.payloads.append(payload)
         if self.while_running is not None:
             self.while_running()
@@ -243,61 +241,3 @@ def test_a_finished_result_is_kept_through_lock_timeouts(
     assert stored.execution is not None and stored.execution.result_summary == "paid"
     assert harness.history("paid") == ["in_progress", "completed", "pending_review", "approved"]
     assert len(harness.client.payloads) == 1
-
-
-@pytest.mark.parametrize(
-    "environ, expected",
-    [
-        ({}, (ENDPOINT, "queue.json's api_endpoint")),
-        ({"SWARM_API_PORT": "8420"}, ("http://127.0.0.1:8420", "SWARM_API_PORT")),
-        ({"SWARM_API_PORT": "9123"}, ("http://127.0.0.1:9123", "SWARM_API_PORT")),
-        ({"SWARM_API_PORT": "0"}, (ENDPOINT, "queue.json's api_endpoint")),  # no port to call
-    ],
-)
-def test_swarm_api_port_names_the_endpoint_over_queue_json(
-    environ: dict[str, str], expected: tuple[str, str]
-) -> None:
-    """Regression: the worker called queue.json's port whatever SWARM_API_PORT said."""
-    assert api_endpoint(Settings.from_env(environ), ENDPOINT) == expected
-
-
-def test_the_worker_dispatches_to_the_api_port_and_says_so(
-    workspace: Workspace, caplog: pytest.LogCaptureFixture
-) -> None:
-    harness = make_harness(workspace, api_port=9123)
-    harness.client.endpoint = "http://127.0.0.1:9123"
-    harness.queue({"id": "a", "command": "echo a"}, {"id": "b", "command": "echo b"})
-    harness.client.answers = [completed("a", exit_code=0), completed("b", exit_code=0)]
-    with caplog.at_level("INFO", logger="worker"):
-        assert harness.step() is not None and harness.step() is not None
-    announced = [r.getMessage() for r in caplog.records if "execution API" in r.getMessage()]
-    assert announced == ["execution API: http://127.0.0.1:9123 (from SWARM_API_PORT)"]
-
-
-@pytest.mark.parametrize(
-    "api_port, first_lines",
-    [
-        (
-            None,
-            [
-                "execution API: not read yet (from queue.json's api_endpoint)",
-                f"execution API: {ENDPOINT} (from queue.json's api_endpoint)",
-            ],
-        ),
-        (9123, ["execution API: http://127.0.0.1:9123 (from SWARM_API_PORT)"]),
-    ],
-)
-def test_the_worker_says_at_start_where_tasks_go(
-    workspace: Workspace,
-    caplog: pytest.LogCaptureFixture,
-    api_port: int | None,
-    first_lines: list[str],
-) -> None:
-    harness = make_harness(workspace, **({"api_port": api_port} if api_port else {}))
-    harness.client.endpoint = first_lines[-1].split()[2]
-    harness.queue({"id": "a", "command": "echo a"})
-    harness.client.answers = [completed("a", exit_code=0)]
-    with caplog.at_level("INFO", logger="worker"):
-        assert harness.worker.run(once=True, stop=threading.Event()) == 0
-    announced = [r.getMessage() for r in caplog.records if "execution API" in r.getMessage()]
-    assert announced == first_lines

@@ -1,11 +1,12 @@
-"""How the worker knows it talks to this workspace's execution API before the token leaves.
+"""How a client holding the token can know it talks to this workspace's execution API
+before the token leaves.
 
-The worker sends `GET /identity?nonce=<fresh random hex>` without the token; the API
+The client sends `GET /identity?nonce=<fresh random hex>` without the token; the API
 answers `{"proof": hmac_sha256(token, "swarm-runtime identity v1:<nonce>:<port>")}`, the
 port being the one its socket listens on. Only a process that holds the token can answer,
-a fresh nonce makes an old answer useless, and the port defeats a relay: an impostor on the
-worker's port that forwards the challenge to the real API gets back a proof for the real
-API's port, which the worker rejects.
+a fresh nonce makes an old answer useless, and the port defeats a relay: an impostor that
+forwards the challenge to the real API gets back a proof for the real API's port, which
+the client rejects (`proof_matches`).
 """
 
 from __future__ import annotations

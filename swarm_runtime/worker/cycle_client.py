@@ -1,8 +1,4 @@
-"""The worker's HTTP client for `POST /cycle`, with bounded retries on transient failures.
-
-The token goes only to a process that first proves it holds the token too (see
-`swarm_runtime.web.identity`), and it proves so before every attempt: a cached answer
-could not notice the port changing hands between two tasks. The cost is one loopback GET."""
+"""The worker's HTTP client for `POST /cycle`, with bounded retries on transient failures."""
 
 from __future__ import annotations
 
@@ -14,11 +10,8 @@ from typing import Any
 
 import requests
 from pydantic import ValidationError
-from urllib3.util import parse_url
 
 from swarm_runtime.contract import TOKEN_HEADER, CycleResponse, describe_validation_error
-from swarm_runtime.errors import SwarmError
-from swarm_runtime.web.identity import IDENTITY_PATH, new_nonce, proof_matches
 from swarm_runtime.web.loopback import direct_session, loopback_url
 from swarm_runtime.web.retry import backoff, retry_after
 
@@ -27,7 +20,6 @@ MAX_BACKOFF_SECONDS = 10.0
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_JITTER = (0.8, 1.2)
 CONNECT_TIMEOUT_SECONDS = 5.0
-IDENTITY_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -42,10 +34,6 @@ class Dispatch:
 
 class EndpointRefused(ValueError):
     """The queue names an API endpoint the worker must not send the token to."""
-
-
-class IdentityUnproven(SwarmError):
-    """Whatever answers at the endpoint did not prove it holds the token."""
 
 
 class CycleClient:
@@ -78,10 +66,10 @@ class CycleClient:
             raise EndpointRefused(
                 f"API endpoint must be loopback-only (127.0.0.0/8, ::1, localhost): {endpoint!r}"
             )
-        base = checked.rstrip("/")
+        url = checked.rstrip("/") + "/cycle"
         last = Dispatch(None, "no attempt made")
         for attempt in range(1, self._retries + 2):
-            last, delay = self._attempt(base, payload, read_timeout, attempt)
+            last, delay = self._attempt(url, payload, read_timeout, attempt)
             if delay is None or attempt > self._retries:
                 return last
             log.warning(
@@ -93,12 +81,10 @@ class CycleClient:
         return last
 
     def _attempt(
-        self, base: str, payload: dict[str, Any], read_timeout: float, attempt: int
+        self, url: str, payload: dict[str, Any], read_timeout: float, attempt: int
     ) -> tuple[Dispatch, float | None]:
         """One POST; the second value is the delay before a retry, or None for a final answer."""
-        url = base + "/cycle"
         try:
-            self._verify(base)
             reply = self._session.post(
                 url,
                 json=payload,
@@ -112,30 +98,7 @@ class CycleClient:
         except requests.Timeout:
             error = f"the execution API did not answer within {read_timeout:.0f}s"
             return Dispatch(None, error, attempts=attempt), None
-        except IdentityUnproven as exc:
-            log.error("%s", exc)
-            return Dispatch(None, str(exc), attempts=attempt), None
         return interpret(reply, attempt)
-
-    def _verify(self, base: str) -> None:
-        """Challenge the endpoint without the token; raise unless it proves it holds it."""
-        nonce = new_nonce()
-        try:
-            reply = self._session.get(
-                base + IDENTITY_PATH,
-                params={"nonce": nonce},
-                timeout=(CONNECT_TIMEOUT_SECONDS, IDENTITY_TIMEOUT_SECONDS),
-                allow_redirects=False,
-            )
-        except requests.ReadTimeout:
-            reply = None
-        body = _json_or_none(reply) if reply is not None else None
-        proof = body.get("proof") if isinstance(body, dict) else None
-        if not proof_matches(self._token, nonce, _port(base), proof):
-            raise IdentityUnproven(
-                f"{base} is not this workspace's execution API (identity proof failed); "
-                "the token was not sent"
-            )
 
 
 def interpret(reply: requests.Response, attempt: int) -> tuple[Dispatch, float | None]:
@@ -163,11 +126,6 @@ def _json_or_none(reply: requests.Response) -> Any:
         return reply.json()
     except ValueError:
         return None
-
-
-def _port(base: str) -> int:
-    parts = parse_url(base)
-    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _backoff(attempt: int) -> float:

@@ -34,7 +34,6 @@ from swarm_runtime.contract import (
     DEFAULT_INTENSITY,
     DEFAULT_MAX_BUDGET,
     DEFAULT_MIN_BUDGET,
-    QUEUE_FILE,
     ApiRetryEvent,
     CycleRequest,
     ExecutionFacts,
@@ -83,7 +82,6 @@ from swarm_runtime.store.events import EventLog, cap_text
 from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.pause import read_pause
 from swarm_runtime.store.state_files import Workspace, file_version
-from swarm_runtime.web.server import LOOPBACK_HOST
 from swarm_runtime.worker.cycle_client import CycleClient, Dispatch, EndpointRefused
 from swarm_runtime.worker.review import Critic
 
@@ -146,15 +144,11 @@ class Worker:
         self._router: tuple[tuple[int, int, int] | None, ToolRouter] | None = None
         self.beacon = PresenceBeacon(workspace, identity)
         self.commit_backoff = COMMIT_BACKOFF_SECONDS
-        self._endpoint_reported: str | None = None
 
     # --- the loop ----------------------------------------------------------------------
 
     def run(self, *, once: bool, stop: threading.Event) -> int:
         """Work until stopped, or with `once` until nothing is runnable. Returns an exit code."""
-        chosen, source = api_endpoint(self.settings, "")
-        log.info("execution API: %s (from %s)", chosen or "not read yet", source)
-        self._endpoint_reported = chosen or None
         try:
             return self._loop(once=once, stop=stop)
         finally:
@@ -235,16 +229,8 @@ class Worker:
         claim = self.store.claim(self.identity, self.settings.lease_seconds)
         self._report_cleanup(claim)
         if claim.task is not None:
-            self.process(claim.task, self.endpoint(claim.api_endpoint))
+            self.process(claim.task, claim.api_endpoint)
         return claim
-
-    def endpoint(self, queue_endpoint: str) -> str:
-        """Where tasks go, logged whenever it changes (first of all, at the first task)."""
-        chosen, source = api_endpoint(self.settings, queue_endpoint)
-        if chosen != self._endpoint_reported:
-            log.info("execution API: %s (from %s)", chosen, source)
-            self._endpoint_reported = chosen
-        return chosen
 
     def _report_cleanup(self, claim: ClaimOutcome) -> None:
         for item in claim.reclaimed:
@@ -576,14 +562,6 @@ def stalled_message(exc: Exception) -> str:
     if isinstance(exc, QueueFileError):
         return f"{exc.path.name} is malformed and will not be touched: {exc}"
     return f"cannot write runtime state, claiming nothing until it can: {exc}"
-
-
-def api_endpoint(settings: Settings, queue_endpoint: str) -> tuple[str, str]:
-    """The execution API's base URL and where it came from. SWARM_API_PORT, set, is the
-    port the API listens on, so it wins over queue.json's `api_endpoint`."""
-    if "api_port" in settings.model_fields_set and settings.api_port:
-        return f"http://{LOOPBACK_HOST}:{settings.api_port}", "SWARM_API_PORT"
-    return queue_endpoint, f"{QUEUE_FILE}'s api_endpoint"
 
 
 def build_request(task: Task, prompt: str | None = None) -> CycleRequest:
