@@ -18,12 +18,15 @@ import pytest
 from swarm_runtime.safety.gateway import RULES, Rule, evaluate
 from swarm_runtime.safety.local_commands import DENYLIST, ENV_ASSIGNMENT, URL, denylist_violation
 
+# Growth measurements take seconds each: with the process tests, out of the quick loop.
+pytestmark = pytest.mark.slow
+
 SMALL, LARGE = 10_000, 100_000
 MAX_RATIO = 30.0
 # Characters the gaps of the patterns consume.
 RUNS = (" ", "a", "_", "-", "&", "/", "|", "\\\n", ".")
-# Texts that open an attempt (with a run after them), and texts repeated whole: the shapes
-# the issue named and near misses of each rule.
+# Texts that open an attempt (with a run after them), and texts repeated whole: shapes known
+# to backtrack, and near misses of each rule.
 OPENERS = (
     *("<", "#", "[", "$(", "`", "-c ", "|", "/", ".env", "\\"),
     *("beacon command", "curl x |", "| sudo -", "iex (", "send the api ", "ignore all "),
