@@ -18,12 +18,12 @@ from pathlib import Path
 
 from benchlib import Figure, median, print_table
 
-from swarm_runtime.llm.budget import BudgetLedger  # noqa: E402
-from swarm_runtime.llm.pricing import load_price_table  # noqa: E402
-from swarm_runtime.llm.provider import Completion  # noqa: E402
-from swarm_runtime.llm.rate_limit import TokenBucket  # noqa: E402
-from swarm_runtime.llm.wrapper import SecureAPIWrapper  # noqa: E402
-from swarm_runtime.store.state_files import Workspace, atomic_write_bytes  # noqa: E402
+from swarm_runtime.llm.budget import BudgetLedger
+from swarm_runtime.llm.pricing import load_price_table
+from swarm_runtime.llm.provider import Completion
+from swarm_runtime.llm.rate_limit import TokenBucket
+from swarm_runtime.llm.wrapper import SecureAPIWrapper
+from swarm_runtime.store.state_files import Workspace, atomic_write_bytes
 
 NAME = "6 budget reservation"
 TARGET_MS = 2.0

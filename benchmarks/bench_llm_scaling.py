@@ -22,10 +22,10 @@ from pathlib import Path
 from benchlib import Child, Figure, clean_env, cpu_seconds, median, print_table
 from fake_llm_server import FakeLLMServer
 
-from swarm_runtime.contract import Status  # noqa: E402
-from swarm_runtime.queue.store import QueueStore  # noqa: E402
-from swarm_runtime.settings import Settings  # noqa: E402
-from swarm_runtime.store.state_files import Workspace, read_json  # noqa: E402
+from swarm_runtime.contract import Status
+from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.state_files import Workspace, read_json
 
 NAME = "2 LLM worker scaling"
 WORKER_COUNTS = (1, 2, 4, 8)

@@ -29,10 +29,10 @@ from benchlib import (
     seconds,
 )
 
-from swarm_runtime.contract import Status  # noqa: E402
-from swarm_runtime.queue.store import QueueStore  # noqa: E402
-from swarm_runtime.settings import Settings  # noqa: E402
-from swarm_runtime.store.state_files import Workspace  # noqa: E402
+from swarm_runtime.contract import Status
+from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.state_files import Workspace
 
 NAME = "1 local task overhead"
 TARGET_OVERHEAD_MS = 20.0

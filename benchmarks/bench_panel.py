@@ -22,11 +22,11 @@ from pathlib import Path
 
 from benchlib import Figure, free_bytes, median, print_table, seconds
 
-from swarm_runtime.contract import ReviewEvent, Status  # noqa: E402
-from swarm_runtime.panel.app import create_app  # noqa: E402
-from swarm_runtime.settings import Settings  # noqa: E402
-from swarm_runtime.store.events import build_event  # noqa: E402
-from swarm_runtime.store.state_files import Workspace, atomic_write_json  # noqa: E402
+from swarm_runtime.contract import ReviewEvent, Status
+from swarm_runtime.panel.app import create_app
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.events import build_event
+from swarm_runtime.store.state_files import Workspace, atomic_write_json
 
 NAME = "4 control panel"
 SMALL_MB = 1

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from benchlib import Figure, median, print_table
 
-from swarm_runtime.contract import Status, utc_now  # noqa: E402
-from swarm_runtime.queue.store import QueueStore, WorkerIdentity  # noqa: E402
-from swarm_runtime.store.state_files import Workspace, atomic_write_json  # noqa: E402
+from swarm_runtime.contract import Status, utc_now
+from swarm_runtime.queue.store import QueueStore, WorkerIdentity
+from swarm_runtime.store.state_files import Workspace, atomic_write_json
 
 NAME = "3 queue growth"
 SIZES = (100, 1000, 10_000)
