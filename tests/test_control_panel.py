@@ -718,18 +718,25 @@ def test_a_stale_last_event_id_makes_the_stream_start_over(
     assert "event: reset" in text
 
 
-def test_live_streams_are_bounded_and_released(client: PanelClient, workspace: Workspace) -> None:
-    panel = client.panel
-    for _ in range(MAX_STREAMS):
-        panel.streams.acquire()
-    assert client.get("/api/stream").status_code == 503
-    for _ in range(MAX_STREAMS):
-        panel.streams.release()
+def test_a_full_set_of_streams_ends_the_oldest_instead_of_refusing(client: PanelClient) -> None:
+    slots = client.panel.streams
+    held = [slots.open() for _ in range(MAX_STREAMS)]
+    assert client.get("/api/stream").status_code == 200, "a new client is never turned away"
+    assert held[0][1].is_set(), "the oldest stream was asked to end"
+    assert not any(ended.is_set() for _, ended in held[1:])
+    assert len(slots) == MAX_STREAMS
+
+
+def test_a_closed_stream_gives_its_slot_back(client: PanelClient) -> None:
     first_stream_chunks(client, count=1)
-    assert panel.streams.acquire(blocking=False)
-    panel.streams.release()
-    for _ in range(MAX_STREAMS):
-        assert panel.streams.acquire(blocking=False), "a closed stream gave its slot back"
+    assert len(client.panel.streams) == 0
+
+
+def test_an_ended_slot_stops_its_stream(client: PanelClient) -> None:
+    _, ended = client.panel.streams.open()
+    ended.set()
+    chunks = list(event_stream(client.panel, None, None, 10, ended=ended))
+    assert chunks[0].startswith("retry:") and len(chunks) <= 2
 
 
 def test_a_stream_ends_when_the_panel_stops(client: PanelClient) -> None:

@@ -9,17 +9,33 @@ from pathlib import Path
 
 import pytest
 from flask import Flask, jsonify, request
-from werkzeug.serving import make_server
+from waitress.server import create_server
 
 from swarm_runtime.contract import TOKEN_HEADER
+from swarm_runtime.web.identity import identity_proof, workspace_name
 from swarm_runtime.worker.cycle_client import CycleClient, EndpointRefused
+
+TOKEN = "secret-token"
+WORKSPACE = workspace_name("/srv/agents/workspace")
 
 
 class ScriptedApi:
-    def __init__(self) -> None:
+    """A /cycle that answers from a script, behind the identity proof of a token and a
+    workspace (by default the client's own)."""
+
+    def __init__(self, token: str = TOKEN, workspace: str = WORKSPACE) -> None:
         self.script: list[tuple[int, object, dict[str, str]]] = []
         self.seen: list[dict[str, str]] = []
+        self.challenges = 0
         app = Flask(__name__)
+
+        @app.get("/identity")
+        def identity() -> object:
+            self.challenges += 1
+            nonce = request.args["nonce"]
+            port = int(request.environ["SERVER_PORT"])
+            proof = identity_proof(token, nonce, port, workspace)
+            return jsonify({"workspace": workspace, "proof": proof})
 
         @app.post("/cycle")
         def cycle() -> object:
@@ -33,17 +49,20 @@ class ScriptedApi:
             response = jsonify(body) if not isinstance(body, str) else body
             return response, status, headers
 
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = create_server(app, host="127.0.0.1", port=0, threads=2)
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+
+def serving(scripted: ScriptedApi) -> Iterator[ScriptedApi]:
+    scripted.thread.start()
+    yield scripted
+    scripted.server.close()
 
 
 @pytest.fixture
 def api() -> Iterator[ScriptedApi]:
-    scripted = ScriptedApi()
-    scripted.thread.start()
-    yield scripted
-    scripted.server.shutdown()
+    yield from serving(ScriptedApi())
 
 
 OK = (200, {"status": "completed", "result": "done", "exit_code": 0}, {})
@@ -52,7 +71,7 @@ delays: list[float] = []
 
 def client(retries: int = 3) -> CycleClient:
     delays.clear()
-    return CycleClient("secret-token", retries=retries, sleep=delays.append)
+    return CycleClient(TOKEN, WORKSPACE, retries=retries, sleep=delays.append)
 
 
 def test_sends_the_token_and_parses_the_body(api: ScriptedApi) -> None:
@@ -60,6 +79,50 @@ def test_sends_the_token_and_parses_the_body(api: ScriptedApi) -> None:
     result = client().dispatch(api.url, {"task": "echo"}, read_timeout=5)
     assert result.response.result == "done" and result.attempts == 1
     assert api.seen == [{"token": "secret-token", "authorization": ""}]
+
+
+def test_a_connection_is_proven_once_and_then_kept(api: ScriptedApi) -> None:
+    api.script = [OK] * 5
+    sender = client()
+    for _ in range(5):
+        assert sender.dispatch(api.url, {}, read_timeout=5).response is not None
+    assert api.challenges == 1 and len(api.seen) == 5
+
+
+@pytest.mark.parametrize(
+    "impostor, refusal",
+    [
+        (ScriptedApi(token="guessed"), "could not prove it is this workspace's execution API"),
+        (ScriptedApi(workspace="/elsewhere"), "serves the workspace /elsewhere, not this one"),
+    ],
+    ids=["does not hold the token", "serves another workspace"],
+)
+def test_an_impostor_on_the_port_hears_nothing(impostor: ScriptedApi, refusal: str) -> None:
+    for scripted in serving(impostor):
+        scripted.script = [OK]
+        result = client().dispatch(scripted.url, {"prompt": "the secret plan"}, read_timeout=5)
+        assert result.response is None and refusal in (result.error or "")
+        assert result.attempts == 1 and scripted.seen == [], "the token reached the impostor"
+
+
+def test_a_server_that_is_not_http_is_refused_without_the_token() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        heard: list[bytes] = []
+
+        def answer_garbage() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                heard.append(conn.recv(65536))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
+                heard.append(conn.recv(65536))
+
+        thread = threading.Thread(target=answer_garbage, daemon=True)
+        thread.start()
+        result = client(retries=0).dispatch(url, {}, read_timeout=5)
+        thread.join(timeout=10)
+    assert result.response is None and "could not prove" in (result.error or "")
+    assert heard[0].startswith(b"GET /identity?nonce=") and b"secret-token" not in b"".join(heard)
 
 
 def test_retries_429_honouring_retry_after_then_5xx_with_backoff(api: ScriptedApi) -> None:

@@ -52,7 +52,12 @@ from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.store.token import resolve_token
 from swarm_runtime.web.hosts import check_host, served_port
-from swarm_runtime.web.identity import IDENTITY_PATH, NONCE_PATTERN, identity_proof
+from swarm_runtime.web.identity import (
+    IDENTITY_PATH,
+    NONCE_PATTERN,
+    identity_proof,
+    workspace_name,
+)
 from swarm_runtime.web.json_body import json_body
 from swarm_runtime.web.json_errors import HttpError, install_json_fallbacks, json_error
 from swarm_runtime.web.loopback import is_loopback_address
@@ -61,6 +66,9 @@ from swarm_runtime.web.server import serve_main
 log = logging.getLogger("swarm")
 TOKEN_PROTECTED = frozenset({"/cycle", "/plan"})
 MAX_BODY_BYTES = 1024 * 1024
+# Each /cycle holds a thread for as long as its llm call or command runs: room for 32
+# workers calling at once. Idle connections hold no thread at all.
+API_THREADS = 32
 
 
 @dataclass
@@ -94,12 +102,18 @@ class ApiServices:
             store=QueueStore.for_settings(workspace, settings),
         )
 
+    def announce(self, url: str) -> None:
+        """Record where this API listens in its workspace's queue, where workers look."""
+        self.store.set_api_endpoint(url)
+        log.info("serving the workspace %s", self.workspace.root)
+
 
 def create_app(settings: Settings, services: ApiServices | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     services = services or ApiServices.build(settings)
     app.extensions["swarm"] = services
+    app.extensions["on_listening"] = services.announce
     _install_access_control(app, services)
     _install_error_handlers(app)
 
@@ -135,7 +149,9 @@ def create_app(settings: Settings, services: ApiServices | None = None) -> Flask
         if not NONCE_PATTERN.fullmatch(nonce):
             raise HttpError(400, "nonce must be 32 to 128 lowercase hex digits", field="nonce")
         port = int(request.environ["SERVER_PORT"])
-        return jsonify({"proof": identity_proof(services.token, nonce, port)})
+        served = workspace_name(services.workspace.root)
+        proof = identity_proof(services.token, nonce, port, served)
+        return jsonify({"workspace": served, "proof": proof})
 
     return app
 
@@ -313,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         name="swarm API",
         port_setting="api_port",
         create_app=create_app,
+        threads=API_THREADS,
     )
 
 

@@ -30,7 +30,7 @@ from swarm_runtime.panel.guards import install_guards
 from swarm_runtime.panel.health import summary_of
 from swarm_runtime.panel.outcomes import GATE_SHOWN, gate_of, rewards_of, safety_of, spend_of
 from swarm_runtime.panel.params import checked_id, choice_arg, int_arg, parse_body
-from swarm_runtime.panel.state import Panel
+from swarm_runtime.panel.state import MAX_STREAMS, Panel
 from swarm_runtime.panel.stream import (
     DEFAULT_BACKLOG,
     LONG_POLL_MAX_SECONDS,
@@ -46,6 +46,8 @@ from swarm_runtime.web.json_errors import HttpError
 from swarm_runtime.web.server import serve_main
 
 MAX_BODY_BYTES = 256 * 1024
+# Threads for ordinary requests, beyond the ones live streams may hold.
+PANEL_REQUEST_THREADS = 8
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 200
 MAX_QUERY_CHARS = 200
@@ -184,6 +186,7 @@ def _register_events(app: Flask, panel: Panel) -> None:
 def following_the_log(app: Flask) -> Iterator[None]:
     """While the panel serves, a thread follows the log; after, the panel closes its files."""
     panel: Panel = app.extensions["panel"]
+    app.extensions["on_stop"] = panel.stop.set
     threading.Thread(target=panel.follow, name="log-follower", daemon=True).start()
     try:
         yield
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         port_setting="panel_port",
         create_app=create_app,
         running=following_the_log,
+        threads=MAX_STREAMS + PANEL_REQUEST_THREADS,
     )
 
 

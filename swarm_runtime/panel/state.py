@@ -68,6 +68,37 @@ def state_cache(path: Path, model: type[M]) -> FileCache[M]:
     )
 
 
+class StreamSlots:
+    """At most `capacity` live streams. When every slot is taken, a new stream ends the
+    oldest one instead of being turned away, so nobody can hold the panel's streams by
+    opening them first and keeping them: the newest `capacity` clients are served, and an
+    ended browser reconnects by itself."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._open: dict[int, threading.Event] = {}
+        self._next_id = 0
+
+    def open(self) -> tuple[int, threading.Event]:
+        """A slot id and the event that, once set, asks its stream to end."""
+        with self._lock:
+            if len(self._open) >= self.capacity:
+                oldest = next(iter(self._open))
+                self._open.pop(oldest).set()
+            self._next_id += 1
+            ended = self._open[self._next_id] = threading.Event()
+            return self._next_id, ended
+
+    def close(self, slot: int) -> None:
+        with self._lock:
+            self._open.pop(slot, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+
 class Panel:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -78,7 +109,7 @@ class Panel:
         self.csrf_token = secrets.token_urlsafe(32)
         self.scrub = SecretScrubber(settings, ws)
         self.stop = threading.Event()
-        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self.streams = StreamSlots(MAX_STREAMS)
         self.probe = ApiProbe()
         self.budget = BudgetLedger(ws, settings.budget_limit)
         self.index = LogIndex(ws.log_path)

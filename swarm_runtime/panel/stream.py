@@ -17,8 +17,7 @@ from typing import Any
 from flask import Response
 
 from swarm_runtime.panel.log_tail import EventPage, IndexedEvent
-from swarm_runtime.panel.state import MAX_STREAMS, Panel
-from swarm_runtime.web.json_errors import HttpError
+from swarm_runtime.panel.state import Panel
 
 STREAM_POLL_SECONDS = 0.2
 STREAM_KEEPALIVE_SECONDS = 15.0
@@ -80,11 +79,14 @@ def event_stream(
     epoch: str | None,
     backlog: int,
     lifetime: float = STREAM_LIFETIME_SECONDS,
+    ended: threading.Event | None = None,
 ) -> Iterator[str]:
     """Server-sent events: the backlog (or what followed Last-Event-ID), then each new event.
 
-    The stream ends after `lifetime` seconds or when the panel stops, so no thread is held
-    forever; the browser reconnects by itself, sending the id of the last event it got."""
+    The stream ends after `lifetime` seconds, when the panel stops or when `ended` is set
+    (its slot went to a newer client), so no thread is held forever; the browser
+    reconnects by itself, sending the id of the last event it got."""
+    ended = ended or panel.stop
     yield f"retry: {STREAM_RETRY_MS}\n\n"
     page = first_page(panel, cursor, epoch, backlog if cursor is None else MAX_EVENTS_PER_PAGE)
     deadline = time.monotonic() + lifetime
@@ -97,28 +99,21 @@ def event_stream(
         elif time.monotonic() - quiet_since > STREAM_KEEPALIVE_SECONDS:
             quiet_since = time.monotonic()
             yield ": keepalive\n\n"
-        if not page.more and (panel.stop.wait(STREAM_POLL_SECONDS) or time.monotonic() > deadline):
+        if not page.more and (
+            ended.wait(STREAM_POLL_SECONDS) or panel.stop.is_set() or time.monotonic() > deadline
+        ):
             return
         panel.catch_up()
         page = panel.index.events_after(page.cursor, MAX_EVENTS_PER_PAGE, page.epoch)
 
 
 def stream_response(panel: Panel, cursor: int | None, epoch: str | None, backlog: int) -> Response:
-    """An SSE response holding one of the panel's few stream slots until it closes."""
-    if not panel.streams.acquire(blocking=False):
-        raise HttpError(
-            503, f"{MAX_STREAMS} live streams are open already; close a tab or use /api/events"
-        )
-    released = threading.Event()
-
-    def release() -> None:
-        if not released.is_set():
-            released.set()
-            panel.streams.release()
-
-    response = Response(event_stream(panel, cursor, epoch, backlog), mimetype="text/event-stream")
+    """An SSE response holding one of the panel's stream slots until it closes."""
+    slot, ended = panel.streams.open()
+    stream = event_stream(panel, cursor, epoch, backlog, ended=ended)
+    response = Response(stream, mimetype="text/event-stream")
     response.headers["X-Accel-Buffering"] = "no"
-    response.call_on_close(release)
+    response.call_on_close(lambda: panel.streams.close(slot))
     return response
 
 

@@ -1,10 +1,19 @@
 """Serving a Flask app on loopback only, and the command line around it, for both of the
-runtime's servers."""
+runtime's servers.
+
+The server is waitress, not Werkzeug's development server. Waitress reads requests and
+writes responses on one event loop and hands only complete requests to a fixed pool of
+threads, so idle or slow connections cost a file descriptor each and never a thread:
+thousands of them cannot exhaust the pool that serves the workers. Headers and bodies
+are capped, idle connections are closed after a while, and forwarded headers are never
+trusted (nothing sits in front of a loopback server).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -12,12 +21,20 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Literal, NoReturn
 
 from flask import Flask
-from werkzeug.serving import make_server
+from waitress.server import create_server
 
 from swarm_runtime.errors import SwarmError
 from swarm_runtime.settings import Settings
 
 LOOPBACK_HOST = "127.0.0.1"
+# Connections a server keeps open at once; beyond it, new ones wait in the listen backlog.
+CONNECTION_LIMIT = 4000
+# An idle keep-alive connection is closed after this long; a request in progress is not.
+IDLE_CONNECTION_SECONDS = 30
+MAX_HEADER_BYTES = 64 * 1024
+# Twice the largest JSON body either server accepts (web.json_body caps the parsed size).
+MAX_TRANSPORT_BODY_BYTES = 2 * 1024 * 1024
+DEFAULT_THREADS = 16
 
 
 def serve_main(
@@ -29,6 +46,7 @@ def serve_main(
     port_setting: Literal["api_port", "panel_port"],
     create_app: Callable[[Settings], Flask],
     running: Callable[[Flask], AbstractContextManager[object]] = nullcontext,
+    threads: int = DEFAULT_THREADS,
 ) -> int:
     """A server's command line: `--port`, settings from the environment, logging, then
     `serve` inside `running(app)`. Settings or an app that cannot be built exit 2."""
@@ -47,29 +65,59 @@ def serve_main(
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with running(app):
-        return serve(app, getattr(settings, port_setting), name)
+        return serve(app, getattr(settings, port_setting), name, threads=threads)
 
 
-def serve(app: Flask, port: int, name: str) -> int:
+def serve(app: Flask, port: int, name: str, *, threads: int = DEFAULT_THREADS) -> int:
     """Bind 127.0.0.1 (never another address), announce the URL once ready, serve until
-    SIGINT or SIGTERM, then close the socket and return 0."""
-    server = make_server(LOOPBACK_HOST, port, app, threaded=True)
-    url = f"http://{LOOPBACK_HOST}:{server.server_port}"
+    SIGINT or SIGTERM, then close the socket and return 0.
+
+    Once bound, `app.extensions["on_listening"](url)` (if any) runs, so the app can tell
+    others where it listens. Before the loop stops, `app.extensions["on_stop"]()` (if any)
+    runs, so a handler that streams can end at once instead of holding shutdown until the
+    pool gives up on it."""
+    raise_descriptor_limit(CONNECTION_LIMIT + 64)
+    server = create_server(
+        app,
+        host=LOOPBACK_HOST,
+        port=port,
+        threads=threads,
+        connection_limit=CONNECTION_LIMIT,
+        channel_timeout=IDLE_CONNECTION_SECONDS,
+        cleanup_interval=5,
+        max_request_header_size=MAX_HEADER_BYTES,
+        max_request_body_size=MAX_TRANSPORT_BODY_BYTES,
+        asyncore_use_poll=True,
+        clear_untrusted_proxy_headers=True,
+        ident=name,
+    )
+    url = f"http://{LOOPBACK_HOST}:{server.effective_port}"  # type: ignore[union-attr]
     app.config["SERVER_URL"] = url
+    app.extensions.get("on_listening", lambda _url: None)(url)
+    on_stop: Callable[[], None] = app.extensions.get("on_stop", lambda: None)
 
     def stop(_signum: int, _frame: object) -> NoReturn:
+        on_stop()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     # One write: print() sends the newline separately, and a log line from another thread
     # could land in between and run on from the URL a supervisor is reading.
     sys.stdout.write(f"{name} listening on {url}\n")
     sys.stdout.flush()
     try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
+        server.run()
     finally:
-        server.server_close()
+        server.close()
     print(f"{name} stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def raise_descriptor_limit(wanted: int) -> None:
+    """Each open connection is a file descriptor; lift the soft limit toward `wanted` so
+    the connection limit, not the default of 1,024 descriptors, is what binds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

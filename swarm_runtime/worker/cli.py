@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         workspace,
         identity=identity,
-        client=CycleClient(resolve_token(settings, workspace), retries=settings.api_retries),
+        client=CycleClient(
+            resolve_token(settings, workspace), workspace.root, retries=settings.api_retries
+        ),
         gateway=SafetyGateway(workspace),
     )
     stop = threading.Event()

@@ -6,13 +6,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
 from pydantic import ValidationError
 
 from swarm_runtime.contract import TOKEN_HEADER, CycleResponse, describe_validation_error
-from swarm_runtime.web.loopback import direct_session, loopback_url
+from swarm_runtime.web.identity import workspace_name
+from swarm_runtime.web.loopback import loopback_url
+from swarm_runtime.web.proven_session import ServerNotProven, proven_session
 from swarm_runtime.web.retry import backoff, retry_after
 
 log = logging.getLogger(__name__)
@@ -37,17 +40,20 @@ class EndpointRefused(ValueError):
 
 
 class CycleClient:
+    """Sends tasks to the execution API of one workspace: every connection it opens first
+    makes the server prove it holds the token and serves that workspace."""
+
     def __init__(
         self,
         token: str,
+        workspace: Path | str,
         *,
         retries: int = 3,
-        session: requests.Session | None = None,
         sleep: Callable[[float], Any] = time.sleep,
     ):
         self._token = token
         self._retries = retries
-        self._session = direct_session(session)
+        self._session = proven_session(token, workspace_name(workspace))
         self._sleep = sleep
 
     def dispatch(
@@ -92,6 +98,8 @@ class CycleClient:
                 timeout=(CONNECT_TIMEOUT_SECONDS, read_timeout),
                 allow_redirects=False,  # the token goes to the checked URL and nowhere else
             )
+        except ServerNotProven as exc:
+            return Dispatch(None, str(exc), attempts=attempt), None
         except requests.ConnectionError as exc:
             error = f"cannot connect to the execution API at {url}: {type(exc).__name__}"
             return Dispatch(None, error, attempts=attempt), _backoff(attempt)

@@ -144,6 +144,7 @@ class Worker:
         self._router: tuple[tuple[int, int, int] | None, ToolRouter] | None = None
         self.beacon = PresenceBeacon(workspace, identity)
         self.commit_backoff = COMMIT_BACKOFF_SECONDS
+        self.configured_endpoint = configured_endpoint(settings)
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -229,7 +230,7 @@ class Worker:
         claim = self.store.claim(self.identity, self.settings.lease_seconds)
         self._report_cleanup(claim)
         if claim.task is not None:
-            self.process(claim.task, claim.api_endpoint)
+            self.process(claim.task, self.configured_endpoint or claim.api_endpoint)
         return claim
 
     def _report_cleanup(self, claim: ClaimOutcome) -> None:
@@ -606,6 +607,15 @@ def missing_input_error(task: Task) -> str:
     if task.effective_mode == Mode.LOCAL:
         return "local task has no command to run (set `command`)"
     return "task has neither a prompt nor a command"
+
+
+def configured_endpoint(settings: Settings) -> str | None:
+    """Where SWARM_API_PORT says the API listens, when it is set: the API and the worker
+    read the same variable, so they cannot disagree. Unset, the queue's `api_endpoint`
+    decides, which the API itself records when it starts."""
+    if "api_port" not in settings.model_fields_set or settings.api_port == 0:
+        return None
+    return f"http://127.0.0.1:{settings.api_port}"
 
 
 def outcome_from_dispatch(dispatch: Dispatch, report: dict[str, Any]) -> Outcome:
