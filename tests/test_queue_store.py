@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -188,6 +189,39 @@ def test_heartbeat_keeps_the_lease_alive(store: QueueStore, clock: Clock) -> Non
         assert store.heartbeat("a", holder, 30)
     assert claim_id(store) is None
     assert not store.heartbeat("a", ME, 30)  # not ours
+
+
+class LockWitness(Clock):
+    """A clock that notes each reading taken while nobody holds `lock_path`."""
+
+    def __init__(self, lock_path: str):
+        super().__init__()
+        self.lock_path = lock_path
+        self.read_unlocked = 0
+
+    def __call__(self) -> float:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.read_unlocked += 1
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)  # releases the probe's flock, if it took one
+        return self.now
+
+
+def test_a_renewal_counts_its_lease_from_when_it_holds_the_lock(workspace: Workspace) -> None:
+    """A renewal that waited for the lock must still grant a whole lease, so the clock is
+    read inside the transaction, never before it."""
+    store = QueueStore(workspace, retain=1000)
+    witness = LockWitness(f"{store.path}.lock")
+    store.add({"id": "a", "prompt": "p"})
+    claim_id(store)
+    store = QueueStore(workspace, retain=1000, clock=witness)
+    assert store.heartbeat("a", ME, 30)
+    assert witness.read_unlocked == 0
+    assert store.load().find("a").lease.expires_at == witness.now + 30
 
 
 def test_a_dead_holder_on_this_host_is_reclaimed_at_once(store: QueueStore) -> None:

@@ -415,10 +415,13 @@ class QueueStore:
         return self._transaction(change)
 
     def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool:
-        """Extend our lease; False means another worker has reclaimed the task."""
-        now = self._clock()
+        """Extend our lease; False means another worker has reclaimed the task.
+
+        The new expiry counts from the moment the lock is held, not from the call: a
+        renewal that waited for the lock still grants a whole lease."""
 
         def change(state: QueueState) -> bool:
+            now = self._clock()
             task = state.find(task_id)
             if task is None or task.lease is None or not _owned_by(task, worker):
                 return False
