@@ -1,7 +1,8 @@
 """One command to install and start the runtime, one to check it, one to run the tests.
 
-    python3 run.py          install into .venv, then start swarm.py, worker.py and
-                            control_panel.py on ./workspace (with demo tasks) until Ctrl-C
+    python3 run.py          install what running needs into .venv, then start swarm.py,
+                            control_panel.py and worker.py on ./workspace (with demo
+                            tasks) until Ctrl-C; `python3 run.py --help` for the options
     python3 run.py check    install into .venv (with test extras), then run in order
                             ruff check, ruff format --check, mypy, lint-imports and the
                             packaging smoke test (tests/helpers/package_smoke.py: the wheel
@@ -16,6 +17,7 @@ script re-executes itself inside it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import signal
@@ -43,41 +45,91 @@ CHECKS = (
 )
 
 
-def ensure_environment() -> None:
-    """Create .venv and install the project once per version of pyproject.toml."""
+def ensure_environment(*, with_test_extras: bool) -> None:
+    """Create .venv and install the project once per version of pyproject.toml: what
+    running needs for the runtime, plus the test extras (pytest, playwright, the
+    linters) for `check`, `test` and `bench`. The first install needs the package index."""
     if sys.version_info < (3, 11):  # noqa: UP036 (runs under any python3, before the venv)
         sys.exit(f"swarm-runtime needs Python 3.11 or newer (this is {sys.version.split()[0]})")
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    version = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    installed = STAMP.read_text().split() if STAMP.exists() else []
+    if installed[:1] == [version] and (installed[1:] == ["test"] or not with_test_extras):
+        return
     if not VENV_PYTHON.exists():
         print("creating .venv ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    if not STAMP.exists() or STAMP.read_text() != wanted:
-        print("installing swarm-runtime and its dependencies into .venv ...", flush=True)
-        pip = [str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-        subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
-        STAMP.write_text(wanted)
+    target, extras = (f"{ROOT}[test]", "test") if with_test_extras else (str(ROOT), "run")
+    print(f"installing swarm-runtime ({extras}) into .venv ...", flush=True)
+    pip = [str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "-e", target], check=True)
+    STAMP.write_text(f"{version} {extras}")
 
 
 def inside_venv() -> bool:
     return Path(sys.prefix).resolve() == VENV.resolve()
 
 
+COMMANDS = ("up", "check", "test", "bench")
+
+
+def parse_up(argv: list[str]) -> argparse.Namespace:
+    """The runtime's own options. Parsed before anything is installed, so `--help` and a
+    mistyped option answer at once."""
+    parser = argparse.ArgumentParser(
+        prog="run.py",
+        description="Install what running needs into .venv, then start swarm.py, "
+        "control_panel.py and a worker on one workspace until Ctrl-C. Other commands: "
+        "check, test [pytest args], bench [names] (see the top of run.py).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(os.environ.get("SWARM_WORKSPACE") or "workspace"),
+        help="the workspace folder (SWARM_WORKSPACE)",
+    )
+    parser.add_argument(
+        "--api-port",
+        type=int,
+        default=port_default("SWARM_API_PORT", 8420),
+        help="port of swarm.py on 127.0.0.1, 0 for any free one (SWARM_API_PORT)",
+    )
+    parser.add_argument(
+        "--panel-port",
+        type=int,
+        default=port_default("CONTROL_PANEL_PORT", 8421),
+        help="port of the control panel on 127.0.0.1 (CONTROL_PANEL_PORT)",
+    )
+    return parser.parse_args(argv)
+
+
+def port_default(variable: str, default: int) -> int:
+    raw = os.environ.get(variable, "").strip()
+    return int(raw) if raw.isdigit() else default
+
+
 def main(argv: list[str]) -> int:
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    if command is None and argv and not argv[0].startswith("-"):
+        print(
+            f"run.py: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    options = parse_up(argv[1:] if command == "up" else argv) if command in (None, "up") else None
     if not inside_venv():
-        ensure_environment()
+        ensure_environment(with_test_extras=command in ("check", "test", "bench"))
         os.execv(VENV_PYTHON, [str(VENV_PYTHON), str(Path(__file__).resolve()), *argv])
-    if argv == ["check"]:
+    if command == "check":
         return run_checks()
-    if argv[:1] == ["test"]:
+    if command == "test":
         return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
-    if argv[:1] == ["bench"]:
+    if command == "bench":
         runner = ROOT / "benchmarks" / "run_all.py"
         env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # the fake provider lives there
         return subprocess.call([sys.executable, str(runner), *argv[1:]], cwd=ROOT, env=env)
-    if argv[:1] in ([], ["up"]):
-        return start_runtime()
-    print(__doc__, file=sys.stderr)
-    return 2
+    assert options is not None
+    return start_runtime(options)
 
 
 def run_checks() -> int:
@@ -97,21 +149,31 @@ def run_checks() -> int:
 # --- the running runtime (inside .venv) -----------------------------------------------
 
 
-def start_runtime() -> int:
+def start_runtime(options: argparse.Namespace) -> int:
+    """Both servers first, then the demo tasks, then the worker: nothing is seeded into a
+    runtime that is not up. Every child is told run.py's pid and stops if run.py dies,
+    even by `kill -9`; a hangup (the terminal closed) stops them like Ctrl-C."""
     from swarm_runtime import demo
 
-    workspace = Path(os.environ.get("SWARM_WORKSPACE") or ROOT / "workspace").resolve()
-    env = {**os.environ, "SWARM_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
+    workspace = options.workspace.resolve()
+    env = {
+        **os.environ,
+        "SWARM_WORKSPACE": str(workspace),
+        "SWARM_API_PORT": str(options.api_port),
+        "CONTROL_PANEL_PORT": str(options.panel_port),
+        "SWARM_SUPERVISOR_PID": str(os.getpid()),
+        "PYTHONUNBUFFERED": "1",
+    }
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     children: list[Child] = []
     try:
         api = Child.start("swarm", ["swarm.py"], env, children)
-        api_url = api.wait_for_url()
-        demo.seed(workspace, api_url)
         panel = Child.start("panel", ["control_panel.py"], env, children)
-        panel_url = panel.wait_for_url()
+        api_url = api.wait_for_url("--api-port")
+        panel_url = panel.wait_for_url("--panel-port")
+        demo.seed(workspace, api_url)
         Child.start("worker", ["worker.py"], env, children)
         print(demo.banner(workspace, api_url, panel_url), flush=True)
         while not stop.wait(0.5):
@@ -164,10 +226,13 @@ class Child:
             print(f"[{self.name}] {line}", end="", flush=True)
         self._ready.set()
 
-    def wait_for_url(self) -> str:
+    def wait_for_url(self, port_option: str) -> str:
         self._ready.wait(READY_TIMEOUT_SECONDS)
         if self.url is None:
-            raise RuntimeError(f"{self.name} did not start (see its output above)")
+            raise RuntimeError(
+                f"{self.name} did not start (see its output above); if its port is taken, "
+                f"choose another with {port_option}"
+            )
         return self.url
 
     def stop(self) -> None:

@@ -10,9 +10,11 @@ import requests
 from swarm_runtime.contract import TOKEN_HEADER
 from swarm_runtime.errors import DuplicateTaskError
 from swarm_runtime.queue.store import QueueStore
-from swarm_runtime.settings import Settings
+from swarm_runtime.settings import DEFAULT_WORKSPACE_DIR, Settings
 from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.store.token import resolve_token
+from swarm_runtime.web.identity import workspace_name
+from swarm_runtime.web.proven_session import ServerNotProven, proven_session
 
 PLAN_TIMEOUT_SECONDS = 30.0
 
@@ -54,17 +56,22 @@ def seed(root: Path, api_url: str) -> list[str]:
         except DuplicateTaskError:
             continue
     if added:
-        added += request_plan(api_url, resolve_token(settings, workspace))
+        added += request_plan(api_url, resolve_token(settings, workspace), workspace.root)
     return added
 
 
-def request_plan(api_url: str, token: str) -> list[str]:
+def request_plan(api_url: str, token: str, root: Path) -> list[str]:
     """The ids of the tasks `/plan` queued (on the offline model: a fixed, free plan).
-    A plan that fails is reported and skipped: the demo runs without it."""
+    A plan that fails is reported and skipped: the demo runs without it. The token goes
+    only to a server that proves it is this workspace's API."""
+    session = proven_session(token, workspace_name(root))
     try:
-        reply = requests.post(
+        reply = session.post(
             f"{api_url}/plan", headers={TOKEN_HEADER: token}, timeout=PLAN_TIMEOUT_SECONDS
         )
+    except ServerNotProven as exc:
+        print(f"demo: no plan queued: {exc}")
+        return []
     except requests.RequestException as exc:
         print(f"demo: /plan could not be reached ({exc.__class__.__name__}); no plan queued")
         return []
@@ -80,6 +87,12 @@ def banner(root: Path, api_url: str, panel_url: str) -> str:
         f"  control panel   {panel_url}\n"
         f"  execution API   {api_url}\n"
         f"  workspace       {root}\n"
-        f"  add a task      SWARM_WORKSPACE={root} .venv/bin/python worker.py add ID 'PROMPT'\n"
+        f"  add a task      {command_prefix(root)}.venv/bin/python worker.py add ID 'PROMPT'\n"
         "  stop            Ctrl-C\n"
     )
+
+
+def command_prefix(root: Path) -> str:
+    """Nothing when the workspace is the one a command typed here finds by itself."""
+    default = (Path.cwd() / DEFAULT_WORKSPACE_DIR).resolve()
+    return "" if root.resolve() == default else f"SWARM_WORKSPACE={root} "

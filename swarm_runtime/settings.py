@@ -15,6 +15,11 @@ from swarm_runtime.errors import SettingsError
 GROQ_BASE_URL = "https://api.groq.com/openai/v1"
 GROQ_DEFAULT_MODEL = "llama-3.1-8b-instant"
 DEFAULT_LOCAL_ALLOWLIST = ("echo", "ls", "pwd", "cat", "rg", "git")
+# The one workspace rule: SWARM_WORKSPACE, or else ./workspace in the current folder, for
+# every process and command alike (run.py included), so that whatever is typed in the
+# folder where the runtime was started reaches it, and the checkout's own files (the
+# example queue.json among them) are never written.
+DEFAULT_WORKSPACE_DIR = "workspace"
 
 # Environment variable -> settings field. The README documents each one.
 ENV_FIELDS: dict[str, str] = {
@@ -49,7 +54,7 @@ ENV_FIELDS: dict[str, str] = {
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    workspace: Path = Field(default_factory=Path.cwd)
+    workspace: Path = Field(default_factory=lambda: Path.cwd() / DEFAULT_WORKSPACE_DIR)
     api_port: int = Field(default=DEFAULT_API_PORT, ge=0, le=65535)
     panel_port: int = Field(default=DEFAULT_PANEL_PORT, ge=0, le=65535)
     internal_token: SecretStr | None = None

@@ -12,6 +12,7 @@ trusted (nothing sits in front of a loopback server).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import resource
 import signal
@@ -21,9 +22,10 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Literal, NoReturn
 
 from flask import Flask
-from waitress.server import create_server
+from waitress.server import BaseWSGIServer, create_server
 
 from swarm_runtime.errors import SwarmError
+from swarm_runtime.processes import exit_with_supervisor
 from swarm_runtime.settings import Settings
 
 LOOPBACK_HOST = "127.0.0.1"
@@ -35,6 +37,11 @@ MAX_HEADER_BYTES = 64 * 1024
 # Twice the largest JSON body either server accepts (web.json_body caps the parsed size).
 MAX_TRANSPORT_BODY_BYTES = 2 * 1024 * 1024
 DEFAULT_THREADS = 16
+PORT_VARIABLES = {"api_port": "SWARM_API_PORT", "panel_port": "CONTROL_PANEL_PORT"}
+
+
+class PortInUse(SwarmError):
+    """Another program listens on the port this server was told to use."""
 
 
 def serve_main(
@@ -64,8 +71,14 @@ def serve_main(
     except SwarmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    exit_with_supervisor()
     with running(app):
-        return serve(app, getattr(settings, port_setting), name, threads=threads)
+        try:
+            return serve(app, getattr(settings, port_setting), name, threads=threads)
+        except PortInUse as exc:
+            variable = PORT_VARIABLES[port_setting]
+            print(f"error: {exc}; choose another with --port or {variable}", file=sys.stderr)
+            return 2
 
 
 def serve(app: Flask, port: int, name: str, *, threads: int = DEFAULT_THREADS) -> int:
@@ -77,21 +90,13 @@ def serve(app: Flask, port: int, name: str, *, threads: int = DEFAULT_THREADS) -
     runs, so a handler that streams can end at once instead of holding shutdown until the
     pool gives up on it."""
     raise_descriptor_limit(CONNECTION_LIMIT + 64)
-    server = create_server(
-        app,
-        host=LOOPBACK_HOST,
-        port=port,
-        threads=threads,
-        connection_limit=CONNECTION_LIMIT,
-        channel_timeout=IDLE_CONNECTION_SECONDS,
-        cleanup_interval=5,
-        max_request_header_size=MAX_HEADER_BYTES,
-        max_request_body_size=MAX_TRANSPORT_BODY_BYTES,
-        asyncore_use_poll=True,
-        clear_untrusted_proxy_headers=True,
-        ident=name,
-    )
-    url = f"http://{LOOPBACK_HOST}:{server.effective_port}"  # type: ignore[union-attr]
+    try:
+        server, bound_port = bind(app, port, name, threads)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise PortInUse(f"port {port} on {LOOPBACK_HOST} is in use by another program") from None
+    url = f"http://{LOOPBACK_HOST}:{bound_port}"
     app.config["SERVER_URL"] = url
     app.extensions.get("on_listening", lambda _url: None)(url)
     on_stop: Callable[[], None] = app.extensions.get("on_stop", lambda: None)
@@ -112,6 +117,27 @@ def serve(app: Flask, port: int, name: str, *, threads: int = DEFAULT_THREADS) -
         server.close()
     print(f"{name} stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def bind(app: Flask, port: int, name: str, threads: int) -> tuple[BaseWSGIServer, int]:
+    """One listening socket on 127.0.0.1 with the limits above, and the port it got."""
+    server = create_server(
+        app,
+        host=LOOPBACK_HOST,
+        port=port,
+        threads=threads,
+        connection_limit=CONNECTION_LIMIT,
+        channel_timeout=IDLE_CONNECTION_SECONDS,
+        cleanup_interval=5,
+        max_request_header_size=MAX_HEADER_BYTES,
+        max_request_body_size=MAX_TRANSPORT_BODY_BYTES,
+        asyncore_use_poll=True,
+        clear_untrusted_proxy_headers=True,
+        ident=name,
+    )
+    # One host, so never a multi-socket server; and a bound server has its socket.
+    assert isinstance(server, BaseWSGIServer) and server.socket is not None
+    return server, server.socket.getsockname()[1]
 
 
 def raise_descriptor_limit(wanted: int) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from swarm_runtime.contract import TASK_ID_PATTERN, Mode, is_valid_task_id
 from swarm_runtime.errors import DuplicateTaskError, QueueFileError, StateFileError, SwarmError
+from swarm_runtime.processes import exit_with_supervisor
 from swarm_runtime.queue.store import HOST, QueueStore, WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.settings import Settings
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     workspace.ensure_layout()
     if args.action == "add":
         return add_task(args, workspace, settings)
+    exit_with_supervisor()
     identity = WorkerIdentity(args.worker_id or default_worker_id())
     worker = Worker(
         settings,
