@@ -17,11 +17,12 @@ import logging
 import resource
 import signal
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Literal, NoReturn
 
-from flask import Flask
+from flask import Flask, Response, g, request
 from waitress.server import BaseWSGIServer, create_server
 
 from swarm_runtime.errors import SwarmError
@@ -64,6 +65,9 @@ def serve_main(
     )
     parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     parser.add_argument("--port", type=int, help="port on 127.0.0.1 (0 picks a free one)")
+    parser.add_argument(
+        "--access-log", action="store_true", help="log one line per request (off by default)"
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(**{port_setting: args.port})
@@ -71,6 +75,8 @@ def serve_main(
     except SwarmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.access_log:
+        log_each_request(app, logging.getLogger(prog.removesuffix(".py")))
     exit_with_supervisor()
     with running(app):
         try:
@@ -117,6 +123,21 @@ def serve(app: Flask, port: int, name: str, *, threads: int = DEFAULT_THREADS) -
         server.close()
     print(f"{name} stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def log_each_request(app: Flask, logger: logging.Logger) -> None:
+    """One line per answered request: method, path (never the query, which may carry a
+    nonce or a filter worth keeping private), status and milliseconds."""
+
+    @app.before_request
+    def start_clock() -> None:
+        g.access_started = time.perf_counter()
+
+    @app.after_request
+    def log_line(response: Response) -> Response:
+        elapsed = (time.perf_counter() - g.get("access_started", time.perf_counter())) * 1000
+        logger.info("%s %s %s %.0f ms", request.method, request.path, response.status_code, elapsed)
+        return response
 
 
 def bind(app: Flask, port: int, name: str, threads: int) -> tuple[BaseWSGIServer, int]:
