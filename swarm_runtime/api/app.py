@@ -19,6 +19,7 @@ from typing import Any
 from flask import Flask, jsonify, request
 from pydantic import ValidationError
 
+from swarm_runtime.api.charges import local_charge
 from swarm_runtime.api.plan import PlanError, plan_tasks
 from swarm_runtime.contract import (
     LOCAL_MODEL,
@@ -246,7 +247,12 @@ def run_local(
         model=LOCAL_MODEL,
         task_id=cycle_request.task_id,
         output=result.output,
-        budget_used=0.0,
+        budget_used=local_charge(
+            result.duration,
+            cycle_request.intensity,
+            cycle_request.min_budget,
+            cycle_request.max_budget,
+        ),
         exit_code=result.exit_code,
         safety_report=report,
     )
@@ -275,7 +281,7 @@ def run_llm(
         model=call.model,
         task_id=cycle_request.task_id,
         usage=Usage(prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens),
-        budget_used=round(call.cost, 6),
+        budget_used=call.cost,
         safety_report=report,
     )
 
