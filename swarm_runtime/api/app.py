@@ -104,9 +104,14 @@ class ApiServices:
         )
 
     def announce(self, url: str) -> None:
-        """Record where this API listens in its workspace's queue, where workers look."""
-        self.store.set_api_endpoint(url)
+        """Record where this API listens in its workspace's queue, where workers look. A
+        queue that cannot be written is reported and the API serves on: /cycle needs no
+        queue, and the operator must be able to reach /status to see what is wrong."""
         log.info("serving the workspace %s", self.workspace.root)
+        try:
+            self.store.set_api_endpoint(url)
+        except (StateFileError, OSError) as exc:
+            log.warning("could not record this API's address in the queue: %s", exc)
 
 
 def create_app(settings: Settings, services: ApiServices | None = None) -> Flask:
