@@ -2,7 +2,9 @@
 
     SwarmError
     ├── StateFileError            a state file is unreadable or breaks its schema
-    │   └── QueueFileError        ... and that file is queue.json or its journal
+    │   ├── QueueFileError        ... and that file is queue.json or its journal
+    │   └── UnsafeStateError      ... or another user could redirect or read it (a link,
+    │                             a loose mode, a foreign owner): the process refuses it
     ├── DuplicateTaskError        `add` met an id that is already queued
     ├── UnknownTaskError          an operation named a task the queue does not hold
     ├── LeaseLostError            a worker tried to finish a task it no longer owns
@@ -44,6 +46,11 @@ class StateFileError(SwarmError):
 
 class QueueFileError(StateFileError):
     """queue.json, or the journal of its recent changes, is malformed."""
+
+
+class UnsafeStateError(StateFileError):
+    """A state file or folder is a symbolic link, open to other users or owned by another
+    user: nothing is read or written through it, and the problems say how to fix it."""
 
 
 class DuplicateTaskError(SwarmError):

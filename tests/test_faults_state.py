@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -155,6 +156,10 @@ STATE_FILES = [
 ]
 
 
+def private_mode(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 def temp_files(folder: Path, name: str) -> list[Path]:
     return sorted(folder.glob(f".{name}.*.tmp"))
 
@@ -198,6 +203,8 @@ def test_a_writer_killed_mid_write_leaves_a_valid_file_and_the_next_write_works(
         else:
             assert path.read_bytes() == before[instant], f"{instant}: the old file changed"
             assert len(leftovers) == 1, "the failpoint did not fire inside the writer"
+            assert private_mode(leftovers[0]), "a dead writer's half-written temp is readable"
+        assert private_mode(path), "the state file is readable by other users"
 
         restarted = Workspace(ws.root)
         restarted.ensure_layout()

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from swarm_runtime.contract import QueueJournalRecord, describe_validation_error
 from swarm_runtime.errors import QueueFileError
+from swarm_runtime.store.private import open_for_reading
 from swarm_runtime.store.state_files import append_after, atomic_write_bytes, remove_durably
 
 Version = tuple[int, int, int] | None
@@ -70,7 +71,7 @@ class QueueJournal:
         version `snapshot` (else none). The flag says the journal was replaced or removed
         since the last read: the caller must start over from queue.json."""
         try:
-            with open(self.path, "rb") as handle:
+            with open_for_reading(self.path) as handle:
                 head = handle.readline()
                 name, follows = self._header(head)
                 restarted = name != self.position.name

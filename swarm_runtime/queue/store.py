@@ -72,6 +72,7 @@ from swarm_runtime.queue.rules import (
 )
 from swarm_runtime.queue.state import QueueState, holds_lease
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.private import open_for_reading
 from swarm_runtime.store.state_files import (
     Workspace,
     append_lines,
@@ -208,7 +209,7 @@ class QueueFollower:
 
     def _read_bytes(self) -> tuple[Version, bytes | None]:
         try:
-            with open(self.path, "rb") as handle:
+            with open_for_reading(self.path) as handle:
                 stat = os.fstat(handle.fileno())
                 return (stat.st_ino, stat.st_mtime_ns, stat.st_size), handle.read()
         except FileNotFoundError:

@@ -4,16 +4,20 @@ A JSON document is replaced, never edited: write a temp file in the same folder,
 flush, fsync, `os.replace`, fsync the folder. A crash at any instant leaves the old
 file or the new one, never half of either. Every read-modify-write happens under an
 exclusive `flock` on `<file>.lock` and re-reads inside it.
+
+No state file is opened through a symbolic link, and every one is created 0600: see
+`private`, whose folder checks run once, when the workspace is opened.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import re
-import tempfile
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -40,12 +44,14 @@ from swarm_runtime.contract import (
 )
 from swarm_runtime.errors import StateFileError
 from swarm_runtime.processes import process_exists
-from swarm_runtime.store import failpoints
+from swarm_runtime.store import failpoints, private
+from swarm_runtime.store.private import PRIVATE_FILE, open_private
 
 T = TypeVar("T")
 LOCK_TIMEOUT_SECONDS = 30.0
 LOCK_POLL_SECONDS = 0.002
 TEMP_SUFFIX = ".tmp"
+TEMP_ATTEMPTS = 100
 _C1_CONTROL = re.compile("[\x80-\x9f]")
 
 
@@ -73,12 +79,42 @@ class Workspace:
         self._locks: dict[Path, FileLock] = {}
 
     def ensure_layout(self) -> None:
-        """Create the folders, and clear temp files that writers which died left behind."""
+        """Create the folders, refuse state another user could redirect or read, and clear
+        temp files that writers which died left behind.
+
+        Every process runs this when it starts: checking the folders here is what lets
+        each write skip them (see `private`)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.state_dir.mkdir(mode=0o700, exist_ok=True)
-        self.sandbox.mkdir(exist_ok=True)
+        private.make_folder(self.state_dir, private=True)
+        private.make_folder(self.sandbox, private=False)
+        for path in self.state_files():
+            private.check_file(path)
         for folder in (self.root, self.state_dir):
             sweep_stale_temp_files(folder)
+
+    def check_folders(self) -> None:
+        """Refuse a `.swarm/` or `sandbox/` that is a link, not ours, or (`.swarm/`) open to
+        others: one lstat each, for a caller about to use them long after start."""
+        private.check_folder(self.state_dir, private=True)
+        private.check_folder(self.sandbox, private=False)
+
+    def state_files(self) -> tuple[Path, ...]:
+        """The files holding prompts, outputs and ledgers (the token is checked where it is
+        used: `store.token.resolve_token`)."""
+        return (
+            self.queue_path,
+            self.log_path,
+            self.quality_gate_path,
+            self.budget_ledger_path,
+            self.api_audit_path,
+            self.safety_audit_path,
+            self.queue_archive_path,
+            self.queue_journal_path,
+            self.pause_path,
+            self.reward_ledger_path,
+            self.balances_path,
+            self.tool_store_path,
+        )
 
     def lock(self, path: Path) -> FileLock:
         """The lock guarding `path`, created once per process and shared by its threads."""
@@ -115,7 +151,7 @@ class FileLock:
             os.close(fd)  # closing the descriptor releases the flock
 
     def _acquire(self) -> int:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_private(self.lock_path, os.O_RDWR | os.O_CREAT)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -133,23 +169,20 @@ class FileLock:
                 raise
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     """Rename into place so a reader never sees half a file, even after a crash.
 
     The temp file's name carries the writer's pid, so a temp left by a writer that died
     can be told from one still being written (see `sweep_stale_temp_files`). A failed
-    write raises OSError naming `path`, not the temp file, and leaves `path` untouched."""
-    try:
-        fd, temp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent
-        )
-    except OSError as exc:
-        raise _naming(path, exc) from exc
+    write raises OSError naming `path`, not the temp file, and leaves `path` untouched.
+    The rename replaces whatever has the name, a link included: it never writes through
+    one."""
+    fd, temp_name = _create_temp(path)
     crash_test = failpoints.any_armed()
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(fd, mode)  # the umask may have taken bits away; it never adds any
             _write_temp(handle, data, path.name if crash_test else None)
-        os.chmod(temp_name, mode)
         if crash_test:
             failpoints.failpoint(f"write:{path.name}:before_rename")
         os.replace(temp_name, path)
@@ -162,6 +195,22 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     if crash_test:
         failpoints.failpoint(f"write:{path.name}:renamed")
     fsync_directory(path.parent)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new file next to `path` that only we can read, under a name nobody else holds:
+    O_EXCL and O_NOFOLLOW, so nothing planted under that name is opened."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    prefix = f"{path.parent}/.{path.name}.{os.getpid()}."
+    for _ in range(TEMP_ATTEMPTS):
+        temp_name = prefix + secrets.token_hex(4) + TEMP_SUFFIX
+        try:
+            return open_private(temp_name, flags), temp_name
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _naming(path, exc) from exc
+    raise _naming(path, FileExistsError(errno.EEXIST, "no free temp file name"))
 
 
 def _write_temp(handle: Any, data: bytes, crash_name: str | None) -> None:
@@ -214,9 +263,10 @@ def _naming(path: Path, exc: OSError) -> OSError:
 
 def file_version(path: Path) -> tuple[int, int, int] | None:
     """(inode, mtime, size), or None if absent: a file replaced atomically gets a new
-    version, and so does a file appended to."""
+    version, and so does a file appended to. A link is not followed: it is a version of
+    its own, which the read that follows refuses."""
     try:
-        stat = os.stat(path)
+        stat = os.lstat(path)
     except FileNotFoundError:
         return None
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
@@ -256,14 +306,15 @@ def _str_keyed(value: Any) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(k, str) for k in value)
 
 
-def atomic_write_json(path: Path, document: Any, mode: int = 0o644) -> None:
+def atomic_write_json(path: Path, document: Any, mode: int = PRIVATE_FILE) -> None:
     atomic_write_bytes(path, dump_json(document), mode)
 
 
 def read_json(path: Path, default: Callable[[], T] | None = None) -> Any:
-    """Parse a JSON file; a missing file gives `default()`, a broken one a StateFileError."""
+    """Parse a JSON file; a missing file gives `default()`, a broken one a StateFileError,
+    a link in its place an UnsafeStateError."""
     try:
-        raw = path.read_bytes()
+        raw = private.read_private(path)
     except FileNotFoundError:
         if default is None:
             raise StateFileError(path, ["file does not exist"]) from None
@@ -288,7 +339,7 @@ def update_json(
     path: Path,
     mutate: Callable[[Any], tuple[Any, T]],
     default: Callable[[], Any],
-    mode: int = 0o644,
+    mode: int = PRIVATE_FILE,
 ) -> T:
     """Read-modify-write under the file's lock. `mutate(doc)` returns (new_doc, result);
     a new_doc of None means nothing changed and nothing is written."""
@@ -333,13 +384,16 @@ def append_lines(workspace: Workspace, path: Path, records: list[dict[str, Any]]
 def _append(path: Path, payload: bytes, *, durable: bool) -> None:
     """Append whole lines or nothing: a write cut short (a full disk) is truncated away,
     and a torn last line left by an earlier crash is ended first, so the new records
-    never run on from it. Errors name `path`."""
+    never run on from it. Errors name `path`. A file made loose by hand is tightened
+    here, from the `fstat` the append needs anyway."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_private(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     except OSError as exc:
         raise _naming(path, exc) from exc
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        private.check_descriptor(path, fd, info)
+        size = info.st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             payload = b"\n" + payload
         try:
@@ -361,7 +415,7 @@ def append_after(path: Path, offset: int, payload: bytes) -> int:
     ends. The caller holds the file's lock. Returns the new end; a failed write leaves
     the file as it was."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = open_private(path, os.O_WRONLY)
     except OSError as exc:
         raise _naming(path, exc) from exc
     try:
@@ -404,7 +458,7 @@ def create_secret_file(path: Path, secret: str) -> bool:
     The secret is written to a private temp file first and hard-linked into place, so
     the final name never exists half-written and two racing processes agree on one
     winner. Returns False when another process got there first."""
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, temp_name = _create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(secret + "\n")
