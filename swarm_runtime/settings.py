@@ -20,6 +20,8 @@ DEFAULT_LOCAL_ALLOWLIST = ("echo", "ls", "pwd", "cat", "rg", "git")
 # folder where the runtime was started reaches it, and the checkout's own files (the
 # example queue.json among them) are never written.
 DEFAULT_WORKSPACE_DIR = "workspace"
+# The most output tokens one LLM call may ask for, and so the most its budget hold covers.
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
 # Environment variable -> settings field. The README documents each one.
 ENV_FIELDS: dict[str, str] = {
@@ -48,6 +50,7 @@ ENV_FIELDS: dict[str, str] = {
     "SWARM_MAX_REQUEUE_ATTEMPTS": "max_requeue_attempts",
     "SWARM_REQUEUE_BACKOFF": "requeue_backoff",
     "SWARM_CRITIC_MODEL": "critic_model",
+    "SWARM_MAX_OUTPUT_TOKENS": "max_output_tokens",
 }
 
 
@@ -79,6 +82,7 @@ class Settings(BaseModel):
     max_requeue_attempts: int = Field(default=3, ge=1, le=100)
     requeue_backoff: float = Field(default=2.0, ge=0)
     critic_model: str | None = None
+    max_output_tokens: int = Field(default=DEFAULT_MAX_OUTPUT_TOKENS, ge=1, le=65536)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm_runtime.errors import GlobalBudgetExceeded, StateFileError
+from swarm_runtime.errors import GlobalBudgetExceeded, StateFileError, TaskBudgetExceeded
+from swarm_runtime.llm import budget
 from swarm_runtime.llm.budget import BudgetLedger
 from swarm_runtime.store.state_files import Workspace
 
@@ -36,13 +37,14 @@ while True:
 print(settled, flush=True)
 """
 
-# Reserves, says so, and exits without settling once told to: a crash mid-call.
+# Reserves (as sent to the provider, or not yet), says so, and exits without settling once
+# told to: a crash mid-call.
 HOLDER = """
 import os, sys
 from swarm_runtime.llm.budget import BudgetLedger
 from swarm_runtime.store.state_files import Workspace
 ledger = BudgetLedger(Workspace(sys.argv[1]), float(sys.argv[2]))
-ledger.reserve(float(sys.argv[3]), task_id="held")
+ledger.admit(float(sys.argv[3]), task_id="held", sent=sys.argv[4] == "sent")
 print("held", flush=True)
 sys.stdin.readline()
 os._exit(1)
@@ -208,19 +210,80 @@ def test_no_overshoot_and_no_lost_update_across_processes(workspace: Workspace) 
     assert snapshot.reserved == 0
 
 
-def test_a_live_process_keeps_its_hold_and_a_dead_one_loses_it(workspace: Workspace) -> None:
-    """A server that crashed mid-call must not pin its reservation forever."""
-    ledger = BudgetLedger(workspace, 1.0)
-    holder = python_child(HOLDER, workspace.root, 1.0, 0.75)
+def held_by_a_process_that_dies(workspace: Workspace, amount: float, state: str) -> None:
+    """A live holder keeps its hold (a reservation past it is refused); then it dies."""
+    holder = python_child(HOLDER, workspace.root, 1.0, amount, state)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(GlobalBudgetExceeded):
-            ledger.reserve(0.5, task_id=None)
+            BudgetLedger(workspace, 1.0).reserve(0.5, task_id=None)
         holder.stdin.write("exit\n")
         holder.stdin.flush()
         assert holder.wait(timeout=30) == 1
     finally:
         stop(holder)
+
+
+def test_a_dead_process_hold_that_was_never_sent_is_released(workspace: Workspace) -> None:
+    """A server that crashed before calling must not pin its reservation forever."""
+    held_by_a_process_that_dies(workspace, 0.75, "unsent")
+    ledger = BudgetLedger(workspace, 1.0)
     assert ledger.snapshot().reserved == 0.75
-    ledger.reserve(0.5, task_id=None)
-    assert ledger.snapshot().reserved == 0.5
+    admission = ledger.admit(0.5, task_id=None)
+    assert admission.unsettled == ()
+    assert (ledger.snapshot().spent, ledger.snapshot().reserved) == (0, 0.5)
+
+
+def test_a_dead_process_hold_that_may_have_been_billed_is_charged_in_full(
+    workspace: Workspace,
+) -> None:
+    """Refunding it let a retry pay the provider again while the ledger counted one call."""
+    held_by_a_process_that_dies(workspace, 0.75, "sent")
+    ledger = BudgetLedger(workspace, 1.0)
+    admission = ledger.admit(0.5, task_id=None)
+    assert isinstance(admission.refusal, GlobalBudgetExceeded), "spent 0.75 + 0.5 > 1.0"
+    [unsettled] = admission.unsettled
+    assert (unsettled.reservation.task_id, unsettled.reservation.amount) == ("held", 0.75)
+    document = json.loads(workspace.budget_ledger_path.read_text())
+    assert (document["spent"], document["reservations"]) == (0.75, {})
+    assert document["tasks"]["spent"] == {"held": 0.75}
+    assert ledger.admit(0.25, task_id=None).unsettled == (), "charged twice"
+
+
+def test_a_hold_written_before_sent_was_recorded_counts_as_sent(workspace: Workspace) -> None:
+    ledger = BudgetLedger(workspace, 1.0)
+    # No pid above pid_max (2**22 at most) is ever alive.
+    hold = {"amount": 0.5, "pid": 2**22 + 1, "host": None, "created_at": "2026-01-01T00:00:00"}
+    workspace.budget_ledger_path.write_text(
+        json.dumps({"version": 1, "spent": 0.0, "reservations": {"old": hold}})
+    )
+    [unsettled] = ledger.admit(0.25, task_id=None).unsettled
+    assert unsettled.reservation_id == "old"
+    assert ledger.snapshot().spent == 0.5
+
+
+def test_a_task_is_refused_while_its_spend_and_holds_reach_its_max_budget(
+    workspace: Workspace,
+) -> None:
+    ledger = BudgetLedger(workspace, 10.0)
+    first = ledger.reserve(0.5, task_id="t", task_limit=1.0)
+    with pytest.raises(TaskBudgetExceeded):
+        ledger.reserve(0.75, task_id="t", task_limit=1.0)
+    ledger.reserve(0.75, task_id="other", task_limit=1.0)
+    ledger.settle(first, 1.5)  # the provider reported more than the hold
+    with pytest.raises(TaskBudgetExceeded) as caught:
+        ledger.reserve(0.001, task_id="t", task_limit=1.0)
+    assert caught.value.estimate == pytest.approx(1.501)
+    assert ledger.snapshot().spent == 1.5
+
+
+def test_the_ledger_remembers_the_spend_of_a_bounded_number_of_tasks(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(budget, "TASK_SPEND_RETAIN", 3)
+    ledger = BudgetLedger(workspace, 10.0)
+    for task in ("a", "b", "c", "a", "d"):
+        ledger.settle(ledger.reserve(0.25, task_id=task), 0.25)
+    document = json.loads(workspace.budget_ledger_path.read_text())
+    assert list(document["tasks"]["spent"]) == ["c", "a", "d"]
+    assert document["tasks"]["spent"]["a"] == 0.5

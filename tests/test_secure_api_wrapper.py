@@ -17,7 +17,7 @@ from swarm_runtime.errors import (
     TaskBudgetExceeded,
     UnpricedModelError,
 )
-from swarm_runtime.llm.budget import BudgetLedger
+from swarm_runtime.llm.budget import BudgetLedger, LedgerDocument, Reservation
 from swarm_runtime.llm.pricing import BUILTIN_PRICES, Price
 from swarm_runtime.llm.provider import OfflineProvider, OpenAICompatibleProvider, Provider
 from swarm_runtime.llm.rate_limit import TokenBucket
@@ -161,12 +161,27 @@ def test_unpriced_model_on_a_paid_provider_is_refused_before_any_call(
 
 
 def test_unpriced_model_on_a_loopback_provider_is_free(
-    workspace: Workspace, server: FakeLLMServer
+    workspace: Workspace, server: FakeLLMServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Free, and said once: a local gateway to a paid API must be given prices."""
     wrapper = make_wrapper(workspace, http_provider(server.url), limit=0.0)
     result = call(wrapper, model="llama3:8b")
+    call(wrapper, model="llama3:8b")
     assert result.cost == 0
     assert wrapper.budget_snapshot().spent == 0
+    warnings = [r.getMessage() for r in caplog.records if "treated as free" in r.getMessage()]
+    assert len(warnings) == 1 and "llama3:8b" in warnings[0]
+    assert "SWARM_PRICES_FILE" in warnings[0]
+
+
+def test_a_priced_model_on_a_loopback_provider_is_charged(
+    workspace: Workspace, server: FakeLLMServer
+) -> None:
+    wrapper = make_wrapper(workspace, http_provider(server.url))
+    assert http_provider(server.url).is_local
+    result = call(wrapper, model="gpt-4o-mini")
+    assert result.cost == pytest.approx(BUILTIN_PRICES["gpt-4o-mini"].cost(100, 50))
+    assert wrapper.budget_snapshot().spent == pytest.approx(result.cost)
 
 
 def test_task_budget_refuses_before_the_provider_is_called(
@@ -248,3 +263,25 @@ def test_rate_limit_refuses_and_is_audited(workspace: Workspace) -> None:
         call(wrapper)
     assert caught.value.retry_after == pytest.approx(60.0)
     assert audit_events(workspace) == ["API_CALL_SUCCESS", "RATE_LIMITED"]
+
+
+def test_a_dead_process_call_is_charged_and_audited_even_when_the_next_is_refused(
+    workspace: Workspace, server: FakeLLMServer
+) -> None:
+    """The hold of a process that died mid-call is charged in full (the provider may have
+    billed it) and leaves an UNSETTLED_CHARGED line, whatever happens to the call that found it."""
+    wrapper = make_wrapper(workspace, http_provider(server.url), limit=0.001)
+    dead_hold = Reservation(
+        amount=0.001, task_id="gone", pid=2**22 + 1, created_at="2026-01-01T00:00:00", sent=True
+    )
+    workspace.budget_ledger_path.write_text(
+        LedgerDocument(reservations={"r1": dead_hold}).model_dump_json()
+    )
+    with pytest.raises(GlobalBudgetExceeded):
+        call(wrapper)
+    assert server.requests == []
+    assert audit_events(workspace) == ["UNSETTLED_CHARGED", "BUDGET_EXCEEDED"]
+    charged = audit_records(workspace)[0]
+    assert (charged["task_id"], charged["cost"], charged["reservation"]) == ("gone", 0.001, "r1")
+    assert charged["prompt_sha256"] is None
+    assert wrapper.budget_snapshot().spent == 0.001

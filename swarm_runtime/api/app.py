@@ -269,11 +269,12 @@ def run_llm(
     prompt = cycle_request.prompt or ""
     if not prompt.strip():
         raise HttpError(400, "llm mode requires prompt", field="prompt")
+    max_tokens = output_tokens(cycle_request, services.settings.max_output_tokens)
     try:
         call = services.wrapper.call_llm(
             prompt,
             model=cycle_request.model,
-            max_tokens=cycle_request.max_tokens,
+            max_tokens=max_tokens,
             temperature=cycle_request.temperature,
             task_id=cycle_request.task_id,
             max_budget=cycle_request.max_budget,
@@ -289,6 +290,17 @@ def run_llm(
         budget_used=call.cost,
         safety_report=report,
     )
+
+
+def output_tokens(cycle_request: CycleRequest, cap: int) -> int:
+    """The request's max_tokens, or the default within SWARM_MAX_OUTPUT_TOKENS. A bound asked
+    for above the cap is refused, not cut: a silently shortened answer reads as complete."""
+    if "max_tokens" not in cycle_request.model_fields_set:
+        return min(cycle_request.max_tokens, cap)
+    if cycle_request.max_tokens > cap:
+        message = f"max_tokens {cycle_request.max_tokens} is above SWARM_MAX_OUTPUT_TOKENS ({cap})"
+        raise HttpError(400, message, field="max_tokens")
+    return cycle_request.max_tokens
 
 
 def llm_error(exc: SwarmError) -> HttpError:

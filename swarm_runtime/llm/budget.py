@@ -3,8 +3,12 @@
 A call first *reserves* its worst-case cost under the ledger's file lock, and only
 then talks to the provider; afterwards it *settles* the real cost or is *refunded*.
 Because the check and the reservation happen in one locked read-modify-write, any
-number of threads and processes together can never commit more than the limit.
-A reservation left by a process that died is released by the next `reserve`.
+number of threads and processes together can never commit more than the limit. The
+same write checks the task's own `max_budget` against what that task has spent and holds.
+
+A hold left by a process that died is closed by the next reservation. If its request may
+have reached the provider (`sent`), the outcome is unknown and the provider may have
+billed it, so the hold is charged in full; only a hold that was never sent is released.
 """
 
 from __future__ import annotations
@@ -15,24 +19,50 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swarm_runtime.contract import describe_validation_error, utc_now
-from swarm_runtime.errors import GlobalBudgetExceeded, StateFileError
+from swarm_runtime.errors import (
+    BudgetError,
+    GlobalBudgetExceeded,
+    StateFileError,
+    TaskBudgetExceeded,
+)
+from swarm_runtime.llm.bounds import admits
 from swarm_runtime.processes import process_exists
 from swarm_runtime.store.state_files import Workspace, read_json, update_json
 
 log = logging.getLogger(__name__)
 
+# Tasks whose spend the ledger remembers, the most recently charged kept: enough for a
+# task's review and its retries to find its spend, few enough to rewrite on every call
+# (each costs about 1.5 us of CPU on every write, mostly float parsing and printing). A
+# task charged again after this many others starts its max_budget afresh.
+TASK_SPEND_RETAIN = 256
+
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
 
 class Reservation(BaseModel):
-    amount: float = Field(ge=0, allow_inf_nan=False)
+    amount: Amount
     task_id: str | None = None
     pid: int
     host: str | None = None
     created_at: str
+    model: str | None = None
+    # A hold written before this field existed may have been sent: the safe reading.
+    sent: bool = True
+
+
+class TaskSpend(BaseModel):
+    """What each task has spent, the task charged last at the end. Nested one level so the
+    ledger file holds it on one line, encoded at once: it is rewritten on every call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spent: dict[str, Amount] = Field(default_factory=dict)
 
 
 class LedgerDocument(BaseModel):
@@ -41,12 +71,28 @@ class LedgerDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1] = 1
-    spent: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    spent: Amount = 0.0
     reservations: dict[str, Reservation] = Field(default_factory=dict)
+    tasks: TaskSpend = Field(default_factory=TaskSpend)
 
     @property
     def reserved(self) -> float:
         return sum(r.amount for r in self.reservations.values())
+
+    def task_exposure(self, task_id: str) -> tuple[float, float]:
+        """What the task has spent, and what its calls in flight hold."""
+        held = sum(r.amount for r in self.reservations.values() if r.task_id == task_id)
+        return self.tasks.spent.get(task_id, 0.0), held
+
+    def charge(self, task_id: str | None, cost: float) -> None:
+        """Real spend, counted for the task too; the oldest task beyond the cap is forgotten."""
+        self.spent += cost
+        if task_id is None:
+            return
+        spent = self.tasks.spent
+        spent[task_id] = spent.pop(task_id, 0.0) + cost
+        while len(spent) > TASK_SPEND_RETAIN:
+            del spent[next(iter(spent))]
 
 
 @dataclass(frozen=True)
@@ -60,6 +106,48 @@ class BudgetSnapshot:
         return max(0.0, self.limit - self.spent - self.reserved)
 
 
+@dataclass(frozen=True)
+class UnsettledHold:
+    """A dead process's hold whose call may have been billed, now charged in full."""
+
+    reservation_id: str
+    reservation: Reservation
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The outcome of one reservation: a hold id, or the refusal; and the dead holds
+    charged on the way, which the caller audits either way."""
+
+    reservation_id: str | None
+    refusal: BudgetError | None
+    unsettled: tuple[UnsettledHold, ...]
+
+    def granted(self) -> str:
+        """The hold's id; or the refusal, raised."""
+        if self.refusal is not None:
+            raise self.refusal
+        assert self.reservation_id is not None, "an admission holds an id or a refusal"
+        return self.reservation_id
+
+
+def refusal(
+    ledger: LedgerDocument,
+    limit: float,
+    amount: float,
+    task_id: str | None,
+    task_limit: float | None,
+) -> BudgetError | None:
+    """Why `amount` cannot be held now, checking the task's max_budget first."""
+    if task_limit is not None and task_id is not None:
+        spent, held = ledger.task_exposure(task_id)
+        if not admits(spent, held, amount, task_limit):
+            return TaskBudgetExceeded(task_id, spent + held + amount, task_limit)
+    if not admits(ledger.spent, ledger.reserved, amount, limit):
+        return GlobalBudgetExceeded(limit, ledger.spent, ledger.reserved, amount)
+    return None
+
+
 class BudgetLedger:
     def __init__(self, workspace: Workspace, limit: float):
         if not (math.isfinite(limit) and limit >= 0):
@@ -70,36 +158,61 @@ class BudgetLedger:
         self._host = socket.gethostname()
         workspace.ensure_layout()
 
-    def reserve(self, amount: float, *, task_id: str | None) -> str:
-        """Hold `amount` against the limit, or raise GlobalBudgetExceeded holding nothing."""
+    def reserve(
+        self, amount: float, *, task_id: str | None, task_limit: float | None = None
+    ) -> str:
+        """Hold `amount` against the limit, or raise the refusal holding nothing."""
+        return self.admit(amount, task_id=task_id, task_limit=task_limit).granted()
+
+    def admit(
+        self,
+        amount: float,
+        *,
+        task_id: str | None,
+        task_limit: float | None = None,
+        model: str | None = None,
+        sent: bool = False,
+    ) -> Admission:
+        """One locked write: close dead holds, check both budgets, and hold `amount`.
+
+        `sent` says the call goes to the provider right after this write, with nothing
+        left that could stop it; recording that here spares a second durable write."""
         if not (math.isfinite(amount) and amount >= 0):
             raise ValueError(f"a reservation must be a finite amount >= 0, not {amount!r}")
         reservation_id = uuid.uuid4().hex
+        held = Reservation(
+            amount=amount,
+            task_id=task_id,
+            pid=os.getpid(),
+            host=self._host,
+            created_at=utc_now().isoformat(),
+            model=model,
+            sent=sent,
+        )
 
-        def mutate(raw: Any) -> tuple[dict[str, Any] | None, GlobalBudgetExceeded | None]:
+        def mutate(raw: Any) -> tuple[dict[str, Any] | None, Admission]:
             ledger = self._parse(raw)
-            released = self._release_orphans(ledger)
-            if ledger.spent + ledger.reserved + amount > self.limit:
-                refusal = GlobalBudgetExceeded(self.limit, ledger.spent, ledger.reserved, amount)
-                return (_dump(ledger) if released else None), refusal
-            ledger.reservations[reservation_id] = self._reservation(amount, task_id)
-            return _dump(ledger), None
+            unsettled, changed = self._close_orphans(ledger)
+            refused = refusal(ledger, self.limit, amount, task_id, task_limit)
+            if refused is not None:
+                return (_dump(ledger) if changed else None), Admission(None, refused, unsettled)
+            ledger.reservations[reservation_id] = held
+            return _dump(ledger), Admission(reservation_id, None, unsettled)
 
-        refusal = update_json(self.workspace, self.path, mutate, _empty)
-        if refusal is not None:
-            raise refusal
-        return reservation_id
+        return update_json(self.workspace, self.path, mutate, _empty)
 
     def settle(self, reservation_id: str, actual_cost: float) -> None:
-        """Turn a reservation into real spend; the spend counts even if the hold is gone."""
+        """Turn a reservation into real spend; the spend counts even if the hold is gone,
+        and counts in full when the provider reported more than the hold."""
         if not (math.isfinite(actual_cost) and actual_cost >= 0):
             raise ValueError(f"a cost must be a finite amount >= 0, not {actual_cost!r}")
 
         def mutate(raw: Any) -> tuple[dict[str, Any], None]:
             ledger = self._parse(raw)
-            if ledger.reservations.pop(reservation_id, None) is None:
+            held = ledger.reservations.pop(reservation_id, None)
+            if held is None:
                 log.warning("settling unknown budget reservation %s", reservation_id)
-            ledger.spent += actual_cost
+            ledger.charge(held.task_id if held else None, actual_cost)
             return _dump(ledger), None
 
         update_json(self.workspace, self.path, mutate, _empty)
@@ -127,26 +240,24 @@ class BudgetLedger:
             problems = [describe_validation_error(error) for error in exc.errors()]
             raise StateFileError(self.path, problems) from None
 
-    def _reservation(self, amount: float, task_id: str | None) -> Reservation:
-        return Reservation(
-            amount=amount,
-            task_id=task_id,
-            pid=os.getpid(),
-            host=self._host,
-            created_at=utc_now().isoformat(),
-        )
-
-    def _release_orphans(self, ledger: LedgerDocument) -> bool:
-        """Drop holds of dead processes on this host, so a crash cannot pin budget forever."""
+    def _close_orphans(self, ledger: LedgerDocument) -> tuple[tuple[UnsettledHold, ...], bool]:
+        """Close the holds of dead processes on this host, so a crash cannot pin budget
+        forever: charge those whose call may have been billed, release the others."""
         orphans = [
             key
             for key, held in ledger.reservations.items()
             if held.host in (None, self._host) and not process_exists(held.pid)
         ]
+        unsettled = []
         for key in orphans:
             held = ledger.reservations.pop(key)
-            log.warning("released budget reservation %s of dead pid %s", key, held.pid)
-        return bool(orphans)
+            if held.sent:
+                ledger.charge(held.task_id, held.amount)
+                unsettled.append(UnsettledHold(key, held))
+                log.warning("charged in full the hold %s of dead pid %s", key, held.pid)
+            else:
+                log.warning("released the unsent hold %s of dead pid %s", key, held.pid)
+        return tuple(unsettled), bool(orphans)
 
 
 def _empty() -> dict[str, Any]:

@@ -231,7 +231,7 @@ class OpenAICompatibleProvider:
             "temperature": temperature,
         }
         reply = self._parse(self._post_with_retries(body))
-        return _completion(reply, model, f"{system or ''}\n{prompt}")
+        return _completion(reply, model, f"{system or ''}\n{prompt}", max_tokens)
 
     def _post_with_retries(self, body: dict[str, Any]) -> requests.Response:
         for attempt in range(self._attempts):
@@ -322,14 +322,18 @@ def build_provider(settings: Settings) -> Provider:
     )
 
 
-def _completion(reply: ChatReply, model: str, source: str) -> Completion:
+def _completion(reply: ChatReply, model: str, source: str, max_tokens: int) -> Completion:
+    """Reported usage is taken as it is; a guess, when none is reported, never goes past
+    the max_tokens an honest provider was bound by, so it stays within the call's hold."""
     text = reply.choices[0].message.content
     usage = reply.usage
     return Completion(
         text=text,
         model=reply.model or model,
         prompt_tokens=usage.prompt_tokens if usage else estimate_tokens(source),
-        completion_tokens=usage.completion_tokens if usage else estimate_tokens(text),
+        completion_tokens=(
+            usage.completion_tokens if usage else min(estimate_tokens(text), max_tokens)
+        ),
         usage_reported=usage is not None,
     )
 

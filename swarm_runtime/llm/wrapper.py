@@ -3,9 +3,13 @@
 The order matters. Everything that can refuse a call (the bucket, an unpriced model,
 the task's max_budget, the global ledger) runs before the provider is contacted, and
 the ledger holds the call's worst-case cost while it is in flight, so concurrent
-calls cannot spend past the limit together. The real cost, from the provider's
-usage counts, replaces the hold afterwards. Each outcome leaves one audit line that
-identifies the prompt by hash and never carries a secret.
+calls cannot spend past the limit together. The hold is a true upper bound for an
+honest provider (see bounds.py); the real cost, from the provider's usage counts,
+replaces it afterwards, even when a provider reports more than it could honestly have
+billed: that spend is real, so it is recorded and audited as OVER_RESERVATION, and the
+ledger admits nothing more until spend plus holds is under the limit again. Each
+outcome leaves one audit line that identifies the prompt by hash and never carries a
+secret.
 """
 
 from __future__ import annotations
@@ -18,24 +22,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from swarm_runtime.contract import utc_now
+from swarm_runtime.contract import OFFLINE_MODEL, utc_now
 from swarm_runtime.errors import (
     GlobalBudgetExceeded,
     RateLimited,
     TaskBudgetExceeded,
     UnpricedModelError,
 )
-from swarm_runtime.llm.budget import BudgetLedger, BudgetSnapshot
+from swarm_runtime.llm.bounds import input_token_bound, output_token_bound
+from swarm_runtime.llm.budget import BudgetLedger, BudgetSnapshot, UnsettledHold
 from swarm_runtime.llm.pricing import FREE, Price, load_price_table, price_for
 from swarm_runtime.llm.provider import Completion, Provider, build_provider, scrub_secrets
 from swarm_runtime.llm.rate_limit import TokenBucket
-from swarm_runtime.settings import Settings
+from swarm_runtime.settings import DEFAULT_MAX_OUTPUT_TOKENS, Settings
 from swarm_runtime.store.state_files import Workspace, append_line
 
 log = logging.getLogger(__name__)
-
-# Slack on the input bound for the chat template's role and separator tokens.
-TEMPLATE_TOKEN_ALLOWANCE = 32
 
 REFUSAL_EVENTS: dict[type[Exception], str] = {
     RateLimited: "RATE_LIMITED",
@@ -54,9 +56,14 @@ class LLMCallResult:
     cost: float
 
 
-def input_token_bound(prompt: str, system: str | None = None) -> int:
-    """A true upper bound: byte-level tokenizers never emit more tokens than input bytes."""
-    return len(((system or "") + prompt).encode("utf-8")) + TEMPLATE_TOKEN_ALLOWANCE
+@dataclass(frozen=True)
+class _Hold:
+    """What a call was admitted with: its price, its worst-case cost, and the ledger hold
+    covering that cost (None for a free call, which holds nothing)."""
+
+    price: Price
+    amount: float
+    reservation: str | None
 
 
 class SecureAPIWrapper:
@@ -71,6 +78,7 @@ class SecureAPIWrapper:
         default_model: str,
         audit_prompts: bool = False,
         secrets: Iterable[str] = (),
+        max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
     ):
         self.provider = provider
         self.ledger = ledger
@@ -80,10 +88,12 @@ class SecureAPIWrapper:
         self.default_model = default_model
         self.audit_prompts = audit_prompts
         self._secrets = tuple(secrets)
+        self.max_output_tokens = max_output_tokens
         # Holds whose settle or refund could not be written yet: reservation -> cost, or
         # None for a refund. The hold stays in the ledger file meanwhile; it covers the cost.
         self._unclosed: dict[str, float | None] = {}
         self._closing = threading.Lock()
+        self._free_models_noted: set[str] = set()
 
     def call_llm(
         self,
@@ -98,27 +108,18 @@ class SecureAPIWrapper:
     ) -> LLMCallResult:
         served = self.provider.model_for(model or self.default_model)
         audit = _Audit(self, served, task_id, prompt)
-        price, reservation = self._admit(audit, prompt, system, max_tokens, max_budget)
+        max_tokens = output_token_bound(max_tokens, self.max_output_tokens)
+        hold = self._admit(audit, prompt, system, max_tokens, max_budget)
         started = time.monotonic()
         try:
             completion = self.provider.complete(
                 prompt, model=served, max_tokens=max_tokens, temperature=temperature, system=system
             )
         except BaseException as exc:
-            self._release(reservation)
+            self._release(hold.reservation)
             audit.write("API_CALL_FAILURE", latency_ms=_ms_since(started), error=str(exc))
             raise
-        cost = price.cost(completion.prompt_tokens, completion.completion_tokens)
-        self._settle(reservation, cost)
-        latency_ms = _ms_since(started)
-        audit.write("API_CALL_SUCCESS", **_usage(completion), cost=cost, latency_ms=latency_ms)
-        return LLMCallResult(
-            text=completion.text,
-            model=completion.model,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            cost=cost,
-        )
+        return self._settle(audit, hold, completion, started)
 
     def budget_snapshot(self) -> BudgetSnapshot:
         return self.ledger.snapshot()
@@ -130,27 +131,67 @@ class SecureAPIWrapper:
         system: str | None,
         max_tokens: int,
         max_budget: float | None,
-    ) -> tuple[Price, str | None]:
+    ) -> _Hold:
         """Every refusal, audited, before a byte goes to the provider. A free call takes no
         hold: it must not be refused because paid calls have used up the budget."""
         try:
             self.limiter.acquire()
-            price = price_for(audit.model, self.prices, free_unpriced=self.provider.is_local)
+            price = self._price(audit.model)
             estimate = price.cost(input_token_bound(prompt, system), max_tokens)
             if max_budget is not None and estimate > max_budget:
                 raise TaskBudgetExceeded(audit.task_id, estimate, max_budget)
             reservation = None
             if price != FREE:
-                self._close_pending()
-                reservation = self.ledger.reserve(estimate, task_id=audit.task_id)
+                reservation = self._reserve(audit, estimate, max_budget)
         except tuple(REFUSAL_EVENTS) as exc:
             audit.write(REFUSAL_EVENTS[type(exc)], error=str(exc))
             raise
-        return price, reservation
+        return _Hold(price, estimate, reservation)
 
-    def _settle(self, reservation: str | None, cost: float) -> None:
-        if reservation is not None:
-            self._close(reservation, cost)
+    def _price(self, model: str) -> Price:
+        """An unpriced model on a loopback provider is free. Say so once per model: a local
+        gateway that forwards to a paid API would otherwise spend outside the budget."""
+        price = price_for(model, self.prices, free_unpriced=self.provider.is_local)
+        if price == FREE and model not in self.prices and model != OFFLINE_MODEL:
+            if model not in self._free_models_noted:
+                self._free_models_noted.add(model)
+                log.warning(
+                    "model %s on loopback provider %s has no price and is treated as free; "
+                    "if that endpoint forwards to a paid API, price it in SWARM_PRICES_FILE",
+                    model,
+                    self.provider.name,
+                )
+        return price
+
+    def _reserve(self, audit: _Audit, estimate: float, max_budget: float | None) -> str:
+        """The hold is written as sent: the request goes out right after, with nothing left
+        that could stop it, so a crash from here on leaves a call that may have been billed."""
+        self._close_pending()
+        admission = self.ledger.admit(
+            estimate, task_id=audit.task_id, task_limit=max_budget, model=audit.model, sent=True
+        )
+        for unsettled in admission.unsettled:
+            _audit_unsettled(self, unsettled)
+        return admission.granted()
+
+    def _settle(
+        self, audit: _Audit, hold: _Hold, completion: Completion, started: float
+    ) -> LLMCallResult:
+        """Charge what the provider reported, even past the hold: that spend is real."""
+        cost = hold.price.cost(completion.prompt_tokens, completion.completion_tokens)
+        if hold.reservation is not None:
+            self._close(hold.reservation, cost)
+        latency_ms = _ms_since(started)
+        if cost > hold.amount:
+            audit.write("OVER_RESERVATION", **_usage(completion), cost=cost, reserved=hold.amount)
+        audit.write("API_CALL_SUCCESS", **_usage(completion), cost=cost, latency_ms=latency_ms)
+        return LLMCallResult(
+            text=completion.text,
+            model=completion.model,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            cost=cost,
+        )
 
     def _release(self, reservation: str | None) -> None:
         if reservation is not None:
@@ -187,12 +228,16 @@ class SecureAPIWrapper:
 class _Audit:
     """One call's audit lines share its model, task and prompt hash."""
 
-    def __init__(self, wrapper: SecureAPIWrapper, model: str, task_id: str | None, prompt: str):
+    def __init__(
+        self, wrapper: SecureAPIWrapper, model: str, task_id: str | None, prompt: str | None
+    ):
         self.wrapper = wrapper
         self.model = model
         self.task_id = task_id
         self.prompt = prompt
-        self.prompt_sha256 = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+        self.prompt_sha256 = None
+        if prompt is not None:
+            self.prompt_sha256 = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
     def write(self, event: str, **fields: Any) -> None:
         record: dict[str, Any] = {
@@ -210,7 +255,7 @@ class _Audit:
         record.update(fields)
         if record["error"] is not None:
             record["error"] = self.wrapper.scrub(record["error"])
-        if self.wrapper.audit_prompts:
+        if self.wrapper.audit_prompts and self.prompt is not None:
             record["prompt"] = self.wrapper.scrub(self.prompt)
         workspace = self.wrapper.workspace
         try:
@@ -232,6 +277,19 @@ def from_settings(settings: Settings, workspace: Workspace) -> SecureAPIWrapper:
         default_model=settings.default_model,
         audit_prompts=settings.audit_prompts,
         secrets=settings.secret_values(),
+        max_output_tokens=settings.max_output_tokens,
+    )
+
+
+def _audit_unsettled(wrapper: SecureAPIWrapper, unsettled: UnsettledHold) -> None:
+    """A dead process's call whose outcome nobody saw: charged at its hold, the worst case."""
+    held = unsettled.reservation
+    audit = _Audit(wrapper, held.model or "unknown", held.task_id, None)
+    audit.write(
+        "UNSETTLED_CHARGED",
+        cost=held.amount,
+        reservation=unsettled.reservation_id,
+        error=f"process {held.pid} died with this call in flight; its hold is charged in full",
     )
 
 
