@@ -141,11 +141,21 @@ class RateLimited(SwarmError):
 
 
 class ProviderError(SwarmError):
-    """The provider could not answer usefully; `retryable` says whether trying later may help."""
+    """The provider could not answer usefully; `retryable` says whether trying later may help,
+    and `maybe_billed` whether the request reached the provider, which may have charged for
+    it (a read timeout, a connection lost mid-answer, an answer that could not be read)."""
 
-    def __init__(self, message: str, *, retryable: bool = False, status_code: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        status_code: int | None = None,
+        maybe_billed: bool = False,
+    ):
         self.retryable = retryable
         self.status_code = status_code
+        self.maybe_billed = maybe_billed
         super().__init__(message)
 
 

@@ -116,15 +116,19 @@ class Fault:
     attempts: int = 1
     status: int = 200
     says: tuple[str, ...] = ()
+    # What a failed call costs: nothing when it never reached the provider, the whole
+    # hold when it may have been billed and its real cost is unknown.
+    charged: str = "nothing"
 
 
 FAULTS = [
     Fault(
         "slow past the timeout",
         delay=LLM_TIMEOUT + 0.5,
-        attempts=2,
+        attempts=1,  # not retried: the first request may have been billed
         status=502,
-        says=("timed out", "after 2 attempt(s)"),
+        says=("no answer within", "may have been billed"),
+        charged="the hold",
     ),
     Fault(
         "429 with Retry-After, then an answer",
@@ -146,7 +150,11 @@ FAULTS = [
         says=("HTTP 500", "upstream broke", "after 2 attempt(s)"),
     ),
     Fault(
-        "malformed JSON", script=[(200, "{'choices': [", {})], status=502, says=("malformed JSON",)
+        "malformed JSON",
+        script=[(200, "{'choices': [", {})],
+        status=502,
+        says=("malformed JSON",),
+        charged="the hold",
     ),
     Fault("missing usage", usage=None),
 ]
@@ -172,7 +180,8 @@ def test_a_misbehaving_provider_ends_bounded_and_the_budget_holds_only_real_spen
         assert body["error"].startswith("LLM provider failed")
         assert all(words in body["error"] for words in fault.says), body["error"]
         assert body["retryable"] is False, "the worker would multiply the attempts"
-        assert charged == 0
+        hold = PRICE.cost(input_token_bound(PROMPT), MAX_TOKENS)
+        assert charged == pytest.approx(hold if fault.charged == "the hold" else 0.0)
         return
     reply = response.json()
     if fault.usage is None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -175,14 +176,35 @@ def test_missing_usage_is_estimated(server: FakeLLMServer) -> None:
     assert completion.completion_tokens == estimate_tokens("fake reply")
 
 
-def test_read_timeout_is_retried_a_bounded_number_of_times(server: FakeLLMServer) -> None:
+def test_a_read_timeout_is_not_retried_and_may_have_been_billed(server: FakeLLMServer) -> None:
+    """The request reached the provider, which may run and bill it: a second request could
+    be billed again, so the failure is final and says the first may have cost money."""
     server.delay = 5.0
     started = time.monotonic()
-    with pytest.raises(ProviderError, match="timed out") as caught:
-        ask(provider_for(server, retries=1, timeout=0.2))
+    with pytest.raises(ProviderError, match="no answer within 0.2s") as caught:
+        ask(provider_for(server, retries=3, timeout=0.2))
     assert time.monotonic() - started < 2.0
-    assert len(server.requests) == 2
-    assert "after 2 attempt(s)" in str(caught.value)
+    assert len(server.requests) == 1
+    assert caught.value.maybe_billed and not caught.value.retryable
+
+
+def test_a_connection_dropped_after_the_request_may_have_been_billed() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def read_then_hang_up() -> None:
+            for _ in range(2):
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(65536)
+
+        threading.Thread(target=read_then_hang_up, daemon=True).start()
+        provider = OpenAICompatibleProvider(
+            f"http://127.0.0.1:{port}/v1", SecretStr(API_KEY), timeout=5, retries=1
+        )
+        with pytest.raises(ProviderError, match="connection lost") as caught:
+            ask(provider)
+    assert caught.value.maybe_billed
 
 
 def test_connection_refused_is_a_provider_error() -> None:
@@ -192,8 +214,9 @@ def test_connection_refused_is_a_provider_error() -> None:
     provider = OpenAICompatibleProvider(
         f"http://127.0.0.1:{port}/v1", SecretStr(API_KEY), timeout=1, retries=1, backoff_base=0.01
     )
-    with pytest.raises(ProviderError, match="connection failed"):
+    with pytest.raises(ProviderError, match="connection failed") as caught:
         ask(provider)
+    assert not caught.value.maybe_billed, "a refused connection carried no request"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import requests
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import LocationParseError
+from urllib3.exceptions import LocationParseError, NewConnectionError
 from urllib3.util import parse_url
 
 from swarm_runtime.contract import OFFLINE_MODEL, describe_validation_error
@@ -259,14 +259,24 @@ class OpenAICompatibleProvider:
             response = self._session.post(
                 self._url, json=body, headers=headers, timeout=self._timeout, allow_redirects=False
             )
-        except requests.Timeout as exc:
-            raise _Retryable(f"timed out after {self._timeout[1]}s ({type(exc).__name__})") from exc
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        except (requests.ConnectTimeout, requests.ConnectionError) as exc:
+            if reached_provider(exc):
+                raise self._unknown_outcome(f"connection lost: {_first_line(exc)}") from None
             raise _Retryable(f"connection failed: {_first_line(exc)}") from exc
+        except requests.Timeout:
+            raise self._unknown_outcome(f"no answer within {self._timeout[1]:g}s") from None
+        except requests.exceptions.ChunkedEncodingError as exc:
+            raise self._unknown_outcome(f"answer cut off: {_first_line(exc)}") from None
         except requests.RequestException as exc:
             message = f"request to provider {self.name} failed: {exc}"
             raise ProviderError(self._scrub(message)) from None
         return self._check_status(response)
+
+    def _unknown_outcome(self, cause: str) -> ProviderError:
+        """The request went out and no usable answer came back: the provider may have run
+        and billed it. Not retried, since a second request could be billed again."""
+        message = f"provider {self.name}: {cause}; the call may have been billed"
+        return ProviderError(self._scrub(message), maybe_billed=True)
 
     def _check_status(self, response: requests.Response) -> requests.Response:
         status = response.status_code
@@ -286,13 +296,15 @@ class OpenAICompatibleProvider:
             raw = response.json()
         except ValueError:
             message = f"provider {self.name} sent malformed JSON: {_snippet(response)}"
-            raise ProviderError(self._scrub(message), status_code=status) from None
+            raise ProviderError(
+                self._scrub(message), status_code=status, maybe_billed=True
+            ) from None
         try:
             return ChatReply.model_validate(raw)
         except ValidationError as exc:
             detail = "; ".join(describe_validation_error(e) for e in exc.errors()[:3])
             message = f"provider {self.name} sent a reply of unexpected shape: {detail}"
-            raise ProviderError(message, status_code=status) from None
+            raise ProviderError(message, status_code=status, maybe_billed=True) from None
 
     def _pause(self, attempt: int, failure: _Retryable) -> None:
         """Wait as the server asked, else back off exponentially with jitter against herds."""
@@ -308,6 +320,20 @@ class OpenAICompatibleProvider:
         if self._api_key is None:
             return text
         return scrub_secrets(text, [self._api_key.get_secret_value()])
+
+
+def reached_provider(exc: requests.RequestException) -> bool:
+    """Whether a failed request had been sent: a refused, unresolvable or timed-out
+    connection never carried it; a connection dropped after it was sent did."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, NewConnectionError):
+            return False
+        reason = getattr(cause, "reason", None)
+        cause = reason if isinstance(reason, BaseException) else cause.__context__
+    return True
 
 
 def build_provider(settings: Settings) -> Provider:

@@ -25,6 +25,7 @@ from typing import Any
 from swarm_runtime.contract import OFFLINE_MODEL, utc_now
 from swarm_runtime.errors import (
     GlobalBudgetExceeded,
+    ProviderError,
     RateLimited,
     TaskBudgetExceeded,
     UnpricedModelError,
@@ -116,10 +117,27 @@ class SecureAPIWrapper:
                 prompt, model=served, max_tokens=max_tokens, temperature=temperature, system=system
             )
         except BaseException as exc:
-            self._release(hold.reservation)
-            audit.write("API_CALL_FAILURE", latency_ms=_ms_since(started), error=str(exc))
+            self._fail(audit, hold, exc, started)
             raise
         return self._settle(audit, hold, completion, started)
+
+    def _fail(self, audit: _Audit, hold: _Hold, exc: BaseException, started: float) -> None:
+        """A call that never reached the provider gives its hold back. One that may have
+        been billed (no answer, or none we could read) is charged the hold, the worst case,
+        and audited as such: refunding it could leave a billed call off the ledger."""
+        audit.write("API_CALL_FAILURE", latency_ms=_ms_since(started), error=str(exc))
+        if hold.reservation is None:
+            return
+        if not (isinstance(exc, ProviderError) and exc.maybe_billed):
+            self._release(hold.reservation)
+            return
+        self._close(hold.reservation, hold.amount)
+        audit.write(
+            "UNSETTLED_CHARGED",
+            cost=hold.amount,
+            reservation=hold.reservation,
+            error="the outcome is unknown, so the hold is charged in full",
+        )
 
     def budget_snapshot(self) -> BudgetSnapshot:
         return self.ledger.snapshot()
