@@ -2,7 +2,7 @@
 
 import sys
 
-from swarm_runtime.panel import main
+from swarm_runtime.launch import control_panel as main
 
 if __name__ == "__main__":
     sys.exit(main())

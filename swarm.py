@@ -2,7 +2,7 @@
 
 import sys
 
-from swarm_runtime.api import main
+from swarm_runtime.launch import swarm as main
 
 if __name__ == "__main__":
     sys.exit(main())

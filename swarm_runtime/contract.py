@@ -55,6 +55,7 @@ WORKERS_DIR = "workers"
 TOKEN_HEADER = "X-Swarm-Internal-Token"
 OFFLINE_MODEL = "offline"
 PANEL_WORKER_ID = "control-panel"
+CLI_WORKER_ID = "operator-cli"
 LOCAL_MODEL = "local"
 
 DEFAULT_MIN_BUDGET = 0.05

@@ -7,6 +7,7 @@
     │                             a loose mode, a foreign owner): the process refuses it
     ├── DuplicateTaskError        `add` met an id that is already queued
     ├── UnknownTaskError          an operation named a task the queue does not hold
+    ├── TaskInputError            a new task breaks a rule (carries the field at fault)
     ├── LeaseLostError            a worker tried to finish a task it no longer owns
     ├── InvalidTransition         an operator action does not apply to the task's status
     ├── SettingsError             an environment variable cannot be parsed
@@ -63,6 +64,15 @@ class UnknownTaskError(SwarmError):
     def __init__(self, task_id: str):
         self.task_id = task_id
         super().__init__(f"no task with id {task_id!r} in the queue")
+
+
+class TaskInputError(SwarmError):
+    """A proposed task was refused before the queue saw it; the message names the field
+    as the user wrote it, so every front end can show it as it is."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
 
 
 class LeaseLostError(SwarmError):

@@ -15,14 +15,18 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from swarm_runtime import launch
+
 PACKAGE = ROOT / "swarm_runtime"
 ENTRY_POINTS = {
-    "worker": "swarm_runtime.worker",
+    # worker.py runs the command line that joins the worker and the operator's commands.
+    "worker": "swarm_runtime.cli",
     "swarm": "swarm_runtime.api",
     "control_panel": "swarm_runtime.panel",
 }
 CONSOLE_SCRIPTS = {
-    "swarm-worker": "swarm_runtime.worker:main",
+    "swarm": "swarm_runtime.cli:swarm_main",
+    "swarm-worker": "swarm_runtime.cli:main",
     "swarm-api": "swarm_runtime.api:main",
     "swarm-panel": "swarm_runtime.panel:main",
 }
@@ -160,7 +164,8 @@ EXPORTS = {
         "is_under_budget",
         "reward_tokens",
     ],
-    "swarm_runtime.worker": ["main"],
+    "swarm_runtime.worker": ["WORKER_OPTION_DEFAULTS", "add_worker_options", "run_worker"],
+    "swarm_runtime.operator": ["add_operator_commands", "run_command"],
     "swarm_runtime.api": ["create_app", "main"],
     "swarm_runtime.panel": ["create_app", "main"],
 }
@@ -327,14 +332,17 @@ def test_the_design_cards_imports_work_as_written(root_on_path: None) -> None:
 
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
 def test_an_entry_point_runs_the_packages_main(name: str, root_on_path: None) -> None:
+    """Through the launcher, which turns a missing dependency into one line."""
     script = importlib.import_module(name)
-    assert script.main is importlib.import_module(ENTRY_POINTS[name]).main
+    assert script.main is getattr(launch, name)
+    assert launch.TARGETS[name] == ENTRY_POINTS[name]
+    assert callable(importlib.import_module(ENTRY_POINTS[name]).main)
 
 
 def test_the_console_scripts_run_the_same_mains() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"] == CONSOLE_SCRIPTS
-    assert sorted(target.split(":")[0] for target in CONSOLE_SCRIPTS.values()) == sorted(
+    assert {target.split(":")[0] for target in CONSOLE_SCRIPTS.values()} == set(
         ENTRY_POINTS.values()
     )
 

@@ -458,9 +458,6 @@ def test_a_server_refuses_to_start_with_one_line_saying_why(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="worker.cli.main opens the workspace outside its SwarmError handler", strict=False
-)
 def test_the_worker_refuses_to_start_with_one_line_saying_why(tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()

@@ -15,8 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from swarm_runtime.contract import Mode
-from swarm_runtime.errors import SwarmError
+from swarm_runtime.errors import SwarmError, TaskInputError
 from swarm_runtime.llm.provider import PLANNER_REQUEST
+from swarm_runtime.queue.new_task import known_ids, validate_new_task
 from swarm_runtime.queue.store import QueueStore
 from swarm_runtime.store.state_files import Workspace
 
@@ -94,6 +95,14 @@ def task_records(tasks: list[PlannedTask]) -> list[dict[str, Any]]:
     return records
 
 
+def checked_records(records: list[dict[str, Any]], known: set[str]) -> list[dict[str, Any]]:
+    """Each proposal passes the validator every new task passes, or nothing is queued."""
+    try:
+        return [validate_new_task(record, known).record for record in records]
+    except TaskInputError as exc:
+        raise PlanError(f"planner proposed a task that cannot be queued: {exc}") from None
+
+
 def plan_tasks(wrapper: Any, store: QueueStore, workspace: Workspace) -> dict[str, Any]:
     files = scan_python_files(workspace.sandbox)
     call = wrapper.call_llm(
@@ -104,7 +113,8 @@ def plan_tasks(wrapper: Any, store: QueueStore, workspace: Workspace) -> dict[st
         task_id=None,
         max_budget=None,
     )
-    added = store.add_many(task_records(parse_plan(call.text)))
+    records = checked_records(task_records(parse_plan(call.text)), known_ids(store.load()))
+    added = store.add_many(records)
     return {
         "status": "planned",
         "files_scanned": len(files),

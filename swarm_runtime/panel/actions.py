@@ -1,63 +1,41 @@
-"""What the operator can do from the page, through the same store and lock as the worker.
+"""What the operator can do from the page: the runtime's operations (queue.operations),
+shared with the command line, answered in the panel's JSON.
 
-Each change to a task is then logged as an `OperatorEvent` by the panel's own worker
-id, so the log tells the whole story; pausing writes the kill switch workers read
-before each claim.
+Each change to a task is logged as an `OperatorEvent` by the panel's own worker id; a
+new task is checked by the one validator every front end uses, and a refusal names
+its field in a 400.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from swarm_runtime.contract import (
-    PANEL_WORKER_ID,
-    Mode,
-    OperatorAction,
-    OperatorEvent,
-    Task,
-    TaskId,
-)
+from swarm_runtime.contract import PANEL_WORKER_ID, Mode
+from swarm_runtime.errors import TaskInputError
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.panel.tasks import task_row
-from swarm_runtime.store.pause import set_pause
+from swarm_runtime.queue.operations import Acted, Operations
 from swarm_runtime.web.json_errors import HttpError
-
-log = logging.getLogger("control_panel")
 
 
 class AddTaskBody(BaseModel):
-    """The add-task form; the store fills in status and timestamps, as for `worker.py add`."""
+    """The add-task form: its shape only. What makes a task acceptable (text present and
+    not too long, budgets in order, valid ids) is the shared validator's to say."""
 
     model_config = ConfigDict(extra="forbid")
 
-    id: TaskId
+    id: str
     mode: Mode = Mode.LLM
-    prompt: str | None = Field(default=None, max_length=100_000)
-    command: str | None = Field(default=None, max_length=10_000)
-    depends_on: list[TaskId] = Field(default_factory=list)
-    model: str | None = Field(default=None, max_length=200)
-    max_budget: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-
-    @field_validator("depends_on", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return [] if value is None else value
-
-    @field_validator("prompt", "command", "model", mode="after")
-    @classmethod
-    def _blank_is_absent(cls, value: str | None) -> str | None:
-        return value if value and value.strip() else None
+    prompt: str | None = None
+    command: str | None = None
+    depends_on: list[str] | str | None = None
+    model: str | None = None
+    min_budget: float | None = None
+    max_budget: float | None = None
 
     def record(self) -> dict[str, Any]:
-        """The task as the store takes it; a local task needs a command, an LLM one a prompt."""
-        required = "command" if self.mode == Mode.LOCAL else "prompt"
-        if getattr(self, required) is None:
-            raise HttpError(400, f"a {self.mode.value} task needs a {required}", field=required)
         return self.model_dump(mode="json", exclude_none=True)
 
 
@@ -67,50 +45,42 @@ class PauseBody(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-def acted(panel: Panel, task: Task, action: OperatorAction) -> dict[str, Any]:
-    """Log the operator's action as the task's event, so the log tells the whole story.
+def operations(panel: Panel) -> Operations:
+    return Operations(panel.workspace, panel.store, PANEL_WORKER_ID)
 
-    The queue has already changed; a log that cannot be written is reported, not undone."""
-    try:
-        panel.events.emit(
-            task.id, task.status, OperatorEvent, operator_action=action, errors=task.last_error
-        )
-        logged = True
-    except OSError as exc:
-        log.error("operator action %s on %s not logged: %s", action.value, task.id, exc)
-        logged = False
-    return {"task": task_row(task, panel.index.task(task.id)), "event_logged": logged}
+
+def acted(panel: Panel, result: Acted) -> dict[str, Any]:
+    task = result.task
+    return {"task": task_row(task, panel.index.task(task.id)), "event_logged": result.logged}
 
 
 def add_task(panel: Panel, body: AddTaskBody) -> dict[str, Any]:
-    return acted(panel, panel.store.add(body.record()), OperatorAction.ADD)
+    try:
+        added = operations(panel).add(body.record())
+    except TaskInputError as exc:
+        raise HttpError(400, str(exc), field=exc.field) from None
+    return acted(panel, added.acted) | {"warnings": added.warnings}
 
 
 def requeue(panel: Panel, task_id: str) -> dict[str, Any]:
-    return acted(panel, panel.store.requeue(task_id), OperatorAction.REQUEUE)
+    return acted(panel, operations(panel).requeue(task_id))
 
 
 def cancel(panel: Panel, task_id: str) -> dict[str, Any]:
-    return acted(panel, panel.store.cancel(task_id), OperatorAction.CANCEL)
+    return acted(panel, operations(panel).cancel(task_id))
 
 
 def requeue_failed(panel: Panel) -> dict[str, Any]:
-    results = [
-        acted(panel, task, OperatorAction.REQUEUE_FAILED) for task in panel.store.requeue_failed()
-    ]
+    results = operations(panel).requeue_failed()
     return {
-        "requeued": [r["task"]["id"] for r in results],
-        "event_logged": all(r["event_logged"] for r in results),
+        "requeued": [result.task.id for result in results],
+        "event_logged": all(result.logged for result in results),
     }
 
 
 def pause(panel: Panel, body: PauseBody) -> dict[str, Any]:
-    state = set_pause(panel.workspace, True, by=PANEL_WORKER_ID, reason=body.reason)
-    log.warning("workers paused from the panel%s", f": {body.reason}" if body.reason else "")
-    return state.model_dump(mode="json")
+    return operations(panel).pause(body.reason).model_dump(mode="json")
 
 
 def resume(panel: Panel) -> dict[str, Any]:
-    state = set_pause(panel.workspace, False, by=PANEL_WORKER_ID)
-    log.info("workers resumed from the panel")
-    return state.model_dump(mode="json")
+    return operations(panel).resume().model_dump(mode="json")

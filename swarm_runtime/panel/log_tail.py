@@ -1,4 +1,6 @@
-"""Following JSONL files by byte offset, and the index of execution_log.jsonl built on it.
+"""The index of execution_log.jsonl, and folds of the audit trails, built on following
+each file by byte offset (store.jsonl_tail) and reading each line's envelope
+(store.event_lines), which the command line's `events` shares.
 
 The panel must serve a 1 GB log as fast as a 1 MB one, so nothing here rescans a file:
 `JsonlTail` reads only the bytes appended since its last call, and `LogIndex` remembers
@@ -15,56 +17,35 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import secrets
 import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from swarm_runtime.contract import TASK_ID_PATTERN, Event
+from swarm_runtime.store.event_lines import EVENT_PREFIX, Envelope, parse_record, read_envelope
+from swarm_runtime.store.jsonl_tail import READ_BLOCK_BYTES, JsonlTail, Line
+
+__all__ = [
+    "EVENT_PREFIX",
+    "READ_BLOCK_BYTES",
+    "EventPage",
+    "IndexStats",
+    "IndexedEvent",
+    "JsonlFold",
+    "JsonlTail",
+    "LogIndex",
+    "TaskInfo",
+]
 
 log = logging.getLogger(__name__)
 
-READ_BLOCK_BYTES = 4 * 1024 * 1024
 FIRST_WINDOW_BYTES = 4 * 1024
 READ_WINDOW_BYTES = 1024 * 1024
-FINGERPRINT_BYTES = 64
 RECENT_EVENTS = 1000
 MALFORMED_KEPT = 50
-# The envelope as store.events writes it: the contract's Event fields, in their order.
-# Anything else (escapes, another key order, a hand-written line) takes the json path.
-TASK_ID, WORKER_ID, STATUS, TIMESTAMP = Event.model_fields
-EVENT_PREFIX = re.compile(
-    rb'\{"%b": "(%b)", "%b": "([^"\\]*)", "%b": "([a-z_]+)", "%b": "([^"\\]*)"'
-    % (
-        TASK_ID.encode(),
-        TASK_ID_PATTERN.pattern.encode(),
-        WORKER_ID.encode(),
-        STATUS.encode(),
-        TIMESTAMP.encode(),
-    )
-)
-
-
-class Line(NamedTuple):
-    offset: int
-    number: int
-    data: bytes
-
-    @property
-    def end(self) -> int:
-        return self.offset + len(self.data) + 1
-
-
-class Batch(NamedTuple):
-    reset: bool
-    lines: list[Line]
-    read: int
 
 
 @dataclass(frozen=True)
@@ -112,109 +93,6 @@ class IndexStats:
     malformed: list[Malformed]
 
 
-def _new_epoch() -> str:
-    return secrets.token_hex(4)
-
-
-class JsonlTail:
-    """The complete lines appended to one file since the previous `poll`.
-
-    A last line without its newline is kept back (buffered) until it is complete, so a
-    reader never sees half of a record that a writer is still appending."""
-
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.epoch = _new_epoch()
-        self.resets = 0
-        self.offset = 0
-        self.lines = 0
-        self.size = 0
-        self._fd: int | None = None
-        self._identity: tuple[int, int] | None = None
-        self._pending = b""
-        self._fingerprint = b""
-
-    @property
-    def read_to(self) -> int:
-        return self.offset + len(self._pending)
-
-    def poll(self, max_bytes: int = READ_BLOCK_BYTES) -> Batch:
-        reset = self._follow_file()
-        if self._fd is None or self.read_to >= self.size:
-            return Batch(reset, [], 0)
-        want = min(max_bytes, self.size - self.read_to)
-        chunk = os.pread(self._fd, want, self.read_to)
-        self._fingerprint = (self._fingerprint + chunk)[-FINGERPRINT_BYTES:]
-        return Batch(reset, self._split(chunk), len(chunk))
-
-    def pread(self, length: int, offset: int) -> bytes:
-        """Bytes of the file being followed (the old one after a rotation, until the next poll)."""
-        if self._fd is None or length <= 0:
-            return b""
-        return os.pread(self._fd, length, offset)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd, self._identity = None, None
-
-    def _follow_file(self) -> bool:
-        """Open the file, or notice that it was cut, replaced or rewritten. True on a reset."""
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            had_data = self._fd is not None and self.read_to > 0
-            self._restart(None)
-            return had_data
-        identity = (stat.st_dev, stat.st_ino)
-        if self._fd is None:
-            self._restart(identity)
-            self.size = stat.st_size
-            return False
-        changed = identity != self._identity or stat.st_size < self.read_to or not self._same_tail()
-        if changed:
-            self._restart(identity)
-        self.size = stat.st_size
-        return changed
-
-    def _same_tail(self) -> bool:
-        """The last bytes we read are still there: the file was not rewritten in place."""
-        start = self.read_to - len(self._fingerprint)
-        return self.pread(len(self._fingerprint), start) == self._fingerprint
-
-    def _restart(self, identity: tuple[int, int] | None) -> None:
-        was_open = self._fd is not None
-        self.close()
-        if was_open:
-            self.epoch = _new_epoch()
-            self.resets += 1
-        self.offset = self.lines = self.size = 0
-        self._pending = self._fingerprint = b""
-        if identity is not None:
-            try:
-                self._fd = os.open(self.path, os.O_RDONLY)
-            except FileNotFoundError:
-                return
-            stat = os.fstat(self._fd)
-            self._identity = (stat.st_dev, stat.st_ino)
-
-    def _split(self, chunk: bytes) -> list[Line]:
-        data = self._pending + chunk
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._pending = data
-            return []
-        self._pending = data[cut + 1 :]
-        lines = []
-        offset, number = self.offset, self.lines
-        for part in data[:cut].split(b"\n"):
-            number += 1
-            lines.append(Line(offset, number, part))
-            offset += len(part) + 1
-        self.offset, self.lines = offset, number
-        return lines
-
-
 class MalformedLines:
     """How many lines could not be read, and the latest few with their line numbers."""
 
@@ -231,19 +109,6 @@ class MalformedLines:
     def clear(self) -> None:
         self.count = 0
         self.latest.clear()
-
-
-def parse_record(line: Line, malformed: MalformedLines) -> dict[str, Any] | None:
-    """One JSON object per line; anything else is reported with its line number and skipped."""
-    try:
-        record = json.loads(line.data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        malformed.add(line, f"invalid JSON: {exc}")
-        return None
-    if not isinstance(record, dict):
-        malformed.add(line, "not a JSON object")
-        return None
-    return record
 
 
 class _Follower:
@@ -312,7 +177,7 @@ class JsonlFold(_Follower):
         self._forget_all()
 
     def _take(self, line: Line) -> None:
-        record = parse_record(line, self.malformed)
+        record = parse_record(line, self.malformed.add)
         if record is not None:
             self._fold(record)
 
@@ -352,32 +217,8 @@ class LogIndex(_Follower):
         self._recent.append(line.offset)
         self.events += 1
 
-    def _envelope(self, line: Line) -> tuple[str, str | None, str, str | None] | None:
-        """(task_id, worker_id, status, timestamp), cheaply from the prefix when it can be."""
-        data = line.data
-        match = EVENT_PREFIX.match(data)
-        if match is not None and (data.endswith(b"}") or data.rstrip().endswith(b"}")):
-            task_id, worker_id, status, timestamp = match.groups()
-            return (
-                task_id.decode("ascii"),
-                worker_id.decode("utf-8", "replace"),
-                status.decode("ascii"),
-                timestamp.decode("utf-8", "replace"),
-            )
-        record = parse_record(line, self.malformed)
-        if record is None:
-            return None
-        task_id, status = record.get(TASK_ID), record.get(STATUS)
-        if not isinstance(task_id, str) or not task_id or not isinstance(status, str):
-            self.malformed.add(line, "not an event: task_id and status must be strings")
-            return None
-        worker_id, timestamp = record.get(WORKER_ID), record.get(TIMESTAMP)
-        return (
-            task_id,
-            worker_id if isinstance(worker_id, str) else None,
-            status,
-            timestamp if isinstance(timestamp, str) else None,
-        )
+    def _envelope(self, line: Line) -> Envelope | None:
+        return read_envelope(line, self.malformed.add)
 
     # --- reading ----------------------------------------------------------------------
 

@@ -7,9 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import requests
-
-from swarm_runtime.web.loopback import direct_session, loopback_url
+from swarm_runtime.queue.api_probe import probe_api
+from swarm_runtime.web.loopback import direct_session
 
 API_PROBE_TTL_SECONDS = 1.0
 API_PROBE_TIMEOUT_SECONDS = 0.5
@@ -35,29 +34,4 @@ class ApiProbe:
             return result
 
     def _probe(self, endpoint: str) -> dict[str, Any]:
-        answer: dict[str, Any] = {"endpoint": endpoint, "reachable": False, "error": None}
-        checked = loopback_url(endpoint)
-        if checked is None:
-            return answer | {"error": "not a loopback URL; the panel only asks 127.0.0.1"}
-        try:
-            reply = self._session.get(
-                f"{checked.rstrip('/')}/status", timeout=API_PROBE_TIMEOUT_SECONDS
-            )
-        except requests.RequestException as exc:
-            return answer | {"error": f"no answer ({type(exc).__name__})"}
-        body = _json_or_empty(reply)
-        error = None if reply.ok else str(body.get("error") or f"HTTP {reply.status_code}")
-        return answer | {
-            "reachable": True,
-            "ok": reply.ok,
-            "error": error,
-            "provider": body.get("provider"),
-        }
-
-
-def _json_or_empty(reply: requests.Response) -> dict[str, Any]:
-    try:
-        body = reply.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+        return probe_api(self._session, endpoint, API_PROBE_TIMEOUT_SECONDS)

@@ -7,7 +7,6 @@ searched and paginated, cheap enough for 10,000 tasks on every page view.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Any, TypeVar
 
 from swarm_runtime.contract import (
@@ -17,16 +16,15 @@ from swarm_runtime.contract import (
     QueueDocument,
     Status,
     Task,
-    allowed_actions,
 )
 from swarm_runtime.panel.log_tail import IndexedEvent, TaskInfo
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.panel.stream import event_item
+from swarm_runtime.queue.overview import counts_by_status, select_tasks, task_summary
 from swarm_runtime.web.json_errors import HttpError
 
 T = TypeVar("T")
 
-HEADLINE_CHARS = 120
 TIMELINE_LIMIT = 500
 
 
@@ -45,57 +43,12 @@ def status_tones() -> dict[str, str]:
     return tones
 
 
-def counts_by_status(tasks: list[Task]) -> dict[str, int]:
-    """Counts in the contract's order of statuses, leaving out those with none."""
-    counts = Counter(task.status.value for task in tasks)
-    return {status.value: counts[status.value] for status in Status if counts[status.value]}
-
-
-def actions_for(task: Task) -> list[str]:
-    """The buttons of a task's row: what the store would accept, from the same table."""
-    return [action.value for action in allowed_actions(task)]
-
-
-def headline(task: Task, limit: int = HEADLINE_CHARS) -> str:
-    text = task.prompt or task.command or ""
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return first if len(first) <= limit else first[: limit - 1] + "…"
-
-
 def task_row(task: Task, info: TaskInfo | None) -> dict[str, Any]:
-    model = task.model or (task.execution.model if task.execution else None)
-    return {
-        "id": task.id,
-        "status": task.status.value,
-        "mode": task.effective_mode.value,
-        "model": model,
-        "attempts": task.attempts,
-        "depends_on": task.depends_on,
-        "created_at": task.created_at,
-        "updated_at": task.updated_at,
-        "last_event": info.last_timestamp if info else None,
-        "events": info.events if info else 0,
-        "error": task.last_error,
-        "headline": headline(task),
-        "actions": actions_for(task),
-    }
-
-
-def matches(task: Task, needle: str) -> bool:
-    fields = (task.id, task.prompt, task.command, task.last_error, task.model)
-    return any(needle in value.casefold() for value in fields if value)
-
-
-def select_tasks(tasks: list[Task], status: str | None, query: str) -> list[Task]:
-    """Tasks with `status` whose id or text contains `query`, newest first."""
-    needle = query.strip().casefold()
-    chosen = [
-        (position, task)
-        for position, task in enumerate(tasks)
-        if (not status or task.status == status) and (not needle or matches(task, needle))
-    ]
-    chosen.sort(key=lambda pair: (pair[1].created_at or "", pair[0]), reverse=True)
-    return [task for _, task in chosen]
+    """The summary every operator view shows, and what the log index knows of the task."""
+    row = task_summary(task)
+    row["last_event"] = info.last_timestamp if info else None
+    row["events"] = info.events if info else 0
+    return row
 
 
 def page_of(items: list[T], page: int, per_page: int) -> tuple[list[T], int]:

@@ -1,7 +1,7 @@
-"""`python worker.py`: run the worker, or `worker.py add` a task to queue.json.
+"""Running the worker from the command line: its options, and `run_worker`.
 
-Settings come from the environment here and only here; the worker and the store are
-built with them and handed what they need."""
+The command line (swarm_runtime.cli) reads the settings from the environment and hands
+them here; the worker and the store are built with them and handed what they need."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
-from swarm_runtime.contract import TASK_ID_PATTERN, Mode, is_valid_task_id
-from swarm_runtime.errors import DuplicateTaskError, QueueFileError, StateFileError, SwarmError
+from swarm_runtime.contract import TASK_ID_PATTERN, is_valid_task_id
+from swarm_runtime.errors import StateFileError
 from swarm_runtime.processes import exit_with_supervisor
-from swarm_runtime.queue.store import HOST, QueueStore, WorkerIdentity
+from swarm_runtime.queue.store import HOST, WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
@@ -26,29 +25,23 @@ from swarm_runtime.worker.loop import Worker
 
 log = logging.getLogger("worker")
 
+WORKER_OPTION_DEFAULTS: dict[str, Any] = {"once": False, "worker_id": None, "identity": None}
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="worker.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--once", action="store_true", help="exit when nothing is runnable")
+
+def add_worker_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """--once, --worker-id and --identity. Without `defaults` an option left out leaves
+    what the parent parser set (a subcommand must not reset an option given before it)."""
+    kept: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("--once", action="store_true", help="exit when nothing is runnable", **kept)
     parser.add_argument(
         "--worker-id",
         type=worker_id,
         help="name in leases and events, [A-Za-z0-9._-]{1,128} (default: host-pid)",
+        **kept,
     )
     parser.add_argument(
-        "--identity", help="identity rewarded for approved work (default: SWARM_IDENTITY)"
+        "--identity", help="identity rewarded for approved work (default: SWARM_IDENTITY)", **kept
     )
-    commands = parser.add_subparsers(dest="action")
-    add = commands.add_parser("add", help="append a task to queue.json")
-    add.add_argument("id")
-    add.add_argument("prompt", help="the llm prompt (or the command, with --mode local)")
-    add.add_argument("--depends-on", default="", help="comma-separated task ids")
-    add.add_argument("--mode", choices=[m.value for m in Mode])
-    add.add_argument("--command", help="a local command to run in the sandbox")
-    add.add_argument("--model")
-    add.add_argument("--min-budget", type=float)
-    add.add_argument("--max-budget", type=float)
-    return parser.parse_args(argv)
 
 
 def worker_id(value: str) -> str:
@@ -62,45 +55,6 @@ def worker_id(value: str) -> str:
     return value
 
 
-def task_record(args: argparse.Namespace) -> dict[str, Any]:
-    depends_on = [dep.strip() for dep in args.depends_on.split(",") if dep.strip()]
-    record: dict[str, Any] = {"id": args.id, "depends_on": depends_on}
-    if args.command or args.mode == Mode.LOCAL:
-        record.update(mode=Mode.LOCAL.value, command=args.command or args.prompt)
-        if args.command:
-            record["prompt"] = args.prompt
-    else:
-        record.update(mode=Mode.LLM.value, prompt=args.prompt)
-    for name in ("model", "min_budget", "max_budget"):
-        if getattr(args, name) is not None:
-            record[name] = getattr(args, name)
-    return record
-
-
-def add_task(args: argparse.Namespace, workspace: Workspace, settings: Settings) -> int:
-    store = QueueStore.for_settings(workspace, settings)
-    try:
-        task = store.add(task_record(args))
-    except DuplicateTaskError as exc:
-        print(f"error: {exc}; choose another id", file=sys.stderr)
-        return 1
-    except QueueFileError as exc:
-        print(f"error: {exc.path.name} is malformed, nothing was added: {exc}", file=sys.stderr)
-        return 2
-    except (SwarmError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: nothing was added, the queue could not be written: {exc}", file=sys.stderr)
-        return 2
-    print(f"added task {task.id} ({task.effective_mode.value})")
-    try:
-        store.flush()  # the operator may look at queue.json next
-    except (OSError, StateFileError) as exc:
-        print(f"warning: queue.json does not show it yet: {exc}", file=sys.stderr)
-    return 0
-
-
 def install_stop_handlers(stop: threading.Event) -> None:
     """Flag-only handlers: the loop finishes the task in hand, then exits 0."""
 
@@ -112,24 +66,12 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, request_stop)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s worker: %(message)s",
-        stream=sys.stdout,
-    )
-    args = parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SwarmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Poll queue.json and run its tasks, until stopped (or drained, with --once)."""
     if args.identity:
         settings = settings.model_copy(update={"identity": args.identity})
     workspace = Workspace(settings.workspace)
     workspace.ensure_layout()
-    if args.action == "add":
-        return add_task(args, workspace, settings)
     exit_with_supervisor()
     identity = WorkerIdentity(args.worker_id or default_worker_id())
     worker = Worker(
@@ -143,8 +85,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     stop = threading.Event()
     install_stop_handlers(stop)
-    log.info("worker %s polling %s", identity.worker_id, workspace.queue_path)
+    log.info(
+        "worker %s: workspace %s, execution API %s",
+        identity.worker_id,
+        workspace.root,
+        worker.configured_endpoint or queued_endpoint(worker),
+    )
     return worker.run(once=args.once, stop=stop)
+
+
+def queued_endpoint(worker: Worker) -> str:
+    """The endpoint queue.json names, for the start-up line; the loop reports a bad queue."""
+    try:
+        return f"{worker.store.load().api_endpoint} (from queue.json)"
+    except StateFileError as exc:
+        return f"unknown for now ({exc})"
 
 
 def default_worker_id() -> str:

@@ -1,0 +1,180 @@
+"""One function per command: do it through the shared operations, then say what it did.
+
+Each prints one JSON document with `--json`, or readable lines, and returns the exit
+code; a refusal is raised and turned into `error: ...` by the command line (cli).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from swarm_runtime.contract import QUEUE_FILE, Mode
+from swarm_runtime.errors import StateFileError
+from swarm_runtime.operator.events import EventFeed, EventFilter, event_line
+from swarm_runtime.operator.listing import (
+    TaskFilter,
+    task_detail,
+    task_detail_lines,
+    task_list,
+    task_list_lines,
+)
+from swarm_runtime.operator.status import pause_text, status_lines, status_of
+from swarm_runtime.queue.operations import Acted, Operations
+from swarm_runtime.queue.overview import task_summary
+from swarm_runtime.settings import Settings
+
+FOLLOW_POLL_SECONDS = 0.2
+
+
+class Command:
+    """What a command needs: the operations on this workspace, the settings and its args."""
+
+    def __init__(self, operations: Operations, settings: Settings, args: argparse.Namespace):
+        self.operations = operations
+        self.settings = settings
+        self.args = args
+
+    def say(self, payload: Any, lines: list[str]) -> int:
+        print(
+            json.dumps(payload, indent=2, ensure_ascii=False)
+            if self.args.json
+            else "\n".join(lines)
+        )
+        return 0
+
+
+def status(command: Command) -> int:
+    report = status_of(command.operations, command.settings, datetime.now(UTC))
+    return command.say(report, status_lines(report))
+
+
+def tasks(command: Command) -> int:
+    args = command.args
+    wanted = TaskFilter(args.status, args.mode, args.search, args.id_part, args.limit)
+    listing = task_list(command.operations.store.load(), wanted)
+    return command.say(listing, task_list_lines(listing))
+
+
+def show(command: Command) -> int:
+    operations = command.operations
+    detail = task_detail(operations.store.load(), operations.workspace, command.args.id)
+    return command.say(detail, task_detail_lines(detail))
+
+
+def add(command: Command) -> int:
+    added = command.operations.add(task_record(command.args))
+    for warning in added.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    task = added.acted.task
+    _flush(command)
+    payload = acted_payload(added.acted) | {"warnings": added.warnings}
+    return command.say(payload, [f"added task {task.id} ({task.effective_mode.value})"])
+
+
+def task_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The positional text is the prompt, or the command of a local task without --command."""
+    record: dict[str, Any] = {"id": args.id, "depends_on": args.depends_on}
+    record |= {name: getattr(args, name) for name in ("model", "min_budget", "max_budget")}
+    if args.command is not None:
+        return record | {"mode": Mode.LOCAL.value, "command": args.command, "prompt": args.prompt}
+    if args.mode == Mode.LOCAL:
+        return record | {"mode": Mode.LOCAL.value, "command": args.prompt}
+    return record | {"mode": args.mode or Mode.LLM.value, "prompt": args.prompt}
+
+
+def _flush(command: Command) -> None:
+    """The operator may read queue.json next: fold the journal of a large queue now."""
+    try:
+        command.operations.store.flush()
+    except (OSError, StateFileError) as exc:
+        print(f"warning: {QUEUE_FILE} does not show it yet: {exc}", file=sys.stderr)
+
+
+def requeue(command: Command) -> int:
+    return _acted(command, command.operations.requeue(command.args.id), "requeued")
+
+
+def cancel(command: Command) -> int:
+    return _acted(command, command.operations.cancel(command.args.id), "cancelled")
+
+
+def _acted(command: Command, acted: Acted, verb: str) -> int:
+    _unlogged([acted])
+    line = f"{verb} task {acted.task.id}: now {acted.task.status.value}"
+    return command.say(acted_payload(acted), [line])
+
+
+def requeue_failed(command: Command) -> int:
+    results = command.operations.requeue_failed()
+    _unlogged(results)
+    ids = [acted.task.id for acted in results]
+    payload = {"requeued": ids, "event_logged": all(acted.logged for acted in results)}
+    line = f"requeued {len(ids)} failed tasks: {', '.join(ids)}" if ids else "no failed tasks"
+    return command.say(payload, [line])
+
+
+def acted_payload(acted: Acted) -> dict[str, Any]:
+    return {"task": task_summary(acted.task), "event_logged": acted.logged}
+
+
+def _unlogged(results: list[Acted]) -> None:
+    if not all(acted.logged for acted in results):
+        print("warning: the change stands, but the event log could not be written", file=sys.stderr)
+
+
+def pause(command: Command) -> int:
+    state = command.operations.pause(command.args.reason).model_dump(mode="json")
+    return command.say(state, [pause_text(state) + "; workers finish the task in hand"])
+
+
+def resume(command: Command) -> int:
+    state = command.operations.resume().model_dump(mode="json")
+    return command.say(state, ["running: workers claim tasks again"])
+
+
+def events(command: Command) -> int:
+    args = command.args
+    feed = EventFeed(
+        command.operations.workspace.log_path, EventFilter(args.task, args.status, args.worker)
+    )
+    show_event = _event_printer(args.json)
+    try:
+        for event in feed.backlog(args.lines):
+            show_event(event)
+        if args.follow:
+            follow(feed, show_event, stop_on_signals())
+    finally:
+        feed.close()
+    return 0
+
+
+def follow(
+    feed: EventFeed, show_event: Callable[[dict[str, Any]], None], stop: threading.Event
+) -> None:
+    """Each event appended from now on, until `stop` (Ctrl-C) is set."""
+    while not stop.wait(FOLLOW_POLL_SECONDS):
+        for event in feed.new_events():
+            show_event(event)
+
+
+def _event_printer(as_json: bool) -> Callable[[dict[str, Any]], None]:
+    def show_event(event: dict[str, Any]) -> None:
+        text = json.dumps(event, ensure_ascii=False) if as_json else event_line(event)
+        print(text, flush=True)
+
+    return show_event
+
+
+def stop_on_signals() -> threading.Event:
+    """Flag-only handlers: Ctrl-C or SIGTERM ends the follow loop, which exits 0."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    return stop
