@@ -10,26 +10,22 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import RunningProcess, child_env, read_queue, wait_until, write_queue
+from helpers.screenshot_panel import CHROMIUM_ARGS, take
 
 from swarm_runtime.contract import ExecutionRecord, Status
+from swarm_runtime.demo import DEMO_TASKS
+from swarm_runtime.llm.budget import BudgetLedger
+from swarm_runtime.phases.rewards import RewardBook
 from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.pause import read_pause
-from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.store.state_files import Workspace, append_line
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 UI_TIMEOUT_MS = 10_000
 LIVE_EVENT_DEADLINE_MS = 2_000
 XSS = "<script>alert(1)</script>"
@@ -153,11 +149,7 @@ def test_a_task_added_from_the_page_lands_in_queue_json(
     page.fill("#add-deps", "first")
     page.click("#add-submit")
     page.locator("#add-result", has_text="added from-the-page").wait_for()
-    task = wait_until(
-        lambda: next(
-            (t for t in read_queue(workspace)["tasks"] if t["id"] == "from-the-page"), None
-        )
-    )
+    task = wait_until(lambda: queued(workspace, "from-the-page"))
     assert (task["mode"], task["command"], task["depends_on"]) == (
         "local",
         "echo added from the browser",
@@ -165,6 +157,36 @@ def test_a_task_added_from_the_page_lands_in_queue_json(
     )
     page.locator("#task-rows tr", has_text="from-the-page").wait_for()
     page.locator("#events li", has_text="operator: add").wait_for()
+    assert watched.errors == []
+
+
+def queued(workspace: Workspace, task_id: str) -> dict[str, Any] | None:
+    return next((t for t in read_queue(workspace)["tasks"] if t["id"] == task_id), None)
+
+
+def test_the_add_form_keeps_its_kind_after_a_submit(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    """Guards against the form resetting Kind to llm: a second command, typed without
+    touching Kind again, was queued as an llm prompt."""
+    write_queue(workspace, [], panel.url)
+    page = open_panel(watched, panel)
+    page.click("#add-task summary")
+    page.select_option("#add-mode", "local")
+    for task_id in ("cmd-1", "cmd-2"):
+        page.fill("#add-id", task_id)
+        page.fill("#add-text", f"echo {task_id}")
+        page.click("#add-submit")
+        page.locator("#add-result", has_text=f"added {task_id}").wait_for()
+        assert page.input_value("#add-mode") == "local"
+        assert text_of(page, "#add-text-label").startswith("Command")
+        assert page.input_value("#add-id") == page.input_value("#add-text") == ""
+    second = wait_until(lambda: queued(workspace, "cmd-2"))
+    assert (second["mode"], second["command"], second.get("prompt")) == (
+        "local",
+        "echo cmd-2",
+        None,
+    )
     assert watched.errors == []
 
 
@@ -188,7 +210,7 @@ def test_requeue_and_pause_work_from_the_page(
     page.locator("#run-state", has_text="paused").wait_for()
     page.locator("#pause-button", has_text="Resume workers").click()
     wait_until(lambda: not read_pause(workspace).paused)
-    page.locator("#run-state", has_text="running").wait_for()
+    page.locator("#run-state", has_text="no worker alive").wait_for()
     assert watched.errors == []
 
 
@@ -198,14 +220,20 @@ def test_an_idle_worker_shows_as_alive_until_it_stops(
     spawn: Callable[..., RunningProcess],
     workspace: Workspace,
 ) -> None:
+    """Claiming says running only while a worker is alive to claim: with none, an
+    unpaused queue used to read "running" although nothing would ever run."""
     write_queue(workspace, [], panel.url)
     page = open_panel(watched, panel)
     page.locator("#workers-state", has_text="none alive").wait_for()
+    page.locator("#run-state", has_text="no worker alive").wait_for()
+    assert "running" not in text_of(page, "#run-state")
     worker = spawn(["worker.py", "--worker-id", "idle-7"], child_env(workspace), wait_for_url=False)
     page.locator("#workers-state", has_text="1 alive").wait_for()
     assert text_of(page, "#workers-note") == "idle-7 idle"
+    page.locator("#run-state", has_text="running").wait_for()
     assert worker.stop() == 0
     page.locator("#workers-state", has_text="none alive").wait_for()
+    page.locator("#run-state", has_text="no worker alive").wait_for()
     assert watched.errors == []
 
 
@@ -251,3 +279,179 @@ def test_the_live_list_holds_a_bounded_number_of_rows(
         events.emit(f"bulk-{number}", Status.PENDING)
     page.locator("#events li", has_text="bulk-229").wait_for()
     assert page.locator("#events li").count() == 200
+
+
+# Lines a node's text takes: rects that overlap vertically share a line.
+LINES_OF = """(node) => {
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    const rects = [...range.getClientRects()].filter((r) => r.height > 0);
+    rects.sort((a, b) => a.top - b.top);
+    let lines = 0;
+    let bottom = -Infinity;
+    for (const rect of rects) {
+        if (rect.top >= bottom - 1) lines += 1;
+        bottom = Math.max(bottom, rect.bottom);
+    }
+    return lines;
+}"""
+STYLE_OF = "(node) => [getComputedStyle(node).overflowWrap, getComputedStyle(node).wordBreak]"
+LONG_IDS = [f"{name}-a-rather-long-identifier-for-a-task" for name in ("alpha", "beta", "gamma")]
+
+
+def assert_ids_on_one_line(cells: Any) -> int:
+    """Every id in these cells stays on one line with its comma, in a cell that breaks
+    only between ids. Returns how many ids were checked."""
+    checked = 0
+    for number in range(cells.count()):
+        cell = cells.nth(number)
+        assert cell.evaluate(STYLE_OF) == ["normal", "normal"]
+        words = cell.locator(".id, .id-item")
+        for index in range(words.count()):
+            assert words.nth(index).evaluate(LINES_OF) == 1, words.nth(index).inner_text()
+        checked += cell.locator(".id").count()
+    return checked
+
+
+def test_ids_never_split_inside_a_word(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    """Guards against ids broken mid-word in the depends-on and rewards columns."""
+    tasks = [{"id": task_id, "prompt": "p"} for task_id in LONG_IDS]
+    write_queue(
+        workspace, [*tasks, {"id": "joined", "prompt": "p", "depends_on": LONG_IDS}], panel.url
+    )
+    RewardBook(workspace).grant(
+        LONG_IDS[0], "resident_default", max_budget=0.1, budget_used=0.002, review_confidence=0.9
+    )
+    watched.page.set_viewport_size({"width": 1100, "height": 900})
+    page = open_panel(watched, panel)
+    joined = page.locator("#task-rows tr", has_text="joined")
+    joined.wait_for()
+    assert assert_ids_on_one_line(joined.locator("td:nth-child(1), td:nth-child(6)")) == 4
+    assert joined.locator("span.ids").evaluate(LINES_OF) > 1, "the list wraps, between ids"
+    page.click('.tab-button[data-tab="rewards"]')
+    page.locator("#grant-rows tr", has_text="resident_default").wait_for()
+    words = ", ".join(f"#grant-rows td:nth-child({n})" for n in (1, 2, 5, 6))
+    assert assert_ids_on_one_line(page.locator(words)) == 5, "task, identity, state, reason"
+    assert assert_ids_on_one_line(page.locator("#balance-rows td:nth-child(1)")) == 1
+    assert watched.errors == []
+
+
+def test_at_800_px_a_wide_table_scrolls_in_its_box_not_off_the_page(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    """Guards against the right-hand columns (actions among them) cut off at 800 px."""
+    long_id = "a-task-whose-id-is-long-enough-to-make-the-table-wider-than-the-window"
+    error = "command exited with code 2: ls: cannot access 'missing-folder': No such file"
+    failed = {"id": long_id, "prompt": "p", "status": "failed", "last_error": error}
+    write_queue(
+        workspace, [failed, {"id": "later", "prompt": "p", "depends_on": [long_id]}], panel.url
+    )
+    watched.page.set_viewport_size({"width": 800, "height": 900})
+    page = open_panel(watched, panel)
+    page.locator("#task-rows tr", has_text=error).wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    last = page.locator("#tasks thead th").last
+    last.scroll_into_view_if_needed()
+    edge = last.bounding_box()
+    assert edge is not None and edge["x"] + edge["width"] <= 800
+    box = page.locator("#tasks").locator("xpath=..")
+    assert box.evaluate("(node) => getComputedStyle(node).overflowX") == "auto"
+    assert box.evaluate("(node) => node.scrollWidth > node.clientWidth"), "the table is wider"
+    page.locator("#task-rows tr", has_text=error).locator("button.action-requeue").click()
+    wait_until(lambda: queued(workspace, long_id)["status"] == "requeue")
+    assert watched.errors == []
+
+
+def test_expandable_timeline_rows_show_a_marker(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    write_queue(workspace, [{"id": "t1", "prompt": "p"}], panel.url)
+    events = EventLog(workspace, "worker-1")
+    events.emit("t1", Status.IN_PROGRESS, mode="llm", attempt=1)
+    events.emit("t1", Status.PENDING)
+    page = open_panel(watched, panel, "#task=t1")
+    page.locator("#events li").nth(1).wait_for()
+    summary = page.locator("#detail-timeline summary")
+    marker = "getComputedStyle(document.querySelector('#detail-timeline summary'), '::before')"
+    page.wait_for_function(f"{marker}.content === '\"▸\"'")
+    summary.click()
+    page.wait_for_function(f"{marker}.content === '\"▾\"'")
+    page.locator("#detail-timeline dd", has_text="llm").wait_for()
+    assert page.locator("#detail-timeline li").count() == 2
+    assert page.locator("#detail-timeline .entry").count() == 1, "nothing to expand, no marker"
+    EventLog(workspace, "worker-1").emit("t1", Status.IN_PROGRESS, mode="local")
+    page.locator("#detail-timeline dd", has_text="local").wait_for(state="attached")
+    assert page.locator("#detail-timeline details[open] dd", has_text="llm").is_visible()
+    assert watched.errors == []
+
+
+def test_changing_only_the_hash_opens_that_task(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    write_queue(workspace, [{"id": "t1", "prompt": "p"}, {"id": "t2", "prompt": "q"}], panel.url)
+    page = open_panel(watched, panel)
+    page.locator("#task-rows tr").nth(1).wait_for()
+    assert page.locator("#detail").is_hidden()
+    for task_id, prompt in (("t2", "q"), ("t1", "p")):
+        page.evaluate(f"location.hash = '#task={task_id}'")
+        page.locator("#detail-title", has_text=task_id).wait_for()
+        assert page.locator("#detail").is_visible()
+        assert text_of(page, "#detail-prompt") == prompt
+    page.evaluate("location.hash = ''")
+    page.locator("#detail").wait_for(state="hidden")
+    assert watched.errors == []
+
+
+def test_money_reads_as_dollars_and_an_empty_chart_says_so(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    """Guards against $0.0000 everywhere and a blank spend chart. The format: "$0" for
+    nothing, two decimals from a cent up, else up to four significant digits."""
+    write_queue(workspace, [], panel.url)
+    page = open_panel(watched, panel)
+    page.locator("#budget-state", has_text="$0 of $5.00").wait_for()
+    assert text_of(page, "#budget-note") == "reserved $0 · remaining $5.00"
+    page.click('.tab-button[data-tab="spend"]')
+    page.locator("#spend-chart", has_text="no spend yet").wait_for()
+    assert page.locator("#spend-chart .bar").count() == 0
+
+    ledger = BudgetLedger(workspace, 5.0)
+    ledger.settle(ledger.reserve(0.01, task_id="t1"), 0.0012)
+    earlier = datetime.now(UTC) - timedelta(minutes=3)
+    for moment, cost in ((earlier, 0.0004), (earlier, 0.0008), (datetime.now(UTC), 1.5)):
+        line = {"timestamp": moment.isoformat(), "event": "API_CALL_SUCCESS", "cost": cost}
+        append_line(workspace, workspace.api_audit_path, line)
+    page.locator("#budget-state", has_text="$0.0012 of $5.00").wait_for()
+    page.click('.tab-button[data-tab="spend"]')
+    page.locator("#spend-rows td", has_text="$1.50").wait_for()
+    costs = page.locator("#spend-rows td:nth-child(3)").all_inner_texts()
+    assert costs == ["$1.50", "$0.0012"]
+    assert text_of(page, "#spend-note").startswith("total $1.50")
+    assert page.locator("#spend-chart .bar").count() == 2
+    assert page.locator("#spend-chart .chart-empty").count() == 0
+    assert watched.errors == []
+
+
+def test_the_review_tab_explains_approved_and_needs_qa(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    page = open_panel(watched, panel)
+    page.click('.tab-button[data-tab="review"]')
+    explain = page.locator("#gate-explain")
+    assert explain.is_visible()
+    text = explain.inner_text()
+    for word in ("critic", "approved", "needs_qa", "rejected", "person"):
+        assert word in text
+    assert watched.errors == []
+
+
+def test_the_screenshot_shows_what_the_demo_seeds(browser: Any, tmp_path: Path) -> None:
+    """docs/panel.png comes from demo.seed over real processes, so it cannot drift from
+    the demo again (it once showed tasks the demo no longer seeded)."""
+    out = tmp_path / "panel.png"
+    shot = take(out, browser)
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert {task["id"] for task in DEMO_TASKS} <= set(shot.queued)
+    assert sorted(shot.shown) == sorted(shot.queued)

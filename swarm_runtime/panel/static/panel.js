@@ -9,6 +9,7 @@
   const TASKS_EVERY_MS = 3000;
   const TAB_EVERY_MS = 5000;
   const PER_PAGE = 50;
+  const SMALL_MONEY_DIGITS = 4;
 
   const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
   const tones = JSON.parse(document.body.dataset.tones || "{}");
@@ -50,8 +51,19 @@
     return sameDay ? moment.toLocaleTimeString() : moment.toLocaleString();
   }
 
+  // Dollars: "$0" for nothing, cents from a cent up, else the first significant digits
+  // ("$0.0012"), so a small spend is never shown as zeros.
   function money(value) {
-    return typeof value === "number" ? `$${value.toFixed(4)}` : "–";
+    if (typeof value !== "number" || !Number.isFinite(value)) return "–";
+    if (value === 0) return "$0";
+    const sign = value < 0 ? "-" : "";
+    const size = Math.abs(value);
+    return `${sign}$${size >= 0.01 ? size.toFixed(2) : significant(size, SMALL_MONEY_DIGITS)}`;
+  }
+
+  function significant(size, digits) {
+    const decimals = Math.min(20, digits - 1 - Math.floor(Math.log10(size)));
+    return size.toFixed(decimals).replace(/\.?0+$/, "");
   }
 
   function bytes(value) {
@@ -106,7 +118,7 @@
   function renderSummary(summary) {
     renderApi(summary.api);
     renderWorkers(summary.workers);
-    renderPause(summary.pause);
+    renderPause(summary.pause, summary.workers.length);
     renderBudget(summary.budget);
     renderQueue(summary.queue);
     renderLog(summary.log);
@@ -121,9 +133,19 @@
   function renderApi(api) {
     const up = api.reachable && api.ok !== false;
     byId("api-state").textContent = api.reachable ? (up ? "reachable" : "answering with errors") : "unreachable";
-    byId("api-note").textContent = [api.endpoint, api.provider && `model: ${api.provider}`, api.error]
-      .filter(Boolean).join(" · ");
-    tile("tile-api", up ? "good" : "bad");
+    byId("api-note").textContent = [api.endpoint, api.provider && `model: ${api.provider}`,
+      providerNote(api), api.error].filter(Boolean).join(" · ");
+    const providerDown = up && api.provider_answering === false;
+    tile("tile-api", up ? (providerDown ? "warn" : "good") : "bad");
+  }
+
+  function providerNote(api) {
+    if (!api.provider_name || api.provider_name === "offline") return "";
+    if (api.provider_answering === true) return `provider ${api.provider_name} answers`;
+    if (api.provider_answering === false) {
+      return `provider ${api.provider_name} does not answer (${api.provider_error || "no reason given"})`;
+    }
+    return `provider ${api.provider_name}: not checked yet`;
   }
 
   function workerNote(worker) {
@@ -139,17 +161,25 @@
     tile("tile-workers", workers.length ? "good" : "warn");
   }
 
-  function renderPause(pause) {
+  // Claiming runs only when it is not paused and some worker is alive to claim.
+  function claiming(pause, alive) {
+    if (pause.paused) {
+      const reason = pause.reason ? ` · ${pause.reason}` : "";
+      return ["paused", `by ${pause.by || "an operator"} ${when(pause.since)}${reason}`, "warn"];
+    }
+    if (!alive) return ["no worker alive", "not paused: a started worker claims the next runnable task", "warn"];
+    return ["running", "workers claim the next runnable task", "good"];
+  }
+
+  function renderPause(pause, alive) {
     state.paused = Boolean(pause.paused);
-    byId("run-state").textContent = pause.paused ? "paused" : "running";
-    const note = pause.error || (pause.paused
-      ? `by ${pause.by || "an operator"} ${when(pause.since)}${pause.reason ? ` · ${pause.reason}` : ""}`
-      : "workers claim the next runnable task");
-    byId("run-note").textContent = note;
+    const [value, note, tone] = claiming(pause, alive);
+    byId("run-state").textContent = value;
+    byId("run-note").textContent = pause.error || note;
     const button = byId("pause-button");
     button.disabled = false;
     button.textContent = pause.paused ? "Resume workers" : "Pause workers";
-    tile("tile-run", pause.paused ? "warn" : "good");
+    tile("tile-run", tone);
   }
 
   function renderBudget(budget) {
@@ -254,18 +284,18 @@
   function taskRow(task) {
     const row = el("tr", { className: state.detailId === task.id ? "selected" : "" });
     row.dataset.taskId = task.id;
-    const idCell = el("td", {}, el("button", {
-      className: "link", text: task.id, type: "button", title: task.headline,
+    const idCell = el("td", { className: "ids" }, el("button", {
+      className: "link id", text: task.id, type: "button", title: task.headline,
       onClick: () => openDetail(task.id),
     }));
-    if (task.error) idCell.append(el("div", { className: "row-error", text: task.error }));
+    if (task.error) idCell.append(el("div", { className: "row-error", text: task.error, title: task.error }));
     row.append(
       idCell,
       el("td", {}, statusBadge(task.status)),
       el("td", { text: task.mode }),
       el("td", { text: task.model || "" }),
       el("td", { text: task.attempts }),
-      el("td", { text: task.depends_on.join(", ") }),
+      el("td", { className: "ids" }, idList(task.depends_on)),
       el("td", { className: "when", text: when(task.last_event || task.updated_at), title: task.last_event || "" }),
       el("td", {}, actionButtons(task)),
     );
@@ -322,6 +352,11 @@
     byId("add-text-label").textContent = local ? "Command (runs in the sandbox)" : "Prompt";
   }
 
+  // Kind stays as chosen: the next task is most often of the same kind.
+  function clearAddForm() {
+    for (const id of ["add-id", "add-text", "add-deps", "add-budget"]) byId(id).value = "";
+  }
+
   async function addTask(event) {
     event.preventDefault();
     const mode = byId("add-mode").value;
@@ -334,8 +369,7 @@
     try {
       const data = await api("/api/tasks", { method: "POST", body });
       say(result, `added ${data.task.id} (${data.task.status})`, false);
-      byId("add-form").reset();
-      modeChanged();
+      clearAddForm();
     } catch (error) {
       say(result, error.message, true);
     }
@@ -389,9 +423,11 @@
     byId("detail-count").textContent = detail.timeline_total > detail.timeline.length
       ? `latest ${detail.timeline.length} of ${detail.timeline_total} events`
       : `${detail.timeline_total} event(s)`;
+    // The timeline is rebuilt on every new event; entries the reader opened stay open.
     const list = byId("detail-timeline");
+    const open = new Set([...list.querySelectorAll("details[open]")].map((node) => node.dataset.key));
     clear(list);
-    for (const item of detail.timeline) list.append(timelineEntry(item.event));
+    for (const item of detail.timeline) list.append(timelineEntry(item.event, open));
   }
 
   function renderFacts(detail) {
@@ -421,16 +457,14 @@
     for (const [name, ids] of groups) {
       if (!ids.length) continue;
       const line = el("p", {}, el("span", { className: "note", text: `${name}: ` }));
-      for (const id of ids) {
-        line.append(el("button", { type: "button", className: "link", text: id, onClick: () => openDetail(id) }), " ");
-      }
+      for (const id of ids) line.append(taskLink(id), " ");
       box.append(line);
     }
   }
 
   const ENVELOPE = new Set(["task_id", "worker_id", "status", "timestamp"]);
 
-  function timelineEntry(event) {
+  function timelineEntry(event, open) {
     const summary = el("summary", {},
       el("span", { className: "time", text: when(event.timestamp), title: event.timestamp }),
       statusBadge(event.status),
@@ -443,7 +477,11 @@
       if (ENVELOPE.has(key) || value === null || value === undefined) continue;
       fields.append(el("dt", { text: key }), el("dd", {}, el("pre", { text: shown(value) })));
     }
-    return el("li", {}, el("details", {}, summary, fields));
+    if (!fields.childElementCount) return el("li", {}, el("div", { className: "entry" }, ...summary.childNodes));
+    const details = el("details", {}, summary, fields);
+    details.dataset.key = `${event.task_id}|${event.timestamp}|${event.status}`;
+    details.open = open.has(details.dataset.key);
+    return el("li", {}, details);
   }
 
   function eventNote(event) {
@@ -485,10 +523,7 @@
     const row = el("li", {},
       el("span", { className: "time", text: when(event.timestamp), title: event.timestamp }),
       statusBadge(event.status),
-      el("button", {
-        type: "button", className: "link", text: event.task_id,
-        onClick: () => openDetail(event.task_id),
-      }),
+      taskLink(event.task_id),
       el("span", { className: "worker", text: event.worker_id }),
     );
     const note = eventNote(event);
@@ -516,15 +551,52 @@
     const body = byId(bodyId);
     clear(body);
     if (!rows.length) {
-      const cell = el("td", { className: "empty", text: emptyText });
-      cell.colSpan = columns;
-      body.append(el("tr", {}, cell));
+      const blank = el("td", { className: "empty", text: emptyText });
+      blank.colSpan = columns;
+      body.append(el("tr", {}, blank));
     }
-    for (const cells of rows) body.append(el("tr", {}, ...cells.map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: c })))));
+    for (const cells of rows) body.append(el("tr", {}, ...cells.map(cell)));
+  }
+
+  function cell(content) {
+    if (!(content instanceof Node)) return el("td", { text: content });
+    return el("td", { className: content.matches(".id, .ids") ? "ids" : "" }, content);
   }
 
   function taskLink(id) {
-    return id ? el("button", { type: "button", className: "link", text: id, onClick: () => openDetail(id) }) : "";
+    if (!id) return "";
+    return el("button", { type: "button", className: "link id", text: id, title: id, onClick: () => openDetail(id) });
+  }
+
+  // Machine words (identities, states, reason codes) wrap at spaces and after a colon,
+  // never inside a word.
+  function token(text) {
+    const box = el("span", { className: "ids" });
+    String(text ?? "").split(/\s+/).filter(Boolean).forEach((word, index) => {
+      if (index) box.append(" ");
+      word.split(/(?<=:)/).forEach((piece, part) => {
+        if (part) box.append(el("wbr"));
+        box.append(el("span", { className: "id", text: piece }));
+      });
+    });
+    return box;
+  }
+
+  function stamp(iso) {
+    return el("span", { className: "stamp", text: when(iso), title: iso });
+  }
+
+  // Ids side by side: a long list wraps at the space after a comma, never inside an id
+  // nor before its comma.
+  function idList(ids) {
+    const box = el("span", { className: "ids" });
+    ids.forEach((id, index) => {
+      if (index) box.append(" ");
+      const item = el("span", { className: "id-item" }, taskLink(id));
+      if (index < ids.length - 1) item.append(",");
+      box.append(item);
+    });
+    return box;
   }
 
   async function refreshGate() {
@@ -534,7 +606,7 @@
       byId("gate-note").textContent = Object.entries(data.counts).map(([k, v]) => `${k}: ${v}`).join(" · ");
       fillRows("gate-rows", data.changes.map((c) => [
         taskLink(c.change_id), statusBadge(c.status), c.vote.verdict, c.vote.confidence,
-        c.vote.issues.join("; "), when(c.updated_at),
+        c.vote.issues.join("; "), stamp(c.updated_at),
       ]), "nothing in the review queue", 6);
     } catch (error) {
       byId("gate-note").textContent = error.message;
@@ -547,7 +619,7 @@
       byId("safety-note").textContent = `${data.blocked} blocked of ${data.checked} checks` +
         (data.tasks.length ? ` · blocked tasks in the queue: ${data.tasks.map((t) => t.id).join(", ")}` : "");
       fillRows("safety-rows", data.blocks.map((b) => [
-        when(b.timestamp), taskLink(b.task_id), b.rules.join(", "), b.reason || "",
+        stamp(b.timestamp), taskLink(b.task_id), b.rules.join(", "), b.reason || "",
       ]), "no safety block recorded", 4);
     } catch (error) {
       byId("safety-note").textContent = error.message;
@@ -558,11 +630,12 @@
     try {
       const data = await api("/api/rewards");
       fillRows("balance-rows", Object.entries(data.identities).map(([name, b]) => [
-        name, `${b.free_time_tokens} / ${b.free_time_cap}`, `${b.journal_tokens} / ${b.journal_cap}`, b.total,
+        token(name), `${b.free_time_tokens} / ${b.free_time_cap}`, `${b.journal_tokens} / ${b.journal_cap}`, b.total,
       ]), "no identity has earned anything yet", 4);
       byId("grants-note").textContent = `${data.total_grants} grant(s)`;
       fillRows("grant-rows", data.grants.map((g) => [
-        taskLink(g.task_id), g.identity_id, g.tokens_awarded, g.tokens_requested, g.state, g.reason, when(g.granted_at),
+        taskLink(g.task_id), token(g.identity_id), g.tokens_awarded, g.tokens_requested, token(g.state), token(g.reason),
+        stamp(g.granted_at),
       ]), "no reward granted yet", 7);
     } catch (error) {
       byId("grants-note").textContent = error.message;
@@ -576,7 +649,7 @@
       const events = Object.entries(data.events).map(([k, v]) => `${k}: ${v}`).join(" · ");
       byId("spend-note").textContent = `total ${money(data.total_cost)}${events ? ` · ${events}` : ""}`;
       renderChart(data.points);
-      fillRows("spend-rows", data.points.slice().reverse().map((p) => [when(p.start), p.calls, money(p.cost)]),
+      fillRows("spend-rows", data.points.slice().reverse().map((p) => [stamp(p.start), p.calls, money(p.cost)]),
         "no LLM call audited yet", 3);
     } catch (error) {
       byId("spend-note").textContent = error.message;
@@ -587,9 +660,14 @@
     const chart = byId("spend-chart");
     clear(chart);
     const top = Math.max(...points.map((p) => p.cost), 0);
+    if (top <= 0) {
+      const calls = points.reduce((sum, p) => sum + p.calls, 0);
+      chart.append(el("p", { className: "chart-empty", text: calls ? `no spend yet (${calls} free call(s))` : "no spend yet" }));
+      return;
+    }
     for (const point of points) {
       const bar = el("div", { className: "bar", title: `${when(point.start)}: ${money(point.cost)}, ${point.calls} call(s)` });
-      bar.style.height = `${top > 0 ? Math.max(2, (point.cost / top) * 100) : 2}%`;
+      bar.style.height = `${Math.max(2, (point.cost / top) * 100)}%`;
       chart.append(bar);
     }
   }
@@ -619,8 +697,17 @@
     connectStream();
     setInterval(refreshSummary, SUMMARY_EVERY_MS);
     setInterval(() => { if (TABS[state.tab]) TABS[state.tab](); }, TAB_EVERY_MS);
+    window.addEventListener("hashchange", followHash);
+    followHash();
+  }
+
+  // A #task=<id> link opens that task, also when only the hash changes.
+  function followHash() {
     const match = /^#task=(.+)$/.exec(location.hash);
-    if (match) openDetail(decodeURIComponent(match[1]));
+    if (!match) { if (state.detailId !== null) closeDetail(); return; }
+    let taskId;
+    try { taskId = decodeURIComponent(match[1]); } catch (_) { return; }
+    if (taskId !== state.detailId || byId("detail").hidden) openDetail(taskId);
   }
 
   start();
