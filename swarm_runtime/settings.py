@@ -95,9 +95,13 @@ class Settings(BaseModel):
                 values[field] = _split_list(raw) if field == "local_allowlist" else raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            return cls.model_validate(values)
+            settings = cls.model_validate(values)
         except ValidationError as exc:
             raise SettingsError(_explain(exc)) from None
+        problem = unnamed_model(settings)
+        if problem is not None:
+            raise SettingsError(problem)
+        return settings
 
     @property
     def provider_base_url(self) -> str | None:
@@ -126,6 +130,17 @@ class Settings(BaseModel):
         """Every secret the runtime holds, so output can be scrubbed of them."""
         secrets = (self.internal_token, self.llm_api_key, self.groq_api_key)
         return [s.get_secret_value() for s in secrets if s and s.get_secret_value()]
+
+
+def unnamed_model(settings: Settings) -> str | None:
+    """A provider named by URL must be told which model to run: a request for a model
+    called "default" fails at the first task instead of at start-up."""
+    if settings.llm_base_url and not settings.llm_model:
+        return (
+            "SWARM_LLM_BASE_URL is set but SWARM_LLM_MODEL is not: name the model the "
+            "provider should run (for example SWARM_LLM_MODEL=llama3.1)"
+        )
+    return None
 
 
 def _split_list(raw: str) -> tuple[str, ...]:

@@ -528,6 +528,7 @@ def test_a_full_disk_fails_writes_cleanly_corrupts_nothing_and_work_resumes_with
         env = child_env(
             workspace,
             SWARM_LLM_BASE_URL=provider.url,
+            SWARM_LLM_MODEL=PRICED_MODEL,
             SWARM_PRICES_FILE=str(prices),
             SWARM_LLM_RETRIES="0",
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,10 @@ from pydantic import ValidationError
 
 from swarm_runtime.api.charges import local_charge
 from swarm_runtime.api.plan import PlanError, plan_tasks
+from swarm_runtime.api.provider_health import ProviderHealth
 from swarm_runtime.contract import (
     LOCAL_MODEL,
+    OFFLINE_MODEL,
     TOKEN_HEADER,
     CycleRequest,
     CycleResponse,
@@ -83,12 +86,14 @@ class ApiServices:
     policy: LocalCommandPolicy
     wrapper: SecureAPIWrapper
     store: QueueStore
+    provider_health: ProviderHealth
 
     @classmethod
     def build(cls, settings: Settings) -> ApiServices:
         workspace = Workspace(settings.workspace)
         workspace.ensure_layout()
         prepare_sandbox(workspace.sandbox)
+        wrapper = from_settings(settings, workspace)
         return cls(
             settings=settings,
             workspace=workspace,
@@ -99,8 +104,9 @@ class ApiServices:
                 settings.local_allowlist,
                 git_allow_write=settings.git_allow_write,
             ),
-            wrapper=from_settings(settings, workspace),
+            wrapper=wrapper,
             store=QueueStore.for_settings(workspace, settings),
+            provider_health=ProviderHealth(wrapper.provider),
         )
 
     def announce(self, url: str) -> None:
@@ -108,10 +114,27 @@ class ApiServices:
         queue that cannot be written is reported and the API serves on: /cycle needs no
         queue, and the operator must be able to reach /status to see what is wrong."""
         log.info("serving the workspace %s", self.workspace.root)
+        threading.Thread(target=self.report_provider, name="provider-probe", daemon=True).start()
         try:
             self.store.set_api_endpoint(url)
         except (StateFileError, OSError) as exc:
             log.warning("could not record this API's address in the queue: %s", exc)
+
+    def report_provider(self) -> None:
+        """Say which provider and model answer llm tasks (never the key), and whether the
+        provider is there: a wrong URL shows at start, not at the first task."""
+        provider = self.wrapper.provider
+        model = self.settings.default_model
+        if provider.name == OFFLINE_MODEL:
+            log.info("llm tasks: the offline model (no provider configured; costs nothing)")
+            return
+        error = self.provider_health.check()
+        if error is None:
+            log.info("llm tasks: model %s at %s, which answers", model, provider.name)
+        else:
+            log.warning(
+                "llm tasks: model %s at %s, which does not answer: %s", model, provider.name, error
+            )
 
 
 def create_app(settings: Settings, services: ApiServices | None = None) -> Flask:
@@ -338,6 +361,8 @@ def status_snapshot(services: ApiServices) -> dict[str, Any]:
         "workers_with_live_leases": workers,
         "budget": {"limit": budget.limit, "spent": budget.spent, "reserved": budget.reserved},
         "provider": services.settings.default_model,
+        "provider_name": services.wrapper.provider.name,
+        **services.provider_health.snapshot(),
     }
 
 

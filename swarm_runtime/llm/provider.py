@@ -29,6 +29,7 @@ from swarm_runtime.settings import Settings
 from swarm_runtime.web.loopback import direct_session, loopback_url
 from swarm_runtime.web.retry import backoff, retry_after
 
+PROBE_TIMEOUT_SECONDS = 5.0
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_CAP_SECONDS = 30.0
@@ -78,6 +79,10 @@ class Provider(Protocol):
         system: str | None = None,
     ) -> Completion: ...
 
+    def probe(self) -> str | None:
+        """None when the provider answers at all (any HTTP status will do), else why not."""
+        ...
+
 
 def estimate_tokens(text: str) -> int:
     """A count for when none is reported: ~4 bytes or ~3/4 of a word per token, the larger."""
@@ -101,6 +106,9 @@ class OfflineProvider:
 
     def model_for(self, requested: str) -> str:
         return OFFLINE_MODEL
+
+    def probe(self) -> str | None:
+        return None
 
     def complete(
         self,
@@ -212,6 +220,25 @@ class OpenAICompatibleProvider:
     def model_for(self, requested: str) -> str:
         return requested
 
+    def probe(self) -> str | None:
+        """GET <base>/models, which OpenAI-compatible servers serve; whatever the status,
+        an HTTP answer means the provider is there. Only the connection can fail."""
+        try:
+            self._session.get(
+                f"{self.base_url}/models",
+                headers=self._auth_headers(),
+                timeout=(self._timeout[0], PROBE_TIMEOUT_SECONDS),
+                allow_redirects=False,
+            ).close()
+        except requests.RequestException as exc:
+            return self._scrub(f"{type(exc).__name__}: {_first_line(exc)}")
+        return None
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self._api_key is None:
+            return {}
+        return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+
     def complete(
         self,
         prompt: str,
@@ -251,9 +278,7 @@ class OpenAICompatibleProvider:
         )
 
     def _attempt(self, body: dict[str, Any]) -> requests.Response:
-        headers = {}
-        if self._api_key is not None:
-            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        headers = self._auth_headers()
         try:
             # No redirects: the key goes to the configured endpoint and nowhere else.
             response = self._session.post(

@@ -14,6 +14,7 @@ sharing one `Panel` (state).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from flask import Flask, Response, jsonify, render_template, request
 
 from swarm_runtime.contract import QUEUE_FILE, Mode, Status
+from swarm_runtime.errors import StateFileError
 from swarm_runtime.panel import actions
 from swarm_runtime.panel.audit import SPEND_BUCKETS
 from swarm_runtime.panel.errors import install_error_handlers
@@ -46,6 +48,7 @@ from swarm_runtime.web.json_errors import HttpError
 from swarm_runtime.web.server import serve_main
 
 MAX_BODY_BYTES = 256 * 1024
+log = logging.getLogger("control_panel")
 # Threads for ordinary requests, beyond the ones live streams may hold.
 PANEL_REQUEST_THREADS = 8
 DEFAULT_PER_PAGE = 50
@@ -187,11 +190,20 @@ def following_the_log(app: Flask) -> Iterator[None]:
     """While the panel serves, a thread follows the log; after, the panel closes its files."""
     panel: Panel = app.extensions["panel"]
     app.extensions["on_stop"] = panel.stop.set
+    log.info("workspace %s, execution API %s", panel.workspace.root, probed_endpoint(panel))
     threading.Thread(target=panel.follow, name="log-follower", daemon=True).start()
     try:
         yield
     finally:
         panel.close()
+
+
+def probed_endpoint(panel: Panel) -> str:
+    """The API the panel's health line probes: the one queue.json names."""
+    try:
+        return f"{panel.store.load().api_endpoint} (from queue.json)"
+    except StateFileError as exc:
+        return f"unknown for now ({exc})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,9 @@ def probe_api(session: requests.Session, endpoint: str, timeout: float) -> dict[
         "ok": reply.ok,
         "error": error,
         "provider": body.get("provider"),
+        "provider_name": body.get("provider_name"),
+        "provider_answering": body.get("provider_answering"),
+        "provider_error": body.get("provider_error"),
     }
 
 
