@@ -455,3 +455,14 @@ def test_the_screenshot_shows_what_the_demo_seeds(browser: Any, tmp_path: Path) 
     assert out.read_bytes().startswith(b"\x89PNG")
     assert {task["id"] for task in DEMO_TASKS} <= set(shot.queued)
     assert sorted(shot.shown) == sorted(shot.queued)
+
+
+def test_a_malformed_queue_shows_as_that_not_as_an_unreachable_api(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    workspace.queue_path.write_bytes(b'{"version": "1.1", "tasks": [\n  {"id": "a",}\n]}\n')
+    page = open_panel(watched, panel)
+    page.locator("#queue-note", has_text="queue.json").wait_for()
+    assert "line 2" in text_of(page, "#queue-note")
+    page.locator("#api-state", has_text="unknown").wait_for()
+    assert "unreachable" not in text_of(page, "#tile-api")

@@ -23,7 +23,9 @@ from conftest import (
 )
 from fake_llm_server import FakeLLMServer
 
+from swarm_runtime.panel.app import create_app
 from swarm_runtime.queue.presence import live_workers
+from swarm_runtime.settings import Settings
 from swarm_runtime.store.pause import set_pause
 from swarm_runtime.store.state_files import Workspace
 
@@ -132,6 +134,10 @@ def test_an_unreachable_api_is_retried_then_fails_the_task(workspace: Workspace)
     assert result.stdout.count("retrying in") == 4
     failed = [e for e in read_events(workspace) if e["status"] == "failed"]
     assert all("cannot connect to the execution API" in e["errors"] for e in failed)
+    assert all(e["errors"].endswith(": Connection refused") for e in failed), "the cause is kept"
+    panel = create_app(Settings(workspace=workspace.root)).test_client()
+    detail = panel.get("/api/tasks/t", base_url="http://127.0.0.1:8421").get_json()
+    assert "Connection refused" in json.dumps(detail), "the panel's detail shows the cause"
 
 
 def test_one_bad_task_never_stops_the_worker(spawn, workspace: Workspace) -> None:

@@ -28,7 +28,8 @@ def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
         doc = panel.load_queue()
     except HttpError as exc:
         queue: dict[str, Any] = {"error": exc.body.error}
-        api = {"reachable": False, "error": f"{QUEUE_FILE} unreadable"}
+        # The API is named in the queue: not knowing where it is is not its being down.
+        api = {"reachable": None, "error": f"unknown while {QUEUE_FILE} is unreadable"}
     else:
         queue = queue_counts(doc)
         api = panel.probe.check(doc.api_endpoint)

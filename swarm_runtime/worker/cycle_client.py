@@ -101,7 +101,7 @@ class CycleClient:
         except ServerNotProven as exc:
             return Dispatch(None, str(exc), attempts=attempt), None
         except requests.ConnectionError as exc:
-            error = f"cannot connect to the execution API at {url}: {type(exc).__name__}"
+            error = f"cannot connect to the execution API at {url}: {root_cause(exc)}"
             return Dispatch(None, error, attempts=attempt), _backoff(attempt)
         except requests.Timeout:
             error = f"the execution API did not answer within {read_timeout:.0f}s"
@@ -127,6 +127,19 @@ def interpret(reply: requests.Response, attempt: int) -> tuple[Dispatch, float |
     if reply.status_code >= 500 and retryable:
         return result, _backoff(attempt)
     return result, None
+
+
+def root_cause(exc: BaseException) -> str:
+    """The operating system's words at the bottom of a requests error ("Connection
+    refused"), which the wrappers above it bury under pool and retry messages."""
+    cause: BaseException | None = exc
+    found = type(exc).__name__
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        reason = getattr(cause, "reason", None)
+        cause = reason if isinstance(reason, BaseException) else cause.__context__
+    return found
 
 
 def _json_or_none(reply: requests.Response) -> Any:

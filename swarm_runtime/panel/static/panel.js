@@ -132,11 +132,13 @@
 
   function renderApi(api) {
     const up = api.reachable && api.ok !== false;
-    byId("api-state").textContent = api.reachable ? (up ? "reachable" : "answering with errors") : "unreachable";
+    const unknown = api.reachable === null;
+    byId("api-state").textContent = unknown ? "unknown"
+      : api.reachable ? (up ? "reachable" : "answering with errors") : "unreachable";
     byId("api-note").textContent = [api.endpoint, api.provider && `model: ${api.provider}`,
       providerNote(api), api.error].filter(Boolean).join(" · ");
     const providerDown = up && api.provider_answering === false;
-    tile("tile-api", up ? (providerDown ? "warn" : "good") : "bad");
+    tile("tile-api", unknown ? "warn" : up ? (providerDown ? "warn" : "good") : "bad");
   }
 
   function providerNote(api) {
