@@ -1,0 +1,223 @@
+"""Every command block in README.md, run as written, in order, in a copy of the checkout,
+so the README cannot drift from the product.
+
+A block runs each of its commands to exit 0 unless a comment above it says otherwise:
+`background` starts a runtime and waits until it is up (it runs until the next one starts
+or the walk ends), `follow` expects a first line and then stops the command with Ctrl-C,
+`collect` runs a pytest command with `--collect-only` (the suite does not run itself), and
+`ci` expects the command, verbatim, in .ci/run, which runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from test_workspace_rule import GIT, checkout_files, plain_env
+
+README = ROOT / "README.md"
+MODES = ("run", "background", "follow", "collect", "ci")
+MARK = "<!-- readme-test: "
+COMMAND_SECONDS = 300.0
+READY_SECONDS = 90.0
+RUNNING = "swarm-runtime is running"
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int
+    mode: str
+    commands: tuple[str, ...]
+
+
+def bash_blocks(text: str) -> list[Block]:
+    """The ```bash blocks, each with its mode and its commands (a trailing backslash
+    continues a command on the next line)."""
+    blocks: list[Block] = []
+    lines = text.splitlines()
+    mode, index = "run", 0
+    while index < len(lines):
+        line = lines[index]
+        if line.startswith(MARK):
+            mode = line.removeprefix(MARK).removesuffix(" -->").strip()
+        elif line.strip() == "```bash":
+            fence = index + 1  # the line number of the opening fence
+            body, index = fenced_body(lines, index + 1)
+            blocks.append(Block(fence, mode, tuple(commands_of(body))))
+            mode = "run"
+        elif line.strip():
+            mode = "run"
+        index += 1
+    return blocks
+
+
+def fenced_body(lines: list[str], start: int) -> tuple[list[str], int]:
+    end = start
+    while lines[end].strip() != "```":
+        end += 1
+    return lines[start:end], end
+
+
+def commands_of(body: list[str]) -> Iterator[str]:
+    pending = ""
+    for raw in body:
+        line = raw.split("  #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        command = (pending + line).strip()
+        pending = ""
+        if command:
+            yield command
+
+
+def json_blocks(text: str) -> list[str]:
+    lines = text.splitlines()
+    found = []
+    for index, line in enumerate(lines):
+        if line.strip() == "```json":
+            body, _ = fenced_body(lines, index + 1)
+            found.append("\n".join(body))
+    return found
+
+
+# --- what can be checked without running anything ---------------------------------------
+
+
+def test_every_block_has_a_known_mode_and_a_command() -> None:
+    blocks = bash_blocks(README.read_text())
+    assert len(blocks) >= 10
+    assert all(block.mode in MODES and block.commands for block in blocks), blocks
+
+
+def test_the_blocks_for_ci_are_what_ci_runs() -> None:
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    commands = [c for b in bash_blocks(README.read_text()) if b.mode == "ci" for c in b.commands]
+    assert commands, "the README shows the test command"
+    for command in commands:
+        assert any(line.strip().endswith(command) for line in ci), command
+
+
+def test_the_json_examples_parse_line_by_line_or_whole() -> None:
+    """A whole document parses; in an excerpt of a log, every line not trimmed with "…"."""
+    for text in json_blocks(README.read_text()):
+        if text.lstrip().startswith("{\n"):
+            json.loads(text)
+            continue
+        for line in text.splitlines():
+            if line.startswith("{") and line.endswith("}") and "…" not in line:
+                json.loads(line)
+
+
+def test_the_parser_joins_continued_lines_and_reads_marks() -> None:
+    text = "<!-- readme-test: ci -->\n```bash\na \\\nb  # note\n# only a comment\nc\n```\n"
+    assert bash_blocks(text) == [Block(2, "ci", ("a b", "c"))]
+
+
+# --- the walk -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A committed copy of the checkout with an environment that is already installed:
+    run.py finds its stamp current and installs nothing."""
+    copy = tmp_path / "checkout"
+    for name in checkout_files():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "checkout"]):
+        subprocess.run([*GIT, *args], cwd=copy, check=True, capture_output=True)
+    venv = copy / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    shutil.copy2(Path(sys.prefix) / "pyvenv.cfg", venv / "pyvenv.cfg")
+    (venv / "lib").symlink_to(Path(sys.prefix) / "lib")
+    (venv / "bin" / "python").symlink_to(Path(sys.prefix) / "bin" / "python")
+    version = hashlib.sha256((copy / "pyproject.toml").read_bytes()).hexdigest()
+    (venv / ".swarm-installed").write_text(f"{version} test")
+    return copy
+
+
+class Walk:
+    def __init__(self, checkout: Path):
+        self.checkout = checkout
+        self.env = plain_env() | {"SWARM_API_PORT": "0", "CONTROL_PANEL_PORT": "0"}
+        self.background: subprocess.Popen[str] | None = None
+
+    def start(self, command: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=self.checkout,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    def run(self, command: str, *extra: str) -> None:
+        result = subprocess.run(
+            ["bash", "-c", " ".join([command, *extra])],
+            cwd=self.checkout,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_SECONDS,
+        )
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+
+    def in_background(self, command: str) -> None:
+        self.stop_background()
+        self.background = self.start(command)
+        assert first_line_with(self.background, RUNNING, READY_SECONDS), command
+
+    def follow(self, command: str) -> None:
+        process = self.start(command)
+        assert first_line_with(process, "", READY_SECONDS), command
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 0, command
+
+    def stop_background(self) -> None:
+        if self.background is not None and self.background.poll() is None:
+            os.killpg(self.background.pid, signal.SIGINT)
+            assert self.background.wait(timeout=60) == 0
+        self.background = None
+
+
+def first_line_with(process: subprocess.Popen[str], text: str, seconds: float) -> bool:
+    """Reads the process's output until a line holds `text` (any line, for "")."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + seconds
+    for line in process.stdout:
+        if text in line and line.strip():
+            return True
+        if time.monotonic() > deadline:
+            return False
+    return False
+
+
+def test_every_command_in_the_readme_works_as_written(checkout: Path) -> None:
+    walk = Walk(checkout)
+    try:
+        for block in bash_blocks(README.read_text()):
+            for command in block.commands:
+                if block.mode == "background":
+                    walk.in_background(command)
+                elif block.mode == "follow":
+                    walk.follow(command)
+                elif block.mode == "collect":
+                    walk.run(command, "--collect-only", "-q")
+                elif block.mode == "run":
+                    walk.run(command)
+    finally:
+        walk.stop_background()
