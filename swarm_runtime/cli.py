@@ -25,7 +25,10 @@ DESCRIPTION = (
     "Run a worker (worker.py without a command, or `work`), or operate the runtime as the"
     " control panel does. Every command but `work` takes --json."
 )
-EXIT_STATUS = "exit status: 0 done, 1 refused by the runtime, 2 bad input or unusable state"
+EXIT_STATUS = (
+    "workspace: SWARM_WORKSPACE, or ./workspace in the current folder. "
+    "exit status: 0 done, 1 refused by the runtime, 2 bad input or unusable state"
+)
 
 
 def build_parser(*, work_by_default: bool) -> argparse.ArgumentParser:

@@ -64,7 +64,13 @@ def serve_main(
         format=f"%(asctime)s %(levelname)s {prog.removesuffix('.py')}: %(message)s",
     )
     parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
-    parser.add_argument("--port", type=int, help="port on 127.0.0.1 (0 picks a free one)")
+    default_port = Settings.model_fields[port_setting].default
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"port on 127.0.0.1, 0 picks a free one (default: {default_port}, or "
+        f"{PORT_VARIABLES[port_setting]}); the workspace is SWARM_WORKSPACE, or ./workspace",
+    )
     parser.add_argument(
         "--access-log", action="store_true", help="log one line per request (off by default)"
     )
