@@ -245,8 +245,10 @@ class QueueStore:
         review_enabled: bool = False,
         clock: Callable[[], float] | None = None,
         small_queue_bytes: int = SMALL_QUEUE_BYTES,
+        fold_after_seconds: float = FRESH_SECONDS,
     ):
         self._workspace = workspace
+        self.fold_after_seconds = fold_after_seconds
         self.path = workspace.queue_path
         self.retain = retain
         self.review_enabled = review_enabled
@@ -327,14 +329,15 @@ class QueueStore:
         journal = writer.journal
         pending = journal.holds_records_after(writer.snapshot_version)
         if record is None:
-            if pending and journal.age() >= FRESH_SECONDS:
+            if pending and journal.age() >= self.fold_after_seconds:
                 self._fold(state)
             return
         if not pending and writer.snapshot_bytes <= self.small_queue_bytes:
             self._write_snapshot(state)
             return
         journal.append(record, writer.snapshot_version)
-        if journal.size * COMPACT_RATIO >= writer.snapshot_bytes or journal.age() >= FRESH_SECONDS:
+        too_old = journal.age() >= self.fold_after_seconds
+        if journal.size * COMPACT_RATIO >= writer.snapshot_bytes or too_old:
             self._fold(state)
 
     def _write_snapshot(self, state: QueueState) -> None:

@@ -31,7 +31,8 @@ def write(workspace: Workspace, kind: str, task_id: str) -> None:
     if kind == "queue":
         QueueStore(workspace).add({"id": task_id, "prompt": f"say {task_id}"})
     elif kind in ("queue_journal", "queue_fold"):
-        store = QueueStore(workspace, small_queue_bytes=0)
+        # A slow machine must not fold the journal on age between the test's steps.
+        store = QueueStore(workspace, small_queue_bytes=0, fold_after_seconds=3600)
         store.add({"id": task_id, "prompt": f"say {task_id}"})
         if kind == "queue_fold":
             store.flush()
