@@ -18,7 +18,6 @@ from conftest import RunningProcess, child_env
 
 from swarm_runtime.contract import DEFAULT_PANEL_PORT, QueueJournalRecord, Status
 from swarm_runtime.panel.app import create_app
-from swarm_runtime.queue import store as queue_store
 from swarm_runtime.queue.journal import Version
 from swarm_runtime.queue.store import QueueStore, WorkerIdentity
 from swarm_runtime.settings import Settings
@@ -115,7 +114,7 @@ def test_reads_racing_a_folding_writer_always_see_a_queue_that_existed(
     """Every claim folds at once, so reads keep meeting replaced files; the tasks are claimed
     in order, so any queue that existed shows a run of claimed tasks from t0."""
     writer = journaled_queue(workspace)
-    monkeypatch.setattr(queue_store, "FRESH_SECONDS", 0.0)
+    writer.fold_after_seconds = 0.0
     reader = QueueStore(workspace)
     done = threading.Event()
 

@@ -420,8 +420,7 @@ def test_bulk_requeue_takes_every_failed_task_and_nothing_else(store: QueueStore
 def large(workspace: Workspace, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> QueueStore:
     """A store that journals every transaction after the first, and folds only when told."""
     monkeypatch.setattr(queue_store, "COMPACT_RATIO", 0)
-    monkeypatch.setattr(queue_store, "FRESH_SECONDS", 3600.0)
-    return QueueStore(workspace, clock=clock, small_queue_bytes=0)
+    return QueueStore(workspace, clock=clock, small_queue_bytes=0, fold_after_seconds=3600.0)
 
 
 def on_disk_ids(workspace: Workspace) -> list[str]:
@@ -436,7 +435,7 @@ def test_a_large_queue_appends_and_queue_json_catches_up_once_the_journal_is_old
     assert len(workspace.queue_journal_path.read_text().splitlines()) == 2
     assert [t.id for t in QueueStore(workspace).load().tasks] == ["a", "b"]
     assert claim_id(large) == "a"
-    monkeypatch.setattr(queue_store, "FRESH_SECONDS", 0.0)
+    large.fold_after_seconds = 0.0
     assert claim_id(large) == "b"  # this transaction finds the journal old enough to fold
     assert on_disk_ids(workspace) == ["a", "b"] and not workspace.queue_journal_path.exists()
     statuses = {t["id"]: t["status"] for t in json.loads(workspace.queue_path.read_text())["tasks"]}
@@ -446,7 +445,7 @@ def test_a_large_queue_appends_and_queue_json_catches_up_once_the_journal_is_old
 def test_two_processes_share_a_journaled_queue_through_folds(
     large: QueueStore, workspace: Workspace, clock: Clock
 ) -> None:
-    other = QueueStore(workspace, clock=clock, small_queue_bytes=0)
+    other = QueueStore(workspace, clock=clock, small_queue_bytes=0, fold_after_seconds=3600.0)
     add_all(large, *({"id": f"t{n}", "prompt": "p"} for n in range(4)))
     assert claim_id(other, OTHER) == "t0"
     assert claim_id(large) == "t1"  # sees the other's claim in the journal
