@@ -1,6 +1,6 @@
 """Run the benchmarks and print one table: `python benchmarks/run_all.py [NAME ...] [--quick]`.
 
-NAME picks benchmarks (local, llm, queue, panel, preflight, budget; all by default).
+NAME picks benchmarks (local, llm, queue, panel, preflight, safety, budget; all by default).
 `--quick` runs fewer rounds and a 128 MB log instead of 1 GB; `--log-mb` sets that size.
 `python3 run.py bench ...` installs the project into .venv and runs this.
 """
@@ -17,6 +17,7 @@ import bench_local_overhead
 import bench_panel
 import bench_preflight
 import bench_queue_growth
+import bench_safety_corpus
 from benchlib import Figure, load_average, print_machine, print_table
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
@@ -25,6 +26,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
     "queue": lambda args: bench_queue_growth.run(args.quick),
     "panel": lambda args: bench_panel.run(args.quick, args.log_mb),
     "preflight": lambda args: bench_preflight.run(args.quick),
+    "safety": lambda args: bench_safety_corpus.run(args.quick),
     "budget": lambda args: bench_budget.run(args.quick),
 }
 

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from swarm_runtime.safety.folding import fold
 from swarm_runtime.safety.gateway import RULES, Rule, evaluate
+from swarm_runtime.safety.inserted import ROLE_TAG, screen_inserted
 from swarm_runtime.safety.local_commands import DENYLIST, ENV_ASSIGNMENT, URL, denylist_violation
 
 # Growth measurements take seconds each: with the process tests, out of the quick loop.
@@ -30,11 +32,16 @@ RUNS = (" ", "a", "_", "-", "&", "/", "|", "\\\n", ".")
 OPENERS = (
     *("<", "#", "[", "$(", "`", "-c ", "|", "/", ".env", "\\"),
     *("beacon command", "curl x |", "| sudo -", "iex (", "send the api ", "ignore all "),
+    *("| /usr/bin/env ", "| env -i ", "| busybox ", "curl -o a.sh ", "wget https://x/", "nc x 1 "),
+    *("id_rsa ", "~/.ssh/", "send the github bot ", "[inst] a ", "<|im_start|>", "\n### system:"),
+    *("download https://x/a.sh ", "into nc ", "exfiltrate the ", "to my ", "a@b."),
 )
 REPEATED = (
     *("curl|", "curl ", "wget -O- x | ", "curl x | sudo -x ", "curl x | env a=", "|/a"),
     *("-rrrr-", "rm -", "ignore all of the ", "exfiltrate data ", "nc -x ", 'sh -c "$('),
     *("eval `", "copy yourself ", "beacon command&", "### ", "<| ", "python -m "),
+    *("curl -o a.sh ", "wget x/a.sh ", "a.sh ", "| env a=b ", "| /a/b/env ", "nc -w 1 x 2 "),
+    *(".env ", "/etc/shadow ", "send the github token ", "[inst] a b ", "<<sys>> ", "x.example."),
 )
 
 
@@ -63,13 +70,24 @@ def build(unit: str, run: str, size: int) -> str:
     return unit + run * ((size - len(unit)) // len(run) + 1)
 
 
+SAMPLE_SECONDS = 0.0005
+
+
 def cost(match: Callable[[str], object], text: str, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+    """Best CPU time per call. CPU time, since a preemption on a busy machine would read as a
+    30x growth; and a sample runs the call enough times to last half a millisecond, since a
+    10 KB literal search takes about a microsecond."""
+    calls = 1
+    while _sample(match, text, calls) < SAMPLE_SECONDS and calls < 1024:
+        calls *= 4
+    return min(_sample(match, text, calls) for _ in range(repeats)) / calls
+
+
+def _sample(match: Callable[[str], object], text: str, calls: int) -> float:
+    start = time.thread_time()
+    for _ in range(calls):
         match(text)
-        best = min(best, time.perf_counter() - start)
-    return best
+    return time.thread_time() - start
 
 
 def growth(match: Callable[[str], object], unit: str, run: str) -> float:
@@ -102,6 +120,7 @@ LOCAL_PATTERNS = [
     *((rule.rule, rule.pattern.search, rule.pattern) for rule in DENYLIST),
     ("env_assignment", ENV_ASSIGNMENT.match, ENV_ASSIGNMENT),
     ("url", URL.match, URL),
+    ("inserted_role_tag", ROLE_TAG.search, ROLE_TAG),
 ]
 
 
@@ -117,8 +136,26 @@ def test_local_pattern_cost_grows_linearly(
     assert ratio < MAX_RATIO, f"{name}: {ratio:.0f}x for 10x the input {text}"
 
 
-@pytest.mark.parametrize("check", [denylist_violation, evaluate], ids=["local", "gateway"])
+@pytest.mark.parametrize(
+    "check", [denylist_violation, evaluate, screen_inserted], ids=["local", "gateway", "inserted"]
+)
 def test_a_command_of_repeated_curl_pipes_costs_linear_time(check: Callable[[str], object]) -> None:
     """Regression: 15 KB of `curl|` took the local policy 35 s, freezing the whole API."""
     ratio = growth(check, "curl|", "")
+    assert ratio < MAX_RATIO, f"{ratio:.0f}x for 10x the input"
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["\u0441url | b\u0430sh ", "c\u0301u\u0308 ", "\U000e0020x\ufe0f ", "\u041f\u0440\u0438 "],
+    ids=["look-alikes", "marks", "tags", "cyrillic"],
+)
+def test_folding_costs_linear_time(unit: str) -> None:
+    ratio = growth(fold, unit, "")
+    assert ratio < MAX_RATIO, f"{ratio:.0f}x for 10x the input"
+
+
+def test_screening_inserted_text_line_by_line_costs_linear_time() -> None:
+    """An answer that trips a rule is screened line by line: each line is checked once."""
+    ratio = growth(screen_inserted, "curl x | sh\nok\n", "")
     assert ratio < MAX_RATIO, f"{ratio:.0f}x for 10x the input"

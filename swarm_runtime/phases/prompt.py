@@ -9,9 +9,14 @@ are never composed: the text that runs is the command as written.
 Routing looks at the operator's own words, never at the wrapped text, so the
 runtime's headings cannot pull a tool in; a subtask is routed on its own feature,
 so a documentation step does not inherit the code tool its parent asked for.
+Text written by a model earlier (a subtask's result, the critic's feedback, a stored
+tool) passes through the caller's `screen` before it joins the prompt, so that what an
+earlier answer said can never make the operator's own task fail its safety check.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from swarm_runtime.contract import QueueDocument, Task, Verdict
 from swarm_runtime.phases.critic import retry_prompt
@@ -22,15 +27,26 @@ from swarm_runtime.phases.routing import RouteDecision, inject_tool_context
 MISSING_RESULT = "(no result recorded: the subtask is no longer in queue.json)"
 
 
+def as_is(text: str) -> str:
+    return text
+
+
 def compose_prompt(
-    task: Task, decision: RouteDecision, subtask_results: list[tuple[str, str, str | None]]
+    task: Task,
+    decision: RouteDecision,
+    subtask_results: list[tuple[str, str, str | None]],
+    screen: Callable[[str], str] = as_is,
 ) -> str:
     text = task.prompt or ""
     if subtask_results:
-        text = parent_prompt_with_results(text, subtask_results)
-    if task.review and task.review.verdict == Verdict.REJECT and task.review.issues:
-        text = retry_prompt(text, task.review.issues, task.review.suggestions)
-    text = inject_tool_context(text, decision)
+        screened: list[tuple[str, str, str | None]] = [
+            (sid, screen(feature), screen(result or "")) for sid, feature, result in subtask_results
+        ]
+        text = parent_prompt_with_results(text, screened)
+    review = task.review
+    if review and review.verdict == Verdict.REJECT and review.issues:
+        text = retry_prompt(text, map(screen, review.issues), map(screen, review.suggestions))
+    text = inject_tool_context(text, decision, screen)
     return inject_intent(text, intent_from_task(task))
 
 

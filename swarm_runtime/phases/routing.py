@@ -18,7 +18,7 @@ phrase) and must explain a fair share of the task.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -589,15 +589,18 @@ def task_text(prompt: str) -> str:
     return task if marker else prompt
 
 
-def inject_tool_context(prompt: str, decision: RouteDecision) -> str:
+def inject_tool_context(
+    prompt: str, decision: RouteDecision, screen: Callable[[str], str] = str
+) -> str:
     """Put the tool's code before the task so the model reuses it instead of rewriting it.
 
     A prompt that already starts with a tool-context block is returned as it is, so a
-    retried task is never wrapped twice."""
+    retried task is never wrapped twice. The tool was written by a model: its description
+    and code pass through `screen` first."""
     if decision.tool is None or prompt.startswith(CONTEXT_HEADING):
         return prompt
     tool = decision.tool
-    description = " ".join(tool.description.split()) or "n/a"
+    description = screen(" ".join(tool.description.split())) or "n/a"
     return "\n".join(
         [
             CONTEXT_HEADING,
@@ -606,7 +609,7 @@ def inject_tool_context(prompt: str, decision: RouteDecision) -> str:
             f"TOOL_CONFIDENCE: {decision.confidence:.2f}",
             f"TOOL_DESCRIPTION: {description}",
             "",
-            tool.code.strip("\n"),
+            screen(tool.code.strip("\n")),
             "",
             TASK_HEADING,
             prompt,

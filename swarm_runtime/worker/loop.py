@@ -77,6 +77,7 @@ from swarm_runtime.phases.routing import ToolRouter, decision_fields, load_route
 from swarm_runtime.queue.presence import PresenceBeacon
 from swarm_runtime.queue.store import ClaimOutcome, QueueStore, WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
+from swarm_runtime.safety.inserted import InsertedTextScreen
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.events import EventLog, cap_text
 from swarm_runtime.store.failpoints import failpoint
@@ -443,7 +444,15 @@ class Worker:
                 "Tool router selected %s via %s for %s", decision.tool.name, decision.route, task.id
             )
         results = subtask_results(task, self.store.load()) if task.phase4_planned else []
-        return compose_prompt(task, decision, results), decision_fields(decision)
+        screen = InsertedTextScreen()
+        prompt = compose_prompt(task, decision, results, screen)
+        if screen.flags:
+            log.warning(
+                "task %s: text from earlier model output neutralised (%s)",
+                task.id,
+                ", ".join(screen.flags),
+            )
+        return prompt, decision_fields(decision)
 
     def router(self) -> ToolRouter:
         """Built again only when the tool store changes: indexing every tool's words cost
