@@ -766,3 +766,6 @@ class ErrorBody(BaseModel):
     field: str | None = None
     rule: str | None = None
     retryable: bool = False
+    # A refusal by the safety gateway or the local-command policy carries its report, so
+    # the worker records the task as safety_blocked with the rule, as if it had refused.
+    safety_report: dict[str, Any] | None = None

@@ -353,3 +353,23 @@ def test_a_queue_in_the_references_spellings_runs_to_approved(
     written = {t["id"]: t for t in queue["tasks"]}
     assert written["t1"]["instruction"] == "Say hello" and "prompt" not in written["t1"]
     assert written["t2"]["shell"] == "echo hi" and "command" not in written["t2"]
+
+
+def test_a_command_the_local_policy_refuses_ends_safety_blocked_in_the_safety_tab(
+    api: RunningProcess, workspace: Workspace
+) -> None:
+    """`rm -rf /` passes the text gateway (it names no secret and sends nothing) and is
+    refused by the API's argv policy: the task is a safety block naming the rule, not a
+    failure, and the panel's Safety tab lists it."""
+    write_queue(workspace, [{"id": "wipe", "command": "rm -rf /"}], str(api.url))
+    assert run_worker(workspace, "--once").returncode == 0
+    assert queue_statuses(workspace) == {"wipe": "safety_blocked"}
+    [blocked] = [e for e in read_events(workspace) if e["status"] == "safety_blocked"]
+    policy = blocked["safety_report"]["checks"]["local_policy"]
+    assert policy["passed"] is False and policy["rule"] and blocked["safety_passed"] is False
+    assert "Local command blocked" in blocked["errors"]
+    panel = create_app(Settings(workspace=workspace.root)).test_client()
+    shown = panel.get("/api/safety", base_url="http://127.0.0.1:8421").get_json()
+    assert [entry["rules"] for entry in shown["blocks"] if entry["task_id"] == "wipe"] == [
+        [policy["rule"]]
+    ]

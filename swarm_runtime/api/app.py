@@ -240,7 +240,8 @@ def check_safety(gateway: SafetyGateway, cycle_request: CycleRequest) -> dict[st
         passed, report = gateway.pre_execute_safety_check(text, cycle_request.task_id)
         if not passed:
             reason, rule = report.get("blocked_reason"), blocked_rule(report)
-            raise HttpError(403, f"Safety check failed ({name}): {reason}", field=name, rule=rule)
+            message = f"Safety check failed ({name}): {reason}"
+            raise HttpError(403, message, field=name, rule=rule, safety_report=report)
     return report
 
 
@@ -259,7 +260,10 @@ def run_local(
     try:
         plan = services.policy.check(command)
     except PolicyViolation as exc:
-        raise HttpError(403, str(exc), rule=exc.rule, field="task") from None
+        blocked = services.gateway.record_policy_block(
+            command, cycle_request.task_id, exc.rule, exc.reason
+        )
+        raise HttpError(403, str(exc), rule=exc.rule, field="task", safety_report=blocked) from None
     try:
         result = run_command(plan, timeout=cycle_request.timeout)
     except ArgumentListTooLong as exc:

@@ -48,6 +48,8 @@ VIOLATION_LABELS = {
     "prompt_injection": "Prompt injection",
 }
 INPUT_CHECK = "input"
+# Not a text check: the argv policy of local commands, whose refusals are audited here too.
+LOCAL_POLICY_CHECK = "local_policy"
 MATCH_SHOWN_CHARS = 60
 
 
@@ -168,6 +170,17 @@ class SafetyGateway:
         self._audit_to = workspace if audit else None
         skeleton_table()
 
+    def record_policy_block(
+        self, command: str, task_id: str | None, rule: str, reason: str
+    ) -> dict[str, Any]:
+        """Audit a local command the policy refused, beside the gateway's own refusals, so
+        the panel's Safety tab lists both; returns the report the refusal carries."""
+        report = policy_report(rule, reason, task_id, utc_now())
+        if self._audit_to is not None:
+            record = audit_record(report, [RuleMatch(rule, LOCAL_POLICY_CHECK, reason)], command)
+            _append_audit(self._audit_to, record)
+        return report
+
     def pre_execute_safety_check(
         self, text: str, task_id: str | None = None
     ) -> tuple[bool, dict[str, Any]]:
@@ -177,6 +190,21 @@ class SafetyGateway:
         if self._audit_to is not None:
             _append_audit(self._audit_to, audit_record(report, matches, text))
         return report["passed"], report
+
+
+def policy_report(rule: str, reason: str, task_id: str | None, now: datetime) -> dict[str, Any]:
+    """A refusal by the local-command policy, in the shape of the gateway's report: every
+    text check passed, and the `local_policy` check names the rule that did not."""
+    blocked = f"Local command blocked: {reason}"
+    checks = {name: _check_entry(name, []) for name in CHECKS}
+    checks[LOCAL_POLICY_CHECK] = {"passed": False, "reason": blocked, "rule": rule}
+    return {
+        "passed": False,
+        "blocked_reason": blocked,
+        "checks": checks,
+        "timestamp": now.isoformat(),
+        "task_id": task_id,
+    }
 
 
 def _append_audit(workspace: state_files.Workspace, record: dict[str, Any]) -> None:

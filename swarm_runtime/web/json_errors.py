@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -30,9 +31,16 @@ class HttpError(SwarmError):
         rule: str | None = None,
         retryable: bool = False,
         headers: dict[str, str] | None = None,
+        safety_report: dict[str, Any] | None = None,
     ):
         self.status = status
-        self.body = ErrorBody(error=message, field=field, rule=rule, retryable=retryable)
+        self.body = ErrorBody(
+            error=message,
+            field=field,
+            rule=rule,
+            retryable=retryable,
+            safety_report=safety_report,
+        )
         self.headers = dict(headers or {})
         super().__init__(message)
 

@@ -33,6 +33,8 @@ class Dispatch:
     error: str | None = None
     http_status: int | None = None
     attempts: int = 1
+    # The report of a refusal by the API's safety gateway or local-command policy.
+    safety_report: dict[str, Any] | None = None
 
 
 class EndpointRefused(ValueError):
@@ -119,7 +121,9 @@ def interpret(reply: requests.Response, attempt: int) -> tuple[Dispatch, float |
             return Dispatch(None, f"invalid API response: {problems}", 200, attempt), None
     message = body.get("error") if isinstance(body, dict) else None
     error = f"API returned {reply.status_code}: {message or reply.text[:500]}"
-    result = Dispatch(None, error, reply.status_code, attempt)
+    report = body.get("safety_report") if isinstance(body, dict) else None
+    refusal = report if reply.status_code == 403 and isinstance(report, dict) else None
+    result = Dispatch(None, error, reply.status_code, attempt, safety_report=refusal)
     retryable = isinstance(body, dict) and body.get("retryable", True) is not False
     if reply.status_code == 429:
         wait = retry_after(reply.headers, MAX_BACKOFF_SECONDS)

@@ -628,8 +628,13 @@ def configured_endpoint(settings: Settings) -> str | None:
 
 
 def outcome_from_dispatch(dispatch: Dispatch, report: dict[str, Any]) -> Outcome:
-    """Success comes from the response body's status and exit code, never from HTTP 200 alone."""
+    """Success comes from the response body's status and exit code, never from HTTP 200 alone.
+    A refusal by the API's gateway or local-command policy is a safety block, with its rule."""
     body = dispatch.response
+    refused = dispatch.safety_report
+    if body is None and refused is not None and refused.get("passed") is False:
+        blocked = {"errors": dispatch.error, "safety_passed": False, "safety_report": refused}
+        return Outcome(Status.SAFETY_BLOCKED, blocked)
     if body is None:
         return Outcome(
             Status.FAILED,
