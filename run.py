@@ -52,17 +52,29 @@ def ensure_environment(*, with_test_extras: bool) -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 (runs under any python3, before the venv)
         sys.exit(f"swarm-runtime needs Python 3.11 or newer (this is {sys.version.split()[0]})")
     version = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    installed = STAMP.read_text().split() if STAMP.exists() else []
-    if installed[:1] == [version] and (installed[1:] == ["test"] or not with_test_extras):
+    installed = STAMP.read_text() if STAMP.exists() else ""
+    if not needs_install(installed, version, with_test_extras=with_test_extras):
         return
     if not VENV_PYTHON.exists():
         print("creating .venv ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    target, extras = (f"{ROOT}[test]", "test") if with_test_extras else (str(ROOT), "run")
+    target, extras = install_target(with_test_extras=with_test_extras)
     print(f"installing swarm-runtime ({extras}) into .venv ...", flush=True)
     pip = [str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "-e", target], check=True)
     STAMP.write_text(f"{version} {extras}")
+
+
+def needs_install(stamp: str, version: str, *, with_test_extras: bool) -> bool:
+    """The stamp says which pyproject.toml was installed, and whether with the test extras;
+    running needs the first, checking and testing both."""
+    installed = stamp.split()
+    return not (installed[:1] == [version] and (installed[1:] == ["test"] or not with_test_extras))
+
+
+def install_target(*, with_test_extras: bool) -> tuple[str, str]:
+    """What pip installs, and the word the stamp keeps for it."""
+    return (f"{ROOT}[test]", "test") if with_test_extras else (str(ROOT), "run")
 
 
 def inside_venv() -> bool:

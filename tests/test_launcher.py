@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -93,3 +94,46 @@ def test_help_answers_without_installing_anything(tmp_path: Path) -> None:
     assert not (copy / ".venv").exists()
     unknown = subprocess.run([str(base_python), "run.py", "serve"], cwd=copy, capture_output=True)
     assert unknown.returncode == 2 and b"unknown command 'serve'" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    "stamp, with_test_extras, needed",
+    [
+        ("", False, True),
+        ("v1 run", False, False),  # running needs only what running needs
+        ("v1 run", True, True),  # check and test add the test extras
+        ("v1 test", False, False),
+        ("v1 test", True, False),
+        ("v0 test", False, True),  # pyproject.toml changed
+        ("v1", True, True),  # a stamp that does not say
+    ],
+)
+def test_running_installs_only_what_running_needs(
+    stamp: str, with_test_extras: bool, needed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    import run
+
+    assert run.needs_install(stamp, "v1", with_test_extras=with_test_extras) is needed
+    assert run.install_target(with_test_extras=False) == (str(ROOT), "run")
+    assert run.install_target(with_test_extras=True)[0].endswith("[test]")
+
+
+def test_nothing_is_seeded_before_every_server_is_up(workspace: Workspace) -> None:
+    """With the panel's port taken, run.py stops and says which option to change, and the
+    workspace holds no demo task."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "run.py", "--workspace", str(workspace.root), "--api-port", "0"]
+            + ["--panel-port", str(port)],
+            cwd=ROOT,
+            env=child_env(workspace),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1 and "--panel-port" in result.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in result.stdout
+    queue = workspace.queue_path
+    assert not queue.exists() or '"demo-' not in queue.read_text()

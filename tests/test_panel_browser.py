@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import RunningProcess, child_env, read_queue, wait_until, write_queue
+from fake_llm_server import FakeLLMServer
 from helpers.screenshot_panel import CHROMIUM_ARGS, take
 
 from swarm_runtime.contract import ExecutionRecord, Status
@@ -466,3 +467,19 @@ def test_a_malformed_queue_shows_as_that_not_as_an_unreachable_api(
     assert "line 2" in text_of(page, "#queue-note")
     page.locator("#api-state", has_text="unknown").wait_for()
     assert "unreachable" not in text_of(page, "#tile-api")
+
+
+def test_the_header_shows_the_provider_and_whether_it_answers(
+    watched: Watched,
+    panel: RunningProcess,
+    spawn: Callable[..., RunningProcess],
+    workspace: Workspace,
+) -> None:
+    with FakeLLMServer() as provider:
+        env = child_env(workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL="gpt-4o-mini")
+        api = spawn(["swarm.py", "--port", "0"], env)
+        write_queue(workspace, [], str(api.url))
+        page = open_panel(watched, panel)
+        host = provider.url.split("//", 1)[1].split("/", 1)[0]
+        page.locator("#api-note", has_text=f"provider {host} answers").wait_for()
+        assert "model: gpt-4o-mini" in text_of(page, "#api-note")

@@ -75,7 +75,7 @@ def test_a_mixed_queue_runs_to_its_final_states(api: RunningProcess, workspace: 
         "haiku": "approved",
         "blocked": "safety_blocked",
         "ghost-dep": "failed",
-        "disallowed": "failed",
+        "disallowed": "safety_blocked",  # refused by the API's local-command policy
     }
     history = statuses_by_task(workspace)
     assert history["echo"] == ["in_progress", "completed", "pending_review", "approved"]
@@ -87,7 +87,7 @@ def test_a_mixed_queue_runs_to_its_final_states(api: RunningProcess, workspace: 
     assert "exited with code" in events[("broken", "failed")]["errors"]
     assert events[("after-broken", "failed")]["errors"] == "dependency 'broken' ended failed"
     assert "unknown dependency 'missing'" in events[("ghost-dep", "failed")]["errors"]
-    assert "not in allowlist" in events[("disallowed", "failed")]["errors"]
+    assert "not in allowlist" in events[("disallowed", "safety_blocked")]["errors"]
     blocked = events[("blocked", "safety_blocked")]
     assert blocked["safety_passed"] is False and blocked["safety_report"]["passed"] is False
     assert events[("haiku", "completed")]["model"] == "offline"
