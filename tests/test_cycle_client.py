@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -51,7 +52,13 @@ class ScriptedApi:
 
         self.server = create_server(app, host="127.0.0.1", port=0, threads=2)
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def serve(self) -> None:
+        """Until the test closes the server from its own thread, which pulls the sockets
+        out from under this loop's select()."""
+        with contextlib.suppress(OSError):
+            self.server.run()
 
 
 def serving(scripted: ScriptedApi) -> Iterator[ScriptedApi]:
