@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, child_env, wait_until
+from launched import run_py, start_until_running
 
 from swarm_runtime.processes import process_exists
 from swarm_runtime.store.state_files import Workspace
@@ -30,24 +31,8 @@ def children_of(pid: int) -> set[int]:
 @pytest.fixture
 def launcher(workspace: Workspace) -> Iterator[subprocess.Popen[str]]:
     """`python3 run.py` on free ports, up with all three children."""
-    proc = subprocess.Popen(
-        [sys.executable, "run.py", "--workspace", str(workspace.root), "--api-port", "0"]
-        + ["--panel-port", "0"],
-        cwd=ROOT,
-        env=child_env(workspace),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "swarm-runtime is running" in line:
-            break
-    else:
-        pytest.fail("run.py did not start:\n" + "".join(seen))
+    options = ("--workspace", str(workspace.root), "--api-port", "0", "--panel-port", "0")
+    proc = start_until_running(run_py(*options), ROOT, child_env(workspace))
     yield proc
     if proc.poll() is None:
         proc.kill()

@@ -24,14 +24,13 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_workspace_rule import GIT, checkout_files, plain_env
+from launched import RUNNING, committed_copy, plain_env
 
 README = ROOT / "README.md"
 MODES = ("run", "background", "follow", "collect", "ci")
 MARK = "<!-- readme-test: "
 COMMAND_SECONDS = 300.0
 READY_SECONDS = 90.0
-RUNNING = "swarm-runtime is running"
 
 
 @dataclass(frozen=True)
@@ -132,12 +131,7 @@ def test_the_parser_joins_continued_lines_and_reads_marks() -> None:
 def checkout(tmp_path: Path) -> Path:
     """A committed copy of the checkout with an environment that is already installed:
     run.py finds its stamp current and installs nothing."""
-    copy = tmp_path / "checkout"
-    for name in checkout_files():
-        (copy / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, copy / name)
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "checkout"]):
-        subprocess.run([*GIT, *args], cwd=copy, check=True, capture_output=True)
+    copy = committed_copy(tmp_path / "checkout")
     venv = copy / ".venv"
     (venv / "bin").mkdir(parents=True)
     shutil.copy2(Path(sys.prefix) / "pyvenv.cfg", venv / "pyvenv.cfg")

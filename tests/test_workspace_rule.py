@@ -5,8 +5,6 @@ checkout nor leaves state or lock files in its source tree."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,71 +12,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, wait_until
+from conftest import wait_until
+from launched import committed_copy, plain_env, run_py, start_until_running
 
 DEADLINE_SECONDS = 60.0
-GIT = [
-    "git",
-    "-c",
-    "user.name=t",
-    "-c",
-    "user.email=t@example.invalid",
-    "-c",
-    "init.defaultBranch=main",
-]
-
-
-def checkout_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    return [name for name in listed.split("\0") if name and (ROOT / name).is_file()]
 
 
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
-    """A copy of this checkout, committed into a repository of its own."""
-    copy = tmp_path / "checkout"
-    for name in checkout_files():
-        (copy / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, copy / name)
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "checkout"]):
-        subprocess.run([*GIT, *args], cwd=copy, check=True, capture_output=True)
+    copy = committed_copy(tmp_path / "checkout")
     (copy / ".venv").symlink_to(Path(sys.prefix))  # the environment is installed already
     return copy
 
 
-def plain_env() -> dict[str, str]:
-    """Nothing of the runtime's set, as in a fresh terminal."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("SWARM_", "GROQ_", "CONTROL_PANEL_"))
-    }
-
-
 @pytest.fixture
 def running(checkout: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "run.py", "--api-port", "0", "--panel-port", "0"],
-        cwd=checkout,
-        env=plain_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    proc = start_until_running(
+        run_py("--api-port", "0", "--panel-port", "0"), checkout, plain_env()
     )
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "swarm-runtime is running" in line:
-            break
-    else:
-        pytest.fail("run.py did not start:\n" + "".join(seen))
     yield proc
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)

@@ -18,6 +18,7 @@ import math
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -266,3 +267,21 @@ def _empty() -> dict[str, Any]:
 
 def _dump(ledger: LedgerDocument) -> dict[str, Any]:
     return ledger.model_dump(mode="json")
+
+
+def budget_view(
+    ledger: BudgetLedger, describe: Callable[[StateFileError], str] = str
+) -> dict[str, Any]:
+    """The budget as the panel's header and the CLI's status show it; an unreadable
+    ledger is shown as its error, described the way the caller's operator reads errors."""
+    try:
+        snapshot = ledger.snapshot()
+    except StateFileError as exc:
+        return {"limit": ledger.limit, "error": describe(exc)}
+    return {
+        "limit": snapshot.limit,
+        "spent": round(snapshot.spent, 6),
+        "reserved": round(snapshot.reserved, 6),
+        "remaining": round(snapshot.remaining, 6),
+        "error": None,
+    }

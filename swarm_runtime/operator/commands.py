@@ -145,11 +145,13 @@ def events(command: Command) -> int:
         command.operations.workspace.log_path, EventFilter(args.task, args.status, args.worker)
     )
     show_event = _event_printer(args.json)
+    # Before the first line: whoever reads it may press Ctrl-C at once.
+    stop = stop_on_signals() if args.follow else None
     try:
         for event in feed.backlog(args.lines):
             show_event(event)
-        if args.follow:
-            follow(feed, show_event, stop_on_signals())
+        if stop is not None:
+            follow(feed, show_event, stop)
     finally:
         feed.close()
     return 0

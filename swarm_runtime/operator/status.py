@@ -11,7 +11,7 @@ from typing import Any
 
 from swarm_runtime.contract import QUEUE_FILE, QueueDocument
 from swarm_runtime.errors import StateFileError
-from swarm_runtime.llm.budget import BudgetLedger
+from swarm_runtime.llm.budget import BudgetLedger, budget_view
 from swarm_runtime.operator.text import clean, dollars, listed, moment
 from swarm_runtime.queue.api_probe import probe_api
 from swarm_runtime.queue.operations import Operations
@@ -54,17 +54,7 @@ def pause_of(operations: Operations) -> dict[str, Any]:
 
 
 def budget_of(operations: Operations, settings: Settings) -> dict[str, Any]:
-    try:
-        snapshot = BudgetLedger(operations.workspace, settings.budget_limit).snapshot()
-    except StateFileError as exc:
-        return {"limit": settings.budget_limit, "error": str(exc)}
-    return {
-        "limit": snapshot.limit,
-        "spent": round(snapshot.spent, 6),
-        "reserved": round(snapshot.reserved, 6),
-        "remaining": round(snapshot.remaining, 6),
-        "error": None,
-    }
+    return budget_view(BudgetLedger(operations.workspace, settings.budget_limit))
 
 
 def status_lines(status: dict[str, Any]) -> list[str]:

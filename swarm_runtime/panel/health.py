@@ -11,6 +11,7 @@ from typing import Any
 
 from swarm_runtime.contract import QUEUE_FILE
 from swarm_runtime.errors import StateFileError
+from swarm_runtime.llm.budget import budget_view
 from swarm_runtime.panel.errors import refusal
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.queue.overview import alive_workers, live_leases, queue_counts
@@ -58,18 +59,7 @@ def pause_of(panel: Panel) -> dict[str, Any]:
 
 
 def budget_of(panel: Panel) -> dict[str, Any]:
-    try:
-        snapshot = panel.budget.snapshot()
-    except StateFileError as exc:
-        error = refusal(exc, panel.workspace).body.error
-        return {"limit": panel.settings.budget_limit, "error": error}
-    return {
-        "limit": snapshot.limit,
-        "spent": round(snapshot.spent, 6),
-        "reserved": round(snapshot.reserved, 6),
-        "remaining": round(snapshot.remaining, 6),
-        "error": None,
-    }
+    return budget_view(panel.budget, lambda exc: refusal(exc, panel.workspace).body.error)
 
 
 def log_of(panel: Panel) -> dict[str, Any]:
