@@ -3,6 +3,7 @@ taken port named with the option and the variable that choose another."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -12,8 +13,10 @@ import pytest
 import requests
 from conftest import ROOT, RunningProcess, child_env, wait_until
 from fake_llm_server import FakeLLMServer
+from flask import Flask
 
 from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.web.server import serve
 
 
 def served_twice(spawn: Callable[..., RunningProcess], workspace: Workspace, *flags: str) -> str:
@@ -129,3 +132,20 @@ def test_a_provider_url_without_a_model_stops_every_process_at_start(
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "SWARM_LLM_BASE_URL is set but SWARM_LLM_MODEL is not" in result.stderr
+
+
+def test_a_stop_before_the_serving_loop_still_ends_cleanly() -> None:
+    """SIGTERM right after the "listening on" line, before waitress's loop runs, once
+    escaped as a traceback and exit 1 instead of a clean stop."""
+    app = Flask(__name__)
+
+    def stopped_at_once(_url: str) -> None:
+        raise KeyboardInterrupt  # what the SIGTERM handler raises
+
+    app.extensions["on_listening"] = stopped_at_once
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert serve(app, 0, "test server") == 0
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

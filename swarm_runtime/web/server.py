@@ -110,21 +110,24 @@ def serve(app: Flask, port: int, name: str, *, threads: int = DEFAULT_THREADS) -
         raise PortInUse(f"port {port} on {LOOPBACK_HOST} is in use by another program") from None
     url = f"http://{LOOPBACK_HOST}:{bound_port}"
     app.config["SERVER_URL"] = url
-    app.extensions.get("on_listening", lambda _url: None)(url)
     on_stop: Callable[[], None] = app.extensions.get("on_stop", lambda: None)
 
     def stop(_signum: int, _frame: object) -> NoReturn:
         on_stop()
         raise KeyboardInterrupt
 
+    # From here on a stop request, however early, ends in the same clean shutdown.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    # One write: print() sends the newline separately, and a log line from another thread
-    # could land in between and run on from the URL a supervisor is reading.
-    sys.stdout.write(f"{name} listening on {url}\n")
-    sys.stdout.flush()
     try:
+        app.extensions.get("on_listening", lambda _url: None)(url)
+        # One write: print() sends the newline separately, and a log line from another
+        # thread could land in between and run on from the URL a supervisor is reading.
+        sys.stdout.write(f"{name} listening on {url}\n")
+        sys.stdout.flush()
         server.run()
+    except KeyboardInterrupt:
+        pass  # a stop that came before the loop ran; the loop handles the later ones
     finally:
         server.close()
     print(f"{name} stopped", file=sys.stderr, flush=True)
