@@ -19,6 +19,9 @@
     ├── RateLimited               the token bucket is empty (carries Retry-After)
     ├── ProviderError             the LLM provider failed after its retries
     ├── ReviewUnavailable         the critic could not reach a verdict (fail closed)
+    ├── StoreUnavailable          the database named by SWARM_DATABASE_URL cannot be used
+                                  (also a ConnectionError: like a state file that cannot be
+                                  written, the work waits and is tried again)
     └── HttpError                 a server refuses a request (web.json_errors: it carries
                                   the status code and the JSON body that explains it)
 
@@ -171,3 +174,13 @@ class ProviderError(SwarmError):
 
 class ReviewUnavailable(SwarmError):
     """The critic could not run; the task stays pending_review rather than being approved."""
+
+
+class StoreUnavailable(SwarmError, ConnectionError):
+    """The database cannot be reached or refuses us; `url` never holds the password, and
+    the message says what to check."""
+
+    def __init__(self, url: str, problem: str, hint: str):
+        self.url = url
+        self.problem = problem
+        super().__init__(f"database {url}: {problem}; {hint}")

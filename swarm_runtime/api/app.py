@@ -44,7 +44,9 @@ from swarm_runtime.errors import (
     UnpricedModelError,
 )
 from swarm_runtime.llm.wrapper import SecureAPIWrapper, from_settings
-from swarm_runtime.queue.store import QueueStore, lease_is_live
+from swarm_runtime.queue.interface import TaskQueue
+from swarm_runtime.queue.select import store_for
+from swarm_runtime.queue.store import lease_is_live
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.safety.local_commands import (
     ArgumentListTooLong,
@@ -85,7 +87,7 @@ class ApiServices:
     gateway: SafetyGateway
     policy: LocalCommandPolicy
     wrapper: SecureAPIWrapper
-    store: QueueStore
+    store: TaskQueue
     provider_health: ProviderHealth
 
     @classmethod
@@ -105,7 +107,7 @@ class ApiServices:
                 git_allow_write=settings.git_allow_write,
             ),
             wrapper=wrapper,
-            store=QueueStore.for_settings(workspace, settings),
+            store=store_for(settings, workspace),
             provider_health=ProviderHealth(wrapper.provider),
         )
 

@@ -22,7 +22,7 @@ from swarm_runtime.errors import (
 from swarm_runtime.operator import commands
 from swarm_runtime.operator.commands import Command
 from swarm_runtime.queue.operations import Operations
-from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 
@@ -124,7 +124,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         workspace = Workspace(settings.workspace)
         workspace.ensure_layout()
-        store = QueueStore.for_settings(workspace, settings)
+        store = store_for(settings, workspace)
         operations = Operations(workspace, store, CLI_WORKER_ID)
         handler: Handler = args.handler
         return handler(Command(operations, settings, args))

@@ -26,7 +26,7 @@ from swarm_runtime.panel.log_tail import READ_BLOCK_BYTES, JsonlFold, LogIndex
 from swarm_runtime.panel.probe import ApiProbe
 from swarm_runtime.phases import quality_gate
 from swarm_runtime.phases.rewards import Balances, RewardLedger, parse_state
-from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.state_files import Workspace, file_version, read_json
@@ -104,7 +104,7 @@ class Panel:
         self.settings = settings
         self.workspace = ws = Workspace(settings.workspace)
         ws.ensure_layout()
-        self.store = QueueStore.for_settings(ws, settings)
+        self.store = store_for(settings, ws)
         self.events = EventLog(ws, PANEL_WORKER_ID)
         self.csrf_token = secrets.token_urlsafe(32)
         self.scrub = SecretScrubber(settings, ws)

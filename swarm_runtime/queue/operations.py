@@ -12,8 +12,8 @@ import logging
 from typing import Any, NamedTuple
 
 from swarm_runtime.contract import OperatorAction, OperatorEvent, Task
+from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.new_task import known_ids, validate_new_task
-from swarm_runtime.queue.store import QueueStore
 from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.pause import PauseState, set_pause
 from swarm_runtime.store.state_files import Workspace
@@ -34,7 +34,7 @@ class Added(NamedTuple):
 
 
 class Operations:
-    def __init__(self, workspace: Workspace, store: QueueStore, operator_id: str):
+    def __init__(self, workspace: Workspace, store: TaskQueue, operator_id: str):
         self.workspace = workspace
         self.store = store
         self.operator_id = operator_id

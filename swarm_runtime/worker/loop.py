@@ -74,8 +74,10 @@ from swarm_runtime.phases.prompt import compose_prompt, routing_text, subtask_re
 from swarm_runtime.phases.quality_gate import QualityGate
 from swarm_runtime.phases.rewards import RewardBook, not_approved_fields
 from swarm_runtime.phases.routing import ToolRouter, decision_fields, load_router
+from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.presence import PresenceBeacon
-from swarm_runtime.queue.store import ClaimOutcome, QueueStore, WorkerIdentity
+from swarm_runtime.queue.select import store_for
+from swarm_runtime.queue.store import ClaimOutcome, WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.safety.inserted import InsertedTextScreen
 from swarm_runtime.settings import Settings
@@ -91,7 +93,6 @@ LOCAL_COMMAND_TIMEOUT = 30.0
 DISPATCH_GRACE_SECONDS = 30.0
 SUMMARY_CHARS = 2000
 RECORDED_OUTPUT_BYTES = 32 * 1024
-WAKE_CHECK_SECONDS = 0.02
 # A finished result is committed this many times in all while queue.json's lock stays busy
 # past its timeout, waiting twice as long after each refusal (capped), before giving up.
 COMMIT_ATTEMPTS = 6
@@ -134,7 +135,7 @@ class Worker:
         self.settings = settings
         self.identity = identity
         self.workspace = workspace
-        self.store = QueueStore.for_settings(workspace, settings)
+        self.store: TaskQueue = store_for(settings, workspace)
         self.events = EventLog(workspace, identity.worker_id)
         self.client = client
         self.gateway = gateway
@@ -195,14 +196,9 @@ class Worker:
         return 0
 
     def wait_for_work(self, stop: threading.Event) -> None:
-        """Wait out the poll interval, but claim again as soon as queue.json changes, so new
-        work starts within WAKE_CHECK_SECONDS instead of up to a whole interval later. A
-        claim that finds nothing writes nothing, so idle workers never wake each other."""
-        seen = self.store.version()
-        deadline = time.monotonic() + self.settings.poll_interval
-        while not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline or self.store.version() != seen:
-                return
+        """Wait out the poll interval, but claim again as soon as the queue changes, so new
+        work starts at once instead of up to a whole interval later."""
+        self.store.wait_for_change(self.settings.poll_interval, stop)
 
     def announce(self, paused: bool) -> None:
         """Presence is a courtesy to the panel: a failed write (a full disk) must not stop work."""
