@@ -229,6 +229,8 @@ def starts_processes(item: pytest.Item) -> bool:
         return True
     if not isinstance(item, pytest.Function):
         return False
+    if "postgres_cluster" in item.fixturenames:  # a PostgreSQL server of its own
+        return True
     fixtures = item._fixtureinfo.name2fixturedefs.values()
     functions = [item.function, *(fixture.func for defs in fixtures for fixture in defs)]
     seen: set[Callable[..., Any]] = set()

@@ -171,8 +171,8 @@ class PostgresQueueStore(QueueTransactions):
         write_outcomes(conn, record.outcomes)
         if record.api_endpoint is not None:
             conn.execute(
-                "UPDATE swarm_queue SET header = header || jsonb_build_object('api_endpoint', %s)"
-                " WHERE id = 1",
+                "UPDATE swarm_queue SET header = header"
+                " || jsonb_build_object('api_endpoint', %s::text) WHERE id = 1",
                 (record.api_endpoint,),
             )
         conn.execute("UPDATE swarm_queue SET changes = changes + 1 WHERE id = 1")

@@ -32,7 +32,10 @@ MISSING_DRIVER = (
 )
 # What the server or the driver said (every word found) -> the problem and what to check.
 CREDENTIALS = "check the user and password in SWARM_DATABASE_URL"
-MALFORMED = ("not a valid PostgreSQL URL", "write it as postgresql://user:password@host:port/db")
+MALFORMED = (
+    "not a valid PostgreSQL URL",
+    "write SWARM_DATABASE_URL as postgresql://user:password@host:port/database",
+)
 HINTS: tuple[tuple[tuple[str, ...], tuple[str, str]], ...] = (
     (("password authentication failed",), ("the server refused the credentials", CREDENTIALS)),
     (("no password supplied",), ("the server wants a password", CREDENTIALS)),

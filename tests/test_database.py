@@ -1,0 +1,142 @@
+"""The database behind SWARM_DATABASE_URL: the schema the runtime owns, and every way a
+URL can be wrong told in one line that names the URL without its password."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+from conftest import ROOT, child_env
+from pydantic import SecretStr
+
+from swarm_runtime.errors import SettingsError, StoreUnavailable
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.database import UNREACHABLE, Database, explain, redact
+from swarm_runtime.store.schema import SCHEMA_VERSION, migrate, schema_version
+from swarm_runtime.store.state_files import Workspace
+
+PASSWORD = "cluster-secret-pw"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:s3cret@db:5432/q", "postgresql://u:***@db:5432/q"),
+        ("postgresql://u@db/q", "postgresql://u@db/q"),
+        ("postgresql://:s3cret@db/q", "postgresql://:***@db/q"),
+        (
+            "postgresql://u:p%40ss@[::1]:5/q?sslmode=require",
+            "postgresql://u:***@[::1]:5/q?sslmode=require",
+        ),
+        ("postgresql://u:s3cret@db:notaport/q", "postgresql://u:***@db:notaport/q"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("said", "problem"),
+    [
+        ('FATAL:  password authentication failed for user "u"', "refused the credentials"),
+        ('FATAL:  role "nobody" does not exist', "no such user"),
+        ('FATAL:  database "nope" does not exist', "no such database"),
+        ("fe_sendauth: no password supplied", "wants a password"),
+        ('invalid integer value "x" for connection option "port"', "not a valid PostgreSQL URL"),
+        ("connection refused\n\tIs the server running on that host", UNREACHABLE[0]),
+        ("timeout expired", UNREACHABLE[0]),
+    ],
+)
+def test_what_the_driver_says_becomes_what_to_check(said: str, problem: str) -> None:
+    found, hint = explain(said)
+    assert problem in found and "SWARM_DATABASE_URL" in hint
+
+
+def test_the_url_is_a_setting_kept_secret() -> None:
+    url = "postgresql://u:s3cret@db/q"
+    settings = Settings.from_env({"SWARM_DATABASE_URL": url})
+    assert settings.database_url == SecretStr(url)
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
+    assert "s3cret" in settings.secret_values()
+    assert Settings.from_env({}).database_url is None
+
+
+def test_a_url_for_another_database_is_refused_at_start() -> None:
+    with pytest.raises(SettingsError, match="must be a postgresql:// URL"):
+        Settings.from_env({"SWARM_DATABASE_URL": "mysql://u:p@h/d"})
+
+
+# --- against a real server ----------------------------------------------------------------
+
+
+def test_the_schema_is_created_once_even_by_processes_starting_together(
+    database_url: str,
+) -> None:
+    import psycopg
+
+    found: list[int] = []
+
+    def start() -> None:
+        with psycopg.connect(database_url) as conn:
+            found.append(migrate(conn))
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(found) == [0, SCHEMA_VERSION, SCHEMA_VERSION, SCHEMA_VERSION]
+    with psycopg.connect(database_url) as conn:
+        assert schema_version(conn) == SCHEMA_VERSION
+        assert migrate(conn) == SCHEMA_VERSION
+
+
+def wrong_urls(cluster: Any) -> dict[str, tuple[str, str]]:
+    """A URL for each way to get it wrong -> the problem reported."""
+    return {
+        "password": (cluster.url("postgres", password="not-it"), "refused the credentials"),
+        "database": (cluster.url("no_such_db"), "no such database"),
+        "refused": (
+            f"postgresql://swarm:{PASSWORD}@127.0.0.1:1/postgres",
+            "cannot be reached",
+        ),
+        "port": (f"postgresql://swarm:{PASSWORD}@127.0.0.1:notaport/x", "not a valid"),
+    }
+
+
+@pytest.mark.parametrize("wrong", ["password", "database", "refused", "port"])
+def test_a_wrong_url_is_one_line_naming_it_without_the_password(
+    postgres_cluster: Any, wrong: str
+) -> None:
+    url, problem = wrong_urls(postgres_cluster)[wrong]
+    with pytest.raises(StoreUnavailable) as caught:
+        Database.connect(url)
+    message = str(caught.value)
+    assert problem in message and redact(url) in message
+    assert "\n" not in message
+    assert PASSWORD not in message and "not-it" not in message
+
+
+def test_every_command_refuses_a_wrong_url_in_one_line(
+    postgres_cluster: Any, workspace: Workspace
+) -> None:
+    url = postgres_cluster.url("postgres", password="not-it")
+    for script in (["worker.py", "--once"], ["worker.py", "status"], ["swarm.py", "--port", "0"]):
+        done = subprocess.run(
+            [sys.executable, *script],
+            cwd=ROOT,
+            env=child_env(workspace, SWARM_DATABASE_URL=url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.strip()]
+        assert errors == [
+            f"error: database {redact(url)}: the server refused the credentials; "
+            "check the user and password in SWARM_DATABASE_URL"
+        ], done.stderr
+        assert "not-it" not in done.stdout + done.stderr
