@@ -6,6 +6,7 @@
     │   └── UnsafeStateError      ... or another user could redirect or read it (a link,
     │                             a loose mode, a foreign owner): the process refuses it
     ├── DuplicateTaskError        `add` met an id that is already queued
+    ├── QueueNotEmpty             an import into a queue that already holds tasks
     ├── UnknownTaskError          an operation named a task the queue does not hold
     ├── TaskInputError            a new task breaks a rule (carries the field at fault)
     ├── LeaseLostError            a worker tried to finish a task it no longer owns
@@ -61,6 +62,14 @@ class DuplicateTaskError(SwarmError):
     def __init__(self, task_id: str):
         self.task_id = task_id
         super().__init__(f"task id {task_id!r} is already in the queue")
+
+
+class QueueNotEmpty(SwarmError):
+    def __init__(self, tasks: int, outcomes: int):
+        super().__init__(
+            f"the queue is not empty ({tasks} tasks, {outcomes} finished ids): "
+            "a queue.json is imported only into an empty one"
+        )
 
 
 class UnknownTaskError(SwarmError):

@@ -3,6 +3,7 @@ URL can be wrong told in one line that names the URL without its password."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import pytest
 from conftest import ROOT, child_env
 from pydantic import SecretStr
 
+from swarm_runtime.contract import validate_queue_contract
 from swarm_runtime.errors import SettingsError, StoreUnavailable
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.database import UNREACHABLE, Database, explain, redact
@@ -140,3 +142,35 @@ def test_every_command_refuses_a_wrong_url_in_one_line(
             "check the user and password in SWARM_DATABASE_URL"
         ], done.stderr
         assert "not-it" not in done.stdout + done.stderr
+
+
+def swarm(workspace: Workspace, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "worker.py", *args],
+        cwd=ROOT,
+        env=child_env(workspace, SWARM_DATABASE_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_commands_show_the_schema_and_move_a_queue_json_in_and_out(
+    database_url: str, workspace: Workspace, tmp_path: Any
+) -> None:
+    version = swarm(workspace, database_url, "schema-version", "--json")
+    assert version.returncode == 0, version.stderr
+    shown = json.loads(version.stdout)
+    assert shown["schema_version"] == shown["runtime_schema_version"] == SCHEMA_VERSION
+    assert shown["store"] == redact(database_url) and PASSWORD not in version.stdout
+    source = tmp_path / "queue.json"
+    source.write_text(json.dumps({"tasks": [{"id": "a", "prompt": "p", "owner": "ops"}]}))
+    imported = swarm(workspace, database_url, "import", str(source))
+    assert imported.returncode == 0 and "imported 1 tasks" in imported.stdout, imported.stderr
+    again = swarm(workspace, database_url, "import", str(source))
+    assert again.returncode == 2 and "not empty" in again.stderr
+    exported = swarm(workspace, database_url, "export")
+    document = json.loads(exported.stdout)
+    assert validate_queue_contract(document) == []
+    assert document["tasks"][0]["owner"] == "ops"
+    assert not workspace.queue_path.exists()  # the queue lives in the database

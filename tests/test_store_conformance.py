@@ -5,6 +5,7 @@ the API or the panel would meet."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -16,15 +17,22 @@ import pytest
 from conftest import ROOT, child_env
 from pydantic import ValidationError
 
-from swarm_runtime.contract import ExecutionRecord, ReviewRecord, Status
+from swarm_runtime.contract import (
+    ExecutionRecord,
+    ReviewRecord,
+    Status,
+    validate_queue_contract,
+)
 from swarm_runtime.errors import (
     DuplicateTaskError,
     InvalidTransition,
     LeaseLostError,
+    QueueNotEmpty,
     UnknownTaskError,
 )
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.store import QueueStore, WorkerIdentity
+from swarm_runtime.queue.transfer import export_queue, import_queue_file
 from swarm_runtime.store.state_files import Workspace
 
 ACTOR = str(ROOT / "tests" / "helpers" / "queue_actor.py")
@@ -466,3 +474,39 @@ def test_concurrent_processes_lose_no_task_and_run_none_twice(
     claimed = [line for out in outputs for line in out.read_text().split()]
     expected = {f"p{i}-{n}" for i in range(2) for n in range(20)}
     assert sorted(claimed) == sorted(expected)
+
+
+# --- the contract, visible ----------------------------------------------------------------
+
+
+def test_a_queue_json_moves_in_and_out_unchanged(
+    open_store: Opener, workspace: Workspace, tmp_path: Path, clock: Clock
+) -> None:
+    """Built on queue.json, exported, imported into the store under test, exported again:
+    the same bytes, and a valid queue.json."""
+    elsewhere = Workspace(tmp_path / "source")
+    elsewhere.ensure_layout()
+    source = QueueStore(elsewhere, clock=clock)
+    source.add_many(
+        [
+            {"id": "done", "prompt": "p", "owner": "ops"},
+            {"id": "held", "prompt": "p", "depends_on": ["done"]},
+            {"id": "dead", "prompt": "p"},
+            {"id": "waiting", "prompt": "p", "labels": ["a", "b"]},
+        ]
+    )
+    source.set_api_endpoint("http://127.0.0.1:8555")
+    for task_id, status in (("done", Status.COMPLETED), ("held", None), ("dead", Status.FAILED)):
+        assert claim_id(source) == task_id
+        if status is not None:
+            source.finish(task_id, ME, status)
+    exported = export_queue(source, review_enabled=False)
+    assert validate_queue_contract(json.loads(exported)) == []
+    path = tmp_path / "queue.json"
+    path.write_bytes(exported)
+    store = open_store()
+    assert import_queue_file(store, path) == 4
+    assert export_queue(open_store(), review_enabled=False) == exported
+    with pytest.raises(QueueNotEmpty):
+        import_queue_file(store, path)
+    assert claim_id(store) == "waiting"

@@ -55,6 +55,11 @@ def add_operator_commands(
     pause.add_argument("--reason", help="shown with the pause on the panel and in status")
     command("resume", commands.resume, "let workers claim tasks again")
     _add_events_command(command("events", commands.events, "the event log, one line an event"))
+    export = command("export", commands.export, f"write the queue as a {QUEUE_FILE} document")
+    export.add_argument("--out", help=f"write to this file (default: stdout), like {QUEUE_FILE}")
+    imported = command("import", commands.import_queue, f"fill an empty queue from a {QUEUE_FILE}")
+    imported.add_argument("file")
+    command("schema-version", commands.schema_version, "the database schema's version")
 
 
 def _add_task_command(parser: argparse.ArgumentParser) -> None:

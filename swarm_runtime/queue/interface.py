@@ -67,6 +67,10 @@ class TaskQueue(Protocol):
 
     def requeue_failed(self) -> list[Task]: ...
 
+    def import_queue(self, document: QueueDocument) -> int:
+        """Fill an empty queue with a queue.json document as it stands."""
+        ...
+
     # the end of a process
 
     def flush(self) -> None:

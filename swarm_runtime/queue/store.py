@@ -137,21 +137,23 @@ class QueueFollower:
             return None, None
 
     def _parse(self, raw: bytes | None) -> QueueDocument:
-        """queue.json as written by us or by hand (or by the reference): a missing key takes
-        its default; only invalid JSON, a wrong type or a duplicate id is refused."""
-        try:
-            document = empty_queue() if raw is None else parse_json(self.path, raw)
-        except StateFileError as exc:
-            raise QueueFileError(exc.path, exc.problems) from None
-        problems = queue_problems(document)
-        if problems:
-            raise QueueFileError(self.path, problems)
-        try:
-            return QueueDocument.model_validate(normalize_queue(document))
-        except ValidationError as exc:
-            raise QueueFileError(
-                self.path, [describe_validation_error(e) for e in exc.errors()]
-            ) from None
+        return parse_queue(self.path, raw)
+
+
+def parse_queue(path: Path, raw: bytes | None) -> QueueDocument:
+    """queue.json as written by us or by hand (or by the reference): a missing key takes
+    its default; only invalid JSON, a wrong type or a duplicate id is refused."""
+    try:
+        document = empty_queue() if raw is None else parse_json(path, raw)
+    except StateFileError as exc:
+        raise QueueFileError(exc.path, exc.problems) from None
+    problems = queue_problems(document)
+    if problems:
+        raise QueueFileError(path, problems)
+    try:
+        return QueueDocument.model_validate(normalize_queue(document))
+    except ValidationError as exc:
+        raise QueueFileError(path, [describe_validation_error(e) for e in exc.errors()]) from None
 
 
 # --- the store --------------------------------------------------------------------------

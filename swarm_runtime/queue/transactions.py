@@ -19,6 +19,7 @@ from swarm_runtime.contract import (
     ExecutionRecord,
     Lease,
     OperatorAction,
+    QueueDocument,
     Status,
     Task,
     check_task_fields,
@@ -26,7 +27,12 @@ from swarm_runtime.contract import (
     task_allows,
     utc_now,
 )
-from swarm_runtime.errors import DuplicateTaskError, LeaseLostError, UnknownTaskError
+from swarm_runtime.errors import (
+    DuplicateTaskError,
+    LeaseLostError,
+    QueueNotEmpty,
+    UnknownTaskError,
+)
 from swarm_runtime.queue.leases import WorkerIdentity, lease_is_live, owned_by
 from swarm_runtime.queue.rules import (
     Propagated,
@@ -192,6 +198,25 @@ class QueueTransactions(ABC):
                 requeued.append(operate(state, task, action).model_copy(deep=True))
                 record_outcome(state, task.id)
             return requeued
+
+        return self._transaction(change)
+
+    def import_queue(self, document: QueueDocument) -> int:
+        """Fill an empty queue with `document` as it stands (statuses, leases, the
+        outcome lists, the API's address): how a queue.json moves into a database."""
+
+        def change(state: QueueState, now: float) -> int:
+            if state.doc.tasks or state.completed_ids or state.failed_ids:
+                raise QueueNotEmpty(
+                    len(state.doc.tasks), len(state.completed_ids | state.failed_ids)
+                )
+            state.add([t.model_copy(deep=True) for t in document.tasks])
+            for task_id in document.completed:
+                state.set_outcome(task_id, "completed")
+            for task_id in document.failed:
+                state.set_outcome(task_id, "failed")
+            state.set_api_endpoint(document.api_endpoint)
+            return len(document.tasks)
 
         return self._transaction(change)
 

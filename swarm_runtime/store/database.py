@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from swarm_runtime.errors import StoreUnavailable
-from swarm_runtime.store.schema import migrate
+from swarm_runtime.store.schema import migrate, schema_version
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -141,6 +141,16 @@ class Database:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def installed_schema_version(url: str) -> int:
+    """The schema version the database holds, read without migrating it (0: none yet)."""
+    psycopg, _ = _driver(url)
+    try:
+        with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            return schema_version(conn)
+    except psycopg.Error as exc:
+        raise Database._unavailable(url, exc) from None
 
 
 def _driver(url: str) -> tuple[Any, Any]:
