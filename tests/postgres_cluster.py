@@ -84,6 +84,9 @@ class Cluster:
             "--no-sync",
             "--encoding=UTF8",
         )
+        self.start_server()
+
+    def start_server(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 {FAST}"
         self._run(
             "pg_ctl",
@@ -97,8 +100,9 @@ class Cluster:
             options,
         )
 
-    def stop(self) -> None:
-        self._run("pg_ctl", "stop", "-m", "immediate", "-w", "-D", str(self.data))
+    def stop(self, mode: str = "fast") -> None:
+        """`fast` keeps every commit (synchronous_commit is off: `immediate` may not)."""
+        self._run("pg_ctl", "stop", "-m", mode, "-w", "-D", str(self.data))
 
     def admin(self, sql: str) -> None:
         import psycopg
@@ -154,6 +158,6 @@ def running_cluster() -> Iterator[Cluster]:
     finally:
         try:
             if (cluster.data / "postmaster.pid").exists():
-                cluster.stop()
+                cluster.stop("immediate")
         finally:
             shutil.rmtree(root, ignore_errors=True)

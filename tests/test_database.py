@@ -10,11 +10,12 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import ROOT, child_env
+from conftest import ROOT, child_env, wait_until
 from pydantic import SecretStr
 
-from swarm_runtime.contract import validate_queue_contract
+from swarm_runtime.contract import Status, validate_queue_contract
 from swarm_runtime.errors import SettingsError, StoreUnavailable
+from swarm_runtime.queue.leases import WorkerIdentity
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.database import UNREACHABLE, Database, explain, redact
 from swarm_runtime.store.schema import SCHEMA_VERSION, migrate, schema_version
@@ -174,3 +175,81 @@ def test_the_commands_show_the_schema_and_move_a_queue_json_in_and_out(
     assert validate_queue_contract(document) == []
     assert document["tasks"][0]["owner"] == "ops"
     assert not workspace.queue_path.exists()  # the queue lives in the database
+
+
+def answers(store: Any) -> bool:
+    """The pool reconnects on its own, with a backoff, once the server is back."""
+    try:
+        store.version()
+    except StoreUnavailable:
+        return False
+    return True
+
+
+def test_a_lost_connection_is_replaced_and_a_stopped_server_is_waited_out(
+    postgres_cluster: Any, database_url: str
+) -> None:
+    """Each transaction either committed or not: nothing is lost or claimed twice."""
+    from swarm_runtime.queue.postgres import PostgresQueueStore
+
+    store = PostgresQueueStore(Database.connect(database_url, checkout_timeout=3.0))
+    me = WorkerIdentity("w")
+    try:
+        store.add_many([{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"}])
+        name = database_url.rsplit("/", 1)[1]
+        postgres_cluster.admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            f" WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+        first = store.claim(me, 30).task
+        assert first is not None and first.id == "a"
+        postgres_cluster.stop()
+        try:
+            with pytest.raises(StoreUnavailable, match="cannot be reached") as caught:
+                store.finish("a", me, Status.COMPLETED)
+            assert PASSWORD not in str(caught.value)
+        finally:
+            postgres_cluster.start_server()
+        wait_until(lambda: answers(store), timeout=30)
+        store.finish("a", me, Status.COMPLETED)
+        second = store.claim(me, 30).task
+        assert second is not None and second.id == "b"
+        doc = store.load()
+        assert [t.attempts for t in doc.tasks] == [1, 1] and doc.completed == ["a"]
+    finally:
+        store.close()
+
+
+def test_status_and_the_panel_header_say_the_store_is_unreachable(
+    postgres_cluster: Any, database_url: str, workspace: Workspace
+) -> None:
+    from swarm_runtime.api.app import create_app as create_api
+    from swarm_runtime.panel.app import create_app as create_panel
+
+    settings = Settings(workspace=workspace.root, database_url=SecretStr(database_url))
+    api, panel = create_api(settings), create_panel(settings)
+    api_base = f"http://127.0.0.1:{settings.api_port}"
+    panel_base = f"http://127.0.0.1:{settings.panel_port}"
+    stores = [api.extensions["swarm"].store, panel.extensions["panel"].store]
+    for store in stores:
+        store.database.checkout_timeout = 1.0
+    try:
+        assert api.test_client().get("/status", base_url=api_base).status_code == 200
+        postgres_cluster.stop()
+        try:
+            status = api.test_client().get("/status", base_url=api_base)
+            header = panel.test_client().get("/api/summary", base_url=panel_base)
+        finally:
+            postgres_cluster.start_server()
+        assert status.status_code == 503
+        assert "store is unreachable" in status.get_json()["error"]
+        queue = header.get_json()["queue"]
+        assert "store is unreachable" in queue["error"]
+        assert PASSWORD not in status.get_data(as_text=True) + header.get_data(as_text=True)
+        wait_until(
+            lambda: api.test_client().get("/status", base_url=api_base).status_code == 200,
+            timeout=20,
+        )
+    finally:
+        panel.extensions["panel"].close()
+        stores[0].close()

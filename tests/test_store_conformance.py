@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -510,3 +511,36 @@ def test_a_queue_json_moves_in_and_out_unchanged(
     with pytest.raises(QueueNotEmpty):
         import_queue_file(store, path)
     assert claim_id(store) == "waiting"
+
+
+# --- waking idle workers ------------------------------------------------------------------
+
+
+def test_an_idle_worker_wakes_when_work_is_added_not_at_the_end_of_its_wait(
+    open_store: Opener,
+) -> None:
+    waiting, adder = open_store(clock=None), open_store(clock=None)
+    stop = threading.Event()
+    waiting.wait_for_change(0.05, stop)  # listening from here on
+    woke: list[float] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        waiting.wait_for_change(20.0, stop)
+        woke.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)
+    adder.add({"id": "new", "prompt": "p"})
+    thread.join(timeout=20)
+    assert woke and 0.25 < woke[0] < 2.0
+    assert claim_id(waiting) == "new"
+
+
+def test_a_stop_ends_the_wait_at_once(store: TaskQueue) -> None:
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    store.wait_for_change(20.0, stop)
+    assert time.monotonic() - started < 1.0

@@ -40,6 +40,7 @@ from swarm_runtime.errors import (
     ProviderError,
     RateLimited,
     StateFileError,
+    StoreUnavailable,
     SwarmError,
     UnpricedModelError,
 )
@@ -349,6 +350,8 @@ def status_snapshot(services: ApiServices) -> dict[str, Any]:
         doc = services.store.load()
     except StateFileError as exc:
         raise HttpError(503, f"{exc.path.name} is malformed: {exc}", field=str(exc.path)) from None
+    except StoreUnavailable as exc:
+        raise HttpError(503, f"the queue's store is unreachable: {exc}") from None
     counts: dict[str, int] = {}
     for task in doc.tasks:
         counts[task.status.value] = counts.get(task.status.value, 0) + 1

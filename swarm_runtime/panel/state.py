@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel
 
 from swarm_runtime.contract import PANEL_WORKER_ID, QueueDocument
-from swarm_runtime.errors import StateFileError
+from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.llm.budget import BudgetLedger
 from swarm_runtime.panel.audit import SafetyBlocks, SpendSeries
 from swarm_runtime.panel.errors import refusal
@@ -147,10 +147,11 @@ class Panel:
         self.stop.set()
         for follower in self.followers:
             follower.close()
+        self.store.close()
 
     def load_queue(self) -> QueueDocument:
         """queue.json, or a 503 naming it when it cannot be used (it is never rewritten)."""
         try:
             return self.queue.get()
-        except StateFileError as exc:
+        except (StateFileError, StoreUnavailable) as exc:
             raise refusal(exc, self.workspace) from None

@@ -80,13 +80,25 @@ class Database:
     or of the network comes out as StoreUnavailable, and the transaction is then either
     committed or not at all (PostgreSQL's own guarantee)."""
 
-    def __init__(self, url: str, pool: ConnectionPool[Any]):
+    def __init__(
+        self,
+        url: str,
+        pool: ConnectionPool[Any],
+        checkout_timeout: float = CHECKOUT_TIMEOUT_SECONDS,
+    ):
         self.url = redact(url)
         self._conninfo = url
         self._pool = pool
+        self.checkout_timeout = checkout_timeout
 
     @classmethod
-    def connect(cls, url: str, *, pool_size: int = POOL_SIZE) -> Database:
+    def connect(
+        cls,
+        url: str,
+        *,
+        pool_size: int = POOL_SIZE,
+        checkout_timeout: float = CHECKOUT_TIMEOUT_SECONDS,
+    ) -> Database:
         """Connect once to diagnose and migrate, then open the pool."""
         psycopg, pool_module = _driver(url)
         try:
@@ -103,7 +115,7 @@ class Database:
             kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
             name="swarm",
         )
-        return cls(url, pool)
+        return cls(url, pool, checkout_timeout)
 
     @staticmethod
     def _unavailable(url: str, exc: BaseException) -> StoreUnavailable:
@@ -117,7 +129,7 @@ class Database:
         import psycopg_pool
 
         try:
-            with self._pool.connection(timeout=CHECKOUT_TIMEOUT_SECONDS) as conn:
+            with self._pool.connection(timeout=self.checkout_timeout) as conn:
                 with conn.transaction():
                     yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:

@@ -54,6 +54,7 @@ from swarm_runtime.errors import (
     QueueFileError,
     ReviewUnavailable,
     StateFileError,
+    StoreUnavailable,
 )
 from swarm_runtime.phases.critic import (
     Review,
@@ -332,16 +333,19 @@ class Worker:
         log.info("task %s -> %s", task.id, outcome.status.value)
 
     def _commit(self, task_id: str, write: Callable[[], R]) -> R:
-        """Record a task's result, trying again while the queue's lock stays busy.
+        """Record a task's result, trying again while the queue's lock stays busy or its
+        database cannot be reached.
 
         The result may be paid for and cannot be had again for free, so a lock timeout
-        (readers never hold the lock, but a slow writer may) is waited out with the result
-        kept in memory, rather than recorded as the task's failure."""
+        (readers never hold the lock, but a slow writer may) or a lost database is waited
+        out with the result kept in memory, rather than recorded as the task's failure. A
+        database transaction either committed or did not: one that did is refused when
+        tried again (the lease is released), and nothing is recorded twice."""
         delay = self.commit_backoff
         for attempt in range(1, COMMIT_ATTEMPTS):
             try:
                 return write()
-            except TimeoutError as exc:
+            except (TimeoutError, StoreUnavailable) as exc:
                 log.warning(
                     "task %s: could not record its result (attempt %d of %d), again in %.1fs: %s",
                     task_id,
