@@ -109,6 +109,7 @@ def harness(workspace: Workspace, request: pytest.FixtureRequest) -> Iterator[Ha
     harness = make_harness(workspace, database_url=url)
     yield harness
     harness.worker.store.close()
+    harness.worker.documents.close()
 
 
 def test_a_local_task_runs_its_exact_command_and_is_approved(harness: Harness) -> None:

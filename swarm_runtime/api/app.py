@@ -56,6 +56,7 @@ from swarm_runtime.safety.local_commands import (
     run_command,
 )
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.store.token import resolve_token
 from swarm_runtime.web.hosts import check_host, served_port
@@ -96,7 +97,7 @@ class ApiServices:
         workspace = Workspace(settings.workspace)
         workspace.ensure_layout()
         prepare_sandbox(workspace.sandbox)
-        wrapper = from_settings(settings, workspace)
+        wrapper = from_settings(settings, workspace, documents_for(settings, workspace).budget)
         return cls(
             settings=settings,
             workspace=workspace,

@@ -24,6 +24,7 @@ from swarm_runtime.operator.commands import Command
 from swarm_runtime.queue.operations import Operations
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.state_files import Workspace
 
 Handler = Callable[[Command], int]
@@ -130,7 +131,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         workspace = Workspace(settings.workspace)
         workspace.ensure_layout()
         store = store_for(settings, workspace)
-        operations = Operations(workspace, store, CLI_WORKER_ID)
+        operations = Operations(workspace, store, CLI_WORKER_ID, documents_for(settings, workspace))
         handler: Handler = args.handler
         return handler(Command(operations, settings, args))
     except BrokenPipeError:  # the reader left (`| head`): nothing more to say

@@ -48,14 +48,18 @@ def status_of(operations: Operations, settings: Settings, now: datetime) -> dict
 
 def pause_of(operations: Operations) -> dict[str, Any]:
     try:
-        return read_pause(operations.workspace).model_dump(mode="json") | {"error": None}
+        switch = operations.pause_switch or operations.workspace
+        return read_pause(switch).model_dump(mode="json") | {"error": None}
     except StateFileError as exc:
         return {"paused": True, "error": f"{exc}; workers claim nothing while it is unreadable"}
 
 
 def budget_of(operations: Operations, settings: Settings) -> dict[str, Any]:
     try:
-        snapshot = BudgetLedger(operations.workspace, settings.budget_limit).snapshot()
+        ledger = BudgetLedger(
+            operations.workspace, settings.budget_limit, operations.budget_document
+        )
+        snapshot = ledger.snapshot()
     except StateFileError as exc:
         return {"limit": settings.budget_limit, "error": str(exc)}
     return {

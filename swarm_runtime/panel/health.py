@@ -48,7 +48,7 @@ def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
 
 def pause_of(panel: Panel) -> dict[str, Any]:
     try:
-        return read_pause(panel.workspace).model_dump(mode="json") | {"error": None}
+        return read_pause(panel.documents.pause).model_dump(mode="json") | {"error": None}
     except StateFileError as exc:
         return {
             "paused": True,

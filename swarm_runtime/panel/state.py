@@ -28,6 +28,7 @@ from swarm_runtime.phases import quality_gate
 from swarm_runtime.phases.rewards import Balances, RewardLedger, parse_state
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.state_files import Workspace, file_version, read_json
 
@@ -105,13 +106,14 @@ class Panel:
         self.workspace = ws = Workspace(settings.workspace)
         ws.ensure_layout()
         self.store = store_for(settings, ws)
+        self.documents = documents_for(settings, ws)
         self.events = EventLog(ws, PANEL_WORKER_ID)
         self.csrf_token = secrets.token_urlsafe(32)
         self.scrub = SecretScrubber(settings, ws)
         self.stop = threading.Event()
         self.streams = StreamSlots(MAX_STREAMS)
         self.probe = ApiProbe()
-        self.budget = BudgetLedger(ws, settings.budget_limit)
+        self.budget = BudgetLedger(ws, settings.budget_limit, self.documents.budget)
         self.index = LogIndex(ws.log_path)
         self.spend = SpendSeries()
         self.safety = SafetyBlocks()
@@ -148,6 +150,7 @@ class Panel:
         for follower in self.followers:
             follower.close()
         self.store.close()
+        self.documents.close()
 
     def load_queue(self) -> QueueDocument:
         """queue.json, or a 503 naming it when it cannot be used (it is never rewritten)."""

@@ -43,6 +43,12 @@ MIGRATIONS: tuple[str, ...] = (
         doc jsonb NOT NULL
     );
     """,
+    """
+    CREATE TABLE swarm_documents (
+        name text PRIMARY KEY,
+        doc jsonb NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

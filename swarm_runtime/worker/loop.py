@@ -82,6 +82,7 @@ from swarm_runtime.queue.store import ClaimOutcome, WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.safety.inserted import InsertedTextScreen
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.events import EventLog, cap_text
 from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.pause import read_pause
@@ -137,6 +138,7 @@ class Worker:
         self.identity = identity
         self.workspace = workspace
         self.store: TaskQueue = store_for(settings, workspace)
+        self.documents = documents_for(settings, workspace)
         self.events = EventLog(workspace, identity.worker_id)
         self.client = client
         self.gateway = gateway
@@ -158,6 +160,8 @@ class Worker:
         finally:
             self.beacon.withdraw()
             self.leave_queue_current()
+            self.store.close()
+            self.documents.close()
 
     def leave_queue_current(self) -> None:
         """Fold the queue journal into queue.json on the way out, so that queue.json shows
@@ -211,7 +215,7 @@ class Worker:
     def paused(self) -> bool:
         """The kill switch is read before every claim; a broken switch counts as on."""
         try:
-            state = read_pause(self.workspace)
+            state = read_pause(self.documents.pause)
             message = f"paused by {state.by or 'an operator'}" if state.paused else None
         except StateFileError as exc:
             message = f"pause switch unreadable, claiming nothing: {exc}"
