@@ -231,8 +231,11 @@ def test_status_and_the_panel_header_say_the_store_is_unreachable(
     api_base = f"http://127.0.0.1:{settings.api_port}"
     panel_base = f"http://127.0.0.1:{settings.panel_port}"
     stores = [api.extensions["swarm"].store, panel.extensions["panel"].store]
-    for store in stores:
-        store.database.checkout_timeout = 1.0
+    databases = [store.database for store in stores] + [
+        panel.extensions["panel"].documents.database
+    ]
+    for database in databases:
+        database.checkout_timeout = 1.0
     try:
         assert api.test_client().get("/status", base_url=api_base).status_code == 200
         postgres_cluster.stop()
@@ -253,3 +256,62 @@ def test_status_and_the_panel_header_say_the_store_is_unreachable(
     finally:
         panel.extensions["panel"].close()
         stores[0].close()
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def test_events_are_rows_read_from_a_cursor_with_every_field_kept(database_url: str) -> None:
+    from swarm_runtime.store.events import DatabaseEvents, build_event
+
+    database = Database.connect(database_url)
+    try:
+        events = DatabaseEvents(database)
+        records = [
+            build_event("a", "w1", Status.IN_PROGRESS, attempt=1, mode="local"),
+            build_event("a", "w1", Status.COMPLETED, output="ok\n", exit_code=0),
+            build_event("b", "w2", Status.LEASE_EXPIRED, previous_holder={"pid": 1}, reason="x"),
+        ]
+        ids = [events.append(record) for record in records]
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        assert [record for _, record in events.read()] == records
+        assert list(next(iter(events.read()))[1])[:4] == [
+            "task_id",
+            "worker_id",
+            "status",
+            "timestamp",
+        ]
+        assert [record["status"] for _, record in events.read(after=ids[0])] == [
+            "completed",
+            "lease_expired",
+        ]
+        assert events.read(after=ids[-1]) == []
+        assert [json.loads(line) for line in events.lines()] == records
+    finally:
+        database.close()
+
+
+def test_events_appended_from_many_threads_all_land_once_in_order(database_url: str) -> None:
+    from swarm_runtime.store.events import DatabaseEvents, build_event
+
+    databases = [Database.connect(database_url, pool_size=1) for _ in range(4)]
+    try:
+
+        def append(index: int) -> None:
+            sink = DatabaseEvents(databases[index])
+            for n in range(25):
+                sink.append(build_event(f"t{index}-{n}", f"w{index}", Status.IN_PROGRESS))
+
+        threads = [threading.Thread(target=append, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        read = DatabaseEvents(databases[0]).read(limit=1000)
+        assert len(read) == 100 and len({record["task_id"] for _, record in read}) == 100
+        for index in range(4):
+            mine = [r["task_id"] for _, r in read if r["worker_id"] == f"w{index}"]
+            assert mine == [f"t{index}-{n}" for n in range(25)]
+    finally:
+        for database in databases:
+            database.close()

@@ -98,6 +98,9 @@ def test_a_mixed_queue_runs_to_its_final_states(
     assert not workspace.queue_path.exists()
     document = exported(env)
     assert sorted(document["completed"]) == ["echo", "haiku", "ls"]
+    events = swarm(env, "export-events")
+    assert events.returncode == 0, events.stderr
+    assert events.stdout == workspace.log_path.read_text()  # every event, as the file has it
 
 
 def test_a_crashed_workers_task_is_finished_by_the_next_worker(

@@ -61,6 +61,10 @@ def add_operator_commands(
     imported = command("import", commands.import_queue, f"fill an empty queue from a {QUEUE_FILE}")
     imported.add_argument("file")
     command("schema-version", commands.schema_version, "the database schema's version")
+    export_events = command(
+        "export-events", commands.export_events, "write the database's events as JSON lines"
+    )
+    export_events.add_argument("--out", help="write to this file (default: stdout)")
 
 
 def _add_task_command(parser: argparse.ArgumentParser) -> None:

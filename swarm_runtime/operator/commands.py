@@ -32,6 +32,7 @@ from swarm_runtime.queue.overview import task_summary
 from swarm_runtime.queue.transfer import export_queue, import_queue_file
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.database import installed_schema_version, redact
+from swarm_runtime.store.events import DatabaseEvents
 from swarm_runtime.store.schema import SCHEMA_VERSION
 from swarm_runtime.store.state_files import atomic_write_bytes
 
@@ -152,6 +153,25 @@ def export(command: Command) -> int:
         return 0
     atomic_write_bytes(Path(command.args.out), data)
     print(f"wrote the queue to {command.args.out}", file=sys.stderr)
+    return 0
+
+
+def export_events(command: Command) -> int:
+    """Every host's events, as lines of execution_log.jsonl; without a database, this
+    workspace's log is already that file."""
+    database = command.operations.database
+    if database is None:
+        print(
+            f"no database: the events are {command.operations.workspace.log_path}", file=sys.stderr
+        )
+        return 0
+    lines = DatabaseEvents(database).lines()
+    if command.args.out is None:
+        for line in lines:
+            sys.stdout.write(line)
+        return 0
+    atomic_write_bytes(Path(command.args.out), "".join(lines).encode("utf-8"))
+    print(f"wrote the events to {command.args.out}", file=sys.stderr)
     return 0
 
 

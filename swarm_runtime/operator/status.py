@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from swarm_runtime.contract import QUEUE_FILE, QueueDocument
-from swarm_runtime.errors import StateFileError
+from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.llm.budget import BudgetLedger
 from swarm_runtime.operator.text import clean, dollars, listed, moment
 from swarm_runtime.queue.api_probe import probe_api
@@ -29,7 +29,7 @@ def status_of(operations: Operations, settings: Settings, now: datetime) -> dict
     doc: QueueDocument | None = None
     try:
         doc = operations.store.load()
-    except StateFileError as exc:
+    except (StateFileError, StoreUnavailable) as exc:
         queue: dict[str, Any] = {"error": str(exc)}
         api: dict[str, Any] = {"reachable": False, "error": f"{QUEUE_FILE} unreadable"}
     else:
@@ -50,7 +50,7 @@ def pause_of(operations: Operations) -> dict[str, Any]:
     try:
         switch = operations.pause_switch or operations.workspace
         return read_pause(switch).model_dump(mode="json") | {"error": None}
-    except StateFileError as exc:
+    except (StateFileError, StoreUnavailable) as exc:
         return {"paused": True, "error": f"{exc}; workers claim nothing while it is unreadable"}
 
 
@@ -60,7 +60,7 @@ def budget_of(operations: Operations, settings: Settings) -> dict[str, Any]:
             operations.workspace, settings.budget_limit, operations.budget_document
         )
         snapshot = ledger.snapshot()
-    except StateFileError as exc:
+    except (StateFileError, StoreUnavailable) as exc:
         return {"limit": settings.budget_limit, "error": str(exc)}
     return {
         "limit": snapshot.limit,

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from swarm_runtime.contract import QUEUE_FILE
-from swarm_runtime.errors import StateFileError
+from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.panel.errors import refusal
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.queue.overview import alive_workers, live_leases, queue_counts
@@ -49,7 +49,7 @@ def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
 def pause_of(panel: Panel) -> dict[str, Any]:
     try:
         return read_pause(panel.documents.pause).model_dump(mode="json") | {"error": None}
-    except StateFileError as exc:
+    except (StateFileError, StoreUnavailable) as exc:
         return {
             "paused": True,
             "error": f"{refusal(exc, panel.workspace).body.error}; "
@@ -60,7 +60,7 @@ def pause_of(panel: Panel) -> dict[str, Any]:
 def budget_of(panel: Panel) -> dict[str, Any]:
     try:
         snapshot = panel.budget.snapshot()
-    except StateFileError as exc:
+    except (StateFileError, StoreUnavailable) as exc:
         error = refusal(exc, panel.workspace).body.error
         return {"limit": panel.settings.budget_limit, "error": error}
     return {

@@ -107,7 +107,7 @@ class Panel:
         ws.ensure_layout()
         self.store = store_for(settings, ws)
         self.documents = documents_for(settings, ws)
-        self.events = EventLog(ws, PANEL_WORKER_ID)
+        self.events = EventLog(ws, PANEL_WORKER_ID, self.documents.database)
         self.csrf_token = secrets.token_urlsafe(32)
         self.scrub = SecretScrubber(settings, ws)
         self.stop = threading.Event()

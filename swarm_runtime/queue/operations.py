@@ -46,9 +46,10 @@ class Operations:
         self.workspace = workspace
         self.store = store
         self.operator_id = operator_id
+        self.database = documents.database if documents else None
         self.pause_switch = documents.pause if documents else None
         self.budget_document = documents.budget if documents else None
-        self.events = EventLog(workspace, operator_id)
+        self.events = EventLog(workspace, operator_id, documents.database if documents else None)
 
     def add(self, record: dict[str, Any]) -> Added:
         """Validate as every front end does, then append; a duplicate id is refused."""

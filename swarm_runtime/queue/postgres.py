@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json
 
 from swarm_runtime.contract import QueueDocument, QueueJournalRecord, Task, normalize_queue
 from swarm_runtime.queue.rules import archivable_ids
@@ -170,11 +170,7 @@ class PostgresQueueStore(QueueTransactions):
         write_tasks(conn, snapshot, record.tasks)
         write_outcomes(conn, record.outcomes)
         if record.api_endpoint is not None:
-            conn.execute(
-                "UPDATE swarm_queue SET header = header"
-                " || jsonb_build_object('api_endpoint', %s::text) WHERE id = 1",
-                (record.api_endpoint,),
-            )
+            conn.execute("UPDATE swarm_queue SET header = %s WHERE id = 1", (header_of(snapshot),))
         conn.execute("UPDATE swarm_queue SET changes = changes + 1 WHERE id = 1")
         if any(task.lease is None for task in record.tasks):
             conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
@@ -185,6 +181,12 @@ class PostgresQueueStore(QueueTransactions):
     def close(self) -> None:
         self._drop_listener()
         self.database.close()
+
+
+def header_of(snapshot: Snapshot) -> Json:
+    """queue.json's keys other than the task and outcome lists, in their order."""
+    lists = {"tasks", "completed", "failed"}
+    return Json(snapshot.state.doc.model_dump(mode="json", exclude_unset=True, exclude=lists))
 
 
 def archive_tasks(conn: Connection, task_ids: list[str]) -> None:
@@ -205,7 +207,7 @@ def write_tasks(conn: Connection, snapshot: Snapshot, tasks: list[Task]) -> None
             snapshot.positions[task.id],
             task.status.value,
             task.lease.expires_at if task.lease else None,
-            Jsonb(task.model_dump(mode="json", exclude_unset=True)),
+            Json(task.model_dump(mode="json", exclude_unset=True)),
         )
         for task in tasks
     ]

@@ -69,14 +69,14 @@ class DatabaseDocument:
         return default() if row is None else row[0]
 
     def update(self, mutate: Mutation[T], default: Callable[[], Any]) -> T:
-        from psycopg.types.json import Jsonb
+        from psycopg.types.json import Json
 
         name = self.path.name
         with self.database.transaction() as conn:
             conn.execute(
                 "INSERT INTO swarm_documents (name, doc) VALUES (%s, %s)"
                 " ON CONFLICT (name) DO NOTHING",
-                (name, Jsonb(default())),
+                (name, Json(default())),
             )
             row = conn.execute(
                 "SELECT doc FROM swarm_documents WHERE name = %s FOR UPDATE", (name,)
@@ -86,18 +86,18 @@ class DatabaseDocument:
             if new_document is not None:
                 conn.execute(
                     "UPDATE swarm_documents SET doc = %s WHERE name = %s",
-                    (Jsonb(new_document), name),
+                    (Json(new_document), name),
                 )
             return result
 
     def write(self, document: Any) -> None:
-        from psycopg.types.json import Jsonb
+        from psycopg.types.json import Json
 
         with self.database.transaction() as conn:
             conn.execute(
                 "INSERT INTO swarm_documents (name, doc) VALUES (%s, %s)"
                 " ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
-                (self.path.name, Jsonb(document)),
+                (self.path.name, Json(document)),
             )
 
 

@@ -19,7 +19,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE swarm_queue (
         id integer PRIMARY KEY CHECK (id = 1),
-        header jsonb NOT NULL,
+        header json NOT NULL,
         changes bigint NOT NULL DEFAULT 0
     );
     INSERT INTO swarm_queue (id, header) VALUES (1, '{}');
@@ -28,7 +28,7 @@ MIGRATIONS: tuple[str, ...] = (
         position numeric NOT NULL UNIQUE,
         status text NOT NULL,
         lease_expires_at double precision,
-        doc jsonb NOT NULL
+        doc json NOT NULL
     );
     CREATE INDEX swarm_tasks_status ON swarm_tasks (status);
     CREATE SEQUENCE swarm_outcome_order;
@@ -40,14 +40,25 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE swarm_archive (
         archived bigserial PRIMARY KEY,
         task_id text NOT NULL,
-        doc jsonb NOT NULL
+        doc json NOT NULL
     );
     """,
     """
     CREATE TABLE swarm_documents (
         name text PRIMARY KEY,
-        doc jsonb NOT NULL
+        doc json NOT NULL
     );
+    """,
+    """
+    CREATE TABLE swarm_events (
+        id bigserial PRIMARY KEY,
+        task_id text NOT NULL,
+        worker_id text NOT NULL,
+        status text NOT NULL,
+        timestamp text NOT NULL,
+        record json NOT NULL
+    );
+    CREATE INDEX swarm_events_task ON swarm_events (task_id, id);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

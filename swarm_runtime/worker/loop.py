@@ -139,7 +139,7 @@ class Worker:
         self.workspace = workspace
         self.store: TaskQueue = store_for(settings, workspace)
         self.documents = documents_for(settings, workspace)
-        self.events = EventLog(workspace, identity.worker_id)
+        self.events = EventLog(workspace, identity.worker_id, self.documents.database)
         self.client = client
         self.gateway = gateway
         self.critic = Critic(workspace.sandbox, client, settings.critic_model)
@@ -217,7 +217,7 @@ class Worker:
         try:
             state = read_pause(self.documents.pause)
             message = f"paused by {state.by or 'an operator'}" if state.paused else None
-        except StateFileError as exc:
+        except (StateFileError, StoreUnavailable) as exc:
             message = f"pause switch unreadable, claiming nothing: {exc}"
         if message != self._pause_reported:
             if message:
