@@ -177,3 +177,73 @@ def test_the_pause_switch_is_shared_and_a_broken_one_is_reported_then_replaced(
     set_pause(switch, False, by="ops")
     assert read_pause(seen_by_other).paused is False
     assert json.dumps(read_pause(seen_by_other).model_dump())  # a plain document
+
+
+# --- the quality gate and the rewards -------------------------------------------------------
+
+GRANT = {"max_budget": 0.20, "budget_used": 0.05, "review_confidence": 0.9}
+GRANT_TOKENS = 8
+
+
+def test_the_quality_gate_records_votes_on_one_shared_change(
+    open_document: Opener, workspace: Workspace
+) -> None:
+    from swarm_runtime.contract import QualityGateStatus, Verdict
+    from swarm_runtime.phases import quality_gate
+    from swarm_runtime.phases.critic import Review
+    from swarm_runtime.phases.quality_gate import QualityGate
+
+    gate = QualityGate(workspace, open_document("quality_gate.json"))
+    rejected = Review(verdict=Verdict.REJECT, confidence=0.9, issues=["empty"])
+    gate.record("t", "Write a haiku", "model-a", rejected, 1)
+    other = QualityGate(workspace, open_document("quality_gate.json"))
+    other.record(
+        "t", "Write a haiku", "model-b", Review(verdict=Verdict.APPROVE, confidence=0.9), 1
+    )
+    change = quality_gate.load(open_document("quality_gate.json")).changes["t"]
+    assert change.status == QualityGateStatus.NEEDS_QA and change.author_id == "model-b"
+    assert change.vote is not None and change.vote.verdict == Verdict.APPROVE
+
+
+def reward_book(open_document: Opener, workspace: Workspace) -> Any:
+    from swarm_runtime.phases.rewards import RewardBook
+
+    return RewardBook(
+        workspace, open_document("reward_ledger.json"), open_document("balances.json")
+    )
+
+
+def test_a_reward_is_granted_once_per_task_and_identity(
+    open_document: Opener, workspace: Workspace
+) -> None:
+    book = reward_book(open_document, workspace)
+    first = book.grant("t1", "ada", **GRANT)
+    again = reward_book(open_document, workspace).grant("t1", "ada", **GRANT)
+    assert (first.applied, first.tokens_awarded) == (True, GRANT_TOKENS)
+    assert (again.applied, again.reason) == (False, "already_granted")
+    assert book.grant("t1", "bob", **GRANT).applied  # another identity is another key
+    balances = reward_book(open_document, workspace).balances()
+    assert balances.identities["ada"].total_tokens == GRANT_TOKENS
+    assert set(reward_book(open_document, workspace).ledger().grants) == {"t1::ada", "t1::bob"}
+
+
+def test_racing_grants_for_one_key_pay_exactly_once(
+    open_document: Opener, workspace: Workspace
+) -> None:
+    books = [reward_book(open_document, workspace) for _ in range(4)]
+    outcomes: list[Any] = []
+    guard = threading.Lock()
+
+    def race(book: Any) -> None:
+        for task in ("shared", "also"):
+            outcome = book.grant(task, "ada", **GRANT)
+            with guard:
+                outcomes.append(outcome)
+
+    threads = [threading.Thread(target=race, args=(book,)) for book in books]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(o.applied for o in outcomes) == 2 and len(outcomes) == 8
+    assert books[0].balances().identities["ada"].total_tokens == 2 * GRANT_TOKENS

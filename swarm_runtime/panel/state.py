@@ -11,7 +11,6 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable, Hashable
-from pathlib import Path
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
@@ -28,9 +27,9 @@ from swarm_runtime.phases import quality_gate
 from swarm_runtime.phases.rewards import Balances, RewardLedger, parse_state
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
-from swarm_runtime.store.documents import documents_for
+from swarm_runtime.store.documents import SharedDocument, documents_for
 from swarm_runtime.store.events import EventLog
-from swarm_runtime.store.state_files import Workspace, file_version, read_json
+from swarm_runtime.store.state_files import Workspace
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -63,9 +62,9 @@ class FileCache(Generic[T]):
             return self._value
 
 
-def state_cache(path: Path, model: type[M]) -> FileCache[M]:
+def state_cache(document: SharedDocument, model: type[M]) -> FileCache[M]:
     return FileCache(
-        lambda: file_version(path), lambda: parse_state(model, read_json(path, dict), path)
+        document.version, lambda: parse_state(model, document.read(dict), document.path)
     )
 
 
@@ -120,11 +119,12 @@ class Panel:
         self.spend_log = JsonlFold(ws.api_audit_path, self.spend.add, self.spend.forget)
         self.safety_log = JsonlFold(ws.safety_audit_path, self.safety.add, self.safety.forget)
         self.queue = FileCache(self.store.version, self.store.load)
+        shared = self.documents
         self.gate = FileCache(
-            lambda: file_version(ws.quality_gate_path), lambda: quality_gate.load(ws)
+            shared.quality_gate.version, lambda: quality_gate.load(shared.quality_gate)
         )
-        self.grants = state_cache(ws.reward_ledger_path, RewardLedger)
-        self.balances = state_cache(ws.balances_path, Balances)
+        self.grants = state_cache(shared.reward_ledger, RewardLedger)
+        self.balances = state_cache(shared.balances, Balances)
 
     @property
     def followers(self) -> tuple[LogIndex, JsonlFold, JsonlFold]:

@@ -8,19 +8,27 @@ so processes on any number of hosts see one document and change it one at a time
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from swarm_runtime.settings import Settings
-from swarm_runtime.store.state_files import Workspace, atomic_write_json, read_json, update_json
+from swarm_runtime.store.state_files import (
+    Workspace,
+    atomic_write_json,
+    file_version,
+    read_json,
+    update_json,
+)
 
 if TYPE_CHECKING:
     from swarm_runtime.store.database import Database
 
 T = TypeVar("T")
 Mutation = Callable[[Any], tuple[Any, T]]
+Default = Callable[[], Any]
 
 
 class SharedDocument(Protocol):
@@ -35,6 +43,10 @@ class SharedDocument(Protocol):
 
     def write(self, document: Any) -> None:
         """Replace the document whatever it held, even something unreadable."""
+        ...
+
+    def version(self) -> Hashable:
+        """Changes whenever the document may have: a cheap test before `read`."""
         ...
 
 
@@ -52,6 +64,9 @@ class FileDocument:
     def write(self, document: Any) -> None:
         with self.workspace.lock(self.path):
             atomic_write_json(self.path, document)
+
+    def version(self) -> Hashable:
+        return file_version(self.path)
 
 
 class DatabaseDocument:
@@ -90,6 +105,14 @@ class DatabaseDocument:
                 )
             return result
 
+    def version(self) -> Hashable:
+        """The row's transaction id: a new one with every update."""
+        with self.database.transaction() as conn:
+            row = conn.execute(
+                "SELECT xmin::text FROM swarm_documents WHERE name = %s", (self.path.name,)
+            ).fetchone()
+        return None if row is None else row[0]
+
     def write(self, document: Any) -> None:
         from psycopg.types.json import Json
 
@@ -108,12 +131,84 @@ def shared_document(workspace: Workspace, path: Path, database: Database | None)
     return DatabaseDocument(database, path)
 
 
+class Together:
+    """Several documents read and written in one critical section: each read inside it,
+    each write kept, all of it ended together."""
+
+    def __init__(self, read: Callable[[str], Any], write: Callable[[str, Any], None]):
+        self.read = read
+        self.write = write
+
+
+@contextmanager
+def together(documents: list[SharedDocument], default: Callable[[], Any]) -> Iterator[Together]:
+    """Files: each one's lock, taken in the order given, and every write durable at once.
+    Database rows: one transaction holding every row's lock, so the writes commit
+    together or not at all."""
+    databases = {getattr(getattr(d, "database", None), "url", None) for d in documents}
+    if databases == {None}:
+        with _files_together(documents, default) as section:
+            yield section
+        return
+    assert len(databases) == 1, "documents changed together live in one database"
+    with _rows_together(documents, default) as section:
+        yield section
+
+
+@contextmanager
+def _files_together(
+    documents: list[SharedDocument], default: Callable[[], Any]
+) -> Iterator[Together]:
+    by_name = {d.path.name: d for d in documents}
+    with ExitStack() as stack:
+        for document in documents:
+            assert isinstance(document, FileDocument)
+            stack.enter_context(document.workspace.lock(document.path))
+        yield Together(
+            lambda name: read_json(by_name[name].path, default),
+            lambda name, doc: atomic_write_json(by_name[name].path, doc),
+        )
+
+
+@contextmanager
+def _rows_together(
+    documents: list[SharedDocument], default: Callable[[], Any]
+) -> Iterator[Together]:
+    from psycopg.types.json import Json
+
+    database = documents[0].database  # type: ignore[attr-defined]
+    names = [d.path.name for d in documents]
+    with database.transaction() as conn:
+        for name in names:
+            conn.execute(
+                "INSERT INTO swarm_documents (name, doc) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, Json(default())),
+            )
+        rows = dict(
+            conn.execute(
+                "SELECT name, doc FROM swarm_documents WHERE name = ANY(%s) ORDER BY name"
+                " FOR UPDATE",
+                (names,),
+            ).fetchall()
+        )
+
+        def write(name: str, doc: Any) -> None:
+            conn.execute("UPDATE swarm_documents SET doc = %s WHERE name = %s", (Json(doc), name))
+            rows[name] = doc
+
+        yield Together(lambda name: rows[name], write)
+
+
 @dataclass(frozen=True)
 class SharedDocuments:
     """The documents every process of one runtime shares, in one place for a process."""
 
     budget: SharedDocument
     pause: SharedDocument
+    quality_gate: SharedDocument
+    reward_ledger: SharedDocument
+    balances: SharedDocument
     database: Database | None = None
 
     def close(self) -> None:
@@ -131,5 +226,8 @@ def documents_for(settings: Settings, workspace: Workspace) -> SharedDocuments:
     return SharedDocuments(
         budget=shared_document(workspace, workspace.budget_ledger_path, database),
         pause=shared_document(workspace, workspace.pause_path, database),
+        quality_gate=shared_document(workspace, workspace.quality_gate_path, database),
+        reward_ledger=shared_document(workspace, workspace.reward_ledger_path, database),
+        balances=shared_document(workspace, workspace.balances_path, database),
         database=database,
     )

@@ -143,8 +143,8 @@ class Worker:
         self.client = client
         self.gateway = gateway
         self.critic = Critic(workspace.sandbox, client, settings.critic_model)
-        self.quality_gate = QualityGate(workspace)
-        self.rewards = RewardBook(workspace)
+        self.quality_gate = QualityGate(workspace, self.documents.quality_gate)
+        self.rewards = RewardBook(workspace, self.documents.reward_ledger, self.documents.balances)
         self._pause_reported: str | None = None
         self._router: tuple[tuple[int, int, int] | None, ToolRouter] | None = None
         self.beacon = PresenceBeacon(workspace, identity)
