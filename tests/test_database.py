@@ -315,3 +315,23 @@ def test_events_appended_from_many_threads_all_land_once_in_order(database_url: 
     finally:
         for database in databases:
             database.close()
+
+
+def test_workers_announce_themselves_in_the_database_for_every_host(
+    database_url: str, workspace: Workspace
+) -> None:
+    from swarm_runtime.queue.presence import PresenceBeacon, live_workers
+
+    database = Database.connect(database_url)
+    try:
+        here = PresenceBeacon(workspace, WorkerIdentity("here"), database)
+        remote = WorkerIdentity("remote", pid=1, host="another-host")
+        PresenceBeacon(workspace, remote, database).announce(paused=True)
+        here.announce(paused=False)
+        seen = live_workers(workspace, database=database)
+        assert [(p.worker_id, p.paused) for p in seen] == [("here", False), ("remote", True)]
+        assert not list(workspace.workers_dir.glob("*.json"))
+        here.withdraw()
+        assert [p.worker_id for p in live_workers(workspace, database=database)] == ["remote"]
+    finally:
+        database.close()

@@ -151,6 +151,11 @@ def test_two_workers_never_run_the_same_task(
     assert set(statuses(env).values()) == {"approved"}
 
 
+def workers_seen(env: dict[str, str]) -> list[str]:
+    status = swarm(env, "status", "--json")
+    return [worker["worker_id"] for worker in json.loads(status.stdout)["workers"]]
+
+
 def test_an_idle_worker_wakes_on_new_work_long_before_its_poll_interval(
     spawn: Callable[..., RunningProcess],
     api: RunningProcess,
@@ -159,7 +164,8 @@ def test_an_idle_worker_wakes_on_new_work_long_before_its_poll_interval(
 ) -> None:
     slow_polling = env | {"SWARM_POLL_INTERVAL": "60"}
     spawn(["worker.py", "--worker-id", "idle"], slow_polling, wait_for_url=False)
-    wait_until(lambda: workspace.workers_dir.exists() and list(workspace.workers_dir.glob("*")))
+    wait_until(lambda: workers_seen(env) == ["idle"], timeout=30, interval=0.2)
+    assert not list(workspace.workers_dir.glob("*.json"))  # announced in the database
     time.sleep(1.0)  # the worker has claimed nothing and is waiting
     added = swarm(env, "add", "late", "echo late", "--mode", "local")
     assert added.returncode == 0, added.stderr

@@ -38,7 +38,9 @@ def status_of(operations: Operations, settings: Settings, now: datetime) -> dict
     leased = live_leases(doc, now.timestamp()) if doc else {}
     return {
         "api": api,
-        "workers": alive_workers(live_workers(workspace, now.timestamp()), leased, {}),
+        "workers": alive_workers(
+            live_workers(workspace, now.timestamp(), operations.database), leased, {}
+        ),
         "pause": pause_of(operations),
         "budget": budget_of(operations, settings),
         "queue": queue,

@@ -34,7 +34,7 @@ def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
         queue = queue_counts(doc)
         api = panel.probe.check(doc.api_endpoint)
         leased = live_leases(doc, moment)
-    present = live_workers(panel.workspace, moment)
+    present = live_workers(panel.workspace, moment, panel.documents.database)
     return {
         "api": api,
         "workers": alive_workers(present, leased, panel.index.workers_last_seen()),

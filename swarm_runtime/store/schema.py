@@ -60,6 +60,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX swarm_events_task ON swarm_events (task_id, id);
     """,
+    """
+    CREATE TABLE swarm_workers (
+        worker_id text PRIMARY KEY,
+        doc json NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

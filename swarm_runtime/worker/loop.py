@@ -147,7 +147,7 @@ class Worker:
         self.rewards = RewardBook(workspace, self.documents.reward_ledger, self.documents.balances)
         self._pause_reported: str | None = None
         self._router: tuple[tuple[int, int, int] | None, ToolRouter] | None = None
-        self.beacon = PresenceBeacon(workspace, identity)
+        self.beacon = PresenceBeacon(workspace, identity, self.documents.database)
         self.commit_backoff = COMMIT_BACKOFF_SECONDS
         self.configured_endpoint = configured_endpoint(settings)
 
