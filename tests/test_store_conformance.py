@@ -544,3 +544,31 @@ def test_a_stop_ends_the_wait_at_once(store: TaskQueue) -> None:
     started = time.monotonic()
     store.wait_for_change(20.0, stop)
     assert time.monotonic() - started < 1.0
+
+
+def test_a_store_following_changes_sees_the_queue_a_fresh_reader_sees(
+    open_store: Opener,
+) -> None:
+    """Each store catches up on what the others wrote (the journal, or the rows changed
+    since): after every kind of change it must see exactly what a new store reads whole."""
+    writer, follower = open_store(retain=4), open_store(retain=4)
+
+    def same() -> None:
+        followed = follower.load().model_dump()
+        assert followed == open_store(retain=4).load().model_dump()
+        assert not follower.heartbeat("none", OTHER, 30)  # a transaction catches up too
+        assert follower.load().model_dump() == open_store(retain=4).load().model_dump()
+
+    writer.add_many([{"id": f"t{i}", "prompt": "p", "extra": i} for i in range(6)])
+    same()
+    assert claim_id(writer) == "t0"
+    writer.plan("t0", ME, [{"id": "s1", "prompt": "a"}, {"id": "s2", "prompt": "b"}], {})
+    same()
+    for _ in range(8):
+        task = writer.claim(ME, 30).task
+        if task is not None:
+            writer.finish(task.id, ME, Status.FAILED if task.id == "t3" else Status.COMPLETED)
+    same()
+    writer.requeue_failed()
+    writer.set_api_endpoint("http://127.0.0.1:9")
+    same()

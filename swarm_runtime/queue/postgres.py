@@ -15,6 +15,7 @@ snapshot. A release or a new task NOTIFYs `swarm_queue`, which wakes idle worker
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -88,8 +89,11 @@ class PostgresQueueStore(QueueTransactions):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             row = conn.execute("SELECT changes, header FROM swarm_queue WHERE id = 1").fetchone()
             assert row is not None
-            if self._read is None or self._read.changes != row[0]:
-                self._read = self._read_queue(conn, row[0], row[1])
+            try:
+                self._read = self._caught_up(conn, self._read, row[0], row[1])
+            except BaseException:
+                self._read = None
+                raise
             return self._read.state.snapshot()
 
     def _read_queue(self, conn: Connection, changes: int, header: dict[str, Any]) -> Snapshot:
@@ -98,13 +102,52 @@ class PostgresQueueStore(QueueTransactions):
         for task_id, position, doc in rows:
             positions[task_id] = position
             tasks.append(doc)
-        outcomes = conn.execute("SELECT task_id, outcome FROM swarm_outcomes ORDER BY listed")
+        outcomes = conn.execute(
+            "SELECT task_id, outcome FROM swarm_outcomes WHERE outcome IS NOT NULL ORDER BY listed"
+        )
         listed: dict[str, list[str]] = {"completed": [], "failed": []}
         for task_id, outcome in outcomes:
             listed[outcome].append(task_id)
         document = normalize_queue({**header, "tasks": tasks, **listed})
         state = QueueState(QueueDocument.model_validate(document), self.review_enabled)
         return Snapshot(changes, state, positions)
+
+    def _caught_up(
+        self, conn: Connection, known: Snapshot | None, changes: int, header: dict[str, Any]
+    ) -> Snapshot:
+        """`known` brought up to `changes` by reading only the rows changed since, as the
+        file store replays a journal; the whole queue when nothing is known."""
+        if known is None:
+            return self._read_queue(conn, changes, header)
+        if known.changes == changes:
+            return known
+        since = (known.changes,)
+        rows = conn.execute(
+            "SELECT id, position, doc FROM swarm_tasks WHERE changed > %s ORDER BY position",
+            since,
+        ).fetchall()
+        removed = conn.execute(
+            "SELECT task_id FROM swarm_archive WHERE changed > %s ORDER BY archived", since
+        ).fetchall()
+        outcomes = conn.execute(
+            "SELECT task_id, outcome FROM swarm_outcomes WHERE changed > %s ORDER BY listed",
+            since,
+        ).fetchall()
+        tasks = [Task.model_validate(doc) for _, _, doc in rows]
+        record = QueueJournalRecord(
+            at=0.0,
+            tasks=tasks,
+            before=anchors(known.positions, [(i, p) for i, p, _ in rows]),
+            removed=[task_id for (task_id,) in removed],
+            outcomes=dict(outcomes),
+            api_endpoint=header.get("api_endpoint"),
+        )
+        known.state.apply(record)
+        known.positions.update({task_id: position for task_id, position, _ in rows})
+        for task_id in record.removed:
+            known.positions.pop(task_id, None)
+        known.changes = changes
+        return known
 
     def wait_for_change(self, timeout: float, stop: threading.Event) -> None:
         """Sleep on LISTEN until a task is added or released, not by asking again and again."""
@@ -149,9 +192,7 @@ class PostgresQueueStore(QueueTransactions):
         ).fetchone()
         assert row is not None
         changes, header, database_now = row
-        if self._written is None or self._written.changes != changes:
-            self._written = self._read_queue(conn, changes, header)
-        snapshot = self._written
+        self._written = snapshot = self._caught_up(conn, self._written, changes, header)
         now = self._clock() if self._clock is not None else database_now
         result = change(snapshot.state, now)
         archived = archivable_ids(snapshot.state, self.retain)
@@ -159,16 +200,17 @@ class PostgresQueueStore(QueueTransactions):
         record = snapshot.state.take_record(now)
         if record is not None:
             self._write(conn, snapshot, record)
-            snapshot.changes = changes + 1
+            snapshot.changes += 1
         return result
 
     def _write(self, conn: Connection, snapshot: Snapshot, record: QueueJournalRecord) -> None:
+        change = snapshot.changes + 1
         if record.removed:
-            archive_tasks(conn, record.removed)
+            archive_tasks(conn, record.removed, change)
             for task_id in record.removed:
                 snapshot.positions.pop(task_id, None)
-        write_tasks(conn, snapshot, record.tasks)
-        write_outcomes(conn, record.outcomes)
+        write_tasks(conn, snapshot, record.tasks, change)
+        write_outcomes(conn, record.outcomes, change)
         if record.api_endpoint is not None:
             conn.execute("UPDATE swarm_queue SET header = %s WHERE id = 1", (header_of(snapshot),))
         conn.execute("UPDATE swarm_queue SET changes = changes + 1 WHERE id = 1")
@@ -189,16 +231,31 @@ def header_of(snapshot: Snapshot) -> Json:
     return Json(snapshot.state.doc.model_dump(mode="json", exclude_unset=True, exclude=lists))
 
 
-def archive_tasks(conn: Connection, task_ids: list[str]) -> None:
+def anchors(known: dict[str, Decimal], changed: list[tuple[str, Decimal]]) -> dict[str, str]:
+    """For each new task among `changed`, the known task it stands in front of (none when
+    it is last): inserting them in position order then rebuilds the table's order."""
+    order = sorted((position, task_id) for task_id, position in known.items())
+    places = [position for position, _ in order]
+    found = {}
+    for task_id, position in changed:
+        if task_id in known:
+            continue
+        at = bisect.bisect_right(places, position)
+        if at < len(order):
+            found[task_id] = order[at][1]
+    return found
+
+
+def archive_tasks(conn: Connection, task_ids: list[str], change: int) -> None:
     conn.execute(
-        "INSERT INTO swarm_archive (task_id, doc)"
-        " SELECT id, doc FROM swarm_tasks WHERE id = ANY(%s) ORDER BY position",
-        (task_ids,),
+        "INSERT INTO swarm_archive (task_id, changed, doc)"
+        " SELECT id, %s, doc FROM swarm_tasks WHERE id = ANY(%s) ORDER BY position",
+        (change, task_ids),
     )
     conn.execute("DELETE FROM swarm_tasks WHERE id = ANY(%s)", (task_ids,))
 
 
-def write_tasks(conn: Connection, snapshot: Snapshot, tasks: list[Task]) -> None:
+def write_tasks(conn: Connection, snapshot: Snapshot, tasks: list[Task], change: int) -> None:
     """Insert new tasks at their place in the queue's order, update changed ones."""
     place_new_tasks(snapshot, [t.id for t in tasks if t.id not in snapshot.positions])
     rows = [
@@ -207,16 +264,17 @@ def write_tasks(conn: Connection, snapshot: Snapshot, tasks: list[Task]) -> None
             snapshot.positions[task.id],
             task.status.value,
             task.lease.expires_at if task.lease else None,
+            change,
             Json(task.model_dump(mode="json", exclude_unset=True)),
         )
         for task in tasks
     ]
     with conn.cursor() as cursor:
         cursor.executemany(
-            "INSERT INTO swarm_tasks (id, position, status, lease_expires_at, doc)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET"
+            "INSERT INTO swarm_tasks (id, position, status, lease_expires_at, changed, doc)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET"
             " status = excluded.status, lease_expires_at = excluded.lease_expires_at,"
-            " doc = excluded.doc",
+            " changed = excluded.changed, doc = excluded.doc",
             rows,
         )
 
@@ -244,15 +302,13 @@ def between(after: Decimal | None, before: Decimal | None) -> Decimal:
     return (after + before) / 2
 
 
-def write_outcomes(conn: Connection, outcomes: dict[str, Any]) -> None:
-    """`completed` and `failed` in the order the ids joined them."""
+def write_outcomes(conn: Connection, outcomes: dict[str, Any], change: int) -> None:
+    """`completed` and `failed` in the order the ids joined them; an id that left both
+    keeps its row (outcome null), so a process catching up sees it leave."""
     for task_id, outcome in outcomes.items():
-        if outcome is None:
-            conn.execute("DELETE FROM swarm_outcomes WHERE task_id = %s", (task_id,))
-            continue
         conn.execute(
-            "INSERT INTO swarm_outcomes (task_id, outcome) VALUES (%s, %s)"
+            "INSERT INTO swarm_outcomes (task_id, outcome, changed) VALUES (%s, %s, %s)"
             " ON CONFLICT (task_id) DO UPDATE SET outcome = excluded.outcome,"
-            " listed = nextval('swarm_outcome_order')",
-            (task_id, outcome),
+            " listed = nextval('swarm_outcome_order'), changed = excluded.changed",
+            (task_id, outcome, change),
         )

@@ -28,20 +28,26 @@ MIGRATIONS: tuple[str, ...] = (
         position numeric NOT NULL UNIQUE,
         status text NOT NULL,
         lease_expires_at double precision,
+        changed bigint NOT NULL,
         doc json NOT NULL
     );
     CREATE INDEX swarm_tasks_status ON swarm_tasks (status);
+    CREATE INDEX swarm_tasks_changed ON swarm_tasks (changed);
     CREATE SEQUENCE swarm_outcome_order;
     CREATE TABLE swarm_outcomes (
         task_id text PRIMARY KEY,
-        outcome text NOT NULL CHECK (outcome IN ('completed', 'failed')),
-        listed bigint NOT NULL DEFAULT nextval('swarm_outcome_order')
+        outcome text CHECK (outcome IN ('completed', 'failed')),
+        listed bigint NOT NULL DEFAULT nextval('swarm_outcome_order'),
+        changed bigint NOT NULL
     );
+    CREATE INDEX swarm_outcomes_changed ON swarm_outcomes (changed);
     CREATE TABLE swarm_archive (
         archived bigserial PRIMARY KEY,
         task_id text NOT NULL,
+        changed bigint NOT NULL,
         doc json NOT NULL
     );
+    CREATE INDEX swarm_archive_changed ON swarm_archive (changed);
     """,
     """
     CREATE TABLE swarm_documents (
