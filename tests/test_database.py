@@ -244,7 +244,7 @@ def test_status_and_the_panel_header_say_the_store_is_unreachable(
             header = panel.test_client().get("/api/summary", base_url=panel_base)
         finally:
             postgres_cluster.start_server()
-        assert status.status_code == 503
+        assert status.status_code == 503 and status.get_json()["retryable"] is True
         assert "store is unreachable" in status.get_json()["error"]
         queue = header.get_json()["queue"]
         assert "store is unreachable" in queue["error"]

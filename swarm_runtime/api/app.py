@@ -206,6 +206,12 @@ def _install_access_control(app: Flask, services: ApiServices) -> None:
 def _install_error_handlers(app: Flask) -> None:
     unexpected = install_json_fallbacks(app, log)
 
+    @app.errorhandler(StoreUnavailable)
+    def database_unreachable(exc: StoreUnavailable) -> Any:
+        log.error("%s: %s", request.path, exc)
+        error = store_unreachable(exc)
+        return json_error(error.status, error.body)
+
     @app.errorhandler(OSError)
     def state_unwritable(exc: OSError) -> Any:
         """A full disk or a read-only workspace: say which file, and that a retry may work."""
@@ -339,7 +345,14 @@ def llm_error(exc: SwarmError) -> HttpError:
         return HttpError(403, str(exc))
     if isinstance(exc, ProviderError):
         return HttpError(502, f"LLM provider failed: {exc}", retryable=False)
+    if isinstance(exc, StoreUnavailable):
+        return store_unreachable(exc)
     return HttpError(500, str(exc))
+
+
+def store_unreachable(exc: StoreUnavailable) -> HttpError:
+    """The database is down or cut off: nothing was changed, and a retry may work."""
+    return HttpError(503, f"the queue's store is unreachable: {exc}", retryable=True)
 
 
 # --- /status ----------------------------------------------------------------------------
@@ -352,7 +365,7 @@ def status_snapshot(services: ApiServices) -> dict[str, Any]:
     except StateFileError as exc:
         raise HttpError(503, f"{exc.path.name} is malformed: {exc}", field=str(exc.path)) from None
     except StoreUnavailable as exc:
-        raise HttpError(503, f"the queue's store is unreachable: {exc}") from None
+        raise store_unreachable(exc) from None
     counts: dict[str, int] = {}
     for task in doc.tasks:
         counts[task.status.value] = counts.get(task.status.value, 0) + 1
