@@ -6,6 +6,7 @@
     │   └── UnsafeStateError      ... or another user could redirect or read it (a link,
     │                             a loose mode, a foreign owner): the process refuses it
     ├── DuplicateTaskError        `add` met an id that is already queued
+    ├── QueueNotEmpty             an import into a queue that already holds tasks
     ├── UnknownTaskError          an operation named a task the queue does not hold
     ├── TaskInputError            a new task breaks a rule (carries the field at fault)
     ├── LeaseLostError            a worker tried to finish a task it no longer owns
@@ -19,6 +20,9 @@
     ├── RateLimited               the token bucket is empty (carries Retry-After)
     ├── ProviderError             the LLM provider failed after its retries
     ├── ReviewUnavailable         the critic could not reach a verdict (fail closed)
+    ├── StoreUnavailable          the database named by SWARM_DATABASE_URL cannot be used
+                                  (also a ConnectionError: like a state file that cannot be
+                                  written, the work waits and is tried again)
     └── HttpError                 a server refuses a request (web.json_errors: it carries
                                   the status code and the JSON body that explains it)
 
@@ -58,6 +62,14 @@ class DuplicateTaskError(SwarmError):
     def __init__(self, task_id: str):
         self.task_id = task_id
         super().__init__(f"task id {task_id!r} is already in the queue")
+
+
+class QueueNotEmpty(SwarmError):
+    def __init__(self, tasks: int, outcomes: int):
+        super().__init__(
+            f"the queue is not empty ({tasks} tasks, {outcomes} finished ids): "
+            "a queue.json is imported only into an empty one"
+        )
 
 
 class UnknownTaskError(SwarmError):
@@ -171,3 +183,13 @@ class ProviderError(SwarmError):
 
 class ReviewUnavailable(SwarmError):
     """The critic could not run; the task stays pending_review rather than being approved."""
+
+
+class StoreUnavailable(SwarmError, ConnectionError):
+    """The database cannot be reached or refuses us; `url` never holds the password, and
+    the message says what to check."""
+
+    def __init__(self, url: str, problem: str, hint: str):
+        self.url = url
+        self.problem = problem
+        super().__init__(f"database {url}: {problem}; {hint}")

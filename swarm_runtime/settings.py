@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -51,6 +52,7 @@ ENV_FIELDS: dict[str, str] = {
     "SWARM_REQUEUE_BACKOFF": "requeue_backoff",
     "SWARM_CRITIC_MODEL": "critic_model",
     "SWARM_MAX_OUTPUT_TOKENS": "max_output_tokens",
+    "SWARM_DATABASE_URL": "database_url",
 }
 
 
@@ -83,6 +85,8 @@ class Settings(BaseModel):
     requeue_backoff: float = Field(default=2.0, ge=0)
     critic_model: str | None = None
     max_output_tokens: int = Field(default=DEFAULT_MAX_OUTPUT_TOKENS, ge=1, le=65536)
+    # Absent: the queue is queue.json in the workspace. A secret: it may hold a password.
+    database_url: SecretStr | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -98,7 +102,7 @@ class Settings(BaseModel):
             settings = cls.model_validate(values)
         except ValidationError as exc:
             raise SettingsError(_explain(exc)) from None
-        problem = unnamed_model(settings)
+        problem = unnamed_model(settings) or unusable_database_url(settings)
         if problem is not None:
             raise SettingsError(problem)
         return settings
@@ -129,7 +133,9 @@ class Settings(BaseModel):
     def secret_values(self) -> list[str]:
         """Every secret the runtime holds, so output can be scrubbed of them."""
         secrets = (self.internal_token, self.llm_api_key, self.groq_api_key)
-        return [s.get_secret_value() for s in secrets if s and s.get_secret_value()]
+        values = [s.get_secret_value() for s in secrets if s and s.get_secret_value()]
+        password = database_password(self.database_url)
+        return values + [password] if password else values
 
 
 def unnamed_model(settings: Settings) -> str | None:
@@ -141,6 +147,29 @@ def unnamed_model(settings: Settings) -> str | None:
             "provider should run (for example SWARM_LLM_MODEL=llama3.1)"
         )
     return None
+
+
+def database_password(url: SecretStr | None) -> str | None:
+    if url is None:
+        return None
+    try:
+        return urlsplit(url.get_secret_value()).password
+    except ValueError:
+        return None
+
+
+def unusable_database_url(settings: Settings) -> str | None:
+    """Only PostgreSQL is spoken; anything else is refused at start, not at first use."""
+    url = settings.database_url
+    if url is None:
+        return None
+    scheme = url.get_secret_value().partition("://")[0]
+    if scheme in ("postgresql", "postgres"):
+        return None
+    return (
+        f"SWARM_DATABASE_URL must be a postgresql:// URL (got a {scheme or 'schemeless'} "
+        "value); unset it to keep the queue in the workspace's files"
+    )
 
 
 def _split_list(raw: str) -> tuple[str, ...]:

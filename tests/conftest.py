@@ -229,6 +229,8 @@ def starts_processes(item: pytest.Item) -> bool:
         return True
     if not isinstance(item, pytest.Function):
         return False
+    if "postgres_cluster" in item.fixturenames:  # a PostgreSQL server of its own
+        return True
     fixtures = item._fixtureinfo.name2fixturedefs.values()
     functions = [item.function, *(fixture.func for defs in fixtures for fixture in defs)]
     seen: set[Callable[..., Any]] = set()
@@ -265,3 +267,23 @@ def callees(bound: list[object]) -> Iterator[Callable[..., Any]]:
             yield value
         elif inspect.isclass(value):
             yield from (member for member in vars(value).values() if inspect.isfunction(member))
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """One throwaway cluster for the whole run, started on first use."""
+    from postgres_cluster import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def database_url(postgres_cluster: Any) -> Iterator[str]:
+    """The URL of a new, empty database of its own for one test."""
+    name = postgres_cluster.fresh_database()
+    yield postgres_cluster.url(name)
+    postgres_cluster.drop(name)

@@ -1,13 +1,14 @@
 """The worker driven one step at a time, in this process: a scripted client stands in for
 `POST /cycle`, and the real queue store, safety gateway, critic and event log run on a
-temporary workspace. No process or socket is started, so each test takes milliseconds."""
+temporary workspace. No process or socket is started, so each test takes milliseconds.
+The tests taking the `harness` run twice: on queue.json, and on a PostgreSQL queue."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,11 @@ class Harness:
     workspace: Workspace
 
     def queue(self, *tasks: dict[str, Any]) -> None:
-        write_queue(self.workspace, list(tasks), ENDPOINT)
+        if self.worker.settings.database_url is None:
+            write_queue(self.workspace, list(tasks), ENDPOINT)
+            return
+        self.worker.store.set_api_endpoint(ENDPOINT)
+        self.worker.store.add_many(list(tasks))
 
     def step(self) -> Task | None:
         return self.worker.step().task
@@ -98,9 +103,13 @@ def make_harness(workspace: Workspace, **settings: Any) -> Harness:
     return Harness(worker, client, workspace)
 
 
-@pytest.fixture
-def harness(workspace: Workspace) -> Harness:
-    return make_harness(workspace)
+@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.slow)])
+def harness(workspace: Workspace, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    url = request.getfixturevalue("database_url") if request.param == "postgres" else None
+    harness = make_harness(workspace, database_url=url)
+    yield harness
+    harness.worker.store.close()
+    harness.worker.documents.close()
 
 
 def test_a_local_task_runs_its_exact_command_and_is_approved(harness: Harness) -> None:

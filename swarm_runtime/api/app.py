@@ -40,11 +40,14 @@ from swarm_runtime.errors import (
     ProviderError,
     RateLimited,
     StateFileError,
+    StoreUnavailable,
     SwarmError,
     UnpricedModelError,
 )
 from swarm_runtime.llm.wrapper import SecureAPIWrapper, from_settings
-from swarm_runtime.queue.store import QueueStore, lease_is_live
+from swarm_runtime.queue.interface import TaskQueue
+from swarm_runtime.queue.select import store_for
+from swarm_runtime.queue.store import lease_is_live
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.safety.local_commands import (
     ArgumentListTooLong,
@@ -53,6 +56,7 @@ from swarm_runtime.safety.local_commands import (
     run_command,
 )
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.store.token import resolve_token
 from swarm_runtime.web.hosts import check_host, served_port
@@ -85,7 +89,7 @@ class ApiServices:
     gateway: SafetyGateway
     policy: LocalCommandPolicy
     wrapper: SecureAPIWrapper
-    store: QueueStore
+    store: TaskQueue
     provider_health: ProviderHealth
 
     @classmethod
@@ -93,7 +97,7 @@ class ApiServices:
         workspace = Workspace(settings.workspace)
         workspace.ensure_layout()
         prepare_sandbox(workspace.sandbox)
-        wrapper = from_settings(settings, workspace)
+        wrapper = from_settings(settings, workspace, documents_for(settings, workspace).budget)
         return cls(
             settings=settings,
             workspace=workspace,
@@ -105,7 +109,7 @@ class ApiServices:
                 git_allow_write=settings.git_allow_write,
             ),
             wrapper=wrapper,
-            store=QueueStore.for_settings(workspace, settings),
+            store=store_for(settings, workspace),
             provider_health=ProviderHealth(wrapper.provider),
         )
 
@@ -201,6 +205,12 @@ def _install_access_control(app: Flask, services: ApiServices) -> None:
 
 def _install_error_handlers(app: Flask) -> None:
     unexpected = install_json_fallbacks(app, log)
+
+    @app.errorhandler(StoreUnavailable)
+    def database_unreachable(exc: StoreUnavailable) -> Any:
+        log.error("%s: %s", request.path, exc)
+        error = store_unreachable(exc)
+        return json_error(error.status, error.body)
 
     @app.errorhandler(OSError)
     def state_unwritable(exc: OSError) -> Any:
@@ -339,7 +349,14 @@ def llm_error(exc: SwarmError) -> HttpError:
         return HttpError(403, str(exc))
     if isinstance(exc, ProviderError):
         return HttpError(502, f"LLM provider failed: {exc}", retryable=False)
+    if isinstance(exc, StoreUnavailable):
+        return store_unreachable(exc)
     return HttpError(500, str(exc))
+
+
+def store_unreachable(exc: StoreUnavailable) -> HttpError:
+    """The database is down or cut off: nothing was changed, and a retry may work."""
+    return HttpError(503, f"the queue's store is unreachable: {exc}", retryable=True)
 
 
 # --- /status ----------------------------------------------------------------------------
@@ -351,6 +368,8 @@ def status_snapshot(services: ApiServices) -> dict[str, Any]:
         doc = services.store.load()
     except StateFileError as exc:
         raise HttpError(503, f"{exc.path.name} is malformed: {exc}", field=str(exc.path)) from None
+    except StoreUnavailable as exc:
+        raise store_unreachable(exc) from None
     counts: dict[str, int] = {}
     for task in doc.tasks:
         counts[task.status.value] = counts.get(task.status.value, 0) + 1

@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from swarm_runtime.contract import Mode
 from swarm_runtime.errors import SwarmError, TaskInputError
 from swarm_runtime.llm.provider import PLANNER_REQUEST
+from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.new_task import known_ids, validate_new_task
-from swarm_runtime.queue.store import QueueStore
 from swarm_runtime.store.state_files import Workspace
 
 MAX_LISTED_FILES = 120
@@ -103,7 +103,7 @@ def checked_records(records: list[dict[str, Any]], known: set[str]) -> list[dict
         raise PlanError(f"planner proposed a task that cannot be queued: {exc}") from None
 
 
-def plan_tasks(wrapper: Any, store: QueueStore, workspace: Workspace) -> dict[str, Any]:
+def plan_tasks(wrapper: Any, store: TaskQueue, workspace: Workspace) -> dict[str, Any]:
     files = scan_python_files(workspace.sandbox)
     call = wrapper.call_llm(
         planning_prompt(files),

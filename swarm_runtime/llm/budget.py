@@ -29,11 +29,14 @@ from swarm_runtime.errors import (
     BudgetError,
     GlobalBudgetExceeded,
     StateFileError,
+    StoreUnavailable,
+    SwarmError,
     TaskBudgetExceeded,
 )
 from swarm_runtime.llm.bounds import admits
 from swarm_runtime.processes import process_exists
-from swarm_runtime.store.state_files import Workspace, read_json, update_json
+from swarm_runtime.store.documents import FileDocument, SharedDocument
+from swarm_runtime.store.state_files import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +153,14 @@ def refusal(
 
 
 class BudgetLedger:
-    def __init__(self, workspace: Workspace, limit: float):
+    def __init__(self, workspace: Workspace, limit: float, document: SharedDocument | None = None):
+        """`document` is where the ledger lives: the workspace's file unless given."""
         if not (math.isfinite(limit) and limit >= 0):
             raise ValueError(f"budget limit must be a finite amount >= 0, not {limit!r}")
         self.workspace = workspace
         self.limit = float(limit)
-        self.path = workspace.budget_ledger_path
+        self.document = document or FileDocument(workspace, workspace.budget_ledger_path)
+        self.path = self.document.path
         self._host = socket.gethostname()
         workspace.ensure_layout()
 
@@ -200,7 +205,7 @@ class BudgetLedger:
             ledger.reservations[reservation_id] = held
             return _dump(ledger), Admission(reservation_id, None, unsettled)
 
-        return update_json(self.workspace, self.path, mutate, _empty)
+        return self.document.update(mutate, _empty)
 
     def settle(self, reservation_id: str, actual_cost: float) -> None:
         """Turn a reservation into real spend; the spend counts even if the hold is gone,
@@ -216,7 +221,7 @@ class BudgetLedger:
             ledger.charge(held.task_id if held else None, actual_cost)
             return _dump(ledger), None
 
-        update_json(self.workspace, self.path, mutate, _empty)
+        self.document.update(mutate, _empty)
 
     def refund(self, reservation_id: str) -> None:
         """Give a reservation back untouched: the call it covered cost nothing."""
@@ -227,10 +232,10 @@ class BudgetLedger:
                 return None, None
             return _dump(ledger), None
 
-        update_json(self.workspace, self.path, mutate, _empty)
+        self.document.update(mutate, _empty)
 
     def snapshot(self) -> BudgetSnapshot:
-        ledger = self._parse(read_json(self.path, _empty))
+        ledger = self._parse(self.document.read(_empty))
         return BudgetSnapshot(self.limit, ledger.spent, ledger.reserved)
 
     def _parse(self, raw: Any) -> LedgerDocument:
@@ -270,13 +275,13 @@ def _dump(ledger: LedgerDocument) -> dict[str, Any]:
 
 
 def budget_view(
-    ledger: BudgetLedger, describe: Callable[[StateFileError], str] = str
+    ledger: BudgetLedger, describe: Callable[[SwarmError], str] = str
 ) -> dict[str, Any]:
     """The budget as the panel's header and the CLI's status show it; an unreadable
     ledger is shown as its error, described the way the caller's operator reads errors."""
     try:
         snapshot = ledger.snapshot()
-    except StateFileError as exc:
+    except (StateFileError, StoreUnavailable) as exc:
         return {"limit": ledger.limit, "error": describe(exc)}
     return {
         "limit": snapshot.limit,

@@ -36,6 +36,7 @@ from swarm_runtime.llm.pricing import FREE, Price, load_price_table, price_for
 from swarm_runtime.llm.provider import Completion, Provider, build_provider, scrub_secrets
 from swarm_runtime.llm.rate_limit import TokenBucket
 from swarm_runtime.settings import DEFAULT_MAX_OUTPUT_TOKENS, Settings
+from swarm_runtime.store.documents import SharedDocument
 from swarm_runtime.store.state_files import Workspace, append_line
 
 log = logging.getLogger(__name__)
@@ -283,12 +284,15 @@ class _Audit:
             log.error("audit line %s for task %s not written: %s", event, self.task_id, exc)
 
 
-def from_settings(settings: Settings, workspace: Workspace) -> SecureAPIWrapper:
-    """The one wrapper a server process uses, with its ledger under `workspace`."""
+def from_settings(
+    settings: Settings, workspace: Workspace, budget: SharedDocument | None = None
+) -> SecureAPIWrapper:
+    """The one wrapper a server process uses, with its ledger in `budget` (the
+    workspace's file unless given)."""
     workspace.ensure_layout()
     return SecureAPIWrapper(
         provider=build_provider(settings),
-        ledger=BudgetLedger(workspace, settings.budget_limit),
+        ledger=BudgetLedger(workspace, settings.budget_limit, budget),
         limiter=TokenBucket(settings.rate_limit),
         prices=load_price_table(settings.prices_file),
         workspace=workspace,

@@ -22,8 +22,9 @@ from swarm_runtime.errors import (
 from swarm_runtime.operator import commands
 from swarm_runtime.operator.commands import Command
 from swarm_runtime.queue.operations import Operations
-from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.state_files import Workspace
 
 Handler = Callable[[Command], int]
@@ -55,6 +56,15 @@ def add_operator_commands(
     pause.add_argument("--reason", help="shown with the pause on the panel and in status")
     command("resume", commands.resume, "let workers claim tasks again")
     _add_events_command(command("events", commands.events, "the event log, one line an event"))
+    export = command("export", commands.export, f"write the queue as a {QUEUE_FILE} document")
+    export.add_argument("--out", help=f"write to this file (default: stdout), like {QUEUE_FILE}")
+    imported = command("import", commands.import_queue, f"fill an empty queue from a {QUEUE_FILE}")
+    imported.add_argument("file")
+    command("schema-version", commands.schema_version, "the database schema's version")
+    export_events = command(
+        "export-events", commands.export_events, "write the database's events as JSON lines"
+    )
+    export_events.add_argument("--out", help="write to this file (default: stdout)")
 
 
 def _add_task_command(parser: argparse.ArgumentParser) -> None:
@@ -124,8 +134,8 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         workspace = Workspace(settings.workspace)
         workspace.ensure_layout()
-        store = QueueStore.for_settings(workspace, settings)
-        operations = Operations(workspace, store, CLI_WORKER_ID)
+        store = store_for(settings, workspace)
+        operations = Operations(workspace, store, CLI_WORKER_ID, documents_for(settings, workspace))
         handler: Handler = args.handler
         return handler(Command(operations, settings, args))
     except BrokenPipeError:  # the reader left (`| head`): nothing more to say

@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from swarm_runtime.contract import QUEUE_FILE, Mode
@@ -28,7 +29,12 @@ from swarm_runtime.operator.listing import (
 from swarm_runtime.operator.status import pause_text, status_lines, status_of
 from swarm_runtime.queue.operations import Acted, Operations
 from swarm_runtime.queue.overview import task_summary
+from swarm_runtime.queue.transfer import export_queue, import_queue_file
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.database import installed_schema_version, redact
+from swarm_runtime.store.events import DatabaseEvents
+from swarm_runtime.store.schema import SCHEMA_VERSION
+from swarm_runtime.store.state_files import atomic_write_bytes
 
 FOLLOW_POLL_SECONDS = 0.2
 
@@ -137,6 +143,54 @@ def pause(command: Command) -> int:
 def resume(command: Command) -> int:
     state = command.operations.resume().model_dump(mode="json")
     return command.say(state, ["running: workers claim tasks again"])
+
+
+def export(command: Command) -> int:
+    """The queue as queue.json's bytes, from whichever store holds it."""
+    data = export_queue(command.operations.store, command.settings.review)
+    if command.args.out is None:
+        sys.stdout.buffer.write(data + b"\n")
+        return 0
+    atomic_write_bytes(Path(command.args.out), data)
+    print(f"wrote the queue to {command.args.out}", file=sys.stderr)
+    return 0
+
+
+def export_events(command: Command) -> int:
+    """Every host's events, as lines of execution_log.jsonl; without a database, this
+    workspace's log is already that file."""
+    database = command.operations.database
+    if database is None:
+        print(
+            f"no database: the events are {command.operations.workspace.log_path}", file=sys.stderr
+        )
+        return 0
+    lines = DatabaseEvents(database).lines()
+    if command.args.out is None:
+        for line in lines:
+            sys.stdout.write(line)
+        return 0
+    atomic_write_bytes(Path(command.args.out), "".join(lines).encode("utf-8"))
+    print(f"wrote the events to {command.args.out}", file=sys.stderr)
+    return 0
+
+
+def import_queue(command: Command) -> int:
+    count = import_queue_file(command.operations.store, Path(command.args.file))
+    return command.say({"imported": count}, [f"imported {count} tasks from {command.args.file}"])
+
+
+def schema_version(command: Command) -> int:
+    url = command.settings.database_url
+    if url is None:
+        payload: dict[str, Any] = {"store": "files", "schema_version": None}
+        return command.say(payload, [f"no database: the queue is the workspace's {QUEUE_FILE}"])
+    found = installed_schema_version(url.get_secret_value())
+    shown = redact(url.get_secret_value())
+    payload = {"store": shown, "schema_version": found, "runtime_schema_version": SCHEMA_VERSION}
+    return command.say(
+        payload, [f"{shown}: schema version {found} (this runtime: {SCHEMA_VERSION})"]
+    )
 
 
 def events(command: Command) -> int:

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from swarm_runtime.contract import QUEUE_FILE, QueueDocument
-from swarm_runtime.errors import StateFileError
+from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.llm.budget import BudgetLedger, budget_view
 from swarm_runtime.operator.text import clean, dollars, listed, moment
 from swarm_runtime.queue.api_probe import probe_api
@@ -29,7 +29,7 @@ def status_of(operations: Operations, settings: Settings, now: datetime) -> dict
     doc: QueueDocument | None = None
     try:
         doc = operations.store.load()
-    except StateFileError as exc:
+    except (StateFileError, StoreUnavailable) as exc:
         queue: dict[str, Any] = {"error": str(exc)}
         api: dict[str, Any] = {"reachable": False, "error": f"{QUEUE_FILE} unreadable"}
     else:
@@ -38,7 +38,9 @@ def status_of(operations: Operations, settings: Settings, now: datetime) -> dict
     leased = live_leases(doc, now.timestamp()) if doc else {}
     return {
         "api": api,
-        "workers": alive_workers(live_workers(workspace, now.timestamp()), leased, {}),
+        "workers": alive_workers(
+            live_workers(workspace, now.timestamp(), operations.database), leased, {}
+        ),
         "pause": pause_of(operations),
         "budget": budget_of(operations, settings),
         "queue": queue,
@@ -48,13 +50,15 @@ def status_of(operations: Operations, settings: Settings, now: datetime) -> dict
 
 def pause_of(operations: Operations) -> dict[str, Any]:
     try:
-        return read_pause(operations.workspace).model_dump(mode="json") | {"error": None}
-    except StateFileError as exc:
+        switch = operations.pause_switch or operations.workspace
+        return read_pause(switch).model_dump(mode="json") | {"error": None}
+    except (StateFileError, StoreUnavailable) as exc:
         return {"paused": True, "error": f"{exc}; workers claim nothing while it is unreadable"}
 
 
 def budget_of(operations: Operations, settings: Settings) -> dict[str, Any]:
-    return budget_view(BudgetLedger(operations.workspace, settings.budget_limit))
+    ledger = BudgetLedger(operations.workspace, settings.budget_limit, operations.budget_document)
+    return budget_view(ledger)
 
 
 def status_lines(status: dict[str, Any]) -> list[str]:

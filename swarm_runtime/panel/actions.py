@@ -46,7 +46,7 @@ class PauseBody(BaseModel):
 
 
 def operations(panel: Panel) -> Operations:
-    return Operations(panel.workspace, panel.store, PANEL_WORKER_ID)
+    return Operations(panel.workspace, panel.store, PANEL_WORKER_ID, panel.documents)
 
 
 def acted(panel: Panel, result: Acted) -> dict[str, Any]:

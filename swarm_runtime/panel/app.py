@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from flask import Flask, Response, jsonify, render_template, request
 
 from swarm_runtime.contract import QUEUE_FILE, Mode, Status
-from swarm_runtime.errors import StateFileError
+from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.panel import actions
 from swarm_runtime.panel.audit import SPEND_BUCKETS
 from swarm_runtime.panel.errors import install_error_handlers
@@ -202,7 +202,7 @@ def probed_endpoint(panel: Panel) -> str:
     """The API the panel's health line probes: the one queue.json names."""
     try:
         return f"{panel.store.load().api_endpoint} (from queue.json)"
-    except StateFileError as exc:
+    except (StateFileError, StoreUnavailable) as exc:
         return f"unknown for now ({exc})"
 
 

@@ -17,6 +17,7 @@ from swarm_runtime.errors import (
     DuplicateTaskError,
     InvalidTransition,
     StateFileError,
+    StoreUnavailable,
     SwarmError,
     UnknownTaskError,
 )
@@ -33,6 +34,8 @@ def refusal(exc: SwarmError, workspace: Workspace) -> HttpError:
     if isinstance(exc, InvalidTransition | DuplicateTaskError):
         field = "id" if isinstance(exc, DuplicateTaskError) else None
         return HttpError(409, str(exc), field=field)
+    if isinstance(exc, StoreUnavailable):
+        return HttpError(503, unreachable_text(exc))
     if isinstance(exc, StateFileError):
         name = shown_path(exc.path, workspace)
         problems = "; ".join(exc.problems)
@@ -40,6 +43,10 @@ def refusal(exc: SwarmError, workspace: Workspace) -> HttpError:
             503, f"{name} cannot be used and was left as it is: {problems}", field=name
         )
     return HttpError(500, str(exc))
+
+
+def unreachable_text(exc: StoreUnavailable) -> str:
+    return f"the queue's store is unreachable: {exc}"
 
 
 def shown_path(path: Path, workspace: Workspace) -> str:

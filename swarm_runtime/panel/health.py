@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from swarm_runtime.contract import QUEUE_FILE
-from swarm_runtime.errors import StateFileError
+from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.llm.budget import budget_view
 from swarm_runtime.panel.errors import refusal
 from swarm_runtime.panel.state import Panel
@@ -35,7 +35,7 @@ def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
         queue = queue_counts(doc)
         api = panel.probe.check(doc.api_endpoint)
         leased = live_leases(doc, moment)
-    present = live_workers(panel.workspace, moment)
+    present = live_workers(panel.workspace, moment, panel.documents.database)
     return {
         "api": api,
         "workers": alive_workers(present, leased, panel.index.workers_last_seen()),
@@ -49,8 +49,8 @@ def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
 
 def pause_of(panel: Panel) -> dict[str, Any]:
     try:
-        return read_pause(panel.workspace).model_dump(mode="json") | {"error": None}
-    except StateFileError as exc:
+        return read_pause(panel.documents.pause).model_dump(mode="json") | {"error": None}
+    except (StateFileError, StoreUnavailable) as exc:
         return {
             "paused": True,
             "error": f"{refusal(exc, panel.workspace).body.error}; "

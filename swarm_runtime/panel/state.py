@@ -11,13 +11,12 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable, Hashable
-from pathlib import Path
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
 from swarm_runtime.contract import PANEL_WORKER_ID, QueueDocument
-from swarm_runtime.errors import StateFileError
+from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.llm.budget import BudgetLedger
 from swarm_runtime.panel.audit import SafetyBlocks, SpendSeries
 from swarm_runtime.panel.errors import refusal
@@ -26,10 +25,11 @@ from swarm_runtime.panel.log_tail import READ_BLOCK_BYTES, JsonlFold, LogIndex
 from swarm_runtime.panel.probe import ApiProbe
 from swarm_runtime.phases import quality_gate
 from swarm_runtime.phases.rewards import Balances, RewardLedger, parse_state
-from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import SharedDocument, documents_for
 from swarm_runtime.store.events import EventLog
-from swarm_runtime.store.state_files import Workspace, file_version, read_json
+from swarm_runtime.store.state_files import Workspace
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -62,9 +62,9 @@ class FileCache(Generic[T]):
             return self._value
 
 
-def state_cache(path: Path, model: type[M]) -> FileCache[M]:
+def state_cache(document: SharedDocument, model: type[M]) -> FileCache[M]:
     return FileCache(
-        lambda: file_version(path), lambda: parse_state(model, read_json(path, dict), path)
+        document.version, lambda: parse_state(model, document.read(dict), document.path)
     )
 
 
@@ -104,25 +104,27 @@ class Panel:
         self.settings = settings
         self.workspace = ws = Workspace(settings.workspace)
         ws.ensure_layout()
-        self.store = QueueStore.for_settings(ws, settings)
-        self.events = EventLog(ws, PANEL_WORKER_ID)
+        self.store = store_for(settings, ws)
+        self.documents = documents_for(settings, ws)
+        self.events = EventLog(ws, PANEL_WORKER_ID, self.documents.database)
         self.csrf_token = secrets.token_urlsafe(32)
         self.scrub = SecretScrubber(settings, ws)
         self.stop = threading.Event()
         self.streams = StreamSlots(MAX_STREAMS)
         self.probe = ApiProbe()
-        self.budget = BudgetLedger(ws, settings.budget_limit)
+        self.budget = BudgetLedger(ws, settings.budget_limit, self.documents.budget)
         self.index = LogIndex(ws.log_path)
         self.spend = SpendSeries()
         self.safety = SafetyBlocks()
         self.spend_log = JsonlFold(ws.api_audit_path, self.spend.add, self.spend.forget)
         self.safety_log = JsonlFold(ws.safety_audit_path, self.safety.add, self.safety.forget)
         self.queue = FileCache(self.store.version, self.store.load)
+        shared = self.documents
         self.gate = FileCache(
-            lambda: file_version(ws.quality_gate_path), lambda: quality_gate.load(ws)
+            shared.quality_gate.version, lambda: quality_gate.load(shared.quality_gate)
         )
-        self.grants = state_cache(ws.reward_ledger_path, RewardLedger)
-        self.balances = state_cache(ws.balances_path, Balances)
+        self.grants = state_cache(shared.reward_ledger, RewardLedger)
+        self.balances = state_cache(shared.balances, Balances)
 
     @property
     def followers(self) -> tuple[LogIndex, JsonlFold, JsonlFold]:
@@ -147,10 +149,12 @@ class Panel:
         self.stop.set()
         for follower in self.followers:
             follower.close()
+        self.store.close()
+        self.documents.close()
 
     def load_queue(self) -> QueueDocument:
         """queue.json, or a 503 naming it when it cannot be used (it is never rewritten)."""
         try:
             return self.queue.get()
-        except StateFileError as exc:
+        except (StateFileError, StoreUnavailable) as exc:
             raise refusal(exc, self.workspace) from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -30,8 +31,9 @@ from swarm_runtime.contract import (
 )
 from swarm_runtime.errors import StateFileError, SwarmError
 from swarm_runtime.phases.critic import Review
+from swarm_runtime.store.documents import FileDocument, SharedDocument
 from swarm_runtime.store.events import cap_text
-from swarm_runtime.store.state_files import Workspace, read_json, update_json
+from swarm_runtime.store.state_files import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +88,11 @@ class GateDocument(BaseModel):
 
 
 class QualityGate:
-    def __init__(self, workspace: Workspace):
+    def __init__(self, workspace: Workspace, document: SharedDocument | None = None):
+        """`document` is where the gate lives: the workspace's file unless given."""
         self.workspace = workspace
-        self.path = workspace.quality_gate_path
+        self.document = gate_document(document or workspace)
+        self.path = self.document.path
 
     def record(
         self,
@@ -112,13 +116,13 @@ class QualityGate:
         )
 
         def mutate(raw: Any) -> tuple[dict[str, Any], QualityGateFields]:
-            document = parse_document(raw, self.workspace)
+            document = parse_document(raw, self.path)
             change = _changed(document.changes.get(task_id), task_id, task_text, author_id, vote)
             document.changes[task_id] = change
             document.updated_at = moment
             return document.model_dump(mode="json"), fields_for(task_id, vote)
 
-        return update_json(self.workspace, self.path, mutate, lambda: _empty(moment))
+        return self.document.update(mutate, lambda: _empty(moment))
 
     def record_safely(
         self,
@@ -186,21 +190,28 @@ def title_of(task_text: str, task_id: str) -> str:
     return (first_line or f"Task {task_id}")[:TITLE_CHARS]
 
 
-def parse_document(raw: Any, workspace: Workspace) -> GateDocument:
+def parse_document(raw: Any, path: Path) -> GateDocument:
     """Validate the file; a broken one raises instead of being replaced by an empty one."""
     if not isinstance(raw, dict):
-        raise StateFileError(workspace.quality_gate_path, ["the document must be a JSON object"])
+        raise StateFileError(path, ["the document must be a JSON object"])
     try:
         return GateDocument.model_validate(raw)
     except ValidationError as exc:
         problems = [describe_validation_error(error) for error in exc.errors()]
-        raise StateFileError(workspace.quality_gate_path, problems) from None
+        raise StateFileError(path, problems) from None
 
 
-def load(workspace: Workspace) -> GateDocument:
+def gate_document(source: Workspace | SharedDocument) -> SharedDocument:
+    if isinstance(source, Workspace):
+        return FileDocument(source, source.quality_gate_path)
+    return source
+
+
+def load(source: Workspace | SharedDocument) -> GateDocument:
     """The gate as it is now, for readers such as the control panel; missing means empty."""
     moment = iso(utc_now())
-    return parse_document(read_json(workspace.quality_gate_path, lambda: _empty(moment)), workspace)
+    document = gate_document(source)
+    return parse_document(document.read(lambda: _empty(moment)), document.path)
 
 
 def _empty(moment: str | None) -> dict[str, Any]:

@@ -54,8 +54,9 @@ from swarm_runtime.contract import (
     utc_now,
 )
 from swarm_runtime.errors import StateFileError, SwarmError
+from swarm_runtime.store.documents import FileDocument, SharedDocument, Together, together
 from swarm_runtime.store.failpoints import failpoint
-from swarm_runtime.store.state_files import Workspace, atomic_write_json, read_json
+from swarm_runtime.store.state_files import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -384,10 +385,20 @@ def reported(grant: Grant, *, applied: bool) -> RewardOutcome:
 class RewardBook:
     """Grants rewards exactly once per task and identity; see the module docstring."""
 
-    def __init__(self, workspace: Workspace):
+    def __init__(
+        self,
+        workspace: Workspace,
+        ledger: SharedDocument | None = None,
+        balances: SharedDocument | None = None,
+    ):
+        """`ledger` and `balances` are where the two live: the workspace's files unless
+        given (in a database, both change in one transaction)."""
         self.workspace = workspace
-        self.ledger_path = workspace.reward_ledger_path
-        self.balances_path = workspace.balances_path
+        self._ledger = ledger or FileDocument(workspace, workspace.reward_ledger_path)
+        self._balances = balances or FileDocument(workspace, workspace.balances_path)
+        self.ledger_path = self._ledger.path
+        self.balances_path = self._balances.path
+        self._section: Together | None = None
         workspace.ensure_layout()
 
     def grant(
@@ -473,16 +484,26 @@ class RewardBook:
 
     def ledger(self) -> RewardLedger:
         """The ledger as it is now, for readers such as the control panel."""
-        return parse_state(RewardLedger, read_json(self.ledger_path, dict), self.ledger_path)
+        return parse_state(RewardLedger, self._ledger.read(dict), self.ledger_path)
 
     def balances(self) -> Balances:
-        return parse_state(Balances, read_json(self.balances_path, dict), self.balances_path)
+        return parse_state(Balances, self._balances.read(dict), self.balances_path)
 
     @contextmanager
     def _locked(self) -> Iterator[tuple[RewardLedger, Balances]]:
-        """Both locks, ledger first, for the whole decision; both files read inside them."""
-        with self.workspace.lock(self.ledger_path), self.workspace.lock(self.balances_path):
-            yield self.ledger(), self.balances()
+        """Both locks, ledger first, for the whole decision; both read inside them."""
+        with together([self._ledger, self._balances], dict) as section:
+            self._section = section
+            try:
+                ledger = parse_state(
+                    RewardLedger, section.read(self.ledger_path.name), self.ledger_path
+                )
+                balances = parse_state(
+                    Balances, section.read(self.balances_path.name), self.balances_path
+                )
+                yield ledger, balances
+            finally:
+                self._section = None
 
     def _commit(self, ledger: RewardLedger, balances: Balances, grant: Grant) -> None:
         ledger.grants[grant.key] = grant
@@ -515,6 +536,7 @@ class RewardBook:
         )
         return {grant.key for grant in pending}
 
-    @staticmethod
-    def _write(path: Path, document: BaseModel) -> None:
-        atomic_write_json(path, document.model_dump(mode="json"))
+    def _write(self, path: Path, document: BaseModel) -> None:
+        """Only inside `_locked`: the write belongs to its critical section."""
+        assert self._section is not None, "rewards are written under their locks"
+        self._section.write(path.name, document.model_dump(mode="json"))

@@ -12,8 +12,9 @@ import logging
 from typing import Any, NamedTuple
 
 from swarm_runtime.contract import OperatorAction, OperatorEvent, Task
+from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.new_task import known_ids, validate_new_task
-from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.store.documents import SharedDocuments
 from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.pause import PauseState, set_pause
 from swarm_runtime.store.state_files import Workspace
@@ -34,11 +35,21 @@ class Added(NamedTuple):
 
 
 class Operations:
-    def __init__(self, workspace: Workspace, store: QueueStore, operator_id: str):
+    def __init__(
+        self,
+        workspace: Workspace,
+        store: TaskQueue,
+        operator_id: str,
+        documents: SharedDocuments | None = None,
+    ):
+        """`documents` hold the pause switch and the budget: the workspace's unless given."""
         self.workspace = workspace
         self.store = store
         self.operator_id = operator_id
-        self.events = EventLog(workspace, operator_id)
+        self.database = documents.database if documents else None
+        self.pause_switch = documents.pause if documents else None
+        self.budget_document = documents.budget if documents else None
+        self.events = EventLog(workspace, operator_id, documents.database if documents else None)
 
     def add(self, record: dict[str, Any]) -> Added:
         """Validate as every front end does, then append; a duplicate id is refused."""
@@ -57,12 +68,13 @@ class Operations:
         return [self.logged(task, action) for task in self.store.requeue_failed()]
 
     def pause(self, reason: str | None = None) -> PauseState:
-        state = set_pause(self.workspace, True, by=self.operator_id, reason=reason)
+        switch = self.pause_switch or self.workspace
+        state = set_pause(switch, True, by=self.operator_id, reason=reason)
         log.warning("workers paused by %s%s", self.operator_id, f": {reason}" if reason else "")
         return state
 
     def resume(self) -> PauseState:
-        state = set_pause(self.workspace, False, by=self.operator_id)
+        state = set_pause(self.pause_switch or self.workspace, False, by=self.operator_id)
         log.info("workers resumed by %s", self.operator_id)
         return state
 

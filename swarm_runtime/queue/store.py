@@ -20,57 +20,28 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from swarm_runtime.contract import (
-    DEFAULT_API_ENDPOINT,
-    ExecutionRecord,
-    Lease,
-    OperatorAction,
     QueueDocument,
-    Status,
-    Task,
-    check_task_fields,
     describe_validation_error,
     empty_queue,
     is_parked,
     normalize_queue,
-    normalize_task,
     queue_problems,
-    task_allows,
-    utc_now,
 )
-from swarm_runtime.errors import (
-    DuplicateTaskError,
-    LeaseLostError,
-    QueueFileError,
-    StateFileError,
-    UnknownTaskError,
-)
-from swarm_runtime.processes import process_exists
+from swarm_runtime.errors import QueueFileError, StateFileError
 from swarm_runtime.queue.journal import QueueJournal, Version
-from swarm_runtime.queue.rules import (
-    Propagated,
-    Reclaim,
-    archivable_ids,
-    awaits_review,
-    change_status,
-    is_drained,
-    next_runnable,
-    operate,
-    propagate_failures,
-    reclaim_dead_leases,
-    record_outcome,
-)
-from swarm_runtime.queue.state import QueueState, holds_lease
+from swarm_runtime.queue.leases import HOST, WorkerIdentity, holder_is_alive, lease_is_live
+from swarm_runtime.queue.rules import archivable_ids
+from swarm_runtime.queue.state import QueueState
+from swarm_runtime.queue.transactions import Change, ClaimOutcome, QueueTransactions
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.private import open_for_reading
 from swarm_runtime.store.state_files import (
@@ -92,7 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("swarm.queue")
-HOST = socket.gethostname()
 # Below this size queue.json is rewritten whole by every transaction (about 1 ms): it
 # stays current to the transaction, and the journal is not used.
 SMALL_QUEUE_BYTES = 16 * 1024
@@ -103,60 +73,11 @@ FRESH_SECONDS = 1.0
 # A lock-free read that finds queue.json replaced while it read reads again, this many
 # times in all; the last read is a queue that existed, only a moment old.
 READ_ATTEMPTS = 3
+# How often a waiting worker looks whether queue.json changed: a claim that finds
+# nothing writes nothing, so idle workers never wake each other.
+WAKE_CHECK_SECONDS = 0.02
 
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class WorkerIdentity:
-    worker_id: str
-    pid: int = field(default_factory=os.getpid)
-    host: str = HOST
-
-    @property
-    def pid_started(self) -> float | None:
-        return process_start_time(self.pid)
-
-
-@dataclass
-class ClaimOutcome:
-    """What one claim did: the task won (or None), plus what it cleaned up on the way."""
-
-    task: Task | None = None
-    reclaimed: list[Reclaim] = field(default_factory=list)
-    propagated: list[Propagated] = field(default_factory=list)
-    drained: bool = False
-    api_endpoint: str = DEFAULT_API_ENDPOINT
-
-
-# --- process liveness -------------------------------------------------------------------
-
-
-def process_start_time(pid: int) -> float | None:
-    """The kernel's start time of `pid` (clock ticks), to tell a live holder from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode("ascii", errors="replace")
-    except OSError:
-        return None
-    try:
-        return float(stat[stat.rindex(")") + 2 :].split()[19])
-    except (ValueError, IndexError):
-        return None
-
-
-def holder_is_alive(lease: Lease, host: str = HOST) -> bool:
-    """False only when we can prove the holder is gone: same host and no such process."""
-    if lease.host != host:
-        return True
-    if not process_exists(lease.pid):
-        return False
-    started = process_start_time(lease.pid)
-    return not (lease.pid_started and started and started != lease.pid_started)
-
-
-def lease_is_live(lease: Lease | None, now: float) -> TypeGuard[Lease]:
-    return lease is not None and lease.expires_at > now and holder_is_alive(lease)
 
 
 # --- following the files -----------------------------------------------------------------
@@ -216,27 +137,29 @@ class QueueFollower:
             return None, None
 
     def _parse(self, raw: bytes | None) -> QueueDocument:
-        """queue.json as written by us or by hand (or by the reference): a missing key takes
-        its default; only invalid JSON, a wrong type or a duplicate id is refused."""
-        try:
-            document = empty_queue() if raw is None else parse_json(self.path, raw)
-        except StateFileError as exc:
-            raise QueueFileError(exc.path, exc.problems) from None
-        problems = queue_problems(document)
-        if problems:
-            raise QueueFileError(self.path, problems)
-        try:
-            return QueueDocument.model_validate(normalize_queue(document))
-        except ValidationError as exc:
-            raise QueueFileError(
-                self.path, [describe_validation_error(e) for e in exc.errors()]
-            ) from None
+        return parse_queue(self.path, raw)
+
+
+def parse_queue(path: Path, raw: bytes | None) -> QueueDocument:
+    """queue.json as written by us or by hand (or by the reference): a missing key takes
+    its default; only invalid JSON, a wrong type or a duplicate id is refused."""
+    try:
+        document = empty_queue() if raw is None else parse_json(path, raw)
+    except StateFileError as exc:
+        raise QueueFileError(exc.path, exc.problems) from None
+    problems = queue_problems(document)
+    if problems:
+        raise QueueFileError(path, problems)
+    try:
+        return QueueDocument.model_validate(normalize_queue(document))
+    except ValidationError as exc:
+        raise QueueFileError(path, [describe_validation_error(e) for e in exc.errors()]) from None
 
 
 # --- the store --------------------------------------------------------------------------
 
 
-class QueueStore:
+class QueueStore(QueueTransactions):
     def __init__(
         self,
         workspace: Workspace,
@@ -266,6 +189,18 @@ class QueueStore:
     def version(self) -> tuple[Any, ...]:
         """Changes whenever the queue may have: a cheap test before `load`."""
         return file_version(self.path), file_version(self._writer.journal.path)
+
+    def wait_for_change(self, timeout: float, stop: threading.Event) -> None:
+        """Look at queue.json's version every WAKE_CHECK_SECONDS: a change wakes the
+        caller within that, instead of up to a whole `timeout` later."""
+        seen = self.version()
+        deadline = time.monotonic() + timeout
+        while not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or self.version() != seen:
+                return
+
+    def close(self) -> None:
+        """Nothing is held open between transactions."""
 
     # reading
 
@@ -298,14 +233,14 @@ class QueueStore:
 
     # writing
 
-    def _transaction(self, change: Callable[[QueueState], R]) -> R:
+    def _transaction(self, change: Change[R]) -> R:
         """Run `change` on the current state under the lock and make what it changed
         durable before returning. A change that raises, or a write that fails, drops the
         state, which is then read again from the files: nothing half-done survives."""
         with self._workspace.lock(self.path):
             state = self._current()
             try:
-                result = change(state)
+                result = change(state, self._clock())
                 self._archive(state)
                 self._persist(state)
             except BaseException:
@@ -369,197 +304,3 @@ class QueueStore:
             state = self._current()
             if self._writer.journal.holds_records_after(self._writer.snapshot_version):
                 self._fold_now(state)
-
-    # operations
-
-    def add(self, record: dict[str, Any]) -> Task:
-        """Append one task; a duplicate id is refused (also one already archived)."""
-        return self.add_many([record])[0]
-
-    def add_many(self, records: list[dict[str, Any]]) -> list[Task]:
-        """Append tasks all together or not at all."""
-        tasks = new_tasks(records)
-
-        def change(state: QueueState) -> list[Task]:
-            _refuse_taken(state, tasks)
-            state.add([t.model_copy(deep=True) for t in tasks])
-            return tasks
-
-        return self._transaction(change)
-
-    def set_api_endpoint(self, endpoint: str) -> None:
-        self._transaction(lambda state: state.set_api_endpoint(endpoint))
-
-    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
-        now = self._clock()
-
-        def change(state: QueueState) -> ClaimOutcome:
-            outcome = ClaimOutcome(
-                reclaimed=reclaim_dead_leases(state, now, lease_is_live),
-                api_endpoint=state.doc.api_endpoint,
-            )
-            outcome.propagated = propagate_failures(state)
-            task = next_runnable(state, now)
-            if task is not None:
-                lease = Lease(
-                    worker_id=worker.worker_id,
-                    pid=worker.pid,
-                    host=worker.host,
-                    pid_started=worker.pid_started,
-                    claimed_at=now,
-                    expires_at=now + lease_seconds,
-                )
-                changes: dict[str, Any] = {"lease": lease, "updated_at": utc_now().isoformat()}
-                if not awaits_review(task):
-                    changes |= {"status": Status.IN_PROGRESS, "attempts": task.attempts + 1}
-                outcome.task = state.update(task.id, **changes).model_copy(deep=True)
-            outcome.drained = task is None and is_drained(state)
-            return outcome
-
-        return self._transaction(change)
-
-    def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool:
-        """Extend our lease; False means another worker has reclaimed the task.
-
-        The new expiry counts from the moment the lock is held, not from the call: a
-        renewal that waited for the lock still grants a whole lease."""
-
-        def change(state: QueueState) -> bool:
-            now = self._clock()
-            task = state.find(task_id)
-            if task is None or task.lease is None or not _owned_by(task, worker):
-                return False
-            lease = task.lease.model_copy(update={"expires_at": now + lease_seconds})
-            state.update(task_id, lease=lease)
-            return True
-
-        return self._transaction(change)
-
-    def finish(self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any) -> Task:
-        """Record the task's new status and release its lease; only the holder may."""
-
-        def change(state: QueueState) -> Task:
-            self._owned(state, task_id, worker)
-            task = change_status(state, task_id, status, **fields)
-            record_outcome(state, task_id)
-            return task.model_copy(deep=True)
-
-        return self._transaction(change)
-
-    def record_execution(
-        self, task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
-    ) -> Task:
-        """Executed, now under review by the same worker: the lease stays, the result is kept."""
-
-        def change(state: QueueState) -> Task:
-            self._owned(state, task_id, worker)
-            task = state.update(
-                task_id,
-                status=Status.PENDING_REVIEW,
-                execution=execution,
-                updated_at=utc_now().isoformat(),
-                **fields,
-            )
-            return task.model_copy(deep=True)
-
-        return self._transaction(change)
-
-    def plan(
-        self,
-        parent_id: str,
-        worker: WorkerIdentity,
-        subtasks: list[dict[str, Any]],
-        parent_updates: dict[str, Any],
-    ) -> list[Task]:
-        """Append a parent's subtasks and make it wait for them, in one write.
-
-        The parent goes back to `queued` without counting the claim as an attempt,
-        since planning ran nothing."""
-        for record in subtasks:
-            check_task_fields(str(record.get("id")), record)
-        subtask_records = new_tasks(subtasks)
-
-        def change(state: QueueState) -> list[Task]:
-            parent = self._owned(state, parent_id, worker)
-            _refuse_taken(state, subtask_records)
-            change_status(
-                state,
-                parent_id,
-                Status.QUEUED,
-                attempts=max(0, parent.attempts - 1),
-                **parent_updates,
-            )
-            state.add([t.model_copy(deep=True) for t in subtask_records], before=parent_id)
-            return subtask_records
-
-        return self._transaction(change)
-
-    @staticmethod
-    def _owned(state: QueueState, task_id: str, worker: WorkerIdentity) -> Task:
-        task = state.find(task_id)
-        if task is None:
-            raise UnknownTaskError(task_id)
-        if not _owned_by(task, worker):
-            holder = task.lease.worker_id if task.lease else None
-            raise LeaseLostError(task_id, worker.worker_id, holder)
-        return task
-
-    def requeue(self, task_id: str) -> Task:
-        """An operator sends a finished-badly task back to the line, with a fresh review count."""
-        return self._operate(task_id, OperatorAction.REQUEUE)
-
-    def cancel(self, task_id: str) -> Task:
-        """An operator withdraws a task that has not started; its dependents then fail."""
-        return self._operate(task_id, OperatorAction.CANCEL)
-
-    def requeue_failed(self) -> list[Task]:
-        """Every task that ended failed (not cancelled or safety-blocked) goes back to the line."""
-        action = OperatorAction.REQUEUE_FAILED
-
-        def change(state: QueueState) -> list[Task]:
-            chosen = [t for t in state.doc.tasks if task_allows(t, action)]
-            requeued = []
-            for task in chosen:
-                requeued.append(operate(state, task, action).model_copy(deep=True))
-                record_outcome(state, task.id)
-            return requeued
-
-        return self._transaction(change)
-
-    def _operate(self, task_id: str, action: OperatorAction) -> Task:
-        def change(state: QueueState) -> Task:
-            task = state.find(task_id)
-            if task is None:
-                raise UnknownTaskError(task_id)
-            changed = operate(state, task, action)
-            record_outcome(state, task_id)
-            return changed.model_copy(deep=True)
-
-        return self._transaction(change)
-
-
-def new_tasks(records: list[dict[str, Any]]) -> list[Task]:
-    """Validated, normalized, pending and stamped: how every task enters the queue."""
-    stamp = utc_now().isoformat()
-    return [
-        Task.model_validate(normalize_task({"created_at": stamp, **r, "status": Status.PENDING}))
-        for r in records
-    ]
-
-
-def _refuse_taken(state: QueueState, tasks: list[Task]) -> None:
-    """Ids are unique across the live queue and the archive's id lists, and within `tasks`."""
-    seen: set[str] = set()
-    for task in tasks:
-        if task.id in seen or state.is_taken(task.id):
-            raise DuplicateTaskError(task.id)
-        seen.add(task.id)
-
-
-def _owned_by(task: Task, worker: WorkerIdentity) -> bool:
-    lease = task.lease
-    return (
-        holds_lease(task)
-        and lease is not None
-        and (lease.worker_id, lease.pid, lease.host) == (worker.worker_id, worker.pid, worker.host)
-    )

@@ -1,9 +1,14 @@
-"""Appending lifecycle events to execution_log.jsonl in the contract's shape."""
+"""Appending lifecycle events to execution_log.jsonl in the contract's shape, and, with a
+database, to its `swarm_events` table too: one log for every host, each event a row whose
+increasing id is a reader's cursor. The workspace's file stays as it was, so every view
+of this host's events reads what it always read."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from swarm_runtime.contract import (
     EVENT_FIELD_CAP_BYTES,
@@ -13,9 +18,17 @@ from swarm_runtime.contract import (
     LeaseEvent,
     Status,
 )
-from swarm_runtime.store.state_files import Workspace, append_line
+from swarm_runtime.errors import StoreUnavailable
+from swarm_runtime.store.state_files import Workspace, append_line, json_line
 
+if TYPE_CHECKING:
+    from swarm_runtime.store.database import Database
+
+log = logging.getLogger("swarm.store")
 ENVELOPE = ("task_id", "worker_id", "status", "timestamp")
+# Appends take this lock to the end of their transaction, so ids commit in order and a
+# reader past id n never misses an event committed later with a smaller id.
+EVENTS_LOCK = 0x5357_4152_4D02
 
 
 def cap_text(text: str, limit: int = EVENT_FIELD_CAP_BYTES) -> str:
@@ -54,15 +67,59 @@ def build_event(
 
 
 class EventLog:
-    """One worker's writer for execution_log.jsonl."""
+    """One worker's writer for execution_log.jsonl (and the database's events, if any)."""
 
-    def __init__(self, workspace: Workspace, worker_id: str):
+    def __init__(self, workspace: Workspace, worker_id: str, database: Database | None = None):
         self._workspace = workspace
         self.worker_id = worker_id
+        self._rows = DatabaseEvents(database) if database is not None else None
 
     def emit(
         self, task_id: str, status: Status, kind: type[Event] | None = None, **fields: Any
     ) -> dict[str, Any]:
         record = build_event(task_id, self.worker_id, status, kind, **fields)
         append_line(self._workspace, self._workspace.log_path, record)
+        if self._rows is not None:
+            try:
+                self._rows.append(record)
+            except StoreUnavailable as exc:  # the file has it; the task goes on
+                log.warning("event for task %s kept in this host's log only: %s", task_id, exc)
         return record
+
+
+class DatabaseEvents:
+    """The events of every host, in the order they were committed."""
+
+    def __init__(self, database: Database):
+        self.database = database
+
+    def append(self, record: dict[str, Any]) -> int:
+        """Store `record` whole; returns its id, the cursor just past it."""
+        from psycopg.types.json import Json
+
+        envelope = [str(record[key]) for key in ENVELOPE]
+        with self.database.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+            row = conn.execute(
+                "INSERT INTO swarm_events (task_id, worker_id, status, timestamp, record)"
+                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                (*envelope, Json(record)),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def read(self, after: int = 0, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
+        """Up to `limit` events after the cursor `after`, oldest first, with their ids."""
+        with self.database.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, record FROM swarm_events WHERE id > %s ORDER BY id LIMIT %s",
+                (after, limit),
+            ).fetchall()
+        return [(int(event_id), record) for event_id, record in rows]
+
+    def lines(self) -> Iterator[str]:
+        """Every event as a line of execution_log.jsonl, oldest first."""
+        cursor = 0
+        while batch := self.read(cursor):
+            for cursor, record in batch:  # noqa: B007 (the last id is the next cursor)
+                yield json_line(record)

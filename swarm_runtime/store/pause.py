@@ -11,7 +11,8 @@ from pydantic import BaseModel, ValidationError
 
 from swarm_runtime.contract import describe_validation_error, utc_now
 from swarm_runtime.errors import StateFileError
-from swarm_runtime.store.state_files import Workspace, atomic_write_json, read_json
+from swarm_runtime.store.documents import FileDocument, SharedDocument
+from swarm_runtime.store.state_files import Workspace
 
 
 class PauseState(BaseModel):
@@ -21,20 +22,27 @@ class PauseState(BaseModel):
     since: str | None = None
 
 
-def read_pause(workspace: Workspace) -> PauseState:
+def switch(source: Workspace | SharedDocument) -> SharedDocument:
+    """The switch of a workspace (its file), or the shared document given."""
+    if isinstance(source, Workspace):
+        return FileDocument(source, source.pause_path)
+    return source
+
+
+def read_pause(source: Workspace | SharedDocument) -> PauseState:
     """A missing switch means running; a broken one is reported, never guessed."""
-    raw = read_json(workspace.pause_path, dict)
+    document = switch(source)
+    raw = document.read(dict)
     try:
         return PauseState.model_validate(raw)
     except ValidationError as exc:
         problems = [describe_validation_error(e) for e in exc.errors()]
-        raise StateFileError(workspace.pause_path, problems) from None
+        raise StateFileError(document.path, problems) from None
 
 
 def set_pause(
-    workspace: Workspace, paused: bool, *, by: str, reason: str | None = None
+    source: Workspace | SharedDocument, paused: bool, *, by: str, reason: str | None = None
 ) -> PauseState:
     state = PauseState(paused=paused, reason=reason, by=by, since=utc_now().isoformat())
-    with workspace.lock(workspace.pause_path):
-        atomic_write_json(workspace.pause_path, state.model_dump(mode="json"))
+    switch(source).write(state.model_dump(mode="json"))
     return state

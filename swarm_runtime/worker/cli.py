@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from swarm_runtime.contract import TASK_ID_PATTERN, is_valid_task_id
-from swarm_runtime.errors import StateFileError
+from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.processes import exit_with_supervisor
 from swarm_runtime.queue.store import HOST, WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
@@ -98,7 +98,7 @@ def queued_endpoint(worker: Worker) -> str:
     """The endpoint queue.json names, for the start-up line; the loop reports a bad queue."""
     try:
         return f"{worker.store.load().api_endpoint} (from queue.json)"
-    except StateFileError as exc:
+    except (StateFileError, StoreUnavailable) as exc:
         return f"unknown for now ({exc})"
 
 

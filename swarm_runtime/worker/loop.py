@@ -54,6 +54,7 @@ from swarm_runtime.errors import (
     QueueFileError,
     ReviewUnavailable,
     StateFileError,
+    StoreUnavailable,
 )
 from swarm_runtime.phases.critic import (
     Review,
@@ -74,11 +75,14 @@ from swarm_runtime.phases.prompt import compose_prompt, routing_text, subtask_re
 from swarm_runtime.phases.quality_gate import QualityGate
 from swarm_runtime.phases.rewards import RewardBook, not_approved_fields
 from swarm_runtime.phases.routing import ToolRouter, decision_fields, load_router
+from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.presence import PresenceBeacon
-from swarm_runtime.queue.store import ClaimOutcome, QueueStore, WorkerIdentity
+from swarm_runtime.queue.select import store_for
+from swarm_runtime.queue.store import ClaimOutcome, WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.safety.inserted import InsertedTextScreen
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.events import EventLog, cap_text
 from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.pause import read_pause
@@ -91,7 +95,6 @@ LOCAL_COMMAND_TIMEOUT = 30.0
 DISPATCH_GRACE_SECONDS = 30.0
 SUMMARY_CHARS = 2000
 RECORDED_OUTPUT_BYTES = 32 * 1024
-WAKE_CHECK_SECONDS = 0.02
 # A finished result is committed this many times in all while queue.json's lock stays busy
 # past its timeout, waiting twice as long after each refusal (capped), before giving up.
 COMMIT_ATTEMPTS = 6
@@ -134,16 +137,17 @@ class Worker:
         self.settings = settings
         self.identity = identity
         self.workspace = workspace
-        self.store = QueueStore.for_settings(workspace, settings)
-        self.events = EventLog(workspace, identity.worker_id)
+        self.store: TaskQueue = store_for(settings, workspace)
+        self.documents = documents_for(settings, workspace)
+        self.events = EventLog(workspace, identity.worker_id, self.documents.database)
         self.client = client
         self.gateway = gateway
         self.critic = Critic(workspace.sandbox, client, settings.critic_model)
-        self.quality_gate = QualityGate(workspace)
-        self.rewards = RewardBook(workspace)
+        self.quality_gate = QualityGate(workspace, self.documents.quality_gate)
+        self.rewards = RewardBook(workspace, self.documents.reward_ledger, self.documents.balances)
         self._pause_reported: str | None = None
         self._router: tuple[tuple[int, int, int] | None, ToolRouter] | None = None
-        self.beacon = PresenceBeacon(workspace, identity)
+        self.beacon = PresenceBeacon(workspace, identity, self.documents.database)
         self.commit_backoff = COMMIT_BACKOFF_SECONDS
         self.configured_endpoint = configured_endpoint(settings)
 
@@ -156,6 +160,8 @@ class Worker:
         finally:
             self.beacon.withdraw()
             self.leave_queue_current()
+            self.store.close()
+            self.documents.close()
 
     def leave_queue_current(self) -> None:
         """Fold the queue journal into queue.json on the way out, so that queue.json shows
@@ -195,14 +201,9 @@ class Worker:
         return 0
 
     def wait_for_work(self, stop: threading.Event) -> None:
-        """Wait out the poll interval, but claim again as soon as queue.json changes, so new
-        work starts within WAKE_CHECK_SECONDS instead of up to a whole interval later. A
-        claim that finds nothing writes nothing, so idle workers never wake each other."""
-        seen = self.store.version()
-        deadline = time.monotonic() + self.settings.poll_interval
-        while not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline or self.store.version() != seen:
-                return
+        """Wait out the poll interval, but claim again as soon as the queue changes, so new
+        work starts at once instead of up to a whole interval later."""
+        self.store.wait_for_change(self.settings.poll_interval, stop)
 
     def announce(self, paused: bool) -> None:
         """Presence is a courtesy to the panel: a failed write (a full disk) must not stop work."""
@@ -214,9 +215,9 @@ class Worker:
     def paused(self) -> bool:
         """The kill switch is read before every claim; a broken switch counts as on."""
         try:
-            state = read_pause(self.workspace)
+            state = read_pause(self.documents.pause)
             message = f"paused by {state.by or 'an operator'}" if state.paused else None
-        except StateFileError as exc:
+        except (StateFileError, StoreUnavailable) as exc:
             message = f"pause switch unreadable, claiming nothing: {exc}"
         if message != self._pause_reported:
             if message:
@@ -336,16 +337,19 @@ class Worker:
         log.info("task %s -> %s", task.id, outcome.status.value)
 
     def _commit(self, task_id: str, write: Callable[[], R]) -> R:
-        """Record a task's result, trying again while the queue's lock stays busy.
+        """Record a task's result, trying again while the queue's lock stays busy or its
+        database cannot be reached.
 
         The result may be paid for and cannot be had again for free, so a lock timeout
-        (readers never hold the lock, but a slow writer may) is waited out with the result
-        kept in memory, rather than recorded as the task's failure."""
+        (readers never hold the lock, but a slow writer may) or a lost database is waited
+        out with the result kept in memory, rather than recorded as the task's failure. A
+        database transaction either committed or did not: one that did is refused when
+        tried again (the lease is released), and nothing is recorded twice."""
         delay = self.commit_backoff
         for attempt in range(1, COMMIT_ATTEMPTS):
             try:
                 return write()
-            except TimeoutError as exc:
+            except (TimeoutError, StoreUnavailable) as exc:
                 log.warning(
                     "task %s: could not record its result (attempt %d of %d), again in %.1fs: %s",
                     task_id,

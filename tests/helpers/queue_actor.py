@@ -3,6 +3,8 @@
 queue_actor.py WORKSPACE add PREFIX COUNT      add COUNT tasks PREFIX-0..N
 queue_actor.py WORKSPACE drain NAME OUT        claim+finish until drained; ids to OUT
 queue_actor.py WORKSPACE churn                 add tasks forever (to be killed)
+
+The queue is the workspace's queue.json, or the database SWARM_DATABASE_URL names.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ import os
 import sys
 
 from swarm_runtime.contract import Status
-from swarm_runtime.queue.store import QueueStore, WorkerIdentity
+from swarm_runtime.queue.select import store_for
+from swarm_runtime.queue.store import WorkerIdentity
+from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 
 
 def main() -> int:
     workspace = Workspace(sys.argv[1])
-    store = QueueStore(workspace, retain=1_000_000)
+    url = os.environ.get("SWARM_DATABASE_URL") or None
+    settings = Settings(
+        workspace=workspace.root, queue_retain=1_000_000, review=False, database_url=url
+    )
+    store = store_for(settings, workspace)
     action = sys.argv[2]
     if action == "add":
         prefix, count = sys.argv[3], int(sys.argv[4])

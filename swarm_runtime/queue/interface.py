@@ -1,0 +1,82 @@
+"""What the worker, the API, the panel and the operator commands may do to the queue.
+
+Two stores answer it: `queue.store.QueueStore` (queue.json in the workspace, the
+default) and `queue.postgres.PostgresQueueStore` (one PostgreSQL database shared by
+every host). Callers hold a `TaskQueue` and never learn which one it is.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
+from typing import Any, Protocol
+
+from swarm_runtime.contract import ExecutionRecord, QueueDocument, Status, Task
+from swarm_runtime.queue.leases import WorkerIdentity
+from swarm_runtime.queue.transactions import ClaimOutcome
+
+
+class TaskQueue(Protocol):
+    # reading: never waits for a transaction
+
+    def load(self) -> QueueDocument:
+        """The whole queue as one committed state; the caller must treat it as read-only."""
+        ...
+
+    def version(self) -> Hashable:
+        """Changes whenever the queue may have: a cheap test before `load`."""
+        ...
+
+    def wait_for_change(self, timeout: float, stop: threading.Event) -> None:
+        """Return once the queue may have changed, `timeout` seconds passed, or `stop` is set."""
+        ...
+
+    # the worker's transactions
+
+    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome: ...
+
+    def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool: ...
+
+    def record_execution(
+        self, task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
+    ) -> Task: ...
+
+    def finish(
+        self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any
+    ) -> Task: ...
+
+    def plan(
+        self,
+        parent_id: str,
+        worker: WorkerIdentity,
+        subtasks: list[dict[str, Any]],
+        parent_updates: dict[str, Any],
+    ) -> list[Task]: ...
+
+    # adding work, and the operator's actions
+
+    def add(self, record: dict[str, Any]) -> Task: ...
+
+    def add_many(self, records: list[dict[str, Any]]) -> list[Task]: ...
+
+    def set_api_endpoint(self, endpoint: str) -> None: ...
+
+    def requeue(self, task_id: str) -> Task: ...
+
+    def cancel(self, task_id: str) -> Task: ...
+
+    def requeue_failed(self) -> list[Task]: ...
+
+    def import_queue(self, document: QueueDocument) -> int:
+        """Fill an empty queue with a queue.json document as it stands."""
+        ...
+
+    # the end of a process
+
+    def flush(self) -> None:
+        """Make every committed change visible to readers of the store's raw form."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store holds open (connections); the store is not used after."""
+        ...

@@ -1,0 +1,66 @@
+"""Who holds a lease, and whether that holder is still there.
+
+A lease names its worker, process and host; a holder on this host whose process is gone
+(or whose pid now belongs to a younger process) has lost it before it expires. A holder
+on another host is trusted until its lease expires.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import TypeGuard
+
+from swarm_runtime.contract import Lease, Task
+from swarm_runtime.processes import process_exists
+from swarm_runtime.queue.state import holds_lease
+
+HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    worker_id: str
+    pid: int = field(default_factory=os.getpid)
+    host: str = HOST
+
+    @property
+    def pid_started(self) -> float | None:
+        return process_start_time(self.pid)
+
+
+def process_start_time(pid: int) -> float | None:
+    """The kernel's start time of `pid` (clock ticks), to tell a live holder from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("ascii", errors="replace")
+    except OSError:
+        return None
+    try:
+        return float(stat[stat.rindex(")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def holder_is_alive(lease: Lease, host: str = HOST) -> bool:
+    """False only when we can prove the holder is gone: same host and no such process."""
+    if lease.host != host:
+        return True
+    if not process_exists(lease.pid):
+        return False
+    started = process_start_time(lease.pid)
+    return not (lease.pid_started and started and started != lease.pid_started)
+
+
+def lease_is_live(lease: Lease | None, now: float) -> TypeGuard[Lease]:
+    return lease is not None and lease.expires_at > now and holder_is_alive(lease)
+
+
+def owned_by(task: Task, worker: WorkerIdentity) -> bool:
+    lease = task.lease
+    return (
+        holds_lease(task)
+        and lease is not None
+        and (lease.worker_id, lease.pid, lease.host) == (worker.worker_id, worker.pid, worker.host)
+    )

@@ -1,0 +1,278 @@
+"""The queue's operations, written once for every store.
+
+Each operation is a change to a `QueueState` (the decisions are `queue.rules`), run by
+the store's `_transaction`: the file store runs it under queue.json's lock, the database
+store under the queue's lock in one database transaction. A store provides only that,
+and the time it reads while the lock is held; what an operation does to the queue is
+the same whichever store runs it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from swarm_runtime.contract import (
+    DEFAULT_API_ENDPOINT,
+    ExecutionRecord,
+    Lease,
+    OperatorAction,
+    QueueDocument,
+    Status,
+    Task,
+    check_task_fields,
+    normalize_task,
+    task_allows,
+    utc_now,
+)
+from swarm_runtime.errors import (
+    DuplicateTaskError,
+    LeaseLostError,
+    QueueNotEmpty,
+    UnknownTaskError,
+)
+from swarm_runtime.queue.leases import WorkerIdentity, lease_is_live, owned_by
+from swarm_runtime.queue.rules import (
+    Propagated,
+    Reclaim,
+    awaits_review,
+    change_status,
+    is_drained,
+    next_runnable,
+    operate,
+    propagate_failures,
+    reclaim_dead_leases,
+    record_outcome,
+)
+from swarm_runtime.queue.state import QueueState
+
+R = TypeVar("R")
+Change = Callable[[QueueState, float], R]
+
+
+@dataclass
+class ClaimOutcome:
+    """What one claim did: the task won (or None), plus what it cleaned up on the way."""
+
+    task: Task | None = None
+    reclaimed: list[Reclaim] = field(default_factory=list)
+    propagated: list[Propagated] = field(default_factory=list)
+    drained: bool = False
+    api_endpoint: str = DEFAULT_API_ENDPOINT
+
+
+class QueueTransactions(ABC):
+    @abstractmethod
+    def _transaction(self, change: Change[R]) -> R:
+        """Run `change` on the current queue and the time read under the lock; make what
+        it changed durable before returning, or nothing of it if it raises."""
+
+    def add(self, record: dict[str, Any]) -> Task:
+        """Append one task; a duplicate id is refused (also one already archived)."""
+        return self.add_many([record])[0]
+
+    def add_many(self, records: list[dict[str, Any]]) -> list[Task]:
+        """Append tasks all together or not at all."""
+        tasks = new_tasks(records)
+
+        def change(state: QueueState, now: float) -> list[Task]:
+            refuse_taken(state, tasks)
+            state.add([t.model_copy(deep=True) for t in tasks])
+            return tasks
+
+        return self._transaction(change)
+
+    def set_api_endpoint(self, endpoint: str) -> None:
+        self._transaction(lambda state, now: state.set_api_endpoint(endpoint))
+
+    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
+        """Reclaim dead leases, fail what can never run, then lease the first runnable task."""
+
+        def change(state: QueueState, now: float) -> ClaimOutcome:
+            outcome = ClaimOutcome(
+                reclaimed=reclaim_dead_leases(state, now, lease_is_live),
+                api_endpoint=state.doc.api_endpoint,
+            )
+            outcome.propagated = propagate_failures(state)
+            task = next_runnable(state, now)
+            if task is not None:
+                outcome.task = lease_task(state, task, worker, now, lease_seconds)
+            outcome.drained = task is None and is_drained(state)
+            return outcome
+
+        return self._transaction(change)
+
+    def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool:
+        """Extend our lease; False means another worker has reclaimed the task.
+
+        The new expiry counts from the moment the lock is held, not from the call: a
+        renewal that waited for the lock still grants a whole lease."""
+
+        def change(state: QueueState, now: float) -> bool:
+            task = state.find(task_id)
+            if task is None or task.lease is None or not owned_by(task, worker):
+                return False
+            lease = task.lease.model_copy(update={"expires_at": now + lease_seconds})
+            state.update(task_id, lease=lease)
+            return True
+
+        return self._transaction(change)
+
+    def finish(self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any) -> Task:
+        """Record the task's new status and release its lease; only the holder may."""
+
+        def change(state: QueueState, now: float) -> Task:
+            owned(state, task_id, worker)
+            task = change_status(state, task_id, status, **fields)
+            record_outcome(state, task_id)
+            return task.model_copy(deep=True)
+
+        return self._transaction(change)
+
+    def record_execution(
+        self, task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
+    ) -> Task:
+        """Executed, now under review by the same worker: the lease stays, the result is kept."""
+
+        def change(state: QueueState, now: float) -> Task:
+            owned(state, task_id, worker)
+            task = state.update(
+                task_id,
+                status=Status.PENDING_REVIEW,
+                execution=execution,
+                updated_at=utc_now().isoformat(),
+                **fields,
+            )
+            return task.model_copy(deep=True)
+
+        return self._transaction(change)
+
+    def plan(
+        self,
+        parent_id: str,
+        worker: WorkerIdentity,
+        subtasks: list[dict[str, Any]],
+        parent_updates: dict[str, Any],
+    ) -> list[Task]:
+        """Append a parent's subtasks and make it wait for them, in one write.
+
+        The parent goes back to `queued` without counting the claim as an attempt,
+        since planning ran nothing."""
+        for record in subtasks:
+            check_task_fields(str(record.get("id")), record)
+        subtask_records = new_tasks(subtasks)
+
+        def change(state: QueueState, now: float) -> list[Task]:
+            parent = owned(state, parent_id, worker)
+            refuse_taken(state, subtask_records)
+            change_status(
+                state,
+                parent_id,
+                Status.QUEUED,
+                attempts=max(0, parent.attempts - 1),
+                **parent_updates,
+            )
+            state.add([t.model_copy(deep=True) for t in subtask_records], before=parent_id)
+            return subtask_records
+
+        return self._transaction(change)
+
+    def requeue(self, task_id: str) -> Task:
+        """An operator sends a finished-badly task back to the line, with a fresh review count."""
+        return self._operate(task_id, OperatorAction.REQUEUE)
+
+    def cancel(self, task_id: str) -> Task:
+        """An operator withdraws a task that has not started; its dependents then fail."""
+        return self._operate(task_id, OperatorAction.CANCEL)
+
+    def requeue_failed(self) -> list[Task]:
+        """Every task that ended failed (not cancelled or safety-blocked) goes back to the line."""
+        action = OperatorAction.REQUEUE_FAILED
+
+        def change(state: QueueState, now: float) -> list[Task]:
+            chosen = [t for t in state.doc.tasks if task_allows(t, action)]
+            requeued = []
+            for task in chosen:
+                requeued.append(operate(state, task, action).model_copy(deep=True))
+                record_outcome(state, task.id)
+            return requeued
+
+        return self._transaction(change)
+
+    def import_queue(self, document: QueueDocument) -> int:
+        """Fill an empty queue with `document` as it stands (statuses, leases, the
+        outcome lists, the API's address): how a queue.json moves into a database."""
+
+        def change(state: QueueState, now: float) -> int:
+            if state.doc.tasks or state.completed_ids or state.failed_ids:
+                raise QueueNotEmpty(
+                    len(state.doc.tasks), len(state.completed_ids | state.failed_ids)
+                )
+            state.add([t.model_copy(deep=True) for t in document.tasks])
+            for task_id in document.completed:
+                state.set_outcome(task_id, "completed")
+            for task_id in document.failed:
+                state.set_outcome(task_id, "failed")
+            state.set_api_endpoint(document.api_endpoint)
+            return len(document.tasks)
+
+        return self._transaction(change)
+
+    def _operate(self, task_id: str, action: OperatorAction) -> Task:
+        def change(state: QueueState, now: float) -> Task:
+            task = state.find(task_id)
+            if task is None:
+                raise UnknownTaskError(task_id)
+            changed = operate(state, task, action)
+            record_outcome(state, task_id)
+            return changed.model_copy(deep=True)
+
+        return self._transaction(change)
+
+
+def lease_task(
+    state: QueueState, task: Task, worker: WorkerIdentity, now: float, lease_seconds: float
+) -> Task:
+    """Lease `task` to `worker`; a claim to run it (not to resume its review) is an attempt."""
+    lease = Lease(
+        worker_id=worker.worker_id,
+        pid=worker.pid,
+        host=worker.host,
+        pid_started=worker.pid_started,
+        claimed_at=now,
+        expires_at=now + lease_seconds,
+    )
+    changes: dict[str, Any] = {"lease": lease, "updated_at": utc_now().isoformat()}
+    if not awaits_review(task):
+        changes |= {"status": Status.IN_PROGRESS, "attempts": task.attempts + 1}
+    return state.update(task.id, **changes).model_copy(deep=True)
+
+
+def new_tasks(records: list[dict[str, Any]]) -> list[Task]:
+    """Validated, normalized, pending and stamped: how every task enters the queue."""
+    stamp = utc_now().isoformat()
+    return [
+        Task.model_validate(normalize_task({"created_at": stamp, **r, "status": Status.PENDING}))
+        for r in records
+    ]
+
+
+def refuse_taken(state: QueueState, tasks: list[Task]) -> None:
+    """Ids are unique across the live queue and the archive's id lists, and within `tasks`."""
+    seen: set[str] = set()
+    for task in tasks:
+        if task.id in seen or state.is_taken(task.id):
+            raise DuplicateTaskError(task.id)
+        seen.add(task.id)
+
+
+def owned(state: QueueState, task_id: str, worker: WorkerIdentity) -> Task:
+    task = state.find(task_id)
+    if task is None:
+        raise UnknownTaskError(task_id)
+    if not owned_by(task, worker):
+        holder = task.lease.worker_id if task.lease else None
+        raise LeaseLostError(task_id, worker.worker_id, holder)
+    return task

@@ -1,0 +1,174 @@
+"""The PostgreSQL database named by SWARM_DATABASE_URL: a pool of connections, the
+schema brought up to date on connect, and every driver failure turned into one
+`StoreUnavailable` that names the URL without its password and says what to check.
+
+psycopg is imported here and only here, when a database is asked for, so a file-only
+install never needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from swarm_runtime.errors import StoreUnavailable
+from swarm_runtime.store.schema import migrate, schema_version
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+    from psycopg_pool import ConnectionPool
+
+log = logging.getLogger("swarm.store")
+CONNECT_TIMEOUT_SECONDS = 5
+POOL_SIZE = 4
+# How long a transaction waits for a pooled connection (the server may be restarting).
+CHECKOUT_TIMEOUT_SECONDS = 10.0
+MISSING_DRIVER = (
+    "the PostgreSQL driver is not installed; install it with "
+    "pip install 'swarm-runtime[postgres]', or unset SWARM_DATABASE_URL"
+)
+# What the server or the driver said (every word found) -> the problem and what to check.
+CREDENTIALS = "check the user and password in SWARM_DATABASE_URL"
+MALFORMED = (
+    "not a valid PostgreSQL URL",
+    "write SWARM_DATABASE_URL as postgresql://user:password@host:port/database",
+)
+HINTS: tuple[tuple[tuple[str, ...], tuple[str, str]], ...] = (
+    (("password authentication failed",), ("the server refused the credentials", CREDENTIALS)),
+    (("no password supplied",), ("the server wants a password", CREDENTIALS)),
+    (("role", "does not exist"), ("the server knows no such user", CREDENTIALS)),
+    (
+        ("database", "does not exist"),
+        ("no such database", "create it (createdb) or fix its name in SWARM_DATABASE_URL"),
+    ),
+    (("invalid",), MALFORMED),
+    (("missing",), MALFORMED),
+)
+UNREACHABLE = (
+    "the server cannot be reached",
+    "check that PostgreSQL runs and accepts connections at the host and port in SWARM_DATABASE_URL",
+)
+
+
+def redact(url: str) -> str:
+    """The URL as it may be shown: any password replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "(an unparsable URL)"
+
+
+def explain(message: str) -> tuple[str, str]:
+    """The problem and the hint for what the driver said when it failed to connect."""
+    lowered = message.casefold()
+    for words, explained in HINTS:
+        if all(word in lowered for word in words):
+            return explained
+    return UNREACHABLE
+
+
+class Database:
+    """One pool per process. `transaction()` is the only way in: a failure of the server
+    or of the network comes out as StoreUnavailable, and the transaction is then either
+    committed or not at all (PostgreSQL's own guarantee)."""
+
+    def __init__(
+        self,
+        url: str,
+        pool: ConnectionPool[Any],
+        checkout_timeout: float = CHECKOUT_TIMEOUT_SECONDS,
+    ):
+        self.url = redact(url)
+        self._conninfo = url
+        self._pool = pool
+        self.checkout_timeout = checkout_timeout
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        pool_size: int = POOL_SIZE,
+        checkout_timeout: float = CHECKOUT_TIMEOUT_SECONDS,
+    ) -> Database:
+        """Connect once to diagnose and migrate, then open the pool."""
+        psycopg, pool_module = _driver(url)
+        try:
+            with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                migrate(conn)
+        except psycopg.Error as exc:
+            raise cls._unavailable(url, exc) from None
+        pool = pool_module.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=True,
+            check=pool_module.ConnectionPool.check_connection,
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            name="swarm",
+        )
+        return cls(url, pool, checkout_timeout)
+
+    @staticmethod
+    def _unavailable(url: str, exc: BaseException) -> StoreUnavailable:
+        problem, hint = explain(str(exc))
+        return StoreUnavailable(redact(url), problem, hint)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection[Any]]:
+        """A connection inside one transaction, committed when the block ends."""
+        import psycopg
+        import psycopg_pool
+
+        try:
+            with self._pool.connection(timeout=self.checkout_timeout) as conn:
+                with conn.transaction():
+                    yield conn
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            problem, hint = (
+                UNREACHABLE if isinstance(exc, psycopg_pool.PoolTimeout) else explain(str(exc))
+            )
+            raise StoreUnavailable(self.url, problem, hint) from None
+
+    def listener(self, channel: str) -> Connection[Any]:
+        """A connection of its own, outside the pool, that LISTENs on `channel`."""
+        import psycopg
+
+        try:
+            conn = psycopg.connect(
+                self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+            )
+            conn.execute(f"LISTEN {channel}")
+        except psycopg.Error as exc:
+            raise self._unavailable(self._conninfo, exc) from None
+        return conn
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def installed_schema_version(url: str) -> int:
+    """The schema version the database holds, read without migrating it (0: none yet)."""
+    psycopg, _ = _driver(url)
+    try:
+        with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            return schema_version(conn)
+    except psycopg.Error as exc:
+        raise Database._unavailable(url, exc) from None
+
+
+def _driver(url: str) -> tuple[Any, Any]:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError:
+        raise StoreUnavailable(redact(url), "no driver", MISSING_DRIVER) from None
+    return psycopg, psycopg_pool

@@ -1,0 +1,233 @@
+"""Small shared state documents (the budget ledger, the pause switch): read whole, and
+changed by one read-modify-write under a lock that binds every process.
+
+In the workspace each is a JSON file changed under its `.lock`; in the database each is
+one row of `swarm_documents`, changed under that row's lock (`SELECT ... FOR UPDATE`),
+so processes on any number of hosts see one document and change it one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.state_files import (
+    Workspace,
+    atomic_write_json,
+    file_version,
+    read_json,
+    update_json,
+)
+
+if TYPE_CHECKING:
+    from swarm_runtime.store.database import Database
+
+T = TypeVar("T")
+Mutation = Callable[[Any], tuple[Any, T]]
+Default = Callable[[], Any]
+
+
+class SharedDocument(Protocol):
+    # What errors name: the file, or the file's name for a database row.
+    path: Path
+
+    def read(self, default: Callable[[], Any]) -> Any: ...
+
+    def update(self, mutate: Mutation[T], default: Callable[[], Any]) -> T:
+        """`mutate(doc)` returns (new_doc, result); a new_doc of None writes nothing."""
+        ...
+
+    def write(self, document: Any) -> None:
+        """Replace the document whatever it held, even something unreadable."""
+        ...
+
+    def version(self) -> Hashable:
+        """Changes whenever the document may have: a cheap test before `read`."""
+        ...
+
+
+class FileDocument:
+    def __init__(self, workspace: Workspace, path: Path):
+        self.workspace = workspace
+        self.path = path
+
+    def read(self, default: Callable[[], Any]) -> Any:
+        return read_json(self.path, default)
+
+    def update(self, mutate: Mutation[T], default: Callable[[], Any]) -> T:
+        return update_json(self.workspace, self.path, mutate, default)
+
+    def write(self, document: Any) -> None:
+        with self.workspace.lock(self.path):
+            atomic_write_json(self.path, document)
+
+    def version(self) -> Hashable:
+        return file_version(self.path)
+
+
+class DatabaseDocument:
+    """The row named after the file it stands for (budget_ledger.json, pause.json)."""
+
+    def __init__(self, database: Database, path: Path):
+        self.database = database
+        self.path = Path(path.name)
+
+    def read(self, default: Callable[[], Any]) -> Any:
+        with self.database.transaction() as conn:
+            row = conn.execute(
+                "SELECT doc FROM swarm_documents WHERE name = %s", (self.path.name,)
+            ).fetchone()
+        return default() if row is None else row[0]
+
+    def update(self, mutate: Mutation[T], default: Callable[[], Any]) -> T:
+        from psycopg.types.json import Json
+
+        name = self.path.name
+        with self.database.transaction() as conn:
+            conn.execute(
+                "INSERT INTO swarm_documents (name, doc) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, Json(default())),
+            )
+            row = conn.execute(
+                "SELECT doc FROM swarm_documents WHERE name = %s FOR UPDATE", (name,)
+            ).fetchone()
+            assert row is not None
+            new_document, result = mutate(row[0])
+            if new_document is not None:
+                conn.execute(
+                    "UPDATE swarm_documents SET doc = %s WHERE name = %s",
+                    (Json(new_document), name),
+                )
+            return result
+
+    def version(self) -> Hashable:
+        """The row's transaction id: a new one with every update."""
+        with self.database.transaction() as conn:
+            row = conn.execute(
+                "SELECT xmin::text FROM swarm_documents WHERE name = %s", (self.path.name,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def write(self, document: Any) -> None:
+        from psycopg.types.json import Json
+
+        with self.database.transaction() as conn:
+            conn.execute(
+                "INSERT INTO swarm_documents (name, doc) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+                (self.path.name, Json(document)),
+            )
+
+
+def shared_document(workspace: Workspace, path: Path, database: Database | None) -> SharedDocument:
+    """The file `path` in the workspace, or its row in `database` when there is one."""
+    if database is None:
+        return FileDocument(workspace, path)
+    return DatabaseDocument(database, path)
+
+
+class Together:
+    """Several documents read and written in one critical section: each read inside it,
+    each write kept, all of it ended together."""
+
+    def __init__(self, read: Callable[[str], Any], write: Callable[[str, Any], None]):
+        self.read = read
+        self.write = write
+
+
+@contextmanager
+def together(documents: list[SharedDocument], default: Callable[[], Any]) -> Iterator[Together]:
+    """Files: each one's lock, taken in the order given, and every write durable at once.
+    Database rows: one transaction holding every row's lock, so the writes commit
+    together or not at all."""
+    databases = {getattr(getattr(d, "database", None), "url", None) for d in documents}
+    if databases == {None}:
+        with _files_together(documents, default) as section:
+            yield section
+        return
+    assert len(databases) == 1, "documents changed together live in one database"
+    with _rows_together(documents, default) as section:
+        yield section
+
+
+@contextmanager
+def _files_together(
+    documents: list[SharedDocument], default: Callable[[], Any]
+) -> Iterator[Together]:
+    by_name = {d.path.name: d for d in documents}
+    with ExitStack() as stack:
+        for document in documents:
+            assert isinstance(document, FileDocument)
+            stack.enter_context(document.workspace.lock(document.path))
+        yield Together(
+            lambda name: read_json(by_name[name].path, default),
+            lambda name, doc: atomic_write_json(by_name[name].path, doc),
+        )
+
+
+@contextmanager
+def _rows_together(
+    documents: list[SharedDocument], default: Callable[[], Any]
+) -> Iterator[Together]:
+    from psycopg.types.json import Json
+
+    database = documents[0].database  # type: ignore[attr-defined]
+    names = [d.path.name for d in documents]
+    with database.transaction() as conn:
+        for name in names:
+            conn.execute(
+                "INSERT INTO swarm_documents (name, doc) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, Json(default())),
+            )
+        rows = dict(
+            conn.execute(
+                "SELECT name, doc FROM swarm_documents WHERE name = ANY(%s) ORDER BY name"
+                " FOR UPDATE",
+                (names,),
+            ).fetchall()
+        )
+
+        def write(name: str, doc: Any) -> None:
+            conn.execute("UPDATE swarm_documents SET doc = %s WHERE name = %s", (Json(doc), name))
+            rows[name] = doc
+
+        yield Together(lambda name: rows[name], write)
+
+
+@dataclass(frozen=True)
+class SharedDocuments:
+    """The documents every process of one runtime shares, in one place for a process."""
+
+    budget: SharedDocument
+    pause: SharedDocument
+    quality_gate: SharedDocument
+    reward_ledger: SharedDocument
+    balances: SharedDocument
+    database: Database | None = None
+
+    def close(self) -> None:
+        if self.database is not None:
+            self.database.close()
+
+
+def documents_for(settings: Settings, workspace: Workspace) -> SharedDocuments:
+    """In the database SWARM_DATABASE_URL names, else in the workspace."""
+    database = None
+    if settings.database_url is not None:
+        from swarm_runtime.store.database import Database
+
+        database = Database.connect(settings.database_url.get_secret_value(), pool_size=2)
+    return SharedDocuments(
+        budget=shared_document(workspace, workspace.budget_ledger_path, database),
+        pause=shared_document(workspace, workspace.pause_path, database),
+        quality_gate=shared_document(workspace, workspace.quality_gate_path, database),
+        reward_ledger=shared_document(workspace, workspace.reward_ledger_path, database),
+        balances=shared_document(workspace, workspace.balances_path, database),
+        database=database,
+    )

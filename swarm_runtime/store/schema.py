@@ -1,0 +1,100 @@
+"""The database's tables, owned by the runtime: created and migrated on start.
+
+`MIGRATIONS[n]` takes the schema from version n to n + 1; `swarm_schema` holds the
+version reached. Every process runs `migrate` when it connects, under an advisory lock
+held to the end of the transaction, so two processes starting at once never race: the
+second waits, then finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+MIGRATION_LOCK = 0x5357_4152_4D01  # any constant the runtime alone uses
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE swarm_queue (
+        id integer PRIMARY KEY CHECK (id = 1),
+        header json NOT NULL,
+        changes bigint NOT NULL DEFAULT 0
+    );
+    INSERT INTO swarm_queue (id, header) VALUES (1, '{}');
+    CREATE TABLE swarm_tasks (
+        id text PRIMARY KEY,
+        position numeric NOT NULL UNIQUE,
+        status text NOT NULL,
+        lease_expires_at double precision,
+        changed bigint NOT NULL,
+        doc json NOT NULL
+    );
+    CREATE INDEX swarm_tasks_status ON swarm_tasks (status);
+    CREATE INDEX swarm_tasks_changed ON swarm_tasks (changed);
+    CREATE SEQUENCE swarm_outcome_order;
+    CREATE TABLE swarm_outcomes (
+        task_id text PRIMARY KEY,
+        outcome text CHECK (outcome IN ('completed', 'failed')),
+        listed bigint NOT NULL DEFAULT nextval('swarm_outcome_order'),
+        changed bigint NOT NULL
+    );
+    CREATE INDEX swarm_outcomes_changed ON swarm_outcomes (changed);
+    CREATE TABLE swarm_archive (
+        archived bigserial PRIMARY KEY,
+        task_id text NOT NULL,
+        changed bigint NOT NULL,
+        doc json NOT NULL
+    );
+    CREATE INDEX swarm_archive_changed ON swarm_archive (changed);
+    """,
+    """
+    CREATE TABLE swarm_documents (
+        name text PRIMARY KEY,
+        doc json NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE swarm_events (
+        id bigserial PRIMARY KEY,
+        task_id text NOT NULL,
+        worker_id text NOT NULL,
+        status text NOT NULL,
+        timestamp text NOT NULL,
+        record json NOT NULL
+    );
+    CREATE INDEX swarm_events_task ON swarm_events (task_id, id);
+    """,
+    """
+    CREATE TABLE swarm_workers (
+        worker_id text PRIMARY KEY,
+        doc json NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: Connection[Any]) -> int:
+    """Bring the schema to SCHEMA_VERSION in one transaction; returns the version found."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS swarm_schema (version integer NOT NULL)")
+        found = schema_version(conn)
+        for step in MIGRATIONS[found:]:
+            conn.execute(step)
+        if found == 0:
+            conn.execute("INSERT INTO swarm_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+        elif found < SCHEMA_VERSION:
+            conn.execute("UPDATE swarm_schema SET version = %s", (SCHEMA_VERSION,))
+    return found
+
+
+def schema_version(conn: Connection[Any]) -> int:
+    """0 for a database the runtime has not set up yet."""
+    found = conn.execute("SELECT to_regclass('swarm_schema') IS NOT NULL").fetchone()
+    if not found or not found[0]:
+        return 0
+    row = conn.execute("SELECT max(version) FROM swarm_schema").fetchone()
+    return int(row[0] or 0) if row else 0

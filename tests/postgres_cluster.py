@@ -1,0 +1,163 @@
+"""A throwaway PostgreSQL cluster for the tests: `initdb` into a temporary folder,
+`pg_ctl` on a free loopback port, run as an unprivileged user (the server refuses to
+run as root), stopped and removed at the end.
+
+Without PostgreSQL's server programs the tests that need it skip and say why; with
+SWARM_REQUIRE_POSTGRES=1 they fail instead, so CI never passes by skipping them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+SUPERUSER = "swarm"
+PASSWORD = "cluster-secret-pw"
+UNPRIVILEGED_USER = "postgres"
+# Durability is not what these tests measure: a test cluster need not sync.
+FAST = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+
+
+def server_bin_dir() -> Path | None:
+    """SWARM_POSTGRES_BIN, else the newest Debian-style install, else pg_ctl on PATH."""
+    named = os.environ.get("SWARM_POSTGRES_BIN")
+    candidates = [named] if named else sorted(glob.glob("/usr/lib/postgresql/*/bin"))[::-1]
+    on_path = shutil.which("pg_ctl")
+    if not named and on_path:
+        candidates.append(str(Path(on_path).parent))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    return None
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("SWARM_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required (SWARM_REQUIRE_POSTGRES=1): {reason}")
+    pytest.skip(f"no PostgreSQL for these tests: {reason}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Cluster:
+    def __init__(self, bin_dir: Path, root: Path, port: int, run_as: list[str]):
+        self.bin_dir = bin_dir
+        self.root = root
+        self.data = root / "data"
+        self.port = port
+        self.run_as = run_as
+        self._made = 0
+
+    def url(self, database: str = "postgres", password: str = PASSWORD) -> str:
+        return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, program: str, *args: str) -> None:
+        command = [*self.run_as, str(self.bin_dir / program), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+
+    def start(self) -> None:
+        pwfile = self.root / "pw"
+        pwfile.write_text(PASSWORD)
+        self._run(
+            "initdb",
+            f"--pgdata={self.data}",
+            f"--username={SUPERUSER}",
+            f"--pwfile={pwfile}",
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "--no-sync",
+            "--encoding=UTF8",
+        )
+        self.start_server()
+
+    def start_server(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 {FAST}"
+        self._run(
+            "pg_ctl",
+            "start",
+            "-w",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-o",
+            options,
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast` keeps every commit (synchronous_commit is off: `immediate` may not)."""
+        self._run("pg_ctl", "stop", "-m", mode, "-w", "-D", str(self.data))
+
+    def admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+    def fresh_database(self) -> str:
+        """A new, empty database; its name."""
+        self._made += 1
+        name = f"swarm_test_{self._made}"
+        self.admin(f"CREATE DATABASE {name} TEMPLATE template0")
+        return name
+
+    def drop(self, name: str) -> None:
+        self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def unprivileged() -> tuple[list[str], int | None, int | None]:
+    """How to run the server's programs: as ourselves, or as root via `runuser`."""
+    if os.geteuid() != 0:
+        return [], None, None
+    try:
+        user = pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        unavailable(f"running as root and there is no {UNPRIVILEGED_USER!r} user to run as")
+    runuser = shutil.which("runuser") or shutil.which("setpriv")
+    if runuser is None:
+        unavailable("running as root and neither runuser nor setpriv is installed")
+    if runuser.endswith("runuser"):
+        return [runuser, "-u", UNPRIVILEGED_USER, "--"], user.pw_uid, user.pw_gid
+    ids = [f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    return [runuser, *ids], user.pw_uid, user.pw_gid
+
+
+@contextmanager
+def running_cluster() -> Iterator[Cluster]:
+    bin_dir = server_bin_dir()
+    if bin_dir is None:
+        unavailable("initdb and pg_ctl not found (set SWARM_POSTGRES_BIN to their folder)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        unavailable("the driver is not installed: pip install 'swarm-runtime[postgres]'")
+    run_as, uid, gid = unprivileged()
+    root = Path(tempfile.mkdtemp(prefix="swarm-pg-"))
+    if uid is not None and gid is not None:
+        os.chown(root, uid, gid)
+    cluster = Cluster(bin_dir, root, free_port(), run_as)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        try:
+            if (cluster.data / "postmaster.pid").exists():
+                cluster.stop("immediate")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
