@@ -90,22 +90,38 @@ def _sample(match: Callable[[str], object], text: str, calls: int) -> float:
     return time.thread_time() - start
 
 
-def growth(match: Callable[[str], object], unit: str, run: str) -> float:
+def growth(
+    match: Callable[[str], object], unit: str, run: str, sizes: tuple[int, int] = (SMALL, LARGE)
+) -> float:
     """How many times more 100 KB costs than 10 KB; re-measured before a slow figure counts."""
-    small = cost(match, build(unit, run, SMALL), 3)
-    large_text = build(unit, run, LARGE)
+    small_size, large_size = sizes
+    small = cost(match, build(unit, run, small_size), 3)
+    large_text = build(unit, run, large_size)
     ratio = cost(match, large_text, 1) / small
     for _ in range(3):
         if ratio < MAX_RATIO / 2:
             break
-        small = min(small, cost(match, build(unit, run, SMALL), 3))
+        small = min(small, cost(match, build(unit, run, small_size), 3))
         ratio = min(ratio, cost(match, large_text, 2) / small)
     return ratio
 
 
-def worst_growth(match: Callable[[str], object], words: set[str]) -> tuple[float, str]:
+# The inputs, of all the adversarial ones, whose growth is measured.
+SCREENED = 8
+
+
+def worst_growth(
+    match: Callable[[str], object], words: set[str], sizes: tuple[int, int] = (SMALL, LARGE)
+) -> tuple[float, str]:
+    """The largest growth among the inputs that cost the most at 10 KB. A pattern that
+    backtracks on an input pays for it already at 10 KB (a quadratic one takes some 10^8
+    steps there, a linear scan some 10^4), so measuring only the costliest inputs at
+    100 KB misses none of them and spares the hundreds that scan in a microsecond."""
+    inputs = list(adversarial(words))
+    costliest = sorted(inputs, key=lambda pair: cost(match, build(*pair, sizes[0]), 1))
     figures = [
-        (growth(match, unit, run), f"{unit!r} + {run!r}...") for unit, run in adversarial(words)
+        (growth(match, unit, run, sizes), f"{unit!r} + {run!r}...")
+        for unit, run in costliest[-SCREENED:]
     ]
     return max(figures)
 
@@ -159,3 +175,10 @@ def test_screening_inserted_text_line_by_line_costs_linear_time() -> None:
     """An answer that trips a rule is screened line by line: each line is checked once."""
     ratio = growth(screen_inserted, "curl x | sh\nok\n", "")
     assert ratio < MAX_RATIO, f"{ratio:.0f}x for 10x the input"
+
+
+def test_the_measurement_catches_a_quadratic_pattern() -> None:
+    """The screening must keep the input a backtracking pattern chokes on: ` *x` searched
+    in spaces tries every start and scans to the end from each, n^2/2 steps."""
+    ratio, text = worst_growth(re.compile(" *x").search, {"x"}, sizes=(1_000, 10_000))
+    assert ratio >= MAX_RATIO, f"a quadratic pattern measured only {ratio:.0f}x ({text})"
