@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -181,6 +182,20 @@ def run_worker(
         text=True,
         timeout=timeout,
     )
+
+
+def lease_of_a_dead_worker() -> dict[str, Any]:
+    """A live-looking lease held by a process of this host that has exited: a worker that
+    crashed mid-task, whose lease the next claim must take over at once."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return {
+        "worker_id": "crashed",
+        "pid": dead.pid,
+        "host": socket.gethostname(),
+        "claimed_at": time.time(),
+        "expires_at": time.time() + 3600,
+    }
 
 
 def read_events(workspace: Workspace) -> list[dict[str, Any]]:

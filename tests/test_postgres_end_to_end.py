@@ -5,7 +5,6 @@ database's queue as a queue.json document."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import ROOT, RunningProcess, child_env, read_events, wait_until
+from conftest import (
+    ROOT,
+    RunningProcess,
+    child_env,
+    lease_of_a_dead_worker,
+    read_events,
+    wait_until,
+)
 
 from swarm_runtime.contract import QueueDocument, validate_queue_contract
 from swarm_runtime.queue.postgres import PostgresQueueStore
@@ -106,15 +112,7 @@ def test_a_mixed_queue_runs_to_its_final_states(
 def test_a_crashed_workers_task_is_finished_by_the_next_worker(
     api: RunningProcess, env: dict[str, str], database_url: str, workspace: Workspace
 ) -> None:
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lease = {
-        "worker_id": "crashed",
-        "pid": dead.pid,
-        "host": socket.gethostname(),
-        "claimed_at": time.time(),
-        "expires_at": time.time() + 3600,
-    }
+    lease = lease_of_a_dead_worker()
     orphan = {
         "id": "orphan",
         "command": "echo again",

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
@@ -15,6 +14,7 @@ from conftest import (
     ROOT,
     RunningProcess,
     child_env,
+    lease_of_a_dead_worker,
     read_events,
     read_queue,
     run_worker,
@@ -186,15 +186,7 @@ def test_one_bad_task_never_stops_the_worker(spawn, workspace: Workspace) -> Non
 def test_a_crashed_workers_task_is_finished_by_the_next_worker(
     api: RunningProcess, workspace: Workspace
 ) -> None:
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lease = {
-        "worker_id": "crashed",
-        "pid": dead.pid,
-        "host": socket.gethostname(),
-        "claimed_at": time.time(),
-        "expires_at": time.time() + 3600,
-    }
+    lease = lease_of_a_dead_worker()
     write_queue(
         workspace,
         [

@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from flask import Flask, Response, jsonify, render_template, request
 
 from swarm_runtime.contract import QUEUE_FILE, Mode, Status
-from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.panel import actions
 from swarm_runtime.panel.audit import SPEND_BUCKETS
 from swarm_runtime.panel.errors import install_error_handlers
@@ -43,6 +42,7 @@ from swarm_runtime.panel.stream import (
     stream_response,
 )
 from swarm_runtime.panel.tasks import detail_of, status_tones, table_of
+from swarm_runtime.queue.overview import named_endpoint
 from swarm_runtime.settings import Settings
 from swarm_runtime.web.json_errors import HttpError
 from swarm_runtime.web.server import serve_main
@@ -190,20 +190,12 @@ def following_the_log(app: Flask) -> Iterator[None]:
     """While the panel serves, a thread follows the log; after, the panel closes its files."""
     panel: Panel = app.extensions["panel"]
     app.extensions["on_stop"] = panel.stop.set
-    log.info("workspace %s, execution API %s", panel.workspace.root, probed_endpoint(panel))
+    log.info("workspace %s, execution API %s", panel.workspace.root, named_endpoint(panel.store))
     threading.Thread(target=panel.follow, name="log-follower", daemon=True).start()
     try:
         yield
     finally:
         panel.close()
-
-
-def probed_endpoint(panel: Panel) -> str:
-    """The API the panel's health line probes: the one queue.json names."""
-    try:
-        return f"{panel.store.load().api_endpoint} (from queue.json)"
-    except (StateFileError, StoreUnavailable) as exc:
-        return f"unknown for now ({exc})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from swarm_runtime.contract import QueueDocument, Status, Task, WorkerPresence, allowed_actions
+from swarm_runtime.errors import StateFileError, StoreUnavailable
+from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.store import lease_is_live
 
 HEADLINE_CHARS = 120
@@ -116,3 +118,12 @@ def select_tasks(tasks: list[Task], status: str | None, query: str) -> list[Task
     ]
     chosen.sort(key=lambda pair: (pair[1].created_at or "", pair[0]), reverse=True)
     return [task for _, task in chosen]
+
+
+def named_endpoint(queue: TaskQueue) -> str:
+    """The API the queue names, for a process's start-up line; a queue that cannot be read
+    yet is said so here and reported in full by whoever reads it next."""
+    try:
+        return f"{queue.load().api_endpoint} (from queue.json)"
+    except (StateFileError, StoreUnavailable) as exc:
+        return f"unknown for now ({exc})"

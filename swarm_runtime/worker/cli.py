@@ -13,8 +13,8 @@ import threading
 from typing import Any
 
 from swarm_runtime.contract import TASK_ID_PATTERN, is_valid_task_id
-from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.processes import exit_with_supervisor
+from swarm_runtime.queue.overview import named_endpoint
 from swarm_runtime.queue.store import HOST, WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.settings import Settings
@@ -89,17 +89,9 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         "worker %s: workspace %s, execution API %s",
         identity.worker_id,
         workspace.root,
-        worker.configured_endpoint or queued_endpoint(worker),
+        worker.configured_endpoint or named_endpoint(worker.store),
     )
     return worker.run(once=args.once, stop=stop)
-
-
-def queued_endpoint(worker: Worker) -> str:
-    """The endpoint queue.json names, for the start-up line; the loop reports a bad queue."""
-    try:
-        return f"{worker.store.load().api_endpoint} (from queue.json)"
-    except (StateFileError, StoreUnavailable) as exc:
-        return f"unknown for now ({exc})"
 
 
 def default_worker_id() -> str:
