@@ -1,6 +1,7 @@
-"""The shared documents, the budget ledger and the pause switch, in the workspace and in
-a real PostgreSQL database: the same answers, and the same guarantee that no number of
-processes reserving at once holds more than the limit."""
+"""The shared documents, the budget ledger, the pause switch, the quality gate and the
+rewards, in the workspace and in a real PostgreSQL database: the same answers, and the
+same guarantees: no number of processes reserving at once holds more than the limit, and
+no number of them granting at once pays a task to an identity twice."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +18,8 @@ from conftest import ROOT
 
 from swarm_runtime.errors import GlobalBudgetExceeded, StateFileError, TaskBudgetExceeded
 from swarm_runtime.llm.budget import BudgetLedger
-from swarm_runtime.store.documents import SharedDocument, shared_document
+from swarm_runtime.phases.rewards import RewardBook, RewardOutcome
+from swarm_runtime.store.documents import SharedDocument, reward_documents, shared_document
 from swarm_runtime.store.pause import read_pause, set_pause
 from swarm_runtime.store.state_files import Workspace
 
@@ -34,22 +37,28 @@ def url(backend: str, request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-def open_document(url: str | None, workspace: Workspace) -> Iterator[Opener]:
-    """Each document opened is another process's view: its own connections."""
+def open_database(url: str | None) -> Iterator[Callable[[], Any]]:
+    """Each database opened is another process's view: its own connections (None: files)."""
     databases: list[Any] = []
 
-    def open_one(name: str) -> SharedDocument:
-        database = None
-        if url is not None:
-            from swarm_runtime.store.database import Database
+    def open_one() -> Any:
+        if url is None:
+            return None
+        from swarm_runtime.store.database import Database
 
-            database = Database.connect(url, pool_size=1)
-            databases.append(database)
-        return shared_document(workspace, workspace.root / ".swarm" / name, database)
+        databases.append(Database.connect(url, pool_size=1))
+        return databases[-1]
 
     yield open_one
     for database in databases:
         database.close()
+
+
+@pytest.fixture
+def open_document(open_database: Callable[[], Any], workspace: Workspace) -> Opener:
+    return lambda name: shared_document(
+        workspace, workspace.root / ".swarm" / name, open_database()
+    )
 
 
 def ledger(open_document: Opener, workspace: Workspace, limit: float) -> BudgetLedger:
@@ -183,6 +192,8 @@ def test_the_pause_switch_is_shared_and_a_broken_one_is_reported_then_replaced(
 
 GRANT = {"max_budget": 0.20, "budget_used": 0.05, "review_confidence": 0.9}
 GRANT_TOKENS = 8
+GRANT_REASON = "worker_approved_under_budget:"
+GRANTER = ROOT / "tests" / "helpers" / "reward_granter.py"
 
 
 def test_the_quality_gate_records_votes_on_one_shared_change(
@@ -205,45 +216,94 @@ def test_the_quality_gate_records_votes_on_one_shared_change(
     assert change.vote is not None and change.vote.verdict == Verdict.APPROVE
 
 
-def reward_book(open_document: Opener, workspace: Workspace) -> Any:
-    from swarm_runtime.phases.rewards import RewardBook
-
-    return RewardBook(
-        workspace, open_document("reward_ledger.json"), open_document("balances.json")
-    )
+def reward_book(open_database: Callable[[], Any], workspace: Workspace) -> RewardBook:
+    """A book as a process would hold it: the files, or the rows through its own pool."""
+    return RewardBook(workspace, *reward_documents(workspace, open_database()))
 
 
 def test_a_reward_is_granted_once_per_task_and_identity(
-    open_document: Opener, workspace: Workspace
+    open_database: Callable[[], Any], workspace: Workspace
 ) -> None:
-    book = reward_book(open_document, workspace)
+    book = reward_book(open_database, workspace)
     first = book.grant("t1", "ada", **GRANT)
-    again = reward_book(open_document, workspace).grant("t1", "ada", **GRANT)
+    again = reward_book(open_database, workspace).grant("t1", "ada", **GRANT)
     assert (first.applied, first.tokens_awarded) == (True, GRANT_TOKENS)
     assert (again.applied, again.reason) == (False, "already_granted")
+    assert again.granted_at == first.granted_at
     assert book.grant("t1", "bob", **GRANT).applied  # another identity is another key
-    balances = reward_book(open_document, workspace).balances()
+    balances = reward_book(open_database, workspace).balances()
     assert balances.identities["ada"].total_tokens == GRANT_TOKENS
-    assert set(reward_book(open_document, workspace).ledger().grants) == {"t1::ada", "t1::bob"}
+    assert [p.grant for p in balances.identities["ada"].history] == ["t1::ada"]
+    assert list(reward_book(open_database, workspace).ledger().grants) == ["t1::ada", "t1::bob"]
 
 
-def test_racing_grants_for_one_key_pay_exactly_once(
-    open_document: Opener, workspace: Workspace
+def paid_as_ledgered(book: RewardBook) -> None:
+    """Every identity holds exactly what the ledger says its grants awarded it."""
+    ledger, balances = book.ledger(), book.balances()
+    for name, balance in balances.identities.items():
+        grants = [g for g in ledger.grants.values() if g.identity_id == name]
+        assert balance.free_time_tokens == sum(g.shares[0] for g in grants), name
+        assert balance.journal_tokens == sum(g.shares[1] for g in grants), name
+    assert {g.state for g in ledger.grants.values()} <= {"applied"}
+
+
+def test_racing_grants_pay_each_key_exactly_once(
+    open_database: Callable[[], Any], workspace: Workspace
 ) -> None:
-    books = [reward_book(open_document, workspace) for _ in range(4)]
-    outcomes: list[Any] = []
+    """Threads of separate books, all released at once: the shared task pays ada once and
+    bob once, each thread's own task pays ada once more."""
+    books = [reward_book(open_database, workspace) for _ in range(6)]
+    start = threading.Barrier(len(books))
+    outcomes: list[tuple[str, str, RewardOutcome]] = []
     guard = threading.Lock()
 
-    def race(book: Any) -> None:
-        for task in ("shared", "also"):
-            outcome = book.grant(task, "ada", **GRANT)
+    def race(index: int, book: RewardBook) -> None:
+        start.wait(timeout=30)
+        for task, identity in (("shared", "ada"), ("shared", "bob"), (f"own{index}", "ada")):
+            outcome = book.grant(task, identity, **GRANT)
             with guard:
-                outcomes.append(outcome)
+                outcomes.append((task, identity, outcome))
 
-    threads = [threading.Thread(target=race, args=(book,)) for book in books]
+    threads = [threading.Thread(target=race, args=pair) for pair in enumerate(books)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert sum(o.applied for o in outcomes) == 2 and len(outcomes) == 8
-    assert books[0].balances().identities["ada"].total_tokens == 2 * GRANT_TOKENS
+    applied = Counter((task, identity) for task, identity, o in outcomes if o.applied)
+    assert len(outcomes) == 3 * len(books)
+    assert applied == {("shared", "ada"): 1, ("shared", "bob"): 1} | {
+        (f"own{i}", "ada"): 1 for i in range(len(books))
+    }
+    balances = books[0].balances()
+    assert balances.identities["ada"].total_tokens == (len(books) + 1) * GRANT_TOKENS
+    assert balances.identities["bob"].total_tokens == GRANT_TOKENS
+    paid_as_ledgered(books[0])
+
+
+def test_processes_granting_at_once_pay_a_shared_task_exactly_once(
+    url: str | None, open_database: Callable[[], Any], workspace: Workspace
+) -> None:
+    from conftest import child_env
+
+    env = child_env(workspace, **({"SWARM_DATABASE_URL": url} if url else {}))
+    granters = [
+        subprocess.Popen(
+            [sys.executable, str(GRANTER), "shared", f"own{i}"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    for granter in granters:  # each is connected and waiting: release them together
+        assert granter.stdout is not None and granter.stdout.readline().strip() == "ready"
+    outputs = [granter.communicate("go\n", timeout=120)[0] for granter in granters]
+    assert [granter.returncode for granter in granters] == [0, 0, 0]
+    outcomes = [RewardOutcome.model_validate_json(line) for o in outputs for line in o.splitlines()]
+    shared = [o for o in outcomes if o.reason in ("already_granted", GRANT_REASON + "shared")]
+    assert (len(shared), sum(o.applied for o in shared)) == (3, 1)
+    book = reward_book(open_database, workspace)
+    assert book.balances().identities["ada"].total_tokens == 4 * GRANT_TOKENS
+    paid_as_ledgered(book)

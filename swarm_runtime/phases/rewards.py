@@ -1,19 +1,25 @@
 """Identity rewards (phase 5): approved, under-budget work earns free-time tokens.
 
-Two files hold a reward: the ledger says which task paid which identity what, and the
-balances say what each identity holds. A task pays an identity exactly once, even if
-the process dies between the two writes, because a grant is a two-step commit made
-under both files' locks, always taken in the same order (ledger, then balances):
+A ledger says which task paid which identity what, and the balances say what each
+identity holds. A task pays an identity exactly once. What a grant comes to is decided
+by one pure function (`settle_grant`); where it is kept is one of two stores behind the
+same two calls:
 
-1. the ledger records the grant as `pending`: the intent to pay;
-2. the balances are paid, and the payment names the grant in the identity's history;
-3. the ledger marks the grant `applied`.
+- In a database (store.reward_rows), each grant is a row keyed by (task, identity),
+  inserted in the transaction that pays the identity: a second grant for the key is
+  refused by the key, and a crash leaves neither or both.
+- In the workspace, two files, so a grant is a two-step commit made under both files'
+  locks, always taken in the same order (ledger, then balances):
 
-Every grant (and `recover`) first finishes the pending grants it finds: one already
-named in its identity's history only needs its mark, any other is paid first. So a
-crash at any instant ends, after the next grant, in exactly one payment. Since nothing
-is paid before the pending grants are finished, a pending grant is always the newest
-payment of its identity, which is why the bounded history is enough to recognise it.
+  1. the ledger records the grant as `pending`: the intent to pay;
+  2. the balances are paid, and the payment names the grant in the identity's history;
+  3. the ledger marks the grant `applied`.
+
+  Every grant (and `recover`) first finishes the pending grants it finds: one already
+  named in its identity's history only needs its mark, any other is paid first. So a
+  crash at any instant ends, after the next grant, in exactly one payment. Since nothing
+  is paid before the pending grants are finished, a pending grant is always the newest
+  payment of its identity, which is why the bounded history is enough to recognise it.
 
 Files written by the design's reference implementation are read as they are. Its ledger
 entries have no shares and no state: they were paid before they were written, so they
@@ -35,7 +41,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -56,6 +62,7 @@ from swarm_runtime.contract import (
 from swarm_runtime.errors import StateFileError, SwarmError
 from swarm_runtime.store.documents import FileDocument, SharedDocument, Together, together
 from swarm_runtime.store.failpoints import failpoint
+from swarm_runtime.store.reward_rows import Paid, RewardRows, RowsDocument, grant_key
 from swarm_runtime.store.state_files import Workspace
 
 log = logging.getLogger(__name__)
@@ -70,7 +77,6 @@ JOURNAL_CAP = 200
 HISTORY_LIMIT = 50
 REFERENCE_HISTORY = "reference_history"
 IDENTITY_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
-KEY_SEPARATOR = "::"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -155,11 +161,6 @@ def timestamp(now: datetime | None) -> str:
     return (now or utc_now()).isoformat()
 
 
-def grant_key(task_id: str, identity_id: str) -> str:
-    """Unambiguous because task ids cannot contain ':' (identities may)."""
-    return f"{task_id}{KEY_SEPARATOR}{identity_id}"
-
-
 def check_ids(task_id: str, identity_id: str) -> None:
     if not is_valid_task_id(task_id):
         raise ValueError(f"task id {task_id!r} must match [A-Za-z0-9._-]{{1,128}}")
@@ -167,7 +168,7 @@ def check_ids(task_id: str, identity_id: str) -> None:
         raise ValueError(f"identity id {identity_id!r} must match [A-Za-z0-9._:@-]{{1,128}}")
 
 
-# --- the files -------------------------------------------------------------------------
+# --- the documents ---------------------------------------------------------------------
 
 
 class Grant(BaseModel):
@@ -379,7 +380,40 @@ def reported(grant: Grant, *, applied: bool) -> RewardOutcome:
     )
 
 
+def settle_grant(
+    draft: Grant, earlier: Grant | None, balance: IdentityBalance
+) -> Grant | RewardOutcome:
+    """The grant to pay, split as far as the pools have room, or, when nothing is to be
+    paid, the outcome: the key paid before, or the pools cannot hold any of it (then
+    nothing is ledgered, so a later review may still earn)."""
+    if earlier is not None and earlier.tokens_awarded > 0:
+        return reported(earlier, applied=False)
+    grant = draft.with_shares(*balance.headroom())
+    if grant.tokens_awarded == 0:
+        return RewardOutcome(
+            identity=draft.identity_id,
+            reason=Reason.POOL_FULL,
+            tokens_requested=draft.tokens_requested,
+            tokens_awarded=0,
+            ledger_recorded=False,
+        )
+    if earlier is None:
+        return grant
+    replaced = earlier.model_dump(mode="json", exclude_unset=True)
+    return grant.model_copy(update={"replaces": replaced})
+
+
 # --- the book --------------------------------------------------------------------------
+
+
+class RewardStore(Protocol):
+    """Where grants are kept; either way `settle` pays a key at most once."""
+
+    def settle(self, draft: Grant) -> RewardOutcome: ...
+
+    def recover(self, moment: str) -> int:
+        """Finish the grants a crash left pending; returns how many there were."""
+        ...
 
 
 class RewardBook:
@@ -392,13 +426,14 @@ class RewardBook:
         balances: SharedDocument | None = None,
     ):
         """`ledger` and `balances` are where the two live: the workspace's files unless
-        given (in a database, both change in one transaction)."""
+        given; given as the views `documents_for` makes of a database's rows, grants are
+        kept in those rows."""
         self.workspace = workspace
         self._ledger = ledger or FileDocument(workspace, workspace.reward_ledger_path)
         self._balances = balances or FileDocument(workspace, workspace.balances_path)
         self.ledger_path = self._ledger.path
         self.balances_path = self._balances.path
-        self._section: Together | None = None
+        self._store = reward_store(self._ledger, self._balances)
         workspace.ensure_layout()
 
     def grant(
@@ -411,9 +446,8 @@ class RewardBook:
         review_confidence: float | None,
         now: datetime | None = None,
     ) -> RewardOutcome:
-        """Pay for approved work once. Not under budget touches no file. A grant the pools
-        cannot hold at all (`pool_full`) is not ledgered, so a later review may still earn.
-        A grant interrupted earlier for this same key and finished here counts as applied."""
+        """Pay for approved work once. Not under budget touches nothing. A grant
+        interrupted earlier for this same key and finished here counts as applied."""
         check_ids(task_id, identity_id)
         requested = reward_tokens(max_budget, budget_used, review_confidence)
         if requested == 0:
@@ -430,27 +464,11 @@ class RewardBook:
             review_confidence=clamp_confidence(review_confidence),
             budget_used=budget_used,
             max_budget=max_budget,
-            state=GrantState.PENDING,
         )
-        with self._locked() as (ledger, balances):
-            finished = self._finish_pending(ledger, balances, draft.granted_at)
-            earlier = ledger.grants.get(draft.key)
-            if earlier is not None and earlier.tokens_awarded > 0:
-                return reported(earlier, applied=draft.key in finished)
-            grant = draft.with_shares(*balances.of(identity_id).headroom())
-            if grant.tokens_awarded == 0:
-                return RewardOutcome(
-                    identity=identity_id,
-                    reason=Reason.POOL_FULL,
-                    tokens_requested=requested,
-                    tokens_awarded=0,
-                    ledger_recorded=False,
-                )
-            if earlier is not None:
-                replaced = earlier.model_dump(mode="json", exclude_unset=True)
-                grant = grant.model_copy(update={"replaces": replaced})
-            self._commit(ledger, balances, grant)
-            return reported(grant, applied=True)
+        outcome = self._store.settle(draft)
+        if outcome.applied:
+            log.info("task %s earned %s %s token(s)", task_id, identity_id, outcome.tokens_awarded)
+        return outcome
 
     def grant_safely(
         self,
@@ -479,8 +497,7 @@ class RewardBook:
 
     def recover(self, *, now: datetime | None = None) -> int:
         """Finish grants a crash left pending; returns how many there were."""
-        with self._locked() as (ledger, balances):
-            return len(self._finish_pending(ledger, balances, timestamp(now)))
+        return self._store.recover(timestamp(now))
 
     def ledger(self) -> RewardLedger:
         """The ledger as it is now, for readers such as the control panel."""
@@ -488,6 +505,77 @@ class RewardBook:
 
     def balances(self) -> Balances:
         return parse_state(Balances, self._balances.read(dict), self.balances_path)
+
+
+def reward_store(ledger: SharedDocument, balances: SharedDocument) -> RewardStore:
+    """The rows when given their views, else the two files."""
+    if isinstance(ledger, RowsDocument):
+        return RowRewards(ledger.rows)
+    assert isinstance(ledger, FileDocument) and isinstance(balances, FileDocument), (
+        "rewards are kept in the workspace's files or in the database's rows"
+    )
+    return FileRewards(ledger, balances)
+
+
+class RowRewards:
+    """Grants as rows of a database (store.reward_rows). The row and the payment commit in
+    one transaction, so a crash never leaves a grant pending: nothing is ever recovered."""
+
+    def __init__(self, rows: RewardRows):
+        self.rows = rows
+        self.ledger_path = rows.ledger.path
+        self.balances_path = rows.balances.path
+
+    def settle(self, draft: Grant) -> RewardOutcome:
+        return self.rows.grant(
+            draft.task_id,
+            draft.identity_id,
+            lambda earlier, balance: self._decide(draft, earlier, balance),
+        )
+
+    def recover(self, moment: str) -> int:
+        return 0
+
+    def _decide(
+        self, draft: Grant, entry: Any, balance_row: Any
+    ) -> tuple[Paid | None, RewardOutcome]:
+        """`settle_grant` on what the rows hold: the key's entry, the identity's balance."""
+        earlier = None if entry is None else parse_state(Grant, entry, self.ledger_path)
+        balance = parse_state(IdentityBalance, balance_row, self.balances_path)
+        settled = settle_grant(draft, earlier, balance)
+        if isinstance(settled, RewardOutcome):
+            return None, settled
+        balance.pay(settled, settled.granted_at)
+        paid = Paid(settled.model_dump(mode="json"), balance.model_dump(mode="json"))
+        return paid, reported(settled, applied=True)
+
+
+class FileRewards:
+    """Grants in the workspace's two files, a two-step commit; see the module docstring."""
+
+    def __init__(self, ledger: FileDocument, balances: FileDocument):
+        self._ledger = ledger
+        self._balances = balances
+        self.ledger_path = ledger.path
+        self.balances_path = balances.path
+        self._section: Together | None = None
+
+    def settle(self, draft: Grant) -> RewardOutcome:
+        """Pending grants are finished first; one for this very key is then reported paid."""
+        with self._locked() as (ledger, balances):
+            finished = self._finish_pending(ledger, balances, draft.granted_at)
+            if draft.key in finished:
+                return reported(ledger.grants[draft.key], applied=True)
+            earlier = ledger.grants.get(draft.key)
+            settled = settle_grant(draft, earlier, balances.of(draft.identity_id))
+            if isinstance(settled, RewardOutcome):
+                return settled
+            self._commit(ledger, balances, settled)
+            return reported(settled, applied=True)
+
+    def recover(self, moment: str) -> int:
+        with self._locked() as (ledger, balances):
+            return len(self._finish_pending(ledger, balances, moment))
 
     @contextmanager
     def _locked(self) -> Iterator[tuple[RewardLedger, Balances]]:
@@ -506,6 +594,7 @@ class RewardBook:
                 self._section = None
 
     def _commit(self, ledger: RewardLedger, balances: Balances, grant: Grant) -> None:
+        grant.state = GrantState.PENDING
         ledger.grants[grant.key] = grant
         self._write(self.ledger_path, ledger)
         failpoint("reward.after_ledger")
@@ -514,9 +603,6 @@ class RewardBook:
         failpoint("reward.after_balances")
         grant.state = GrantState.APPLIED
         self._write(self.ledger_path, ledger)
-        log.info(
-            "task %s earned %s %d token(s)", grant.task_id, grant.identity_id, grant.tokens_awarded
-        )
 
     def _finish_pending(self, ledger: RewardLedger, balances: Balances, moment: str) -> set[str]:
         """Pay what a crash left unpaid, then mark every pending grant applied."""

@@ -4,6 +4,8 @@ changed by one read-modify-write under a lock that binds every process.
 In the workspace each is a JSON file changed under its `.lock`; in the database each is
 one row of `swarm_documents`, changed under that row's lock (`SELECT ... FOR UPDATE`),
 so processes on any number of hosts see one document and change it one at a time.
+The reward ledger and the balances are the exception there: rows of their own, a grant
+at a time (store.reward_rows), which their readers still read as these documents.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.reward_rows import RewardRows
 from swarm_runtime.store.state_files import (
     Workspace,
     atomic_write_json,
@@ -141,63 +144,17 @@ class Together:
 
 
 @contextmanager
-def together(documents: list[SharedDocument], default: Callable[[], Any]) -> Iterator[Together]:
-    """Files: each one's lock, taken in the order given, and every write durable at once.
-    Database rows: one transaction holding every row's lock, so the writes commit
-    together or not at all."""
-    databases = {getattr(getattr(d, "database", None), "url", None) for d in documents}
-    if databases == {None}:
-        with _files_together(documents, default) as section:
-            yield section
-        return
-    assert len(databases) == 1, "documents changed together live in one database"
-    with _rows_together(documents, default) as section:
-        yield section
-
-
-@contextmanager
-def _files_together(
-    documents: list[SharedDocument], default: Callable[[], Any]
-) -> Iterator[Together]:
+def together(documents: list[FileDocument], default: Callable[[], Any]) -> Iterator[Together]:
+    """Each file's lock, taken in the order given, held until the block ends; every write
+    is atomic, so a reader sees each file before or after, never half of it."""
     by_name = {d.path.name: d for d in documents}
     with ExitStack() as stack:
         for document in documents:
-            assert isinstance(document, FileDocument)
             stack.enter_context(document.workspace.lock(document.path))
         yield Together(
             lambda name: read_json(by_name[name].path, default),
             lambda name, doc: atomic_write_json(by_name[name].path, doc),
         )
-
-
-@contextmanager
-def _rows_together(
-    documents: list[SharedDocument], default: Callable[[], Any]
-) -> Iterator[Together]:
-    from psycopg.types.json import Json
-
-    database = documents[0].database  # type: ignore[attr-defined]
-    names = [d.path.name for d in documents]
-    with database.transaction() as conn:
-        for name in names:
-            conn.execute(
-                "INSERT INTO swarm_documents (name, doc) VALUES (%s, %s)"
-                " ON CONFLICT (name) DO NOTHING",
-                (name, Json(default())),
-            )
-        rows = dict(
-            conn.execute(
-                "SELECT name, doc FROM swarm_documents WHERE name = ANY(%s) ORDER BY name"
-                " FOR UPDATE",
-                (names,),
-            ).fetchall()
-        )
-
-        def write(name: str, doc: Any) -> None:
-            conn.execute("UPDATE swarm_documents SET doc = %s WHERE name = %s", (Json(doc), name))
-            rows[name] = doc
-
-        yield Together(lambda name: rows[name], write)
 
 
 @dataclass(frozen=True)
@@ -223,11 +180,26 @@ def documents_for(settings: Settings, workspace: Workspace) -> SharedDocuments:
         from swarm_runtime.store.database import Database
 
         database = Database.connect(settings.database_url.get_secret_value(), pool_size=2)
+    reward_ledger, balances = reward_documents(workspace, database)
     return SharedDocuments(
         budget=shared_document(workspace, workspace.budget_ledger_path, database),
         pause=shared_document(workspace, workspace.pause_path, database),
         quality_gate=shared_document(workspace, workspace.quality_gate_path, database),
-        reward_ledger=shared_document(workspace, workspace.reward_ledger_path, database),
-        balances=shared_document(workspace, workspace.balances_path, database),
+        reward_ledger=reward_ledger,
+        balances=balances,
         database=database,
     )
+
+
+def reward_documents(
+    workspace: Workspace, database: Database | None
+) -> tuple[SharedDocument, SharedDocument]:
+    """The reward ledger and the balances: the workspace's two files, or, in the database,
+    views of the rows a grant is kept in (see store.reward_rows)."""
+    if database is None:
+        return (
+            FileDocument(workspace, workspace.reward_ledger_path),
+            FileDocument(workspace, workspace.balances_path),
+        )
+    rows = RewardRows(database, workspace.reward_ledger_path, workspace.balances_path)
+    return rows.ledger, rows.balances

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from swarm_runtime.contract import BALANCES_FILE, REWARD_LEDGER_FILE
+
 if TYPE_CHECKING:
     from psycopg import Connection
 
@@ -71,6 +73,39 @@ MIGRATIONS: tuple[str, ...] = (
         worker_id text PRIMARY KEY,
         doc json NOT NULL
     );
+    """,
+    # Rewards as rows: a grant is once per (task, identity) by its key. The two documents
+    # that held them (always written in one transaction, so never half a grant) are carried
+    # over, in the ledger's order, then dropped; the reference's balances keep identities
+    # at the top level.
+    f"""
+    CREATE TABLE swarm_reward_grants (
+        task_id text NOT NULL,
+        identity_id text NOT NULL,
+        tokens_awarded integer NOT NULL CHECK (tokens_awarded >= 0),
+        listed bigserial NOT NULL,
+        revision bigint NOT NULL DEFAULT 1,
+        doc json NOT NULL,
+        PRIMARY KEY (task_id, identity_id)
+    );
+    CREATE TABLE swarm_reward_balances (
+        identity_id text PRIMARY KEY,
+        revision bigint NOT NULL DEFAULT 1,
+        doc json NOT NULL
+    );
+    INSERT INTO swarm_reward_grants (task_id, identity_id, tokens_awarded, doc)
+    SELECT entry->>'task_id', entry->>'identity_id', (entry->>'tokens_awarded')::integer, entry
+    FROM swarm_documents, json_each(doc->'grants') WITH ORDINALITY AS grants(key, entry, n)
+    WHERE name = '{REWARD_LEDGER_FILE}'
+    ORDER BY n;
+    INSERT INTO swarm_reward_balances (identity_id, doc)
+    SELECT identities.key, identities.value
+    FROM swarm_documents, json_each(
+        CASE WHEN doc::jsonb ?| array['version', 'identities']
+        THEN coalesce(doc->'identities', '{{}}') ELSE doc END
+    ) AS identities
+    WHERE name = '{BALANCES_FILE}';
+    DELETE FROM swarm_documents WHERE name IN ('{REWARD_LEDGER_FILE}', '{BALANCES_FILE}');
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
