@@ -174,11 +174,13 @@ class PostgresQueueStore(QueueTransactions):
             snapshot.lanes[task_id] = lane
             tasks.append(doc)
         outcomes = conn.execute(
-            "SELECT task_id, outcome FROM swarm_outcomes WHERE outcome IS NOT NULL ORDER BY listed"
+            "SELECT task_id, outcome, listed FROM swarm_outcomes"
+            " WHERE outcome IS NOT NULL ORDER BY listed"
         )
         listed: dict[str, list[str]] = {"completed": [], "failed": []}
-        for task_id, outcome in outcomes:
+        for task_id, outcome, joined in outcomes:
             listed[outcome].append(task_id)
+            snapshot.joined[task_id] = joined
         document = normalize_queue({**header, "tasks": tasks, **listed})
         snapshot.state = QueueState(QueueDocument.model_validate(document), self.review_enabled)
         return snapshot
@@ -204,8 +206,8 @@ class PostgresQueueStore(QueueTransactions):
             since,
         ).fetchall()
         outcomes = conn.execute(
-            "SELECT task_id, outcome FROM swarm_outcomes WHERE written_by >= %(since)s::xid8"
-            " ORDER BY listed",
+            "SELECT task_id, outcome, listed FROM swarm_outcomes"
+            " WHERE written_by >= %(since)s::xid8 ORDER BY listed",
             since,
         ).fetchall()
         record = QueueJournalRecord(
@@ -213,10 +215,13 @@ class PostgresQueueStore(QueueTransactions):
             tasks=[Task.model_validate(doc) for *_, doc in rows],
             before=anchors(known.positions, [(i, p) for i, p, *_ in rows]),
             removed=[task_id for (task_id,) in removed],
-            outcomes=dict(outcomes),
+            outcomes={task_id: outcome for task_id, outcome, _ in outcomes},
             api_endpoint=header.get("api_endpoint"),
         )
         known.state.apply(record)
+        if outcomes:
+            known.joined.update({task_id: joined for task_id, _, joined in outcomes})
+            known.state.order_outcomes(known.joined)
         for task_id, position, lane, _ in rows:
             known.positions[task_id] = position
             known.lanes[task_id] = lane

@@ -36,6 +36,7 @@ class Snapshot:
     state: QueueState
     positions: dict[str, Decimal] = field(default_factory=dict)
     lanes: dict[str, Lane | None] = field(default_factory=dict)
+    joined: dict[str, int] = field(default_factory=dict)  # outcome list order, by id
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,12 @@ class QueueState:
             self.failed_ids.add(task_id)
         self._outcomes[task_id] = outcome
 
+    def order_outcomes(self, joined: dict[str, int]) -> None:
+        """Put `completed` and `failed` in the order their ids joined them (`joined`):
+        a store whose writers commit out of order learns that order after the fact."""
+        self.doc.completed.sort(key=lambda task_id: joined.get(task_id, 0))
+        self.doc.failed.sort(key=lambda task_id: joined.get(task_id, 0))
+
     def set_api_endpoint(self, endpoint: str) -> None:
         if endpoint != self.doc.api_endpoint:
             self.doc.api_endpoint = endpoint
