@@ -1,54 +1,122 @@
 """The queue in a PostgreSQL database that workers, APIs and panels on any host share.
 
-A transaction is a database transaction holding the one `swarm_queue` row `FOR UPDATE`:
-the queue's lock, taken by every writer on every host, so dependencies, cycles and
-`parallel_safe: false` are judged on one consistent queue by the same rules
-(`queue.rules`) and the same operations (`queue.transactions`) as the file store. The
-time a lease is measured by is the database's clock, read under that lock, so hosts
-whose clocks disagree still agree on when a lease expires.
+Two kinds of transaction, told apart by one advisory lock on the queue:
 
-Each process keeps the queue in memory and reads it again only when `changes` (bumped by
-every transaction that changed something) says another process wrote. A transaction
-writes back only the task rows it changed. Readers take no lock: `load` reads one
-snapshot. A release or a new task NOTIFYs `swarm_queue`, which wakes idle workers.
+- **By row**, sharing the lock: a claim takes the first task of the "fast" lane in
+  queue order `FOR UPDATE SKIP LOCKED`, and a heartbeat, a recorded execution or a
+  finish locks its one task row. Any number run at once, on any host. Each runs the
+  same operation as the file store (`queue.transactions`, `queue.rules`) on a state
+  holding just the row it locked.
+- **Full**, holding the lock alone: adding and planning, the operator's actions,
+  retention, and every claim that needs the whole queue's view: reclaiming a dead
+  lease, failing what can never run, a task that must run alone, a review to resume,
+  a task whose dependency just finished, or no fast task at all. These run on the
+  whole queue in memory, caught up with what others wrote, exactly as the file store
+  runs them; they also say, for every task they judged, which lane a claim may take
+  it by (`rules.claim_lane`).
+
+So dependencies, cycles and `parallel_safe: false` keep one set of rules, and the
+common path (claim, heartbeat, finish of tasks that wait on nothing) never queues
+behind another host. The time a lease is measured by is the database's clock, so
+hosts whose clocks disagree still agree on when a lease expires.
+
+Readers take no lock: `load` reads one snapshot, and catches up by the rows written
+since its last look (each row names the transaction that wrote it). A release or a
+new task NOTIFYs `swarm_queue`, which wakes idle workers.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Json
 
-from swarm_runtime.contract import QueueDocument, QueueJournalRecord, Task, normalize_queue
-from swarm_runtime.queue.rules import archivable_ids
+from swarm_runtime.contract import (
+    CLAIMABLE_STATUSES,
+    DEFAULT_API_ENDPOINT,
+    ExecutionRecord,
+    Lease,
+    QueueDocument,
+    QueueJournalRecord,
+    Status,
+    Task,
+    normalize_queue,
+)
+from swarm_runtime.queue.leases import WorkerIdentity, holder_is_alive
+from swarm_runtime.queue.postgres_rows import (
+    CHANNEL,
+    Connection,
+    Snapshot,
+    TaskRow,
+    anchors,
+    archive_tasks,
+    place_new_tasks,
+    write_dependencies,
+    write_lanes,
+    write_one_row,
+    write_outcomes,
+    write_tasks,
+)
+from swarm_runtime.queue.rules import Lane, archivable_ids, claim_lane, outcome_of
 from swarm_runtime.queue.state import QueueState
-from swarm_runtime.queue.transactions import Change, QueueTransactions
+from swarm_runtime.queue.transactions import (
+    Change,
+    ClaimOutcome,
+    QueueTransactions,
+    execution_change,
+    finish_change,
+    heartbeat_change,
+    lease_task,
+)
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.database import Database
 
 log = logging.getLogger("swarm.queue")
-CHANNEL = "swarm_queue"
+QUEUE_LOCK = 0x5357_4152_4D02  # any constant the runtime alone uses
 # A waiting worker looks at its stop flag this often while no notification comes.
 STOP_CHECK_SECONDS = 0.25
 R = TypeVar("R")
-Connection = psycopg.Connection[Any]
-
-
-@dataclass
-class Snapshot:
-    """The queue as of `changes`, with each task's place in the table's order."""
-
-    changes: int
-    state: QueueState
-    positions: dict[str, Decimal] = field(default_factory=dict)
+# So many new rows at once change what the planner should expect of the table (a claim
+# must keep finding the few leased rows by their index, not by reading every task).
+ANALYZE_AFTER_ADDING = 1000
+WATERMARK = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+NOW = "coalesce(%(clock)s::float8, extract(epoch FROM clock_timestamp())::float8)"
+CLAIM_BY_ROW = f"""
+WITH now AS MATERIALIZED (SELECT {NOW} AS at),
+flags AS (
+    SELECT
+        EXISTS (SELECT FROM swarm_tasks WHERE lane = 'full')
+            OR coalesce(bool_or(lease_expires_at <= (SELECT at FROM now) OR NOT parallel_safe),
+                false) AS needs_queue,
+        json_agg(doc -> 'lease') FILTER (WHERE lease_host = %(host)s) AS here
+    FROM swarm_tasks WHERE lease_expires_at IS NOT NULL
+),
+candidate AS (
+    SELECT id, position, doc FROM swarm_tasks
+    WHERE lane = 'fast' AND (not_before IS NULL OR not_before <= (SELECT at FROM now))
+    ORDER BY position LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+SELECT (SELECT at FROM now), flags.needs_queue, flags.here, q.header,
+    c.position, c.doc, o.outcome
+FROM flags CROSS JOIN swarm_queue q
+LEFT JOIN candidate c ON true
+LEFT JOIN swarm_outcomes o ON o.task_id = c.id
+WHERE q.id = 1
+"""
+LOCK_ROW = f"""
+WITH locked AS (SELECT position, doc FROM swarm_tasks WHERE id = %(id)s FOR UPDATE)
+SELECT {NOW}, locked.position, locked.doc, o.outcome
+FROM (SELECT 1) AS one
+LEFT JOIN locked ON true
+LEFT JOIN swarm_outcomes o ON o.task_id = %(id)s
+"""
 
 
 class PostgresQueueStore(QueueTransactions):
@@ -68,7 +136,7 @@ class PostgresQueueStore(QueueTransactions):
         self._read: Snapshot | None = None
         self._writing = threading.Lock()  # the cached queue is one object per process
         self._reading = threading.Lock()
-        self._listener: Connection | None = None
+        self._listener: psycopg.Connection[Any] | None = None
 
     @classmethod
     def for_settings(cls, settings: Settings) -> PostgresQueueStore:
@@ -78,76 +146,90 @@ class PostgresQueueStore(QueueTransactions):
 
     # reading
 
-    def version(self) -> int:
+    def version(self) -> str:
+        """The database's snapshot: it moves whenever any transaction may have committed."""
         with self.database.transaction() as conn:
-            row = conn.execute("SELECT changes FROM swarm_queue WHERE id = 1").fetchone()
-        return int(row[0]) if row else 0
+            row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+        return str(row[0]) if row else ""
 
     def load(self) -> QueueDocument:
         """One committed state of the queue, read without its lock."""
         with self._reading, self.database.transaction() as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            row = conn.execute("SELECT changes, header FROM swarm_queue WHERE id = 1").fetchone()
-            assert row is not None
+            row = conn.execute(f"SELECT {WATERMARK}, header FROM swarm_queue WHERE id = 1")
+            watermark, header = row.fetchone() or (0, {})
             try:
-                self._read = self._caught_up(conn, self._read, row[0], row[1])
+                self._read, _ = self._caught_up(conn, self._read, watermark, header)
             except BaseException:
                 self._read = None
                 raise
             return self._read.state.snapshot()
 
-    def _read_queue(self, conn: Connection, changes: int, header: dict[str, Any]) -> Snapshot:
-        rows = conn.execute("SELECT id, position, doc FROM swarm_tasks ORDER BY position")
-        positions, tasks = {}, []
-        for task_id, position, doc in rows:
-            positions[task_id] = position
+    def _read_queue(self, conn: Connection, watermark: int, header: dict[str, Any]) -> Snapshot:
+        rows = conn.execute("SELECT id, position, lane, doc FROM swarm_tasks ORDER BY position")
+        snapshot = Snapshot(watermark, QueueState(QueueDocument(), self.review_enabled))
+        tasks = []
+        for task_id, position, lane, doc in rows:
+            snapshot.positions[task_id] = position
+            snapshot.lanes[task_id] = lane
             tasks.append(doc)
         outcomes = conn.execute(
-            "SELECT task_id, outcome FROM swarm_outcomes WHERE outcome IS NOT NULL ORDER BY listed"
+            "SELECT task_id, outcome, listed FROM swarm_outcomes"
+            " WHERE outcome IS NOT NULL ORDER BY listed"
         )
         listed: dict[str, list[str]] = {"completed": [], "failed": []}
-        for task_id, outcome in outcomes:
+        for task_id, outcome, joined in outcomes:
             listed[outcome].append(task_id)
+            snapshot.joined[task_id] = joined
         document = normalize_queue({**header, "tasks": tasks, **listed})
-        state = QueueState(QueueDocument.model_validate(document), self.review_enabled)
-        return Snapshot(changes, state, positions)
+        snapshot.state = QueueState(QueueDocument.model_validate(document), self.review_enabled)
+        return snapshot
 
     def _caught_up(
-        self, conn: Connection, known: Snapshot | None, changes: int, header: dict[str, Any]
-    ) -> Snapshot:
-        """`known` brought up to `changes` by reading only the rows changed since, as the
-        file store replays a journal; the whole queue when nothing is known."""
+        self, conn: Connection, known: Snapshot | None, watermark: int, header: dict[str, Any]
+    ) -> tuple[Snapshot, set[str]]:
+        """`known` brought up to date by reading only the rows written since its
+        watermark, as the file store replays a journal; the whole queue when nothing is
+        known. Also returns the ids of the tasks read."""
         if known is None:
-            return self._read_queue(conn, changes, header)
-        if known.changes == changes:
-            return known
-        since = (known.changes,)
+            snapshot = self._read_queue(conn, watermark, header)
+            return snapshot, set(snapshot.positions)
+        since = {"since": str(known.watermark)}
         rows = conn.execute(
-            "SELECT id, position, doc FROM swarm_tasks WHERE changed > %s ORDER BY position",
+            "SELECT id, position, lane, doc FROM swarm_tasks"
+            " WHERE written_by >= %(since)s::xid8 ORDER BY position",
             since,
         ).fetchall()
         removed = conn.execute(
-            "SELECT task_id FROM swarm_archive WHERE changed > %s ORDER BY archived", since
-        ).fetchall()
-        outcomes = conn.execute(
-            "SELECT task_id, outcome FROM swarm_outcomes WHERE changed > %s ORDER BY listed",
+            "SELECT task_id FROM swarm_archive WHERE written_by >= %(since)s::xid8"
+            " ORDER BY archived",
             since,
         ).fetchall()
-        tasks = [Task.model_validate(doc) for _, _, doc in rows]
+        outcomes = conn.execute(
+            "SELECT task_id, outcome, listed FROM swarm_outcomes"
+            " WHERE written_by >= %(since)s::xid8 ORDER BY listed",
+            since,
+        ).fetchall()
         record = QueueJournalRecord(
             at=0.0,
-            tasks=tasks,
-            before=anchors(known.positions, [(i, p) for i, p, _ in rows]),
+            tasks=[Task.model_validate(doc) for *_, doc in rows],
+            before=anchors(known.positions, [(i, p) for i, p, *_ in rows]),
             removed=[task_id for (task_id,) in removed],
-            outcomes=dict(outcomes),
+            outcomes={task_id: outcome for task_id, outcome, _ in outcomes},
             api_endpoint=header.get("api_endpoint"),
         )
         known.state.apply(record)
-        known.positions.update({task_id: position for task_id, position, _ in rows})
+        if outcomes:
+            known.joined.update({task_id: joined for task_id, _, joined in outcomes})
+            known.state.order_outcomes(known.joined)
+        for task_id, position, lane, _ in rows:
+            known.positions[task_id] = position
+            known.lanes[task_id] = lane
         for task_id in record.removed:
             known.positions.pop(task_id, None)
-        known.changes = changes
-        return known
+            known.lanes.pop(task_id, None)
+        known.watermark = watermark
+        return known, {task_id for task_id, *_ in rows}
 
     def wait_for_change(self, timeout: float, stop: threading.Event) -> None:
         """Sleep on LISTEN until a task is added or released, not by asking again and again."""
@@ -162,7 +244,7 @@ class PostgresQueueStore(QueueTransactions):
             self._drop_listener()
             stop.wait(max(0.0, deadline - time.monotonic()))
 
-    def _listening(self) -> Connection:
+    def _listening(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
             self._listener = self.database.listener(CHANNEL)
         return self._listener
@@ -172,7 +254,71 @@ class PostgresQueueStore(QueueTransactions):
         if listener is not None:
             listener.close()
 
-    # writing
+    # transactions by row
+
+    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
+        """The first fast task by its row lock; anything else under the queue's lock."""
+        by_row = self._claim_by_row(worker, lease_seconds)
+        return by_row if by_row is not None else super().claim(worker, lease_seconds)
+
+    def _claim_by_row(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome | None:
+        """None when this claim needs the whole queue (see the module docstring)."""
+        with self.database.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (QUEUE_LOCK,))
+            params = {"clock": self._now(), "host": worker.host}
+            found = conn.execute(CLAIM_BY_ROW, params).fetchone()
+            assert found is not None
+            now, needs_queue, here, header, position, doc, outcome = found
+            if needs_queue or doc is None or any_holder_gone(here or []):
+                return None
+            state = row_state(doc, outcome, self.review_enabled)
+            task = lease_task(state, state.doc.tasks[0], worker, now, lease_seconds)
+            self._write_row(conn, state, position, now, doc)
+        endpoint = header.get("api_endpoint") or DEFAULT_API_ENDPOINT
+        return ClaimOutcome(task=task, api_endpoint=endpoint)
+
+    def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool:
+        return self._on_row(task_id, heartbeat_change(task_id, worker, lease_seconds))
+
+    def finish(self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any) -> Task:
+        return self._on_row(task_id, finish_change(task_id, worker, status, **fields))
+
+    def record_execution(
+        self, task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
+    ) -> Task:
+        change = execution_change(task_id, worker, execution, **fields)
+        return self._on_row(task_id, change)
+
+    def _on_row(self, task_id: str, change: Change[R]) -> R:
+        """Run `change` on the one task row, locked, beside other rows' transactions."""
+        with self.database.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (QUEUE_LOCK,))
+            found = conn.execute(LOCK_ROW, {"id": task_id, "clock": self._now()}).fetchone()
+            assert found is not None
+            now, position, doc, outcome = found
+            state = row_state(doc, outcome, self.review_enabled)
+            result = change(state, now)
+            self._write_row(conn, state, position, now, doc)
+            return result
+
+    def _write_row(
+        self, conn: Connection, state: QueueState, position: Decimal, now: float, before: Any
+    ) -> None:
+        record = state.take_record(now)
+        if record is None:
+            return
+        for task in record.tasks:
+            row = TaskRow(task, position, lane_by_row(state, task))
+            finished = outcome_of(task, self.review_enabled) is not None
+            write_one_row(conn, row, record.outcomes, finished=finished)
+            if task.depends_on != (before or {}).get("depends_on", []):
+                write_dependencies(conn, [task])
+
+    def _now(self) -> float | None:
+        """The injected clock's time, or None for the database's."""
+        return self._clock() if self._clock is not None else None
+
+    # transactions on the whole queue
 
     def _transaction(self, change: Change[R]) -> R:
         """A change that raises, or a commit that fails, drops the cached queue, which is
@@ -186,36 +332,56 @@ class PostgresQueueStore(QueueTransactions):
                 raise
 
     def _run(self, conn: Connection, change: Change[R]) -> R:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (QUEUE_LOCK,))
         row = conn.execute(
-            "SELECT changes, header, extract(epoch FROM clock_timestamp())::float8"
-            " FROM swarm_queue WHERE id = 1 FOR UPDATE"
+            f"SELECT {WATERMARK}, header, {NOW} FROM swarm_queue WHERE id = 1",
+            {"clock": self._now()},
         ).fetchone()
         assert row is not None
-        changes, header, database_now = row
-        self._written = snapshot = self._caught_up(conn, self._written, changes, header)
-        now = self._clock() if self._clock is not None else database_now
+        watermark, header, now = row
+        snapshot, read = self._caught_up(conn, self._written, watermark, header)
+        self._written = snapshot
         result = change(snapshot.state, now)
-        archived = archivable_ids(snapshot.state, self.retain)
-        snapshot.state.remove(archived)
-        record = snapshot.state.take_record(now)
-        if record is not None:
-            self._write(conn, snapshot, record)
-            snapshot.changes += 1
+        snapshot.state.remove(archivable_ids(snapshot.state, self.retain))
+        self._write(conn, snapshot, snapshot.state.take_record(now), read)
         return result
 
-    def _write(self, conn: Connection, snapshot: Snapshot, record: QueueJournalRecord) -> None:
-        change = snapshot.changes + 1
-        if record.removed:
-            archive_tasks(conn, record.removed, change)
+    def _write(
+        self,
+        conn: Connection,
+        snapshot: Snapshot,
+        record: QueueJournalRecord | None,
+        read: set[str],
+    ) -> None:
+        """Write what changed, and the lane of every task whose lane may have: those read
+        or written, and their dependents."""
+        state = snapshot.state
+        if record is not None and record.removed:
+            archive_tasks(conn, record.removed)
             for task_id in record.removed:
                 snapshot.positions.pop(task_id, None)
-        write_tasks(conn, snapshot, record.tasks, change)
-        write_outcomes(conn, record.outcomes, change)
-        if record.api_endpoint is not None:
-            conn.execute("UPDATE swarm_queue SET header = %s WHERE id = 1", (header_of(snapshot),))
-        conn.execute("UPDATE swarm_queue SET changes = changes + 1 WHERE id = 1")
-        if any(task.lease is None for task in record.tasks):
+                snapshot.lanes.pop(task_id, None)
+        written = record.tasks if record is not None else []
+        new_ids = [t.id for t in written if t.id not in snapshot.positions]
+        place_new_tasks(snapshot, new_ids)
+        lanes = judged_lanes(state, read | {t.id for t in written})
+        write_tasks(conn, [TaskRow(t, snapshot.positions[t.id], lanes[t.id]) for t in written])
+        write_dependencies(conn, written)
+        moved = {
+            task_id: lane
+            for task_id, lane in lanes.items()
+            if lane != snapshot.lanes.get(task_id) and task_id not in {t.id for t in written}
+        }
+        write_lanes(conn, moved)
+        snapshot.lanes.update(lanes)
+        if record is not None:
+            write_outcomes(conn, record.outcomes)
+            if record.api_endpoint is not None:
+                conn.execute("UPDATE swarm_queue SET header = %s WHERE id = 1", (header_of(state),))
+        if any(t.lease is None for t in written) or any(moved.values()):
             conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        if len(new_ids) >= ANALYZE_AFTER_ADDING:
+            conn.execute("ANALYZE swarm_tasks")
 
     def flush(self) -> None:
         """Every committed transaction is already what every reader sees."""
@@ -225,90 +391,44 @@ class PostgresQueueStore(QueueTransactions):
         self.database.close()
 
 
-def header_of(snapshot: Snapshot) -> Json:
+def row_state(doc: Any, outcome: str | None, review_enabled: bool) -> QueueState:
+    """A queue holding just one task row (none if there was no such row), with its
+    place in the outcome lists: what a transaction by row runs its operation on."""
+    tasks = [Task.model_validate(doc)] if doc is not None else []
+    ids = [task.id for task in tasks]
+    listed = {
+        "completed": ids if outcome == "completed" else [],
+        "failed": ids if outcome == "failed" else [],
+    }
+    return QueueState(QueueDocument(tasks=tasks, **listed), review_enabled, private=True)
+
+
+def lane_by_row(state: QueueState, task: Task) -> Lane | None:
+    """A row's lane judged without its neighbours: a waiting task with dependencies
+    goes to the full claim, which can see whether they are met."""
+    if task.depends_on and task.status in CLAIMABLE_STATUSES:
+        return "full"
+    return claim_lane(state, task)
+
+
+def judged_lanes(state: QueueState, task_ids: set[str]) -> dict[str, Lane | None]:
+    """The lane of each of `task_ids` still in the queue and of their dependents."""
+    judged = set(task_ids)
+    for task_id in task_ids:
+        judged |= state.dependents(task_id)
+    return {
+        task_id: claim_lane(state, task)
+        for task_id in judged
+        if (task := state.find(task_id)) is not None
+    }
+
+
+def any_holder_gone(leases: list[dict[str, Any]]) -> bool:
+    """A lease held on this host by a process that is gone: the full claim reclaims it."""
+    return any(not holder_is_alive(Lease.model_validate(lease)) for lease in leases)
+
+
+def header_of(state: QueueState) -> Json:
     """queue.json's keys other than the task and outcome lists, in their order."""
     lists = {"tasks", "completed", "failed"}
-    return Json(snapshot.state.doc.model_dump(mode="json", exclude_unset=True, exclude=lists))
-
-
-def anchors(known: dict[str, Decimal], changed: list[tuple[str, Decimal]]) -> dict[str, str]:
-    """For each new task among `changed`, the known task it stands in front of (none when
-    it is last): inserting them in position order then rebuilds the table's order."""
-    order = sorted((position, task_id) for task_id, position in known.items())
-    places = [position for position, _ in order]
-    found = {}
-    for task_id, position in changed:
-        if task_id in known:
-            continue
-        at = bisect.bisect_right(places, position)
-        if at < len(order):
-            found[task_id] = order[at][1]
-    return found
-
-
-def archive_tasks(conn: Connection, task_ids: list[str], change: int) -> None:
-    conn.execute(
-        "INSERT INTO swarm_archive (task_id, changed, doc)"
-        " SELECT id, %s, doc FROM swarm_tasks WHERE id = ANY(%s) ORDER BY position",
-        (change, task_ids),
-    )
-    conn.execute("DELETE FROM swarm_tasks WHERE id = ANY(%s)", (task_ids,))
-
-
-def write_tasks(conn: Connection, snapshot: Snapshot, tasks: list[Task], change: int) -> None:
-    """Insert new tasks at their place in the queue's order, update changed ones."""
-    place_new_tasks(snapshot, [t.id for t in tasks if t.id not in snapshot.positions])
-    rows = [
-        (
-            task.id,
-            snapshot.positions[task.id],
-            task.status.value,
-            task.lease.expires_at if task.lease else None,
-            change,
-            Json(task.model_dump(mode="json", exclude_unset=True)),
-        )
-        for task in tasks
-    ]
-    with conn.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO swarm_tasks (id, position, status, lease_expires_at, changed, doc)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET"
-            " status = excluded.status, lease_expires_at = excluded.lease_expires_at,"
-            " changed = excluded.changed, doc = excluded.doc",
-            rows,
-        )
-
-
-def place_new_tasks(snapshot: Snapshot, new_ids: list[str]) -> None:
-    """Give each new task a position between its neighbours in the queue's order: after
-    the last task when appended, in front of the parent when planned."""
-    state, positions = snapshot.state, snapshot.positions
-    tasks = state.doc.tasks
-    for task_id in sorted(new_ids, key=state.rank):
-        rank = state.rank(task_id)
-        after = positions[tasks[rank - 1].id] if rank > 0 else None
-        before = next((positions[t.id] for t in tasks[rank + 1 :] if t.id in positions), None)
-        positions[task_id] = between(after, before)
-
-
-def between(after: Decimal | None, before: Decimal | None) -> Decimal:
-    if after is None and before is None:
-        return Decimal(1)
-    if before is None:
-        assert after is not None
-        return after + 1
-    if after is None:
-        return before - 1
-    return (after + before) / 2
-
-
-def write_outcomes(conn: Connection, outcomes: dict[str, Any], change: int) -> None:
-    """`completed` and `failed` in the order the ids joined them; an id that left both
-    keeps its row (outcome null), so a process catching up sees it leave."""
-    for task_id, outcome in outcomes.items():
-        conn.execute(
-            "INSERT INTO swarm_outcomes (task_id, outcome, changed) VALUES (%s, %s, %s)"
-            " ON CONFLICT (task_id) DO UPDATE SET outcome = excluded.outcome,"
-            " listed = nextval('swarm_outcome_order'), changed = excluded.changed",
-            (task_id, outcome, change),
-        )
+    return Json(state.doc.model_dump(mode="json", exclude_unset=True, exclude=lists))

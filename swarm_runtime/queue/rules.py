@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from swarm_runtime.contract import (
     CLAIMABLE_STATUSES,
@@ -41,6 +41,9 @@ OPERATOR_EFFECTS: dict[Status, dict[str, Any]] = {
     Status.REQUEUE: {"not_before": None, "review": None, "last_error": None},
     Status.CANCELLED: {"last_error": "cancelled by the operator"},
 }
+
+
+Lane = Literal["fast", "full"]
 
 
 @dataclass(frozen=True)
@@ -178,12 +181,6 @@ def next_runnable(state: QueueState, now: float) -> Task | None:
     running = state.leased_tasks()
     if any(not t.parallel_safe for t in running):
         return None
-    satisfied = satisfying_statuses(state.review_enabled)
-
-    def met(dep: str) -> bool:
-        found = state.find(dep)
-        return found.status in satisfied if found is not None else dep in state.completed_ids
-
     for task in state.live_tasks():
         if not task.parallel_safe and running:
             continue
@@ -191,9 +188,37 @@ def next_runnable(state: QueueState, now: float) -> Task | None:
             return task
         if task.status not in CLAIMABLE_STATUSES or (task.not_before or 0) > now:
             continue
-        if all(met(dep) for dep in task.depends_on):
+        if dependencies_met(state, task):
             return task
     return None
+
+
+def dependencies_met(state: QueueState, task: Task) -> bool:
+    """Every dependency finished in a status that lets a dependent run."""
+    satisfied = satisfying_statuses(state.review_enabled)
+
+    def met(dep: str) -> bool:
+        found = state.find(dep)
+        return found.status in satisfied if found is not None else dep in state.completed_ids
+
+    return all(met(dep) for dep in task.depends_on)
+
+
+def claim_lane(state: QueueState, task: Task) -> Lane | None:
+    """How a claim in the database may take `task`, due time aside (`queue.postgres`).
+
+    "fast": by locking its row alone, since its turn in queue order is all that decides;
+    "full": only under the whole queue's lock, because it resumes a review or must run
+    alone, or waits on a dependency nobody has judged yet (it may never run, and only
+    the full claim fails it); None: it cannot run now (running, finished, or waiting on
+    a dependency)."""
+    if awaits_review(task):
+        return "full"
+    if task.status not in CLAIMABLE_STATUSES:
+        return None
+    if not dependencies_met(state, task):
+        return "full" if task.id in state.unchecked else None
+    return "fast" if task.parallel_safe else "full"
 
 
 def is_drained(state: QueueState) -> bool:

@@ -53,9 +53,12 @@ class QueueState:
 
     _api_endpoint: str | None
 
-    def __init__(self, doc: QueueDocument, review_enabled: bool):
+    def __init__(self, doc: QueueDocument, review_enabled: bool, *, private: bool = False):
+        """`private`: the state lives for one transaction and nobody else reads it (a
+        database row's), so nothing it takes in or hands out needs copying."""
         self.doc = doc
         self.review_enabled = review_enabled
+        self.private = private
         self._final = final_statuses(review_enabled)
         self.completed_ids = set(doc.completed)
         self.failed_ids = set(doc.failed)
@@ -119,6 +122,10 @@ class QueueState:
         for _, task_id in self._live:
             yield self._by_id[task_id]
 
+    def dependents(self, task_id: str) -> set[str]:
+        """The tasks that name `task_id` among their dependencies."""
+        return self._dependents.get(task_id, set())
+
     def leased_tasks(self) -> list[Task]:
         return sorted((self._by_id[i] for i in self._leased), key=lambda t: self._rank[t.id])
 
@@ -153,7 +160,8 @@ class QueueState:
         old = self._by_id[task_id]
         new = old.model_copy()
         for name, value in changes.items():
-            Task.__pydantic_validator__.validate_assignment(new, name, copy.deepcopy(value))
+            value = value if self.private else copy.deepcopy(value)
+            Task.__pydantic_validator__.validate_assignment(new, name, value)
         if not can_transition(old.status, new.status):
             allowed = describe_statuses(statuses_leading_to(new.status)) or "no"
             raise InvalidTransition(task_id, old.status, f"set status {new.status} on", allowed)
@@ -161,6 +169,11 @@ class QueueState:
         self._refresh(old, new)
         self._touched[task_id] = None
         return new
+
+    def hand_out(self, task: Task) -> Task:
+        """`task` as a transaction may return it: a copy, unless the state is private,
+        so that a caller changing what it got never changes the queue."""
+        return task if self.private else task.model_copy(deep=True)
 
     def add(self, tasks: list[Task], before: str | None = None) -> None:
         """Append `tasks`, or insert them in front of the task `before`, in their order."""
@@ -211,6 +224,12 @@ class QueueState:
             self.doc.failed.append(task_id)
             self.failed_ids.add(task_id)
         self._outcomes[task_id] = outcome
+
+    def order_outcomes(self, joined: dict[str, int]) -> None:
+        """Put `completed` and `failed` in the order their ids joined them (`joined`):
+        a store whose writers commit out of order learns that order after the fact."""
+        self.doc.completed.sort(key=lambda task_id: joined.get(task_id, 0))
+        self.doc.failed.sort(key=lambda task_id: joined.get(task_id, 0))
 
     def set_api_endpoint(self, endpoint: str) -> None:
         if endpoint != self.doc.api_endpoint:

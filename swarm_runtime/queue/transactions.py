@@ -105,49 +105,18 @@ class QueueTransactions(ABC):
         return self._transaction(change)
 
     def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool:
-        """Extend our lease; False means another worker has reclaimed the task.
-
-        The new expiry counts from the moment the lock is held, not from the call: a
-        renewal that waited for the lock still grants a whole lease."""
-
-        def change(state: QueueState, now: float) -> bool:
-            task = state.find(task_id)
-            if task is None or task.lease is None or not owned_by(task, worker):
-                return False
-            lease = task.lease.model_copy(update={"expires_at": now + lease_seconds})
-            state.update(task_id, lease=lease)
-            return True
-
-        return self._transaction(change)
+        """Extend our lease; False means another worker has reclaimed the task."""
+        return self._transaction(heartbeat_change(task_id, worker, lease_seconds))
 
     def finish(self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any) -> Task:
         """Record the task's new status and release its lease; only the holder may."""
-
-        def change(state: QueueState, now: float) -> Task:
-            owned(state, task_id, worker)
-            task = change_status(state, task_id, status, **fields)
-            record_outcome(state, task_id)
-            return task.model_copy(deep=True)
-
-        return self._transaction(change)
+        return self._transaction(finish_change(task_id, worker, status, **fields))
 
     def record_execution(
         self, task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
     ) -> Task:
         """Executed, now under review by the same worker: the lease stays, the result is kept."""
-
-        def change(state: QueueState, now: float) -> Task:
-            owned(state, task_id, worker)
-            task = state.update(
-                task_id,
-                status=Status.PENDING_REVIEW,
-                execution=execution,
-                updated_at=utc_now().isoformat(),
-                **fields,
-            )
-            return task.model_copy(deep=True)
-
-        return self._transaction(change)
+        return self._transaction(execution_change(task_id, worker, execution, **fields))
 
     def plan(
         self,
@@ -195,7 +164,7 @@ class QueueTransactions(ABC):
             chosen = [t for t in state.doc.tasks if task_allows(t, action)]
             requeued = []
             for task in chosen:
-                requeued.append(operate(state, task, action).model_copy(deep=True))
+                requeued.append(state.hand_out(operate(state, task, action)))
                 record_outcome(state, task.id)
             return requeued
 
@@ -227,9 +196,53 @@ class QueueTransactions(ABC):
                 raise UnknownTaskError(task_id)
             changed = operate(state, task, action)
             record_outcome(state, task_id)
-            return changed.model_copy(deep=True)
+            return state.hand_out(changed)
 
         return self._transaction(change)
+
+
+def heartbeat_change(task_id: str, worker: WorkerIdentity, lease_seconds: float) -> Change[bool]:
+    """The new expiry counts from the moment the lock is held, not from the call: a
+    renewal that waited for the lock still grants a whole lease."""
+
+    def change(state: QueueState, now: float) -> bool:
+        task = state.find(task_id)
+        if task is None or task.lease is None or not owned_by(task, worker):
+            return False
+        lease = task.lease.model_copy(update={"expires_at": now + lease_seconds})
+        state.update(task_id, lease=lease)
+        return True
+
+    return change
+
+
+def finish_change(
+    task_id: str, worker: WorkerIdentity, status: Status, **fields: Any
+) -> Change[Task]:
+    def change(state: QueueState, now: float) -> Task:
+        owned(state, task_id, worker)
+        task = change_status(state, task_id, status, **fields)
+        record_outcome(state, task_id)
+        return state.hand_out(task)
+
+    return change
+
+
+def execution_change(
+    task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
+) -> Change[Task]:
+    def change(state: QueueState, now: float) -> Task:
+        owned(state, task_id, worker)
+        task = state.update(
+            task_id,
+            status=Status.PENDING_REVIEW,
+            execution=execution,
+            updated_at=utc_now().isoformat(),
+            **fields,
+        )
+        return state.hand_out(task)
+
+    return change
 
 
 def lease_task(
@@ -247,7 +260,7 @@ def lease_task(
     changes: dict[str, Any] = {"lease": lease, "updated_at": utc_now().isoformat()}
     if not awaits_review(task):
         changes |= {"status": Status.IN_PROGRESS, "attempts": task.attempts + 1}
-    return state.update(task.id, **changes).model_copy(deep=True)
+    return state.hand_out(state.update(task.id, **changes))
 
 
 def new_tasks(records: list[dict[str, Any]]) -> list[Task]:

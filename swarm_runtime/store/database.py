@@ -9,6 +9,7 @@ install never needs it.
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -111,7 +112,7 @@ class Database:
             min_size=1,
             max_size=pool_size,
             open=True,
-            check=pool_module.ConnectionPool.check_connection,
+            check=check_if_touched,
             kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
             name="swarm",
         )
@@ -153,6 +154,20 @@ class Database:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def check_if_touched(conn: Connection[Any]) -> None:
+    """Before a pooled connection is lent: ask the server only when the connection has
+    something to read while idle, which is how a connection the server closed (a
+    restart, an administrator) looks; asking every time would cost a round trip per
+    transaction."""
+    from psycopg_pool import ConnectionPool
+
+    if conn.closed:
+        raise ConnectionError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
 
 
 def installed_schema_version(url: str) -> int:

@@ -107,6 +107,49 @@ MIGRATIONS: tuple[str, ...] = (
     WHERE name = '{BALANCES_FILE}';
     DELETE FROM swarm_documents WHERE name IN ('{REWARD_LEDGER_FILE}', '{BALANCES_FILE}');
     """,
+    # Claims by row lock (queue.postgres): each task row says whether a claim may take
+    # it by its row lock alone (`lane`), and every row names the transaction that last
+    # wrote it, which is how a reader catches up without a change counter that every
+    # writer would queue on. Lanes start as 'full': the first claim judges them again.
+    """
+    ALTER TABLE swarm_tasks
+        ADD COLUMN lane text CHECK (lane IN ('fast', 'full')),
+        ADD COLUMN not_before double precision,
+        ADD COLUMN parallel_safe boolean NOT NULL DEFAULT true,
+        ADD COLUMN lease_host text,
+        ADD COLUMN written_by xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        DROP COLUMN changed;
+    UPDATE swarm_tasks SET
+        lane = CASE WHEN status IN ('pending', 'requeue', 'queued', 'pending_review')
+            AND lease_expires_at IS NULL THEN 'full' END,
+        not_before = (doc ->> 'not_before')::double precision,
+        parallel_safe = coalesce((doc ->> 'parallel_safe')::boolean, true),
+        lease_host = doc -> 'lease' ->> 'host';
+    DROP INDEX IF EXISTS swarm_tasks_status;
+    CREATE INDEX swarm_tasks_fast_lane ON swarm_tasks (position) WHERE lane = 'fast';
+    CREATE INDEX swarm_tasks_full_lane ON swarm_tasks (id) WHERE lane = 'full';
+    CREATE INDEX swarm_tasks_leased ON swarm_tasks (lease_expires_at)
+        WHERE lease_expires_at IS NOT NULL;
+    CREATE INDEX swarm_tasks_written ON swarm_tasks (written_by);
+    ALTER TABLE swarm_outcomes
+        ADD COLUMN written_by xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        DROP COLUMN changed;
+    CREATE INDEX swarm_outcomes_written ON swarm_outcomes (written_by);
+    ALTER TABLE swarm_archive
+        ADD COLUMN written_by xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        DROP COLUMN changed;
+    CREATE INDEX swarm_archive_written ON swarm_archive (written_by);
+    ALTER TABLE swarm_queue DROP COLUMN changes;
+    CREATE TABLE swarm_dependencies (
+        dependency text NOT NULL,
+        task_id text NOT NULL,
+        PRIMARY KEY (dependency, task_id)
+    );
+    CREATE INDEX swarm_dependencies_task ON swarm_dependencies (task_id);
+    INSERT INTO swarm_dependencies (dependency, task_id)
+        SELECT DISTINCT json_array_elements_text(doc -> 'depends_on'), id FROM swarm_tasks
+        WHERE json_typeof(doc -> 'depends_on') = 'array';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
