@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from swarm_runtime.contract import Status
-from swarm_runtime.panel import log_tail
 from swarm_runtime.panel.log_tail import EVENT_PREFIX, JsonlFold, JsonlTail, LogIndex
-from swarm_runtime.store.events import EventLog, build_event
+from swarm_runtime.store import log_index
+from swarm_runtime.store.event_source import EventFilter, IndexedEvent
+from swarm_runtime.store.events import EventLog, build_event, event_source
 from swarm_runtime.store.state_files import Workspace, append_line
 
 
@@ -291,8 +292,67 @@ def test_the_block_size_does_not_change_what_is_indexed(
     index: LogIndex, log_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Lines longer than a read block are stitched together across blocks."""
-    monkeypatch.setattr(log_tail, "READ_BLOCK_BYTES", 64)
+    monkeypatch.setattr(log_index, "READ_BLOCK_BYTES", 64)
     append(log_path, line("long", output="q" * 1000), line("short"))
     index.refresh()
     assert index.stats().events == 2
     assert index.timeline("long")[0][0].event["output"] == "q" * 1000
+
+
+HISTORY = [("a", "in_progress", "w1"), ("b", "in_progress", "w2"), ("a", "completed", "w1")]
+
+
+@pytest.mark.parametrize(
+    ("wanted", "expected"),
+    [
+        (EventFilter(), [0, 1, 2, 3]),
+        (EventFilter(task="a"), [0, 2]),
+        (EventFilter(status="in_progress"), [0, 1]),
+        (EventFilter(worker="w2"), [1, 3]),
+        (EventFilter(task="b", status="failed", worker="w2"), [3]),
+        (EventFilter(task="a", worker="w2"), []),
+        (EventFilter(task="nobody"), []),
+    ],
+)
+def test_a_filter_reads_only_the_events_it_admits(
+    index: LogIndex, log_path: Path, wanted: EventFilter, expected: list[int]
+) -> None:
+    """The command line's --task/--status/--worker, on the file (the database's twin is in
+    test_events_from_database)."""
+    history = [*HISTORY, ("b", "failed", "w2")]
+    lines = [line(task, Status(status), worker) for task, status, worker in history]
+    append(log_path, lines[0], lines[1], b"{not json\n", lines[2], lines[3])
+    index.refresh()
+    shown = [history[n][:2] for n in expected]
+    assert envelopes(index.latest(10, wanted).events) == shown
+    assert envelopes(index.latest(1, wanted).events) == shown[-1:]
+    after = index.events_after(0, 10, index.epoch, wanted)
+    assert envelopes(after.events) == shown and after.cursor == index.end and not after.more
+    assert index.stats().malformed_count == 1, "reading again reports nothing twice"
+
+
+def test_a_filtered_page_passes_the_lines_its_filter_leaves_out(
+    index: LogIndex, log_path: Path
+) -> None:
+    append(log_path, line("a"), line("b"), line("b"), line("a"))
+    index.refresh()
+    first = index.events_after(0, 1, index.epoch, EventFilter(task="a"))
+    assert envelopes(first.events) == [("a", "completed")] and first.more
+    second = index.events_after(first.cursor, 1, first.epoch, EventFilter(task="a"))
+    assert envelopes(second.events) == [("a", "completed")] and second.cursor == index.end
+
+
+def test_latest_reads_past_the_recent_window_when_asked_for_more(log_path: Path) -> None:
+    index = LogIndex(log_path, recent=3)
+    append(log_path, *(line(f"t{n}") for n in range(10)))
+    index.refresh()
+    assert [e.event["task_id"] for e in index.latest(5).events] == [f"t{n}" for n in range(5, 10)]
+
+
+def test_without_a_database_events_are_read_from_the_workspace_log(workspace: Workspace) -> None:
+    source = event_source(workspace, None)
+    assert isinstance(source, LogIndex) and source.path == workspace.log_path
+
+
+def envelopes(events: list[IndexedEvent]) -> list[tuple[str, str]]:
+    return [(e.event["task_id"], e.event["status"]) for e in events]

@@ -12,13 +12,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from swarm_runtime.contract import QUEUE_FILE, Mode
 from swarm_runtime.errors import StateFileError
-from swarm_runtime.operator.events import EventFeed, EventFilter, event_line
+from swarm_runtime.operator.events import EventFilter, EventFollower, event_line
 from swarm_runtime.operator.listing import (
     TaskFilter,
     task_detail,
@@ -32,11 +33,10 @@ from swarm_runtime.queue.overview import task_summary
 from swarm_runtime.queue.transfer import export_queue, import_queue_file
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.database import installed_schema_version, redact
-from swarm_runtime.store.events import DatabaseEvents
+from swarm_runtime.store.event_source import EventSource
+from swarm_runtime.store.events import DatabaseEvents, event_source
 from swarm_runtime.store.schema import SCHEMA_VERSION
 from swarm_runtime.store.state_files import atomic_write_bytes
-
-FOLLOW_POLL_SECONDS = 0.2
 
 
 class Command:
@@ -69,9 +69,16 @@ def tasks(command: Command) -> int:
 
 
 def show(command: Command) -> int:
-    operations = command.operations
-    detail = task_detail(operations.store.load(), operations.workspace, command.args.id)
+    doc = command.operations.store.load()
+    with closing(events_of(command)) as source:
+        detail = task_detail(doc, source, command.args.id)
     return command.say(detail, task_detail_lines(detail))
+
+
+def events_of(command: Command) -> EventSource:
+    """Every host's events with a database, else this workspace's log (store.events)."""
+    operations = command.operations
+    return event_source(operations.workspace, operations.database, summaries=False)
 
 
 def add(command: Command) -> int:
@@ -195,29 +202,15 @@ def schema_version(command: Command) -> int:
 
 def events(command: Command) -> int:
     args = command.args
-    feed = EventFeed(
-        command.operations.workspace.log_path, EventFilter(args.task, args.status, args.worker)
-    )
-    show_event = _event_printer(args.json)
+    wanted = EventFilter(args.task, args.status, args.worker)
     # Before the first line: whoever reads it may press Ctrl-C at once.
     stop = stop_on_signals() if args.follow else None
-    try:
-        for event in feed.backlog(args.lines):
-            show_event(event)
+    with closing(events_of(command)) as source:
+        follower = EventFollower(source, wanted, _event_printer(args.json))
+        page = follower.backlog(args.lines)
         if stop is not None:
-            follow(feed, show_event, stop)
-    finally:
-        feed.close()
+            follower.follow(page, stop)
     return 0
-
-
-def follow(
-    feed: EventFeed, show_event: Callable[[dict[str, Any]], None], stop: threading.Event
-) -> None:
-    """Each event appended from now on, until `stop` (Ctrl-C) is set."""
-    while not stop.wait(FOLLOW_POLL_SECONDS):
-        for event in feed.new_events():
-            show_event(event)
 
 
 def _event_printer(as_json: bool) -> Callable[[dict[str, Any]], None]:

@@ -1,75 +1,81 @@
 """The event log as an operator reads it: one line per event, filtered, and followed.
 
-`EventFeed` reads execution_log.jsonl through the same byte-offset tail as the panel:
-the backlog costs one pass over the file that parses only the lines it keeps (the
-envelope of the rest is read from each line's prefix), and following costs only what
-was appended since the last look. `event_line` is a pure function of one event.
+The events come through the panel's own event source (store.events.event_source): the
+workspace's execution_log.jsonl, or with a database every host's rows. `EventFollower`
+prints the latest few and then each new one, saying once if the database goes away and
+going on from the same cursor when it is back; `event_line` is a pure function of one
+event.
 """
 
 from __future__ import annotations
 
 import sys
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import Any, NamedTuple
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from swarm_runtime.errors import StoreUnavailable
 from swarm_runtime.operator.text import clean, moment, short
-from swarm_runtime.store.event_lines import Envelope, parse_record, read_envelope
-from swarm_runtime.store.jsonl_tail import JsonlTail, Line
+from swarm_runtime.store.event_source import EventFilter, EventPage, EventSource, Outage
+
+__all__ = ["EventFilter", "EventFollower", "detail", "event_line"]
 
 Detail = Callable[[Mapping[str, Any]], str | None]
+FOLLOW_POLL_SECONDS = 0.2
+FOLLOW_PAGE_EVENTS = 500
 
 
-class EventFilter(NamedTuple):
-    task: str | None = None
-    status: str | None = None
-    worker: str | None = None
+class EventFollower:
+    """The events of `source` that `wanted` admits: the latest `count`, then each new one."""
 
-    def admits(self, envelope: Envelope) -> bool:
-        wanted = ((self.task, envelope.task_id), (self.status, envelope.status))
-        return all(want is None or want == got for want, got in wanted) and (
-            self.worker is None or self.worker == envelope.worker_id
-        )
-
-
-class EventFeed:
-    """The events that pass `wanted`: first the latest few, then each one appended."""
-
-    def __init__(self, path: Path, wanted: EventFilter):
-        self._tail = JsonlTail(path)
+    def __init__(
+        self, source: EventSource, wanted: EventFilter, show: Callable[[dict[str, Any]], None]
+    ):
+        self.source = source
         self.wanted = wanted
-        self.matched = 0
+        self.show = show
+        self.outage = Outage()
 
-    def backlog(self, count: int) -> list[dict[str, Any]]:
-        """The latest `count` matching events, oldest first; reads the log to its end."""
-        kept = deque(self._matching_lines(), maxlen=max(count, 0))
-        return self._parsed(kept)
+    def backlog(self, count: int) -> EventPage:
+        self.source.refresh()
+        page = self.source.latest(count, self.wanted)
+        self._print(page)
+        return page
 
-    def new_events(self) -> list[dict[str, Any]]:
-        return self._parsed(self._matching_lines())
+    def follow(self, page: EventPage, stop: threading.Event) -> None:
+        """Each event from `page`'s cursor on, until `stop` (Ctrl-C) is set."""
+        while not stop.wait(FOLLOW_POLL_SECONDS):
+            page = self._next(page)
+            while page.more and not stop.is_set():
+                page = self._next(page)
 
-    def close(self) -> None:
-        self._tail.close()
+    def _next(self, page: EventPage) -> EventPage:
+        try:
+            self.source.refresh()
+            following = self.source.events_after(
+                page.cursor, FOLLOW_PAGE_EVENTS, page.epoch, self.wanted
+            )
+        except StoreUnavailable as exc:
+            if self.outage.began(exc):
+                say(f"warning: {exc}; following again from here once it is back")
+            return _stalled(page)
+        if self.outage.ended():
+            say("the database is back: following from where it stopped")
+        self._print(following)
+        return following
 
-    def _matching_lines(self) -> Iterator[Line]:
-        while True:
-            batch = self._tail.poll()
-            for line in batch.lines:
-                envelope = read_envelope(line, skipped) if line.data.strip() else None
-                if envelope is not None and self.wanted.admits(envelope):
-                    self.matched += 1
-                    yield line
-            if batch.read == 0:
-                return
-
-    @staticmethod
-    def _parsed(lines: Iterator[Line] | deque[Line]) -> list[dict[str, Any]]:
-        return [event for line in lines if (event := parse_record(line, skipped)) is not None]
+    def _print(self, page: EventPage) -> None:
+        for item in page.events:
+            self.show(item.event)
 
 
-def skipped(line: Line, reason: str) -> None:
-    print(f"warning: event log line {line.number} skipped: {short(reason)}", file=sys.stderr)
+def _stalled(page: EventPage) -> EventPage:
+    """Nothing new, and the same cursor for the next try."""
+    return EventPage([], page.cursor, page.epoch, reset=False, more=False)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def event_line(event: Mapping[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """`tasks` and `show`: the panel's task table and task detail, for a terminal.
 
 The rows are the panel's own (`queue.overview.task_summary`), filtered by the same
-search; a task's timeline is its events in execution_log.jsonl, oldest first.
+search; a task's timeline is its events, oldest first, from the panel's event source
+(the workspace's log, or every host's rows in the database).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from typing import Any, NamedTuple
 
 from swarm_runtime.contract import QueueDocument, Task
 from swarm_runtime.errors import UnknownTaskError
-from swarm_runtime.operator.events import EventFeed, EventFilter, event_line
+from swarm_runtime.operator.events import event_line
 from swarm_runtime.operator.text import clean, listed, moment, short
 from swarm_runtime.queue.overview import counts_by_status, select_tasks, task_summary
-from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.store.event_source import EventSource
 
 TIMELINE_LIMIT = 500
 PROMPT_CHARS = 400
@@ -56,16 +57,13 @@ def task_list_lines(listing: dict[str, Any]) -> list[str]:
     return rows
 
 
-def task_detail(doc: QueueDocument, workspace: Workspace, task_id: str) -> dict[str, Any]:
+def task_detail(doc: QueueDocument, events: EventSource, task_id: str) -> dict[str, Any]:
     """A task in the queue, or one archived or known only from the log; else UnknownTaskError."""
     task = doc.find(task_id)
-    feed = EventFeed(workspace.log_path, EventFilter(task=task_id))
-    try:
-        timeline = feed.backlog(TIMELINE_LIMIT)
-    finally:
-        feed.close()
+    events.refresh()
+    timeline, total = events.timeline(task_id, TIMELINE_LIMIT)
     archived = task is None and (task_id in doc.completed or task_id in doc.failed)
-    if task is None and not archived and not feed.matched:
+    if task is None and not archived and not total:
         raise UnknownTaskError(task_id)
     return {
         "id": task_id,
@@ -73,8 +71,8 @@ def task_detail(doc: QueueDocument, workspace: Workspace, task_id: str) -> dict[
         "summary": task_summary(task) if task else None,
         "archived": archived,
         "dependents": [t.id for t in doc.tasks if task_id in t.depends_on],
-        "timeline": timeline,
-        "timeline_total": feed.matched,
+        "timeline": [item.event for item in timeline],
+        "timeline_total": total,
     }
 
 

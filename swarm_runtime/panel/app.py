@@ -1,8 +1,9 @@
 """control_panel.py: the operator's page on 127.0.0.1.
 
 The page watches the runtime through the files the runtime itself writes: queue.json
-(read and changed through the worker's own store and lock), execution_log.jsonl
-(followed by byte offset, see log_tail), the review queue, the audit trails, the
+(read and changed through the worker's own store and lock), the events (the
+workspace's execution_log.jsonl by byte offset or, with a database, every host's rows by
+id; see store.events.event_source), the review queue, the audit trails, the
 reward ledger and the workers' presence files. It keeps no copy of its own, so after a
 restart it shows exactly what happened before.
 

@@ -2,12 +2,14 @@
 
 The panel keeps no copy of the truth: queue.json is read through the worker's own
 store, without its lock (parsed again only when replaced), and the logs are followed
-incrementally by byte offset, in the background and, a block at a time, by the requests
-themselves.
+incrementally, in the background and, a block at a time, by the requests themselves:
+the audit trails by byte offset, the events through their source (store.events), the
+workspace's log or, with a database, every host's rows.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from collections.abc import Callable, Hashable
@@ -21,16 +23,18 @@ from swarm_runtime.llm.budget import BudgetLedger
 from swarm_runtime.panel.audit import SafetyBlocks, SpendSeries
 from swarm_runtime.panel.errors import refusal
 from swarm_runtime.panel.guards import SecretScrubber
-from swarm_runtime.panel.log_tail import READ_BLOCK_BYTES, JsonlFold, LogIndex
+from swarm_runtime.panel.log_tail import READ_BLOCK_BYTES, JsonlFold
 from swarm_runtime.panel.probe import ApiProbe
 from swarm_runtime.phases import quality_gate
 from swarm_runtime.phases.rewards import Balances, RewardLedger, parse_state
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.documents import SharedDocument, documents_for
-from swarm_runtime.store.events import EventLog
+from swarm_runtime.store.event_source import EventSource, Outage
+from swarm_runtime.store.events import EventLog, event_source
 from swarm_runtime.store.state_files import Workspace
 
+log = logging.getLogger("control_panel")
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -113,7 +117,8 @@ class Panel:
         self.streams = StreamSlots(MAX_STREAMS)
         self.probe = ApiProbe()
         self.budget = BudgetLedger(ws, settings.budget_limit, self.documents.budget)
-        self.index = LogIndex(ws.log_path)
+        self.index = event_source(ws, self.documents.database)
+        self.outage = Outage()
         self.spend = SpendSeries()
         self.safety = SafetyBlocks()
         self.spend_log = JsonlFold(ws.api_audit_path, self.spend.add, self.spend.forget)
@@ -127,7 +132,7 @@ class Panel:
         self.balances = state_cache(shared.balances, Balances)
 
     @property
-    def followers(self) -> tuple[LogIndex, JsonlFold, JsonlFold]:
+    def followers(self) -> tuple[EventSource | JsonlFold, ...]:
         return self.index, self.spend_log, self.safety_log
 
     def follow(self) -> None:
@@ -137,13 +142,26 @@ class Panel:
         with the first indexing of a large log instead of waiting for all of it."""
         while not self.stop.is_set():
             for follower in self.followers:
-                while follower.refresh(READ_BLOCK_BYTES) and not self.stop.is_set():
+                while self._refresh(follower, READ_BLOCK_BYTES) and not self.stop.is_set():
                     pass
             self.stop.wait(INDEX_INTERVAL_SECONDS)
 
-    def catch_up(self, follower: LogIndex | JsonlFold | None = None) -> None:
+    def catch_up(self, follower: EventSource | JsonlFold | None = None) -> None:
         """Read what was appended since the last look, so an answer is never stale."""
-        (follower or self.index).refresh(REQUEST_INDEX_BYTES)
+        self._refresh(follower or self.index, REQUEST_INDEX_BYTES)
+
+    def _refresh(self, follower: EventSource | JsonlFold, budget: int) -> int:
+        """A database that is away leaves the summaries as they were last read: the
+        header says the store is unreachable, and reading goes on once it is back."""
+        try:
+            read = follower.refresh(budget)
+        except StoreUnavailable as exc:
+            if self.outage.began(exc):
+                log.warning("events not read while the database is away: %s", exc)
+            return 0
+        if self.outage.ended():
+            log.info("the database is back: reading events again")
+        return read
 
     def close(self) -> None:
         self.stop.set()

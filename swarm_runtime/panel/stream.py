@@ -1,9 +1,11 @@
 """The live event stream: server-sent events, and long polling for clients without them.
 
 Both start with a backlog (or what followed the client's cursor) and then send each
-event appended to execution_log.jsonl, read through the log index by byte offset.
-A cursor is `epoch:offset`; one from an older epoch (the log was rotated or
-truncated) makes the client start over with a `reset`.
+new event, read through the panel's event source: execution_log.jsonl by byte offset,
+or with a database every host's events by row id. A cursor is `epoch:position`; one
+from another epoch (the log was rotated or truncated) makes the client start over with
+a `reset`. While the database is away a stream says so once (`unavailable`), keeps its
+cursor, and goes on from it when the database is back (`available`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import Any
 
 from flask import Response
 
-from swarm_runtime.panel.log_tail import EventPage, IndexedEvent
+from swarm_runtime.errors import StoreUnavailable
 from swarm_runtime.panel.state import Panel
+from swarm_runtime.store.event_source import EventPage, IndexedEvent, Outage
 
 STREAM_POLL_SECONDS = 0.2
 STREAM_KEEPALIVE_SECONDS = 15.0
@@ -53,9 +56,16 @@ def parse_cursor(token: str | None) -> tuple[int | None, str | None]:
         return -1, None
 
 
-def sse(data: dict[str, Any], *, event_id: str, kind: str | None = None) -> str:
+def sse(data: dict[str, Any], *, event_id: str | None, kind: str | None = None) -> str:
+    """One server-sent event; without an id, the client's Last-Event-ID stays as it was."""
     head = f"event: {kind}\n" if kind else ""
-    return f"{head}id: {event_id}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    head += f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def unavailable(error: StoreUnavailable) -> str:
+    text = f"the event store is unreachable: {error}; the stream goes on once it is back"
+    return sse({"error": text, "retryable": True}, event_id=None, kind="unavailable")
 
 
 def sse_page(page: EventPage) -> Iterator[str]:
@@ -69,8 +79,37 @@ def first_page(panel: Panel, cursor: int | None, epoch: str | None, limit: int) 
     """The backlog for a new client; what followed its cursor for a returning one."""
     panel.catch_up()
     if cursor is None:
-        return panel.index.backlog(limit)
+        return panel.index.latest(limit)
     return panel.index.events_after(cursor, limit, epoch)
+
+
+class StreamPosition:
+    """Where one stream is in the events: its first page, then each page after the last.
+
+    A failed read leaves the position where it was, so the stream resumes from the
+    same cursor once the database is back, without a gap or a repeat."""
+
+    def __init__(self, panel: Panel, cursor: int | None, epoch: str | None, backlog: int):
+        self.panel = panel
+        self.start = (cursor, epoch, backlog if cursor is None else MAX_EVENTS_PER_PAGE)
+        self.page: EventPage | None = None
+        self.outage = Outage()
+
+    def advance(self) -> tuple[str, bool]:
+        """The text to send next, and whether more events are waiting already."""
+        try:
+            page = self._next_page()
+        except StoreUnavailable as exc:
+            return (unavailable(exc) if self.outage.began(exc) else ""), False
+        back = sse({}, event_id=None, kind="available") if self.outage.ended() else ""
+        self.page = page
+        return back + "".join(sse_page(page)), page.more
+
+    def _next_page(self) -> EventPage:
+        if self.page is None:
+            return first_page(self.panel, *self.start)
+        self.panel.catch_up()
+        return self.panel.index.events_after(self.page.cursor, MAX_EVENTS_PER_PAGE, self.page.epoch)
 
 
 def event_stream(
@@ -88,23 +127,21 @@ def event_stream(
     reconnects by itself, sending the id of the last event it got."""
     ended = ended or panel.stop
     yield f"retry: {STREAM_RETRY_MS}\n\n"
-    page = first_page(panel, cursor, epoch, backlog if cursor is None else MAX_EVENTS_PER_PAGE)
+    position = StreamPosition(panel, cursor, epoch, backlog)
     deadline = time.monotonic() + lifetime
     quiet_since = time.monotonic()
     while True:
-        chunk = "".join(sse_page(page))
+        chunk, more = position.advance()
         if chunk:
             quiet_since = time.monotonic()
             yield panel.scrub(chunk)
         elif time.monotonic() - quiet_since > STREAM_KEEPALIVE_SECONDS:
             quiet_since = time.monotonic()
             yield ": keepalive\n\n"
-        if not page.more and (
+        if not more and (
             ended.wait(STREAM_POLL_SECONDS) or panel.stop.is_set() or time.monotonic() > deadline
         ):
             return
-        panel.catch_up()
-        page = panel.index.events_after(page.cursor, MAX_EVENTS_PER_PAGE, page.epoch)
 
 
 def stream_response(panel: Panel, cursor: int | None, epoch: str | None, backlog: int) -> Response:

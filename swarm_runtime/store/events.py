@@ -1,7 +1,7 @@
 """Appending lifecycle events to execution_log.jsonl in the contract's shape, and, with a
 database, to its `swarm_events` table too: one log for every host, each event a row whose
-increasing id is a reader's cursor. The workspace's file stays as it was, so every view
-of this host's events reads what it always read."""
+increasing id is a reader's cursor. The workspace's file keeps this host's events either
+way; `event_source` picks what readers read, the database's rows when there is one."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from swarm_runtime.contract import (
     Status,
 )
 from swarm_runtime.errors import StoreUnavailable
+from swarm_runtime.store.event_rows import RowIndex
+from swarm_runtime.store.event_source import EventSource
+from swarm_runtime.store.log_index import LogIndex
 from swarm_runtime.store.state_files import Workspace, append_line, json_line
 
 if TYPE_CHECKING:
@@ -123,3 +126,13 @@ class DatabaseEvents:
         while batch := self.read(cursor):
             for cursor, record in batch:  # noqa: B007 (the last id is the next cursor)
                 yield json_line(record)
+
+
+def event_source(
+    workspace: Workspace, database: Database | None, *, summaries: bool = True
+) -> EventSource:
+    """What this host reads events from: the database's rows, which every host writes,
+    or else the workspace's own file. `summaries` (see RowIndex) costs nothing on a file."""
+    if database is None:
+        return LogIndex(workspace.log_path)
+    return RowIndex(database, summaries=summaries)

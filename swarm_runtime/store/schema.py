@@ -149,6 +149,8 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO swarm_dependencies (dependency, task_id)
         SELECT DISTINCT json_array_elements_text(doc -> 'depends_on'), id FROM swarm_tasks
         WHERE json_typeof(doc -> 'depends_on') = 'array';
+    CREATE INDEX swarm_events_status ON swarm_events (status, id);
+    CREATE INDEX swarm_events_worker ON swarm_events (worker_id, id);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
