@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import CodeType
@@ -21,7 +22,11 @@ from typing import Any
 import pytest
 from fake_llm_server import FakeLLMServer
 
+from swarm_runtime.contract import QueueDocument
+from swarm_runtime.queue.transfer import export_queue
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import documents_for
+from swarm_runtime.store.events import DatabaseEvents
 from swarm_runtime.store.state_files import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,8 +129,9 @@ def start_process(
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[..., RunningProcess]]:
-    """Start real processes; on teardown SIGTERM each and assert it exits cleanly."""
+def spawn(backend: Backend) -> Iterator[Callable[..., RunningProcess]]:
+    """Start real processes; on teardown SIGTERM each and assert it exits cleanly. Set up
+    after the store, so the processes stop before their database is dropped."""
     started: list[RunningProcess] = []
 
     def _spawn(args: list[str], env: dict[str, str], **kwargs: Any) -> RunningProcess:
@@ -144,9 +150,9 @@ def spawn() -> Iterator[Callable[..., RunningProcess]]:
 
 
 @pytest.fixture
-def api(spawn: Callable[..., RunningProcess], workspace: Workspace) -> RunningProcess:
+def api(spawn: Callable[..., RunningProcess], backend: Backend) -> RunningProcess:
     """A real swarm.py on a free port with the offline provider."""
-    return spawn(["swarm.py", "--port", "0"], child_env(workspace))
+    return spawn(["swarm.py", "--port", "0"], backend.env())
 
 
 SCRIPTED_MODEL = "gpt-4o-mini"
@@ -161,11 +167,9 @@ def provider() -> Iterator[FakeLLMServer]:
 
 
 @pytest.fixture
-def api_url(
-    spawn: Callable[..., RunningProcess], workspace: Workspace, provider: FakeLLMServer
-) -> str:
+def api_url(spawn: Callable[..., RunningProcess], backend: Backend, provider: FakeLLMServer) -> str:
     """A real swarm.py whose model is the scripted provider."""
-    env = child_env(workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL=SCRIPTED_MODEL)
+    env = backend.env(SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL=SCRIPTED_MODEL)
     url = spawn(["swarm.py", "--port", "0"], env).url
     assert url is not None
     return url
@@ -246,6 +250,8 @@ def starts_processes(item: pytest.Item) -> bool:
         return False
     if "postgres_cluster" in item.fixturenames:  # a PostgreSQL server of its own
         return True
+    if getattr(item, "callspec", None) and item.callspec.params.get("backend") == "postgres":
+        return True
     fixtures = item._fixtureinfo.name2fixturedefs.values()
     functions = [item.function, *(fixture.func for defs in fixtures for fixture in defs)]
     seen: set[Callable[..., Any]] = set()
@@ -302,3 +308,127 @@ def database_url(postgres_cluster: Any) -> Iterator[str]:
     name = postgres_cluster.fresh_database()
     yield postgres_cluster.url(name)
     postgres_cluster.drop(name)
+
+
+# --- the store a test runs on -------------------------------------------------------------
+
+BACKENDS = ("files", "postgres")
+# Runs a test once on the workspace's files and once on a PostgreSQL database of its own.
+on_both_backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+
+
+class Backend(ABC):
+    """Where the runtime keeps its state, as a test drives and reads it: the environment
+    that puts a child process on it, and the queue, events and shared documents seen
+    the same way whichever store holds them."""
+
+    def __init__(self, workspace: Workspace, database_url: str | None = None):
+        self.workspace = workspace
+        self.settings = Settings(workspace=workspace.root, database_url=database_url)
+        # The budget, the pause switch, the quality gate and the rewards, where the
+        # runtime itself keeps them.
+        self.documents = documents_for(self.settings, workspace)
+        self.database = self.documents.database
+
+    def env(self, workspace: Workspace | None = None, **extra: str) -> dict[str, str]:
+        return child_env(workspace or self.workspace, **self.variables(), **extra)
+
+    def variables(self) -> dict[str, str]:
+        """What a child's environment adds to use this store."""
+        url = self.settings.database_url
+        return {} if url is None else {"SWARM_DATABASE_URL": url.get_secret_value()}
+
+    def run_worker(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return run_worker(self.workspace, *args, **self.variables(), **env)
+
+    def close(self) -> None:
+        self.documents.close()
+
+    @abstractmethod
+    def seed(self, tasks: list[dict[str, Any]], endpoint: str) -> None:
+        """Fill the empty queue with `tasks`, run through the API at `endpoint`."""
+
+    @abstractmethod
+    def queue(self) -> dict[str, Any]:
+        """The queue as a queue.json document."""
+
+    @abstractmethod
+    def archived(self) -> list[dict[str, Any]]:
+        """The finished tasks retention moved out of the queue, oldest first."""
+
+    @abstractmethod
+    def events(self) -> list[dict[str, Any]]:
+        """Every event, in the order it was logged."""
+
+    @abstractmethod
+    def workspaces(self, count: int) -> list[Workspace]:
+        """Workspaces for `count` processes sharing this store."""
+
+
+class FileBackend(Backend):
+    """queue.json, queue_archive.jsonl and execution_log.jsonl, read as the files they are."""
+
+    def seed(self, tasks: list[dict[str, Any]], endpoint: str) -> None:
+        write_queue(self.workspace, tasks, endpoint)
+
+    def queue(self) -> dict[str, Any]:
+        return read_queue(self.workspace)
+
+    def archived(self) -> list[dict[str, Any]]:
+        path = self.workspace.queue_archive_path
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_events(self.workspace)
+
+    def workspaces(self, count: int) -> list[Workspace]:
+        """On files, processes share the store by sharing the workspace."""
+        return [self.workspace] * count
+
+
+class DatabaseBackend(Backend):
+    """The queue, the events and the shared documents in one database, read through the
+    runtime's store classes; the queue as `swarm export` shows it."""
+
+    def __init__(self, workspace: Workspace, database_url: str):
+        from swarm_runtime.queue.postgres import PostgresQueueStore
+
+        super().__init__(workspace, database_url)
+        assert self.database is not None
+        self.store = PostgresQueueStore(self.database)
+
+    def seed(self, tasks: list[dict[str, Any]], endpoint: str) -> None:
+        document = QueueDocument.model_validate({"api_endpoint": endpoint, "tasks": tasks})
+        self.store.import_queue(document)
+
+    def queue(self) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(export_queue(self.store, review_enabled=True))
+        return document
+
+    def archived(self) -> list[dict[str, Any]]:
+        assert self.database is not None
+        with self.database.transaction() as conn:
+            rows = conn.execute("SELECT doc FROM swarm_archive ORDER BY archived").fetchall()
+        return [doc for (doc,) in rows]
+
+    def events(self) -> list[dict[str, Any]]:
+        assert self.database is not None
+        return [json.loads(line) for line in DatabaseEvents(self.database).lines()]
+
+    def workspaces(self, count: int) -> list[Workspace]:
+        """A workspace each, as on different hosts: the database is what they share."""
+        others = [Workspace(self.workspace.root.with_name(f"host-{n}")) for n in range(1, count)]
+        for other in others:
+            other.ensure_layout()
+        return [self.workspace, *others]
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, workspace: Workspace) -> Iterator[Backend]:
+    """The workspace's files, unless `on_both_backends` asks for PostgreSQL too."""
+    if getattr(request, "param", "files") == "files":
+        chosen: Backend = FileBackend(workspace)
+    else:
+        chosen = DatabaseBackend(workspace, request.getfixturevalue("database_url"))
+    yield chosen
+    chosen.close()

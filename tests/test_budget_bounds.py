@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import RunningProcess, child_env, wait_until
+from conftest import Backend, RunningProcess, on_both_backends, wait_until
 from fake_llm_server import FakeLLMServer
 from pydantic import SecretStr
 
@@ -263,18 +263,16 @@ def test_the_api_defaults_max_tokens_within_its_cap_and_refuses_above_it(
         assert "SWARM_MAX_OUTPUT_TOKENS (256)" in reply.get_json()["error"]
 
 
+@on_both_backends
 def test_an_api_killed_mid_call_is_charged_the_hold_not_refunded(
-    tmp_path: Path, spawn: Callable[..., RunningProcess]
+    tmp_path: Path, spawn: Callable[..., RunningProcess], backend: Backend, workspace: Workspace
 ) -> None:
     """kill -9 after the request reached the provider: the restarted API used to release
     the hold, the retry was paid again, and the ledger ended one paid call short."""
-    workspace = Workspace(tmp_path / "ws")
-    workspace.ensure_layout()
     body = {"prompt": PROMPT, "mode": "llm", "max_tokens": 16, "task_id": "crashed"}
     with FakeLLMServer(usage=(10, 4)) as server:
         settings = api_settings(workspace, server, tmp_path)
-        env = child_env(
-            workspace,
+        env = backend.env(
             SWARM_LLM_BASE_URL=server.url,
             SWARM_LLM_MODEL=MODEL,
             SWARM_PRICES_FILE=str(settings.prices_file),
@@ -297,12 +295,12 @@ def test_an_api_killed_mid_call_is_charged_the_hold_not_refunded(
         first.proc.wait(timeout=10)
         server.gate.set()
         caller.join(timeout=30)
-        [held] = ledger_of(workspace).reservations.values()
+        [held] = ledger_of(backend).reservations.values()
 
         second = spawn(["swarm.py", "--port", "0"], env)
         retried = requests.post(second.url + "/cycle", json=body, headers=token, timeout=30)
         assert retried.status_code == 200, retried.text
-    final = ledger_of(workspace)
+    final = ledger_of(backend)
     assert final.reservations == {}
     assert final.spent == pytest.approx(held.amount + PRICE.cost(10, 4))
     assert final.tasks.spent["crashed"] == pytest.approx(final.spent)
@@ -313,5 +311,5 @@ def test_an_api_killed_mid_call_is_charged_the_hold_not_refunded(
     assert held.sent, "the hold was not marked as possibly billed"
 
 
-def ledger_of(workspace: Workspace) -> LedgerDocument:
-    return LedgerDocument.model_validate_json(workspace.budget_ledger_path.read_bytes())
+def ledger_of(backend: Backend) -> LedgerDocument:
+    return LedgerDocument.model_validate(backend.documents.budget.read(dict))

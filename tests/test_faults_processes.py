@@ -17,18 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import (
-    RunningProcess,
-    child_env,
-    read_events,
-    read_queue,
-    wait_until,
-    write_queue,
-)
+from conftest import Backend, RunningProcess, on_both_backends, wait_until
 from fake_llm_server import FakeLLMServer
 from helpers.faults_queue_churn import FEEDER_ID, is_failing, task_spec
-
-from swarm_runtime.store.state_files import Workspace
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
 AUTHOR_MODEL = "gpt-4o-mini"
@@ -38,12 +29,12 @@ API_RETRIES = "5"  # backoff 0.5+1+2+4+8 s: room for a new swarm.py to start on 
 FINAL = {"approved", "completed", "failed", "safety_blocked", "cancelled"}
 
 
-def task_record(workspace: Workspace, task_id: str) -> dict[str, Any]:
-    return next(t for t in read_queue(workspace)["tasks"] if t["id"] == task_id)
+def task_record(backend: Backend, task_id: str) -> dict[str, Any]:
+    return next(t for t in backend.queue()["tasks"] if t["id"] == task_id)
 
 
-def status_of(workspace: Workspace, task_id: str) -> str:
-    return task_record(workspace, task_id)["status"]
+def status_of(backend: Backend, task_id: str) -> str:
+    return task_record(backend, task_id)["status"]
 
 
 def free_port() -> int:
@@ -58,9 +49,8 @@ def kill_hard(process: RunningProcess) -> None:
     process.proc.wait(timeout=10)
 
 
-def provider_env(workspace: Workspace, provider: FakeLLMServer, **extra: str) -> dict[str, str]:
-    return child_env(
-        workspace,
+def provider_env(backend: Backend, provider: FakeLLMServer, **extra: str) -> dict[str, str]:
+    return backend.env(
         SWARM_LLM_BASE_URL=provider.url,
         SWARM_LLM_MODEL=AUTHOR_MODEL,
         SWARM_POLL_INTERVAL="0.05",
@@ -68,23 +58,24 @@ def provider_env(workspace: Workspace, provider: FakeLLMServer, **extra: str) ->
     )
 
 
+@on_both_backends
 def test_a_worker_killed_mid_task_is_reclaimed_and_the_task_finishes_once(
-    spawn: Callable[..., RunningProcess], workspace: Workspace
+    spawn: Callable[..., RunningProcess], backend: Backend
 ) -> None:
     with FakeLLMServer(delay=PROVIDER_DELAY) as provider:
-        env = provider_env(workspace, provider, SWARM_LEASE_SECONDS=SHORT_LEASE)
+        env = provider_env(backend, provider, SWARM_LEASE_SECONDS=SHORT_LEASE)
         api = spawn(["swarm.py", "--port", "0"], env)
-        write_queue(workspace, [{"id": "slow", "prompt": "Write a haiku about leases"}], api.url)
+        backend.seed([{"id": "slow", "prompt": "Write a haiku about leases"}], str(api.url))
         doomed = spawn(["worker.py", "--worker-id", "doomed"], env, wait_for_url=False)
         wait_until(lambda: provider.requests, timeout=20)
-        assert status_of(workspace, "slow") == "in_progress"
+        assert status_of(backend, "slow") == "in_progress"
         kill_hard(doomed)
 
         rescuer = spawn(["worker.py", "--worker-id", "rescuer"], env, wait_for_url=False)
-        wait_until(lambda: status_of(workspace, "slow") in FINAL, timeout=30)
+        wait_until(lambda: status_of(backend, "slow") in FINAL, timeout=30)
         assert rescuer.stop() == 0
 
-    events = [e for e in read_events(workspace) if e["task_id"] == "slow"]
+    events = [e for e in backend.events() if e["task_id"] == "slow"]
     assert [(e["status"], e["worker_id"]) for e in events] == [
         ("in_progress", "doomed"),
         ("lease_expired", "rescuer"),
@@ -100,34 +91,35 @@ def test_a_worker_killed_mid_task_is_reclaimed_and_the_task_finishes_once(
     assert [e["attempt"] for e in events if e["status"] == "in_progress"] == [1, 2]
     # Two executions, one per lease: the doomed worker's answer was lost with it.
     assert len(provider.requests) == 2
-    task = task_record(workspace, "slow")
+    task = task_record(backend, "slow")
     assert (task["status"], task["attempts"], task["lease"]) == ("approved", 2, None)
-    queue = read_queue(workspace)
+    queue = backend.queue()
     assert queue["completed"] == ["slow"] and queue["failed"] == []
 
 
+@on_both_backends
 def test_a_frozen_worker_loses_its_expired_lease_and_records_nothing_after_it(
-    spawn: Callable[..., RunningProcess], workspace: Workspace
+    spawn: Callable[..., RunningProcess], backend: Backend
 ) -> None:
     """The holder is alive but silent (stopped): only the lease's expiry frees the task,
     and when the holder wakes up it must not record a second outcome."""
     with FakeLLMServer(delay=PROVIDER_DELAY) as provider:
-        env = provider_env(workspace, provider, SWARM_LEASE_SECONDS=SHORT_LEASE)
+        env = provider_env(backend, provider, SWARM_LEASE_SECONDS=SHORT_LEASE)
         api = spawn(["swarm.py", "--port", "0"], env)
-        write_queue(workspace, [{"id": "stuck", "prompt": "Write a haiku about clocks"}], api.url)
+        backend.seed([{"id": "stuck", "prompt": "Write a haiku about clocks"}], str(api.url))
         frozen = spawn(["worker.py", "--worker-id", "frozen"], env, wait_for_url=False)
         wait_until(lambda: provider.requests, timeout=20)
         frozen.proc.send_signal(signal.SIGSTOP)
 
         rescuer = spawn(["worker.py", "--worker-id", "rescuer"], env, wait_for_url=False)
-        wait_until(lambda: status_of(workspace, "stuck") in FINAL, timeout=30)
+        wait_until(lambda: status_of(backend, "stuck") in FINAL, timeout=30)
         frozen.proc.send_signal(signal.SIGCONT)
         wait_until(
             lambda: "lost the lease" in frozen.output or "new holder" in frozen.output, timeout=20
         )
         assert frozen.stop() == 0 and rescuer.stop() == 0
 
-    events = [e for e in read_events(workspace) if e["task_id"] == "stuck"]
+    events = [e for e in backend.events() if e["task_id"] == "stuck"]
     by_worker = Counter((e["worker_id"], e["status"]) for e in events)
     assert by_worker[("rescuer", "lease_expired")] == 1
     reclaim = next(e for e in events if e["status"] == "lease_expired")
@@ -147,58 +139,53 @@ def test_a_frozen_worker_loses_its_expired_lease_and_records_nothing_after_it(
         e["attempt"] for e in events if e["worker_id"] == "rescuer" and e["status"] == "completed"
     ] == [2]
     assert len(provider.requests) == 2
-    task = task_record(workspace, "stuck")
+    task = task_record(backend, "stuck")
     assert (task["status"], task["attempts"], task["lease"]) == ("approved", 2, None)
-    assert read_queue(workspace)["completed"] == ["stuck"]
+    assert backend.queue()["completed"] == ["stuck"]
 
 
-def api_retries(workspace: Workspace, task_id: str) -> list[dict[str, Any]]:
+def api_retries(backend: Backend, task_id: str) -> list[dict[str, Any]]:
     return [
-        e
-        for e in read_events(workspace)
-        if e["task_id"] == task_id and e.get("api_retry") is not None
+        e for e in backend.events() if e["task_id"] == task_id and e.get("api_retry") is not None
     ]
 
 
+@on_both_backends
 def test_the_api_killed_mid_request_is_retried_once_it_is_back(
-    spawn: Callable[..., RunningProcess], workspace: Workspace
+    spawn: Callable[..., RunningProcess], backend: Backend
 ) -> None:
     """The failure is an event while the worker still holds the task; a new swarm.py on the
     same port then gets the retry, and the task finishes in its first attempt."""
     port = free_port()
     with FakeLLMServer(delay=PROVIDER_DELAY) as provider:
-        env = provider_env(workspace, provider, SWARM_API_RETRIES=API_RETRIES)
+        env = provider_env(backend, provider, SWARM_API_RETRIES=API_RETRIES)
         first_api = spawn(["swarm.py", "--port", str(port)], env)
-        write_queue(
-            workspace, [{"id": "t", "prompt": "Write a haiku about restarts"}], first_api.url
-        )
+        backend.seed([{"id": "t", "prompt": "Write a haiku about restarts"}], str(first_api.url))
         worker = spawn(["worker.py", "--worker-id", "w"], env, wait_for_url=False)
         wait_until(lambda: provider.requests, timeout=20)
         kill_hard(first_api)
 
-        wait_until(lambda: api_retries(workspace, "t"), timeout=20)
-        assert status_of(workspace, "t") == "in_progress"
+        wait_until(lambda: api_retries(backend, "t"), timeout=20)
+        assert status_of(backend, "t") == "in_progress"
         second_api = spawn(["swarm.py", "--port", str(port)], env)
         assert second_api.url == first_api.url
-        wait_until(lambda: status_of(workspace, "t") in FINAL, timeout=40)
+        wait_until(lambda: status_of(backend, "t") in FINAL, timeout=40)
         assert worker.stop() == 0
 
-    retries = api_retries(workspace, "t")
+    retries = api_retries(backend, "t")
     assert 1 <= len(retries) <= int(API_RETRIES)
     assert [r["api_retry"] for r in retries] == list(range(1, len(retries) + 1))
     assert all("cannot connect to the execution API" in r["errors"] for r in retries)
     assert all(r["attempt"] == 1 and r["retry_in"] > 0 for r in retries)
     outcomes = [
-        e["status"]
-        for e in read_events(workspace)
-        if e["task_id"] == "t" and e.get("api_retry") is None
+        e["status"] for e in backend.events() if e["task_id"] == "t" and e.get("api_retry") is None
     ]
     assert outcomes == ["in_progress", "completed", "pending_review", "approved"]
     # The first API died holding the provider's answer; the retry asked again, once.
     assert len(provider.requests) == 2
-    task = task_record(workspace, "t")
+    task = task_record(backend, "t")
     assert (task["status"], task["attempts"], task["lease"]) == ("approved", 1, None)
-    queue = read_queue(workspace)
+    queue = backend.queue()
     assert queue["completed"] == ["t"] and queue["failed"] == []
 
 
@@ -208,26 +195,20 @@ PRELOADED = 100
 WORKERS = 4
 
 
-def archived_tasks(workspace: Workspace) -> list[dict[str, Any]]:
-    path = workspace.queue_archive_path
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def all_final(workspace: Workspace) -> bool:
-    queue = read_queue(workspace)
+def all_final(backend: Backend) -> bool:
+    queue = backend.queue()
     return len(set(queue["completed"]) | set(queue["failed"])) == TOTAL_TASKS and all(
         t["status"] in FINAL for t in queue["tasks"]
     )
 
 
+@on_both_backends
 def test_four_workers_drain_500_tasks_while_another_process_adds_and_requeues(
-    spawn: Callable[..., RunningProcess], workspace: Workspace, tmp_path: Path
+    spawn: Callable[..., RunningProcess], backend: Backend, tmp_path: Path
 ) -> None:
-    env = child_env(
-        workspace, SWARM_REVIEW="0", SWARM_QUEUE_RETAIN="50", SWARM_POLL_INTERVAL="0.05"
-    )
+    env = backend.env(SWARM_REVIEW="0", SWARM_QUEUE_RETAIN="50", SWARM_POLL_INTERVAL="0.05")
     api = spawn(["swarm.py", "--port", "0"], env)
-    write_queue(workspace, [task_spec(i) for i in range(PRELOADED)], api.url)
+    backend.seed([task_spec(i) for i in range(PRELOADED)], str(api.url))
     reader = spawn([CHURN, "read", str(tmp_path / "reads.json")], env, wait_for_url=False)
     wait_until(lambda: "reading" in reader.output, timeout=20)
     started = time.monotonic()
@@ -241,7 +222,7 @@ def test_four_workers_drain_500_tasks_while_another_process_adds_and_requeues(
         wait_for_url=False,
     )
     assert feeder.proc.wait(timeout=120) == 0, feeder.output
-    wait_until(lambda: all_final(workspace), timeout=60, interval=0.1)
+    wait_until(lambda: all_final(backend), timeout=60, interval=0.1)
     elapsed = time.monotonic() - started
     assert [w.stop() for w in workers] == [0] * WORKERS
     assert reader.stop() == 0
@@ -249,7 +230,7 @@ def test_four_workers_drain_500_tasks_while_another_process_adds_and_requeues(
     reads = json.loads((tmp_path / "reads.json").read_text())
     print(
         f"{TOTAL_TASKS} tasks in {elapsed:.1f}s ({TOTAL_TASKS / elapsed:.1f} tasks/s); "
-        f"{len(fed['requeued'])} requeued; queue.json read {reads['reads']} times, "
+        f"{len(fed['requeued'])} requeued; the queue read {reads['reads']} times, "
         f"{reads['versions']} versions"
     )
     assert reads["problems"] == [] and reads["versions"] >= 50, reads
@@ -258,9 +239,9 @@ def test_four_workers_drain_500_tasks_while_another_process_adds_and_requeues(
     assert len(fed["added"]) == TOTAL_TASKS - PRELOADED
     assert fed["requeued"] and set(fed["requeued"]) | set(fed["left_failed"]) == failing
 
-    # Every task is exactly once in queue.json or the archive, in one final state.
-    queue = read_queue(workspace)
-    records = queue["tasks"] + archived_tasks(workspace)
+    # Every task is exactly once in the queue or its archive, in one final state.
+    queue = backend.queue()
+    records = queue["tasks"] + backend.archived()
     assert sorted(t["id"] for t in records) == sorted(expected)
     statuses = {t["id"]: t["status"] for t in records}
     assert {tid for tid, s in statuses.items() if s == "failed"} == failing
@@ -269,7 +250,7 @@ def test_four_workers_drain_500_tasks_while_another_process_adds_and_requeues(
     assert sorted(queue["failed"]) == sorted(failing)
 
     # Each attempt started once and ended once; only operator requeues made second ones.
-    events = read_events(workspace)
+    events = backend.events()
     assert not [e for e in events if e["status"] == "lease_expired"]
     starts = Counter(
         (e["task_id"], e["attempt"])

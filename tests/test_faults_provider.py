@@ -18,7 +18,15 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import RunningProcess, child_env, run_worker, start_process, write_queue
+from conftest import (
+    Backend,
+    RunningProcess,
+    child_env,
+    on_both_backends,
+    run_worker,
+    start_process,
+    write_queue,
+)
 from fake_llm_server import FakeLLMServer, ScriptedResponse
 
 from swarm_runtime.contract import TOKEN_HEADER
@@ -220,43 +228,54 @@ BURST = 50
 AFFORDABLE = 12
 
 
+def budget_ledger(backend: Backend) -> LedgerDocument | None:
+    """The ledger as it stands, wherever the runtime keeps it; None before its first write."""
+    raw = backend.documents.budget.read(lambda: None)
+    return None if raw is None else LedgerDocument.model_validate(raw)
+
+
+@on_both_backends
 def test_fifty_concurrent_calls_near_the_limit_never_spend_past_it(
-    tmp_path: Path, spawn: Callable[..., RunningProcess]
+    tmp_path: Path, spawn: Callable[..., RunningProcess], backend: Backend
 ) -> None:
-    """Two swarm.py processes share one ledger; every call costs exactly its hold, and the
-    limit fits 12.5 of them. A reader checks the ledger file all along: spent plus the open
-    holds never pass the limit, and in the end exactly 12 calls were served and paid."""
-    workspace = Workspace(tmp_path / "ws")
-    workspace.ensure_layout()
+    """Two swarm.py processes share one ledger (on files in their one workspace; in the
+    database from a workspace each, as on two hosts); every call costs exactly its hold,
+    and the limit fits 12.5 of them. A reader checks the ledger all along: spent plus the
+    open holds never pass the limit, and in the end exactly 12 calls were served and paid."""
     estimate = PRICE.cost(input_token_bound(PROMPT), MAX_TOKENS)
     limit = (AFFORDABLE + 0.5) * estimate
     with FakeLLMServer(usage=(input_token_bound(PROMPT), MAX_TOKENS), delay=0.1) as provider:
-        env = api_env(workspace, provider, tmp_path, SWARM_BUDGET_LIMIT=repr(limit))
-        apis = [spawn(["swarm.py", "--port", "0"], env) for _ in range(2)]
-        token = workspace.token_path.read_text().strip()
+        hosts = backend.workspaces(2)
+        limited = {"SWARM_BUDGET_LIMIT": repr(limit), **backend.variables()}
+        apis = [
+            spawn(["swarm.py", "--port", "0"], api_env(host, provider, tmp_path, **limited))
+            for host in hosts
+        ]
+        tokens = [host.token_path.read_text().strip() for host in hosts]
         start, done = threading.Barrier(BURST + 1), threading.Event()
         answers: list[requests.Response] = []
         peaks: list[float] = []
 
-        def call(api: RunningProcess) -> None:
+        def call(n: int) -> None:
             body = {"prompt": PROMPT, "model": MODEL, "max_tokens": MAX_TOKENS}
             start.wait()
             answers.append(
                 requests.post(
-                    api.url + "/cycle", json=body, headers={TOKEN_HEADER: token}, timeout=60
+                    apis[n % 2].url + "/cycle",
+                    json=body,
+                    headers={TOKEN_HEADER: tokens[n % 2]},
+                    timeout=60,
                 )
             )
 
         def watch() -> None:
             start.wait()
             while not done.is_set():
-                if workspace.budget_ledger_path.exists():
-                    ledger = LedgerDocument.model_validate_json(
-                        workspace.budget_ledger_path.read_bytes()
-                    )
+                ledger = budget_ledger(backend)
+                if ledger is not None:
                     peaks.append(ledger.spent + ledger.reserved)
 
-        threads = [threading.Thread(target=call, args=(apis[n % 2],)) for n in range(BURST)]
+        threads = [threading.Thread(target=call, args=(n,)) for n in range(BURST)]
         watcher = threading.Thread(target=watch)
         for thread in [*threads, watcher]:
             thread.start()
@@ -273,6 +292,6 @@ def test_fifty_concurrent_calls_near_the_limit_never_spend_past_it(
     )
     assert served == AFFORDABLE
     assert peaks and max(peaks) <= limit
-    final = LedgerDocument.model_validate_json(workspace.budget_ledger_path.read_bytes())
-    assert final.reservations == {}
+    final = budget_ledger(backend)
+    assert final is not None and final.reservations == {}
     assert final.spent == pytest.approx(AFFORDABLE * estimate) and final.spent <= limit

@@ -7,6 +7,7 @@ the exact text that crossed the wire.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,10 +15,8 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from conftest import RunningProcess, child_env, read_events, read_queue, run_worker, write_queue
+from conftest import BACKENDS, Backend, RunningProcess, on_both_backends
 from fake_llm_server import FakeLLMServer
-
-from swarm_runtime.store.state_files import Workspace
 
 AUTHOR_MODEL = "gpt-4o-mini"
 CRITIC_MODEL = "gpt-4o"
@@ -28,15 +27,14 @@ INTENT_HEADING = "## USER INTENT (Do not deviate)"
 class Runtime:
     provider: FakeLLMServer
     api: RunningProcess
-    workspace: Workspace
+    backend: Backend
     env: dict[str, str]
 
     def queue(self, tasks: list[dict[str, Any]]) -> None:
-        write_queue(self.workspace, tasks, self.api.url)
+        self.backend.seed(tasks, str(self.api.url))
 
     def work(self, *args: str, **env: str) -> Any:
-        result = run_worker(self.workspace, "--once", *args, **{**self.env, **env})
-        return result
+        return self.backend.run_worker("--once", *args, **{**self.env, **env})
 
     def prompts(self, model: str = AUTHOR_MODEL) -> list[str]:
         """The user message of every provider request for `model`, in arrival order."""
@@ -57,31 +55,31 @@ def on_topic(body: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def runtime(spawn: Callable[..., RunningProcess], workspace: Workspace) -> Iterator[Runtime]:
+def runtime(spawn: Callable[..., RunningProcess], backend: Backend) -> Iterator[Runtime]:
     with FakeLLMServer(responder=on_topic) as provider:
         env = {
             "SWARM_LLM_BASE_URL": provider.url,
             "SWARM_LLM_MODEL": AUTHOR_MODEL,
             "SWARM_REQUEUE_BACKOFF": "0.05",
         }
-        api = spawn(["swarm.py", "--port", "0"], child_env(workspace, **env))
-        yield Runtime(provider, api, workspace, env)
+        api = spawn(["swarm.py", "--port", "0"], backend.env(**env))
+        yield Runtime(provider, api, backend, env)
 
 
-def history(workspace: Workspace, task_id: str) -> list[str]:
-    return [e["status"] for e in read_events(workspace) if e["task_id"] == task_id]
+def history(backend: Backend, task_id: str) -> list[str]:
+    return [e["status"] for e in backend.events() if e["task_id"] == task_id]
 
 
-def events_of(workspace: Workspace, task_id: str, status: str) -> list[dict[str, Any]]:
-    return [e for e in read_events(workspace) if e["task_id"] == task_id and e["status"] == status]
+def events_of(backend: Backend, task_id: str, status: str) -> list[dict[str, Any]]:
+    return [e for e in backend.events() if e["task_id"] == task_id and e["status"] == status]
 
 
-def task_record(workspace: Workspace, task_id: str) -> dict[str, Any]:
-    return next(t for t in read_queue(workspace)["tasks"] if t["id"] == task_id)
+def task_record(backend: Backend, task_id: str) -> dict[str, Any]:
+    return next(t for t in backend.queue()["tasks"] if t["id"] == task_id)
 
 
-def identity_tokens(workspace: Workspace, identity: str) -> int:
-    balances = json.loads(workspace.balances_path.read_text())
+def identity_tokens(backend: Backend, identity: str) -> int:
+    balances = backend.documents.balances.read(dict)
     entry = balances["identities"][identity]
     return entry["free_time_tokens"] + entry["journal_tokens"]
 
@@ -89,18 +87,19 @@ def identity_tokens(workspace: Workspace, identity: str) -> int:
 # --- phase 2: review ------------------------------------------------------------------------
 
 
+@on_both_backends
 def test_good_work_is_reviewed_approved_mirrored_and_rewarded(runtime: Runtime) -> None:
     runtime.queue(
         [{"id": "haiku", "prompt": "Write a haiku about message queues", "max_budget": 0.2}]
     )
     result = runtime.work()
     assert result.returncode == 0, result.stdout + result.stderr
-    ws = runtime.workspace
-    assert history(ws, "haiku") == ["in_progress", "completed", "pending_review", "approved"]
-    review = events_of(ws, "haiku", "pending_review")[0]
+    store = runtime.backend
+    assert history(store, "haiku") == ["in_progress", "completed", "pending_review", "approved"]
+    review = events_of(store, "haiku", "pending_review")[0]
     assert review["review_verdict"] == "APPROVE" and review["review_issues"] == []
     assert review["review_confidence"] > 0.5 and review["review_attempt"] == 0
-    approved = events_of(ws, "haiku", "approved")[0]
+    approved = events_of(store, "haiku", "approved")[0]
     assert approved["quality_gate_status"] == "needs_qa"
     assert approved["quality_gate_decision"] == "approved"
     assert approved["quality_gate_change_id"] == "haiku"
@@ -108,13 +107,16 @@ def test_good_work_is_reviewed_approved_mirrored_and_rewarded(runtime: Runtime) 
     assert approved["phase5_reward_reason"] == "worker_approved_under_budget:haiku"
     assert approved["phase5_reward_identity"] == "resident_default"
     assert approved["result_summary"].startswith("Done.")
-    gate = json.loads(ws.quality_gate_path.read_text())
+    gate = store.documents.quality_gate.read(dict)
     assert gate["changes"]["haiku"]["status"] == "needs_qa"
-    assert task_record(ws, "haiku")["status"] == "approved"
-    assert "haiku" in read_queue(ws)["completed"]
-    assert identity_tokens(ws, "resident_default") == approved["phase5_reward_tokens_awarded"] > 0
+    assert task_record(store, "haiku")["status"] == "approved"
+    assert "haiku" in store.queue()["completed"]
+    assert (
+        identity_tokens(store, "resident_default") == approved["phase5_reward_tokens_awarded"] > 0
+    )
 
 
+@on_both_backends
 def test_rejected_work_is_retried_with_feedback_then_fails_at_the_limit(runtime: Runtime) -> None:
     bad_answers = iter(
         [
@@ -127,11 +129,11 @@ def test_rejected_work_is_retried_with_feedback_then_fails_at_the_limit(runtime:
     runtime.queue([{"id": "parser", "prompt": "Write a tokenizer for arithmetic expressions"}])
     result = runtime.work()
     assert result.returncode == 0, result.stdout + result.stderr
-    ws = runtime.workspace
+    store = runtime.backend
     assert len(runtime.prompts()) == 3
-    attempt = ["in_progress", "completed", "pending_review"]
-    assert history(ws, "parser") == [*attempt, "requeue", *attempt, "requeue", *attempt, "failed"]
-    requeues = events_of(ws, "parser", "requeue")
+    run = ["in_progress", "completed", "pending_review"]
+    assert history(store, "parser") == [*run, "requeue", *run, "requeue", *run, "failed"]
+    requeues = events_of(store, "parser", "requeue")
     assert [e["review_attempt"] for e in requeues] == [1, 2]
     assert all(e["review_verdict"] == "REJECT" and e["review_issues"] for e in requeues)
     assert all(e["quality_gate_status"] == "rejected" for e in requeues)
@@ -140,13 +142,13 @@ def test_rejected_work_is_retried_with_feedback_then_fails_at_the_limit(runtime:
     assert "## CRITIC FEEDBACK FROM THE PREVIOUS ATTEMPT" in second_prompt
     assert second_prompt.startswith(INTENT_HEADING) and second_prompt.count(INTENT_HEADING) == 1
     assert second_prompt.index("Write a tokenizer") < second_prompt.index("## CRITIC FEEDBACK")
-    goal = task_record(ws, "parser")["phase4_intent"]["goal"]
+    goal = task_record(store, "parser")["phase4_intent"]["goal"]
     assert goal == "Write a tokenizer for arithmetic expressions"
     assert requeues[0]["review_issues"][0] in second_prompt
-    failed = events_of(ws, "parser", "failed")[-1]
+    failed = events_of(store, "parser", "failed")[-1]
     assert "rejected task after 3 attempt(s)" in failed["errors"]
-    assert task_record(ws, "parser")["review"]["attempt"] == 3
-    assert "parser" in read_queue(ws)["failed"]
+    assert task_record(store, "parser")["review"]["attempt"] == 3
+    assert "parser" in store.queue()["failed"]
 
 
 def test_the_same_rejection_twice_stops_early(runtime: Runtime) -> None:
@@ -154,7 +156,7 @@ def test_the_same_rejection_twice_stops_early(runtime: Runtime) -> None:
     runtime.queue([{"id": "stuck", "prompt": "Write a tokenizer for arithmetic expressions"}])
     assert runtime.work().returncode == 0
     assert len(runtime.prompts()) == 2
-    failed = events_of(runtime.workspace, "stuck", "failed")[-1]
+    failed = events_of(runtime.backend, "stuck", "failed")[-1]
     assert "no progress" in failed["errors"]
     assert "after 2 attempt(s)" in failed["errors"]
 
@@ -164,14 +166,14 @@ def test_a_requeued_task_waits_out_its_backoff(runtime: Runtime) -> None:
     runtime.provider.responder = lambda body: next(answers) or on_topic(body)
     runtime.queue([{"id": "later", "prompt": "Write a tokenizer for arithmetic expressions"}])
     assert runtime.work(SWARM_REQUEUE_BACKOFF="0.6").returncode == 0
-    requeue = events_of(runtime.workspace, "later", "requeue")[0]
-    starts = events_of(runtime.workspace, "later", "in_progress")
+    requeue = events_of(runtime.backend, "later", "requeue")[0]
+    starts = events_of(runtime.backend, "later", "in_progress")
     gap = (
         datetime.fromisoformat(starts[1]["timestamp"])
         - datetime.fromisoformat(requeue["timestamp"])
     ).total_seconds()
     assert gap >= 0.55
-    assert history(runtime.workspace, "later")[-1] == "approved"
+    assert history(runtime.backend, "later")[-1] == "approved"
 
 
 def test_a_critic_that_cannot_run_leaves_the_task_pending_review(runtime: Runtime) -> None:
@@ -182,11 +184,11 @@ def test_a_critic_that_cannot_run_leaves_the_task_pending_review(runtime: Runtim
     runtime.queue([{"id": "unjudged", "prompt": "Write a haiku about message queues"}])
     result = runtime.work(SWARM_CRITIC_MODEL=CRITIC_MODEL)
     assert result.returncode == 0, result.stdout + result.stderr
-    ws = runtime.workspace
-    assert history(ws, "unjudged") == ["in_progress", "completed", "pending_review"]
-    parked = events_of(ws, "unjudged", "pending_review")[0]
+    store = runtime.backend
+    assert history(store, "unjudged") == ["in_progress", "completed", "pending_review"]
+    parked = events_of(store, "unjudged", "pending_review")[0]
     assert parked["review_error"] and parked["review_verdict"] is None
-    task = task_record(ws, "unjudged")
+    task = task_record(store, "unjudged")
     assert task["status"] == "pending_review" and task["lease"] is None
     assert task["review"]["error"] == parked["review_error"]
     assert len(runtime.prompts(CRITIC_MODEL)) == 1
@@ -209,18 +211,18 @@ def test_a_second_model_can_reject_what_the_checks_passed(runtime: Runtime) -> N
         runtime.work(SWARM_CRITIC_MODEL=CRITIC_MODEL, SWARM_MAX_REQUEUE_ATTEMPTS="1").returncode
         == 0
     )
-    review = events_of(runtime.workspace, "strict", "pending_review")[0]
+    review = events_of(runtime.backend, "strict", "pending_review")[0]
     assert review["review_verdict"] == "REJECT"
     assert "the haiku has 4 lines" in review["review_issues"]
     critic_prompt = runtime.prompts(CRITIC_MODEL)[0]
     assert "Done. Summary of the work on" in critic_prompt
-    assert history(runtime.workspace, "strict")[-1] == "failed"
+    assert history(runtime.backend, "strict")[-1] == "failed"
 
 
 def test_the_critic_must_not_be_the_author(runtime: Runtime) -> None:
     runtime.queue([{"id": "self", "prompt": "Write a haiku about message queues"}])
     assert runtime.work(SWARM_CRITIC_MODEL=AUTHOR_MODEL).returncode == 0
-    parked = events_of(runtime.workspace, "self", "pending_review")[0]
+    parked = events_of(runtime.backend, "self", "pending_review")[0]
     assert "different model" in parked["review_error"]
 
 
@@ -252,20 +254,20 @@ def test_a_tool_routed_task_sends_the_tool_context(runtime: Runtime) -> None:
         f"{INTENT_HEADING}\nGoal: Update the README with install steps\n## END USER INTENT\n\n"
         "Update the README with install steps"
     )
-    done = events_of(runtime.workspace, "tooled", "completed")[0]
+    done = events_of(runtime.backend, "tooled", "completed")[0]
     assert (done["tool_route"], done["tool_name"], done["tool_confidence"]) == (
         "exact",
         "read_json_safe",
         1.0,
     )
-    assert events_of(runtime.workspace, "plain", "completed")[0]["tool_route"] == "generate"
+    assert events_of(runtime.backend, "plain", "completed")[0]["tool_route"] == "generate"
 
 
 def test_a_broken_tool_store_fails_the_task_with_its_location(runtime: Runtime) -> None:
-    runtime.workspace.tool_store_path.write_text('{"my_tool": {"description": 3}}')
+    runtime.backend.workspace.tool_store_path.write_text('{"my_tool": {"description": 3}}')
     runtime.queue([{"id": "t", "prompt": "Write a haiku about message queues"}])
     assert runtime.work().returncode == 0
-    failed = events_of(runtime.workspace, "t", "failed")[0]
+    failed = events_of(runtime.backend, "t", "failed")[0]
     assert "tool_store.json" in failed["errors"] and "my_tool" in failed["errors"]
     assert runtime.prompts() == []
 
@@ -273,14 +275,15 @@ def test_a_broken_tool_store_fails_the_task_with_its_location(runtime: Runtime) 
 # --- phase 4: decomposition ------------------------------------------------------------------
 
 
+@on_both_backends
 def test_a_complex_prompt_is_split_and_its_whole_chain_is_approved(runtime: Runtime) -> None:
     prompt = "Implement auth API, add integration tests, and then update deployment docs."
     runtime.queue([{"id": "auth", "prompt": prompt, "max_budget": 0.3}])
     result = runtime.work()
     assert result.returncode == 0, result.stdout + result.stderr
-    ws = runtime.workspace
+    store = runtime.backend
     subtasks = ["auth__phase4_01", "auth__phase4_02", "auth__phase4_03"]
-    planned = events_of(ws, "auth", "queued")[0]
+    planned = events_of(store, "auth", "queued")[0]
     assert planned["phase4_plan_generated"] is True
     assert planned["phase4_subtasks"] == subtasks and planned["phase4_subtasks_added"] == 3
     assert planned["phase4_features"] == [
@@ -289,9 +292,9 @@ def test_a_complex_prompt_is_split_and_its_whole_chain_is_approved(runtime: Runt
         "Update deployment docs",
     ]
     assert planned["phase4_complexity_score"] >= 2
-    statuses = {t["id"]: t["status"] for t in read_queue(ws)["tasks"]}
+    statuses = {t["id"]: t["status"] for t in store.queue()["tasks"]}
     assert statuses == dict.fromkeys(["auth", *subtasks], "approved")
-    approvals = [e["task_id"] for e in read_events(ws) if e["status"] == "approved"]
+    approvals = [e["task_id"] for e in store.events() if e["status"] == "approved"]
     assert approvals == [*subtasks, "auth"]
     prompts = runtime.prompts()
     assert len(prompts) == 4
@@ -301,11 +304,11 @@ def test_a_complex_prompt_is_split_and_its_whole_chain_is_approved(runtime: Runt
     assert all(p.splitlines()[1] == goal for p in prompts), "a subtask sent its own goal"
     assert "## RESULTS OF SUBTASKS" in prompts[-1]
     assert all(sub in prompts[-1] for sub in subtasks)
-    parent = task_record(ws, "auth")
+    parent = task_record(store, "auth")
     assert parent["phase4_planned"] is True and parent["phase4_intent"]["goal"]
     assert set(subtasks) <= set(parent["depends_on"])
-    assert task_record(ws, "auth__phase4_02")["depends_on"] == ["auth__phase4_01"]
-    assert sum(task_record(ws, sub)["max_budget"] for sub in subtasks) == pytest.approx(0.3)
+    assert task_record(store, "auth__phase4_02")["depends_on"] == ["auth__phase4_01"]
+    assert sum(task_record(store, sub)["max_budget"] for sub in subtasks) == pytest.approx(0.3)
 
 
 def test_a_plain_llm_task_sends_its_intent_block_and_keeps_the_intent(runtime: Runtime) -> None:
@@ -329,11 +332,11 @@ def test_a_plain_llm_task_sends_its_intent_block_and_keeps_the_intent(runtime: R
             ]
         )
     ]
-    stored = task_record(runtime.workspace, "plain")
+    stored = task_record(runtime.backend, "plain")
     assert stored["phase4_intent"]["goal"] == "Write a haiku about message queues"
     assert stored["phase4_intent"]["anti_goals"] == ["Use rhymes"]
-    assert not stored.get("phase4_planned") and len(read_queue(runtime.workspace)["tasks"]) == 1
-    assert history(runtime.workspace, "plain")[-1] == "approved"
+    assert not stored.get("phase4_planned") and len(runtime.backend.queue()["tasks"]) == 1
+    assert history(runtime.backend, "plain")[-1] == "approved"
 
 
 def test_subtasks_are_routed_on_their_own_feature(runtime: Runtime) -> None:
@@ -351,9 +354,7 @@ def test_subtasks_are_routed_on_their_own_feature(runtime: Runtime) -> None:
     )
     assert runtime.work().returncode == 0
     routes = {
-        e["task_id"]: e["tool_name"]
-        for e in read_events(runtime.workspace)
-        if e["status"] == "completed"
+        e["task_id"]: e["tool_name"] for e in runtime.backend.events() if e["status"] == "completed"
     }
     assert routes == {
         "cfg__phase4_01": "read_json_safe",
@@ -366,16 +367,22 @@ def test_subtasks_are_routed_on_their_own_feature(runtime: Runtime) -> None:
 def test_local_commands_are_never_decomposed(runtime: Runtime) -> None:
     runtime.queue([{"id": "cmd", "command": "echo one, two, three; then four"}])
     assert runtime.work().returncode == 0
-    assert "queued" not in history(runtime.workspace, "cmd")
+    assert "queued" not in history(runtime.backend, "cmd")
 
 
 # --- phase 5: exactly-once rewards across crashes ------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "crash_at",
-    ["worker.before_reward", "worker.after_reward", "reward.after_ledger", "reward.after_balances"],
-)
+# The worker dies before or after the grant on either store; between the reward ledger's
+# file and the balances' file only on files (a database grants in one transaction).
+GRANT_CRASHES = [
+    *itertools.product(["worker.before_reward", "worker.after_reward"], BACKENDS),
+    ("reward.after_ledger", "files"),
+    ("reward.after_balances", "files"),
+]
+
+
+@pytest.mark.parametrize(("crash_at", "backend"), GRANT_CRASHES, indirect=["backend"])
 def test_a_worker_killed_around_the_grant_pays_exactly_once(
     runtime: Runtime, crash_at: str
 ) -> None:
@@ -384,34 +391,34 @@ def test_a_worker_killed_around_the_grant_pays_exactly_once(
     )
     crashed = runtime.work(SWARM_FAILPOINTS=crash_at)
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
-    assert task_record(runtime.workspace, "paid")["status"] == "pending_review"
+    assert task_record(runtime.backend, "paid")["status"] == "pending_review"
     resumed = runtime.work()
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    ws = runtime.workspace
+    store = runtime.backend
     assert len(runtime.prompts()) == 1, "the task ran again after its execution was recorded"
-    assert history(ws, "paid")[-1] == "approved"
-    assert "lease_expired" in history(ws, "paid")
-    ledger = json.loads(ws.reward_ledger_path.read_text())
+    assert history(store, "paid")[-1] == "approved"
+    assert "lease_expired" in history(store, "paid")
+    ledger = store.documents.reward_ledger.read(dict)
     assert list(ledger["grants"]) == ["paid::ada"]
     grant = ledger["grants"]["paid::ada"]
-    assert identity_tokens(ws, "ada") == grant["tokens_awarded"] > 0
-    final = events_of(ws, "paid", "approved")[-1]
+    assert identity_tokens(store, "ada") == grant["tokens_awarded"] > 0
+    final = events_of(store, "paid", "approved")[-1]
     assert final["phase5_reward_ledger_recorded"] is True
 
 
 def test_a_second_review_of_a_rewarded_task_reports_already_granted(runtime: Runtime) -> None:
     runtime.queue([{"id": "twice", "prompt": "Write a haiku about message queues"}])
     assert runtime.work().returncode == 0
-    ws = runtime.workspace
-    paid = identity_tokens(ws, "resident_default")
-    queue = read_queue(ws)
+    store = runtime.backend
+    paid = identity_tokens(store, "resident_default")
+    queue = store.queue()
     task = next(t for t in queue["tasks"] if t["id"] == "twice")
     task.update(status="pending_review", review=None)
     queue["completed"].remove("twice")
-    ws.queue_path.write_text(json.dumps(queue))
+    store.workspace.queue_path.write_text(json.dumps(queue))
     assert runtime.work().returncode == 0
-    again = events_of(ws, "twice", "approved")[-1]
+    again = events_of(store, "twice", "approved")[-1]
     assert again["phase5_reward_reason"] == "already_granted"
     assert again["phase5_reward_applied"] is False
-    assert identity_tokens(ws, "resident_default") == paid
+    assert identity_tokens(store, "resident_default") == paid
     assert len(runtime.prompts()) == 1

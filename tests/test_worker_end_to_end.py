@@ -7,14 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
 from conftest import (
     ROOT,
+    Backend,
     RunningProcess,
-    child_env,
     lease_of_a_dead_worker,
+    on_both_backends,
     read_events,
     read_queue,
     run_worker,
@@ -23,6 +25,7 @@ from conftest import (
 )
 from fake_llm_server import FakeLLMServer
 
+from swarm_runtime.contract import WorkerPresence
 from swarm_runtime.panel.app import create_app
 from swarm_runtime.queue.presence import live_workers
 from swarm_runtime.settings import Settings
@@ -30,15 +33,15 @@ from swarm_runtime.store.pause import set_pause
 from swarm_runtime.store.state_files import Workspace
 
 
-def statuses_by_task(workspace: Workspace) -> dict[str, list[str]]:
+def statuses_by_task(backend: Backend) -> dict[str, list[str]]:
     history: dict[str, list[str]] = {}
-    for event in read_events(workspace):
+    for event in backend.events():
         history.setdefault(event["task_id"], []).append(event["status"])
     return history
 
 
-def queue_statuses(workspace: Workspace) -> dict[str, str]:
-    return {t["id"]: t.get("status", "pending") for t in read_queue(workspace)["tasks"]}
+def queue_statuses(backend: Backend) -> dict[str, str]:
+    return {t["id"]: t.get("status", "pending") for t in backend.queue()["tasks"]}
 
 
 def closed_port() -> int:
@@ -47,9 +50,11 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_a_mixed_queue_runs_to_its_final_states(api: RunningProcess, workspace: Workspace) -> None:
-    write_queue(
-        workspace,
+@on_both_backends
+def test_a_mixed_queue_runs_to_its_final_states(
+    api: RunningProcess, backend: Backend, workspace: Workspace
+) -> None:
+    backend.seed(
         [
             {"id": "echo", "command": "echo hello"},
             {"id": "ls", "command": "ls -la", "depends_on": ["echo"]},
@@ -63,11 +68,11 @@ def test_a_mixed_queue_runs_to_its_final_states(api: RunningProcess, workspace: 
             {"id": "ghost-dep", "prompt": "p", "depends_on": ["missing"]},
             {"id": "disallowed", "command": "python3 -c 1"},
         ],
-        api.url,
+        str(api.url),
     )
-    result = run_worker(workspace, "--once")
+    result = backend.run_worker("--once")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert queue_statuses(workspace) == {
+    assert queue_statuses(backend) == {
         "echo": "approved",
         "ls": "approved",
         "broken": "failed",
@@ -77,11 +82,12 @@ def test_a_mixed_queue_runs_to_its_final_states(api: RunningProcess, workspace: 
         "ghost-dep": "failed",
         "disallowed": "safety_blocked",  # refused by the API's local-command policy
     }
-    history = statuses_by_task(workspace)
+    history = statuses_by_task(backend)
     assert history["echo"] == ["in_progress", "completed", "pending_review", "approved"]
     assert history["blocked"] == ["in_progress", "safety_blocked"]
     assert history["after-broken"] == ["failed"]
-    events = {(e["task_id"], e["status"]): e for e in read_events(workspace)}
+    assert backend.events() == read_events(workspace), "this host's log has every event"
+    events = {(e["task_id"], e["status"]): e for e in backend.events()}
     assert events[("echo", "completed")]["output"] == "hello\n"
     assert events[("broken", "failed")]["exit_code"] != 0
     assert "exited with code" in events[("broken", "failed")]["errors"]
@@ -91,7 +97,7 @@ def test_a_mixed_queue_runs_to_its_final_states(api: RunningProcess, workspace: 
     blocked = events[("blocked", "safety_blocked")]
     assert blocked["safety_passed"] is False and blocked["safety_report"]["passed"] is False
     assert events[("haiku", "completed")]["model"] == "offline"
-    queue = read_queue(workspace)
+    queue = backend.queue()
     assert sorted(queue["completed"]) == ["echo", "haiku", "ls"]
     assert sorted(queue["failed"]) == [
         "after-broken",
@@ -102,7 +108,7 @@ def test_a_mixed_queue_runs_to_its_final_states(api: RunningProcess, workspace: 
     ]
 
 
-def test_a_blocked_task_never_reaches_the_api(workspace: Workspace) -> None:
+def test_a_blocked_task_never_reaches_the_api(backend: Backend, workspace: Workspace) -> None:
     """With no API running at all, a safety block still completes: no HTTP call is made."""
     write_queue(
         workspace,
@@ -116,7 +122,7 @@ def test_a_blocked_task_never_reaches_the_api(workspace: Workspace) -> None:
     )
     result = run_worker(workspace, "--once", SWARM_API_RETRIES="0")
     assert result.returncode == 0
-    assert queue_statuses(workspace) == {"b": "safety_blocked"}
+    assert queue_statuses(backend) == {"b": "safety_blocked"}
 
 
 def test_a_non_loopback_endpoint_fails_the_task_and_sends_nothing(workspace: Workspace) -> None:
@@ -127,7 +133,9 @@ def test_a_non_loopback_endpoint_fails_the_task_and_sends_nothing(workspace: Wor
     assert "loopback-only" in event["errors"]
 
 
-def test_an_unreachable_api_is_retried_then_fails_the_task(workspace: Workspace) -> None:
+def test_an_unreachable_api_is_retried_then_fails_the_task(
+    backend: Backend, workspace: Workspace
+) -> None:
     write_queue(
         workspace,
         [{"id": "t", "command": "echo hi"}, {"id": "u", "command": "pwd"}],
@@ -135,7 +143,7 @@ def test_an_unreachable_api_is_retried_then_fails_the_task(workspace: Workspace)
     )
     result = run_worker(workspace, "--once", SWARM_API_RETRIES="2")
     assert result.returncode == 0
-    assert queue_statuses(workspace) == {"t": "failed", "u": "failed"}
+    assert queue_statuses(backend) == {"t": "failed", "u": "failed"}
     assert result.stdout.count("retrying in") == 4
     failed = [e for e in read_events(workspace) if e["status"] == "failed"]
     assert all("cannot connect to the execution API" in e["errors"] for e in failed)
@@ -145,14 +153,13 @@ def test_an_unreachable_api_is_retried_then_fails_the_task(workspace: Workspace)
     assert "Connection refused" in json.dumps(detail), "the panel's detail shows the cause"
 
 
-def test_one_bad_task_never_stops_the_worker(spawn, workspace: Workspace) -> None:
+def test_one_bad_task_never_stops_the_worker(spawn, backend: Backend, workspace: Workspace) -> None:
     with FakeLLMServer() as provider:
         provider.script = [
             (404, {"error": {"message": "model no-such-model-anywhere does not exist"}}, {}),
             *[(500, {"error": "boom"}, {})] * 4,
         ]
-        env = child_env(
-            workspace,
+        env = backend.env(
             SWARM_LLM_BASE_URL=provider.url,
             SWARM_LLM_MODEL="gpt-4o-mini",
             SWARM_LLM_RETRIES="1",
@@ -170,7 +177,7 @@ def test_one_bad_task_never_stops_the_worker(spawn, workspace: Workspace) -> Non
         )
         result = run_worker(workspace, "--once", SWARM_API_RETRIES="0")
     assert result.returncode == 0, result.stdout
-    statuses = queue_statuses(workspace)
+    statuses = queue_statuses(backend)
     assert statuses == {
         "bad-model": "failed",
         "huge": "failed",
@@ -183,12 +190,12 @@ def test_one_bad_task_never_stops_the_worker(spawn, workspace: Workspace) -> Non
     assert "LLM provider failed" in errors["provider-500"]
 
 
+@on_both_backends
 def test_a_crashed_workers_task_is_finished_by_the_next_worker(
-    api: RunningProcess, workspace: Workspace
+    api: RunningProcess, backend: Backend
 ) -> None:
     lease = lease_of_a_dead_worker()
-    write_queue(
-        workspace,
+    backend.seed(
         [
             {
                 "id": "orphan",
@@ -198,61 +205,62 @@ def test_a_crashed_workers_task_is_finished_by_the_next_worker(
                 "lease": lease,
             }
         ],
-        api.url,
+        str(api.url),
     )
-    result = run_worker(workspace, "--once")
-    assert result.returncode == 0
-    assert statuses_by_task(workspace)["orphan"] == [
+    result = backend.run_worker("--once")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert statuses_by_task(backend)["orphan"] == [
         "lease_expired",
         "in_progress",
         "completed",
         "pending_review",
         "approved",
     ]
-    task = read_queue(workspace)["tasks"][0]
+    task = backend.queue()["tasks"][0]
     assert task["attempts"] == 2 and task["lease"] is None
 
 
-def test_two_workers_never_run_the_same_task(api: RunningProcess, workspace: Workspace) -> None:
-    write_queue(workspace, [{"id": f"t{i}", "command": f"echo {i}"} for i in range(24)], api.url)
+@on_both_backends
+def test_two_workers_never_run_the_same_task(api: RunningProcess, backend: Backend) -> None:
+    backend.seed([{"id": f"t{i}", "command": f"echo {i}"} for i in range(24)], str(api.url))
     workers = [
         subprocess.Popen(
             [sys.executable, "worker.py", "--once", "--worker-id", f"w{i}"],
             cwd=ROOT,
-            env=child_env(workspace),
+            env=backend.env(),
             stdout=subprocess.DEVNULL,
         )
         for i in range(2)
     ]
     assert [w.wait(timeout=120) for w in workers] == [0, 0]
-    starts = Counter(e["task_id"] for e in read_events(workspace) if e["status"] == "in_progress")
+    starts = Counter(e["task_id"] for e in backend.events() if e["status"] == "in_progress")
     assert len(starts) == 24 and set(starts.values()) == {1}
-    assert set(queue_statuses(workspace).values()) == {"approved"}
-    by_worker = Counter(e["worker_id"] for e in read_events(workspace))
+    assert set(queue_statuses(backend).values()) == {"approved"}
+    by_worker = Counter(e["worker_id"] for e in backend.events())
     assert set(by_worker) <= {"w0", "w1"}
 
 
-def test_sigterm_finishes_the_task_in_hand_then_exits_zero(spawn, workspace: Workspace) -> None:
+@on_both_backends
+def test_sigterm_finishes_the_task_in_hand_then_exits_zero(spawn, backend: Backend) -> None:
     with FakeLLMServer() as provider:
         provider.delay = 1.5
-        env = child_env(workspace, SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL="local-model")
+        env = backend.env(SWARM_LLM_BASE_URL=provider.url, SWARM_LLM_MODEL="local-model")
         api = spawn(["swarm.py", "--port", "0"], env)
-        write_queue(
-            workspace,
+        backend.seed(
             [{"id": "slow", "prompt": "take your time"}, {"id": "next", "prompt": "not started"}],
-            api.url,
+            str(api.url),
         )
         worker = spawn(["worker.py"], env, wait_for_url=False)
-        wait_until(lambda: "slow" in statuses_by_task(workspace), timeout=20)
+        wait_until(lambda: "slow" in statuses_by_task(backend), timeout=20)
         worker.proc.send_signal(signal.SIGTERM)
         assert worker.proc.wait(timeout=30) == 0
-    assert statuses_by_task(workspace)["slow"] == [
+    assert statuses_by_task(backend)["slow"] == [
         "in_progress",
         "completed",
         "pending_review",
         "approved",
     ]
-    assert queue_statuses(workspace) == {"slow": "approved", "next": "pending"}
+    assert queue_statuses(backend) == {"slow": "approved", "next": "pending"}
 
 
 def test_a_malformed_queue_is_reported_and_left_untouched(workspace: Workspace) -> None:
@@ -287,38 +295,65 @@ def test_every_event_has_the_envelope(
     assert lines and all(json.loads(line).get(event_field) for line in lines)
 
 
+@on_both_backends
 def test_a_paused_runtime_claims_nothing_until_resumed(
-    api: RunningProcess, workspace: Workspace
+    api: RunningProcess, backend: Backend
 ) -> None:
-    write_queue(workspace, [{"id": "held", "command": "echo later"}], api.url)
-    set_pause(workspace, True, by="operator")
-    paused = run_worker(workspace, "--once")
+    backend.seed([{"id": "held", "command": "echo later"}], str(api.url))
+    switch = backend.documents.pause
+    set_pause(switch, True, by="operator")
+    paused = backend.run_worker("--once")
     assert paused.returncode == 0 and "paused by operator" in paused.stdout
-    assert queue_statuses(workspace) == {"held": "pending"} and not read_events(workspace)
-    set_pause(workspace, False, by="operator")
-    assert run_worker(workspace, "--once").returncode == 0
-    assert queue_statuses(workspace) == {"held": "approved"}
+    assert queue_statuses(backend) == {"held": "pending"} and not backend.events()
+    set_pause(switch, False, by="operator")
+    assert backend.run_worker("--once").returncode == 0
+    assert queue_statuses(backend) == {"held": "approved"}
 
 
-def test_a_broken_pause_switch_counts_as_paused(api: RunningProcess, workspace: Workspace) -> None:
+def test_a_broken_pause_switch_counts_as_paused(
+    api: RunningProcess, backend: Backend, workspace: Workspace
+) -> None:
     write_queue(workspace, [{"id": "held", "command": "echo later"}], api.url)
     workspace.pause_path.write_text("{not json")
     result = run_worker(workspace, "--once")
     assert result.returncode == 0 and "pause switch unreadable" in result.stdout
-    assert queue_statuses(workspace) == {"held": "pending"}
+    assert queue_statuses(backend) == {"held": "pending"}
 
 
-def test_an_idle_worker_announces_itself_and_withdraws_on_exit(spawn, workspace: Workspace) -> None:
-    worker = spawn(["worker.py", "--worker-id", "idle-1"], child_env(workspace), wait_for_url=False)
-    present = wait_until(lambda: live_workers(workspace), timeout=20)
+def workers_seen(backend: Backend) -> list[WorkerPresence]:
+    return live_workers(backend.workspace, database=backend.database)
+
+
+@on_both_backends
+def test_an_idle_worker_announces_itself_and_withdraws_on_exit(
+    spawn, backend: Backend, workspace: Workspace
+) -> None:
+    worker = spawn(["worker.py", "--worker-id", "idle-1"], backend.env(), wait_for_url=False)
+    present = wait_until(lambda: workers_seen(backend), timeout=20)
     assert [p.worker_id for p in present] == ["idle-1"] and present[0].pid == worker.proc.pid
     assert worker.stop() == 0
-    assert live_workers(workspace) == []
+    assert workers_seen(backend) == []
     assert not list(workspace.workers_dir.glob("*.json"))
 
 
+@on_both_backends
+def test_an_idle_worker_wakes_on_new_work_long_before_its_poll_interval(
+    spawn, api: RunningProcess, backend: Backend
+) -> None:
+    backend.seed([{"id": "first", "command": "echo first"}], str(api.url))
+    slow_polling = backend.env(SWARM_POLL_INTERVAL="60")
+    spawn(["worker.py", "--worker-id", "idle"], slow_polling, wait_for_url=False)
+    wait_until(lambda: queue_statuses(backend) == {"first": "approved"}, timeout=30)
+    # Nothing is left to claim: the worker waits for work, for up to a minute.
+    added = backend.run_worker("add", "late", "echo late", "--mode", "local")
+    assert added.returncode == 0, added.stderr
+    started = time.monotonic()
+    wait_until(lambda: queue_statuses(backend).get("late") == "approved", timeout=30, interval=0.1)
+    assert time.monotonic() - started < 15
+
+
 def test_a_queue_in_the_references_spellings_runs_to_approved(
-    api: RunningProcess, workspace: Workspace
+    api: RunningProcess, backend: Backend, workspace: Workspace
 ) -> None:
     """No completed/failed keys, version 1.0, `instruction` for the prompt, `shell` for the
     command: normalised on reading, and the file keeps the user's spelling."""
@@ -330,7 +365,7 @@ def test_a_queue_in_the_references_spellings_runs_to_approved(
     workspace.queue_path.write_text(json.dumps(document))
     result = run_worker(workspace, "--once")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert queue_statuses(workspace) == {"t1": "approved", "t2": "approved"}
+    assert queue_statuses(backend) == {"t1": "approved", "t2": "approved"}
     events = {(e["task_id"], e["status"]): e for e in read_events(workspace)}
     assert events[("t1", "in_progress")]["mode"] == "llm"
     assert "Say hello" in events[("t1", "completed")]["result_summary"]
@@ -348,14 +383,14 @@ def test_a_queue_in_the_references_spellings_runs_to_approved(
 
 
 def test_a_command_the_local_policy_refuses_ends_safety_blocked_in_the_safety_tab(
-    api: RunningProcess, workspace: Workspace
+    api: RunningProcess, backend: Backend, workspace: Workspace
 ) -> None:
     """`rm -rf /` passes the text gateway (it names no secret and sends nothing) and is
     refused by the API's argv policy: the task is a safety block naming the rule, not a
     failure, and the panel's Safety tab lists it."""
     write_queue(workspace, [{"id": "wipe", "command": "rm -rf /"}], str(api.url))
     assert run_worker(workspace, "--once").returncode == 0
-    assert queue_statuses(workspace) == {"wipe": "safety_blocked"}
+    assert queue_statuses(backend) == {"wipe": "safety_blocked"}
     [blocked] = [e for e in read_events(workspace) if e["status"] == "safety_blocked"]
     policy = blocked["safety_report"]["checks"]["local_policy"]
     assert policy["passed"] is False and policy["rule"] and blocked["safety_passed"] is False

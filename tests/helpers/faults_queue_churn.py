@@ -5,11 +5,12 @@
         tenth task is a command that exits non-zero), requeues each such task once after
         it fails, as an operator would, then writes what it did to REPORT and exits 0.
     faults_queue_churn.py read REPORT
-        reads queue.json without the lock in a loop, validating each copy against the
-        contract, until SIGTERM; then writes the reads and any problems to REPORT.
+        reads the queue without its lock in a loop (queue.json's bytes, or the database's
+        queue as `swarm export` writes it), validating each copy against the contract,
+        until SIGTERM; then writes the reads and any problems to REPORT.
 
-Both take the workspace and the queue's retention and review settings from the
-environment, like every runtime process.
+Both take the workspace, the database if any, and the queue's retention and review
+settings from the environment, like every runtime process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,10 @@ from swarm_runtime.contract import (
     validate_queue_contract,
 )
 from swarm_runtime.errors import InvalidTransition, UnknownTaskError
-from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.queue.select import store_for
+from swarm_runtime.queue.state import QueueState
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.state_files import Workspace
 
@@ -61,8 +65,8 @@ def is_failing(task_id: str) -> bool:
 
 def feed(settings: Settings, report: Path, first: int, total: int) -> int:
     workspace = Workspace(settings.workspace)
-    store = QueueStore.for_settings(workspace, settings)
-    events = EventLog(workspace, FEEDER_ID)
+    store = store_for(settings, workspace)
+    events = EventLog(workspace, FEEDER_ID, documents_for(settings, workspace).database)
     pace = threading.Event()
     added: list[str] = []
     requeued: set[str] = set()
@@ -109,14 +113,24 @@ def every_failure_handled(doc: QueueDocument, total: int, requeued: set[str]) ->
     return all(tid in requeued or (tid in doc.failed and tid not in live) for tid in failing)
 
 
+def queue_reader(settings: Settings) -> Callable[[], bytes]:
+    """queue.json's bytes as they lie, or the database's queue as one snapshot, encoded
+    as queue.json; either is read without the queue's lock."""
+    workspace = Workspace(settings.workspace)
+    if settings.database_url is None:
+        return workspace.queue_path.read_bytes
+    store = store_for(settings, workspace)
+    return lambda: QueueState(store.load(), settings.review).encode()
+
+
 def read_loop(settings: Settings, report: Path) -> int:
-    queue_path = Workspace(settings.workspace).queue_path
+    read = queue_reader(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     reads, versions, problems = 0, set(), []
     print("reading", flush=True)
     while not stop.is_set():
-        raw = queue_path.read_bytes()
+        raw = read()
         reads += 1
         digest = hashlib.sha1(raw).hexdigest()
         if digest not in versions:  # a torn copy would be new bytes too: each is checked
