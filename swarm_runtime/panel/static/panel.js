@@ -214,14 +214,14 @@
     }
     if (!queue.total) list.append(el("li", { className: "note", text: "the queue is empty" }));
     const archived = queue.archived.completed + queue.archived.failed;
-    byId("queue-note").textContent = `${queue.total} in queue.json` +
+    byId("queue-note").textContent = `${queue.total} in the queue` +
       (archived ? ` · archived: ${queue.archived.completed} completed, ${queue.archived.failed} failed` : "");
     tile("tile-queue", null);
   }
 
   function renderLog(info) {
     byId("log-state").textContent = `${info.events} events`;
-    const parts = [bytes(info.file_bytes)];
+    const parts = [info.epoch === "rows" ? "in the database" : bytes(info.file_bytes)];
     if (info.behind_bytes > 0) parts.push(`indexing, ${bytes(info.behind_bytes)} to go`);
     if (info.malformed_count) {
       const last = info.malformed[info.malformed.length - 1];
@@ -508,6 +508,10 @@
     const status = byId("stream-state");
     source.addEventListener("open", () => { status.textContent = "live"; });
     source.addEventListener("error", () => { status.textContent = "reconnecting…"; });
+    source.addEventListener("unavailable", (message) => {
+      status.textContent = `waiting for the store: ${JSON.parse(message.data).error}`;
+    });
+    source.addEventListener("available", () => { status.textContent = "live"; });
     source.addEventListener("reset", () => {
       clear(byId("events"));
       status.textContent = "log restarted";
