@@ -572,3 +572,15 @@ def test_a_store_following_changes_sees_the_queue_a_fresh_reader_sees(
     writer.requeue_failed()
     writer.set_api_endpoint("http://127.0.0.1:9")
     same()
+
+
+def test_work_added_between_an_empty_claim_and_the_wait_wakes_it(open_store: Opener) -> None:
+    """The window a worker lives in: its claim found nothing, and before it starts to
+    wait another process adds a task. The wait must end at once, not sleep its interval."""
+    worker, adder = open_store(), open_store()
+    assert worker.claim(ME, 30).task is None
+    adder.add({"id": "late", "prompt": "p"})
+    started = time.monotonic()
+    worker.wait_for_change(10.0, threading.Event())
+    assert time.monotonic() - started < 5.0
+    assert worker.claim(ME, 30).task is not None

@@ -244,6 +244,12 @@ class PostgresQueueStore(QueueTransactions):
             self._drop_listener()
             stop.wait(max(0.0, deadline - time.monotonic()))
 
+    def _listen_quietly(self) -> None:
+        try:
+            self._listening()
+        except (psycopg.Error, ConnectionError):
+            self._drop_listener()  # the wait says why, and waits out its interval
+
     def _listening(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
             self._listener = self.database.listener(CHANNEL)
@@ -257,7 +263,11 @@ class PostgresQueueStore(QueueTransactions):
     # transactions by row
 
     def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
-        """The first fast task by its row lock; anything else under the queue's lock."""
+        """The first fast task by its row lock; anything else under the queue's lock.
+
+        The worker listens before it claims, so work added while a claim that found
+        nothing ran still wakes its wait."""
+        self._listen_quietly()
         by_row = self._claim_by_row(worker, lease_seconds)
         return by_row if by_row is not None else super().claim(worker, lease_seconds)
 

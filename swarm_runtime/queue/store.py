@@ -180,6 +180,7 @@ class QueueStore(QueueTransactions):
         self._writer = self._follower()
         self._reader = self._follower()
         self._reading = threading.Lock()  # readers of this process only; writers never take it
+        self._version_before_claim: tuple[Any, ...] | None = None
 
     @classmethod
     def for_settings(cls, workspace: Workspace, settings: Settings) -> QueueStore:
@@ -190,10 +191,16 @@ class QueueStore(QueueTransactions):
         """Changes whenever the queue may have: a cheap test before `load`."""
         return file_version(self.path), file_version(self._writer.journal.path)
 
+    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
+        """As every store claims; the version seen first is what a wait after a claim
+        that found nothing compares with, so work added while it ran is not slept over."""
+        self._version_before_claim = self.version()
+        return super().claim(worker, lease_seconds)
+
     def wait_for_change(self, timeout: float, stop: threading.Event) -> None:
         """Look at queue.json's version every WAKE_CHECK_SECONDS: a change wakes the
         caller within that, instead of up to a whole `timeout` later."""
-        seen = self.version()
+        seen, self._version_before_claim = self._version_before_claim or self.version(), None
         deadline = time.monotonic() + timeout
         while not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline or self.version() != seen:
