@@ -119,11 +119,12 @@ listed AS (
 handed AS (
     UPDATE swarm_tasks SET lane = 'full', written_by = pg_current_xact_id()
     WHERE id IN (SELECT task_id FROM swarm_dependencies WHERE dependency = %(finished)s)
-        AND status = ANY(%(claimable)s) AND lane IS DISTINCT FROM 'full'
+        AND status = ANY(%(claimable_statuses)s) AND lane IS DISTINCT FROM 'full'
     RETURNING 1
 )
 SELECT pg_notify(%(channel)s, '')
-WHERE %(released)s OR EXISTS (SELECT FROM handed) OR EXISTS (SELECT FROM listed)
+WHERE %(claimable)s OR EXISTS (SELECT FROM handed)
+    OR (%(released)s AND EXISTS (SELECT FROM swarm_tasks WHERE lane = 'full'))
 """
 
 
@@ -132,8 +133,12 @@ def write_one_row(
 ) -> None:
     """One task's row and outcome, in one statement with what follows from them: a task
     that `finished` hands its waiting dependents to the full claim (which judges, under
-    the queue's lock, whether they may now run or never will), and idle workers hear
-    of that and of a released lease."""
+    the queue's lock, whether they may now run or never will).
+
+    Idle workers hear only of work they could now take: this task claimable again, its
+    dependents handed over, or a lease released while a task waits for the full claim
+    (one that must run alone may now). A NOTIFY makes its commit wait for every other
+    notifying commit, so finishes that free nothing stay silent."""
     task = row.task
     conn.execute(
         WRITE_ONE_ROW,
@@ -149,8 +154,9 @@ def write_one_row(
             "outcome": outcomes.get(task.id),
             "outcome_changed": task.id in outcomes,
             "finished": task.id if finished else None,
-            "claimable": CLAIMABLE,
+            "claimable_statuses": CLAIMABLE,
             "channel": CHANNEL,
+            "claimable": row.lane is not None,
             "released": task.lease is None,
         },
     )
