@@ -97,6 +97,53 @@ def test_the_schema_is_created_once_even_by_processes_starting_together(
         assert migrate(conn) == SCHEMA_VERSION
 
 
+def test_a_queue_written_before_claims_by_row_is_migrated_and_claimed_in_order(
+    database_url: str,
+) -> None:
+    """A database whose queue was written by the single-lock schema: after the migration
+    its waiting tasks are claimed in queue order, dependencies still hold, and a reader
+    sees the queue as it was."""
+    import psycopg
+    from psycopg.types.json import Json
+
+    from swarm_runtime.queue.postgres import PostgresQueueStore
+    from swarm_runtime.store.schema import MIGRATIONS
+
+    tasks = [
+        {"id": "first", "prompt": "p", "status": "pending"},
+        {"id": "after", "prompt": "p", "status": "pending", "depends_on": ["first"]},
+        {"id": "done", "prompt": "p", "status": "completed"},
+        {"id": "second", "prompt": "p", "status": "pending"},
+    ]
+    with psycopg.connect(database_url) as conn:
+        conn.execute("CREATE TABLE swarm_schema (version integer NOT NULL)")
+        for step in MIGRATIONS[:4]:
+            conn.execute(step)  # type: ignore[arg-type]
+        conn.execute("INSERT INTO swarm_schema (version) VALUES (4)")
+        for position, task in enumerate(tasks, start=1):
+            conn.execute(
+                "INSERT INTO swarm_tasks (id, position, status, changed, doc)"
+                " VALUES (%s, %s, %s, 1, %s)",
+                (task["id"], position, task["status"], Json(task)),
+            )
+        conn.execute(
+            "INSERT INTO swarm_outcomes (task_id, outcome, changed) VALUES ('done', 'completed', 1)"
+        )
+        conn.execute("UPDATE swarm_queue SET changes = 1")
+    store = PostgresQueueStore(Database.connect(database_url))
+    try:
+        assert [t.id for t in store.load().tasks] == ["first", "after", "done", "second"]
+        me = WorkerIdentity("w")
+        claimed = []
+        while (task := store.claim(me, 30).task) is not None:
+            claimed.append(task.id)
+            store.finish(task.id, me, Status.COMPLETED)
+        assert claimed == ["first", "after", "second"]
+        assert store.load().completed == ["done", "first", "after", "second"]
+    finally:
+        store.close()
+
+
 def wrong_urls(cluster: Any) -> dict[str, tuple[str, str]]:
     """A URL for each way to get it wrong -> the problem reported."""
     return {
