@@ -174,7 +174,13 @@ def test_every_command_refuses_a_wrong_url_in_one_line(
     postgres_cluster: Any, workspace: Workspace
 ) -> None:
     url = postgres_cluster.url("postgres", password="not-it")
-    for script in (["worker.py", "--once"], ["worker.py", "status"], ["swarm.py", "--port", "0"]):
+    commands = (
+        ["worker.py", "--once"],
+        ["worker.py", "status"],
+        ["swarm.py", "--port", "0"],
+        ["control_panel.py", "--port", "0"],
+    )
+    for script in commands:
         done = subprocess.run(
             [sys.executable, *script],
             cwd=ROOT,
