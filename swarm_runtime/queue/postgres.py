@@ -410,7 +410,8 @@ def row_state(doc: Any, outcome: str | None, review_enabled: bool) -> QueueState
         "completed": ids if outcome == "completed" else [],
         "failed": ids if outcome == "failed" else [],
     }
-    return QueueState(QueueDocument(tasks=tasks, **listed), review_enabled, private=True)
+    document = QueueDocument.model_construct(tasks=tasks, **listed)  # each part is valid
+    return QueueState(document, review_enabled, private=True)
 
 
 def lane_by_row(state: QueueState, task: Task) -> Lane | None:
