@@ -21,7 +21,7 @@ from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 
-CLAIMER = str(ROOT / "tests" / "helpers" / "timed_claimer.py")
+ACTOR = str(ROOT / "tests" / "helpers" / "queue_actor.py")
 CLAIMERS = 8
 TASKS = 240
 
@@ -57,7 +57,9 @@ def run_claimers(
     env = child_env(workspace, **({"SWARM_DATABASE_URL": url} if url else {}))
     outputs = [tmp_path / f"claimer{i}.txt" for i in range(CLAIMERS)]
     claimers = [
-        subprocess.Popen([sys.executable, CLAIMER, str(workspace.root), f"c{i}", str(out)], env=env)
+        subprocess.Popen(
+            [sys.executable, ACTOR, str(workspace.root), "timed", f"c{i}", str(out)], env=env
+        )
         for i, out in enumerate(outputs)
     ]
     assert [proc.wait(timeout=240) for proc in claimers] == [0] * CLAIMERS
