@@ -406,11 +406,11 @@ def row_state(doc: Any, outcome: str | None, review_enabled: bool) -> QueueState
     place in the outcome lists: what a transaction by row runs its operation on."""
     tasks = [Task.model_validate(doc)] if doc is not None else []
     ids = [task.id for task in tasks]
-    listed = {
-        "completed": ids if outcome == "completed" else [],
-        "failed": ids if outcome == "failed" else [],
-    }
-    document = QueueDocument.model_construct(tasks=tasks, **listed)  # each part is valid
+    document = QueueDocument.model_construct(  # each part is valid already
+        tasks=tasks,
+        completed=ids if outcome == "completed" else [],
+        failed=ids if outcome == "failed" else [],
+    )
     return QueueState(document, review_enabled, private=True)
 
 
