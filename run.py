@@ -3,6 +3,8 @@
     python3 run.py          install what running needs into .venv, then start swarm.py,
                             control_panel.py and worker.py on ./workspace (with demo
                             tasks) until Ctrl-C; `python3 run.py --help` for the options
+                            (`--with-postgres` keeps the shared state in a PostgreSQL
+                            server of the workspace's own, started and stopped with them)
     python3 run.py check    install into .venv (with test extras), then run in order
                             ruff check, ruff format --check, mypy, lint-imports and the
                             packaging smoke test (tests/helpers/package_smoke.py: the wheel
@@ -27,8 +29,13 @@ import threading
 import time
 import venv
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from swarm_runtime.processes import stop_gracefully
+
+if TYPE_CHECKING:
+    from swarm_runtime.store.local_postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -45,36 +52,50 @@ CHECKS = (
 )
 
 
-def ensure_environment(*, with_test_extras: bool) -> None:
+def ensure_environment(*, with_test_extras: bool, with_postgres: bool = False) -> None:
     """Create .venv and install the project once per version of pyproject.toml: what
-    running needs for the runtime, plus the test extras (pytest, playwright, the
-    linters) for `check`, `test` and `bench`. The first install needs the package index."""
+    running needs for the runtime (with the PostgreSQL driver when `--with-postgres` or
+    SWARM_DATABASE_URL asks for a database), plus the test extras (pytest, playwright, the
+    linters, the driver) for `check`, `test` and `bench`. The first install needs the
+    package index."""
     if sys.version_info < (3, 11):  # noqa: UP036 (runs under any python3, before the venv)
         sys.exit(f"swarm-runtime needs Python 3.11 or newer (this is {sys.version.split()[0]})")
     version = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     installed = STAMP.read_text() if STAMP.exists() else ""
-    if not needs_install(installed, version, with_test_extras=with_test_extras):
+    wanted = {"with_test_extras": with_test_extras, "with_postgres": with_postgres}
+    if not needs_install(installed, version, **wanted):
         return
     if not VENV_PYTHON.exists():
         print("creating .venv ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    target, extras = install_target(with_test_extras=with_test_extras)
+    target, extras = install_target(**wanted)
     print(f"installing swarm-runtime ({extras}) into .venv ...", flush=True)
     pip = [str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "-e", target], check=True)
     STAMP.write_text(f"{version} {extras}")
 
 
-def needs_install(stamp: str, version: str, *, with_test_extras: bool) -> bool:
-    """The stamp says which pyproject.toml was installed, and whether with the test extras;
-    running needs the first, checking and testing both."""
+# What the stamp may say was installed, each holding everything the ones before it hold.
+INSTALLS = ("run", "postgres", "test")
+
+
+def needs_install(
+    stamp: str, version: str, *, with_test_extras: bool, with_postgres: bool = False
+) -> bool:
+    """The stamp says which pyproject.toml was installed, and with which extras; running
+    needs the project, `--with-postgres` its driver too, checking and testing everything."""
     installed = stamp.split()
-    return not (installed[:1] == [version] and (installed[1:] == ["test"] or not with_test_extras))
+    if installed[:1] != [version] or len(installed) != 2 or installed[1] not in INSTALLS:
+        return True
+    _, wanted = install_target(with_test_extras=with_test_extras, with_postgres=with_postgres)
+    return INSTALLS.index(installed[1]) < INSTALLS.index(wanted)
 
 
-def install_target(*, with_test_extras: bool) -> tuple[str, str]:
+def install_target(*, with_test_extras: bool, with_postgres: bool = False) -> tuple[str, str]:
     """What pip installs, and the word the stamp keeps for it."""
-    return (f"{ROOT}[test]", "test") if with_test_extras else (str(ROOT), "run")
+    if with_test_extras:
+        return f"{ROOT}[test]", "test"
+    return (f"{ROOT}[postgres]", "postgres") if with_postgres else (str(ROOT), "run")
 
 
 def inside_venv() -> bool:
@@ -112,6 +133,15 @@ def parse_up(argv: list[str]) -> argparse.Namespace:
         default=port_default("CONTROL_PANEL_PORT", 8421),
         help="port of the control panel on 127.0.0.1 (CONTROL_PANEL_PORT)",
     )
+    parser.add_argument(
+        "--with-postgres",
+        action="store_true",
+        help="keep the queue, events, budget and the rest of the shared state in a "
+        "PostgreSQL server of the workspace's own (data in WORKSPACE/postgres/, the URL "
+        "for other terminals in WORKSPACE/.swarm/database_url), started and stopped with "
+        "the runtime; needs PostgreSQL's server programs (apt-get install postgresql, or "
+        "SWARM_POSTGRES_BIN)",
+    )
     return parser.parse_args(argv)
 
 
@@ -129,8 +159,14 @@ def main(argv: list[str]) -> int:
         )
         return 2
     options = parse_up(argv[1:] if command == "up" else argv) if command in (None, "up") else None
+    with_postgres = options is not None and options.with_postgres
+    if with_postgres and (problem := postgres_problem()):
+        print(f"run.py: {problem}", file=sys.stderr)
+        return 1
     if not inside_venv():
-        ensure_environment(with_test_extras=command in ("check", "test", "bench"))
+        extras = command in ("check", "test", "bench")
+        driver = with_postgres or bool(os.environ.get("SWARM_DATABASE_URL", "").strip())
+        ensure_environment(with_test_extras=extras, with_postgres=driver)
         os.execv(VENV_PYTHON, [str(VENV_PYTHON), str(Path(__file__).resolve()), *argv])
     if command == "check":
         return run_checks()
@@ -142,6 +178,18 @@ def main(argv: list[str]) -> int:
         return subprocess.call([sys.executable, str(runner), *argv[1:]], cwd=ROOT, env=env)
     assert options is not None
     return start_runtime(options)
+
+
+def postgres_problem() -> str | None:
+    """Why `--with-postgres` cannot start a server here, asked before installing anything."""
+    if os.environ.get("SWARM_DATABASE_URL", "").strip():
+        return (
+            "SWARM_DATABASE_URL is set, and --with-postgres starts a database of its own: "
+            "unset the variable, or leave out --with-postgres to use the database it names"
+        )
+    from swarm_runtime.store.local_postgres import missing_server
+
+    return missing_server()
 
 
 def run_checks() -> int:
@@ -166,6 +214,7 @@ def start_runtime(options: argparse.Namespace) -> int:
     runtime that is not up. Every child is told run.py's pid and stops if run.py dies,
     even by `kill -9`; a hangup (the terminal closed) stops them like Ctrl-C."""
     from swarm_runtime import demo
+    from swarm_runtime.errors import SwarmError
 
     workspace = options.workspace.resolve()
     env = {
@@ -180,27 +229,64 @@ def start_runtime(options: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     children: list[Child] = []
+    database: LocalPostgres | None = None
     try:
+        if options.with_postgres:
+            database = start_database(workspace, env)
         api = Child.start("swarm", ["swarm.py"], env, children)
         panel = Child.start("panel", ["control_panel.py"], env, children)
         api_url = api.wait_for_url("--api-port")
         panel_url = panel.wait_for_url("--panel-port")
         demo.seed(workspace, api_url)
-        Child.start("worker", ["worker.py"], env, children)
+        Child.start("worker", ["worker.py"], worker_env(env, api_url), children)
         print(demo.banner(workspace, api_url, panel_url), flush=True)
+        if database is not None:
+            print(database_banner(database), flush=True)
         while not stop.wait(0.5):
             dead = [c for c in children if c.proc.poll() is not None]
             if dead:
                 print(f"{dead[0].name} exited with code {dead[0].proc.returncode}; stopping")
                 return 1
         return 0
-    except RuntimeError as exc:
+    except (RuntimeError, SwarmError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         for child in reversed(children):
             child.stop()
+        if database is not None:
+            database.shutdown()
         print("all processes stopped", flush=True)
+
+
+def worker_env(env: dict[str, str], api_url: str) -> dict[str, str]:
+    """The worker sends to the API started beside it, on the port it took (with
+    --api-port 0 too), not to the queue's `api_endpoint`: with a database, every host
+    shares that one, and another host's API serves another workspace."""
+    return {**env, "SWARM_API_PORT": str(urlsplit(api_url).port)}
+
+
+def start_database(workspace: Path, env: dict[str, str]) -> LocalPostgres:
+    """The workspace's own server, named to every process by SWARM_DATABASE_URL (to the
+    demo's seeding too, which runs here)."""
+    from swarm_runtime.store.local_postgres import LocalPostgres
+    from swarm_runtime.store.state_files import Workspace
+
+    layout = Workspace(workspace)
+    layout.ensure_layout()
+    database = LocalPostgres(layout.root, layout.state_dir)
+    url = database.start(lambda line: print(f"[postgres] {line}", flush=True))
+    env["SWARM_DATABASE_URL"] = os.environ["SWARM_DATABASE_URL"] = url
+    print(f"[postgres] listening on {database.shown_url}", flush=True)
+    return database
+
+
+def database_banner(database: LocalPostgres) -> str:
+    """Where the database is, and how another terminal reaches it, without the password."""
+    return (
+        f"  database        {database.shown_url} (data in {database.folder})\n"
+        f'  other terminals export SWARM_DATABASE_URL="$(cat {database.url_file})"\n'
+    )
 
 
 class Child:

@@ -10,6 +10,7 @@ without one, the operator gets one line saying what to run, not a traceback.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ TARGETS = {
     "swarm": "swarm_runtime.api",
     "control_panel": "swarm_runtime.panel",
 }
+# Imported only once a database is asked for, long after the imports `launch` sees fail;
+# with SWARM_DATABASE_URL set it is a dependency like the others.
+DATABASE_VARIABLE, DATABASE_DRIVER = "SWARM_DATABASE_URL", "psycopg"
 
 
 def worker() -> int:
@@ -44,8 +48,14 @@ def launch(module: str) -> int:
         if exc.name is None or exc.name.split(".")[0] == "swarm_runtime":
             raise
         return rerun_in_venv(exc.name)
+    if os.environ.get(DATABASE_VARIABLE, "").strip() and not importable(DATABASE_DRIVER):
+        return rerun_in_venv(DATABASE_DRIVER)
     code: int = main()
     return code
+
+
+def importable(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
 
 
 def rerun_in_venv(missing: str) -> int:

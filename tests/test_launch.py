@@ -39,3 +39,21 @@ def test_with_the_checkouts_environment_the_command_runs_there(checkout: Path) -
         [*BARE_PYTHON, "worker.py", "--help"], cwd=checkout, capture_output=True, text=True
     )
     assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_a_named_database_makes_its_driver_a_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Python with the runtime's other dependencies but not psycopg ran the command and
+    failed with a traceback deep in the store: the driver is imported only once a store is
+    asked for, after the imports that send a command to .venv."""
+    from swarm_runtime import launch
+
+    reruns: list[str] = []
+    monkeypatch.setattr(launch, "importable", lambda name: name != "psycopg")
+    monkeypatch.setattr(launch, "rerun_in_venv", lambda missing: reruns.append(missing) or 3)
+    monkeypatch.setenv("SWARM_DATABASE_URL", "postgresql://u:p@127.0.0.1:5432/d")
+    assert launch.launch("swarm_runtime.cli") == 3 and reruns == ["psycopg"]
+    monkeypatch.delenv("SWARM_DATABASE_URL")
+    monkeypatch.setattr(sys, "argv", ["worker.py", "--help"])
+    with pytest.raises(SystemExit):  # without a database the command runs as it is
+        launch.launch("swarm_runtime.cli")
+    assert reruns == ["psycopg"]

@@ -5,7 +5,8 @@ A block runs each of its commands to exit 0 unless a comment above it says other
 `background` starts a runtime and waits until it is up (it runs until the next one starts
 or the walk ends), `follow` expects a first line and then stops the command with Ctrl-C,
 `collect` runs a pytest command with `--collect-only` (the suite does not run itself), and
-`ci` expects the command, verbatim, in .ci/run, which runs it.
+`ci` expects the command, verbatim, in .ci/run, which runs it. A block is one terminal: an
+`export` in it holds for the commands after it in that block.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -119,6 +121,19 @@ def test_the_json_examples_parse_line_by_line_or_whole() -> None:
                 json.loads(line)
 
 
+@pytest.mark.parametrize(
+    "command, name",
+    [
+        ('export SWARM_DATABASE_URL="$(cat f)"', "SWARM_DATABASE_URL"),
+        ("export A=1", "A"),
+        ("exporter A=1", None),
+        ("python3 worker.py export --out q.json", None),
+    ],
+)
+def test_an_export_is_kept_for_its_block(command: str, name: str | None) -> None:
+    assert exported_name(command) == name
+
+
 def test_the_parser_joins_continued_lines_and_reads_marks() -> None:
     text = "<!-- readme-test: ci -->\n```bash\na \\\nb  # note\n# only a comment\nc\n```\n"
     assert bash_blocks(text) == [Block(2, "ci", ("a b", "c"))]
@@ -128,10 +143,21 @@ def test_the_parser_joins_continued_lines_and_reads_marks() -> None:
 
 
 @pytest.fixture
-def checkout(tmp_path: Path) -> Path:
+def checkout() -> Iterator[Path]:
     """A committed copy of the checkout with an environment that is already installed:
-    run.py finds its stamp current and installs nothing."""
-    copy = committed_copy(tmp_path / "checkout")
+    run.py finds its stamp current and installs nothing. Not under pytest's temporary
+    folder, which is closed to other users: `run.py --with-postgres` started by root runs
+    its server as `postgres`, which must reach the workspace."""
+    folder = Path(tempfile.mkdtemp(prefix="swarm-readme-"))
+    folder.chmod(0o711)
+    try:
+        yield installed_copy(folder / "checkout")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def installed_copy(destination: Path) -> Path:
+    copy = committed_copy(destination)
     venv = copy / ".venv"
     (venv / "bin").mkdir(parents=True)
     shutil.copy2(Path(sys.prefix) / "pyvenv.cfg", venv / "pyvenv.cfg")
@@ -145,8 +171,16 @@ def checkout(tmp_path: Path) -> Path:
 class Walk:
     def __init__(self, checkout: Path):
         self.checkout = checkout
-        self.env = plain_env() | {"SWARM_API_PORT": "0", "CONTROL_PANEL_PORT": "0"}
+        self.base_env = plain_env() | {"SWARM_API_PORT": "0", "CONTROL_PANEL_PORT": "0"}
+        self.exported: dict[str, str] = {}
         self.background: subprocess.Popen[str] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.base_env | self.exported
+
+    def new_block(self) -> None:
+        self.exported = {}
 
     def start(self, command: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -160,6 +194,9 @@ class Walk:
         )
 
     def run(self, command: str, *extra: str) -> None:
+        exported = exported_name(command)
+        if exported is not None:  # print what it set, to keep for the rest of the block
+            command = f'{command} && printf %s "${exported}"'
         result = subprocess.run(
             ["bash", "-c", " ".join([command, *extra])],
             cwd=self.checkout,
@@ -169,6 +206,8 @@ class Walk:
             timeout=COMMAND_SECONDS,
         )
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+        if exported is not None:
+            self.exported[exported] = result.stdout
 
     def in_background(self, command: str) -> None:
         self.stop_background()
@@ -188,6 +227,12 @@ class Walk:
         self.background = None
 
 
+def exported_name(command: str) -> str | None:
+    """NAME, for a command `export NAME=...`."""
+    name = command.removeprefix("export ").partition("=")[0]
+    return name if command.startswith("export ") and name.isidentifier() else None
+
+
 def first_line_with(process: subprocess.Popen[str], text: str, seconds: float) -> bool:
     """Reads the process's output until a line holds `text` (any line, for "")."""
     assert process.stdout is not None
@@ -204,6 +249,7 @@ def test_every_command_in_the_readme_works_as_written(checkout: Path) -> None:
     walk = Walk(checkout)
     try:
         for block in bash_blocks(README.read_text()):
+            walk.new_block()
             for command in block.commands:
                 if block.mode == "background":
                     walk.in_background(command)
