@@ -9,8 +9,9 @@ Two kinds of transaction, told apart by one advisory lock on the queue:
   holding just the row it locked.
 - **Full**, holding the lock alone: adding and planning, the operator's actions,
   retention, and every claim that needs the whole queue's view: reclaiming a dead
-  lease, failing what can never run, a task that must run alone, a review to resume,
-  a task whose dependency just finished, or no fast task at all. These run on the
+  lease, failing what can never run, a task that must run alone once nothing runs
+  (or while one runs), a review to resume, a task whose dependency just finished, or
+  no fast task at all. These run on the
   whole queue in memory, caught up with what others wrote, exactly as the file store
   runs them; they also say, for every task they judged, which lane a claim may take
   it by (`rules.claim_lane`).
@@ -21,8 +22,8 @@ behind another host. The time a lease is measured by is the database's clock, so
 hosts whose clocks disagree still agree on when a lease expires.
 
 Readers take no lock: `load` reads one snapshot, and catches up by the rows written
-since its last look (each row names the transaction that wrote it). A release or a
-new task NOTIFYs `swarm_queue`, which wakes idle workers.
+since its last look (each row names the transaction that wrote it). Work an idle
+worker could now take (a new task, a release that frees one) NOTIFYs `swarm_queue`.
 """
 
 from __future__ import annotations
@@ -89,11 +90,11 @@ WATERMARK = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 NOW = "coalesce(%(clock)s::float8, extract(epoch FROM clock_timestamp())::float8)"
 CLAIM_BY_ROW = f"""
 WITH now AS MATERIALIZED (SELECT {NOW} AS at),
-flags AS (
+leases AS (
     SELECT
-        EXISTS (SELECT FROM swarm_tasks WHERE lane = 'full')
-            OR coalesce(bool_or(lease_expires_at <= (SELECT at FROM now) OR NOT parallel_safe),
-                false) AS needs_queue,
+        count(*) > 0 AS running,
+        coalesce(bool_or(lease_expires_at <= (SELECT at FROM now) OR NOT parallel_safe),
+            false) AS blocking,
         json_agg(doc -> 'lease') FILTER (WHERE lease_host = %(host)s) AS here
     FROM swarm_tasks WHERE lease_expires_at IS NOT NULL
 ),
@@ -103,9 +104,14 @@ candidate AS (
     ORDER BY position LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
-SELECT (SELECT at FROM now), flags.needs_queue, flags.here, q.header,
-    c.position, c.doc, o.outcome
-FROM flags CROSS JOIN swarm_queue q
+SELECT (SELECT at FROM now),
+    leases.blocking
+        OR EXISTS (SELECT FROM swarm_tasks WHERE lane = 'full')
+        OR (NOT leases.running AND EXISTS (
+            SELECT FROM swarm_tasks WHERE lane = 'alone'
+            AND position < coalesce(c.position, 'Infinity'::numeric))),
+    leases.here, q.header, c.position, c.doc, o.outcome
+FROM leases CROSS JOIN swarm_queue q
 LEFT JOIN candidate c ON true
 LEFT JOIN swarm_outcomes o ON o.task_id = c.id
 WHERE q.id = 1

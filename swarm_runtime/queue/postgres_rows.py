@@ -124,7 +124,7 @@ handed AS (
 )
 SELECT pg_notify(%(channel)s, '')
 WHERE %(claimable)s OR EXISTS (SELECT FROM handed)
-    OR (%(released)s AND EXISTS (SELECT FROM swarm_tasks WHERE lane = 'full'))
+    OR (%(released)s AND EXISTS (SELECT FROM swarm_tasks WHERE lane IN ('alone', 'full')))
 """
 
 
@@ -137,7 +137,7 @@ def write_one_row(
 
     Idle workers hear only of work they could now take: this task claimable again, its
     dependents handed over, or a lease released while a task waits for the full claim
-    (one that must run alone may now). A NOTIFY makes its commit wait for every other
+    (one that must run alone may run now). A NOTIFY makes its commit wait for every other
     notifying commit, so finishes that free nothing stay silent."""
     task = row.task
     conn.execute(

@@ -43,7 +43,7 @@ OPERATOR_EFFECTS: dict[Status, dict[str, Any]] = {
 }
 
 
-Lane = Literal["fast", "full"]
+Lane = Literal["fast", "alone", "full"]
 
 
 @dataclass(frozen=True)
@@ -208,17 +208,19 @@ def claim_lane(state: QueueState, task: Task) -> Lane | None:
     """How a claim in the database may take `task`, due time aside (`queue.postgres`).
 
     "fast": by locking its row alone, since its turn in queue order is all that decides;
-    "full": only under the whole queue's lock, because it resumes a review or must run
-    alone, or waits on a dependency nobody has judged yet (it may never run, and only
-    the full claim fails it); None: it cannot run now (running, finished, or waiting on
-    a dependency)."""
+    "alone": it must run alone, so only under the whole queue's lock, and only when
+    nothing runs (until then a fast task behind it may go first, as `next_runnable`
+    lets it); "full": only under the whole queue's lock, because it resumes a review or
+    waits on a dependency nobody has judged yet (it may never run, and only the full
+    claim fails it); None: it cannot run now (running, finished, or waiting on a
+    dependency)."""
     if awaits_review(task):
         return "full"
     if task.status not in CLAIMABLE_STATUSES:
         return None
     if not dependencies_met(state, task):
         return "full" if task.id in state.unchecked else None
-    return "fast" if task.parallel_safe else "full"
+    return "fast" if task.parallel_safe else "alone"
 
 
 def is_drained(state: QueueState) -> bool:

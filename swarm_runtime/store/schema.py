@@ -113,7 +113,7 @@ MIGRATIONS: tuple[str, ...] = (
     # writer would queue on. Lanes start as 'full': the first claim judges them again.
     """
     ALTER TABLE swarm_tasks
-        ADD COLUMN lane text CHECK (lane IN ('fast', 'full')),
+        ADD COLUMN lane text CHECK (lane IN ('fast', 'alone', 'full')),
         ADD COLUMN not_before double precision,
         ADD COLUMN parallel_safe boolean NOT NULL DEFAULT true,
         ADD COLUMN lease_host text,
@@ -128,6 +128,7 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX IF EXISTS swarm_tasks_status;
     CREATE INDEX swarm_tasks_fast_lane ON swarm_tasks (position) WHERE lane = 'fast';
     CREATE INDEX swarm_tasks_full_lane ON swarm_tasks (id) WHERE lane = 'full';
+    CREATE INDEX swarm_tasks_alone_lane ON swarm_tasks (position) WHERE lane = 'alone';
     CREATE INDEX swarm_tasks_leased ON swarm_tasks (lease_expires_at)
         WHERE lease_expires_at IS NOT NULL;
     CREATE INDEX swarm_tasks_written ON swarm_tasks (written_by);
