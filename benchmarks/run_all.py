@@ -1,6 +1,7 @@
 """Run the benchmarks and print one table: `python benchmarks/run_all.py [NAME ...] [--quick]`.
 
-NAME picks benchmarks (local, llm, queue, panel, preflight, safety, budget; all by default).
+NAME picks benchmarks (local, llm, queue, panel, preflight, safety, budget, postgres; all by
+default).
 `--quick` runs fewer rounds and a 128 MB log instead of 1 GB; `--log-mb` sets that size.
 `python3 run.py bench ...` installs the project into .venv and runs this.
 """
@@ -15,6 +16,7 @@ import bench_budget
 import bench_llm_scaling
 import bench_local_overhead
 import bench_panel
+import bench_postgres
 import bench_preflight
 import bench_queue_growth
 import bench_safety_corpus
@@ -28,6 +30,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
     "preflight": lambda args: bench_preflight.run(args.quick),
     "safety": lambda args: bench_safety_corpus.run(args.quick),
     "budget": lambda args: bench_budget.run(args.quick),
+    "postgres": lambda args: bench_postgres.run(args.quick),
 }
 
 

@@ -3,7 +3,9 @@
 run as root), stopped and removed at the end.
 
 Without PostgreSQL's server programs the tests that need it skip and say why; with
-SWARM_REQUIRE_POSTGRES=1 they fail instead, so CI never passes by skipping them.
+SWARM_REQUIRE_POSTGRES=1 they fail instead, so CI never passes by skipping them. The
+benchmarks start their cluster with `throwaway_cluster` and PostgreSQL's own durability
+settings; a missing server is a `ClusterUnavailable` there, not a skip.
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-
-import pytest
 
 SUPERUSER = "swarm"
 PASSWORD = "cluster-secret-pw"
@@ -41,7 +41,13 @@ def server_bin_dir() -> Path | None:
     return None
 
 
+class ClusterUnavailable(Exception):
+    """No cluster can be started here; the message says why."""
+
+
 def unavailable(reason: str) -> None:
+    import pytest
+
     if os.environ.get("SWARM_REQUIRE_POSTGRES") == "1":
         pytest.fail(f"PostgreSQL is required (SWARM_REQUIRE_POSTGRES=1): {reason}")
     pytest.skip(f"no PostgreSQL for these tests: {reason}")
@@ -54,12 +60,16 @@ def free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, bin_dir: Path, root: Path, port: int, run_as: list[str]):
+    def __init__(
+        self, bin_dir: Path, root: Path, port: int, run_as: list[str], options: str = FAST
+    ):
+        """`options` are the server's settings on its command line, kept across restarts."""
         self.bin_dir = bin_dir
         self.root = root
         self.data = root / "data"
         self.port = port
         self.run_as = run_as
+        self.options = options
         self._made = 0
 
     def url(self, database: str = "postgres", password: str = PASSWORD) -> str:
@@ -87,7 +97,7 @@ class Cluster:
         self.start_server()
 
     def start_server(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 {FAST}"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 {self.options}"
         self._run(
             "pg_ctl",
             "start",
@@ -128,10 +138,12 @@ def unprivileged() -> tuple[list[str], int | None, int | None]:
     try:
         user = pwd.getpwnam(UNPRIVILEGED_USER)
     except KeyError:
-        unavailable(f"running as root and there is no {UNPRIVILEGED_USER!r} user to run as")
+        raise ClusterUnavailable(
+            f"running as root and there is no {UNPRIVILEGED_USER!r} user to run as"
+        ) from None
     runuser = shutil.which("runuser") or shutil.which("setpriv")
     if runuser is None:
-        unavailable("running as root and neither runuser nor setpriv is installed")
+        raise ClusterUnavailable("running as root and neither runuser nor setpriv is installed")
     if runuser.endswith("runuser"):
         return [runuser, "-u", UNPRIVILEGED_USER, "--"], user.pw_uid, user.pw_gid
     ids = [f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
@@ -140,18 +152,35 @@ def unprivileged() -> tuple[list[str], int | None, int | None]:
 
 @contextmanager
 def running_cluster() -> Iterator[Cluster]:
+    """The tests' cluster, which need not sync; without a server the tests skip."""
+    with ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(throwaway_cluster(FAST))
+        except ClusterUnavailable as exc:
+            unavailable(str(exc))
+        yield cluster
+
+
+@contextmanager
+def throwaway_cluster(options: str = FAST) -> Iterator[Cluster]:
+    """A cluster whose server runs with `options` ("" keeps PostgreSQL's defaults),
+    stopped and removed at the end; ClusterUnavailable when none can start here."""
     bin_dir = server_bin_dir()
     if bin_dir is None:
-        unavailable("initdb and pg_ctl not found (set SWARM_POSTGRES_BIN to their folder)")
+        raise ClusterUnavailable(
+            "initdb and pg_ctl not found (set SWARM_POSTGRES_BIN to their folder)"
+        )
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        unavailable("the driver is not installed: pip install 'swarm-runtime[postgres]'")
+        raise ClusterUnavailable(
+            "the driver is not installed: pip install 'swarm-runtime[postgres]'"
+        ) from None
     run_as, uid, gid = unprivileged()
     root = Path(tempfile.mkdtemp(prefix="swarm-pg-"))
     if uid is not None and gid is not None:
         os.chown(root, uid, gid)
-    cluster = Cluster(bin_dir, root, free_port(), run_as)
+    cluster = Cluster(bin_dir, root, free_port(), run_as, options)
     try:
         cluster.start()
         yield cluster
