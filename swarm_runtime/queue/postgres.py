@@ -279,8 +279,7 @@ class PostgresQueueStore(QueueTransactions):
 
     def _claim_by_row(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome | None:
         """None when this claim needs the whole queue (see the module docstring)."""
-        with self.database.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (QUEUE_LOCK,))
+        with self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn:
             params = {"clock": self._now(), "host": worker.host}
             found = conn.execute(CLAIM_BY_ROW, params).fetchone()
             assert found is not None
@@ -307,8 +306,7 @@ class PostgresQueueStore(QueueTransactions):
 
     def _on_row(self, task_id: str, change: Change[R]) -> R:
         """Run `change` on the one task row, locked, beside other rows' transactions."""
-        with self.database.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (QUEUE_LOCK,))
+        with self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn:
             found = conn.execute(LOCK_ROW, {"id": task_id, "clock": self._now()}).fetchone()
             assert found is not None
             now, position, doc, outcome = found
@@ -341,14 +339,13 @@ class PostgresQueueStore(QueueTransactions):
         then read again: nothing half-done survives."""
         with self._writing:
             try:
-                with self.database.transaction() as conn:
+                with self.database.transaction(holding=QUEUE_LOCK) as conn:
                     return self._run(conn, change)
             except BaseException:
                 self._written = None
                 raise
 
     def _run(self, conn: Connection, change: Change[R]) -> R:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (QUEUE_LOCK,))
         row = conn.execute(
             f"SELECT {WATERMARK}, header, {NOW} FROM swarm_queue WHERE id = 1",
             {"clock": self._now()},

@@ -124,7 +124,8 @@ handed AS (
 )
 SELECT pg_notify(%(channel)s, '')
 WHERE %(claimable)s OR EXISTS (SELECT FROM handed)
-    OR (%(released)s AND EXISTS (SELECT FROM swarm_tasks WHERE lane IN ('alone', 'full')))
+    OR (%(released)s AND (EXISTS (SELECT FROM swarm_tasks WHERE lane = 'alone')
+        OR EXISTS (SELECT FROM swarm_tasks WHERE lane = 'full')))
 """
 
 

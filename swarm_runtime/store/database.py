@@ -113,7 +113,11 @@ class Database:
             max_size=pool_size,
             open=True,
             check=check_if_touched,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            kwargs={
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "autocommit": True,
+                "options": "-c plan_cache_mode=force_generic_plan",
+            },
             name="swarm",
         )
         return cls(url, pool, checkout_timeout)
@@ -124,15 +128,28 @@ class Database:
         return StoreUnavailable(redact(url), problem, hint)
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection[Any]]:
-        """A connection inside one transaction, committed when the block ends."""
+    def transaction(
+        self, *, holding: int | None = None, shared: bool = False
+    ) -> Iterator[Connection[Any]]:
+        """A connection inside one transaction, committed when the block ends and rolled
+        back if it raises.
+
+        `holding` names an advisory lock (`shared` or not) the transaction takes as it
+        begins, in the same round trip: for short transactions the waiting is most of
+        the cost, and a lock taken in the first statement holds for every later one."""
         import psycopg
         import psycopg_pool
 
+        begin = "BEGIN" if holding is None else f"BEGIN; SELECT {lock_call(holding, shared)}"
         try:
             with self._pool.connection(timeout=self.checkout_timeout) as conn:
-                with conn.transaction():
+                conn.execute(begin.encode())
+                try:
                     yield conn
+                except BaseException:
+                    rollback_quietly(conn)
+                    raise
+                conn.execute(b"COMMIT")
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             problem, hint = (
                 UNREACHABLE if isinstance(exc, psycopg_pool.PoolTimeout) else explain(str(exc))
@@ -154,6 +171,21 @@ class Database:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def lock_call(key: int, shared: bool) -> str:
+    """The SQL that takes advisory lock `key` until the transaction ends."""
+    return f"pg_advisory_xact_lock{'_shared' if shared else ''}({int(key)})"
+
+
+def rollback_quietly(conn: Connection[Any]) -> None:
+    """Undo the transaction; a connection too broken for that is dropped by the pool."""
+    import psycopg
+
+    try:
+        conn.execute(b"ROLLBACK")
+    except psycopg.Error:
+        log.debug("rollback failed; the connection is closed and replaced")
 
 
 def check_if_touched(conn: Connection[Any]) -> None:

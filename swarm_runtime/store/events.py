@@ -101,8 +101,7 @@ class DatabaseEvents:
         from psycopg.types.json import Json
 
         envelope = [str(record[key]) for key in ENVELOPE]
-        with self.database.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+        with self.database.transaction(holding=EVENTS_LOCK) as conn:
             row = conn.execute(
                 "INSERT INTO swarm_events (task_id, worker_id, status, timestamp, record)"
                 " VALUES (%s, %s, %s, %s, %s) RETURNING id",
