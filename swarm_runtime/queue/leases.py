@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TypeGuard
 
 from swarm_runtime.contract import Lease, Task
@@ -25,8 +26,9 @@ class WorkerIdentity:
     pid: int = field(default_factory=os.getpid)
     host: str = HOST
 
-    @property
+    @cached_property
     def pid_started(self) -> float | None:
+        """Read once: a process's start time never changes (a claim used to read /proc)."""
         return process_start_time(self.pid)
 
 

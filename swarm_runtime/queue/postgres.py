@@ -380,10 +380,11 @@ class PostgresQueueStore(QueueTransactions):
         lanes = judged_lanes(state, read | {t.id for t in written})
         write_tasks(conn, [TaskRow(t, snapshot.positions[t.id], lanes[t.id]) for t in written])
         write_dependencies(conn, written)
+        written_ids = {t.id for t in written}
         moved = {
             task_id: lane
             for task_id, lane in lanes.items()
-            if lane != snapshot.lanes.get(task_id) and task_id not in {t.id for t in written}
+            if lane != snapshot.lanes.get(task_id) and task_id not in written_ids
         }
         write_lanes(conn, moved)
         snapshot.lanes.update(lanes)

@@ -204,22 +204,31 @@ def anchors(known: dict[str, Decimal], changed: list[tuple[str, Decimal]]) -> di
 
 def place_new_tasks(snapshot: Snapshot, new_ids: list[str]) -> None:
     """Give each new task a position between its neighbours in the queue's order: after
-    the last task when appended, in front of the parent when planned."""
+    the last task when appended, in front of the parent when planned. Each run of new
+    tasks standing together is spread between the known tasks around it, so placing n
+    tasks costs n steps, not n squared."""
     state, positions = snapshot.state, snapshot.positions
     tasks = state.doc.tasks
-    for task_id in sorted(new_ids, key=state.rank):
-        rank = state.rank(task_id)
-        after = positions[tasks[rank - 1].id] if rank > 0 else None
-        before = next((positions[t.id] for t in tasks[rank + 1 :] if t.id in positions), None)
-        positions[task_id] = between(after, before)
+    ranks = sorted(state.rank(task_id) for task_id in new_ids)
+    start = 0
+    while start < len(ranks):
+        end = start
+        while end + 1 < len(ranks) and ranks[end + 1] == ranks[end] + 1:
+            end += 1
+        first, last = ranks[start], ranks[end]
+        after = positions[tasks[first - 1].id] if first > 0 else None
+        before = positions[tasks[last + 1].id] if last + 1 < len(tasks) else None
+        for offset, place in enumerate(spread(after, before, end - start + 1)):
+            positions[tasks[first + offset].id] = place
+        start = end + 1
 
 
-def between(after: Decimal | None, before: Decimal | None) -> Decimal:
-    if after is None and before is None:
-        return Decimal(1)
+def spread(after: Decimal | None, before: Decimal | None, count: int) -> list[Decimal]:
+    """`count` positions in order, all after `after` and before `before` (either open)."""
     if before is None:
-        assert after is not None
-        return after + 1
+        base = after if after is not None else Decimal(0)
+        return [base + step for step in range(1, count + 1)]
     if after is None:
-        return before - 1
-    return (after + before) / 2
+        return [before - step for step in range(count, 0, -1)]
+    gap = (before - after) / (count + 1)
+    return [after + gap * step for step in range(1, count + 1)]
