@@ -1,6 +1,8 @@
 """A throwaway PostgreSQL cluster for the tests: `initdb` into a temporary folder,
 `pg_ctl` on a free loopback port, run as an unprivileged user (the server refuses to
-run as root), stopped and removed at the end.
+run as root), stopped and removed at the end. Finding the server's programs and the
+user to run them as is the runtime's own (`store.local_postgres`, behind
+`run.py --with-postgres`).
 
 Without PostgreSQL's server programs the tests that need it skip and say why; with
 SWARM_REQUIRE_POSTGRES=1 they fail instead, so CI never passes by skipping them. The
@@ -10,35 +12,25 @@ settings; a missing server is a `ClusterUnavailable` there, not a skip.
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from swarm_runtime.store.local_postgres import (
+    LocalPostgresError,
+    free_port,
+    server_bin_dir,
+    unprivileged,
+)
+
 SUPERUSER = "swarm"
 PASSWORD = "cluster-secret-pw"
-UNPRIVILEGED_USER = "postgres"
 # Durability is not what these tests measure: a test cluster need not sync.
 FAST = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-
-
-def server_bin_dir() -> Path | None:
-    """SWARM_POSTGRES_BIN, else the newest Debian-style install, else pg_ctl on PATH."""
-    named = os.environ.get("SWARM_POSTGRES_BIN")
-    candidates = [named] if named else sorted(glob.glob("/usr/lib/postgresql/*/bin"))[::-1]
-    on_path = shutil.which("pg_ctl")
-    if not named and on_path:
-        candidates.append(str(Path(on_path).parent))
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "initdb").exists():
-            return Path(candidate)
-    return None
 
 
 class ClusterUnavailable(Exception):
@@ -51,12 +43,6 @@ def unavailable(reason: str) -> None:
     if os.environ.get("SWARM_REQUIRE_POSTGRES") == "1":
         pytest.fail(f"PostgreSQL is required (SWARM_REQUIRE_POSTGRES=1): {reason}")
     pytest.skip(f"no PostgreSQL for these tests: {reason}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Cluster:
@@ -131,25 +117,6 @@ class Cluster:
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def unprivileged() -> tuple[list[str], int | None, int | None]:
-    """How to run the server's programs: as ourselves, or as root via `runuser`."""
-    if os.geteuid() != 0:
-        return [], None, None
-    try:
-        user = pwd.getpwnam(UNPRIVILEGED_USER)
-    except KeyError:
-        raise ClusterUnavailable(
-            f"running as root and there is no {UNPRIVILEGED_USER!r} user to run as"
-        ) from None
-    runuser = shutil.which("runuser") or shutil.which("setpriv")
-    if runuser is None:
-        raise ClusterUnavailable("running as root and neither runuser nor setpriv is installed")
-    if runuser.endswith("runuser"):
-        return [runuser, "-u", UNPRIVILEGED_USER, "--"], user.pw_uid, user.pw_gid
-    ids = [f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
-    return [runuser, *ids], user.pw_uid, user.pw_gid
-
-
 @contextmanager
 def running_cluster() -> Iterator[Cluster]:
     """The tests' cluster, which need not sync; without a server the tests skip."""
@@ -176,10 +143,13 @@ def throwaway_cluster(options: str = FAST) -> Iterator[Cluster]:
         raise ClusterUnavailable(
             "the driver is not installed: pip install 'swarm-runtime[postgres]'"
         ) from None
-    run_as, uid, gid = unprivileged()
+    try:
+        run_as, user = unprivileged()
+    except LocalPostgresError as exc:
+        raise ClusterUnavailable(str(exc)) from None
     root = Path(tempfile.mkdtemp(prefix="swarm-pg-"))
-    if uid is not None and gid is not None:
-        os.chown(root, uid, gid)
+    if user is not None:
+        os.chown(root, user.pw_uid, user.pw_gid)
     cluster = Cluster(bin_dir, root, free_port(), run_as, options)
     try:
         cluster.start()
