@@ -322,11 +322,11 @@ class PostgresQueueStore(QueueTransactions):
         if record is None:
             return
         for task in record.tasks:
-            row = TaskRow(task, position, lane_by_row(state, task))
-            finished = outcome_of(task, self.review_enabled) is not None
-            write_one_row(conn, row, record.outcomes, finished=finished)
             if task.depends_on != (before or {}).get("depends_on", []):
                 write_dependencies(conn, [task])
+            row = TaskRow(task, position, lane_by_row(state, task))
+            finished = outcome_of(task, self.review_enabled) is not None
+            write_one_row(conn, row, record.outcomes, finished=finished)  # and commits
 
     def _now(self) -> float | None:
         """The injected clock's time, or None for the database's."""

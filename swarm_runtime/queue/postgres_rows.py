@@ -21,6 +21,7 @@ from psycopg.types.json import Json
 from swarm_runtime.contract import CLAIMABLE_STATUSES, Task
 from swarm_runtime.queue.rules import Lane
 from swarm_runtime.queue.state import QueueState
+from swarm_runtime.store.database import commit_with
 
 Connection = psycopg.Connection[Any]
 CHANNEL = "swarm_queue"
@@ -132,7 +133,8 @@ WHERE %(claimable)s OR EXISTS (SELECT FROM handed)
 def write_one_row(
     conn: Connection, row: TaskRow, outcomes: dict[str, Any], *, finished: bool
 ) -> None:
-    """One task's row and outcome, in one statement with what follows from them: a task
+    """One task's row and outcome, in one statement with what follows from them, sent
+    with the transaction's COMMIT (the last thing a transaction by row does): a task
     that `finished` hands its waiting dependents to the full claim (which judges, under
     the queue's lock, whether they may now run or never will).
 
@@ -141,7 +143,8 @@ def write_one_row(
     (one that must run alone may run now). A NOTIFY makes its commit wait for every other
     notifying commit, so finishes that free nothing stay silent."""
     task = row.task
-    conn.execute(
+    commit_with(
+        conn,
         WRITE_ONE_ROW,
         {
             "id": task.id,

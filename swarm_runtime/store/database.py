@@ -139,6 +139,7 @@ class Database:
         the cost, and a lock taken in the first statement holds for every later one."""
         import psycopg
         import psycopg_pool
+        from psycopg.pq import TransactionStatus
 
         begin = "BEGIN" if holding is None else f"BEGIN; SELECT {lock_call(holding, shared)}"
         try:
@@ -149,7 +150,8 @@ class Database:
                 except BaseException:
                     rollback_quietly(conn)
                     raise
-                conn.execute(b"COMMIT")
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    conn.execute(b"COMMIT")  # unless the block ended it with commit_with
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             problem, hint = (
                 UNREACHABLE if isinstance(exc, psycopg_pool.PoolTimeout) else explain(str(exc))
@@ -171,6 +173,13 @@ class Database:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def commit_with(conn: Connection[Any], query: Any, params: Any) -> None:
+    """A transaction's last statement sent with its COMMIT, in one round trip."""
+    with conn.pipeline():
+        conn.execute(query, params)
+        conn.execute(b"COMMIT")
 
 
 def lock_call(key: int, shared: bool) -> str:
