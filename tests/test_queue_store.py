@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, wait_until
+from conftest import ROOT, a_fresh_reader_sees_the_journaled_queue, wait_until
 from pydantic import ValidationError
 
-from swarm_runtime.contract import ExecutionRecord, ReviewRecord, Status, validate_queue_contract
+from swarm_runtime.contract import ExecutionRecord, Status, validate_queue_contract
 from swarm_runtime.errors import (
     DuplicateTaskError,
     InvalidTransition,
-    LeaseLostError,
     QueueFileError,
-    UnknownTaskError,
 )
 from swarm_runtime.queue import store as queue_store
 from swarm_runtime.queue.store import QueueStore, WorkerIdentity
@@ -57,14 +55,7 @@ def store(
         return
     store = request.getfixturevalue("large")
     yield store
-    try:
-        expected = store.load().model_dump()
-    except QueueFileError:
-        return  # the test left a malformed queue on purpose
-    assert QueueStore(workspace, clock=clock).load().model_dump() == expected
-    store.flush()
-    assert not workspace.queue_journal_path.exists()
-    assert QueueStore(workspace, clock=clock).load().model_dump() == expected
+    a_fresh_reader_sees_the_journaled_queue(store, workspace, clock)
 
 
 ME = WorkerIdentity("w1")
@@ -81,13 +72,6 @@ def claim_id(store: QueueStore, worker: WorkerIdentity = ME) -> str | None:
     return task.id if task else None
 
 
-def test_add_refuses_a_duplicate_id(store: QueueStore) -> None:
-    store.add({"id": "a", "prompt": "p"})
-    with pytest.raises(DuplicateTaskError, match="'a' is already in the queue"):
-        store.add({"id": "a", "prompt": "other"})
-    assert [t.id for t in store.load().tasks] == ["a"]
-
-
 def test_added_task_is_normalized_and_keeps_unknown_fields(store: QueueStore, workspace) -> None:
     store.add({"id": "a", "prompt": "p", "owner": "ops"})
     raw = json.loads(workspace.queue_path.read_text())["tasks"][0]
@@ -98,14 +82,6 @@ def test_added_task_is_normalized_and_keeps_unknown_fields(store: QueueStore, wo
         True,
         "pending",
     )
-
-
-def test_claims_in_file_order_once_dependencies_are_satisfied(store: QueueStore) -> None:
-    add_all(store, {"id": "b", "prompt": "p", "depends_on": ["a"]}, {"id": "a", "prompt": "p"})
-    assert claim_id(store) == "a"
-    assert claim_id(store) is None  # b waits for a
-    store.finish("a", ME, Status.COMPLETED)
-    assert claim_id(store) == "b"
 
 
 def test_status_and_lists_track_the_lifecycle(store: QueueStore) -> None:
@@ -120,22 +96,6 @@ def test_status_and_lists_track_the_lifecycle(store: QueueStore) -> None:
     assert doc.find("b").last_error == "blocked"
 
 
-def test_failure_propagates_down_the_chain_naming_the_dependency(store: QueueStore) -> None:
-    add_all(
-        store,
-        {"id": "a", "prompt": "p"},
-        {"id": "b", "prompt": "p", "depends_on": ["a"]},
-        {"id": "c", "prompt": "p", "depends_on": "b"},
-    )
-    claim_id(store)
-    store.finish("a", ME, Status.FAILED)
-    outcome = store.claim(ME, 30)
-    assert outcome.task is None and outcome.drained
-    reasons = {p.task_id: p.reason for p in outcome.propagated}
-    assert reasons == {"b": "dependency 'a' ended failed", "c": "dependency 'b' ended failed"}
-    assert store.load().failed == ["a", "b", "c"]
-
-
 def test_unknown_dependency_and_cycles_fail_instead_of_waiting(store: QueueStore) -> None:
     add_all(
         store,
@@ -148,47 +108,6 @@ def test_unknown_dependency_and_cycles_fail_instead_of_waiting(store: QueueStore
     assert "unknown dependency 'ghost'" in reasons["u"]
     assert reasons["x"].startswith("dependency cycle") and "y" in reasons
     assert outcome.drained
-
-
-def test_parallel_unsafe_task_runs_alone(store: QueueStore) -> None:
-    add_all(
-        store,
-        {"id": "a", "prompt": "p"},
-        {"id": "solo", "prompt": "p", "parallel_safe": False},
-        {"id": "c", "prompt": "p"},
-    )
-    assert claim_id(store) == "a"
-    assert claim_id(store, OTHER) == "c"  # solo is skipped while a runs
-    store.finish("a", ME, Status.COMPLETED)
-    store.finish("c", OTHER, Status.COMPLETED)
-    assert claim_id(store) == "solo"
-    store.add({"id": "d", "prompt": "p"})
-    assert claim_id(store, OTHER) is None  # nothing runs beside solo
-
-
-def test_an_expired_lease_is_reclaimed_by_another_worker(store: QueueStore, clock: Clock) -> None:
-    store.add({"id": "a", "prompt": "p"})
-    stale = WorkerIdentity("ghost", pid=ME.pid, host="elsewhere")
-    assert claim_id(store, stale) == "a"
-    assert claim_id(store) is None  # live lease held elsewhere
-    clock.now += 31
-    outcome = store.claim(ME, 30)
-    assert outcome.task.id == "a" and outcome.task.attempts == 2
-    assert outcome.reclaimed[0].reason == "lease expired"
-    assert outcome.reclaimed[0].previous["worker_id"] == "ghost"
-    with pytest.raises(LeaseLostError):
-        store.finish("a", stale, Status.COMPLETED)
-
-
-def test_heartbeat_keeps_the_lease_alive(store: QueueStore, clock: Clock) -> None:
-    store.add({"id": "a", "prompt": "p"})
-    holder = WorkerIdentity("h", pid=ME.pid, host="elsewhere")
-    claim_id(store, holder)
-    for _ in range(5):
-        clock.now += 20
-        assert store.heartbeat("a", holder, 30)
-    assert claim_id(store) is None
-    assert not store.heartbeat("a", ME, 30)  # not ours
 
 
 class LockWitness(Clock):
@@ -222,16 +141,6 @@ def test_a_renewal_counts_its_lease_from_when_it_holds_the_lock(workspace: Works
     assert store.heartbeat("a", ME, 30)
     assert witness.read_unlocked == 0
     assert store.load().find("a").lease.expires_at == witness.now + 30
-
-
-def test_a_dead_holder_on_this_host_is_reclaimed_at_once(store: QueueStore) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    store.add({"id": "a", "prompt": "p"})
-    assert claim_id(store, WorkerIdentity("dead", pid=child.pid)) == "a"
-    outcome = store.claim(ME, 30)
-    assert outcome.task.id == "a"
-    assert outcome.reclaimed[0].reason == "lease holder process no longer exists"
 
 
 @pytest.mark.parametrize(
@@ -332,85 +241,8 @@ def test_concurrent_processes_lose_no_task_and_run_none_twice(
     assert sorted(doc.completed) == sorted(expected)
 
 
-# --- reviews, plans and operator actions --------------------------------------------------
-
-
 def executed(attempt: int = 1) -> ExecutionRecord:
     return ExecutionRecord(attempt=attempt, status=Status.COMPLETED, result_summary="done")
-
-
-def test_a_review_orphaned_by_a_crash_is_resumed_without_a_new_attempt(
-    workspace: Workspace, clock: Clock
-) -> None:
-    store = QueueStore(workspace, review_enabled=True, clock=clock)
-    store.add({"id": "a", "prompt": "p"})
-    claim_id(store)
-    store.record_execution("a", ME, executed())
-    clock.now += 60
-    claim = store.claim(OTHER, lease_seconds=30)
-    assert [r.task_id for r in claim.reclaimed] == ["a"]
-    assert claim.task.status == Status.PENDING_REVIEW and claim.task.attempts == 1
-    assert claim.task.execution.result_summary == "done"
-
-
-def test_a_parked_review_and_its_dependents_wait_for_an_operator(workspace: Workspace) -> None:
-    store = QueueStore(workspace, review_enabled=True)
-    add_all(store, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "depends_on": ["a"]})
-    claim_id(store)
-    store.record_execution("a", ME, executed())
-    store.finish("a", ME, Status.PENDING_REVIEW, review=ReviewRecord(error="critic down"))
-    claim = store.claim(ME, lease_seconds=30)
-    assert claim.task is None and claim.drained
-    store.requeue("a")
-    task = store.load().find("a")
-    assert (task.status, task.review, task.last_error) == (Status.REQUEUE, None, None)
-    assert claim_id(store) == "a"
-
-
-def test_plan_inserts_subtasks_before_the_parent_which_waits(store: QueueStore) -> None:
-    store.add({"id": "p", "prompt": "big"})
-    claim_id(store)
-    store.plan(
-        "p",
-        ME,
-        [{"id": "p__phase4_01", "prompt": "one"}],
-        {"depends_on": ["p__phase4_01"], "phase4_planned": True},
-    )
-    doc = store.load()
-    assert [t.id for t in doc.tasks] == ["p__phase4_01", "p"]
-    parent = doc.find("p")
-    assert (parent.status, parent.attempts, parent.lease) == (Status.QUEUED, 0, None)
-    assert claim_id(store) == "p__phase4_01"
-    assert claim_id(store) is None
-
-
-def test_operator_requeue_and_cancel_refuse_the_wrong_status(store: QueueStore) -> None:
-    add_all(store, {"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"})
-    with pytest.raises(InvalidTransition, match="cannot requeue task 'a': it is pending"):
-        store.requeue("a")
-    store.cancel("a")
-    assert store.load().find("a").status == Status.CANCELLED
-    assert "a" in store.load().failed
-    with pytest.raises(InvalidTransition, match="cannot cancel task 'a': it is cancelled"):
-        store.cancel("a")
-    with pytest.raises(UnknownTaskError):
-        store.cancel("nope")
-
-
-def test_bulk_requeue_takes_every_failed_task_and_nothing_else(store: QueueStore) -> None:
-    add_all(store, *({"id": i, "prompt": "p"} for i in ("f1", "f2", "ok", "blocked")))
-    for task_id, status in (
-        ("f1", Status.FAILED),
-        ("f2", Status.FAILED),
-        ("ok", Status.COMPLETED),
-        ("blocked", Status.SAFETY_BLOCKED),
-    ):
-        assert claim_id(store) == task_id
-        store.finish(task_id, ME, status)
-    requeued = store.requeue_failed()
-    assert sorted(t.id for t in requeued) == ["f1", "f2"]
-    doc = store.load()
-    assert doc.failed == ["blocked"] and doc.find("f1").status == Status.REQUEUE
 
 
 # --- the journal of a large queue -------------------------------------------------------

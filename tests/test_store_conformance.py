@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, child_env
+from conftest import ROOT, a_fresh_reader_sees_the_journaled_queue, child_env
 from pydantic import ValidationError
 
 from swarm_runtime.contract import (
@@ -31,6 +31,7 @@ from swarm_runtime.errors import (
     QueueNotEmpty,
     UnknownTaskError,
 )
+from swarm_runtime.queue import store as queue_store
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.store import QueueStore, WorkerIdentity
 from swarm_runtime.queue.transfer import export_queue, import_queue_file
@@ -58,25 +59,36 @@ def clock() -> Clock:
 Opener = Callable[..., TaskQueue]
 
 
-@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.slow)])
+@pytest.fixture(params=["file", "journal", pytest.param("postgres", marks=pytest.mark.slow)])
 def backend(request: pytest.FixtureRequest) -> str:
+    """queue.json rewritten by each transaction; queue.json as a large queue keeps it,
+    every transaction after the first appended to the journal and folded only when told;
+    a PostgreSQL database."""
     return str(request.param)
 
 
 @pytest.fixture
 def open_store(
-    backend: str, workspace: Workspace, clock: Clock, request: pytest.FixtureRequest
+    backend: str,
+    workspace: Workspace,
+    clock: Clock,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Opener]:
     """Opens a store on the test's one queue, as another process would: each store opened
     is a separate view of the same queue.json or the same database."""
     opened: list[TaskQueue] = []
     url = request.getfixturevalue("database_url") if backend == "postgres" else None
+    journaled: dict[str, Any] = {}
+    if backend == "journal":
+        monkeypatch.setattr(queue_store, "COMPACT_RATIO", 0)
+        journaled = {"small_queue_bytes": 0, "fold_after_seconds": 3600.0}
 
     def open_one(**options: Any) -> TaskQueue:
         options.setdefault("clock", clock)
         store: TaskQueue
         if url is None:
-            store = QueueStore(workspace, **options)
+            store = QueueStore(workspace, **journaled, **options)
         else:
             from swarm_runtime.queue.postgres import PostgresQueueStore
             from swarm_runtime.store.database import Database
@@ -86,6 +98,8 @@ def open_store(
         return store
 
     yield open_one
+    if backend == "journal" and opened:
+        a_fresh_reader_sees_the_journaled_queue(opened[0], workspace, clock)
     for store in opened:
         store.close()
 
@@ -193,7 +207,7 @@ def test_an_ending_that_is_not_success_fails_the_chain_naming_the_dependency(
         store,
         {"id": "a", "prompt": "p"},
         {"id": "b", "prompt": "p", "depends_on": ["a"]},
-        {"id": "c", "prompt": "p", "depends_on": ["b"]},
+        {"id": "c", "prompt": "p", "depends_on": "b"},  # one id alone is a list of one
     )
     claim_id(store)
     store.finish("a", ME, ending)
