@@ -483,3 +483,37 @@ def test_the_header_shows_the_provider_and_whether_it_answers(
         host = provider.url.split("//", 1)[1].split("/", 1)[0]
         page.locator("#api-note", has_text=f"provider {host} answers").wait_for()
         assert "model: gpt-4o-mini" in text_of(page, "#api-note")
+
+
+def test_on_a_database_the_page_shows_every_hosts_events_and_where_they_are(
+    browser: Any,
+    spawn: Callable[..., RunningProcess],
+    workspace: Workspace,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """Another host's event reaches this panel's live list through the database, and the
+    log tile says the events are in the database rather than a file of 0 B."""
+    from swarm_runtime.store.database import Database
+
+    panel = spawn(
+        ["control_panel.py", "--port", "0"], child_env(workspace, SWARM_DATABASE_URL=database_url)
+    )
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    try:
+        watched = Watched(context.new_page())
+        page = open_panel(watched, panel)
+        elsewhere = Workspace(tmp_path / "other-host")
+        elsewhere.ensure_layout()
+        database = Database.connect(database_url)
+        try:
+            EventLog(elsewhere, "worker-b", database).emit("remote-task", Status.IN_PROGRESS)
+        finally:
+            database.close()
+        page.locator("#events li", has_text="remote-task").wait_for()
+        page.locator("#log-note", has_text="in the database").wait_for()
+        assert "in the queue" in text_of(page, "#queue-note")
+        assert watched.errors == []
+    finally:
+        context.close()
