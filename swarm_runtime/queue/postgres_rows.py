@@ -46,34 +46,36 @@ class TaskRow:
     position: Decimal
     lane: Lane | None
 
+    def columns(self) -> dict[str, Any]:
+        """The row's columns: the document, and what a claim reads without it."""
+        task, lease = self.task, self.task.lease
+        return {
+            "id": task.id,
+            "position": self.position,
+            "status": task.status.value,
+            "lease_expires_at": lease.expires_at if lease else None,
+            "lease_host": lease.host if lease else None,
+            "lane": self.lane,
+            "not_before": task.not_before,
+            "parallel_safe": task.parallel_safe,
+            "doc": Json(task.model_dump(mode="json", exclude_unset=True)),
+        }
+
 
 def write_tasks(conn: Connection, rows: list[TaskRow]) -> None:
     """Insert or update each task with the columns a claim reads."""
-    values = [
-        (
-            row.task.id,
-            row.position,
-            row.task.status.value,
-            row.task.lease.expires_at if row.task.lease else None,
-            row.task.lease.host if row.task.lease else None,
-            row.lane,
-            row.task.not_before,
-            row.task.parallel_safe,
-            Json(row.task.model_dump(mode="json", exclude_unset=True)),
-        )
-        for row in rows
-    ]
     with conn.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO swarm_tasks (id, position, status, lease_expires_at, lease_host,"
             " lane, not_before, parallel_safe, doc, written_by)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, pg_current_xact_id())"
+            " VALUES (%(id)s, %(position)s, %(status)s, %(lease_expires_at)s, %(lease_host)s,"
+            " %(lane)s, %(not_before)s, %(parallel_safe)s, %(doc)s, pg_current_xact_id())"
             " ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
             " lease_expires_at = excluded.lease_expires_at, lease_host = excluded.lease_host,"
             " lane = excluded.lane, not_before = excluded.not_before,"
             " parallel_safe = excluded.parallel_safe, doc = excluded.doc,"
             " written_by = excluded.written_by",
-            values,
+            [row.columns() for row in rows],
         )
 
 
@@ -104,8 +106,8 @@ def write_dependencies(conn: Connection, tasks: Iterable[Task]) -> None:
 
 WRITE_ONE_ROW = """
 WITH written AS (
-    UPDATE swarm_tasks SET status = %(status)s, lease_expires_at = %(expires)s,
-        lease_host = %(host)s, lane = %(lane)s, not_before = %(not_before)s,
+    UPDATE swarm_tasks SET status = %(status)s, lease_expires_at = %(lease_expires_at)s,
+        lease_host = %(lease_host)s, lane = %(lane)s, not_before = %(not_before)s,
         parallel_safe = %(parallel_safe)s, doc = %(doc)s, written_by = pg_current_xact_id()
     WHERE id = %(id)s
     RETURNING id
@@ -147,14 +149,7 @@ def write_one_row(
         conn,
         WRITE_ONE_ROW,
         {
-            "id": task.id,
-            "status": task.status.value,
-            "expires": task.lease.expires_at if task.lease else None,
-            "host": task.lease.host if task.lease else None,
-            "lane": row.lane,
-            "not_before": task.not_before,
-            "parallel_safe": task.parallel_safe,
-            "doc": Json(task.model_dump(mode="json", exclude_unset=True)),
+            **row.columns(),
             "outcome": outcomes.get(task.id),
             "outcome_changed": task.id in outcomes,
             "finished": task.id if finished else None,
