@@ -219,6 +219,21 @@ def write_queue(workspace: Workspace, tasks: list[dict[str, Any]], endpoint: str
     workspace.queue_path.write_text(json.dumps(document, indent=2))
 
 
+class Clock:
+    """A clock the test moves by hand, for the stores' lease times."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
 def a_fresh_reader_sees_the_journaled_queue(store: Any, workspace: Workspace, clock: Any) -> None:
     """A new store, reading queue.json and replaying the journal as another process
     would, sees the queue `store` has in memory, before and after the journal is folded."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, a_fresh_reader_sees_the_journaled_queue, wait_until
+from conftest import ROOT, Clock, a_fresh_reader_sees_the_journaled_queue, wait_until
 from pydantic import ValidationError
 
 from swarm_runtime.contract import ExecutionRecord, Status, validate_queue_contract
@@ -27,19 +27,6 @@ from swarm_runtime.queue.store import QueueStore, WorkerIdentity
 from swarm_runtime.store.state_files import Workspace
 
 ACTOR = str(ROOT / "tests" / "helpers" / "queue_actor.py")
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture(params=["rewrite", "journal"])

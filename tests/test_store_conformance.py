@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, a_fresh_reader_sees_the_journaled_queue, child_env
+from conftest import ROOT, Clock, a_fresh_reader_sees_the_journaled_queue, child_env
 from pydantic import ValidationError
 
 from swarm_runtime.contract import (
@@ -41,19 +41,6 @@ ACTOR = str(ROOT / "tests" / "helpers" / "queue_actor.py")
 ME = WorkerIdentity("w1")
 OTHER = WorkerIdentity("w2", pid=ME.pid)
 ELSEWHERE = WorkerIdentity("ghost", pid=ME.pid, host="elsewhere")
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 Opener = Callable[..., TaskQueue]
