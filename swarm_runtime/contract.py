@@ -300,6 +300,43 @@ def _checked_task_id(value: str) -> str:
 
 TaskId = Annotated[str, AfterValidator(_checked_task_id)]
 
+# A host's or a label's name: what `SWARM_HOST` and `SWARM_WORKER_LABELS` say, and what a
+# task pinned with `host` or `worker_labels` must match exactly.
+PLACE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+PLACE_NAME_RULE = "letters, digits, '.', '_' or '-', at most 128, starting with a letter or digit"
+MAX_TASK_LABELS = 16
+
+
+def _checked_place_name(value: str) -> str:
+    if re.fullmatch(PLACE_NAME_PATTERN, value) is None:
+        raise ValueError(f"{value[:80]!r} is not a host or label name ({PLACE_NAME_RULE})")
+    return value
+
+
+PlaceName = Annotated[str, AfterValidator(_checked_place_name)]
+
+
+def comma_list(value: object) -> object:
+    """A list, or one string of comma-separated names, as a list (None as empty)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def placement_refusal(task: Task, host: str, labels: Iterable[str]) -> str | None:
+    """Why a worker on `host` serving `labels` may not run `task` (None when it may): a
+    task whose sandbox is on one host says so with `host`, one that needs what only some
+    workers have (a GPU, a checkout) with `worker_labels`."""
+    if task.host is not None and task.host != host:
+        return f"pinned to host {task.host!r}"
+    served = set(labels)
+    missing = [label for label in task.worker_labels if label not in served]
+    if not missing:
+        return None
+    return f"needs label{'s' if len(missing) > 1 else ''} " + ", ".join(map(repr, missing))
+
 
 # --- queue.json -------------------------------------------------------------------
 
@@ -516,6 +553,9 @@ class Task(BaseModel):
     depends_on: list[str] = Field(default_factory=list)
     parallel_safe: bool = True
     identity_id: str | None = None
+    # Where it may run: only on this host / only on a worker serving all these labels.
+    host: PlaceName | None = None
+    worker_labels: list[PlaceName] = Field(default_factory=list, max_length=MAX_TASK_LABELS)
     status: Status = Status.PENDING
     attempts: int = Field(default=0, ge=0)
     lease: Lease | None = None
@@ -549,14 +589,10 @@ class Task(BaseModel):
         task.__pydantic_fields_set__.difference_update(set(spelled) - data.keys())
         return task
 
-    @field_validator("depends_on", mode="before")
+    @field_validator("depends_on", "worker_labels", mode="before")
     @classmethod
-    def _ids_list(cls, value: object) -> object:
-        if value is None:
-            return []
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    def _names_list(cls, value: object) -> object:
+        return comma_list(value)
 
     @property
     def effective_mode(self) -> Mode:
@@ -622,6 +658,7 @@ class Event(BaseModel):
     worker_id: str
     status: Status
     timestamp: str = Field(default_factory=lambda: utc_now().isoformat())
+    host: str | None = None  # of the process that wrote it: one log holds every host's
 
 
 class ExecutionFields(ExecutionFacts):
@@ -698,6 +735,7 @@ class WorkerPresence(BaseModel):
     worker_id: str
     pid: int
     host: str
+    labels: list[str] = Field(default_factory=list)
     started_at: str
     last_seen: float
     paused: bool = False

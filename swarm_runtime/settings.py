@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from swarm_runtime.contract import DEFAULT_API_PORT, DEFAULT_PANEL_PORT, OFFLINE_MODEL
+from swarm_runtime.contract import (
+    DEFAULT_API_PORT,
+    DEFAULT_PANEL_PORT,
+    MAX_TASK_LABELS,
+    OFFLINE_MODEL,
+    PlaceName,
+)
 from swarm_runtime.errors import SettingsError
 
 GROQ_BASE_URL = "https://api.groq.com/openai/v1"
@@ -53,7 +60,18 @@ ENV_FIELDS: dict[str, str] = {
     "SWARM_CRITIC_MODEL": "critic_model",
     "SWARM_MAX_OUTPUT_TOKENS": "max_output_tokens",
     "SWARM_DATABASE_URL": "database_url",
+    "SWARM_HOST": "host",
+    "SWARM_WORKER_LABELS": "worker_labels",
 }
+
+
+LIST_FIELDS = frozenset({"local_allowlist", "worker_labels"})
+
+
+def this_host(environ: Mapping[str, str] | None = None) -> str:
+    """`SWARM_HOST`, else the machine's name: the one name a process gives its host."""
+    environ = os.environ if environ is None else environ
+    return environ.get("SWARM_HOST", "").strip() or socket.gethostname()
 
 
 class Settings(BaseModel):
@@ -87,6 +105,10 @@ class Settings(BaseModel):
     max_output_tokens: int = Field(default=DEFAULT_MAX_OUTPUT_TOKENS, ge=1, le=65536)
     # Absent: the queue is queue.json in the workspace. A secret: it may hold a password.
     database_url: SecretStr | None = None
+    # Which host this process is on, as leases, presence and events say it: hosts sharing
+    # one database must each have a name of their own (two on one machine must set it).
+    host: PlaceName = Field(default_factory=socket.gethostname)
+    worker_labels: tuple[PlaceName, ...] = Field(default=(), max_length=MAX_TASK_LABELS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -96,7 +118,7 @@ class Settings(BaseModel):
         for variable, field in ENV_FIELDS.items():
             raw = environ.get(variable, "").strip()
             if raw:
-                values[field] = _split_list(raw) if field == "local_allowlist" else raw
+                values[field] = _split_list(raw) if field in LIST_FIELDS else raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             settings = cls.model_validate(values)

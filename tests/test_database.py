@@ -144,6 +144,36 @@ def test_a_queue_written_before_claims_by_row_is_migrated_and_claimed_in_order(
         store.close()
 
 
+@pytest.mark.parametrize("skew", [-90.0, 90.0])
+def test_a_host_whose_clock_is_off_neither_steals_a_live_lease_nor_extends_its_own(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """Lease times are the database's: a claimer on a host whose clock runs 90 s ahead
+    (or behind) sees another host's 30 s lease as live, and its own lease ends when the
+    database's clock says, not when its host's does."""
+    import time
+
+    from swarm_runtime.queue.postgres import PostgresQueueStore
+
+    holder = WorkerIdentity("holder", host="host-a")
+    skewed = WorkerIdentity("skewed", host="host-b")
+    honest, off = (PostgresQueueStore(Database.connect(database_url)) for _ in range(2))
+    try:
+        honest.add_many([{"id": "held", "prompt": "p"}, {"id": "free", "prompt": "p"}])
+        claimed = honest.claim(holder, 30).task
+        assert claimed is not None and claimed.id == "held"
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() + skew)
+        outcome = off.claim(skewed, 30)
+        assert outcome.task is not None and outcome.task.id == "free"
+        assert outcome.reclaimed == [] and off.claim(skewed, 30).reclaimed == []
+        assert outcome.task.lease is not None
+        assert abs(outcome.task.lease.claimed_at - real_time()) < 10
+    finally:
+        honest.close()
+        off.close()
+
+
 def wrong_urls(cluster: Any) -> dict[str, tuple[str, str]]:
     """A URL for each way to get it wrong -> the problem reported."""
     return {

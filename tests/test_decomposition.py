@@ -328,6 +328,14 @@ def test_subtasks_inherit_the_parents_settings_and_intent() -> None:
         assert Task.model_validate(subtask).id == subtask["id"]
 
 
+def test_subtasks_run_where_their_parent_must() -> None:
+    """Steps of a task pinned to a host's sandbox need that sandbox too."""
+    _, plan = planned(host="host-a", worker_labels=["gpu"])
+    assert {(s["host"], tuple(s["worker_labels"])) for s in plan.subtasks} == {("host-a", ("gpu",))}
+    _, anywhere = planned()
+    assert all("host" not in s and not s["worker_labels"] for s in anywhere.subtasks)
+
+
 def test_unset_fields_are_left_to_the_store() -> None:
     """A `created_at: None` in a record would override the store's own timestamp."""
     _, plan = planned()

@@ -54,6 +54,11 @@ def local(**fields: Any) -> dict[str, Any]:
     ("record", "field", "message"),
     [
         (llm(prompt=""), "prompt", "prompt must not be blank"),
+        (llm(host="a b"), "host", "host 'a b' is not a name: letters, digits"),
+        (llm(host=7), "host", "host 7 is not a name"),
+        (llm(worker_labels=["gpu", "-x"]), "worker_labels", "worker_labels '-x' is not a name"),
+        (llm(worker_labels={"a": 1}), "worker_labels", "must be a list of label names"),
+        (llm(worker_labels=[f"l{i}" for i in range(17)]), "worker_labels", "at most 16"),
         (llm(prompt="  \n\t "), "prompt", "prompt must not be blank"),
         ({"id": "t1"}, "prompt", "prompt must not be blank"),
         (local(command=""), "command", "command must not be blank"),
@@ -128,6 +133,21 @@ def test_a_bad_new_task_is_refused_naming_the_field(
         (
             local(prompt="   ", model=" ", depends_on="a, b,a"),
             {"id": "t1", "mode": "local", "command": "echo hi", "depends_on": ["a", "b"]},
+        ),
+        (
+            llm(host="host-a", worker_labels="gpu, x,gpu"),
+            {
+                "id": "t1",
+                "prompt": "write a haiku",
+                "mode": "llm",
+                "depends_on": [],
+                "host": "host-a",
+                "worker_labels": ["gpu", "x"],
+            },
+        ),
+        (
+            llm(host="", worker_labels=[]),
+            {"id": "t1", "prompt": "write a haiku", "mode": "llm", "depends_on": []},
         ),
         (
             llm(prompt="p" * MAX_PROMPT_CHARS, min_budget=0, max_budget=0),

@@ -226,6 +226,28 @@ def test_an_action_the_status_does_not_allow_is_refused_with_exit_1(
     assert workspace.queue_path.read_bytes() == before and read_events(workspace) == []
 
 
+def test_add_pins_a_task_to_a_host_and_labels_and_refuses_a_bad_name(
+    workspace: Workspace,
+) -> None:
+    added = as_json(
+        swarm(
+            workspace,
+            "add",
+            "t",
+            "ls",
+            "--mode",
+            "local",
+            "--host",
+            "host-a",
+            "--worker-labels",
+            "gpu, x",
+            "--json",
+        )
+    )
+    assert (added["task"]["host"], added["task"]["worker_labels"]) == ("host-a", ["gpu", "x"])
+    refused(swarm(workspace, "add", "u", "p", "--host", "two words"), 2, "host 'two words'")
+
+
 def test_add_logs_the_same_event_as_the_panel(workspace: Workspace, settings: Settings) -> None:
     """Same store, same validation, same `operator_action` event; only the worker id differs."""
     write_queue(workspace, [], UNREACHABLE)

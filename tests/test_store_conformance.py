@@ -262,6 +262,67 @@ def test_a_task_due_later_waits_for_its_time(store: TaskQueue, clock: Clock) -> 
     assert claim_id(store) == "later"
 
 
+# --- where a task may run ------------------------------------------------------------------
+
+ON_A = WorkerIdentity("a1", pid=ME.pid, host="host-a")
+ON_B = WorkerIdentity("b1", pid=ME.pid, host="host-b")
+ON_B_WITH_GPU = WorkerIdentity("b2", pid=ME.pid, host="host-b", labels=frozenset({"gpu", "x"}))
+
+
+def test_a_pinned_task_is_claimed_only_on_its_host_and_others_go_past_it(
+    open_store: Opener,
+) -> None:
+    first, second = open_store(), open_store()
+    add_all(
+        first,
+        {"id": "for-b", "prompt": "p", "host": "host-b"},
+        {"id": "anywhere", "prompt": "p"},
+        {"id": "also-for-b", "prompt": "p", "host": "host-b"},
+    )
+    assert claim_id(first, ON_A) == "anywhere"
+    outcome = first.claim(ON_A, 30)
+    assert outcome.task is None and outcome.drained  # nothing left that host-a may run
+    assert claim_id(second, ON_B) == "for-b"
+    assert claim_id(second, ON_B) == "also-for-b"
+
+
+def test_a_task_needing_labels_waits_for_a_worker_serving_all_of_them(store: TaskQueue) -> None:
+    add_all(
+        store,
+        {"id": "gpu", "prompt": "p", "worker_labels": "gpu, x"},
+        {"id": "plain", "prompt": "p"},
+    )
+    assert store.load().tasks[0].worker_labels == ["gpu", "x"]
+    assert claim_id(store, ON_B) == "plain"
+    assert claim_id(store, ON_B) is None
+    assert claim_id(store, ON_B_WITH_GPU) == "gpu"
+
+
+def test_a_task_that_must_run_alone_elsewhere_does_not_hold_back_this_host(
+    open_store: Opener,
+) -> None:
+    store = open_store()
+    add_all(
+        store,
+        {"id": "solo-on-b", "prompt": "p", "parallel_safe": False, "host": "host-b"},
+        {"id": "a", "prompt": "p"},
+        {"id": "b", "prompt": "p"},
+    )
+    assert claim_id(store, ON_A) == "a"
+    assert claim_id(open_store(), ON_A) == "b"
+    assert claim_id(store, ON_B) is None  # it runs alone: not beside a and b
+    store.finish("a", ON_A, Status.COMPLETED)
+    store.finish("b", ON_A, Status.COMPLETED)
+    assert claim_id(store, ON_B) == "solo-on-b"
+
+
+def test_a_malformed_host_or_label_is_refused(store: TaskQueue) -> None:
+    for bad in ({"host": "two words"}, {"worker_labels": ["ok", "-dash-first"]}):
+        with pytest.raises(ValidationError):
+            store.add({"id": "a", "prompt": "p", **bad})
+    assert store.load().tasks == []
+
+
 # --- leases -------------------------------------------------------------------------------
 
 

@@ -108,6 +108,50 @@ def test_a_mixed_queue_runs_to_its_final_states(
     ]
 
 
+@on_both_backends
+def test_a_worker_runs_what_its_host_and_labels_allow_and_signs_its_events(
+    api: RunningProcess, backend: Backend
+) -> None:
+    """SWARM_HOST names the worker's host in its lease and events; `--labels` (over
+    SWARM_WORKER_LABELS) says what it serves; with --once it stops when nothing is left
+    that it may run, leaving other hosts' work waiting."""
+    backend.seed(
+        [
+            {"id": "mine", "command": "echo here", "host": "host-x"},
+            {"id": "gpu", "command": "echo gpu", "worker_labels": ["gpu"]},
+            {"id": "theirs", "command": "echo there", "host": "host-y"},
+            {"id": "tpu", "command": "echo tpu", "worker_labels": "tpu"},
+            {"id": "anywhere", "command": "echo anywhere"},
+        ],
+        str(api.url),
+    )
+    result = backend.run_worker(
+        "--once", "--labels", "gpu,fast", SWARM_HOST="host-x", SWARM_WORKER_LABELS="tpu"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "on host host-x serving fast, gpu" in result.stdout
+    assert queue_statuses(backend) == {
+        "mine": "approved",
+        "gpu": "approved",
+        "theirs": "pending",
+        "tpu": "pending",
+        "anywhere": "approved",
+    }
+    events = backend.events()
+    assert events and {event["host"] for event in events} == {"host-x"}
+    running = [e for e in events if e["status"] == "in_progress"]
+    assert {e["task_id"] for e in running} == {"mine", "gpu", "anywhere"}
+
+
+def test_a_bad_host_or_label_stops_the_worker_in_one_line(workspace: Workspace) -> None:
+    bad_host = run_worker(workspace, "--once", SWARM_HOST="no spaces allowed")
+    assert bad_host.returncode == 2
+    assert "SWARM_HOST" in bad_host.stderr and "Traceback" not in bad_host.stderr
+    bad_label = run_worker(workspace, "--once", "--labels", "ok,-bad")
+    assert bad_label.returncode == 2
+    assert "'-bad' is not a label" in bad_label.stderr
+
+
 def test_a_blocked_task_never_reaches_the_api(backend: Backend, workspace: Workspace) -> None:
     """With no API running at all, a safety block still completes: no HTTP call is made."""
     write_queue(

@@ -76,6 +76,10 @@ def _add_task_command(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model")
     parser.add_argument("--min-budget", type=float, help="dollars")
     parser.add_argument("--max-budget", type=float, help="dollars")
+    parser.add_argument("--host", help="run it only on a worker of this host (SWARM_HOST there)")
+    parser.add_argument(
+        "--worker-labels", help="run it only on a worker serving all of these, comma-separated"
+    )
 
 
 def status_option(parser: argparse.ArgumentParser, what: str) -> None:

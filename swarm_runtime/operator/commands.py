@@ -94,7 +94,8 @@ def add(command: Command) -> int:
 def task_record(args: argparse.Namespace) -> dict[str, Any]:
     """The positional text is the prompt, or the command of a local task without --command."""
     record: dict[str, Any] = {"id": args.id, "depends_on": args.depends_on}
-    record |= {name: getattr(args, name) for name in ("model", "min_budget", "max_budget")}
+    given = ("model", "min_budget", "max_budget", "host", "worker_labels")
+    record |= {name: getattr(args, name) for name in given if getattr(args, name) is not None}
     if args.command is not None:
         return record | {"mode": Mode.LOCAL.value, "command": args.command, "prompt": args.prompt}
     if args.mode == Mode.LOCAL:

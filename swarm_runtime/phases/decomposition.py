@@ -382,6 +382,7 @@ def _subtask_record(
         "model": parent.model,
         "intensity": parent.intensity,
         "identity_id": parent.identity_id,
+        **placement_of(parent),
         "min_budget": min_budget,
         "max_budget": max_budget,
         "phase4_generated": True,
@@ -390,6 +391,11 @@ def _subtask_record(
         "phase4_feature": features[index],
         "status": Status.PENDING.value,
     }
+
+
+def placement_of(parent: Task) -> dict[str, Any]:
+    """A step needs what its parent needed: the same host's sandbox, the same labels."""
+    return parent.model_dump(include={"host", "worker_labels"}, exclude_defaults=True)
 
 
 def _budget_share(parent: Task, count: int) -> tuple[float, float]:

@@ -8,16 +8,17 @@ on another host is trusted until its lease expires.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TypeGuard
 
-from swarm_runtime.contract import Lease, Task
+from swarm_runtime.contract import Lease, Task, placement_refusal
 from swarm_runtime.processes import process_exists
 from swarm_runtime.queue.state import holds_lease
+from swarm_runtime.settings import this_host
 
-HOST = socket.gethostname()
+# Read once, as the process's pid is: the name this process's leases and presence carry.
+HOST = this_host()
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class WorkerIdentity:
     worker_id: str
     pid: int = field(default_factory=os.getpid)
     host: str = HOST
+    labels: frozenset[str] = frozenset()
+
+    def may_run(self, task: Task) -> bool:
+        return placement_refusal(task, self.host, self.labels) is None
 
     @cached_property
     def pid_started(self) -> float | None:

@@ -10,6 +10,7 @@ may be added in any order, but it is said aloud: until that id is added, the tas
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
@@ -18,9 +19,13 @@ from pydantic import ValidationError
 from swarm_runtime.contract import (
     DEFAULT_MAX_BUDGET,
     DEFAULT_MIN_BUDGET,
+    MAX_TASK_LABELS,
+    PLACE_NAME_PATTERN,
+    PLACE_NAME_RULE,
     Mode,
     QueueDocument,
     Task,
+    comma_list,
     implied_mode,
     is_valid_task_id,
     normalize_task,
@@ -65,6 +70,8 @@ def validate_new_task(
     check_budget_order(task["min_budget"], task["max_budget"])
     task["intensity"] = checked_intensity(task.get("intensity"))
     task["depends_on"] = checked_dependencies(task["id"], task.get("depends_on"))
+    task["host"] = checked_place("host", task.get("host"))
+    task["worker_labels"] = checked_labels(task.get("worker_labels"))
     checked = {key: value for key, value in task.items() if value is not None}
     check_task_format(checked)
     return CheckedTask(checked, unknown_dependencies(task["depends_on"], known_ids))
@@ -146,6 +153,26 @@ def checked_dependencies(task_id: str, value: object) -> list[str]:
         if dependency == task_id:
             raise TaskInputError("depends_on", f"task {task_id!r} cannot depend on itself")
     return list(dict.fromkeys(value))
+
+
+def checked_place(name: str, value: object) -> str | None:
+    """A host or label name, as `SWARM_HOST` and `SWARM_WORKER_LABELS` spell them."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or re.fullmatch(PLACE_NAME_PATTERN, value) is None:
+        raise TaskInputError(name, f"{name} {shown(value)} is not a name: {PLACE_NAME_RULE}")
+    return value
+
+
+def checked_labels(value: object) -> list[str] | None:
+    """Labels a worker must serve to run the task: a list, or one comma-separated string."""
+    labels = comma_list(value)
+    if not isinstance(labels, list | tuple):
+        raise TaskInputError("worker_labels", "worker_labels must be a list of label names")
+    if len(labels) > MAX_TASK_LABELS:
+        raise TaskInputError("worker_labels", f"at most {MAX_TASK_LABELS} worker_labels")
+    names = [checked_place("worker_labels", label) for label in labels]
+    return list(dict.fromkeys(name for name in names if name)) or None
 
 
 def unknown_dependencies(depends_on: list[str], known_ids: Collection[str]) -> list[str]:

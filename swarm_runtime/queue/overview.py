@@ -95,6 +95,8 @@ def task_summary(task: Task) -> dict[str, Any]:
         "model": model,
         "attempts": task.attempts,
         "depends_on": task.depends_on,
+        "host": task.host,
+        "worker_labels": task.worker_labels,
         "created_at": task.created_at,
         "updated_at": task.updated_at,
         "error": task.last_error,

@@ -88,6 +88,10 @@ R = TypeVar("R")
 ANALYZE_AFTER_ADDING = 1000
 WATERMARK = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 NOW = "coalesce(%(clock)s::float8, extract(epoch FROM clock_timestamp())::float8)"
+# `contract.placement_refusal` as SQL: the task names no other host, and every label it
+# needs is one the claiming worker serves.
+MAY_RUN = """(doc ->> 'host' IS NULL OR doc ->> 'host' = %(host)s)
+        AND coalesce((doc -> 'worker_labels')::jsonb, '[]') <@ %(labels)s::jsonb"""
 CLAIM_BY_ROW = f"""
 WITH now AS MATERIALIZED (SELECT {NOW} AS at),
 leases AS (
@@ -101,6 +105,7 @@ leases AS (
 candidate AS (
     SELECT id, position, doc FROM swarm_tasks
     WHERE lane = 'fast' AND (not_before IS NULL OR not_before <= (SELECT at FROM now))
+        AND {MAY_RUN}
     ORDER BY position LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
@@ -108,7 +113,7 @@ SELECT (SELECT at FROM now),
     leases.blocking
         OR EXISTS (SELECT FROM swarm_tasks WHERE lane = 'full')
         OR (NOT leases.running AND EXISTS (
-            SELECT FROM swarm_tasks WHERE lane = 'alone'
+            SELECT FROM swarm_tasks WHERE lane = 'alone' AND {MAY_RUN}
             AND position < coalesce(c.position, 'Infinity'::numeric))),
     leases.here, q.header, c.position, c.doc, o.outcome
 FROM leases CROSS JOIN swarm_queue q
@@ -280,7 +285,8 @@ class PostgresQueueStore(QueueTransactions):
     def _claim_by_row(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome | None:
         """None when this claim needs the whole queue (see the module docstring)."""
         with self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn:
-            params = {"clock": self._now(), "host": worker.host}
+            labels = Json(sorted(worker.labels))
+            params = {"clock": self._now(), "host": worker.host, "labels": labels}
             found = conn.execute(CLAIM_BY_ROW, params).fetchone()
             assert found is not None
             now, needs_queue, here, header, position, doc, outcome = found

@@ -39,6 +39,7 @@ class PresenceBeacon:
             worker_id=identity.worker_id,
             pid=identity.pid,
             host=identity.host,
+            labels=sorted(identity.labels),
             started_at=utc_now().isoformat(),
             last_seen=0.0,
         )

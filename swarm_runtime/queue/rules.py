@@ -175,14 +175,22 @@ def _in_cycles(state: QueueState, candidates: list[str]) -> list[str]:
     return sorted((t for t in unresolved if t not in resolved), key=state.rank)
 
 
-def next_runnable(state: QueueState, now: float) -> Task | None:
-    """First task in file order that is due, whose dependencies are satisfied and that
-    fits beside what is already running (`parallel_safe: false` runs alone)."""
+def anywhere(task: Task) -> bool:
+    """A worker that may run every task: the check of one that serves no host in particular."""
+    return True
+
+
+def next_runnable(
+    state: QueueState, now: float, may_run: Callable[[Task], bool] = anywhere
+) -> Task | None:
+    """First task in file order that is due, whose dependencies are satisfied, that
+    fits beside what is already running (`parallel_safe: false` runs alone) and that
+    this worker `may_run` (its host and labels)."""
     running = state.leased_tasks()
     if any(not t.parallel_safe for t in running):
         return None
     for task in state.live_tasks():
-        if not task.parallel_safe and running:
+        if (not task.parallel_safe and running) or not may_run(task):
             continue
         if awaits_review(task):
             return task
@@ -223,11 +231,12 @@ def claim_lane(state: QueueState, task: Task) -> Lane | None:
     return "fast" if task.parallel_safe else "alone"
 
 
-def is_drained(state: QueueState) -> bool:
-    """Nothing left that a worker could ever run without an operator's help."""
+def is_drained(state: QueueState, may_run: Callable[[Task], bool] = anywhere) -> bool:
+    """Nothing left that this worker could ever run without an operator's help (tasks
+    pinned elsewhere are other workers' to run)."""
     stuck = waiting_on_operator(state)
     return not any(
-        (t.status in CLAIMABLE_STATUSES and t.id not in stuck) or awaits_review(t)
+        ((t.status in CLAIMABLE_STATUSES and t.id not in stuck) or awaits_review(t)) and may_run(t)
         for t in state.live_tasks()
     )
 

@@ -96,10 +96,10 @@ class QueueTransactions(ABC):
                 api_endpoint=state.doc.api_endpoint,
             )
             outcome.propagated = propagate_failures(state)
-            task = next_runnable(state, now)
+            task = next_runnable(state, now, worker.may_run)
             if task is not None:
                 outcome.task = lease_task(state, task, worker, now, lease_seconds)
-            outcome.drained = task is None and is_drained(state)
+            outcome.drained = task is None and is_drained(state, worker.may_run)
             return outcome
 
         return self._transaction(change)

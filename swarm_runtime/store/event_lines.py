@@ -20,7 +20,7 @@ Report = Callable[[Line, str], None]
 
 # The envelope as store.events writes it: the contract's Event fields, in their order.
 # Anything else (escapes, another key order, a hand-written line) takes the json path.
-TASK_ID, WORKER_ID, STATUS, TIMESTAMP = Event.model_fields
+TASK_ID, WORKER_ID, STATUS, TIMESTAMP = list(Event.model_fields)[:4]
 EVENT_PREFIX = re.compile(
     rb'\{"%b": "(%b)", "%b": "([^"\\]*)", "%b": "([a-z_]+)", "%b": "([^"\\]*)"'
     % (

@@ -19,6 +19,7 @@ from swarm_runtime.contract import (
     Status,
 )
 from swarm_runtime.errors import StoreUnavailable
+from swarm_runtime.settings import this_host
 from swarm_runtime.store.event_rows import RowIndex
 from swarm_runtime.store.event_source import EventSource
 from swarm_runtime.store.log_index import LogIndex
@@ -70,16 +71,26 @@ def build_event(
 
 
 class EventLog:
-    """One worker's writer for execution_log.jsonl (and the database's events, if any)."""
+    """One worker's writer for execution_log.jsonl (and the database's events, if any).
 
-    def __init__(self, workspace: Workspace, worker_id: str, database: Database | None = None):
+    Each event names the host it was written on, since a database holds every host's."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        worker_id: str,
+        database: Database | None = None,
+        host: str | None = None,
+    ):
         self._workspace = workspace
         self.worker_id = worker_id
+        self.host = host or this_host()
         self._rows = DatabaseEvents(database) if database is not None else None
 
     def emit(
         self, task_id: str, status: Status, kind: type[Event] | None = None, **fields: Any
     ) -> dict[str, Any]:
+        fields.setdefault("host", self.host)
         record = build_event(task_id, self.worker_id, status, kind, **fields)
         append_line(self._workspace, self._workspace.log_path, record)
         if self._rows is not None:

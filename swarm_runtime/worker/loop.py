@@ -139,7 +139,9 @@ class Worker:
         self.workspace = workspace
         self.store: TaskQueue = store_for(settings, workspace)
         self.documents = documents_for(settings, workspace)
-        self.events = EventLog(workspace, identity.worker_id, self.documents.database)
+        self.events = EventLog(
+            workspace, identity.worker_id, self.documents.database, host=identity.host
+        )
         self.client = client
         self.gateway = gateway
         self.critic = Critic(workspace.sandbox, client, settings.critic_model)
