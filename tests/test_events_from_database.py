@@ -24,7 +24,7 @@ from swarm_runtime.settings import Settings
 from swarm_runtime.store.database import Database
 from swarm_runtime.store.event_rows import ROWS_EPOCH, RowIndex
 from swarm_runtime.store.event_source import EventFilter
-from swarm_runtime.store.events import EVENTS_LOCK, EventLog, event_source
+from swarm_runtime.store.events import EVENTS_LOCK, DatabaseEvents, EventLog, event_source
 from swarm_runtime.store.log_index import LogIndex
 from swarm_runtime.store.state_files import Workspace
 
@@ -136,6 +136,41 @@ def test_rows_read_back_exactly_as_the_file_holds_them(hosts: tuple[Host, Host])
         assert from_rows.timeline("t-1")[1] == 2 and from_rows.task("t-1") == from_file.task("t-1")
     finally:
         from_file.close()
+
+
+def test_events_written_while_the_database_is_away_reach_it_in_order_once_it_is_back(
+    tmp_path: Any, postgres_cluster: Any
+) -> None:
+    """Regression: an event the database refused was kept in the host's file only, so the
+    fleet's panel never saw it. Now it waits in memory and goes before the next one."""
+    name = postgres_cluster.fresh_database()
+    workspace = Workspace(tmp_path / "host")
+    workspace.ensure_layout()
+    database = Database.connect(postgres_cluster.url(name), pool_size=1, checkout_timeout=1.0)
+    log = EventLog(workspace, "w", database, host="host-a")
+    try:
+        log.emit("t", Status.IN_PROGRESS, attempt=1)
+        postgres_cluster.admin(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
+        postgres_cluster.admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        log.emit("t", Status.PENDING_REVIEW)
+        log.emit("t", Status.APPROVED)
+        assert len(log.unsent) == 2 and len(read_events(workspace)) == 3
+        postgres_cluster.admin(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
+        log.emit("u", Status.IN_PROGRESS, attempt=1)
+        wait_until(log.send_unsent, timeout=30)  # the pool reconnects with its own backoff
+        rows = [record for _, record in DatabaseEvents(database).read()]
+        assert rows == read_events(workspace) and log.unsent == []
+        assert [(r["task_id"], r["status"], r["host"]) for r in rows] == [
+            ("t", "in_progress", "host-a"),
+            ("t", "pending_review", "host-a"),
+            ("t", "approved", "host-a"),
+            ("u", "in_progress", "host-a"),
+        ]
+    finally:
+        database.close()
+        postgres_cluster.drop(name)
 
 
 def test_a_host_reads_the_rows_with_a_database_and_its_file_without_one(

@@ -33,6 +33,9 @@ ENVELOPE = ("task_id", "worker_id", "status", "timestamp")
 # Appends take this lock to the end of their transaction, so ids commit in order and a
 # reader past id n never misses an event committed later with a smaller id.
 EVENTS_LOCK = 0x5357_4152_4D02
+# Kept in memory for the database while it is down; beyond this the oldest are only in
+# this host's log file.
+MAX_UNSENT_EVENTS = 10_000
 
 
 def cap_text(text: str, limit: int = EVENT_FIELD_CAP_BYTES) -> str:
@@ -86,6 +89,8 @@ class EventLog:
         self.worker_id = worker_id
         self.host = host or this_host()
         self._rows = DatabaseEvents(database) if database is not None else None
+        # Events the database could not take yet, oldest first: sent before the next one.
+        self.unsent: list[dict[str, Any]] = []
 
     def emit(
         self, task_id: str, status: Status, kind: type[Event] | None = None, **fields: Any
@@ -94,11 +99,23 @@ class EventLog:
         record = build_event(task_id, self.worker_id, status, kind, **fields)
         append_line(self._workspace, self._workspace.log_path, record)
         if self._rows is not None:
-            try:
-                self._rows.append(record)
-            except StoreUnavailable as exc:  # the file has it; the task goes on
-                log.warning("event for task %s kept in this host's log only: %s", task_id, exc)
+            self.unsent.append(record)
+            self.send_unsent()
         return record
+
+    def send_unsent(self) -> bool:
+        """Send what the database has not taken, in order; True once all of it is sent.
+        While it is down the file has every event and the task goes on; the fleet's view
+        catches up when it is back."""
+        assert self._rows is not None
+        try:
+            while self.unsent:
+                self._rows.append(self.unsent[0])
+                self.unsent.pop(0)
+        except StoreUnavailable as exc:
+            log.warning("%d event(s) wait for the database: %s", len(self.unsent), exc)
+            del self.unsent[:-MAX_UNSENT_EVENTS]
+        return not self.unsent
 
 
 class DatabaseEvents:

@@ -196,6 +196,8 @@ class Worker:
             if reported is not None:
                 log.info("state files are writable again; claiming tasks")
             reported = None
+            if self.events.unsent:  # the store answers again: so may the event rows
+                self.events.send_unsent()
             if outcome.task is None:
                 if once and outcome.drained:
                     return 0
