@@ -50,6 +50,7 @@ REWARD_LEDGER_FILE = "phase5_reward_ledger.json"
 BALANCES_FILE = "free_time_balances.json"
 TOOL_STORE_FILE = "tool_store.json"
 PAUSE_FILE = "pause.json"
+API_ENDPOINT_FILE = "api_endpoint.json"
 WORKERS_DIR = "workers"
 
 TOKEN_HEADER = "X-Swarm-Internal-Token"
@@ -727,6 +728,13 @@ class OperatorEvent(ExecutionEvent):
     """A change an operator made from the control panel, logged like any transition."""
 
     operator_action: OperatorAction | None = None
+
+
+class ApiEndpointRecord(BaseModel):
+    """`.swarm/api_endpoint.json`: where this host's API listens, when the queue is shared
+    by many hosts and its one `api_endpoint` cannot name each host's own API."""
+
+    url: str
 
 
 class WorkerPresence(BaseModel):

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from conftest import (
     ROOT,
     Backend,
+    DatabaseBackend,
     RunningProcess,
     lease_of_a_dead_worker,
     on_both_backends,
@@ -141,6 +143,42 @@ def test_a_worker_runs_what_its_host_and_labels_allow_and_signs_its_events(
     assert events and {event["host"] for event in events} == {"host-x"}
     running = [e for e in events if e["status"] == "in_progress"]
     assert {e["task_id"] for e in running} == {"mine", "gpu", "anywhere"}
+
+
+def test_each_host_sends_to_its_own_api_when_the_queue_is_shared(
+    spawn: Callable[..., RunningProcess], database_url: str, workspace: Workspace
+) -> None:
+    """Regression: the shared queue names one API, the one that started last, so a worker
+    on the other host sent its tasks there (on two machines, to a port of its own
+    loopback that is not its API). Each API now records itself in its own workspace."""
+    backend = DatabaseBackend(workspace, database_url)
+    with FakeLLMServer(reply_text="answered on a") as a, FakeLLMServer(reply_text="on b") as b:
+        hosts = {}
+        for name, provider, other in zip("ab", (a, b), backend.workspaces(2), strict=True):
+            hosts[name] = backend.env(
+                other,
+                SWARM_HOST=f"host-{name}",
+                SWARM_LLM_BASE_URL=provider.url,
+                SWARM_LLM_MODEL="m",
+            )
+            spawn(["swarm.py", "--port", "0"], hosts[name])
+            backend.store.add({"id": f"on-{name}", "prompt": "say hi", "host": f"host-{name}"})
+        for env in hosts.values():
+            done = subprocess.run(
+                [sys.executable, "worker.py", "--once"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+    try:
+        tasks = backend.store.load().tasks
+        outputs = {t.id: t.execution.result_summary for t in tasks if t.execution}
+        assert outputs == {"on-a": "answered on a", "on-b": "on b"}
+    finally:
+        backend.close()
 
 
 def test_a_bad_host_or_label_stops_the_worker_in_one_line(workspace: Workspace) -> None:

@@ -45,6 +45,7 @@ from swarm_runtime.errors import (
     UnpricedModelError,
 )
 from swarm_runtime.llm.wrapper import SecureAPIWrapper, from_settings
+from swarm_runtime.queue.endpoint import record_endpoint
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.queue.store import lease_is_live
@@ -120,7 +121,7 @@ class ApiServices:
         log.info("serving the workspace %s", self.workspace.root)
         threading.Thread(target=self.report_provider, name="provider-probe", daemon=True).start()
         try:
-            self.store.set_api_endpoint(url)
+            record_endpoint(self.settings, self.workspace, self.store, url)
         except (StateFileError, OSError) as exc:
             log.warning("could not record this API's address in the queue: %s", exc)
 

@@ -14,6 +14,7 @@ from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.llm.budget import BudgetLedger, budget_view
 from swarm_runtime.operator.text import clean, dollars, listed, moment
 from swarm_runtime.queue.api_probe import probe_api
+from swarm_runtime.queue.endpoint import endpoint_for
 from swarm_runtime.queue.operations import Operations
 from swarm_runtime.queue.overview import alive_workers, live_leases, queue_counts
 from swarm_runtime.queue.presence import live_workers
@@ -34,7 +35,8 @@ def status_of(operations: Operations, settings: Settings, now: datetime) -> dict
         api: dict[str, Any] = {"reachable": False, "error": f"{QUEUE_FILE} unreadable"}
     else:
         queue = queue_counts(doc)
-        api = probe_api(direct_session(), doc.api_endpoint, API_TIMEOUT_SECONDS)
+        endpoint = endpoint_for(settings, operations.workspace, doc.api_endpoint)
+        api = probe_api(direct_session(), endpoint, API_TIMEOUT_SECONDS)
     leased = live_leases(doc, now.timestamp()) if doc else {}
     return {
         "api": api,

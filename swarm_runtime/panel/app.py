@@ -191,7 +191,11 @@ def following_the_log(app: Flask) -> Iterator[None]:
     """While the panel serves, a thread follows the log; after, the panel closes its files."""
     panel: Panel = app.extensions["panel"]
     app.extensions["on_stop"] = panel.stop.set
-    log.info("workspace %s, execution API %s", panel.workspace.root, named_endpoint(panel.store))
+    log.info(
+        "workspace %s, execution API %s",
+        panel.workspace.root,
+        named_endpoint(panel.settings, panel.workspace, panel.store),
+    )
     threading.Thread(target=panel.follow, name="log-follower", daemon=True).start()
     try:
         yield

@@ -14,6 +14,7 @@ from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.llm.budget import budget_view
 from swarm_runtime.panel.errors import refusal
 from swarm_runtime.panel.state import Panel
+from swarm_runtime.queue.endpoint import endpoint_for
 from swarm_runtime.queue.overview import alive_workers, live_leases, queue_counts
 from swarm_runtime.queue.presence import live_workers
 from swarm_runtime.store.pause import read_pause
@@ -33,7 +34,7 @@ def summary_of(panel: Panel, now: datetime) -> dict[str, Any]:
         api = {"reachable": None, "error": f"unknown while {QUEUE_FILE} is unreadable"}
     else:
         queue = queue_counts(doc)
-        api = panel.probe.check(doc.api_endpoint)
+        api = panel.probe.check(endpoint_for(panel.settings, panel.workspace, doc.api_endpoint))
         leased = live_leases(doc, moment)
     present = live_workers(panel.workspace, moment, panel.documents.database)
     return {

@@ -13,8 +13,11 @@ from typing import Any
 
 from swarm_runtime.contract import QueueDocument, Status, Task, WorkerPresence, allowed_actions
 from swarm_runtime.errors import StateFileError, StoreUnavailable
+from swarm_runtime.queue.endpoint import endpoint_for
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.store import lease_is_live
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.state_files import Workspace
 
 HEADLINE_CHARS = 120
 
@@ -122,10 +125,10 @@ def select_tasks(tasks: list[Task], status: str | None, query: str) -> list[Task
     return [task for _, task in chosen]
 
 
-def named_endpoint(queue: TaskQueue) -> str:
-    """The API the queue names, for a process's start-up line; a queue that cannot be read
-    yet is said so here and reported in full by whoever reads it next."""
+def named_endpoint(settings: Settings, workspace: Workspace, queue: TaskQueue) -> str:
+    """This host's API, for a process's start-up line; a queue that cannot be read yet
+    is said so here and reported in full by whoever reads it next."""
     try:
-        return f"{queue.load().api_endpoint} (from queue.json)"
+        return endpoint_for(settings, workspace, queue.load().api_endpoint)
     except (StateFileError, StoreUnavailable) as exc:
         return f"unknown for now ({exc})"

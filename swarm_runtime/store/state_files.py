@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from swarm_runtime.contract import (
     API_AUDIT_FILE,
+    API_ENDPOINT_FILE,
     BALANCES_FILE,
     BUDGET_LEDGER_FILE,
     EXECUTION_LOG_FILE,
@@ -72,6 +73,7 @@ class Workspace:
         self.queue_archive_path = self.state_dir / QUEUE_ARCHIVE_FILE
         self.queue_journal_path = self.state_dir / QUEUE_JOURNAL_FILE
         self.pause_path = self.state_dir / PAUSE_FILE
+        self.api_endpoint_path = self.state_dir / API_ENDPOINT_FILE
         self.reward_ledger_path = self.state_dir / REWARD_LEDGER_FILE
         self.balances_path = self.state_dir / BALANCES_FILE
         self.tool_store_path = self.state_dir / TOOL_STORE_FILE

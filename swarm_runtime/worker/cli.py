@@ -125,7 +125,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         identity.host,
         f" serving {', '.join(sorted(identity.labels))}" if identity.labels else "",
         workspace.root,
-        worker.configured_endpoint or named_endpoint(worker.store),
+        worker.configured_endpoint or named_endpoint(settings, workspace, worker.store),
     )
     return worker.run(once=args.once, stop=stop)
 

@@ -75,6 +75,7 @@ from swarm_runtime.phases.prompt import compose_prompt, routing_text, subtask_re
 from swarm_runtime.phases.quality_gate import QualityGate
 from swarm_runtime.phases.rewards import RewardBook, not_approved_fields
 from swarm_runtime.phases.routing import ToolRouter, decision_fields, load_router
+from swarm_runtime.queue.endpoint import endpoint_for
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.presence import PresenceBeacon
 from swarm_runtime.queue.select import store_for
@@ -236,8 +237,13 @@ class Worker:
         claim = self.store.claim(self.identity, self.settings.lease_seconds)
         self._report_cleanup(claim)
         if claim.task is not None:
-            self.process(claim.task, self.configured_endpoint or claim.api_endpoint)
+            self.process(claim.task, self.endpoint(claim.api_endpoint))
         return claim
+
+    def endpoint(self, named_by_queue: str) -> str:
+        """SWARM_API_PORT's API, else this host's own (`queue.endpoint`)."""
+        own = endpoint_for(self.settings, self.workspace, named_by_queue)
+        return self.configured_endpoint or own
 
     def _report_cleanup(self, claim: ClaimOutcome) -> None:
         for item in claim.reclaimed:
