@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from swarm_runtime.panel.audit import SPEND_BUCKETS
 from swarm_runtime.panel.errors import install_error_handlers
 from swarm_runtime.panel.guards import install_guards
 from swarm_runtime.panel.health import summary_of
+from swarm_runtime.panel.metrics import Metrics
 from swarm_runtime.panel.outcomes import GATE_SHOWN, gate_of, rewards_of, safety_of, spend_of
 from swarm_runtime.panel.params import checked_id, choice_arg, int_arg, parse_body
 from swarm_runtime.panel.state import MAX_STREAMS, Panel
@@ -74,6 +76,7 @@ def create_app(settings: Settings) -> Flask:
     _register_outcomes(app, panel)
     _register_actions(app, panel)
     _register_events(app, panel)
+    _register_metrics(app, panel)
     return app
 
 
@@ -184,6 +187,16 @@ def _register_events(app: Flask, panel: Panel) -> None:
         backlog = int_arg("backlog", DEFAULT_BACKLOG, 0, MAX_EVENTS_PER_PAGE)
         cursor, epoch = parse_cursor(request.headers.get("Last-Event-ID"))
         return stream_response(panel, cursor, epoch, backlog)
+
+
+def _register_metrics(app: Flask, panel: Panel) -> None:
+    """Prometheus scrapes /metrics; the audit trail it follows is closed with the app."""
+    metrics = Metrics(panel, utc_clock)
+    weakref.finalize(app, metrics.close)
+
+    @app.get("/metrics")
+    def scrape() -> Response:
+        return metrics.response(request.headers.get("Accept"))
 
 
 @contextmanager

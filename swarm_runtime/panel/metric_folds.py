@@ -1,0 +1,153 @@
+"""What /metrics folds out of the append-only records, each record once: LLM calls and
+spend by model from the API's audit trail, and run durations from the execution events.
+
+Both are cumulative from the record's first line, so they are Prometheus counters; a
+record that starts over (a rotated log, an audit file cut) starts them over too, which
+Prometheus reads as a counter reset.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections import Counter
+from itertools import accumulate
+from typing import Any
+
+from pydantic import BaseModel
+
+from swarm_runtime.contract import ReviewFields
+from swarm_runtime.llm.wrapper import REFUSAL_EVENTS
+from swarm_runtime.panel.audit import finite_cost, parse_time
+from swarm_runtime.store.event_source import EventSource
+
+# The API audit's events (llm.wrapper): a call answered, a call that failed, and the hold
+# of a call whose outcome nobody saw, charged in full. OVER_RESERVATION repeats the cost of
+# the success line that follows it, so it is not spend of its own.
+CALL_OUTCOMES = {"API_CALL_SUCCESS": "success", "API_CALL_FAILURE": "failure"}
+CHARGED_EVENTS = frozenset({"API_CALL_SUCCESS", "UNSETTLED_CHARGED"})
+REFUSALS = frozenset(REFUSAL_EVENTS.values())
+UNKNOWN_MODEL = "unknown"
+
+EVENTS_PER_PAGE = 1000
+# A scrape folds at most this many pages; a larger backlog is folded over the next scrapes.
+MAX_PAGES_PER_SCRAPE = 200
+REVIEW_KEYS = frozenset(ReviewFields.model_fields)
+
+
+class Histogram(BaseModel):
+    """A histogram as scraped: (le, observations at or below it), +Inf last, and their sum."""
+
+    buckets: list[tuple[str, float]]
+    sum: float
+
+
+class Buckets:
+    """A histogram's counts: `bounds` are the upper bounds (inclusive), +Inf implied."""
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def reading(self) -> Histogram:
+        edges = [*(repr(bound) for bound in self.bounds), "+Inf"]
+        return Histogram(
+            buckets=list(zip(edges, accumulate(self.counts), strict=True)), sum=self.sum
+        )
+
+
+class ModelUsage:
+    """LLM calls, tokens, spend and refusals by model, from api_audit.jsonl (a JsonlFold).
+
+    The audit has a line for every call the API made, the critic's included, with the
+    model that answered; the budget ledger knows the total spend but not the models. The
+    audit is a file of the workspace, though: with a database each host's API keeps its
+    own, so these count the calls of the APIs on this workspace, while the ledger's
+    totals (swarm_llm_budget_*) are the whole fleet's."""
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.tokens: Counter[tuple[str, str]] = Counter()
+        self.refusals: Counter[tuple[str, str]] = Counter()
+        self.spend: dict[str, float] = {}
+
+    def add(self, record: dict[str, Any]) -> None:
+        model, event = str(record.get("model") or UNKNOWN_MODEL), record.get("event")
+        if event in CALL_OUTCOMES:
+            self.calls[model, CALL_OUTCOMES[event]] += 1
+        if event in CHARGED_EVENTS:
+            self.spend[model] = self.spend.get(model, 0.0) + finite_cost(record.get("cost"))
+        if event == "API_CALL_SUCCESS":
+            for kind in ("prompt", "completion"):
+                self.tokens[model, kind] += token_count(record.get(f"{kind}_tokens"))
+        if event in REFUSALS:
+            self.refusals[model, str(event).lower()] += 1
+
+
+def token_count(value: object) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def execution_run(event: dict[str, Any]) -> tuple[str, float] | None:
+    """(status, seconds) when `event` ends an execution, else None.
+
+    The worker logs an execution's end once, with its started_at and completed_at; review
+    events repeat those facts (and move completed_at to the verdict), so they are left out,
+    as are events without both times (a failure propagated from a dependency never ran)."""
+    if REVIEW_KEYS & event.keys():
+        return None
+    started, ended = parse_time(event.get("started_at")), parse_time(event.get("completed_at"))
+    if started is None or ended is None:
+        return None
+    return str(event.get("status")), max(0.0, (ended - started).total_seconds())
+
+
+class RunDurations:
+    """Run seconds by the execution's outcome, folded from the events by cursor.
+
+    The events are the faithful record of durations: every attempt on every host is
+    there, with its started_at and completed_at. queue.json keeps only a task's latest
+    execution (and only while a review needs it), and archiving drops even that."""
+
+    def __init__(self, source: EventSource, bounds: tuple[float, ...]):
+        self.source = source
+        self.bounds = bounds
+        self.lock = threading.Lock()
+        self._start_over(None)
+
+    def _start_over(self, epoch: str | None) -> None:
+        self.cursor, self.epoch = 0, epoch
+        self.by_status: dict[str, Buckets] = {}
+
+    def refresh(self) -> None:
+        """Fold the events logged since the last scrape; a source that started over (a
+        new epoch) is folded again from its first event."""
+        with self.lock:
+            for _ in range(MAX_PAGES_PER_SCRAPE):
+                page = self.source.events_after(self.cursor, EVENTS_PER_PAGE, self.epoch)
+                if page.reset:
+                    self._start_over(page.epoch)
+                    continue
+                for item in page.events:
+                    self._take(item.event)
+                self.cursor, self.epoch = page.cursor, page.epoch
+                if not page.more:
+                    return
+
+    def _take(self, event: dict[str, Any]) -> None:
+        run = execution_run(event)
+        if run is not None:
+            status, seconds = run
+            self.by_status.setdefault(status, Buckets(self.bounds)).observe(seconds)
+
+    def reading(self) -> dict[str, Histogram]:
+        with self.lock:
+            return {status: buckets.reading() for status, buckets in self.by_status.items()}
