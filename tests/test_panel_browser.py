@@ -23,6 +23,8 @@ from swarm_runtime.contract import ExecutionRecord, Status
 from swarm_runtime.demo import DEMO_TASKS
 from swarm_runtime.llm.budget import BudgetLedger
 from swarm_runtime.phases.rewards import RewardBook
+from swarm_runtime.queue.presence import PresenceBeacon
+from swarm_runtime.queue.store import WorkerIdentity
 from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.pause import read_pause
 from swarm_runtime.store.state_files import Workspace, append_line
@@ -517,3 +519,86 @@ def test_on_a_database_the_page_shows_every_hosts_events_and_where_they_are(
         assert watched.errors == []
     finally:
         context.close()
+
+
+# --- many hosts on one queue ------------------------------------------------------------
+
+
+def announce_two_hosts(workspace: Workspace) -> None:
+    """Workers of two hosts, as their presence says (a database would hold the same rows)."""
+    for worker_id, host in (("a1", "host-a"), ("b1", "host-b"), ("b2", "host-b")):
+        PresenceBeacon(workspace, WorkerIdentity(worker_id, host=host)).announce(paused=False)
+
+
+def test_the_workers_view_shows_both_hosts_and_the_host_filter_narrows_every_list(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    announce_two_hosts(workspace)
+    write_queue(
+        workspace,
+        [
+            {"id": "for-a", "prompt": "p", "host": "host-a"},
+            {"id": "for-b", "prompt": "p", "host": "host-b"},
+        ],
+        panel.url,
+    )
+    EventLog(workspace, "a1", host="host-a").emit("event-of-a", Status.IN_PROGRESS)
+    EventLog(workspace, "b1", host="host-b").emit("event-of-b", Status.IN_PROGRESS)
+    page = open_panel(watched, panel)
+    page.click('.tab-button[data-tab="workers"]')
+    rows = page.locator("#worker-rows tr")
+    page.locator("#worker-rows tr", has_text="b2").wait_for()
+    assert rows.count() == 3
+    assert "host-a" in rows.filter(has_text="a1").inner_text()
+    assert "idle" in rows.filter(has_text="b1").inner_text()
+    page.locator("#events li", has_text="event-of-a").wait_for()
+
+    page.select_option("#filter-host", "host-b")
+    page.wait_for_function("document.querySelectorAll('#worker-rows tr').length === 2")
+    assert "a1" not in text_of(page, "#worker-rows")
+    assert page.locator("#host-rows tr").count() == 1
+    assert page.locator("#events li", has_text="event-of-a").is_hidden()
+    assert page.locator("#events li", has_text="event-of-b").is_visible()
+    page.click('.tab-button[data-tab="tasks"]')
+    page.wait_for_function("document.querySelectorAll('#task-rows tr').length === 1")
+    assert "for-b" in text_of(page, "#task-rows")
+    assert watched.errors == []
+
+
+def test_pausing_one_host_from_the_page_writes_it_and_leaves_the_others_running(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    announce_two_hosts(workspace)
+    write_queue(workspace, [], panel.url)
+    page = open_panel(watched, panel)
+    page.click('.tab-button[data-tab="workers"]')
+    page.locator('button.host-pause[data-host="host-b"]', has_text="Pause host").click()
+    wait_until(lambda: read_pause(workspace).paused_hosts() == ["host-b"])
+    assert read_pause(workspace).paused is False
+    page.locator("#host-rows tr", has_text="host-b").locator("td", has_text="paused").wait_for()
+    page.locator("#run-note", has_text="paused host(s): host-b").wait_for()
+    assert "running" in page.locator("#host-rows tr", has_text="host-a").inner_text()
+    page.locator('button.host-pause[data-host="host-b"]', has_text="Resume host").click()
+    wait_until(lambda: read_pause(workspace).paused_hosts() == [])
+    page.locator('button.host-pause[data-host="host-b"]', has_text="Pause host").wait_for()
+    assert watched.errors == []
+
+
+def test_a_task_pinned_to_a_host_with_no_live_worker_says_what_it_waits_for(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    announce_two_hosts(workspace)
+    write_queue(
+        workspace,
+        [{"id": "stranded", "prompt": "p", "host": "host-z"}, {"id": "free", "prompt": "p"}],
+        panel.url,
+    )
+    reason = "waiting for a worker on host 'host-z' (none alive)"
+    page = open_panel(watched, panel)
+    row = page.locator("#task-rows tr", has_text="stranded")
+    row.locator(".row-waiting", has_text=reason).wait_for()
+    assert page.locator("#task-rows tr", has_text="free").locator(".row-waiting").count() == 0
+    row.locator("button.link").first.click()
+    page.locator("#detail-facts dd", has_text=reason).wait_for()
+    assert "host-z" in text_of(page, "#detail-facts")
+    assert watched.errors == []

@@ -32,6 +32,7 @@ from swarm_runtime.contract import (
     ErrorBody,
     Mode,
     Status,
+    Task,
     Usage,
 )
 from swarm_runtime.errors import (
@@ -46,6 +47,7 @@ from swarm_runtime.errors import (
 )
 from swarm_runtime.llm.wrapper import SecureAPIWrapper, from_settings
 from swarm_runtime.queue.endpoint import record_endpoint
+from swarm_runtime.queue.fleet import Fleet, read_placement
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.queue.store import lease_is_live
@@ -57,7 +59,7 @@ from swarm_runtime.safety.local_commands import (
     run_command,
 )
 from swarm_runtime.settings import Settings
-from swarm_runtime.store.documents import documents_for
+from swarm_runtime.store.documents import SharedDocuments, documents_for
 from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.store.token import resolve_token
 from swarm_runtime.web.hosts import check_host, served_port
@@ -92,13 +94,16 @@ class ApiServices:
     wrapper: SecureAPIWrapper
     store: TaskQueue
     provider_health: ProviderHealth
+    # The pause switch and the workers' presence, for /status's fleet.
+    documents: SharedDocuments | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> ApiServices:
         workspace = Workspace(settings.workspace)
         workspace.ensure_layout()
         prepare_sandbox(workspace.sandbox)
-        wrapper = from_settings(settings, workspace, documents_for(settings, workspace).budget)
+        documents = documents_for(settings, workspace)
+        wrapper = from_settings(settings, workspace, documents.budget)
         return cls(
             settings=settings,
             workspace=workspace,
@@ -112,6 +117,7 @@ class ApiServices:
             wrapper=wrapper,
             store=store_for(settings, workspace),
             provider_health=ProviderHealth(wrapper.provider),
+            documents=documents,
         )
 
     def announce(self, url: str) -> None:
@@ -383,11 +389,20 @@ def status_snapshot(services: ApiServices) -> dict[str, Any]:
         "completed": len(doc.completed),
         "failed": len(doc.failed),
         "workers_with_live_leases": workers,
+        "fleet": fleet_snapshot(services, doc.tasks, now).model_dump(mode="json"),
         "budget": {"limit": budget.limit, "spent": budget.spent, "reserved": budget.reserved},
         "provider": services.settings.default_model,
         "provider_name": services.wrapper.provider.name,
         **services.provider_health.snapshot(),
     }
+
+
+def fleet_snapshot(services: ApiServices, tasks: list[Task], now: float) -> Fleet:
+    """Every host sharing this runtime: each one's pause, workers and tasks (queue.fleet)."""
+    documents = services.documents
+    database = documents.database if documents else None
+    switch = documents.pause if documents else services.workspace
+    return read_placement(services.workspace, database, switch, now).fleet(tasks, now)
 
 
 # --- command line -----------------------------------------------------------------------

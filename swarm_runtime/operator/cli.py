@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 
-from swarm_runtime.contract import CLI_WORKER_ID, QUEUE_FILE, Mode, Status
+from swarm_runtime.contract import (
+    CLI_WORKER_ID,
+    PLACE_NAME_PATTERN,
+    PLACE_NAME_RULE,
+    QUEUE_FILE,
+    Mode,
+    Status,
+)
 from swarm_runtime.errors import (
     DuplicateTaskError,
     InvalidTransition,
@@ -52,9 +60,12 @@ def add_operator_commands(
     command("requeue", commands.requeue, "send a failed or parked task back").add_argument("id")
     command("cancel", commands.cancel, "withdraw a task that has not started").add_argument("id")
     command("requeue-failed", commands.requeue_failed, "send every failed task back")
+    command("fleet", commands.fleet, "every host: its pause, its workers and their tasks")
     pause = command("pause", commands.pause, "workers claim nothing new until resumed")
     pause.add_argument("--reason", help="shown with the pause on the panel and in status")
-    command("resume", commands.resume, "let workers claim tasks again")
+    host_option(pause, "pause only this host's workers (default: every host)")
+    resume = command("resume", commands.resume, "let workers claim tasks again")
+    host_option(resume, "resume only this host's workers (default: every host)")
     _add_events_command(command("events", commands.events, "the event log, one line an event"))
     export = command("export", commands.export, f"write the queue as a {QUEUE_FILE} document")
     export.add_argument("--out", help=f"write to this file (default: stdout), like {QUEUE_FILE}")
@@ -117,6 +128,18 @@ def _add_events_command(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-f", "--follow", action="store_true", help="then print each new event until Ctrl-C"
     )
+
+
+def host_option(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--host", metavar="NAME", type=host_name, help=text)
+
+
+def host_name(value: str) -> str:
+    """A name a host can have (SWARM_HOST's rule): any other is refused before anything
+    is written, so a typo of that kind never pauses a host that cannot exist."""
+    if re.fullmatch(PLACE_NAME_PATTERN, value) is None:
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a host name ({PLACE_NAME_RULE})")
+    return value
 
 
 def id_list(value: str) -> list[str]:

@@ -27,7 +27,14 @@ from swarm_runtime.operator.listing import (
     task_list,
     task_list_lines,
 )
-from swarm_runtime.operator.status import pause_text, status_lines, status_of
+from swarm_runtime.operator.status import (
+    fleet_lines,
+    fleet_report,
+    pause_text,
+    status_lines,
+    status_of,
+)
+from swarm_runtime.operator.text import clean
 from swarm_runtime.queue.operations import Acted, Operations
 from swarm_runtime.queue.overview import task_summary
 from swarm_runtime.queue.transfer import export_queue, import_queue_file
@@ -144,13 +151,32 @@ def _unlogged(results: list[Acted]) -> None:
 
 
 def pause(command: Command) -> int:
-    state = command.operations.pause(command.args.reason).model_dump(mode="json")
-    return command.say(state, [pause_text(state) + "; workers finish the task in hand"])
+    host = command.args.host
+    state = command.operations.pause(command.args.reason, host)
+    entry = state if host is None else state.hosts[host]
+    line = pause_text(entry.model_dump(mode="json"))
+    if host is not None:
+        line = f"host {clean(host)}: {line}; its workers finish the task in hand"
+    else:
+        line += "; workers finish the task in hand"
+    return command.say(state.model_dump(mode="json") | {"host": host}, [line])
 
 
 def resume(command: Command) -> int:
-    state = command.operations.resume().model_dump(mode="json")
-    return command.say(state, ["running: workers claim tasks again"])
+    host = command.args.host
+    state = command.operations.resume(host)
+    payload = state.model_dump(mode="json") | {"host": host}
+    if host is None:
+        return command.say(payload, ["running: workers claim tasks again"])
+    line = f"host {clean(host)} resumed: its workers claim tasks again"
+    if state.paused:
+        line = f"host {clean(host)} resumed, but every host is still paused (resume without --host)"
+    return command.say(payload, [line])
+
+
+def fleet(command: Command) -> int:
+    report = fleet_report(command.operations, datetime.now(UTC))
+    return command.say(report.model_dump(mode="json"), fleet_lines(report))
 
 
 def export(command: Command) -> int:

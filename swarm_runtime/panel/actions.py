@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from swarm_runtime.contract import PANEL_WORKER_ID, Mode
+from swarm_runtime.contract import PANEL_WORKER_ID, Mode, PlaceName
 from swarm_runtime.errors import TaskInputError
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.panel.tasks import task_row
@@ -40,9 +40,12 @@ class AddTaskBody(BaseModel):
 
 
 class PauseBody(BaseModel):
+    """Pause or resume every host, or with `host` that host's workers only."""
+
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, max_length=500)
+    host: PlaceName | None = None
 
 
 def operations(panel: Panel) -> Operations:
@@ -79,8 +82,9 @@ def requeue_failed(panel: Panel) -> dict[str, Any]:
 
 
 def pause(panel: Panel, body: PauseBody) -> dict[str, Any]:
-    return operations(panel).pause(body.reason).model_dump(mode="json")
+    state = operations(panel).pause(body.reason, body.host)
+    return state.model_dump(mode="json") | {"host": body.host}
 
 
-def resume(panel: Panel) -> dict[str, Any]:
-    return operations(panel).resume().model_dump(mode="json")
+def resume(panel: Panel, body: PauseBody) -> dict[str, Any]:
+    return operations(panel).resume(body.host).model_dump(mode="json") | {"host": body.host}

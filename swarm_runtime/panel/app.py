@@ -44,7 +44,7 @@ from swarm_runtime.panel.stream import (
     parse_cursor,
     stream_response,
 )
-from swarm_runtime.panel.tasks import detail_of, status_tones, table_of
+from swarm_runtime.panel.tasks import TaskQuery, detail_of, fleet_view, status_tones, table_of
 from swarm_runtime.queue.overview import named_endpoint
 from swarm_runtime.settings import Settings
 from swarm_runtime.web.json_errors import HttpError
@@ -115,13 +115,19 @@ def _register_reads(app: Flask, panel: Panel) -> None:
         page = int_arg("page", 1, 1, 1_000_000)
         per_page = int_arg("per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
         query = request.args.get("q", "")[:MAX_QUERY_CHARS]
+        host = request.args.get("host", "")[:MAX_QUERY_CHARS] or None
         panel.catch_up()
-        return jsonify(table_of(panel, status, query, page, per_page))
+        wanted = TaskQuery(status, query, host)
+        return jsonify(table_of(panel, wanted, page, per_page, utc_clock().timestamp()))
 
     @app.get("/api/tasks/<task_id>")
     def task_detail(task_id: str) -> Response:
         panel.catch_up()
-        return jsonify(detail_of(panel, checked_id(task_id)))
+        return jsonify(detail_of(panel, checked_id(task_id), utc_clock().timestamp()))
+
+    @app.get("/api/fleet")
+    def fleet() -> Response:
+        return jsonify(fleet_view(panel, utc_clock().timestamp()))
 
 
 def _register_outcomes(app: Flask, panel: Panel) -> None:
@@ -168,8 +174,7 @@ def _register_actions(app: Flask, panel: Panel) -> None:
 
     @app.post("/api/resume")
     def resume() -> Response:
-        parse_body(actions.PauseBody)
-        return jsonify(actions.resume(panel))
+        return jsonify(actions.resume(panel, parse_body(actions.PauseBody)))
 
 
 def _register_events(app: Flask, panel: Panel) -> None:

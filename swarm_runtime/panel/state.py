@@ -27,6 +27,7 @@ from swarm_runtime.panel.log_tail import READ_BLOCK_BYTES, JsonlFold
 from swarm_runtime.panel.probe import ApiProbe
 from swarm_runtime.phases import quality_gate
 from swarm_runtime.phases.rewards import Balances, RewardLedger, parse_state
+from swarm_runtime.queue.fleet import Placement, read_placement
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.documents import SharedDocument, documents_for
@@ -169,6 +170,11 @@ class Panel:
             follower.close()
         self.store.close()
         self.documents.close()
+
+    def placement(self, now: float) -> Placement:
+        """Every host's live workers and the pause: what says where a task may run now."""
+        documents = self.documents
+        return read_placement(self.workspace, documents.database, documents.pause, now)
 
     def load_queue(self) -> QueueDocument:
         """queue.json, or a 503 naming it when it cannot be used (it is never rewritten)."""

@@ -7,7 +7,7 @@ searched and paginated, cheap enough for 10,000 tasks on every page view.
 from __future__ import annotations
 
 import math
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from swarm_runtime.contract import (
     APPROVED_STATUSES,
@@ -20,12 +20,21 @@ from swarm_runtime.contract import (
 from swarm_runtime.panel.log_tail import IndexedEvent, TaskInfo
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.panel.stream import event_item
+from swarm_runtime.queue.fleet import Placement, task_host
 from swarm_runtime.queue.overview import counts_by_status, select_tasks, task_summary
 from swarm_runtime.web.json_errors import HttpError
 
 T = TypeVar("T")
 
 TIMELINE_LIMIT = 500
+
+
+class TaskQuery(NamedTuple):
+    """The task list's filter: a status, text in the task, the host it runs on."""
+
+    status: str | None = None
+    query: str = ""
+    host: str | None = None
 
 
 def status_tones() -> dict[str, str]:
@@ -43,11 +52,16 @@ def status_tones() -> dict[str, str]:
     return tones
 
 
-def task_row(task: Task, info: TaskInfo | None) -> dict[str, Any]:
-    """The summary every operator view shows, and what the log index knows of the task."""
+def task_row(
+    task: Task, info: TaskInfo | None, placement: Placement | None = None
+) -> dict[str, Any]:
+    """The summary every operator view shows, what the log index knows of the task, where
+    it runs, and (given the live workers) why no worker will take it, if none will."""
     row = task_summary(task)
     row["last_event"] = info.last_timestamp if info else None
     row["events"] = info.events if info else 0
+    row["host"] = task_host(task)
+    row["waiting_for"] = placement.waiting_for(task) if placement else None
     return row
 
 
@@ -59,13 +73,15 @@ def page_of(items: list[T], page: int, per_page: int) -> tuple[list[T], int]:
 
 
 def table_of(
-    panel: Panel, status: str | None, query: str, page: int, per_page: int
+    panel: Panel, wanted: TaskQuery, page: int, per_page: int, now: float
 ) -> dict[str, Any]:
     doc = panel.load_queue()
-    chosen = select_tasks(doc.tasks, status, query)
+    placement = panel.placement(now)
+    tasks = [t for t in doc.tasks if task_host(t) == wanted.host] if wanted.host else doc.tasks
+    chosen = select_tasks(tasks, wanted.status, wanted.query)
     shown, pages = page_of(chosen, page, per_page)
     return {
-        "tasks": [task_row(t, panel.index.task(t.id)) for t in shown],
+        "tasks": [task_row(t, panel.index.task(t.id), placement) for t in shown],
         "total": len(chosen),
         "page": min(page, pages),
         "pages": pages,
@@ -97,7 +113,13 @@ def task_links(
     }
 
 
-def detail_of(panel: Panel, task_id: str) -> dict[str, Any]:
+def executed_on(timeline: list[IndexedEvent]) -> str | None:
+    """The host whose worker last started the task, as its events say."""
+    started = (e.event for e in reversed(timeline) if e.event.get("status") == Status.IN_PROGRESS)
+    return next((event["host"] for event in started if event.get("host")), None)
+
+
+def detail_of(panel: Panel, task_id: str, now: float) -> dict[str, Any]:
     """A task in the queue, or one archived or known only from the log; else a 404."""
     doc = panel.load_queue()
     task = doc.find(task_id)
@@ -105,11 +127,14 @@ def detail_of(panel: Panel, task_id: str) -> dict[str, Any]:
     archived = task is None and (task_id in doc.completed or task_id in doc.failed)
     if task is None and not archived and not total:
         raise HttpError(404, f"no task with id {task_id!r} in the queue or the log", field="id")
+    row = task_row(task, panel.index.task(task_id), panel.placement(now)) if task else None
     return {
         "id": task_id,
         "task": task.to_record() if task else None,
         "archived": archived,
-        "row": task_row(task, panel.index.task(task_id)) if task else None,
+        "row": row,
+        "host": row["host"] if row and row["host"] else executed_on(timeline),
+        "waiting_for": row["waiting_for"] if row else None,
         "prompt": task.prompt if task else None,
         "command": task.command if task else None,
         "output": latest_field("output", task, timeline),
@@ -119,3 +144,13 @@ def detail_of(panel: Panel, task_id: str) -> dict[str, Any]:
         "timeline": [event_item(e) for e in timeline],
         "timeline_total": total,
     }
+
+
+def fleet_view(panel: Panel, now: float) -> dict[str, Any]:
+    """The Workers view: every host's pause, workers and tasks. With queue.json unreadable
+    (its tile says so) the hosts still show, from their workers' presence alone."""
+    try:
+        tasks = panel.load_queue().tasks
+    except HttpError:
+        tasks = []
+    return panel.placement(now).fleet(tasks, now).model_dump(mode="json")

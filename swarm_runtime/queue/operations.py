@@ -67,15 +67,18 @@ class Operations:
         action = OperatorAction.REQUEUE_FAILED
         return [self.logged(task, action) for task in self.store.requeue_failed()]
 
-    def pause(self, reason: str | None = None) -> PauseState:
+    def pause(self, reason: str | None = None, host: str | None = None) -> PauseState:
+        """The fleet's pause (`host` None) or one host's; the other hosts' stay as they are."""
         switch = self.pause_switch or self.workspace
-        state = set_pause(switch, True, by=self.operator_id, reason=reason)
-        log.warning("workers paused by %s%s", self.operator_id, f": {reason}" if reason else "")
+        state = set_pause(switch, True, by=self.operator_id, reason=reason, host=host)
+        why = f": {reason}" if reason else ""
+        log.warning("%s paused by %s%s", paused_scope(host), self.operator_id, why)
         return state
 
-    def resume(self) -> PauseState:
-        state = set_pause(self.pause_switch or self.workspace, False, by=self.operator_id)
-        log.info("workers resumed by %s", self.operator_id)
+    def resume(self, host: str | None = None) -> PauseState:
+        switch = self.pause_switch or self.workspace
+        state = set_pause(switch, False, by=self.operator_id, host=host)
+        log.info("%s resumed by %s", paused_scope(host), self.operator_id)
         return state
 
     def logged(self, task: Task, action: OperatorAction) -> Acted:
@@ -89,3 +92,7 @@ class Operations:
             log.error("operator action %s on %s not logged: %s", action.value, task.id, exc)
             return Acted(task, False)
         return Acted(task, True)
+
+
+def paused_scope(host: str | None) -> str:
+    return "workers on every host" if host is None else f"workers on host {host!r}"

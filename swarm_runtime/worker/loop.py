@@ -86,7 +86,7 @@ from swarm_runtime.settings import Settings
 from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.events import EventLog, cap_text
 from swarm_runtime.store.failpoints import failpoint
-from swarm_runtime.store.pause import read_pause
+from swarm_runtime.store.pause import pause_message, read_pause
 from swarm_runtime.store.state_files import Workspace, file_version
 from swarm_runtime.worker.cycle_client import CycleClient, Dispatch, EndpointRefused
 from swarm_runtime.worker.review import Critic
@@ -218,10 +218,10 @@ class Worker:
             log.warning("could not update this worker's presence file: %s", exc)
 
     def paused(self) -> bool:
-        """The kill switch is read before every claim; a broken switch counts as on."""
+        """The kill switch is read before every claim, the fleet's and this host's; a
+        broken switch counts as on."""
         try:
-            state = read_pause(self.documents.pause)
-            message = f"paused by {state.by or 'an operator'}" if state.paused else None
+            message = pause_message(read_pause(self.documents.pause), self.identity.host)
         except (StateFileError, StoreUnavailable) as exc:
             message = f"pause switch unreadable, claiming nothing: {exc}"
         if message != self._pause_reported:

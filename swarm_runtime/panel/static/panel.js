@@ -16,7 +16,7 @@
   const byId = (id) => document.getElementById(id);
 
   const state = {
-    status: "", q: "", page: 1, pages: 1, tab: "tasks", detailId: null,
+    status: "", q: "", host: "", fleet: null, page: 1, pages: 1, tab: "tasks", detailId: null,
     paused: null, taskTimer: null, detailTimer: null, tasksBusy: false, tasksAgain: false,
   };
 
@@ -113,6 +113,7 @@
     } catch (_) {
       connection(false);
     }
+    await refreshFleet();
   }
 
   function renderSummary(summary) {
@@ -163,14 +164,22 @@
     tile("tile-workers", workers.length ? "good" : "warn");
   }
 
+  function pausedBy(pause) {
+    const reason = pause.reason ? ` · ${pause.reason}` : "";
+    return `by ${pause.by || "an operator"} ${when(pause.since)}${reason}`;
+  }
+
+  function pausedHosts(pause) {
+    return Object.entries(pause.hosts || {}).filter(([, entry]) => entry.paused).map(([name]) => name);
+  }
+
   // Claiming runs only when it is not paused and some worker is alive to claim.
   function claiming(pause, alive) {
-    if (pause.paused) {
-      const reason = pause.reason ? ` · ${pause.reason}` : "";
-      return ["paused", `by ${pause.by || "an operator"} ${when(pause.since)}${reason}`, "warn"];
-    }
-    if (!alive) return ["no worker alive", "not paused: a started worker claims the next runnable task", "warn"];
-    return ["running", "workers claim the next runnable task", "good"];
+    if (pause.paused) return ["paused", pausedBy(pause), "warn"];
+    const hosts = pausedHosts(pause);
+    const some = hosts.length ? ` · paused host(s): ${hosts.join(", ")}` : "";
+    if (!alive) return ["no worker alive", `not paused: a started worker claims the next runnable task${some}`, "warn"];
+    return ["running", `workers claim the next runnable task${some}`, hosts.length ? "warn" : "good"];
   }
 
   function renderPause(pause, alive) {
@@ -255,6 +264,7 @@
     state.tasksBusy = true;
     const query = new URLSearchParams({ page: state.page, per_page: PER_PAGE });
     if (state.status) query.set("status", state.status);
+    if (state.host) query.set("host", state.host);
     if (state.q) query.set("q", state.q);
     try {
       renderTasks(await api(`/api/tasks?${query}`));
@@ -291,6 +301,8 @@
       onClick: () => openDetail(task.id),
     }));
     if (task.error) idCell.append(el("div", { className: "row-error", text: task.error, title: task.error }));
+    const hostCell = el("td", { className: "ids" }, el("span", { className: "id", text: task.host || "" }));
+    if (task.waiting_for) hostCell.append(el("div", { className: "row-waiting", text: task.waiting_for }));
     row.append(
       idCell,
       el("td", {}, statusBadge(task.status)),
@@ -299,6 +311,7 @@
       el("td", { text: task.attempts }),
       el("td", { className: "ids" }, idList(task.depends_on)),
       el("td", { className: "when", text: when(task.last_event || task.updated_at), title: task.last_event || "" }),
+      hostCell,
       el("td", {}, actionButtons(task)),
     );
     return row;
@@ -438,6 +451,7 @@
     const task = detail.task || {};
     const review = task.review || {};
     const pairs = [
+      ["waiting for", detail.waiting_for], ["host", detail.host],
       ["mode", detail.row && detail.row.mode], ["model", detail.row && detail.row.model],
       ["attempts", task.attempts], ["created", when(task.created_at)], ["updated", when(task.updated_at)],
       ["max budget", task.max_budget], ["last error", task.last_error],
@@ -464,7 +478,7 @@
     }
   }
 
-  const ENVELOPE = new Set(["task_id", "worker_id", "status", "timestamp"]);
+  const ENVELOPE = new Set(["task_id", "worker_id", "status", "timestamp", "host"]);
 
   function timelineEntry(event, open) {
     const summary = el("summary", {},
@@ -472,6 +486,7 @@
       statusBadge(event.status),
       el("span", { className: "worker", text: event.worker_id }),
     );
+    if (event.host) summary.append(el("span", { className: "host", text: `@${event.host}` }));
     const note = eventNote(event);
     if (note) summary.append(el("span", { className: "event-note", text: note }));
     const fields = el("dl", { className: "fields" });
@@ -532,6 +547,9 @@
       taskLink(event.task_id),
       el("span", { className: "worker", text: event.worker_id }),
     );
+    if (event.host) row.append(el("span", { className: "host", text: `@${event.host}` }));
+    row.dataset.host = event.host || "";
+    row.hidden = !onChosenHost(row.dataset.host);
     const note = eventNote(event);
     if (note) row.append(el("div", { className: "event-note", text: note }));
     list.prepend(row);
@@ -541,6 +559,84 @@
   // --- the other views ----------------------------------------------------------------
 
   const TABS = { review: refreshGate, safety: refreshSafety, rewards: refreshRewards, spend: refreshSpend };
+
+  // --- the fleet: every host's workers, and the host filter ---------------------------
+
+  function onChosenHost(host) {
+    return !state.host || host === state.host;
+  }
+
+  async function refreshFleet() {
+    try {
+      state.fleet = await api("/api/fleet");
+    } catch (error) {
+      say(byId("fleet-result"), error.message, true);
+      return;
+    }
+    renderHostChoices(state.fleet.hosts.map((h) => h.host));
+    renderFleet(state.fleet);
+  }
+
+  // The chosen host stays a choice while it has nothing to show, so the filter holds.
+  function renderHostChoices(hosts) {
+    const select = byId("filter-host");
+    const names = [...new Set([...hosts, ...(state.host ? [state.host] : [])])].sort();
+    const shownNames = [...select.options].slice(1).map((option) => option.value);
+    if (names.join("\n") === shownNames.join("\n")) return;
+    while (select.options.length > 1) select.remove(1);
+    for (const name of names) select.append(el("option", { text: name }));
+    select.value = state.host;
+  }
+
+  function renderFleet(fleet) {
+    const hosts = fleet.hosts.filter((h) => onChosenHost(h.host));
+    fillRows("host-rows", hosts.map(hostCells), "no host has a live worker, a running or pinned task, or a pause", 6);
+    const workers = hosts.flatMap((h) => h.workers);
+    fillRows("worker-rows", workers.map((w) => [
+      token(w.host), token(w.worker_id), workerState(w), taskLink(w.task_id), token(w.labels.join(" ")),
+      w.paused ? "yes" : "no", w.pid, stamp(w.last_seen),
+    ]), state.host ? `no worker alive on ${state.host}` : "no worker alive", 8);
+    if (fleet.pause_error) say(byId("fleet-result"), fleet.pause_error, true);
+  }
+
+  function hostCells(host) {
+    const scope = host.pause_scope === "fleet" ? " (every host)" : "";
+    const claiming = host.paused ? `paused${scope} ${pausedBy(host.pause)}` : "running";
+    const busy = host.workers.filter((w) => w.state === "busy").length;
+    const button = el("button", {
+      type: "button", className: "action host-pause", text: host.paused ? "Resume host" : "Pause host",
+      onClick: () => toggleHostPause(host),
+    });
+    button.dataset.host = host.host;
+    button.disabled = host.pause_scope === "fleet";
+    if (button.disabled) button.title = "every host is paused: resume workers in the header";
+    return [token(host.host), claiming, `${host.workers.length} (${busy} busy)`, host.running,
+      host.pinned_waiting, button];
+  }
+
+  function workerState(worker) {
+    return el("span", { className: `status tone-${worker.state === "busy" ? "active" : worker.state === "idle" ? "good" : "warn"}`, text: worker.state });
+  }
+
+  async function toggleHostPause(host) {
+    const result = byId("fleet-result");
+    const path = host.paused ? "/api/resume" : "/api/pause";
+    try {
+      await api(path, { method: "POST", body: { host: host.host } });
+      say(result, `${host.paused ? "resumed" : "paused"} host ${host.host}`, false);
+    } catch (error) {
+      say(result, error.message, true);
+    }
+    await refreshSummary();
+  }
+
+  function hostChanged() {
+    state.host = byId("filter-host").value;
+    state.page = 1;
+    scheduleTasks(0);
+    if (state.fleet) renderFleet(state.fleet);
+    for (const row of byId("events").children) row.hidden = !onChosenHost(row.dataset.host);
+  }
 
   function showTab(name) {
     state.tab = name;
@@ -684,6 +780,7 @@
     byId("pause-button").addEventListener("click", togglePause);
     byId("requeue-failed").addEventListener("click", requeueFailed);
     byId("filter-status").addEventListener("change", filterChanged);
+    byId("filter-host").addEventListener("change", hostChanged);
     let typing = null;
     byId("filter-q").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(filterChanged, 250); });
     byId("prev-page").addEventListener("click", () => { state.page -= 1; scheduleTasks(0); });
