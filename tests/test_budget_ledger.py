@@ -287,3 +287,64 @@ def test_the_ledger_remembers_the_spend_of_a_bounded_number_of_tasks(
     document = json.loads(workspace.budget_ledger_path.read_text())
     assert list(document["tasks"]["spent"]) == ["c", "a", "d"]
     assert document["tasks"]["spent"]["a"] == 0.5
+
+
+# --- calls and spend by model -------------------------------------------------------------
+
+# No pid above pid_max (2**22 at most) is ever alive.
+DEAD_PID = 2**22 + 1
+
+
+def models_of(workspace: Workspace) -> dict[str, dict[str, float]]:
+    models: dict[str, dict[str, float]] = json.loads(workspace.budget_ledger_path.read_text())[
+        "models"
+    ]
+    return models
+
+
+def test_settled_calls_are_counted_by_model_and_a_refund_counts_nothing(
+    workspace: Workspace,
+) -> None:
+    ledger = BudgetLedger(workspace, 10.0)
+    for model, cost in (("model-a", 0.25), ("model-a", 0.5), ("model-b", 1.5)):
+        held = ledger.admit(1.0, task_id="t", model=model).granted()
+        ledger.settle(held, cost)  # 1.5: the provider reported more than the hold
+    ledger.refund(ledger.admit(1.0, task_id="t", model="model-c").granted())
+    ledger.settle(ledger.reserve(1.0, task_id=None), 0.125)  # a hold naming no model
+    ledger.settle("vanished", 0.0625)
+    expected = {
+        "model-a": {"calls": 2, "spent": 0.75},
+        "model-b": {"calls": 1, "spent": 1.5},
+        "unknown": {"calls": 2, "spent": 0.1875},
+    }
+    assert models_of(workspace) == expected
+    snapshot = ledger.snapshot()
+    assert {model: spent.model_dump() for model, spent in snapshot.models.items()} == expected
+    assert sum(spent.spent for spent in snapshot.models.values()) == snapshot.spent
+
+
+@pytest.mark.parametrize(
+    ("sent", "counted"),
+    [(True, {"model-x": {"calls": 1, "spent": 0.5}}), (False, {})],
+    ids=["charged-in-full", "released-unsent"],
+)
+def test_a_dead_hold_counts_for_its_model_only_when_charged(
+    workspace: Workspace, sent: bool, counted: dict[str, dict[str, float]]
+) -> None:
+    hold = {"amount": 0.5, "pid": DEAD_PID, "host": None, "created_at": "2026-01-01T00:00:00"}
+    held = {"old": hold | {"model": "model-x", "sent": sent}}
+    ledger = BudgetLedger(workspace, 1.0)
+    workspace.budget_ledger_path.write_text(json.dumps({"spent": 0.0, "reservations": held}))
+    ledger.admit(0.25, task_id=None, model="model-y")
+    assert models_of(workspace) == counted
+
+
+def test_a_ledger_written_before_models_were_counted_still_reads(workspace: Workspace) -> None:
+    """The field is new: a ledger without it must not stop every paid call."""
+    old = {"version": 1, "spent": 0.5, "reservations": {}, "tasks": {"spent": {"t": 0.5}}}
+    ledger = BudgetLedger(workspace, 1.0)
+    workspace.budget_ledger_path.write_text(json.dumps(old))
+    assert (ledger.snapshot().spent, dict(ledger.snapshot().models)) == (0.5, {})
+    ledger.settle(ledger.admit(0.25, task_id="t", model="model-a").granted(), 0.25)
+    assert models_of(workspace) == {"model-a": {"calls": 1, "spent": 0.25}}
+    assert ledger.snapshot().spent == 0.75

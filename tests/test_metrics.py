@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,12 +33,14 @@ from swarm_runtime.llm.provider import Completion
 from swarm_runtime.llm.rate_limit import TokenBucket
 from swarm_runtime.llm.wrapper import SecureAPIWrapper
 from swarm_runtime.panel.app import create_app
-from swarm_runtime.panel.metric_folds import Buckets, execution_run
+from swarm_runtime.panel.metric_folds import Buckets, claim_wait, execution_run
 from swarm_runtime.queue.presence import PresenceBeacon
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.queue.store import WorkerIdentity
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.events import EventLog
+from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.worker.cycle_client import Dispatch
 
 BASE = "http://127.0.0.1:8421"
@@ -119,24 +122,30 @@ def answer(model: str, prompt_tokens: int, completion_tokens: int) -> Completion
     return Completion("ok", model, prompt_tokens, completion_tokens, usage_reported=True)
 
 
-def make_calls(backend: Backend) -> BudgetLedger:
-    """Two models through the real wrapper, so the audit lines are the API's own."""
-    ledger = BudgetLedger(backend.workspace, 100.0, backend.documents.budget)
-    provider = ScriptedProvider()
-    wrapper = SecureAPIWrapper(
-        provider=provider,
+def api_wrapper(
+    workspace: Workspace, ledger: BudgetLedger, script: list[Completion | Exception]
+) -> SecureAPIWrapper:
+    """The real wrapper of one host's API, its provider answering from `script`."""
+    return SecureAPIWrapper(
+        provider=ScriptedProvider(script),
         ledger=ledger,
         limiter=TokenBucket(1000),
         prices=PRICES,
-        workspace=backend.workspace,
+        workspace=workspace,
         default_model="model-a",
     )
-    provider.script = [
+
+
+def make_calls(backend: Backend) -> BudgetLedger:
+    """Two models through the real wrapper, so the audit lines are the API's own."""
+    ledger = BudgetLedger(backend.workspace, 100.0, backend.documents.budget)
+    script: list[Completion | Exception] = [
         answer("model-a", 10, 5),  # $0.2
         answer("model-a", 20, 10),  # $0.4
         answer("model-b", 1000, 50),  # $32, more than it could hold: OVER_RESERVATION
         ProviderError("read timed out", maybe_billed=True),  # its hold, charged in full
     ]
+    wrapper = api_wrapper(backend.workspace, ledger, script)
     for model, max_tokens in (("model-a", 100), ("model-a", 100), ("model-b", 4), ("model-b", 4)):
         try:
             wrapper.call_llm("hello", model=model, max_tokens=max_tokens, temperature=0)
@@ -170,10 +179,19 @@ def make_queue(backend: Backend) -> float:
         store.close()
 
 
+def started(seconds: float, claimed_at: float) -> dict[str, Any]:
+    """The worker's in_progress event for an attempt it claimed at `claimed_at`."""
+    return {"kind": ExecutionEvent, "started_at": at(seconds), "claimed_at": claimed_at}
+
+
 def make_events(backend: Backend, claimed_at: float) -> None:
+    """Claim to start: 0.02 s for t1, 0.3 s for t3, 2 s for t4 (held now)."""
     host_a = EventLog(backend.workspace, "w-a1", backend.database)
+    epoch = T0.timestamp()
+    host_a.emit("t1", Status.IN_PROGRESS, attempt=1, **started(0, epoch - 0.02))
     host_a.emit("t1", Status.COMPLETED, started_at=at(0), completed_at=at(0.3))
     host_a.emit("t2", Status.COMPLETED, started_at=at(10), completed_at=at(14))
+    host_a.emit("t3", Status.IN_PROGRESS, attempt=1, **started(20, epoch + 19.7))
     host_a.emit("t3", Status.FAILED, started_at=at(20), completed_at=at(65))
     # A review repeats its execution's times, and a propagated failure never started:
     # neither is an execution of its own.
@@ -182,8 +200,8 @@ def make_events(backend: Backend, claimed_at: float) -> None:
     host_a.emit("t1", Status.APPROVED, **review)
     host_a.emit("gone", Status.FAILED, completed_at=at(5))
     host_c = EventLog(backend.workspace, "w-c1", backend.database)
-    started = datetime.fromtimestamp(claimed_at + 2.0, UTC).isoformat()
-    host_c.emit("t4", Status.IN_PROGRESS, kind=ExecutionEvent, started_at=started, attempt=1)
+    start = (claimed_at + 2.0) - epoch
+    host_c.emit("t4", Status.IN_PROGRESS, attempt=1, **started(start, claimed_at))
     retry = {"kind": ApiRetryEvent, "api_retry": 1, "errors": "API returned 503"}
     host_c.emit("t4", Status.IN_PROGRESS, attempt=1, **retry)
 
@@ -229,9 +247,19 @@ def test_a_scrape_reports_the_known_fleet(fleet: tuple[Flask, BudgetLedger]) -> 
     assert (failed_runs["30.0"], failed_runs["60.0"], failed_runs["+Inf"]) == (0, 1, 1)
     assert by(found, "swarm_task_run_seconds_count", "status") == {"completed": 2, "failed": 1}
 
+    # Every attempt, those of finished tasks too; the API's retry is no attempt.
     claim = buckets(found, "swarm_task_claim_to_start_seconds")
-    assert (claim["1.0"], claim["2.5"], claim["+Inf"]) == (0, 1, 1)
-    assert one(found, "swarm_task_claim_to_start_seconds_gsum") == pytest.approx(2.0, abs=1e-5)
+    assert [claim[le] for le in ("0.01", "0.025", "0.25", "0.5", "1.0", "2.5", "+Inf")] == [
+        0,
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+    ]
+    assert one(found, "swarm_task_claim_to_start_seconds_count") == 3
+    assert one(found, "swarm_task_claim_to_start_seconds_sum") == pytest.approx(2.32, abs=1e-5)
 
     calls = pairs(found, "swarm_llm_calls_total", "model", "outcome")
     assert calls == {
@@ -248,13 +276,16 @@ def test_a_scrape_reports_the_known_fleet(fleet: tuple[Flask, BudgetLedger]) -> 
     }
     refusals = pairs(found, "swarm_llm_refusals_total", "model", "reason")
     assert refusals == {("model-a", "task_budget_exceeded"): 1}
-    spend = by(found, "swarm_llm_spend_dollars_total", "model")
-    spent = ledger.snapshot().spent
+    # From the ledger: model-b's answer once (not again for its OVER_RESERVATION), and
+    # the hold of the call nobody saw answered, charged in full; the refusal cost nothing.
     audit = app.extensions["panel"].workspace.api_audit_path
-    assert spend["model-a"] == pytest.approx(0.6)
-    # model-b: its answer once (not again for OVER_RESERVATION), and the unsettled hold.
     audited = [json.loads(line)["event"] for line in audit.read_text().splitlines()]
     assert audited.count("OVER_RESERVATION") == 1 and audited.count("UNSETTLED_CHARGED") == 1
+    charged = by(found, "swarm_llm_charged_calls_total", "model")
+    assert charged == {"model-a": 2, "model-b": 2}
+    spend = by(found, "swarm_llm_spend_dollars_total", "model")
+    spent = ledger.snapshot().spent
+    assert spend["model-a"] == pytest.approx(0.6)
     assert spend["model-b"] > 32 and sum(spend.values()) == pytest.approx(spent)
     assert one(found, "swarm_llm_budget_spent_dollars") == pytest.approx(spent)
     assert one(found, "swarm_llm_budget_limit_dollars") == app.extensions["panel"].budget.limit
@@ -273,6 +304,40 @@ def test_the_scrape_follows_what_is_appended_and_counts_each_record_once(
     )
     later = buckets(samples(app), "swarm_task_run_seconds", status="completed")
     assert (later["0.5"], later["1.0"], later["+Inf"]) == (1, 2, 3)
+
+
+def test_one_panel_counts_the_spend_of_every_host_sharing_the_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Counted from the workspace's audit trail, a panel saw only its own host's API."""
+    hosts = [
+        Settings(workspace=tmp_path / name, database_url=database_url)
+        for name in ("host-a", "host-b")
+    ]
+    workspaces = [Workspace(settings.workspace) for settings in hosts]
+    documents = [documents_for(s, w) for s, w in zip(hosts, workspaces, strict=True)]
+    apps: list[Flask] = []
+    try:
+        for workspace, shared, model in zip(workspaces, documents, PRICES, strict=True):
+            ledger = BudgetLedger(workspace, 100.0, shared.budget)
+            wrapper = api_wrapper(workspace, ledger, [answer(model, 10, 5)])
+            wrapper.call_llm("hello", model=model, max_tokens=100, temperature=0)
+        apps = [create_app(settings) for settings in hosts]
+        for app, own_model in zip(apps, PRICES, strict=True):
+            found = samples(app)
+            assert by(found, "swarm_llm_charged_calls_total", "model") == {
+                "model-a": 1,
+                "model-b": 1,
+            }
+            spend = by(found, "swarm_llm_spend_dollars_total", "model")
+            assert spend == pytest.approx({"model-a": 0.2, "model-b": 0.5})
+            own = pairs(found, "swarm_llm_calls_total", "model", "outcome")
+            assert own == {(own_model, "success"): 1}
+    finally:
+        for app in apps:
+            app.extensions["panel"].close()
+        for shared in documents:
+            shared.close()
 
 
 # --- the worker's own records -------------------------------------------------------------
@@ -315,7 +380,15 @@ def test_a_scrape_after_the_worker_ran_matches_its_events(harness: Harness) -> N
     for status, took in runs.items():
         summed = one(found, "swarm_task_run_seconds_sum", status=status)
         assert summed == pytest.approx(took.total_seconds(), abs=1e-6)
-    assert one(found, "swarm_task_claim_to_start_seconds_gcount") == 0
+    claims = [
+        datetime.fromisoformat(e["started_at"]).timestamp() - e["claimed_at"]
+        for e in read_events(harness.workspace)
+        if e["status"] == "in_progress" and e.get("claimed_at") is not None
+    ]
+    assert len(claims) == 2
+    assert one(found, "swarm_task_claim_to_start_seconds_count") == 2
+    summed = one(found, "swarm_task_claim_to_start_seconds_sum")
+    assert summed == pytest.approx(sum(max(0.0, c) for c in claims), abs=1e-6)
 
 
 # --- refusals -----------------------------------------------------------------------------
@@ -402,3 +475,21 @@ def test_only_an_executions_own_end_is_a_run(
     record: dict[str, Any], run: tuple[str, float] | None
 ) -> None:
     assert execution_run(record) == run
+
+
+@pytest.mark.parametrize(
+    ("record", "waited"),
+    [
+        (event("in_progress", started_at=at(2), claimed_at=T0.timestamp()), 2.0),
+        (event("in_progress", started_at=at(0), claimed_at=T0.timestamp() + 1), 0.0),  # skew
+        (event("in_progress", started_at=at(2), claimed_at=None), None),  # an older worker
+        (event("in_progress", api_retry=1, claimed_at=T0.timestamp()), None),
+        (event("in_progress", started_at=at(2), claimed_at=True), None),
+        (event("in_progress", started_at=at(2), claimed_at="2026-01-01"), None),
+        (event("completed", started_at=at(2), claimed_at=T0.timestamp()), None),
+    ],
+)
+def test_only_an_attempts_start_with_its_claim_is_a_claim_to_start(
+    record: dict[str, Any], waited: float | None
+) -> None:
+    assert claim_wait(record) == (None if waited is None else pytest.approx(waited))

@@ -9,6 +9,11 @@ same write checks the task's own `max_budget` against what that task has spent a
 A hold left by a process that died is closed by the next reservation. If its request may
 have reached the provider (`sent`), the outcome is unknown and the provider may have
 billed it, so the hold is charged in full; only a hold that was never sent is released.
+
+Every charge is also counted for its model (`models`), in the same write: the ledger is
+the one record every host's API writes, so it is where the fleet's spend by model is
+counted once. A ledger written before `models` existed reads as having none; its earlier
+spend stays in `spent` only.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 TASK_SPEND_RETAIN = 256
 
 Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# The model charged for a hold that names none (a reserve() without one), or is gone.
+UNKNOWN_MODEL = "unknown"
 
 
 class Reservation(BaseModel):
@@ -69,6 +76,16 @@ class TaskSpend(BaseModel):
     spent: dict[str, Amount] = Field(default_factory=dict)
 
 
+class ModelSpend(BaseModel):
+    """One model's charged calls: answered ones at their real cost, and holds charged in
+    full when the outcome was unknown. A refunded hold cost nothing and is not counted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    calls: int = Field(default=0, ge=0)
+    spent: Amount = 0.0
+
+
 class LedgerDocument(BaseModel):
     """budget_ledger.json: what was spent, and what calls in flight may still spend."""
 
@@ -78,6 +95,7 @@ class LedgerDocument(BaseModel):
     spent: Amount = 0.0
     reservations: dict[str, Reservation] = Field(default_factory=dict)
     tasks: TaskSpend = Field(default_factory=TaskSpend)
+    models: dict[str, ModelSpend] = Field(default_factory=dict)
 
     @property
     def reserved(self) -> float:
@@ -88,9 +106,15 @@ class LedgerDocument(BaseModel):
         held = sum(r.amount for r in self.reservations.values() if r.task_id == task_id)
         return self.tasks.spent.get(task_id, 0.0), held
 
-    def charge(self, task_id: str | None, cost: float) -> None:
-        """Real spend, counted for the task too; the oldest task beyond the cap is forgotten."""
+    def charge(self, held: Reservation | None, cost: float) -> None:
+        """Real spend for one call, counted for its model and its task too (`held` is its
+        hold, None if it is gone); the oldest task beyond the cap is forgotten."""
         self.spent += cost
+        model = held.model if held is not None else None
+        by_model = self.models.setdefault(model or UNKNOWN_MODEL, ModelSpend())
+        by_model.calls += 1
+        by_model.spent += cost
+        task_id = held.task_id if held is not None else None
         if task_id is None:
             return
         spent = self.tasks.spent
@@ -104,6 +128,7 @@ class BudgetSnapshot:
     limit: float
     spent: float
     reserved: float
+    models: Mapping[str, ModelSpend] = field(default_factory=dict)
 
     @property
     def remaining(self) -> float:
@@ -218,7 +243,7 @@ class BudgetLedger:
             held = ledger.reservations.pop(reservation_id, None)
             if held is None:
                 log.warning("settling unknown budget reservation %s", reservation_id)
-            ledger.charge(held.task_id if held else None, actual_cost)
+            ledger.charge(held, actual_cost)
             return _dump(ledger), None
 
         self.document.update(mutate, _empty)
@@ -236,7 +261,7 @@ class BudgetLedger:
 
     def snapshot(self) -> BudgetSnapshot:
         ledger = self._parse(self.document.read(_empty))
-        return BudgetSnapshot(self.limit, ledger.spent, ledger.reserved)
+        return BudgetSnapshot(self.limit, ledger.spent, ledger.reserved, ledger.models)
 
     def _parse(self, raw: Any) -> LedgerDocument:
         """Validate the file; a broken ledger stops spending instead of being reset to zero."""
@@ -258,7 +283,7 @@ class BudgetLedger:
         for key in orphans:
             held = ledger.reservations.pop(key)
             if held.sent:
-                ledger.charge(held.task_id, held.amount)
+                ledger.charge(held, held.amount)
                 unsettled.append(UnsettledHold(key, held))
                 log.warning("charged in full the hold %s of dead pid %s", key, held.pid)
             else:

@@ -31,7 +31,7 @@ from swarm_runtime.errors import (
     UnpricedModelError,
 )
 from swarm_runtime.llm.bounds import input_token_bound, output_token_bound
-from swarm_runtime.llm.budget import BudgetLedger, BudgetSnapshot, UnsettledHold
+from swarm_runtime.llm.budget import UNKNOWN_MODEL, BudgetLedger, BudgetSnapshot, UnsettledHold
 from swarm_runtime.llm.pricing import FREE, Price, load_price_table, price_for
 from swarm_runtime.llm.provider import Completion, Provider, build_provider, scrub_secrets
 from swarm_runtime.llm.rate_limit import TokenBucket
@@ -306,7 +306,7 @@ def from_settings(
 def _audit_unsettled(wrapper: SecureAPIWrapper, unsettled: UnsettledHold) -> None:
     """A dead process's call whose outcome nobody saw: charged at its hold, the worst case."""
     held = unsettled.reservation
-    audit = _Audit(wrapper, held.model or "unknown", held.task_id, None)
+    audit = _Audit(wrapper, held.model or UNKNOWN_MODEL, held.task_id, None)
     audit.write(
         "UNSETTLED_CHARGED",
         cost=held.amount,

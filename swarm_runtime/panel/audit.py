@@ -14,6 +14,10 @@ from typing import Any
 LIST_LIMIT = 200
 SPEND_BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 SPEND_POINTS = 120
+# Audit lines about a call that has a line of its own: OVER_RESERVATION repeats the cost
+# of the API_CALL_SUCCESS line that follows it (llm.wrapper), so it is neither spend nor
+# a call of its own.
+NOTES_ON_A_CALL = frozenset({"OVER_RESERVATION"})
 
 
 def parse_time(value: object) -> datetime | None:
@@ -46,12 +50,14 @@ class SpendSeries:
         moment = parse_time(record.get("timestamp"))
         if moment is None:
             return
+        self.events[str(record.get("event"))] += 1
+        if record.get("event") in NOTES_ON_A_CALL:
+            return
         cost = finite_cost(record.get("cost"))
         bucket = self.minutes.setdefault(int(moment.timestamp()) // 60, [0.0, 0])
         bucket[0] += cost
         bucket[1] += 1
         self.total += cost
-        self.events[str(record.get("event"))] += 1
 
 
 def bucket_spend(minutes: dict[int, list[float]], width: int, points: int) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
-"""What /metrics folds out of the append-only records, each record once: LLM calls and
-spend by model from the API's audit trail, and run durations from the execution events.
+"""What /metrics folds out of the append-only records, each record once: LLM calls,
+tokens and refusals from this host's API audit trail, and run durations and
+claim-to-start waits from the execution events.
 
 Both are cumulative from the record's first line, so they are Prometheus counters; a
 record that starts over (a rotated log, an audit file cut) starts them over too, which
@@ -8,6 +9,7 @@ Prometheus reads as a counter reset.
 
 from __future__ import annotations
 
+import math
 import threading
 from bisect import bisect_left
 from collections import Counter
@@ -16,18 +18,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from swarm_runtime.contract import ReviewFields
+from swarm_runtime.contract import ReviewFields, Status
+from swarm_runtime.llm.budget import UNKNOWN_MODEL
 from swarm_runtime.llm.wrapper import REFUSAL_EVENTS
-from swarm_runtime.panel.audit import finite_cost, parse_time
+from swarm_runtime.panel.audit import parse_time
 from swarm_runtime.store.event_source import EventSource
 
-# The API audit's events (llm.wrapper): a call answered, a call that failed, and the hold
-# of a call whose outcome nobody saw, charged in full. OVER_RESERVATION repeats the cost of
-# the success line that follows it, so it is not spend of its own.
+# The API audit's events (llm.wrapper): a call answered, a call that failed.
 CALL_OUTCOMES = {"API_CALL_SUCCESS": "success", "API_CALL_FAILURE": "failure"}
-CHARGED_EVENTS = frozenset({"API_CALL_SUCCESS", "UNSETTLED_CHARGED"})
 REFUSALS = frozenset(REFUSAL_EVENTS.values())
-UNKNOWN_MODEL = "unknown"
 
 EVENTS_PER_PAGE = 1000
 # A scrape folds at most this many pages; a larger backlog is folded over the next scrapes.
@@ -62,13 +61,13 @@ class Buckets:
 
 
 class ModelUsage:
-    """LLM calls, tokens, spend and refusals by model, from api_audit.jsonl (a JsonlFold).
+    """LLM calls by outcome, tokens and refusals by model, from api_audit.jsonl (a
+    JsonlFold): what the budget ledger cannot say, since it sees only charges.
 
     The audit has a line for every call the API made, the critic's included, with the
-    model that answered; the budget ledger knows the total spend but not the models. The
-    audit is a file of the workspace, though: with a database each host's API keeps its
-    own, so these count the calls of the APIs on this workspace, while the ledger's
-    totals (swarm_llm_budget_*) are the whole fleet's."""
+    model that answered. It is a file of the workspace, though: with a database each
+    host's API keeps its own, so these count the calls of the APIs on this workspace,
+    while the ledger's counts by model are the whole fleet's."""
 
     def __init__(self) -> None:
         self.forget()
@@ -77,14 +76,11 @@ class ModelUsage:
         self.calls: Counter[tuple[str, str]] = Counter()
         self.tokens: Counter[tuple[str, str]] = Counter()
         self.refusals: Counter[tuple[str, str]] = Counter()
-        self.spend: dict[str, float] = {}
 
     def add(self, record: dict[str, Any]) -> None:
         model, event = str(record.get("model") or UNKNOWN_MODEL), record.get("event")
         if event in CALL_OUTCOMES:
             self.calls[model, CALL_OUTCOMES[event]] += 1
-        if event in CHARGED_EVENTS:
-            self.spend[model] = self.spend.get(model, 0.0) + finite_cost(record.get("cost"))
         if event == "API_CALL_SUCCESS":
             for kind in ("prompt", "completion"):
                 self.tokens[model, kind] += token_count(record.get(f"{kind}_tokens"))
@@ -110,22 +106,46 @@ def execution_run(event: dict[str, Any]) -> tuple[str, float] | None:
     return str(event.get("status")), max(0.0, (ended - started).total_seconds())
 
 
-class RunDurations:
-    """Run seconds by the execution's outcome, folded from the events by cursor.
+def claim_wait(event: dict[str, Any]) -> float | None:
+    """Seconds from the lease's claim to the attempt's start when `event` starts one, else
+    None: the worker's in_progress event carries both, claimed_at as the lease's epoch
+    seconds (the database's clock with a database, so a skewed host can read early).
+    A retry of the API call is in_progress too, without either."""
+    claimed, started = event.get("claimed_at"), parse_time(event.get("started_at"))
+    if event.get("status") != Status.IN_PROGRESS.value or started is None:
+        return None
+    if isinstance(claimed, bool) or not isinstance(claimed, int | float):
+        return None
+    return max(0.0, started.timestamp() - claimed) if math.isfinite(claimed) else None
 
-    The events are the faithful record of durations: every attempt on every host is
-    there, with its started_at and completed_at. queue.json keeps only a task's latest
-    execution (and only while a review needs it), and archiving drops even that."""
 
-    def __init__(self, source: EventSource, bounds: tuple[float, ...]):
+class Timings(BaseModel):
+    runs: dict[str, Histogram]
+    claim_to_start: Histogram
+
+
+class ExecutionTimes:
+    """Run seconds by the execution's outcome, and claim-to-start seconds of every attempt,
+    folded from the events by cursor.
+
+    The events are the faithful record of times: every attempt on every host is there,
+    with its claim, start and end. queue.json keeps only a task's latest execution (and
+    only while a review needs it), its lease only while the task is held, and archiving
+    drops both."""
+
+    def __init__(
+        self, source: EventSource, run_bounds: tuple[float, ...], claim_bounds: tuple[float, ...]
+    ):
         self.source = source
-        self.bounds = bounds
+        self.run_bounds = run_bounds
+        self.claim_bounds = claim_bounds
         self.lock = threading.Lock()
         self._start_over(None)
 
     def _start_over(self, epoch: str | None) -> None:
         self.cursor, self.epoch = 0, epoch
         self.by_status: dict[str, Buckets] = {}
+        self.claims = Buckets(self.claim_bounds)
 
     def refresh(self) -> None:
         """Fold the events logged since the last scrape; a source that started over (a
@@ -143,11 +163,14 @@ class RunDurations:
                     return
 
     def _take(self, event: dict[str, Any]) -> None:
-        run = execution_run(event)
+        run, waited = execution_run(event), claim_wait(event)
         if run is not None:
             status, seconds = run
-            self.by_status.setdefault(status, Buckets(self.bounds)).observe(seconds)
+            self.by_status.setdefault(status, Buckets(self.run_bounds)).observe(seconds)
+        if waited is not None:
+            self.claims.observe(waited)
 
-    def reading(self) -> dict[str, Histogram]:
+    def reading(self) -> Timings:
         with self.lock:
-            return {status: buckets.reading() for status, buckets in self.by_status.items()}
+            runs = {status: buckets.reading() for status, buckets in self.by_status.items()}
+            return Timings(runs=runs, claim_to_start=self.claims.reading())

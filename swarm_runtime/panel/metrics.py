@@ -13,13 +13,22 @@ target down instead of recording a partial fleet.
     swarm_queue_tasks{status}               gauge: tasks in the queue by status
     swarm_tasks_finished{outcome}           gauge: ids in the queue's completed / failed lists
     swarm_workers_alive{host}               gauge: workers announced or holding a live lease
-    swarm_task_claim_to_start_seconds       gauge histogram over the tasks held now
+    swarm_task_claim_to_start_seconds       histogram of every attempt in the events
     swarm_task_run_seconds{status}          histogram of every execution in the events
-    swarm_llm_calls_total{model,outcome}    counters from the API audit trail
+    swarm_llm_charged_calls_total{model}    counters from the shared budget ledger
+    swarm_llm_spend_dollars_total{model}
+    swarm_llm_calls_total{model,outcome}    counters from this host's API audit trail
     swarm_llm_tokens_total{model,kind}
     swarm_llm_refusals_total{model,reason}
-    swarm_llm_spend_dollars_total{model}
     swarm_llm_budget_{spent,reserved,limit}_dollars   gauges from the shared budget ledger
+
+The calls and spend by model come from the budget ledger, which every host's API charges
+in the same write that holds the budget: one document for the fleet on either store, so
+every panel reports the same counts and none is counted twice. The ledger sees charges
+only (paid calls, answered or charged in full), so the rest comes from the API audit
+trail, a file of the workspace: with a database each host's panel reports its own API's
+calls by outcome (free ones included), tokens and refusals, which Prometheus tells
+apart by instance. The audit's spend is not reported: the ledger's is the fleet's.
 """
 
 from __future__ import annotations
@@ -35,29 +44,25 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
-    GaugeHistogramMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
 from pydantic import BaseModel
 
-from swarm_runtime.contract import Lease, QueueDocument, Status, Task, WorkerPresence
+from swarm_runtime.contract import QueueDocument, Status, Task, WorkerPresence
 from swarm_runtime.errors import StateFileError, StoreUnavailable
-from swarm_runtime.panel.audit import parse_time
+from swarm_runtime.llm.budget import ModelSpend
 from swarm_runtime.panel.errors import refusal
 from swarm_runtime.panel.log_tail import JsonlFold
-from swarm_runtime.panel.metric_folds import Buckets, Histogram, ModelUsage, RunDurations
+from swarm_runtime.panel.metric_folds import ExecutionTimes, Histogram, ModelUsage
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.queue.presence import live_workers
 from swarm_runtime.queue.store import lease_is_live
-from swarm_runtime.store.event_source import EventFilter, EventSource
 from swarm_runtime.web.json_errors import HttpError
 
 RUN_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 CLAIM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# How far back in a held task's in_progress events its start is looked for, past retries.
-START_LOOKBACK_EVENTS = 50
 # The audit trail a scrape reads at most; a larger backlog is read over the next scrapes.
 AUDIT_BYTES_PER_SCRAPE = 64 * 1024 * 1024
 
@@ -68,10 +73,11 @@ class Labeled(BaseModel):
 
 
 class LlmReading(BaseModel):
+    charged_calls: list[Labeled]
+    spend: list[Labeled]
     calls: list[Labeled]
     tokens: list[Labeled]
     refusals: list[Labeled]
-    spend: list[Labeled]
 
 
 class FleetReading(BaseModel):
@@ -137,34 +143,44 @@ FAMILIES = (
         ("host",),
     ),
     Family(
+        "llm.charged_calls",
+        CounterMetricFamily,
+        "swarm_llm_charged_calls",
+        "Paid LLM calls charged to the shared budget ledger, by model, for the whole fleet: "
+        "answered calls, and holds charged in full when the outcome was unknown.",
+        ("model",),
+    ),
+    Family(
+        "llm.spend",
+        CounterMetricFamily,
+        "swarm_llm_spend_dollars",
+        "LLM spend by model from the shared budget ledger, for the whole fleet: answered "
+        "calls at their real cost, and holds charged in full when the outcome was unknown.",
+        ("model",),
+    ),
+    Family(
         "llm.calls",
         CounterMetricFamily,
         "swarm_llm_calls",
-        "LLM calls that reached the provider, by model and outcome, from this workspace's "
-        "API audit trail.",
+        "LLM calls that reached the provider, by model and outcome, free ones included: "
+        "this host's API only (its workspace's audit trail).",
         ("model", "outcome"),
     ),
     Family(
         "llm.tokens",
         CounterMetricFamily,
         "swarm_llm_tokens",
-        "Tokens of answered LLM calls, by model and kind (prompt or completion).",
+        "Tokens of answered LLM calls, by model and kind (prompt or completion): this "
+        "host's API only (its workspace's audit trail).",
         ("model", "kind"),
     ),
     Family(
         "llm.refusals",
         CounterMetricFamily,
         "swarm_llm_refusals",
-        "LLM calls refused before reaching the provider (rate limit, price, budgets).",
+        "LLM calls refused before reaching the provider (rate limit, price, budgets): this "
+        "host's API only (its workspace's audit trail).",
         ("model", "reason"),
-    ),
-    Family(
-        "llm.spend",
-        CounterMetricFamily,
-        "swarm_llm_spend_dollars",
-        "LLM spend by model: answered calls at their real cost, and holds charged in full "
-        "when the outcome was unknown.",
-        ("model",),
     ),
 )
 BUDGET_GAUGES = (
@@ -183,13 +199,13 @@ def families(reading: FleetReading) -> Iterator[Metric]:
     yield run_family(reading.runs)
 
 
-def claim_family(held: Histogram) -> Metric:
-    return GaugeHistogramMetricFamily(
+def claim_family(claims: Histogram) -> Metric:
+    return HistogramMetricFamily(
         "swarm_task_claim_to_start_seconds",
-        "For each task running now: from its lease's claimed_at to its attempt's "
-        "started_at. Only the lease records the claim, and it goes when the task ends.",
-        buckets=held.buckets,
-        gsum_value=held.sum,
+        "Each attempt from its lease's claimed_at (the database's clock with a database) "
+        "to its started_at (the worker's), from the in_progress events that carry both.",
+        buckets=claims.buckets,
+        sum_value=claims.sum,
     )
 
 
@@ -223,28 +239,10 @@ def workers_by_host(present: list[WorkerPresence], tasks: list[Task], now: float
     return Counter(hosts.values())
 
 
-def attempt_start(events: EventSource, task: Task, lease: Lease) -> float | None:
-    """When the holder started the attempt it holds: its latest in_progress event with a
-    started_at (a retry of the API call is in_progress too, without one)."""
-    wanted = EventFilter(task=task.id, status=Status.IN_PROGRESS.value)
-    for item in reversed(events.latest(START_LOOKBACK_EVENTS, wanted).events):
-        event = item.event
-        started = parse_time(event.get("started_at"))
-        holder = (event.get("worker_id"), event.get("attempt"))
-        if started is not None and holder == (lease.worker_id, task.attempts):
-            return started.timestamp()
-    return None
-
-
-def claim_to_start(events: EventSource, tasks: list[Task], now: float) -> Histogram:
-    held = Buckets(CLAIM_BUCKETS)
-    for task in tasks:
-        if task.status != Status.IN_PROGRESS or not lease_is_live(task.lease, now):
-            continue
-        started = attempt_start(events, task, task.lease)
-        if started is not None:
-            held.observe(max(0.0, started - task.lease.claimed_at))
-    return held.reading()
+def by_model(models: Mapping[str, ModelSpend]) -> tuple[list[Labeled], list[Labeled]]:
+    """The ledger's (charged calls, spend) by model."""
+    calls = {model: float(spent.calls) for model, spent in models.items()}
+    return labeled(calls), labeled({model: spent.spent for model, spent in models.items()})
 
 
 class FleetCollector:
@@ -255,7 +253,7 @@ class FleetCollector:
         self.clock = clock
         self.usage = ModelUsage()
         self.audit = JsonlFold(panel.workspace.api_audit_path, self.usage.add, self.usage.forget)
-        self.runs = RunDurations(panel.index, RUN_BUCKETS)
+        self.times = ExecutionTimes(panel.index, RUN_BUCKETS, CLAIM_BUCKETS)
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -269,29 +267,32 @@ class FleetCollector:
         doc = panel.queue.get()
         budget = panel.budget.snapshot()
         panel.catch_up()
-        self.runs.refresh()
+        self.times.refresh()
+        times = self.times.reading()
         present = live_workers(panel.workspace, now, panel.documents.database)
         return FleetReading(
             queue=labeled(queue_by_status(doc.tasks)),
             finished=labeled(finished_by_outcome(doc)),
             workers=labeled(workers_by_host(present, doc.tasks, now)),
-            claim_to_start=claim_to_start(panel.index, doc.tasks, now),
-            runs=self.runs.reading(),
-            llm=self.llm_usage(),
+            claim_to_start=times.claim_to_start,
+            runs=times.runs,
+            llm=self.llm_usage(budget.models),
             budget_spent=budget.spent,
             budget_reserved=budget.reserved,
             budget_limit=budget.limit,
         )
 
-    def llm_usage(self) -> LlmReading:
+    def llm_usage(self, models: Mapping[str, ModelSpend]) -> LlmReading:
+        charged_calls, spend = by_model(models)
         self.audit.refresh(AUDIT_BYTES_PER_SCRAPE)
         with self.audit.lock:
             usage = self.usage
             return LlmReading(
+                charged_calls=charged_calls,
+                spend=spend,
                 calls=labeled(usage.calls),
                 tokens=labeled(usage.tokens),
                 refusals=labeled(usage.refusals),
-                spend=labeled(usage.spend),
             )
 
     def close(self) -> None:

@@ -290,6 +290,7 @@ class Worker:
             started_at=started,
             mode=task.effective_mode,
             attempt=task.attempts,
+            claimed_at=task.lease.claimed_at if task.lease else None,
         )
         log.info("task %s started (attempt %d)", task.id, task.attempts)
         if self.plan(task):
