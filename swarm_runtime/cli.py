@@ -2,8 +2,8 @@
 
 `worker.py` with no command runs a worker, as it always has; `swarm` needs a command,
 and `work` runs a worker under both. The other commands operate the runtime as the
-control panel does: status, tasks, show, events, add, requeue, cancel, requeue-failed,
-pause, resume.
+control panel does: status, fleet, tasks, show, events, add, requeue, cancel,
+requeue-failed, pause, resume.
 
 This module sits above the layers: it joins the worker and the operator, which never
 import each other. Settings come from the environment here and only here.

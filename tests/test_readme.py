@@ -6,7 +6,10 @@ A block runs each of its commands to exit 0 unless a comment above it says other
 or the walk ends), `follow` expects a first line and then stops the command with Ctrl-C,
 `collect` runs a pytest command with `--collect-only` (the suite does not run itself), and
 `ci` expects the command, verbatim, in .ci/run, which runs it. A block is one terminal: an
-`export` in it holds for the commands after it in that block.
+`export` in it holds for the commands after it in that block. `beside` starts a second
+runtime next to the one running (another host on the same machine): its `export` lines
+run first, as in any block, and the rest run until the walk ends or a `background`
+block starts.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from conftest import ROOT
 from launched import RUNNING, committed_copy, plain_env
 
 README = ROOT / "README.md"
-MODES = ("run", "background", "follow", "collect", "ci")
+MODES = ("run", "background", "beside", "follow", "collect", "ci")
 MARK = "<!-- readme-test: "
 COMMAND_SECONDS = 300.0
 READY_SECONDS = 90.0
@@ -173,7 +176,7 @@ class Walk:
         self.checkout = checkout
         self.base_env = plain_env() | {"SWARM_API_PORT": "0", "CONTROL_PANEL_PORT": "0"}
         self.exported: dict[str, str] = {}
-        self.background: subprocess.Popen[str] | None = None
+        self.background: list[subprocess.Popen[str]] = []
 
     @property
     def env(self) -> dict[str, str]:
@@ -211,8 +214,14 @@ class Walk:
 
     def in_background(self, command: str) -> None:
         self.stop_background()
-        self.background = self.start(command)
-        assert first_line_with(self.background, RUNNING, READY_SECONDS), command
+        self.beside(command)
+
+    def beside(self, command: str) -> None:
+        if exported_name(command) is not None:
+            self.run(command)
+            return
+        self.background.append(self.start(command))
+        assert first_line_with(self.background[-1], RUNNING, READY_SECONDS), command
 
     def follow(self, command: str) -> None:
         process = self.start(command)
@@ -221,10 +230,12 @@ class Walk:
         assert process.wait(timeout=30) == 0, command
 
     def stop_background(self) -> None:
-        if self.background is not None and self.background.poll() is None:
-            os.killpg(self.background.pid, signal.SIGINT)
-            assert self.background.wait(timeout=60) == 0
-        self.background = None
+        """The last started stops first: a second host before the first one's database."""
+        while self.background:
+            process = self.background.pop()
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+                assert process.wait(timeout=60) == 0
 
 
 def exported_name(command: str) -> str | None:
@@ -253,6 +264,8 @@ def test_every_command_in_the_readme_works_as_written(checkout: Path) -> None:
             for command in block.commands:
                 if block.mode == "background":
                     walk.in_background(command)
+                elif block.mode == "beside":
+                    walk.beside(command)
                 elif block.mode == "follow":
                     walk.follow(command)
                 elif block.mode == "collect":
