@@ -163,6 +163,30 @@ def test_a_task_added_from_the_page_lands_in_queue_json(
     assert watched.errors == []
 
 
+def test_a_task_pinned_from_the_page_keeps_its_host_and_labels(
+    watched: Watched, panel: RunningProcess, workspace: Workspace
+) -> None:
+    write_queue(workspace, [], panel.url)
+    page = open_panel(watched, panel)
+    page.click("#add-task summary")
+    page.fill("#add-id", "pinned")
+    page.fill("#add-text", "summarize the files only host-a holds")
+    page.fill("#add-host", "host-a")
+    page.fill("#add-labels", "gpu, big-disk")
+    page.click("#add-submit")
+    page.locator("#add-result", has_text="added pinned").wait_for()
+    task = wait_until(lambda: queued(workspace, "pinned"))
+    assert (task["host"], task["worker_labels"]) == ("host-a", ["gpu", "big-disk"])
+    page.fill("#add-id", "badly-pinned")
+    page.fill("#add-text", "p")
+    page.fill("#add-host", "two words")
+    page.click("#add-submit")
+    page.locator("#add-result", has_text="host 'two words' is not a name").wait_for()
+    page.click("#task-rows tr >> nth=0 >> button.link")
+    page.locator("#detail-facts", has_text="gpu, big-disk").wait_for()
+    assert [e for e in watched.errors if "400 (BAD REQUEST)" not in e] == []  # the refusal
+
+
 def queued(workspace: Workspace, task_id: str) -> dict[str, Any] | None:
     return next((t for t in read_queue(workspace)["tasks"] if t["id"] == task_id), None)
 

@@ -34,6 +34,8 @@ class AddTaskBody(BaseModel):
     model: str | None = None
     min_budget: float | None = None
     max_budget: float | None = None
+    host: str | None = None
+    worker_labels: list[str] | str | None = None
 
     def record(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

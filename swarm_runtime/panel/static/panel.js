@@ -369,7 +369,9 @@
 
   // Kind stays as chosen: the next task is most often of the same kind.
   function clearAddForm() {
-    for (const id of ["add-id", "add-text", "add-deps", "add-budget"]) byId(id).value = "";
+    for (const id of ["add-id", "add-text", "add-deps", "add-budget", "add-host", "add-labels"]) {
+      byId(id).value = "";
+    }
   }
 
   async function addTask(event) {
@@ -380,6 +382,10 @@
     body[mode === "local" ? "command" : "prompt"] = text;
     const budget = byId("add-budget").value;
     if (budget !== "") body.max_budget = Number(budget);
+    const host = byId("add-host").value.trim();
+    if (host !== "") body.host = host;
+    const labels = byId("add-labels").value.trim();
+    if (labels !== "") body.worker_labels = labels;
     const result = byId("add-result");
     try {
       const data = await api("/api/tasks", { method: "POST", body });
@@ -452,6 +458,7 @@
     const review = task.review || {};
     const pairs = [
       ["waiting for", detail.waiting_for], ["host", detail.host],
+      ["worker labels", (task.worker_labels || []).join(", ")],
       ["mode", detail.row && detail.row.mode], ["model", detail.row && detail.row.model],
       ["attempts", task.attempts], ["created", when(task.created_at)], ["updated", when(task.updated_at)],
       ["max budget", task.max_budget], ["last error", task.last_error],
