@@ -7,28 +7,14 @@ workers without the host they run on.
 
 from __future__ import annotations
 
-import json
-import subprocess
-from typing import Any
-
 from conftest import read_queue, run_worker, write_queue
+from test_operator_cli import UNREACHABLE, as_json, swarm
 
 from swarm_runtime.contract import CLI_WORKER_ID
 from swarm_runtime.queue.presence import PresenceBeacon
 from swarm_runtime.queue.store import WorkerIdentity
 from swarm_runtime.store.pause import read_pause
 from swarm_runtime.store.state_files import Workspace
-
-UNREACHABLE = "http://127.0.0.1:9"
-
-
-def swarm(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_worker(workspace, *args, timeout=30)
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def two_hosts(workspace: Workspace) -> None:

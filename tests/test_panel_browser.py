@@ -146,12 +146,14 @@ def test_a_task_added_from_the_page_lands_in_queue_json(
     write_queue(workspace, [{"id": "first", "prompt": "p"}], panel.url)
     page = open_panel(watched, panel)
     page.click("#add-task summary")
-    page.fill("#add-id", "from-the-page")
     page.select_option("#add-mode", "local")
-    page.fill("#add-text", "echo added from the browser")
-    page.fill("#add-deps", "first")
-    page.click("#add-submit")
-    page.locator("#add-result", has_text="added from-the-page").wait_for()
+    submit_task(
+        page,
+        "from-the-page",
+        "added from-the-page",
+        text="echo added from the browser",
+        deps="first",
+    )
     task = wait_until(lambda: queued(workspace, "from-the-page"))
     assert (task["mode"], task["command"], task["depends_on"]) == (
         "local",
@@ -169,22 +171,23 @@ def test_a_task_pinned_from_the_page_keeps_its_host_and_labels(
     write_queue(workspace, [], panel.url)
     page = open_panel(watched, panel)
     page.click("#add-task summary")
-    page.fill("#add-id", "pinned")
-    page.fill("#add-text", "summarize the files only host-a holds")
-    page.fill("#add-host", "host-a")
-    page.fill("#add-labels", "gpu, big-disk")
-    page.click("#add-submit")
-    page.locator("#add-result", has_text="added pinned").wait_for()
+    submit_task(page, "pinned", "added pinned", text="p", host="host-a", labels="gpu, big-disk")
     task = wait_until(lambda: queued(workspace, "pinned"))
     assert (task["host"], task["worker_labels"]) == ("host-a", ["gpu", "big-disk"])
-    page.fill("#add-id", "badly-pinned")
-    page.fill("#add-text", "p")
-    page.fill("#add-host", "two words")
-    page.click("#add-submit")
-    page.locator("#add-result", has_text="host 'two words' is not a name").wait_for()
+    submit_task(page, "bad", "host 'two words' is not a name", text="p", host="two words")
     page.click("#task-rows tr >> nth=0 >> button.link")
     page.locator("#detail-facts", has_text="gpu, big-disk").wait_for()
     assert [e for e in watched.errors if "400 (BAD REQUEST)" not in e] == []  # the refusal
+
+
+def submit_task(page: Any, task_id: str, said: str, **fields: str) -> None:
+    """Fill the add form's id and `fields` (text, deps, host, labels), submit it, and
+    wait until the form says `said`."""
+    page.fill("#add-id", task_id)
+    for name, value in fields.items():
+        page.fill(f"#add-{name}", value)
+    page.click("#add-submit")
+    page.locator("#add-result", has_text=said).wait_for()
 
 
 def queued(workspace: Workspace, task_id: str) -> dict[str, Any] | None:
