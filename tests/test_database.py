@@ -418,3 +418,28 @@ def test_workers_announce_themselves_in_the_database_for_every_host(
         assert [p.worker_id for p in live_workers(workspace, database=database)] == ["remote"]
     finally:
         database.close()
+
+
+def test_a_worker_whose_clock_runs_behind_is_still_seen_alive(
+    database_url: str, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Presence is judged on the database's clock: a host 90 s behind the others (its
+    announcements would look 90 s old, so dead) and a reader 90 s ahead both see the
+    worker alive, with its last announcement a moment ago on the reader's clock."""
+    import time
+
+    from swarm_runtime.queue.presence import PresenceBeacon, live_workers
+
+    database = Database.connect(database_url)
+    real_time = time.time
+    try:
+        monkeypatch.setattr(time, "time", lambda: real_time() - 90)
+        PresenceBeacon(workspace, WorkerIdentity("slow", host="host-b"), database).announce(
+            paused=False
+        )
+        monkeypatch.setattr(time, "time", lambda: real_time() + 90)
+        seen = live_workers(workspace, database=database)
+        assert [p.worker_id for p in seen] == ["slow"]
+        assert abs(seen[0].last_seen - time.time()) < 10
+    finally:
+        database.close()

@@ -68,7 +68,9 @@ class PresenceBeacon:
 
 
 class PresenceRows:
-    """One row a worker, rewritten as the file would be."""
+    """One row a worker, rewritten as the file would be, but seen on the database's
+    clock: `last_seen` is the database's time of the write, and a reader gets it back on
+    its own clock, so hosts whose clocks disagree still agree on who is alive."""
 
     def __init__(self, database: Database):
         self.database = database
@@ -78,7 +80,8 @@ class PresenceRows:
 
         with self.database.transaction() as conn:
             conn.execute(
-                "INSERT INTO swarm_workers (worker_id, doc) VALUES (%s, %s)"
+                "INSERT INTO swarm_workers (worker_id, doc) VALUES (%s, jsonb_set(%s::jsonb,"
+                " '{last_seen}', to_jsonb(extract(epoch FROM clock_timestamp())::float8))::json)"
                 " ON CONFLICT (worker_id) DO UPDATE SET doc = excluded.doc",
                 (presence.worker_id, Json(presence.model_dump(mode="json"))),
             )
@@ -88,9 +91,20 @@ class PresenceRows:
             conn.execute("DELETE FROM swarm_workers WHERE worker_id = %s", (worker_id,))
 
     def documents(self) -> list[Any]:
+        """Each worker's document, its `last_seen` moved onto this process's clock."""
         with self.database.transaction() as conn:
-            rows = conn.execute("SELECT doc FROM swarm_workers ORDER BY worker_id").fetchall()
-        return [doc for (doc,) in rows]
+            rows = conn.execute(
+                "SELECT doc, extract(epoch FROM clock_timestamp())::float8 FROM swarm_workers"
+                " ORDER BY worker_id"
+            ).fetchall()
+        here = time.time()
+        return [on_this_clock(doc, here - database_now) for doc, database_now in rows]
+
+
+def on_this_clock(doc: Any, offset: float) -> Any:
+    if isinstance(doc, dict) and isinstance(doc.get("last_seen"), int | float):
+        return doc | {"last_seen": doc["last_seen"] + offset}
+    return doc
 
 
 def live_workers(
