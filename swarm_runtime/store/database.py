@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import select
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,13 @@ CONNECT_TIMEOUT_SECONDS = 5
 POOL_SIZE = 4
 # How long a transaction waits for a pooled connection (the server may be restarting).
 CHECKOUT_TIMEOUT_SECONDS = 10.0
+# ... but past this first wait, only while the server takes connections: one that refuses
+# them is reported at once, not after the whole wait (a panel's header reads five things).
+FIRST_CHECKOUT_WAIT_SECONDS = 1.0
+# The pool doubles its wait between reconnection attempts until this long has passed, then
+# gives up that attempt; the next transaction starts afresh. Without a bound the wait grows
+# to minutes, and a process sees the server back only that long after it is.
+RECONNECT_TIMEOUT_SECONDS = 5.0
 MISSING_DRIVER = (
     "the PostgreSQL driver is not installed; install it with "
     "pip install 'swarm-runtime[postgres]', or unset SWARM_DATABASE_URL"
@@ -91,6 +99,7 @@ class Database:
         self._conninfo = url
         self._pool = pool
         self.checkout_timeout = checkout_timeout
+        self._probing = threading.Lock()
 
     @classmethod
     def connect(
@@ -113,6 +122,7 @@ class Database:
             max_size=pool_size,
             open=True,
             check=check_if_touched,
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
             kwargs={
                 "connect_timeout": CONNECT_TIMEOUT_SECONDS,
                 "autocommit": True,
@@ -143,7 +153,7 @@ class Database:
 
         begin = "BEGIN" if holding is None else f"BEGIN; SELECT {lock_call(holding, shared)}"
         try:
-            with self._pool.connection(timeout=self.checkout_timeout) as conn:
+            with self._pooled() as conn:
                 conn.execute(begin.encode())
                 try:
                     yield conn
@@ -157,6 +167,39 @@ class Database:
                 UNREACHABLE if isinstance(exc, psycopg_pool.PoolTimeout) else explain(str(exc))
             )
             raise StoreUnavailable(self.url, problem, hint) from None
+
+    @contextmanager
+    def _pooled(self) -> Iterator[Connection[Any]]:
+        """A pooled connection. The pool reconnects on its own, with a backoff, so a
+        checkout that waits in vain asks the server directly whether it is there at all:
+        a stopped server is an OperationalError in a second, not after the whole wait."""
+        from psycopg_pool import PoolTimeout
+
+        first = min(self.checkout_timeout, FIRST_CHECKOUT_WAIT_SECONDS)
+        try:
+            conn = self._pool.getconn(timeout=first)
+        except PoolTimeout:
+            if first >= self.checkout_timeout:
+                raise
+            self._probe()
+            conn = self._pool.getconn(timeout=self.checkout_timeout - first)
+        try:
+            with conn:  # a pooled connection is not closed here, only given back
+                yield conn
+        finally:
+            self._pool.putconn(conn)
+
+    def _probe(self) -> None:
+        """An OperationalError unless the server takes a connection now. One thread asks at
+        a time: the many waiters of a pool that is only busy must not flood the server."""
+        import psycopg
+
+        if not self._probing.acquire(blocking=False):
+            return
+        try:
+            psycopg.connect(self._conninfo, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
+        finally:
+            self._probing.release()
 
     def listener(self, channel: str) -> Connection[Any]:
         """A connection of its own, outside the pool, that LISTENs on `channel`."""
