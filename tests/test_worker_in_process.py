@@ -16,6 +16,7 @@ import pytest
 from conftest import read_events, wait_until, write_queue
 
 from swarm_runtime.contract import CycleResponse, Status, Task
+from swarm_runtime.errors import StoreUnavailable
 from swarm_runtime.phases.intent import INTENT_END, INTENT_HEADING
 from swarm_runtime.queue.store import WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
@@ -195,16 +196,23 @@ def test_an_api_failure_is_reported_as_a_retry_then_fails_the_task(harness: Harn
 LOCK_TIMEOUT = "could not lock queue.json.lock within 30 s"
 
 
-def refuse_twice(monkeypatch: pytest.MonkeyPatch, harness: Harness, method: str) -> list[float]:
-    """The store's `method` times out on the lock twice, then works: returns when it was called."""
+def refuse_twice(
+    monkeypatch: pytest.MonkeyPatch,
+    harness: Harness,
+    method: str,
+    times: int = 2,
+    error: Exception | None = None,
+) -> list[float]:
+    """The store's `method` fails `times` times (a lock timeout, or `error`), then works:
+    returns when it was called."""
     store = harness.worker.store
     real = getattr(store, method)
     calls: list[float] = []
 
     def slow_lock(*args: Any, **kwargs: Any) -> Any:
         calls.append(time.monotonic())
-        if len(calls) <= 2:
-            raise TimeoutError(LOCK_TIMEOUT)
+        if len(calls) <= times:
+            raise error or TimeoutError(LOCK_TIMEOUT)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(store, method, slow_lock)
@@ -249,4 +257,20 @@ def test_a_finished_result_is_kept_through_lock_timeouts(
     assert stored.status == Status.APPROVED
     assert stored.execution is not None and stored.execution.result_summary == "paid"
     assert harness.history("paid") == ["in_progress", "completed", "pending_review", "approved"]
+    assert len(harness.client.payloads) == 1
+
+
+def test_a_finished_result_outlasts_a_long_database_outage(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the result was written at most six times (about 30 s of backoff), so a
+    longer outage dropped it and the task ran again once its lease expired."""
+    harness.worker.commit_backoff = 0.0
+    gone = StoreUnavailable("postgresql://db/q", "the server cannot be reached", "check it")
+    attempts = refuse_twice(monkeypatch, harness, "finish", times=25, error=gone)
+    harness.queue({"id": "paid", "command": "echo paid"})
+    harness.client.answers = [completed("paid", output="paid\n", exit_code=0)]
+    harness.step()
+    assert len(attempts) == 26
+    assert harness.task("paid").status == Status.APPROVED
     assert len(harness.client.payloads) == 1

@@ -98,9 +98,15 @@ SUMMARY_CHARS = 2000
 RECORDED_OUTPUT_BYTES = 32 * 1024
 # A finished result is committed this many times in all while queue.json's lock stays busy
 # past its timeout, waiting twice as long after each refusal (capped), before giving up.
-COMMIT_ATTEMPTS = 6
-COMMIT_BACKOFF_SECONDS = 1.0
-COMMIT_BACKOFF_MAX_SECONDS = 16.0
+COMMIT_BACKOFF_SECONDS = 0.5
+COMMIT_BACKOFF_MAX_SECONDS = 2.0
+# A result waits this long at least for its store to come back (three leases, if longer):
+# while the store is away nobody can take the task, and when it is back the first write
+# should be the holder's, not another worker's reclaim.
+COMMIT_PATIENCE_SECONDS = 60.0
+# A renewal that failed is tried again this soon, so a lease is renewed as soon as the
+# store is back, before another host's claim can find it expired.
+RENEW_RETRY_SECONDS = 1.0
 
 R = TypeVar("R")
 
@@ -356,21 +362,24 @@ class Worker:
         out with the result kept in memory, rather than recorded as the task's failure. A
         database transaction either committed or did not: one that did is refused when
         tried again (the lease is released), and nothing is recorded twice."""
+        patience = max(COMMIT_PATIENCE_SECONDS, 3 * self.settings.lease_seconds)
+        deadline = time.monotonic() + patience
         delay = self.commit_backoff
-        for attempt in range(1, COMMIT_ATTEMPTS):
+        attempt = 1
+        while time.monotonic() < deadline:
             try:
                 return write()
             except (TimeoutError, StoreUnavailable) as exc:
                 log.warning(
-                    "task %s: could not record its result (attempt %d of %d), again in %.1fs: %s",
+                    "task %s: could not record its result (attempt %d), again in %.1fs: %s",
                     task_id,
                     attempt,
-                    COMMIT_ATTEMPTS,
                     delay,
                     exc,
                 )
             time.sleep(delay)  # not cut short by a stop: the result must be kept
             delay = min(delay * 2, COMMIT_BACKOFF_MAX_SECONDS)
+            attempt += 1
         return write()
 
     # --- phase 4 -------------------------------------------------------------------------
@@ -558,17 +567,20 @@ class Worker:
         interval = self.settings.lease_seconds / 3
 
         def renew() -> None:
-            while not done.wait(interval):
+            wait = interval
+            while not done.wait(wait):
                 try:
                     renewed = self.store.heartbeat(
                         task_id, self.identity, self.settings.lease_seconds
                     )
                 except Exception as exc:  # the thread's boundary: one failure ends no renewal
                     log.warning("could not renew the lease on task %s: %s", task_id, exc)
+                    wait = min(interval, RENEW_RETRY_SECONDS)
                     continue
                 if not renewed:
                     log.warning("lost the lease on task %s", task_id)
                     return
+                wait = interval
 
         thread = threading.Thread(target=renew, name=f"lease-{task_id}", daemon=True)
         thread.start()
