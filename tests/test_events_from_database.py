@@ -4,6 +4,7 @@ by row id, the way they read the workspace's log by byte offset without one."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -170,6 +171,35 @@ def test_events_written_while_the_database_is_away_reach_it_in_order_once_it_is_
         ]
     finally:
         database.close()
+        postgres_cluster.drop(name)
+
+
+def test_the_panel_says_the_database_is_back_only_when_it_is(
+    tmp_path: Any, postgres_cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the panel's own log files read fine during an outage, and each such
+    read logged "the database is back" (every 20 s or so while it was away)."""
+    caplog.set_level(logging.INFO)
+    name = postgres_cluster.fresh_database()
+    workspace = Workspace(tmp_path / "host")
+    workspace.ensure_layout()
+    url = postgres_cluster.url(name)
+    app = create_app(Settings(workspace=workspace.root, database_url=SecretStr(url)))
+    panel = app.extensions["panel"]
+    try:
+        postgres_cluster.admin(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
+        postgres_cluster.admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        for follower in (panel.index, *panel.followers):
+            panel.catch_up(follower)
+        assert "the database is back" not in caplog.text
+        assert panel.outage.error is not None
+        postgres_cluster.admin(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
+        wait_until(lambda: (panel.catch_up(), panel.outage.error is None)[1], timeout=30)
+        assert caplog.text.count("the database is back") == 1
+    finally:
+        panel.close()
         postgres_cluster.drop(name)
 
 

@@ -160,7 +160,7 @@ class Panel:
             if self.outage.began(exc):
                 log.warning("events not read while the database is away: %s", exc)
             return 0
-        if self.outage.ended():
+        if follower is self.index and self.outage.ended():  # the others read files
             log.info("the database is back: reading events again")
         return read
 
