@@ -234,6 +234,41 @@ def budget_ledger(backend: Backend) -> LedgerDocument | None:
     return None if raw is None else LedgerDocument.model_validate(raw)
 
 
+def budgeted_burst(
+    targets: list[tuple[str | None, str]], ledger: Callable[[], LedgerDocument | None]
+) -> tuple[list[requests.Response], list[float]]:
+    """BURST calls to /cycle at once, spread over `targets` (an API's url and token),
+    while a reader watches the ledger: the answers, and every spent-plus-held it saw."""
+    start, done = threading.Barrier(BURST + 1), threading.Event()
+    answers: list[requests.Response] = []
+    peaks: list[float] = []
+
+    def call(n: int) -> None:
+        url, token = targets[n % len(targets)]
+        body = {"prompt": PROMPT, "model": MODEL, "max_tokens": MAX_TOKENS}
+        start.wait()
+        answers.append(
+            requests.post(f"{url}/cycle", json=body, headers={TOKEN_HEADER: token}, timeout=60)
+        )
+
+    def watch() -> None:
+        start.wait()
+        while not done.is_set():
+            seen = ledger()
+            if seen is not None:
+                peaks.append(seen.spent + seen.reserved)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(BURST)]
+    watcher = threading.Thread(target=watch)
+    for thread in [*threads, watcher]:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    done.set()
+    watcher.join(timeout=10)
+    return answers, peaks
+
+
 @on_both_backends
 def test_fifty_concurrent_calls_near_the_limit_never_spend_past_it(
     tmp_path: Path, spawn: Callable[..., RunningProcess], backend: Backend
@@ -252,37 +287,8 @@ def test_fifty_concurrent_calls_near_the_limit_never_spend_past_it(
             for host in hosts
         ]
         tokens = [host.token_path.read_text().strip() for host in hosts]
-        start, done = threading.Barrier(BURST + 1), threading.Event()
-        answers: list[requests.Response] = []
-        peaks: list[float] = []
-
-        def call(n: int) -> None:
-            body = {"prompt": PROMPT, "model": MODEL, "max_tokens": MAX_TOKENS}
-            start.wait()
-            answers.append(
-                requests.post(
-                    apis[n % 2].url + "/cycle",
-                    json=body,
-                    headers={TOKEN_HEADER: tokens[n % 2]},
-                    timeout=60,
-                )
-            )
-
-        def watch() -> None:
-            start.wait()
-            while not done.is_set():
-                ledger = budget_ledger(backend)
-                if ledger is not None:
-                    peaks.append(ledger.spent + ledger.reserved)
-
-        threads = [threading.Thread(target=call, args=(n,)) for n in range(BURST)]
-        watcher = threading.Thread(target=watch)
-        for thread in [*threads, watcher]:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-        done.set()
-        watcher.join(timeout=10)
+        targets = [(api.url, token) for api, token in zip(apis, tokens, strict=True)]
+        answers, peaks = budgeted_burst(targets, lambda: budget_ledger(backend))
         served = len(provider.requests)
 
     statuses = sorted(answer.status_code for answer in answers)

@@ -45,10 +45,10 @@ from test_faults_provider import (
     PRICE,
     PROMPT,
     budget_ledger,
+    budgeted_burst,
     prices_file,
 )
 
-from swarm_runtime.contract import TOKEN_HEADER
 from swarm_runtime.llm.wrapper import input_token_bound
 from swarm_runtime.store.state_files import Workspace
 
@@ -488,35 +488,8 @@ def test_fifty_calls_split_across_two_hosts_apis_never_spend_past_the_shared_lim
         hosts = [fleet.add_host(name) for name in HOSTS]
         for host in hosts:
             host.start_api()
-        start, done = threading.Barrier(BURST + 1), threading.Event()
-        answers: list[requests.Response] = []
-        peaks: list[float] = []
-
-        def call(n: int) -> None:
-            host = hosts[n % 2]
-            body = {"prompt": PROMPT, "model": MODEL, "max_tokens": MAX_TOKENS}
-            start.wait()
-            answers.append(
-                requests.post(
-                    host.url + "/cycle", json=body, headers={TOKEN_HEADER: host.token}, timeout=60
-                )
-            )
-
-        def watch() -> None:
-            start.wait()
-            while not done.is_set():
-                ledger = budget_ledger(store)
-                if ledger is not None:
-                    peaks.append(ledger.spent + ledger.reserved)
-
-        threads = [threading.Thread(target=call, args=(n,)) for n in range(BURST)]
-        watcher = threading.Thread(target=watch)
-        for thread in [*threads, watcher]:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-        done.set()
-        watcher.join(timeout=10)
+        targets = [(host.url, host.token) for host in hosts]
+        answers, peaks = budgeted_burst(targets, lambda: budget_ledger(store))
         served = len(provider.requests)
 
     statuses = sorted(answer.status_code for answer in answers)
