@@ -22,7 +22,7 @@ import pytest
 import requests
 from conftest import DatabaseBackend, RunningProcess, wait_until
 from fake_llm_server import FakeLLMServer
-from helpers.faults_queue_churn import FEEDER_ID
+from helpers.faults_queue_churn import FEEDER_ID, is_failing
 from helpers.fleet import (
     FLEET_SCRIPT,
     HOSTS,
@@ -33,7 +33,6 @@ from helpers.fleet import (
     file_events,
     fleet_task,
     get_json,
-    is_failing,
     runs,
 )
 from test_faults_processes import FINAL, kill_hard

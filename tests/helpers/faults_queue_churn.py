@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -63,7 +63,17 @@ def is_failing(task_id: str) -> bool:
     return int(task_id[1:]) % 10 == 7
 
 
-def feed(settings: Settings, report: Path, first: int, total: int) -> int:
+class TaskMix(NamedTuple):
+    """Which task each index is, and which of them fail, so they are requeued."""
+
+    spec: Callable[[int], dict[str, Any]]
+    failing: Callable[[str], bool]
+
+
+ECHOES = TaskMix(task_spec, is_failing)
+
+
+def feed(settings: Settings, report: Path, first: int, total: int, mix: TaskMix = ECHOES) -> int:
     workspace = Workspace(settings.workspace)
     store = store_for(settings, workspace)
     events = EventLog(workspace, FEEDER_ID, documents_for(settings, workspace).database)
@@ -76,10 +86,10 @@ def feed(settings: Settings, report: Path, first: int, total: int) -> int:
         doc = store.load()
         backlog = sum(t.status in CLAIMABLE_STATUSES for t in doc.tasks)
         if following < total and backlog < BACKLOG_LOW:
-            batch = [task_spec(i) for i in range(following, min(total, following + BATCH))]
+            batch = [mix.spec(i) for i in range(following, min(total, following + BATCH))]
             added += [t.id for t in store.add_many(batch)]
             following += len(batch)
-        for task_id in failed_once(doc, requeued):
+        for task_id in failed_once(doc, requeued, mix):
             try:
                 task = store.requeue(task_id)
             except (UnknownTaskError, InvalidTransition):
@@ -87,7 +97,7 @@ def feed(settings: Settings, report: Path, first: int, total: int) -> int:
                 continue
             requeued.add(task_id)
             events.emit(task.id, task.status, OperatorEvent, operator_action=OperatorAction.REQUEUE)
-        if following >= total and every_failure_handled(doc, total, requeued):
+        if following >= total and every_failure_handled(doc, total, requeued, mix):
             break
         pace.wait(PACE_SECONDS)
     report.write_text(
@@ -98,18 +108,18 @@ def feed(settings: Settings, report: Path, first: int, total: int) -> int:
     return 0
 
 
-def failed_once(doc: QueueDocument, requeued: set[str]) -> list[str]:
+def failed_once(doc: QueueDocument, requeued: set[str], mix: TaskMix) -> list[str]:
     return [
         t.id
         for t in doc.tasks
-        if t.status == Status.FAILED and is_failing(t.id) and t.id not in requeued
+        if t.status == Status.FAILED and mix.failing(t.id) and t.id not in requeued
     ]
 
 
-def every_failure_handled(doc: QueueDocument, total: int, requeued: set[str]) -> bool:
+def every_failure_handled(doc: QueueDocument, total: int, requeued: set[str], mix: TaskMix) -> bool:
     """Each failing task has been requeued, or was archived as failed before we could."""
     live = {t.id for t in doc.tasks}
-    failing = [task_spec(i)["id"] for i in range(total) if is_failing(task_spec(i)["id"])]
+    failing = [mix.spec(i)["id"] for i in range(total) if mix.failing(mix.spec(i)["id"])]
     return all(tid in requeued or (tid in doc.failed and tid not in live) for tid in failing)
 
 

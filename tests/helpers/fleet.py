@@ -178,17 +178,12 @@ def fleet_task(index: int) -> dict[str, Any]:
     return task
 
 
-def is_failing(task_id: str) -> bool:
-    return int(task_id[1:]) % 10 == 7
-
-
 def main() -> int:
     """The churn feeder, fed this module's task mix instead of its own."""
-    from helpers import faults_queue_churn as churn
+    from helpers.faults_queue_churn import TaskMix, feed, is_failing
 
-    churn.task_spec, churn.is_failing = fleet_task, is_failing
     report, first, total = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    return churn.feed(Settings.from_env(), report, first, total)
+    return feed(Settings.from_env(), report, first, total, TaskMix(fleet_task, is_failing))
 
 
 if __name__ == "__main__":
