@@ -520,6 +520,7 @@ class ExecutionRecord(ExecutionFacts):
 
     attempt: int
     status: Status
+    host: str | None = None  # where it ran, for the fleet's view once the lease is gone
 
 
 class ReviewRecord(BaseModel):

@@ -143,6 +143,8 @@ def test_a_worker_runs_what_its_host_and_labels_allow_and_signs_its_events(
     assert events and {event["host"] for event in events} == {"host-x"}
     running = [e for e in events if e["status"] == "in_progress"]
     assert {e["task_id"] for e in running} == {"mine", "gpu", "anywhere"}
+    ran = {t["id"]: t["execution"]["host"] for t in backend.queue()["tasks"] if "execution" in t}
+    assert ran == {"mine": "host-x", "gpu": "host-x", "anywhere": "host-x"}
 
 
 def test_each_host_sends_to_its_own_api_when_the_queue_is_shared(

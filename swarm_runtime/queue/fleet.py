@@ -157,7 +157,7 @@ def fleet_host(
 def waiting_for(task: Task, present: list[WorkerPresence], pause: PauseState | None) -> str | None:
     """Why a claimable task pinned to a host or to labels has no live worker that will take
     it, in the operator's terms; None when one may (or when nothing pins it)."""
-    if task.status not in CLAIMABLE_STATUSES or (task.host is None and not task_labels(task)):
+    if task.status not in CLAIMABLE_STATUSES or (task.host is None and not task.worker_labels):
         return None
     fit = [p for p in present if placement_refusal(task, p.host, p.labels) is None]
     if not fit:
@@ -170,14 +170,9 @@ def waiting_for(task: Task, present: list[WorkerPresence], pause: PauseState | N
     return f"waiting for {wanted_worker(task)} ({hosts_named(stopped)} paused)"
 
 
-def task_labels(task: Task) -> list[str]:
-    """The labels a task needs its worker to serve."""
-    return task.worker_labels
-
-
 def wanted_worker(task: Task) -> str:
     where = f" on host {task.host!r}" if task.host else ""
-    labels = task_labels(task)
+    labels = task.worker_labels
     if not labels:
         return f"a worker{where}"
     plural = "s" if len(labels) > 1 else ""
@@ -207,8 +202,7 @@ def task_host(task: Task) -> str | None:
         return task.host
     if task.lease:
         return task.lease.host
-    recorded: str | None = getattr(task.execution, "host", None)
-    return recorded
+    return task.execution.host if task.execution else None
 
 
 # --- the shell ------------------------------------------------------------------------

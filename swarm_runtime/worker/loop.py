@@ -316,7 +316,7 @@ class Worker:
         if outcome.status != Status.COMPLETED or not self.settings.review:
             self._finish(task, outcome, **intent)
             return outcome
-        execution = execution_record(task, outcome)
+        execution = execution_record(task, outcome, self.identity.host)
         progress.task = self._commit(
             task.id,
             lambda: self.store.record_execution(task.id, self.identity, execution, **intent),
@@ -617,14 +617,14 @@ def build_request(task: Task, prompt: str | None = None) -> CycleRequest:
     )
 
 
-def execution_record(task: Task, outcome: Outcome) -> ExecutionRecord:
+def execution_record(task: Task, outcome: Outcome, host: str) -> ExecutionRecord:
     """What the critic reviews and a planned parent reads, kept in queue.json."""
 
     def recorded(value: Any) -> Any:
         return cap_text(value, RECORDED_OUTPUT_BYTES) if isinstance(value, str) else value
 
     facts = {name: recorded(outcome.fields.get(name)) for name in ExecutionFacts.model_fields}
-    return ExecutionRecord(attempt=task.attempts, status=outcome.status, **facts)
+    return ExecutionRecord(attempt=task.attempts, status=outcome.status, host=host, **facts)
 
 
 # All but the output, long and already in the execution's own event, and the errors, which
