@@ -1,7 +1,7 @@
 """Run the benchmarks and print one table: `python benchmarks/run_all.py [NAME ...] [--quick]`.
 
-NAME picks benchmarks (local, llm, queue, panel, preflight, safety, budget, postgres; all by
-default).
+NAME picks benchmarks (local, llm, queue, panel, preflight, safety, budget, postgres, fleet;
+all by default).
 `--quick` runs fewer rounds and a 128 MB log instead of 1 GB; `--log-mb` sets that size.
 `python3 run.py bench ...` installs the project into .venv and runs this.
 """
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import bench_budget
+import bench_fleet
 import bench_llm_scaling
 import bench_local_overhead
 import bench_panel
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
     "safety": lambda args: bench_safety_corpus.run(args.quick),
     "budget": lambda args: bench_budget.run(args.quick),
     "postgres": lambda args: bench_postgres.run(args.quick),
+    "fleet": lambda args: bench_fleet.run(args.quick),
 }
 
 
