@@ -28,3 +28,4 @@ def test_an_over_run_call_is_spent_and_counted_once(
     assert body["total_cost"] == pytest.approx(ledger.snapshot().spent) == 32.0
     [point] = body["points"]
     assert (point["cost"], point["calls"]) == (32.0, 1)
+    assert body["budget"]["by_model"] == {"model-b": {"calls": 1, "spent": 32.0}}

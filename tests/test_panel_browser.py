@@ -447,8 +447,9 @@ def test_money_reads_as_dollars_and_an_empty_chart_says_so(
     page.locator("#spend-chart", has_text="no spend yet").wait_for()
     assert page.locator("#spend-chart .bar").count() == 0
 
+    assert text_of(page, "#spend-models") == "no paid LLM call yet"
     ledger = BudgetLedger(workspace, 5.0)
-    ledger.settle(ledger.reserve(0.01, task_id="t1"), 0.0012)
+    ledger.settle(ledger.admit(0.01, task_id="t1", model="model-a").granted(), 0.0012)
     earlier = datetime.now(UTC) - timedelta(minutes=3)
     for moment, cost in ((earlier, 0.0004), (earlier, 0.0008), (datetime.now(UTC), 1.5)):
         line = {"timestamp": moment.isoformat(), "event": "API_CALL_SUCCESS", "cost": cost}
@@ -461,6 +462,7 @@ def test_money_reads_as_dollars_and_an_empty_chart_says_so(
     assert text_of(page, "#spend-note").startswith("total $1.50")
     assert page.locator("#spend-chart .bar").count() == 2
     assert page.locator("#spend-chart .chart-empty").count() == 0
+    assert page.locator("#spend-models td").all_inner_texts() == ["model-a", "1", "$0.0012"]
     assert watched.errors == []
 
 

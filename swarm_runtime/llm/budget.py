@@ -313,5 +313,9 @@ def budget_view(
         "spent": round(snapshot.spent, 6),
         "reserved": round(snapshot.reserved, 6),
         "remaining": round(snapshot.remaining, 6),
+        "by_model": {
+            model: {"calls": spend.calls, "spent": round(spend.spent, 6)}
+            for model, spend in sorted(snapshot.models.items())
+        },
         "error": None,
     }

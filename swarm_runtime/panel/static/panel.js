@@ -760,6 +760,9 @@
       renderChart(data.points);
       fillRows("spend-rows", data.points.slice().reverse().map((p) => [stamp(p.start), p.calls, money(p.cost)]),
         "no LLM call audited yet", 3);
+      const byModel = Object.entries(data.budget.by_model || {});
+      fillRows("spend-models", byModel.map(([model, s]) => [model, s.calls, money(s.spent)]),
+        "no paid LLM call yet", 3);
     } catch (error) {
       byId("spend-note").textContent = error.message;
     }
