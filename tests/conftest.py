@@ -88,9 +88,20 @@ class RunningProcess:
         return "".join(self.lines)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal it and wait for its exit code; one that outlives the wait is killed, and
+        the failure shows what it printed last."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            self._reader.join(timeout=5)
+            raise AssertionError(
+                f"{self.proc.args} still ran {timeout}s after signal {sig}; its output ended:\n"
+                + self.output[-4000:]
+            ) from None
         self._reader.join(timeout=5)
         return code
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from swarm_runtime.contract import ApiEndpointRecord
+from swarm_runtime.contract import API_ENDPOINT_FILE, QUEUE_FILE, STATE_DIR, ApiEndpointRecord
 from swarm_runtime.errors import StateFileError
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.settings import Settings
@@ -29,9 +29,17 @@ def record_endpoint(settings: Settings, workspace: Workspace, queue: TaskQueue, 
 def endpoint_for(settings: Settings, workspace: Workspace, named_by_queue: str) -> str:
     """This host's API: its own record when the queue is shared, else the queue's name
     for it. A record that cannot be read is the queue's name, never a guess."""
-    if settings.database_url is None:
-        return named_by_queue
-    return host_record(workspace) or named_by_queue
+    return endpoint_and_source(settings, workspace, named_by_queue)[0]
+
+
+def endpoint_and_source(
+    settings: Settings, workspace: Workspace, named_by_queue: str
+) -> tuple[str, str]:
+    """`endpoint_for`, and where it was read, for a process's start-up line."""
+    recorded = host_record(workspace) if settings.database_url is not None else None
+    if recorded is None:
+        return named_by_queue, QUEUE_FILE
+    return recorded, f"{STATE_DIR}/{API_ENDPOINT_FILE}"
 
 
 def host_record(workspace: Workspace) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from swarm_runtime.contract import QueueDocument, Status, Task, WorkerPresence, allowed_actions
 from swarm_runtime.errors import StateFileError, StoreUnavailable
-from swarm_runtime.queue.endpoint import endpoint_for
+from swarm_runtime.queue.endpoint import endpoint_and_source
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.store import lease_is_live
 from swarm_runtime.settings import Settings
@@ -129,6 +129,7 @@ def named_endpoint(settings: Settings, workspace: Workspace, queue: TaskQueue) -
     """This host's API, for a process's start-up line; a queue that cannot be read yet
     is said so here and reported in full by whoever reads it next."""
     try:
-        return endpoint_for(settings, workspace, queue.load().api_endpoint)
+        url, source = endpoint_and_source(settings, workspace, queue.load().api_endpoint)
+        return f"{url} (from {source})"
     except (StateFileError, StoreUnavailable) as exc:
         return f"unknown for now ({exc})"
