@@ -35,7 +35,7 @@ from helpers.fleet import (
     get_json,
     runs,
 )
-from test_faults_processes import FINAL, kill_hard
+from test_faults_processes import FINAL, PRELOADED, TOTAL_TASKS, all_final, kill_hard
 from test_faults_provider import (
     AFFORDABLE,
     BURST,
@@ -107,16 +107,7 @@ def worker_ids(hosts: list[Host], count: int) -> set[str]:
 
 # --- 1. two hosts drain a mixed, pinned queue while another process churns it -------------
 
-TOTAL_TASKS = 500
-PRELOADED = 100
 WORKERS_PER_HOST = 2
-
-
-def drained(store: DatabaseBackend) -> bool:
-    queue = store.queue()
-    return len(set(queue["completed"]) | set(queue["failed"])) == TOTAL_TASKS and all(
-        t["status"] in FINAL for t in queue["tasks"]
-    )
 
 
 def test_two_hosts_drain_500_mixed_pinned_tasks_while_another_process_churns(
@@ -148,7 +139,7 @@ def test_two_hosts_drain_500_mixed_pinned_tasks_while_another_process_churns(
             PYTHONPATH=str(TESTS),
         )
         assert feeder.proc.wait(timeout=90) == 0, feeder.output
-        wait_until(lambda: drained(store), timeout=60, interval=0.1)
+        wait_until(lambda: all_final(store), timeout=60, interval=0.1)
         elapsed = time.monotonic() - started
         assert fleet.stop() == []
         llm_calls = len(provider.requests)
