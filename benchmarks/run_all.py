@@ -1,7 +1,7 @@
 """Run the benchmarks and print one table: `python benchmarks/run_all.py [NAME ...] [--quick]`.
 
-NAME picks benchmarks (local, llm, queue, panel, preflight, safety, budget, postgres, fleet;
-all by default).
+NAME picks benchmarks (local, llm, queue, panel, preflight, safety, budget, postgres, fleet,
+cost; all by default).
 `--quick` runs fewer rounds and a 128 MB log instead of 1 GB; `--log-mb` sets that size.
 `python3 run.py bench ...` installs the project into .venv and runs this.
 """
@@ -21,6 +21,7 @@ import bench_postgres
 import bench_preflight
 import bench_queue_growth
 import bench_safety_corpus
+import bench_task_cost
 from benchlib import Figure, load_average, print_machine, print_table
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
     "budget": lambda args: bench_budget.run(args.quick),
     "postgres": lambda args: bench_postgres.run(args.quick),
     "fleet": lambda args: bench_fleet.run(args.quick),
+    "cost": lambda args: bench_task_cost.run(args.quick),
 }
 
 

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from swarm_runtime.errors import SwarmError
 from swarm_runtime.processes import process_exists
+from swarm_runtime.store import durability
 from swarm_runtime.store.private import link_refused, make_folder, open_private
 
 BIN_VARIABLE = "SWARM_POSTGRES_BIN"
@@ -343,7 +344,7 @@ def write_private(path: Path, text: str) -> None:
     with open(fd, "w") as handle:
         handle.write(text)
         handle.flush()
-        os.fsync(handle.fileno())
+        durability.fsync(handle.fileno(), durability.kind_of(path, durability.REWRITE))
     os.replace(temporary, path)
 
 

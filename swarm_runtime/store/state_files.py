@@ -45,7 +45,7 @@ from swarm_runtime.contract import (
 )
 from swarm_runtime.errors import StateFileError
 from swarm_runtime.processes import process_exists
-from swarm_runtime.store import failpoints, private
+from swarm_runtime.store import durability, failpoints, private
 from swarm_runtime.store.private import PRIVATE_FILE, open_private
 
 T = TypeVar("T")
@@ -184,7 +184,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Non
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(fd, mode)  # the umask may have taken bits away; it never adds any
-            _write_temp(handle, data, path.name if crash_test else None)
+            _write_temp(handle, data, path, crash_test)
         if crash_test:
             failpoints.failpoint(f"write:{path.name}:before_rename")
         os.replace(temp_name, path)
@@ -215,17 +215,18 @@ def _create_temp(path: Path) -> tuple[int, str]:
     raise _naming(path, FileExistsError(errno.EEXIST, "no free temp file name"))
 
 
-def _write_temp(handle: Any, data: bytes, crash_name: str | None) -> None:
+def _write_temp(handle: Any, data: bytes, path: Path, crash_test: bool) -> None:
     """Write, flush and fsync; under a crash test, half the bytes reach the disk first."""
-    if crash_name is not None:
+    kind = durability.kind_of(path, durability.REWRITE)
+    if crash_test:
         handle.write(data[: len(data) // 2])
         handle.flush()
-        os.fsync(handle.fileno())
-        failpoints.failpoint(f"write:{crash_name}:partial")
+        durability.fsync(handle.fileno(), kind)
+        failpoints.failpoint(f"write:{path.name}:partial")
         data = data[len(data) // 2 :]
     handle.write(data)
     handle.flush()
-    os.fsync(handle.fileno())
+    durability.fsync(handle.fileno(), kind)
 
 
 def sweep_stale_temp_files(folder: Path) -> list[Path]:
@@ -277,7 +278,7 @@ def file_version(path: Path) -> tuple[int, int, int] | None:
 def fsync_directory(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        durability.fsync(fd, durability.FOLDER)
     finally:
         os.close(fd)
 
@@ -401,7 +402,7 @@ def _append(path: Path, payload: bytes, *, durable: bool) -> None:
         try:
             _write_all(fd, payload)
             if durable:
-                os.fsync(fd)
+                durability.fsync(fd, durability.kind_of(path, durability.APPEND))
         except OSError as exc:
             os.ftruncate(fd, size)
             raise _naming(path, exc) from exc
@@ -424,14 +425,15 @@ def append_after(path: Path, offset: int, payload: bytes) -> int:
         if os.fstat(fd).st_size != offset:
             os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
+        kind = durability.kind_of(path, durability.APPEND)
         try:
             if failpoints.any_armed():
                 _write_all(fd, payload[: len(payload) // 2])
-                os.fsync(fd)
+                durability.fsync(fd, kind)
                 failpoints.failpoint(f"append:{path.name}:partial")
                 os.lseek(fd, offset, os.SEEK_SET)
             _write_all(fd, payload)
-            os.fsync(fd)
+            durability.fsync(fd, kind)
         except OSError as exc:
             os.ftruncate(fd, offset)
             raise _naming(path, exc) from exc
@@ -465,7 +467,7 @@ def create_secret_file(path: Path, secret: str) -> bool:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(secret + "\n")
             handle.flush()
-            os.fsync(handle.fileno())
+            durability.fsync(handle.fileno(), durability.kind_of(path, durability.CREATE))
         try:
             os.link(temp_name, path)
         except FileExistsError:

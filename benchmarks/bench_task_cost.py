@@ -1,0 +1,288 @@
+"""Where a local task's time goes: wall time, CPU by process, fsyncs by kind, round trips.
+
+One worker drains N `echo` tasks through a real `worker.py --once` and `swarm.py`, as in
+benchmark 1, with every phase on and again with SWARM_REVIEW=false, the two taking turns
+run by run. Each figure is per task: (a run with N tasks - a run with none) / N, each of
+the two on an API of its own, so neither process's start-up, nor the API's first writes,
+is charged to the tasks.
+
+- wall: the worker process, start to exit;
+- worker CPU: its user + system time (getrusage of the reaped child);
+- API CPU: swarm.py's own, and apart from it its reaped children (the `echo`s), from
+  /proc, over the worker's run only;
+- fsyncs by kind, and the time spent in them: `swarm_runtime.store.durability`, which
+  both processes report at exit (SWARM_FSYNC_REPORT);
+- HTTP round trips: the requests swarm.py answered, from its access log (`--access-log`:
+  one log line per request, charged to the API's CPU like the rest);
+- comparison point: the same `echo` started by a bare `subprocess.run` in a loop.
+
+The CPU spent inside fsync (the kernel's share of the call) is given apart and taken
+out of its process's CPU, so the rows do not overlap. "Rest" is the wall time none of
+them covers: waiting on the other process, the socket, the scheduler; it goes negative
+when the two processes work at the same time.
+
+    PYTHONPATH=tests python benchmarks/bench_task_cost.py [--tasks N] [--runs R] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench_fleet import cpu_with_reaped
+from bench_local_overhead import direct_seconds_per_task
+from benchlib import (
+    ROOT,
+    Child,
+    Figure,
+    clean_env,
+    cpu_seconds,
+    load_average,
+    median,
+    print_table,
+    seconds,
+)
+
+from swarm_runtime.contract import Status
+from swarm_runtime.queue.store import QueueStore
+from swarm_runtime.settings import Settings
+from swarm_runtime.store.durability import REPORT_ENV
+from swarm_runtime.store.state_files import Workspace
+
+NAME = "10 task cost"
+ACCESS_LINE = re.compile(r" swarm: ([A-Z]+ \S+) \d{3} \d+ ms$")
+REVIEW = {"review on": True, "review off": False}
+FINAL = {True: Status.APPROVED, False: Status.COMPLETED}
+WALL, WORKER, API, ECHO = "wall", "worker CPU", "API CPU", "echo CPU"
+FSYNC_CPU, FSYNC_WAIT, REST = "fsync CPU", "fsync wait", "rest"
+
+
+@dataclass
+class Cost:
+    """What worker runs cost, in seconds or counts: in total, per task, or a median.
+
+    `parts` holds the wall time and the CPU by process; the three Counters, fsyncs by
+    kind, the time inside them by kind, and requests by method and path."""
+
+    parts: Counter[str] = field(default_factory=Counter)
+    fsyncs: Counter[str] = field(default_factory=Counter)
+    fsync_seconds: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+
+    def counters(self) -> tuple[Counter[str], ...]:
+        return self.parts, self.fsyncs, self.fsync_seconds, self.requests
+
+    def per_task(self, empty: Cost, tasks: int) -> Cost:
+        """(this run - the run with no tasks) / tasks, and the rest of the wall time."""
+        cost = Cost(
+            *(
+                Counter({key: (full[key] - none[key]) / tasks for key in full | none})
+                for full, none in zip(self.counters(), empty.counters(), strict=True)
+            )
+        )
+        covered = [WORKER, API, ECHO, FSYNC_WAIT]
+        cost.parts[FSYNC_WAIT] = cost.fsync_seconds.total() - cost.parts[FSYNC_CPU]
+        cost.parts[REST] = cost.parts[WALL] - sum(cost.parts[part] for part in covered)
+        return cost
+
+    def add_report(self, report: Path, process: str) -> None:
+        """A process's fsync report: its counts and times by kind, its CPU inside fsync."""
+        for kind, tally in json.loads(report.read_text()).items():
+            self.fsyncs[kind] += tally["count"]
+            self.fsync_seconds[kind] += tally["seconds"]
+            self.parts[FSYNC_CPU] += tally["cpu_seconds"]
+            self.parts[f"{process} {FSYNC_CPU}"] += tally["cpu_seconds"]
+            self.parts[f"{process} fsyncs"] += tally["count"]
+
+
+class CountedApi(Child):
+    """swarm.py with its access log on, counting the requests it answered by method and path."""
+
+    def __init__(self, env: dict[str, str]):
+        self.requests: Counter[str] = Counter()
+        self.drained = threading.Event()
+        super().__init__(["swarm.py", "--port", "0", "--access-log"], env, wait_for_url=True)
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            match = ACCESS_LINE.search(line.rstrip())
+            if match:
+                self.requests[match.group(1)] += 1
+        self.drained.set()
+
+    def stop_counted(self) -> Counter[str]:
+        self.stop()
+        self.drained.wait(10)
+        return self.requests
+
+
+def worker_cost(root: Path, tasks: int, review: bool) -> Cost:
+    """A fresh workspace and API; `worker.py --once` drains `tasks` echo tasks."""
+    env = clean_env(root, SWARM_REVIEW=str(review).lower())
+    api = CountedApi({**env, REPORT_ENV: str(root / "api-fsyncs.json")})
+    cost = Cost()
+    try:
+        store = QueueStore.for_settings(Workspace(root), Settings(workspace=root))
+        store.set_api_endpoint(api.url or "")
+        store.add_many([echo_task(i) for i in range(tasks)])
+        api_before, echo_before = cpu_seconds(api.proc.pid), cpu_with_reaped(api.proc.pid)
+        worker_before = reaped_cpu()
+        cost.parts[WALL] = seconds(lambda: run_worker(env | {REPORT_ENV: str(root / "w.json")}))
+        cost.parts[WORKER] = reaped_cpu() - worker_before
+        cost.parts[API] = cpu_seconds(api.proc.pid) - api_before
+        cost.parts[ECHO] = cpu_with_reaped(api.proc.pid) - echo_before - cost.parts[API]
+        check_final(store, FINAL[review])
+    finally:
+        cost.requests = api.stop_counted()
+    cost.add_report(root / "w.json", "worker")
+    cost.add_report(root / "api-fsyncs.json", "API")
+    return cost
+
+
+def echo_task(number: int) -> dict[str, str]:
+    return {"id": f"t{number}", "mode": "local", "command": f"echo task {number}"}
+
+
+def run_worker(env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "worker.py", "--once"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+
+
+def reaped_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def check_final(store: QueueStore, final: Status) -> None:
+    stuck = [task.id for task in store.load().tasks if task.status != final]
+    if stuck:
+        raise RuntimeError(f"tasks did not end {final.value}: {stuck[:5]}")
+
+
+def one_run(tasks: int, review: bool) -> Cost:
+    costs = []
+    for count in (0, tasks):
+        with tempfile.TemporaryDirectory() as folder:
+            Workspace(Path(folder)).ensure_layout()
+            costs.append(worker_cost(Path(folder), count, review))
+    return costs[1].per_task(costs[0], tasks)
+
+
+def middle(costs: list[Cost]) -> Cost:
+    """The median of each part over the runs (so the parts need not add up exactly)."""
+
+    def each(counters: tuple[Counter[str], ...]) -> Counter[str]:
+        keys = set().union(*counters)
+        return Counter({key: median(counter[key] for counter in counters) for key in keys})
+
+    return Cost(*(each(counters) for counters in zip(*(c.counters() for c in costs), strict=True)))
+
+
+def print_breakdown(costs: dict[str, Cost], bare: float) -> None:
+    names = list(costs)
+    heading = "".join(f"{name:>22}" for name in names)
+
+    def row(label: str, value: Callable[[Cost], float]) -> None:
+        cells = []
+        for name in names:
+            ms, wall = value(costs[name]) * 1000, costs[name].parts[WALL] * 1000
+            cells.append(f"{ms:8.2f} ms {ms / wall:6.0%}")
+        print(f"  {label:<34}" + "".join(f"{cell:>22}" for cell in cells))
+
+    print(f"\n  {'per task, share of wall time':<34}{heading}")
+    row("wall time", lambda c: c.parts[WALL])
+    row("worker CPU, outside fsync", lambda c: c.parts[WORKER] - c.parts["worker fsync CPU"])
+    row("swarm.py CPU, outside fsync", lambda c: c.parts[API] - c.parts["API fsync CPU"])
+    row("echo child CPU (reaped by swarm.py)", lambda c: c.parts[ECHO])
+    row("fsync, on CPU (kernel)", lambda c: c.parts[FSYNC_CPU])
+    row("fsync, waiting for the disk", lambda c: c.parts[FSYNC_WAIT])
+    row("rest: waits, socket, scheduler", lambda c: c.parts[REST])
+    row("bare subprocess.run(['echo'])", lambda c: bare)
+    print(f"\n  {'fsyncs per task, by kind':<34}{heading}")
+    kinds = sorted({kind for c in costs.values() for kind, n in c.fsyncs.items() if n >= 0.005})
+    for kind in [*kinds, None]:
+        cells = []
+        for cost in costs.values():
+            count = cost.fsyncs.total() if kind is None else cost.fsyncs[kind]
+            spent = cost.fsync_seconds.total() if kind is None else cost.fsync_seconds[kind]
+            cells.append(f"{count:5.2f} = {spent * 1000:6.2f} ms")
+        print(f"  {kind or 'all':<34}" + "".join(f"{cell:>22}" for cell in cells))
+    by_api = "".join(f"{c.parts['API fsyncs']:>11.2f}{'':11}" for c in costs.values())
+    print(f"  {'of which by swarm.py':<34}{by_api}")
+    for name, cost in costs.items():
+        trips = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cost.requests.items()) if v)
+        print(f"  HTTP round trips per task, {name}: {cost.requests.total():.2f} ({trips})")
+
+
+def figures(name: str, cost: Cost, bare: float) -> list[Figure]:
+    wall, part = cost.parts[WALL], cost.parts
+    in_fsync = cost.fsync_seconds.total()
+    return [
+        Figure(NAME, f"{name}: wall per task", f"{wall * 1000:.1f} ms (bare echo {ms(bare)})"),
+        Figure(
+            NAME,
+            f"{name}: CPU worker / API / echo",
+            f"{ms(part[WORKER])} / {ms(part[API])} / {ms(part[ECHO])}",
+        ),
+        Figure(
+            NAME,
+            f"{name}: fsyncs per task",
+            f"{cost.fsyncs.total():.1f}: {ms(in_fsync)} = {in_fsync / wall:.0%} of wall "
+            f"({ms(part[FSYNC_CPU])} on CPU)",
+        ),
+        Figure(NAME, f"{name}: HTTP round trips per task", f"{cost.requests.total():.2f}"),
+    ]
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.2f} ms"
+
+
+def run(quick: bool = False, tasks: int | None = None, runs: int | None = None) -> list[Figure]:
+    tasks = tasks or (20 if quick else 60)
+    runs = runs or (2 if quick else 5)
+    measured: dict[str, list[Cost]] = {name: [] for name in REVIEW}
+    bare: list[float] = []
+    for number in range(runs):
+        for name, review in REVIEW.items():
+            cost = one_run(tasks, review)
+            measured[name].append(cost)
+            print(
+                f"  run {number + 1}, {name}: {ms(cost.parts[WALL])}/task, "
+                f"{cost.fsyncs.total():.1f} fsyncs = {ms(cost.fsync_seconds.total())}; "
+                f"{load_average()}",
+                flush=True,
+            )
+        bare.append(direct_seconds_per_task(tasks))
+    costs = {name: middle(values) for name, values in measured.items()}
+    print_breakdown(costs, median(bare))
+    return [figure for name in REVIEW for figure in figures(name, costs[name], median(bare))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, help="tasks per run (default 60, quick 20)")
+    parser.add_argument("--runs", type=int, help="runs to take the median of (default 5)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print_table(run(args.quick, args.tasks, args.runs))
+
+
+if __name__ == "__main__":
+    main()
