@@ -10,8 +10,10 @@
                             packaging smoke test (tests/helpers/package_smoke.py: the wheel
                             in a fresh venv); stops at the first step that fails
     python3 run.py test     install into .venv (with test extras), then run the test suite
-    python3 run.py bench    install into .venv, then run the benchmarks and print one table
-                            (`bench --quick`, `bench queue panel`: see benchmarks/run_all.py)
+    python3 run.py bench    install into .venv (with test extras, and the bench extras, the
+                            peers that the `peers` benchmark measures, when it is among those
+                            run), then run the benchmarks and print one table (`bench
+                            --quick`, `bench queue panel`: see benchmarks/run_all.py)
 
 Only the standard library is used until the virtual environment exists; then the
 script re-executes itself inside it.
@@ -52,17 +54,24 @@ CHECKS = (
 )
 
 
-def ensure_environment(*, with_test_extras: bool, with_postgres: bool = False) -> None:
+def ensure_environment(
+    *, with_test_extras: bool, with_postgres: bool = False, with_bench_extras: bool = False
+) -> None:
     """Create .venv and install the project once per version of pyproject.toml: what
     running needs for the runtime (with the PostgreSQL driver when `--with-postgres` or
     SWARM_DATABASE_URL asks for a database), plus the test extras (pytest, playwright, the
-    linters, the driver) for `check`, `test` and `bench`. The first install needs the
-    package index."""
+    linters, the driver) for `check`, `test` and `bench`, and the bench extras (the peers
+    that the `peers` benchmark measures) for a `bench` that runs it. The first install
+    needs the package index."""
     if sys.version_info < (3, 11):  # noqa: UP036 (runs under any python3, before the venv)
         sys.exit(f"swarm-runtime needs Python 3.11 or newer (this is {sys.version.split()[0]})")
     version = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     installed = STAMP.read_text() if STAMP.exists() else ""
-    wanted = {"with_test_extras": with_test_extras, "with_postgres": with_postgres}
+    wanted = {
+        "with_test_extras": with_test_extras,
+        "with_postgres": with_postgres,
+        "with_bench_extras": with_bench_extras,
+    }
     if not needs_install(installed, version, **wanted):
         return
     if not VENV_PYTHON.exists():
@@ -76,23 +85,37 @@ def ensure_environment(*, with_test_extras: bool, with_postgres: bool = False) -
 
 
 # What the stamp may say was installed, each holding everything the ones before it hold.
-INSTALLS = ("run", "postgres", "test")
+INSTALLS = ("run", "postgres", "test", "bench")
 
 
 def needs_install(
-    stamp: str, version: str, *, with_test_extras: bool, with_postgres: bool = False
+    stamp: str,
+    version: str,
+    *,
+    with_test_extras: bool,
+    with_postgres: bool = False,
+    with_bench_extras: bool = False,
 ) -> bool:
     """The stamp says which pyproject.toml was installed, and with which extras; running
-    needs the project, `--with-postgres` its driver too, checking and testing everything."""
+    needs the project, `--with-postgres` its driver too, checking and testing the test
+    extras, benchmarking everything."""
     installed = stamp.split()
     if installed[:1] != [version] or len(installed) != 2 or installed[1] not in INSTALLS:
         return True
-    _, wanted = install_target(with_test_extras=with_test_extras, with_postgres=with_postgres)
+    _, wanted = install_target(
+        with_test_extras=with_test_extras,
+        with_postgres=with_postgres,
+        with_bench_extras=with_bench_extras,
+    )
     return INSTALLS.index(installed[1]) < INSTALLS.index(wanted)
 
 
-def install_target(*, with_test_extras: bool, with_postgres: bool = False) -> tuple[str, str]:
+def install_target(
+    *, with_test_extras: bool, with_postgres: bool = False, with_bench_extras: bool = False
+) -> tuple[str, str]:
     """What pip installs, and the word the stamp keeps for it."""
+    if with_bench_extras:
+        return f"{ROOT}[test,bench]", "bench"
     if with_test_extras:
         return f"{ROOT}[test]", "test"
     return (f"{ROOT}[postgres]", "postgres") if with_postgres else (str(ROOT), "run")
@@ -166,7 +189,8 @@ def main(argv: list[str]) -> int:
     if not inside_venv():
         extras = command in ("check", "test", "bench")
         driver = with_postgres or bool(os.environ.get("SWARM_DATABASE_URL", "").strip())
-        ensure_environment(with_test_extras=extras, with_postgres=driver)
+        peers = command == "bench" and runs_peers(argv[1:])
+        ensure_environment(with_test_extras=extras, with_postgres=driver, with_bench_extras=peers)
         os.execv(VENV_PYTHON, [str(VENV_PYTHON), str(Path(__file__).resolve()), *argv])
     if command == "check":
         return run_checks()
@@ -178,6 +202,17 @@ def main(argv: list[str]) -> int:
         return subprocess.call([sys.executable, str(runner), *argv[1:]], cwd=ROOT, env=env)
     assert options is not None
     return start_runtime(options)
+
+
+def runs_peers(bench_args: list[str]) -> bool:
+    """Whether `run.py bench ARGS` runs the peers benchmark: when it names no benchmark
+    (all run), or names `peers`. `--log-mb`'s value is not a name."""
+    names = [
+        arg
+        for before, arg in zip(["", *bench_args], bench_args, strict=False)
+        if not arg.startswith("-") and before != "--log-mb"
+    ]
+    return not names or "peers" in names
 
 
 def postgres_problem() -> str | None:

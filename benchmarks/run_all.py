@@ -1,7 +1,7 @@
 """Run the benchmarks and print one table: `python benchmarks/run_all.py [NAME ...] [--quick]`.
 
 NAME picks benchmarks (local, llm, queue, panel, preflight, safety, budget, postgres, fleet,
-cost; all by default).
+peers, cost; all by default).
 `--quick` runs fewer rounds and a 128 MB log instead of 1 GB; `--log-mb` sets that size.
 `python3 run.py bench ...` installs the project into .venv and runs this.
 """
@@ -17,6 +17,7 @@ import bench_fleet
 import bench_llm_scaling
 import bench_local_overhead
 import bench_panel
+import bench_peers
 import bench_postgres
 import bench_preflight
 import bench_queue_growth
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
     "budget": lambda args: bench_budget.run(args.quick),
     "postgres": lambda args: bench_postgres.run(args.quick),
     "fleet": lambda args: bench_fleet.run(args.quick),
+    "peers": lambda args: bench_peers.run(args.quick),
     "cost": lambda args: bench_task_cost.run(args.quick),
 }
 
