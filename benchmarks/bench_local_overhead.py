@@ -16,6 +16,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from benchlib import (
@@ -141,13 +142,21 @@ def run(quick: bool = False, tasks: int | None = None, runs: int | None = None) 
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def tasks_and_runs_main(
+    doc: str | None, run: Callable[[bool, int | None, int | None], list[Figure]]
+) -> None:
+    """The command line of a benchmark of N tasks per run, R runs (this one's, and the
+    cost breakdown's)."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--tasks", type=int, help="tasks per run (default 60, quick 20)")
     parser.add_argument("--runs", type=int, help="runs to take the median of (default 5)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     print_table(run(args.quick, args.tasks, args.runs))
+
+
+def main() -> None:
+    tasks_and_runs_main(__doc__, run)
 
 
 if __name__ == "__main__":

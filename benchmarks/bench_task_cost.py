@@ -26,7 +26,6 @@ when the two processes work at the same time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import resource
@@ -40,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench_fleet import cpu_with_reaped
-from bench_local_overhead import direct_seconds_per_task
+from bench_local_overhead import direct_seconds_per_task, tasks_and_runs_main
 from benchlib import (
     ROOT,
     Child,
@@ -49,7 +48,6 @@ from benchlib import (
     cpu_seconds,
     load_average,
     median,
-    print_table,
     seconds,
 )
 
@@ -276,12 +274,7 @@ def run(quick: bool = False, tasks: int | None = None, runs: int | None = None) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, help="tasks per run (default 60, quick 20)")
-    parser.add_argument("--runs", type=int, help="runs to take the median of (default 5)")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    print_table(run(args.quick, args.tasks, args.runs))
+    tasks_and_runs_main(__doc__, run)
 
 
 if __name__ == "__main__":
