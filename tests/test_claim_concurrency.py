@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace
 
+Opener = Callable[[], TaskQueue]
+
 ACTOR = str(ROOT / "tests" / "helpers" / "queue_actor.py")
 CLAIMERS = 8
 TASKS = 240
@@ -31,11 +34,22 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
     return request.getfixturevalue("database_url") if request.param == "postgres" else None
 
 
-def open_store(workspace: Workspace, url: str | None) -> TaskQueue:
+@pytest.fixture
+def open_store(workspace: Workspace, database_url: str | None) -> Iterator[Opener]:
+    """Opens a view of the test's queue; each is closed at the end (an unclosed database
+    pool is torn down by the garbage collector, from one of its own threads)."""
     settings = Settings(
-        workspace=workspace.root, queue_retain=1_000_000, review=False, database_url=url
+        workspace=workspace.root, queue_retain=1_000_000, review=False, database_url=database_url
     )
-    return store_for(settings, workspace)
+    opened: list[TaskQueue] = []
+
+    def open_one() -> TaskQueue:
+        opened.append(store_for(settings, workspace))
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        store.close()
 
 
 def mixed_tasks() -> list[dict[str, Any]]:
@@ -73,11 +87,11 @@ def run_claimers(
 
 
 def test_eight_claimers_keep_every_rule(
-    workspace: Workspace, database_url: str | None, tmp_path: Path
+    workspace: Workspace, database_url: str | None, tmp_path: Path, open_store: Opener
 ) -> None:
-    store = open_store(workspace, database_url)
+    store = open_store()
     store.add_many(mixed_tasks())
-    reader = open_store(workspace, database_url)
+    reader = open_store()
     done = threading.Event()
     reads = []
 
@@ -102,7 +116,7 @@ def test_eight_claimers_keep_every_rule(
                 t for t, (s, e) in ran.items() if t != task["id"] and s < end and e > start
             ]
             assert overlapping == [], f"{task['id']} ran beside {overlapping}"
-    fresh = open_store(workspace, database_url).load()
+    fresh = open_store().load()
     assert {t.status for t in fresh.tasks} == {Status.COMPLETED}
     assert all(t.attempts == 1 for t in fresh.tasks)
     assert len(reads) > 1 and reads == sorted(reads)
