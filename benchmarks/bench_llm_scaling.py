@@ -34,18 +34,24 @@ FINAL = {Status.APPROVED, Status.FAILED, Status.SAFETY_BLOCKED, Status.CANCELLED
 DEADLINE_SECONDS = 300.0
 
 
+def provider_env(root: Path, provider_url: str) -> dict[str, str]:
+    """A workspace's environment for llm tasks against the loopback provider, with no
+    rate limit to hold them back."""
+    return clean_env(
+        root,
+        SWARM_LLM_BASE_URL=provider_url,
+        SWARM_LLM_MODEL="local-model",
+        SWARM_RATE_LIMIT="1000000",
+    )
+
+
 def tasks_per_second(provider_url: str, workers: int, tasks: int) -> tuple[float, float]:
     """Throughput, and the CPU seconds per task that workers and API used meanwhile."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         workspace = Workspace(root)
         workspace.ensure_layout()
-        env = clean_env(
-            root,
-            SWARM_LLM_BASE_URL=provider_url,
-            SWARM_LLM_MODEL="local-model",
-            SWARM_RATE_LIMIT="1000000",
-        )
+        env = provider_env(root, provider_url)
         api = Child(["swarm.py", "--port", "0"], env, wait_for_url=True)
         started: list[Child] = []
         try:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import peer_workers
-from bench_llm_scaling import all_final, wait_for
+from bench_llm_scaling import all_final, provider_env, wait_for
 from benchlib import ROOT, Child, Figure, clean_env, print_table
 from fake_llm_server import FakeLLMServer
 
@@ -149,12 +149,7 @@ def our_fleet(provider_url: str, workload: Workload) -> Iterator[Fleet]:
         root = Path(folder)
         workspace = Workspace(root)
         workspace.ensure_layout()
-        env = clean_env(
-            root,
-            SWARM_LLM_BASE_URL=provider_url,
-            SWARM_LLM_MODEL="local-model",
-            SWARM_RATE_LIMIT="1000000",
-        )
+        env = provider_env(root, provider_url)
         children = [Child(["swarm.py", "--port", "0"], env, wait_for_url=True)]
         try:
             store = QueueStore.for_settings(workspace, Settings(workspace=root))

@@ -202,6 +202,36 @@ def all_final(backend: Backend) -> bool:
     )
 
 
+def each_attempt_ran_once(
+    events: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    fed: dict[str, Any],
+    expected: set[str],
+    worker: Callable[[str], bool],
+) -> None:
+    """Each (task, attempt) started once (an API retry repeats no start) and a `worker`
+    recorded its outcome once; nothing was reclaimed, and only the feeder's requeues made
+    second attempts, as the tasks' own `attempts` say."""
+    assert not [e for e in events if e["status"] == "lease_expired"]
+    starts = Counter(
+        (e["task_id"], e["attempt"])
+        for e in events
+        if e["status"] == "in_progress" and e.get("api_retry") is None
+    )
+    ends = Counter(
+        (e["task_id"], e["attempt"])
+        for e in events
+        if e["status"] in ("completed", "failed") and worker(e["worker_id"])
+    )
+    assert set(starts.values()) == {1} and set(ends.values()) == {1}
+    assert set(starts) == set(ends)
+    requeues = Counter(e["task_id"] for e in events if e.get("operator_action") == "requeue")
+    assert requeues == Counter(fed["requeued"])
+    runs = Counter(task_id for task_id, _ in starts)
+    assert runs == Counter({tid: 2 if tid in requeues else 1 for tid in expected})
+    assert {t["id"]: t["attempts"] for t in records} == dict(runs)
+
+
 @on_both_backends
 def test_four_workers_drain_500_tasks_while_another_process_adds_and_requeues(
     spawn: Callable[..., RunningProcess], backend: Backend, tmp_path: Path
@@ -250,22 +280,4 @@ def test_four_workers_drain_500_tasks_while_another_process_adds_and_requeues(
     assert sorted(queue["failed"]) == sorted(failing)
 
     # Each attempt started once and ended once; only operator requeues made second ones.
-    events = backend.events()
-    assert not [e for e in events if e["status"] == "lease_expired"]
-    starts = Counter(
-        (e["task_id"], e["attempt"])
-        for e in events
-        if e["status"] == "in_progress" and e.get("api_retry") is None
-    )
-    ends = Counter(
-        (e["task_id"], e["attempt"])
-        for e in events
-        if e["status"] in ("completed", "failed") and e["worker_id"] != FEEDER_ID
-    )
-    assert set(starts.values()) == {1} and set(ends.values()) == {1}
-    assert set(starts) == set(ends)
-    requeues = Counter(e["task_id"] for e in events if e.get("operator_action") == "requeue")
-    assert requeues == Counter(fed["requeued"])
-    runs = Counter(task_id for task_id, _ in starts)
-    assert runs == Counter({tid: 2 if tid in requeues else 1 for tid in expected})
-    assert {t["id"]: t["attempts"] for t in records} == dict(runs)
+    each_attempt_ran_once(backend.events(), records, fed, expected, lambda w: w != FEEDER_ID)

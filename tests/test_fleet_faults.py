@@ -35,7 +35,14 @@ from helpers.fleet import (
     get_json,
     runs,
 )
-from test_faults_processes import FINAL, PRELOADED, TOTAL_TASKS, all_final, kill_hard
+from test_faults_processes import (
+    FINAL,
+    PRELOADED,
+    TOTAL_TASKS,
+    all_final,
+    each_attempt_ran_once,
+    kill_hard,
+)
 from test_faults_provider import (
     AFFORDABLE,
     BURST,
@@ -161,15 +168,7 @@ def test_two_hosts_drain_500_mixed_pinned_tasks_while_another_process_churns(
     # Each (task, attempt) started once and ended once; only requeues made second attempts.
     events = store.events()
     workers = worker_ids(hosts, WORKERS_PER_HOST)
-    assert not [e for e in events if e["status"] == "lease_expired"]
-    started_runs, ended_runs = runs(events), ends(events, workers)
-    assert set(started_runs.values()) == {1} and set(ended_runs.values()) == {1}
-    assert set(started_runs) == set(ended_runs)
-    requeues = Counter(e["task_id"] for e in events if e.get("operator_action") == "requeue")
-    assert requeues == Counter(fed["requeued"])
-    by_task = Counter(task_id for task_id, _ in started_runs)
-    assert by_task == Counter({tid: 2 if tid in requeues else 1 for tid in expected})
-    assert {t["id"]: t["attempts"] for t in finished} == dict(by_task)
+    each_attempt_ran_once(events, finished, fed, expected, workers.__contains__)
     prompts = {tid for tid in expected if "prompt" in fleet_task(int(tid[1:]))}
     assert llm_calls == len(prompts), "each prompt reached the provider once"
 
