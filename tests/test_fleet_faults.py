@@ -423,7 +423,12 @@ def test_every_host_rides_out_a_database_restart_and_nothing_runs_twice_or_is_lo
 
     wait_until(lambda: (got := summary_or_none(panel)) and not store_error(got), 30, 0.2)
     recovered_after = time.monotonic() - restarted
-    wait_until(lambda: done() == OUTAGE_TASKS, timeout=60, interval=0.1)
+    try:
+        wait_until(lambda: done() == OUTAGE_TASKS, timeout=60, interval=0.1)
+    except AssertionError:
+        stuck = [t for t in store.queue()["tasks"] if t["status"] != "completed"]
+        tails = "\n".join(f"{p.proc.args[-1]}: {p.output[-1500:]}" for p in workers)
+        raise AssertionError(f"not completed: {stuck[:5]}\n{tails}") from None
     print(
         f"outage {restarted - stopped:.1f}s, shown by the panel after {shown_after:.1f}s, "
         f"gone from it {recovered_after:.1f}s after the restart"

@@ -274,3 +274,34 @@ def test_a_finished_result_outlasts_a_long_database_outage(
     assert len(attempts) == 26
     assert harness.task("paid").status == Status.APPROVED
     assert len(harness.client.payloads) == 1
+
+
+def test_a_claim_committed_but_never_answered_is_run_once_in_its_attempt(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the database went away while a claim committed, so the worker never
+    learned of its lease; the task sat leased to nobody until the lease expired, then ran
+    again as a second attempt."""
+    gone = StoreUnavailable("postgresql://db/q", "the server cannot be reached", "check it")
+    store = harness.worker.store
+    real_claim = store.claim
+    answers_lost: list[Task | None] = []
+
+    def claim_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+        if answers_lost:
+            return real_claim(*args, **kwargs)
+        answers_lost.append(real_claim(*args, **kwargs).task)
+        raise gone
+
+    monkeypatch.setattr(store, "claim", claim_then_lose_the_answer)
+    harness.queue({"id": "doubt", "command": "echo doubt"})
+    harness.client.answers = [completed("doubt", output="doubt\n", exit_code=0)]
+    with pytest.raises(StoreUnavailable):
+        harness.step()
+    assert [t.id for t in answers_lost if t] == ["doubt"]
+    assert harness.step() is not None
+    stored = harness.task("doubt")
+    assert (stored.status, stored.attempts) == (Status.APPROVED, 1)
+    assert harness.history("doubt") == ["in_progress", "completed", "pending_review", "approved"]
+    assert len(harness.client.payloads) == 1
+    assert harness.step() is None

@@ -77,6 +77,7 @@ from swarm_runtime.phases.rewards import RewardBook, not_approved_fields
 from swarm_runtime.phases.routing import ToolRouter, decision_fields, load_router
 from swarm_runtime.queue.endpoint import endpoint_for
 from swarm_runtime.queue.interface import TaskQueue
+from swarm_runtime.queue.leases import owned_by
 from swarm_runtime.queue.presence import PresenceBeacon
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.queue.store import ClaimOutcome, WorkerIdentity
@@ -158,6 +159,7 @@ class Worker:
         self._router: tuple[tuple[int, int, int] | None, ToolRouter] | None = None
         self.beacon = PresenceBeacon(workspace, identity, self.documents.database)
         self.commit_backoff = COMMIT_BACKOFF_SECONDS
+        self._claim_in_doubt = False
         self.configured_endpoint = configured_endpoint(settings)
 
     # --- the loop ----------------------------------------------------------------------
@@ -240,10 +242,27 @@ class Worker:
 
     def step(self) -> ClaimOutcome:
         """Claim one task and see it through; reports what the claim found."""
-        claim = self.store.claim(self.identity, self.settings.lease_seconds)
+        claim = self._claim()
         self._report_cleanup(claim)
         if claim.task is not None:
             self.process(claim.task, self.endpoint(claim.api_endpoint))
+        return claim
+
+    def _claim(self) -> ClaimOutcome:
+        """A claim whose answer was lost (the database went away during its commit) may
+        have leased a task all the same. Until a claim is answered, the next one first
+        takes back a task this worker holds, in the same attempt: left alone, it would
+        wait out its lease leased to nobody and then run again as a second attempt."""
+        if self._claim_in_doubt:
+            document = self.store.load()
+            self._claim_in_doubt = False
+            held = next((t for t in document.tasks if owned_by(t, self.identity)), None)
+            if held is not None:
+                log.warning("task %s: its claim was committed after all; running it", held.id)
+                return ClaimOutcome(task=held, api_endpoint=document.api_endpoint)
+        self._claim_in_doubt = True
+        claim = self.store.claim(self.identity, self.settings.lease_seconds)
+        self._claim_in_doubt = False
         return claim
 
     def endpoint(self, named_by_queue: str) -> str:
