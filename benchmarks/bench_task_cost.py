@@ -1,7 +1,8 @@
 """Where a local task's time goes: wall time, CPU by process, fsyncs by kind, round trips.
 
 One worker drains N `echo` tasks through a real `worker.py --once` and `swarm.py`, as in
-benchmark 1, with every phase on and again with SWARM_REVIEW=false, the two taking turns
+benchmark 1, with every phase on and again with SWARM_REVIEW=false; then four workers
+at once, every phase on (their fsyncs shared by group commit); the three taking turns
 run by run. Each figure is per task: (a run with N tasks - a run with none) / N, each of
 the two on an API of its own, so neither process's start-up, nor the API's first writes,
 is charged to the tasks.
@@ -59,7 +60,8 @@ from swarm_runtime.store.state_files import Workspace
 
 NAME = "10 task cost"
 ACCESS_LINE = re.compile(r" swarm: ([A-Z]+ \S+) \d{3} \d+ ms$")
-REVIEW = {"review on": True, "review off": False}
+# name: (review, workers)
+SETUPS = {"review on": (True, 1), "review off": (False, 1), "4 workers": (True, 4)}
 FINAL = {True: Status.APPROVED, False: Status.COMPLETED}
 WALL, WORKER, API, ECHO = "wall", "worker CPU", "API CPU", "echo CPU"
 FSYNC_CPU, FSYNC_WAIT, REST = "fsync CPU", "fsync wait", "rest"
@@ -124,8 +126,8 @@ class CountedApi(Child):
         return self.requests
 
 
-def worker_cost(root: Path, tasks: int, review: bool) -> Cost:
-    """A fresh workspace and API; `worker.py --once` drains `tasks` echo tasks."""
+def worker_cost(root: Path, tasks: int, review: bool, workers: int = 1) -> Cost:
+    """A fresh workspace and API; `workers` × `worker.py --once` drain `tasks` echo tasks."""
     env = clean_env(root, SWARM_REVIEW=str(review).lower())
     api = CountedApi({**env, REPORT_ENV: str(root / "api-fsyncs.json")})
     cost = Cost()
@@ -135,14 +137,16 @@ def worker_cost(root: Path, tasks: int, review: bool) -> Cost:
         store.add_many([echo_task(i) for i in range(tasks)])
         api_before, echo_before = cpu_seconds(api.proc.pid), cpu_with_reaped(api.proc.pid)
         worker_before = reaped_cpu()
-        cost.parts[WALL] = seconds(lambda: run_worker(env | {REPORT_ENV: str(root / "w.json")}))
+        reports = [root / f"w{number}.json" for number in range(workers)]
+        cost.parts[WALL] = seconds(lambda: run_workers(env, reports))
         cost.parts[WORKER] = reaped_cpu() - worker_before
         cost.parts[API] = cpu_seconds(api.proc.pid) - api_before
         cost.parts[ECHO] = cpu_with_reaped(api.proc.pid) - echo_before - cost.parts[API]
         check_final(store, FINAL[review])
     finally:
         cost.requests = api.stop_counted()
-    cost.add_report(root / "w.json", "worker")
+    for report in reports:
+        cost.add_report(report, "worker")
     cost.add_report(root / "api-fsyncs.json", "API")
     return cost
 
@@ -151,15 +155,21 @@ def echo_task(number: int) -> dict[str, str]:
     return {"id": f"t{number}", "mode": "local", "command": f"echo task {number}"}
 
 
-def run_worker(env: dict[str, str]) -> None:
-    subprocess.run(
-        [sys.executable, "worker.py", "--once"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=True,
-    )
+def run_workers(env: dict[str, str], reports: list[Path]) -> None:
+    """One `worker.py --once` per report path, all at once; returns when all exited 0."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "worker.py", "--once", "--worker-id", f"cost-{number}"],
+            cwd=ROOT,
+            env=env | {REPORT_ENV: str(report)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for number, report in enumerate(reports)
+    ]
+    codes = [worker.wait() for worker in workers]
+    if any(codes):
+        raise RuntimeError(f"a worker exited {codes}")
 
 
 def reaped_cpu() -> float:
@@ -173,12 +183,12 @@ def check_final(store: QueueStore, final: Status) -> None:
         raise RuntimeError(f"tasks did not end {final.value}: {stuck[:5]}")
 
 
-def one_run(tasks: int, review: bool) -> Cost:
+def one_run(tasks: int, review: bool, workers: int) -> Cost:
     costs = []
     for count in (0, tasks):
         with tempfile.TemporaryDirectory() as folder:
             Workspace(Path(folder)).ensure_layout()
-            costs.append(worker_cost(Path(folder), count, review))
+            costs.append(worker_cost(Path(folder), count, review, workers))
     return costs[1].per_task(costs[0], tasks)
 
 
@@ -255,11 +265,11 @@ def ms(value: float) -> str:
 def run(quick: bool = False, tasks: int | None = None, runs: int | None = None) -> list[Figure]:
     tasks = tasks or (20 if quick else 60)
     runs = runs or (2 if quick else 5)
-    measured: dict[str, list[Cost]] = {name: [] for name in REVIEW}
+    measured: dict[str, list[Cost]] = {name: [] for name in SETUPS}
     bare: list[float] = []
     for number in range(runs):
-        for name, review in REVIEW.items():
-            cost = one_run(tasks, review)
+        for name, (review, workers) in SETUPS.items():
+            cost = one_run(tasks, review, workers)
             measured[name].append(cost)
             print(
                 f"  run {number + 1}, {name}: {ms(cost.parts[WALL])}/task, "
@@ -270,7 +280,7 @@ def run(quick: bool = False, tasks: int | None = None, runs: int | None = None) 
         bare.append(direct_seconds_per_task(tasks))
     costs = {name: middle(values) for name, values in measured.items()}
     print_breakdown(costs, median(bare))
-    return [figure for name in REVIEW for figure in figures(name, costs[name], median(bare))]
+    return [figure for name in SETUPS for figure in figures(name, costs[name], median(bare))]
 
 
 def main() -> None:
