@@ -88,6 +88,9 @@ class Status(StrEnum):
     SAFETY_BLOCKED = "safety_blocked"
     CANCELLED = "cancelled"
     LEASE_EXPIRED = "lease_expired"
+    # Event only: a result its worker computed after losing the lease on that attempt.
+    # It is kept for the record and is never the task's status.
+    RESULT_DISCARDED = "result_discarded"
 
 
 class Mode(StrEnum):
@@ -646,6 +649,15 @@ class QueueJournalRecord(BaseModel):
     # Which of queue.json's `completed` / `failed` lists a task id now belongs to, if any.
     outcomes: dict[str, Outcome | None] = Field(default_factory=dict)
     api_endpoint: str | None = None
+    # The events committed with this transaction, as execution_log.jsonl holds them, and
+    # the log's size before them: the log gets them once the record is durable, and a
+    # record whose lines the log lacks (its writer died in between) is applied again.
+    events: list[dict[str, Any]] = Field(default_factory=list)
+    log_at: int | None = None
+    # What redoes this transaction's effects beside the queue (a review's gate vote and
+    # reward), by the name of the applier that does it: their files are written without
+    # an fsync of their own, and made durable when the journal is folded.
+    vouches: dict[str, Any] = Field(default_factory=dict)
 
 
 # --- events -------------------------------------------------------------------------
@@ -748,6 +760,15 @@ class WorkerPresence(BaseModel):
     started_at: str
     last_seen: float
     paused: bool = False
+
+
+class DiscardedEvent(ExecutionEvent):
+    """`result_discarded`: what a worker computed for an attempt whose lease it had lost.
+
+    The attempt's new holder decides the task; `discarded_status` is what this one
+    would have recorded. Readers never take it for the task's status."""
+
+    discarded_status: Status | None = None
 
 
 class LeaseEvent(Event):

@@ -23,6 +23,7 @@ import pytest
 from fake_llm_server import FakeLLMServer
 
 from swarm_runtime.contract import QueueDocument
+from swarm_runtime.queue.store import QueueStore
 from swarm_runtime.queue.transfer import export_queue
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.documents import documents_for
@@ -408,13 +409,17 @@ class Backend(ABC):
 
 
 class FileBackend(Backend):
-    """queue.json, queue_archive.jsonl and execution_log.jsonl, read as the files they are."""
+    """queue.json (with the journal not yet folded into it, as every process reads it),
+    queue_archive.jsonl and execution_log.jsonl."""
 
     def seed(self, tasks: list[dict[str, Any]], endpoint: str) -> None:
         write_queue(self.workspace, tasks, endpoint)
 
     def queue(self) -> dict[str, Any]:
-        return read_queue(self.workspace)
+        document: dict[str, Any] = json.loads(
+            export_queue(QueueStore(self.workspace), review_enabled=True)
+        )
+        return document
 
     def archived(self) -> list[dict[str, Any]]:
         path = self.workspace.queue_archive_path

@@ -26,6 +26,7 @@ from conftest import (
     write_queue,
 )
 from flask import Flask
+from helpers.event_writer import LogWriter
 from werkzeug.test import TestResponse
 
 from swarm_runtime.contract import (
@@ -55,7 +56,6 @@ from swarm_runtime.queue.presence import FRESH_FOR_SECONDS, PresenceBeacon
 from swarm_runtime.queue.store import WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.settings import Settings
-from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.pause import read_pause, set_pause
 from swarm_runtime.store.state_files import Workspace, append_line
 
@@ -338,7 +338,7 @@ def test_no_secret_is_in_any_answer(workspace: Workspace) -> None:
         ],
         UNREACHABLE,
     )
-    EventLog(workspace, "w1").emit("t-leak", Status.COMPLETED, output=leak, errors=leak)
+    LogWriter(workspace, "w1").emit("t-leak", Status.COMPLETED, output=leak, errors=leak)
     QualityGate(workspace).record(
         "t-leak", leak, "w1", Review(verdict=Verdict.REJECT, confidence=0.5, issues=[leak]), 1
     )
@@ -390,7 +390,7 @@ def test_the_summary_reports_queue_pause_budget_and_log(
     client: PanelClient, workspace: Workspace
 ) -> None:
     write_queue(workspace, [failed("a"), pending("b"), pending("c")], UNREACHABLE)
-    EventLog(workspace, "w1").emit("a", Status.FAILED)
+    LogWriter(workspace, "w1").emit("a", Status.FAILED)
     set_pause(workspace, True, by="someone", reason="maintenance")
     body = client.get("/api/summary").get_json()
     assert body["queue"]["by_status"] == {"pending": 2, "failed": 1}
@@ -413,10 +413,10 @@ def test_the_summary_reaches_a_running_api(
 def test_a_malformed_log_line_is_shown_with_its_line_number(
     client: PanelClient, workspace: Workspace
 ) -> None:
-    EventLog(workspace, "w1").emit("a", Status.PENDING)
+    LogWriter(workspace, "w1").emit("a", Status.PENDING)
     with open(workspace.log_path, "a") as handle:
         handle.write("{broken\n")
-    EventLog(workspace, "w1").emit("a", Status.IN_PROGRESS)
+    LogWriter(workspace, "w1").emit("a", Status.IN_PROGRESS)
     info = client.get("/api/summary").get_json()["log"]
     assert info["events"] == 2 and info["malformed_count"] == 1
     assert info["malformed"][0]["line"] == 2
@@ -479,7 +479,7 @@ def test_a_worker_that_only_logged_recently_is_not_alive(
     client: PanelClient, workspace: Workspace
 ) -> None:
     """Regression: the log alone once made a crashed worker look alive for minutes."""
-    EventLog(workspace, "crashed").emit("t", Status.IN_PROGRESS)
+    LogWriter(workspace, "crashed").emit("t", Status.IN_PROGRESS)
     assert client.get("/api/summary").get_json()["workers"] == []
 
 
@@ -626,7 +626,7 @@ def test_the_detail_has_the_timeline_prompt_output_and_plan_links(
         ],
         UNREACHABLE,
     )
-    events = EventLog(workspace, "w1")
+    events = LogWriter(workspace, "w1")
     events.emit("parent", Status.IN_PROGRESS)
     events.emit("parent", Status.QUEUED, phase4_subtasks=["child-1", "child-2"])
     events.emit("done", Status.APPROVED, review_verdict="APPROVE", review_issues=[])
@@ -651,7 +651,7 @@ def test_an_archived_task_still_has_its_timeline(client: PanelClient, workspace:
         "failed": [],
     }
     workspace.queue_path.write_text(json.dumps(document))
-    EventLog(workspace, "w1").emit("old", Status.COMPLETED, output="from the log")
+    LogWriter(workspace, "w1").emit("old", Status.COMPLETED, output="from the log")
     detail = client.get("/api/tasks/old").get_json()
     assert detail["archived"] is True and detail["task"] is None
     assert detail["output"] == "from the log"
@@ -670,7 +670,7 @@ def test_an_unknown_task_is_404_and_a_bad_id_400(client: PanelClient, workspace:
 def test_events_give_a_backlog_then_what_follows_a_cursor(
     client: PanelClient, workspace: Workspace
 ) -> None:
-    events = EventLog(workspace, "w1")
+    events = LogWriter(workspace, "w1")
     for name in ("a", "b", "c"):
         events.emit(name, Status.PENDING)
     backlog = client.get("/api/events?limit=2").get_json()
@@ -685,9 +685,9 @@ def test_events_give_a_backlog_then_what_follows_a_cursor(
 def test_a_long_poll_returns_as_soon_as_an_event_is_appended(
     client: PanelClient, workspace: Workspace
 ) -> None:
-    EventLog(workspace, "w1").emit("a", Status.PENDING)
+    LogWriter(workspace, "w1").emit("a", Status.PENDING)
     cursor = client.get("/api/events").get_json()["cursor"]
-    writer = threading.Thread(target=EventLog(workspace, "w1").emit, args=("b", Status.PENDING))
+    writer = threading.Thread(target=LogWriter(workspace, "w1").emit, args=("b", Status.PENDING))
     writer.start()
     body = client.get(f"/api/events?after={cursor}&wait=10").get_json()
     writer.join()
@@ -697,7 +697,7 @@ def test_a_long_poll_returns_as_soon_as_an_event_is_appended(
 def test_the_stream_sends_a_backlog_with_resumable_ids(
     client: PanelClient, workspace: Workspace
 ) -> None:
-    events = EventLog(workspace, "w1")
+    events = LogWriter(workspace, "w1")
     events.emit("a", Status.PENDING)
     events.emit("b", Status.PENDING)
     text = first_stream_chunks(client, count=2, query_string={"backlog": 1})
@@ -713,7 +713,7 @@ def test_the_stream_sends_a_backlog_with_resumable_ids(
 def test_a_stale_last_event_id_makes_the_stream_start_over(
     client: PanelClient, workspace: Workspace
 ) -> None:
-    EventLog(workspace, "w1").emit("a", Status.PENDING)
+    LogWriter(workspace, "w1").emit("a", Status.PENDING)
     text = first_stream_chunks(client, headers={"Last-Event-ID": "gone:12"})
     assert "event: reset" in text
 

@@ -10,7 +10,8 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import ROOT, child_env, wait_until
+from conftest import ROOT, Clock, child_env, read_events, wait_until
+from helpers.event_writer import insert_rows
 from pydantic import SecretStr
 
 from swarm_runtime.contract import Status, validate_queue_contract
@@ -355,7 +356,9 @@ def test_events_are_rows_read_from_a_cursor_with_every_field_kept(database_url: 
             build_event("a", "w1", Status.COMPLETED, output="ok\n", exit_code=0),
             build_event("b", "w2", Status.LEASE_EXPIRED, previous_holder={"pid": 1}, reason="x"),
         ]
-        ids = [events.append(record) for record in records]
+        insert_rows(database, records[:2])
+        insert_rows(database, records[2:])
+        ids = [event_id for event_id, _ in events.read()]
         assert ids == sorted(ids) and len(set(ids)) == 3
         assert [record for _, record in events.read()] == records
         assert list(next(iter(events.read()))[1])[:4] == [
@@ -374,16 +377,17 @@ def test_events_are_rows_read_from_a_cursor_with_every_field_kept(database_url: 
         database.close()
 
 
-def test_events_appended_from_many_threads_all_land_once_in_order(database_url: str) -> None:
+def test_events_inserted_from_many_threads_all_land_once_in_order(database_url: str) -> None:
     from swarm_runtime.store.events import DatabaseEvents, build_event
 
     databases = [Database.connect(database_url, pool_size=1) for _ in range(4)]
     try:
 
         def append(index: int) -> None:
-            sink = DatabaseEvents(databases[index])
-            for n in range(25):
-                sink.append(build_event(f"t{index}-{n}", f"w{index}", Status.IN_PROGRESS))
+            for n in range(0, 25, 5):
+                batch = range(n, n + 5)
+                records = [build_event(f"t{index}-{m}", f"w{index}", Status.PENDING) for m in batch]
+                insert_rows(databases[index], records)
 
         threads = [threading.Thread(target=append, args=(i,)) for i in range(4)]
         for thread in threads:
@@ -443,3 +447,63 @@ def test_a_worker_whose_clock_runs_behind_is_still_seen_alive(
         assert abs(seen[0].last_seen - time.time()) < 10
     finally:
         database.close()
+
+
+def test_a_finish_commits_its_events_with_it_or_none_of_them(
+    database_url: str, workspace: Workspace, clock: Clock
+) -> None:
+    """On the database a transition and its events are one transaction: a finish refused
+    for a lost lease leaves no row; a committed one leaves its events as rows, in order,
+    and in this host's file. A claim by row commits its start, as a full claim does."""
+    from swarm_runtime.errors import LeaseLostError
+    from swarm_runtime.queue.postgres import PostgresQueueStore
+    from swarm_runtime.store.events import DatabaseEvents, EventLog
+
+    store = PostgresQueueStore(Database.connect(database_url), workspace=workspace, clock=clock)
+    me, other = WorkerIdentity("w1"), WorkerIdentity("w2")
+    rows = DatabaseEvents(store.database)
+    try:
+        store.add({"id": "t", "prompt": "p"})
+        claim = store.claim(me, 30)
+        assert claim.task is not None and claim.started_at is not None
+        clock.now += 60
+        assert store.claim(other, 30).task is not None  # takes over the expired lease
+        late = EventLog("w1").build("t", Status.COMPLETED, output="late")
+        with pytest.raises(LeaseLostError):
+            store.finish("t", me, Status.COMPLETED, events=[late])
+        before = [(r["worker_id"], r["status"]) for _, r in rows.read()]
+        assert before == [("w1", "in_progress"), ("w2", "lease_expired"), ("w2", "in_progress")]
+        assert rows.read()[0][1]["started_at"] == claim.started_at
+        log = EventLog("w2")
+        step = log.build("t", Status.IN_PROGRESS, output="halfway")
+        done = log.build("t", Status.COMPLETED, output="ok")
+        store.finish("t", other, Status.COMPLETED, events=[step, done])
+        committed = [record for _, record in rows.read()]
+        assert committed[-2:] == [step, done] and len(committed) == 5
+        assert read_events(workspace) == committed
+    finally:
+        store.close()
+
+
+def test_a_workers_note_goes_in_only_while_it_holds_the_task(
+    database_url: str, workspace: Workspace
+) -> None:
+    """`log_events` by row: a note for a task its writer no longer holds (or that is not
+    there) is refused whole, and leaves no row."""
+    from swarm_runtime.queue.postgres import PostgresQueueStore
+    from swarm_runtime.store.events import DatabaseEvents, build_event
+
+    store = PostgresQueueStore(Database.connect(database_url), workspace=workspace)
+    me, other = WorkerIdentity("w1"), WorkerIdentity("w2")
+    try:
+        store.add({"id": "t", "prompt": "p"})
+        assert store.claim(me, 30).task is not None
+        note = build_event("t", "w1", Status.IN_PROGRESS, output="retrying")
+        assert store.log_events([note], holder=me)
+        assert not store.log_events([note], holder=other)
+        assert not store.log_events([note, build_event("gone", "w1", Status.PENDING)], holder=me)
+        rows = [record for _, record in DatabaseEvents(store.database).read()]
+        assert [r["status"] for r in rows] == ["in_progress", "in_progress"] and rows[1] == note
+        assert read_events(workspace) == rows
+    finally:
+        store.close()

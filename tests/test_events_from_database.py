@@ -15,12 +15,15 @@ from typing import Any
 import pytest
 from conftest import RunningProcess, child_env, read_events, run_worker, wait_until
 from flask import Flask
+from helpers.event_writer import LogWriter
 from pydantic import SecretStr
 
 from swarm_runtime.contract import DEFAULT_PANEL_PORT, Status
 from swarm_runtime.errors import StoreUnavailable
 from swarm_runtime.panel.app import create_app
 from swarm_runtime.panel.stream import event_stream, parse_cursor
+from swarm_runtime.queue.leases import WorkerIdentity
+from swarm_runtime.queue.postgres import PostgresQueueStore
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.database import Database
 from swarm_runtime.store.event_rows import ROWS_EPOCH, RowIndex
@@ -40,7 +43,7 @@ class Host:
         self.workspace = workspace
         self.url = database_url
         self.database = Database.connect(database_url, pool_size=1)
-        self.log = EventLog(workspace, worker_id, self.database)
+        self.log = LogWriter(workspace, worker_id, self.database)
 
     def emit(self, task_id: str, status: Status, **fields: Any) -> dict[str, Any]:
         return self.log.emit(task_id, status, **fields)
@@ -139,38 +142,48 @@ def test_rows_read_back_exactly_as_the_file_holds_them(hosts: tuple[Host, Host])
         from_file.close()
 
 
-def test_events_written_while_the_database_is_away_reach_it_in_order_once_it_is_back(
+def test_a_transition_the_database_cannot_take_leaves_no_event_and_its_retry_commits_both(
     tmp_path: Any, postgres_cluster: Any
 ) -> None:
-    """Regression: an event the database refused was kept in the host's file only, so the
-    fleet's panel never saw it. Now it waits in memory and goes before the next one."""
+    """Events went in after their transition, on their own, so those the database refused
+    during an outage waited in the writer's memory. Now an event is committed with its
+    transition or not at all: a transition the database cannot take fails whole, leaving
+    no row and no line in the host's file, and the retry (the worker's `_commit`)
+    commits both."""
     name = postgres_cluster.fresh_database()
     workspace = Workspace(tmp_path / "host")
     workspace.ensure_layout()
     database = Database.connect(postgres_cluster.url(name), pool_size=1, checkout_timeout=1.0)
-    log = EventLog(workspace, "w", database, host="host-a")
+    store = PostgresQueueStore(database, workspace=workspace)
+    me = WorkerIdentity("w", host="host-a")
+    done = EventLog("w", host="host-a").build("t", Status.COMPLETED, output="ok")
+
+    def finished() -> bool:
+        try:
+            store.finish("t", me, Status.COMPLETED, events=[done])
+        except StoreUnavailable:
+            return False
+        return True
+
     try:
-        log.emit("t", Status.IN_PROGRESS, attempt=1)
+        store.add({"id": "t", "prompt": "p"})
+        assert store.claim(me, 60).task is not None
         postgres_cluster.admin(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
         postgres_cluster.admin(
             f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
         )
-        log.emit("t", Status.PENDING_REVIEW)
-        log.emit("t", Status.APPROVED)
-        assert len(log.unsent) == 2 and len(read_events(workspace)) == 3
+        assert not finished()
+        assert [event["status"] for event in read_events(workspace)] == ["in_progress"]
         postgres_cluster.admin(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
-        log.emit("u", Status.IN_PROGRESS, attempt=1)
-        wait_until(log.send_unsent, timeout=30)  # the pool reconnects with its own backoff
+        wait_until(finished, timeout=30)  # the pool reconnects with its own backoff
         rows = [record for _, record in DatabaseEvents(database).read()]
-        assert rows == read_events(workspace) and log.unsent == []
+        assert rows == read_events(workspace) and rows[-1] == done
         assert [(r["task_id"], r["status"], r["host"]) for r in rows] == [
             ("t", "in_progress", "host-a"),
-            ("t", "pending_review", "host-a"),
-            ("t", "approved", "host-a"),
-            ("u", "in_progress", "host-a"),
+            ("t", "completed", "host-a"),
         ]
     finally:
-        database.close()
+        store.close()
         postgres_cluster.drop(name)
 
 

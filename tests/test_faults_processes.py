@@ -128,13 +128,13 @@ def test_a_frozen_worker_loses_its_expired_lease_and_records_nothing_after_it(
     finals = [e for e in events if e["status"] in FINAL - {"completed"}]
     assert [(e["worker_id"], e["status"]) for e in finals] == [("rescuer", "approved")]
     # The frozen worker's own execution did happen (its answer arrived while it slept), so
-    # the log keeps it, under attempt 1, after the reclaim; nothing of its review follows.
+    # the log keeps it, under attempt 1, after the reclaim: as a discarded result, fenced
+    # out of the task's status (once it read `completed` there, after the approval).
     frozen_events = [(e["status"], e["attempt"]) for e in events if e["worker_id"] == "frozen"]
-    assert frozen_events == [("in_progress", 1), ("completed", 1)]
-    late = next(
-        i for i, e in enumerate(events) if e["worker_id"] == "frozen" and e["status"] == "completed"
-    )
-    assert events.index(reclaim) < late
+    assert frozen_events == [("in_progress", 1), ("result_discarded", 1)]
+    (late,) = [e for e in events if e["status"] == "result_discarded"]
+    assert late["discarded_status"] == "completed" and "lease" in late["errors"]
+    assert events.index(reclaim) < events.index(late)
     assert [
         e["attempt"] for e in events if e["worker_id"] == "rescuer" and e["status"] == "completed"
     ] == [2]

@@ -8,12 +8,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers.event_writer import LogWriter
 
 from swarm_runtime.contract import Status
 from swarm_runtime.panel.log_tail import EVENT_PREFIX, JsonlFold, JsonlTail, LogIndex
 from swarm_runtime.store import log_index
 from swarm_runtime.store.event_source import EventFilter, IndexedEvent
-from swarm_runtime.store.events import EventLog, build_event, event_source
+from swarm_runtime.store.events import build_event, event_source
 from swarm_runtime.store.state_files import Workspace, append_line
 
 
@@ -41,7 +42,7 @@ def index(log_path: Path) -> LogIndex:
 
 def test_the_fast_path_matches_what_the_event_log_writes(workspace: Workspace) -> None:
     """A change in the writer's key order would silently send every line down the slow path."""
-    EventLog(workspace, "worker-1").emit("t-1", Status.IN_PROGRESS, output="x")
+    LogWriter(workspace, "worker-1").emit("t-1", Status.IN_PROGRESS, output="x")
     written = workspace.log_path.read_bytes()
     match = EVENT_PREFIX.match(written)
     assert match is not None

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import Backend, on_both_backends, read_events, wait_until
 from flask import Flask
+from helpers.event_writer import LogWriter
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from test_worker_in_process import Answer, Harness, completed, make_harness
@@ -39,7 +40,6 @@ from swarm_runtime.queue.select import store_for
 from swarm_runtime.queue.store import WorkerIdentity
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.documents import documents_for
-from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.worker.cycle_client import Dispatch
 
@@ -179,6 +179,16 @@ def make_queue(backend: Backend) -> float:
         store.close()
 
 
+def forget_events(backend: Backend) -> None:
+    """The transitions above committed their own events; `make_events` writes the ones
+    the scrape is checked against instead."""
+    if backend.database is None:
+        backend.workspace.log_path.write_bytes(b"")
+        return
+    with backend.database.transaction() as conn:
+        conn.execute("DELETE FROM swarm_events")
+
+
 def started(seconds: float, claimed_at: float) -> dict[str, Any]:
     """The worker's in_progress event for an attempt it claimed at `claimed_at`."""
     return {"kind": ExecutionEvent, "started_at": at(seconds), "claimed_at": claimed_at}
@@ -186,7 +196,7 @@ def started(seconds: float, claimed_at: float) -> dict[str, Any]:
 
 def make_events(backend: Backend, claimed_at: float) -> None:
     """Claim to start: 0.02 s for t1, 0.3 s for t3, 2 s for t4 (held now)."""
-    host_a = EventLog(backend.workspace, "w-a1", backend.database)
+    host_a = LogWriter(backend.workspace, "w-a1", backend.database)
     epoch = T0.timestamp()
     host_a.emit("t1", Status.IN_PROGRESS, attempt=1, **started(0, epoch - 0.02))
     host_a.emit("t1", Status.COMPLETED, started_at=at(0), completed_at=at(0.3))
@@ -199,7 +209,7 @@ def make_events(backend: Backend, claimed_at: float) -> None:
     host_a.emit("t1", Status.PENDING_REVIEW, **review)
     host_a.emit("t1", Status.APPROVED, **review)
     host_a.emit("gone", Status.FAILED, completed_at=at(5))
-    host_c = EventLog(backend.workspace, "w-c1", backend.database)
+    host_c = LogWriter(backend.workspace, "w-c1", backend.database)
     start = (claimed_at + 2.0) - epoch
     host_c.emit("t4", Status.IN_PROGRESS, attempt=1, **started(start, claimed_at))
     retry = {"kind": ApiRetryEvent, "api_retry": 1, "errors": "API returned 503"}
@@ -217,7 +227,9 @@ def make_presence(backend: Backend) -> None:
 @pytest.fixture
 def fleet(backend: Backend) -> Iterator[tuple[Flask, BudgetLedger]]:
     ledger = make_calls(backend)
-    make_events(backend, make_queue(backend))
+    claimed_at = make_queue(backend)
+    forget_events(backend)
+    make_events(backend, claimed_at)
     make_presence(backend)
     app = create_app(backend.settings)
     yield app, ledger
@@ -299,7 +311,7 @@ def test_the_scrape_follows_what_is_appended_and_counts_each_record_once(
     again = samples(app)
     assert again["swarm_task_run_seconds_count"] == first["swarm_task_run_seconds_count"]
     assert again["swarm_llm_calls_total"] == first["swarm_llm_calls_total"]
-    EventLog(backend.workspace, "w-b1", backend.database).emit(
+    LogWriter(backend.workspace, "w-b1", backend.database).emit(
         "t5", Status.COMPLETED, started_at=at(0), completed_at=at(1.0)
     )
     later = buckets(samples(app), "swarm_task_run_seconds", status="completed")

@@ -25,6 +25,7 @@ from conftest import (
     wait_until,
     write_queue,
 )
+from helpers.event_writer import LogWriter
 
 from swarm_runtime.cli import swarm_main
 from swarm_runtime.contract import CLI_WORKER_ID, PANEL_WORKER_ID, OperatorEvent, Status
@@ -36,7 +37,6 @@ from swarm_runtime.queue.presence import PresenceBeacon
 from swarm_runtime.queue.store import WorkerIdentity
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.event_lines import Envelope
-from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.pause import read_pause
 from swarm_runtime.store.state_files import Workspace
 
@@ -157,7 +157,7 @@ def test_tasks_prints_a_table_and_says_when_rows_are_left_out(queue: Workspace) 
 
 
 def test_show_gives_the_task_and_its_timeline(queue: Workspace) -> None:
-    log = EventLog(queue, "w1")
+    log = LogWriter(queue, "w1")
     log.emit("poem-2", Status.IN_PROGRESS, attempt=1, mode="llm")
     log.emit("other", Status.IN_PROGRESS)
     log.emit("poem-2", Status.FAILED, errors="provider said no\n\x1b[31mred")
@@ -175,7 +175,7 @@ def test_show_gives_the_task_and_its_timeline(queue: Workspace) -> None:
 def test_show_knows_a_task_only_the_log_has_and_refuses_an_unknown_one(
     queue: Workspace,
 ) -> None:
-    EventLog(queue, "w1").emit("gone", Status.COMPLETED)
+    LogWriter(queue, "w1").emit("gone", Status.COMPLETED)
     detail = as_json(swarm(queue, "show", "gone", "--json"))
     assert detail["task"] is None and detail["timeline_total"] == 1
     assert "known only from the log" in swarm(queue, "show", "gone").stdout
@@ -283,7 +283,7 @@ def test_pause_and_resume_write_the_switch_workers_read(workspace: Workspace) ->
 
 @pytest.fixture
 def history(workspace: Workspace) -> Workspace:
-    w1, w2 = EventLog(workspace, "w1"), EventLog(workspace, "w2")
+    w1, w2 = LogWriter(workspace, "w1"), LogWriter(workspace, "w2")
     w1.emit("a", Status.IN_PROGRESS, attempt=1, mode="local")
     w2.emit("b", Status.IN_PROGRESS, attempt=1)
     w1.emit("a", Status.COMPLETED, result_summary="x" * 2000)
@@ -330,8 +330,8 @@ def test_events_follow_prints_each_new_event_until_ctrl_c(
         wait_for_url=False,
     )
     wait_until(lambda: "boom" in follower.output)
-    EventLog(history, "w3").emit("a", Status.IN_PROGRESS)
-    EventLog(history, "w3").emit("b", Status.REQUEUE, operator_action="requeue")
+    LogWriter(history, "w3").emit("a", Status.IN_PROGRESS)
+    LogWriter(history, "w3").emit("b", Status.REQUEUE, operator_action="requeue")
     wait_until(lambda: "operator requeue" in follower.output)
     assert follower.stop(signal.SIGINT) == 0
     lines = follower.output.splitlines()

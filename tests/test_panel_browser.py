@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import RunningProcess, child_env, read_queue, wait_until, write_queue
 from fake_llm_server import FakeLLMServer
+from helpers.event_writer import LogWriter
 from helpers.screenshot_panel import CHROMIUM_ARGS, take
 
 from swarm_runtime.contract import ExecutionRecord, Status
@@ -25,7 +26,6 @@ from swarm_runtime.llm.budget import BudgetLedger
 from swarm_runtime.phases.rewards import RewardBook
 from swarm_runtime.queue.presence import PresenceBeacon
 from swarm_runtime.queue.store import WorkerIdentity
-from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.pause import read_pause
 from swarm_runtime.store.state_files import Workspace, append_line
 
@@ -113,7 +113,7 @@ def test_the_page_loads_without_console_errors(
         [{"id": "t1", "prompt": "hello"}, {"id": "t2", "prompt": "again", "depends_on": ["t1"]}],
         panel.url,
     )
-    EventLog(workspace, "worker-1").emit("t1", Status.IN_PROGRESS)
+    LogWriter(workspace, "worker-1").emit("t1", Status.IN_PROGRESS)
     page = open_panel(watched, panel)
     page.locator("#task-rows tr").nth(1).wait_for()
     page.locator("#events li").first.wait_for()
@@ -130,7 +130,7 @@ def test_an_event_appended_to_the_log_appears_in_the_page(
 ) -> None:
     page = open_panel(watched, panel)
     appended = time.monotonic()
-    EventLog(workspace, "worker-9").emit(
+    LogWriter(workspace, "worker-9").emit(
         "late-task", Status.COMPLETED, result_summary="appended after the page loaded"
     )
     row = page.locator("#events li", has_text="late-task")
@@ -288,7 +288,7 @@ def test_task_output_containing_a_script_shows_as_text(
         ],
         panel.url,
     )
-    EventLog(workspace, "worker-1").emit("xss", Status.COMPLETED, output=XSS, errors=XSS)
+    LogWriter(workspace, "worker-1").emit("xss", Status.COMPLETED, output=XSS, errors=XSS)
     page = open_panel(watched, panel, "#task=xss")
     page.locator("#detail-output", has_text=XSS).wait_for()
     assert text_of(page, "#detail-output") == XSS
@@ -303,7 +303,7 @@ def test_task_output_containing_a_script_shows_as_text(
 def test_the_live_list_holds_a_bounded_number_of_rows(
     watched: Watched, panel: RunningProcess, workspace: Workspace
 ) -> None:
-    events = EventLog(workspace, "worker-1")
+    events = LogWriter(workspace, "worker-1")
     page = open_panel(watched, panel)
     for number in range(230):
         events.emit(f"bulk-{number}", Status.PENDING)
@@ -398,7 +398,7 @@ def test_expandable_timeline_rows_show_a_marker(
     watched: Watched, panel: RunningProcess, workspace: Workspace
 ) -> None:
     write_queue(workspace, [{"id": "t1", "prompt": "p"}], panel.url)
-    events = EventLog(workspace, "worker-1")
+    events = LogWriter(workspace, "worker-1")
     events.emit("t1", Status.IN_PROGRESS, mode="llm", attempt=1)
     events.emit("t1", Status.PENDING)
     page = open_panel(watched, panel, "#task=t1")
@@ -411,7 +411,7 @@ def test_expandable_timeline_rows_show_a_marker(
     page.locator("#detail-timeline dd", has_text="llm").wait_for()
     assert page.locator("#detail-timeline li").count() == 2
     assert page.locator("#detail-timeline .entry").count() == 1, "nothing to expand, no marker"
-    EventLog(workspace, "worker-1").emit("t1", Status.IN_PROGRESS, mode="local")
+    LogWriter(workspace, "worker-1").emit("t1", Status.IN_PROGRESS, mode="local")
     page.locator("#detail-timeline dd", has_text="local").wait_for(state="attached")
     assert page.locator("#detail-timeline details[open] dd", has_text="llm").is_visible()
     assert watched.errors == []
@@ -539,7 +539,7 @@ def test_on_a_database_the_page_shows_every_hosts_events_and_where_they_are(
         elsewhere.ensure_layout()
         database = Database.connect(database_url)
         try:
-            EventLog(elsewhere, "worker-b", database).emit("remote-task", Status.IN_PROGRESS)
+            LogWriter(elsewhere, "worker-b", database).emit("remote-task", Status.IN_PROGRESS)
         finally:
             database.close()
         page.locator("#events li", has_text="remote-task").wait_for()
@@ -571,8 +571,8 @@ def test_the_workers_view_shows_both_hosts_and_the_host_filter_narrows_every_lis
         ],
         panel.url,
     )
-    EventLog(workspace, "a1", host="host-a").emit("event-of-a", Status.IN_PROGRESS)
-    EventLog(workspace, "b1", host="host-b").emit("event-of-b", Status.IN_PROGRESS)
+    LogWriter(workspace, "a1", host="host-a").emit("event-of-a", Status.IN_PROGRESS)
+    LogWriter(workspace, "b1", host="host-b").emit("event-of-b", Status.IN_PROGRESS)
     page = open_panel(watched, panel)
     page.click('.tab-button[data-tab="workers"]')
     rows = page.locator("#worker-rows tr")

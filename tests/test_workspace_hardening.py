@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, child_env
+from helpers.event_writer import LogWriter
 
 from swarm_runtime.contract import Status, Verdict
 from swarm_runtime.errors import UnsafeStateError
@@ -27,7 +28,6 @@ from swarm_runtime.phases.quality_gate import QualityGate
 from swarm_runtime.queue.store import QueueStore
 from swarm_runtime.settings import Settings
 from swarm_runtime.store import private, state_files
-from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.pause import read_pause
 from swarm_runtime.store.state_files import (
     FileLock,
@@ -106,7 +106,7 @@ def test_a_symlinked_event_log_is_refused_and_not_appended_to(
 ) -> None:
     plant_link(workspace.log_path, victim)
     with pytest.raises(UnsafeStateError) as excinfo:
-        EventLog(workspace, "w1").emit("t1", Status.IN_PROGRESS)
+        LogWriter(workspace, "w1").emit("t1", Status.IN_PROGRESS)
     assert_refused(excinfo, workspace.log_path)
     assert victim.read_bytes() == SECRET
 
@@ -282,7 +282,7 @@ def write_everything(ws: Workspace) -> None:
     resolve_token(Settings(workspace=ws.root), ws)
     QueueStore(ws).add_many([{"id": f"t{i}", "prompt": "hello"} for i in range(1, 20)])
     QueueStore(ws, small_queue_bytes=0).add({"id": "t20", "prompt": "hello"})  # the journal
-    EventLog(ws, "w1").emit("t1", Status.IN_PROGRESS)
+    LogWriter(ws, "w1").emit("t1", Status.IN_PROGRESS)
     review = Review(verdict=Verdict.APPROVE, confidence=0.9)
     QualityGate(ws).record("t1", "text", "model", review, 0)
     update_json(ws, ws.budget_ledger_path, lambda doc: (doc, None), dict)
@@ -319,9 +319,9 @@ def test_a_hand_written_queue_json_is_tightened_at_open_with_a_log_line(
 
 
 def test_a_loose_log_is_tightened_by_the_next_append(workspace: Workspace) -> None:
-    EventLog(workspace, "w1").emit("t1", Status.IN_PROGRESS)
+    LogWriter(workspace, "w1").emit("t1", Status.IN_PROGRESS)
     workspace.log_path.chmod(0o666)
-    EventLog(workspace, "w1").emit("t1", Status.COMPLETED)
+    LogWriter(workspace, "w1").emit("t1", Status.COMPLETED)
     assert mode_of(workspace.log_path) == 0o600
     assert len(workspace.log_path.read_text().splitlines()) == 2
 

@@ -22,7 +22,7 @@ from swarm_runtime.contract import ReviewFields, Status
 from swarm_runtime.llm.budget import UNKNOWN_MODEL
 from swarm_runtime.llm.wrapper import REFUSAL_EVENTS
 from swarm_runtime.panel.audit import parse_time
-from swarm_runtime.store.event_source import EventSource
+from swarm_runtime.store.event_source import EventSource, sets_last_status
 
 # The API audit's events (llm.wrapper): a call answered, a call that failed.
 CALL_OUTCOMES = {"API_CALL_SUCCESS": "success", "API_CALL_FAILURE": "failure"}
@@ -98,7 +98,7 @@ def execution_run(event: dict[str, Any]) -> tuple[str, float] | None:
     The worker logs an execution's end once, with its started_at and completed_at; review
     events repeat those facts (and move completed_at to the verdict), so they are left out,
     as are events without both times (a failure propagated from a dependency never ran)."""
-    if REVIEW_KEYS & event.keys():
+    if REVIEW_KEYS & event.keys() or not sets_last_status(str(event.get("status"))):
         return None
     started, ended = parse_time(event.get("started_at")), parse_time(event.get("completed_at"))
     if started is None or ended is None:

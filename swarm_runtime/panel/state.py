@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from swarm_runtime.contract import PANEL_WORKER_ID, QueueDocument
+from swarm_runtime.contract import QueueDocument
 from swarm_runtime.errors import StateFileError, StoreUnavailable
 from swarm_runtime.llm.budget import BudgetLedger
 from swarm_runtime.panel.audit import SafetyBlocks, SpendSeries
@@ -32,7 +32,7 @@ from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.documents import SharedDocument, documents_for
 from swarm_runtime.store.event_source import EventSource, Outage
-from swarm_runtime.store.events import EventLog, event_source
+from swarm_runtime.store.events import event_source
 from swarm_runtime.store.state_files import Workspace
 
 log = logging.getLogger("control_panel")
@@ -111,7 +111,6 @@ class Panel:
         ws.ensure_layout()
         self.store = store_for(settings, ws)
         self.documents = documents_for(settings, ws)
-        self.events = EventLog(ws, PANEL_WORKER_ID, self.documents.database)
         self.csrf_token = secrets.token_urlsafe(32)
         self.scrub = SecretScrubber(settings, ws)
         self.stop = threading.Event()

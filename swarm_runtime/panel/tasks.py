@@ -22,6 +22,7 @@ from swarm_runtime.panel.state import Panel
 from swarm_runtime.panel.stream import event_item
 from swarm_runtime.queue.fleet import Placement, task_host
 from swarm_runtime.queue.overview import counts_by_status, select_tasks, task_summary
+from swarm_runtime.store.event_source import sets_last_status
 from swarm_runtime.web.json_errors import HttpError
 
 T = TypeVar("T")
@@ -96,7 +97,8 @@ def latest_field(name: str, task: Task | None, timeline: list[IndexedEvent]) -> 
         value = getattr(task.execution, name, None)
         if value:
             return value
-    return next((e.event[name] for e in reversed(timeline) if e.event.get(name)), None)
+    said = (e.event for e in reversed(timeline) if sets_last_status(e.event.get("status", "")))
+    return next((event[name] for event in said if event.get(name)), None)
 
 
 def task_links(

@@ -31,6 +31,7 @@ from swarm_runtime.contract import (
 )
 from swarm_runtime.errors import StateFileError, SwarmError
 from swarm_runtime.phases.critic import Review
+from swarm_runtime.queue.transition_events import Effect, EffectResult
 from swarm_runtime.store.documents import FileDocument, SharedDocument
 from swarm_runtime.store.events import cap_text
 from swarm_runtime.store.state_files import Workspace
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 TITLE_CHARS = 240
 DESCRIPTION_BYTES = 2_000
 GateDecision = Literal[Status.APPROVED, QualityGateStatus.REJECTED]
+# The name under which a queue transaction vouches for a vote (`queue.transition_events`).
+GATE_APPLIER = "quality_gate"
 
 
 class Vote(BaseModel):
@@ -105,6 +108,18 @@ class QualityGate:
         now: datetime | None = None,
     ) -> QualityGateFields:
         """Cast the critic's vote on the task's change, creating the change on first review."""
+        return self._record(task_id, task_text, author_id, review, rejections, now=now)[0]
+
+    def _record(
+        self,
+        task_id: str,
+        task_text: str,
+        author_id: str,
+        review: Review,
+        rejections: int,
+        *,
+        now: datetime | None = None,
+    ) -> tuple[QualityGateFields, Change]:
         moment = iso(now or utc_now())
         vote = Vote(
             decision=decision_for(review),
@@ -115,14 +130,46 @@ class QualityGate:
             voted_at=moment,
         )
 
-        def mutate(raw: Any) -> tuple[dict[str, Any], QualityGateFields]:
+        def mutate(raw: Any) -> tuple[dict[str, Any], tuple[QualityGateFields, Change]]:
             document = parse_document(raw, self.path)
             change = _changed(document.changes.get(task_id), task_id, task_text, author_id, vote)
             document.changes[task_id] = change
             document.updated_at = moment
-            return document.model_dump(mode="json"), fields_for(task_id, vote)
+            return document.model_dump(mode="json"), (fields_for(task_id, vote), change)
 
         return self.document.update(mutate, lambda: _empty(moment))
+
+    def vote(
+        self, task_id: str, task_text: str, author_id: str, review: Review, rejections: int
+    ) -> Effect:
+        """`record_safely` as an effect of the review's transition: it adds the gate's
+        fields to the verdict's event and vouches for the change it wrote."""
+
+        def effect() -> EffectResult:
+            try:
+                fields, change = self._record(task_id, task_text, author_id, review, rejections)
+            except (SwarmError, OSError) as exc:
+                log.error("quality gate could not record task %s: %s", task_id, exc)
+                return EffectResult(gate_error_fields(review, exc))
+            vouch = (GATE_APPLIER, change.model_dump(mode="json"))
+            return EffectResult(fields.model_dump(mode="json"), vouch)
+
+        return effect
+
+    def redo(self, payload: Any) -> None:
+        """Put a vouched change back, unless the gate holds it already (`queue.store`)."""
+        change = Change.model_validate(payload)
+        moment = change.updated_at or change.created_at
+
+        def mutate(raw: Any) -> tuple[dict[str, Any] | None, None]:
+            document = parse_document(raw, self.path)
+            if document.changes.get(change.change_id) == change:
+                return None, None
+            document.changes[change.change_id] = change
+            document.updated_at = moment
+            return document.model_dump(mode="json"), None
+
+        self.document.update(mutate, lambda: _empty(moment))
 
     def record_safely(
         self,
@@ -139,11 +186,16 @@ class QualityGate:
             return self.record(task_id, task_text, author_id, review, rejections, now=now)
         except (SwarmError, OSError) as exc:
             log.error("quality gate could not record task %s: %s", task_id, exc)
-            return QualityGateFields(
-                quality_gate_status=QualityGateStatus.ERROR,
-                quality_gate_decision=decision_for(review),
-                quality_gate_error=str(exc),
-            )
+            return QualityGateFields.model_validate(gate_error_fields(review, exc))
+
+
+def gate_error_fields(review: Review, exc: Exception) -> dict[str, Any]:
+    """The event's quality_gate_* fields when the vote could not be recorded."""
+    return QualityGateFields(
+        quality_gate_status=QualityGateStatus.ERROR,
+        quality_gate_decision=decision_for(review),
+        quality_gate_error=str(exc),
+    ).model_dump(mode="json")
 
 
 def decision_for(review: Review) -> GateDecision:

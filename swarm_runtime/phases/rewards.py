@@ -60,6 +60,7 @@ from swarm_runtime.contract import (
     utc_now,
 )
 from swarm_runtime.errors import StateFileError, SwarmError
+from swarm_runtime.queue.transition_events import Effect, EffectResult
 from swarm_runtime.store.documents import FileDocument, SharedDocument, Together, together
 from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.reward_rows import Paid, RewardRows, RowsDocument, grant_key
@@ -76,6 +77,8 @@ FREE_TIME_CAP = 500
 JOURNAL_CAP = 200
 HISTORY_LIMIT = 50
 REFERENCE_HISTORY = "reference_history"
+# The name under which a queue transaction vouches for a grant (`queue.transition_events`).
+REWARD_APPLIER = "reward"
 IDENTITY_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 
 M = TypeVar("M", bound=BaseModel)
@@ -347,6 +350,8 @@ class RewardOutcome(BaseModel):
     granted_at: str | None = None
     ledger_recorded: bool | None = None
     error: str | None = None
+    # The grant this outcome paid, for the queue transaction to vouch for.
+    paid: Grant | None = Field(default=None, exclude=True)
 
     def event_fields(self) -> dict[str, Any]:
         """Every phase5_reward_* key, null where there is nothing to say."""
@@ -370,6 +375,7 @@ def not_approved_fields(identity_id: str | None) -> dict[str, Any]:
 def reported(grant: Grant, *, applied: bool) -> RewardOutcome:
     """A ledgered grant as an outcome: paid by this call, or found already paid."""
     return RewardOutcome(
+        paid=grant if applied else None,
         applied=applied,
         identity=grant.identity_id,
         reason=grant.reason if applied else Reason.ALREADY_GRANTED,
@@ -410,6 +416,10 @@ class RewardStore(Protocol):
     """Where grants are kept; either way `settle` pays a key at most once."""
 
     def settle(self, draft: Grant) -> RewardOutcome: ...
+
+    def redo(self, grant: Grant) -> None:
+        """Pay `grant`, settled and paid once before, unless the store still has it."""
+        ...
 
     def recover(self, moment: str) -> int:
         """Finish the grants a crash left pending; returns how many there were."""
@@ -499,6 +509,22 @@ class RewardBook:
         """Finish grants a crash left pending; returns how many there were."""
         return self._store.recover(timestamp(now))
 
+    def paying(self, task_id: str, identity_id: str, **terms: Any) -> Effect:
+        """`grant_safely` as an effect of the review's transition: it adds the phase5_*
+        fields to the verdict's event and vouches for the grant it paid."""
+
+        def effect() -> EffectResult:
+            outcome = self.grant_safely(task_id, identity_id, **terms)
+            paid = outcome.paid
+            vouch = None if paid is None else (REWARD_APPLIER, paid.model_dump(mode="json"))
+            return EffectResult(outcome.event_fields(), vouch)
+
+        return effect
+
+    def redo(self, payload: Any) -> None:
+        """Pay a vouched grant unless it is paid already (`queue.store`)."""
+        self._store.redo(parse_state(Grant, payload, self.ledger_path))
+
     def ledger(self) -> RewardLedger:
         """The ledger as it is now, for readers such as the control panel."""
         return parse_state(RewardLedger, self._ledger.read(dict), self.ledger_path)
@@ -535,6 +561,9 @@ class RowRewards:
 
     def recover(self, moment: str) -> int:
         return 0
+
+    def redo(self, grant: Grant) -> None:
+        """A database never loses a committed grant: there is nothing to redo."""
 
     def _decide(
         self, draft: Grant, entry: Any, balance_row: Any
@@ -576,6 +605,18 @@ class FileRewards:
     def recover(self, moment: str) -> int:
         with self._locked() as (ledger, balances):
             return len(self._finish_pending(ledger, balances, moment))
+
+    def redo(self, grant: Grant) -> None:
+        with self._locked() as (ledger, balances):
+            self._finish_pending(ledger, balances, grant.granted_at)
+            if grant.key in ledger.grants:
+                return
+            if not balances.has_paid(grant):
+                self._commit(ledger, balances, grant)
+                return
+            grant.state = GrantState.APPLIED
+            ledger.grants[grant.key] = grant
+            self._write(self.ledger_path, ledger)
 
     @contextmanager
     def _locked(self) -> Iterator[tuple[RewardLedger, Balances]]:

@@ -8,12 +8,13 @@ every host). Callers hold a `TaskQueue` and never learn which one it is.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
 
 from swarm_runtime.contract import ExecutionRecord, QueueDocument, Status, Task
 from swarm_runtime.queue.leases import WorkerIdentity
 from swarm_runtime.queue.transactions import ClaimOutcome
+from swarm_runtime.queue.transition_events import Effect, EventNote
 
 
 class TaskQueue(Protocol):
@@ -31,18 +32,33 @@ class TaskQueue(Protocol):
         """Return once the queue may have changed, `timeout` seconds passed, or `stop` is set."""
         ...
 
-    # the worker's transactions
+    # the worker's transactions: each commits its events with it, or nothing at all
 
-    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome: ...
+    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
+        """Commits the claim's own events: reclaimed leases, failures, the attempt's start."""
+        ...
 
     def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool: ...
 
     def record_execution(
-        self, task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
+        self,
+        task_id: str,
+        worker: WorkerIdentity,
+        execution: ExecutionRecord,
+        *,
+        events: Sequence[dict[str, Any]] = (),
+        **fields: Any,
     ) -> Task: ...
 
     def finish(
-        self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any
+        self,
+        task_id: str,
+        worker: WorkerIdentity,
+        status: Status,
+        *,
+        events: Sequence[dict[str, Any]] = (),
+        effects: Sequence[Effect] = (),
+        **fields: Any,
     ) -> Task: ...
 
     def plan(
@@ -51,21 +67,31 @@ class TaskQueue(Protocol):
         worker: WorkerIdentity,
         subtasks: list[dict[str, Any]],
         parent_updates: dict[str, Any],
+        *,
+        events: Sequence[dict[str, Any]] = (),
     ) -> list[Task]: ...
+
+    def log_events(
+        self, events: Sequence[dict[str, Any]], holder: WorkerIdentity | None = None
+    ) -> bool:
+        """Events that change no task; with `holder`, only while it holds their tasks."""
+        ...
 
     # adding work, and the operator's actions
 
-    def add(self, record: dict[str, Any]) -> Task: ...
+    def add(self, record: dict[str, Any], note: EventNote | None = None) -> Task: ...
 
-    def add_many(self, records: list[dict[str, Any]]) -> list[Task]: ...
+    def add_many(
+        self, records: list[dict[str, Any]], note: EventNote | None = None
+    ) -> list[Task]: ...
 
     def set_api_endpoint(self, endpoint: str) -> None: ...
 
-    def requeue(self, task_id: str) -> Task: ...
+    def requeue(self, task_id: str, note: EventNote | None = None) -> Task: ...
 
-    def cancel(self, task_id: str) -> Task: ...
+    def cancel(self, task_id: str, note: EventNote | None = None) -> Task: ...
 
-    def requeue_failed(self) -> list[Task]: ...
+    def requeue_failed(self, note: EventNote | None = None) -> list[Task]: ...
 
     def import_queue(self, document: QueueDocument) -> int:
         """Fill an empty queue with a queue.json document as it stands."""

@@ -1,16 +1,19 @@
 """`.swarm/queue_journal.jsonl`: the queue transactions not yet folded into queue.json.
 
 Rewriting queue.json costs as much as the queue is long (2 MB and 8 ms of disk at
-10,000 tasks); appending one record costs as much as the transaction changed. So a large
-queue appends each transaction here and folds the journal into queue.json only now and
-then (see `queue.store.QueueStore._persist`).
+10,000 tasks); appending one record costs as much as the transaction changed. So a
+transaction appends one record here (with the events it logs, and what it vouches for)
+and the journal is folded into queue.json only now and then (see
+`queue.store.QueueStore._persist`).
 
-The first line names the journal and the version of queue.json it continues (inode,
-mtime, size). The queue is that queue.json plus every complete record after it. Once
-queue.json is replaced by anything else (a fold, a small queue's rewrite, an operator's
-hand edit or deletion) the journal is obsolete and ignored: a fold already holds its
-records, and a hand edit overrules them, exactly as it overrules a rewrite. So a crash
-between a fold's rename and the journal's removal loses nothing and replays nothing.
+The first line names the journal, the version of queue.json it continues (inode,
+mtime, size) and the boot of the machine it was started in (`boot_id`): files written
+without an fsync since then survive a process's crash, not the machine's. The queue is
+that queue.json plus every complete record after it. Once queue.json is replaced by
+anything else (a fold, a small queue's rewrite, an operator's hand edit or deletion)
+the journal is obsolete and ignored: a fold already holds its records, and a hand edit
+overrules them, exactly as it overrules a rewrite. So a crash between a fold's rename
+and the journal's removal loses nothing and replays nothing.
 
 A last line without its newline is a write that never finished: it was not committed,
 is skipped, and the next append cuts it off. Writes happen under queue.json's lock;
@@ -23,6 +26,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -45,6 +49,9 @@ class JournalPosition:
     records: int = 0
     lines: int = 0
     first_at: float | None = None
+    boot: str | None = None
+    # A record vouches for files written without an fsync (`QueueJournalRecord.vouches`).
+    vouched: bool = False
 
 
 class QueueJournal:
@@ -73,10 +80,12 @@ class QueueJournal:
         try:
             with open_for_reading(self.path) as handle:
                 head = handle.readline()
-                name, follows = self._header(head)
+                name, follows, boot = self._header(head)
                 restarted = name != self.position.name
                 if restarted:
-                    self.position = JournalPosition(name, follows, end=len(head), lines=1)
+                    self.position = JournalPosition(
+                        name, follows, end=len(head), lines=1, boot=boot
+                    )
                 if follows != snapshot:
                     return restarted, []
                 handle.seek(self.position.end)
@@ -89,16 +98,17 @@ class QueueJournal:
         records = [self._parse(line) for line in complete.splitlines()]
         self.position.end += len(complete)
         self.position.records += len(records)
+        self.position.vouched |= any(record.vouches for record in records)
         if records and self.position.first_at is None:
             self.position.first_at = records[0].at
         return restarted, records
 
-    def _header(self, head: bytes) -> tuple[str, Version]:
+    def _header(self, head: bytes) -> tuple[str, Version, str | None]:
         try:
             header = json.loads(head)
-            name, follows = header["journal"], header["follows"]
+            name, follows, boot = header["journal"], header["follows"], header.get("boot")
             if isinstance(name, str) and head.endswith(b"\n"):
-                return name, tuple(follows) if follows is not None else None
+                return name, tuple(follows) if follows is not None else None, boot
         except (ValueError, KeyError, TypeError):
             pass
         raise QueueFileError(self.path, ["line 1: not a queue journal header"])
@@ -115,25 +125,31 @@ class QueueJournal:
 
     # writing
 
-    def append(self, record: QueueJournalRecord, snapshot: Version) -> None:
-        """Durably append `record` to the journal continuing queue.json at `snapshot`,
-        starting that journal if the one on disk continues something else."""
+    def append(self, record: QueueJournalRecord, snapshot: Version) -> bool:
+        """Append `record` to the journal continuing queue.json at `snapshot`, starting
+        that journal if the one on disk continues something else. True when the caller
+        must still make the record durable (`queue.group_commit`): a new journal is
+        written durably whole."""
         line = record.model_dump_json(exclude_unset=True).encode() + b"\n"
-        if self.position.name is None or self.position.follows != snapshot:
+        started = self.position.name is None or self.position.follows != snapshot
+        if started:
             self._start(line, snapshot)
         else:
-            self.position.end = append_after(self.path, self.position.end, line)
+            self.position.end = append_after(self.path, self.position.end, line, durable=False)
         self.position.records += 1
         self.position.lines += 1
+        self.position.vouched |= bool(record.vouches)
         if self.position.first_at is None:
             self.position.first_at = record.at
+        return not started
 
     def _start(self, first_record: bytes, snapshot: Version) -> None:
-        name = secrets.token_hex(8)
-        header = {"journal": name, "follows": snapshot, "started": time.time()}
+        name, boot = secrets.token_hex(8), boot_id()
+        header = {"journal": name, "follows": snapshot, "started": time.time(), "boot": boot}
         head = json.dumps(header).encode() + b"\n"
         atomic_write_bytes(self.path, head + first_record)
-        self.position = JournalPosition(name, snapshot, end=len(head) + len(first_record), lines=1)
+        end = len(head) + len(first_record)
+        self.position = JournalPosition(name, snapshot, end=end, lines=1, boot=boot)
 
     def discard(self) -> None:
         """The journal's records are in queue.json now (which already made it obsolete)."""
@@ -144,7 +160,20 @@ class QueueJournal:
     def size(self) -> int:
         return self.position.end
 
+    def from_another_boot(self) -> bool:
+        """Written before the machine last started: files it vouched for may be lost."""
+        return self.position.name is not None and self.position.boot != boot_id()
+
     def age(self) -> float:
         """Seconds since the oldest record not yet in queue.json was written (0 if none)."""
         first = self.position.first_at
         return 0.0 if first is None else max(0.0, time.time() - first)
+
+
+@cache
+def boot_id() -> str | None:
+    """This boot of the machine (Linux); None where the kernel does not say."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None

@@ -1,9 +1,9 @@
 """What an operator can do to the runtime, from the panel's buttons or the command line.
 
 One implementation behind both, so that they take the same input, go through the same
-store and lock as the workers, and leave the same trace: each change to a task is then
-logged as an `OperatorEvent` by the front end's own worker id, so the log tells the
-whole story. Pausing writes the kill switch workers read before each claim.
+store and lock as the workers, and leave the same trace: each change to a task commits
+an `OperatorEvent` by the front end's own worker id with it, so the log tells the whole
+story. Pausing writes the kill switch workers read before each claim.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from swarm_runtime.contract import OperatorAction, OperatorEvent, Task
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.new_task import known_ids, validate_new_task
+from swarm_runtime.queue.transition_events import EventNote
 from swarm_runtime.store.documents import SharedDocuments
 from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.pause import PauseState, set_pause
@@ -23,7 +24,7 @@ log = logging.getLogger("swarm.operator")
 
 
 class Acted(NamedTuple):
-    """A task as the action left it; `logged` is False when its event could not be written."""
+    """A task as the action left it; `logged`: its event was committed with it."""
 
     task: Task
     logged: bool
@@ -49,23 +50,23 @@ class Operations:
         self.database = documents.database if documents else None
         self.pause_switch = documents.pause if documents else None
         self.budget_document = documents.budget if documents else None
-        self.events = EventLog(workspace, operator_id, documents.database if documents else None)
+        self.events = EventLog(operator_id)
 
     def add(self, record: dict[str, Any]) -> Added:
         """Validate as every front end does, then append; a duplicate id is refused."""
         checked = validate_new_task(record, known_ids(self.store.load()))
-        task = self.store.add(checked.record)
-        return Added(self.logged(task, OperatorAction.ADD), checked.warnings)
+        task = self.store.add(checked.record, self.note(OperatorAction.ADD))
+        return Added(Acted(task, True), checked.warnings)
 
     def requeue(self, task_id: str) -> Acted:
-        return self.logged(self.store.requeue(task_id), OperatorAction.REQUEUE)
+        return Acted(self.store.requeue(task_id, self.note(OperatorAction.REQUEUE)), True)
 
     def cancel(self, task_id: str) -> Acted:
-        return self.logged(self.store.cancel(task_id), OperatorAction.CANCEL)
+        return Acted(self.store.cancel(task_id, self.note(OperatorAction.CANCEL)), True)
 
     def requeue_failed(self) -> list[Acted]:
-        action = OperatorAction.REQUEUE_FAILED
-        return [self.logged(task, action) for task in self.store.requeue_failed()]
+        note = self.note(OperatorAction.REQUEUE_FAILED)
+        return [Acted(task, True) for task in self.store.requeue_failed(note)]
 
     def pause(self, reason: str | None = None, host: str | None = None) -> PauseState:
         """The fleet's pause (`host` None) or one host's; the other hosts' stay as they are."""
@@ -81,17 +82,15 @@ class Operations:
         log.info("%s resumed by %s", paused_scope(host), self.operator_id)
         return state
 
-    def logged(self, task: Task, action: OperatorAction) -> Acted:
-        """Log the action as the task's event. The queue has already changed; a log that
-        cannot be written is reported, not undone."""
-        try:
-            self.events.emit(
+    def note(self, action: OperatorAction) -> EventNote:
+        """The event an action commits with the task it changed, by this front end."""
+
+        def event(task: Task) -> dict[str, Any]:
+            return self.events.build(
                 task.id, task.status, OperatorEvent, operator_action=action, errors=task.last_error
             )
-        except OSError as exc:
-            log.error("operator action %s on %s not logged: %s", action.value, task.id, exc)
-            return Acted(task, False)
-        return Acted(task, True)
+
+        return event
 
 
 def paused_scope(host: str | None) -> str:

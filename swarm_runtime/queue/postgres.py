@@ -21,6 +21,13 @@ common path (claim, heartbeat, finish of tasks that wait on nothing) never queue
 behind another host. The time a lease is measured by is the database's clock, so
 hosts whose clocks disagree still agree on when a lease expires.
 
+Every transaction commits its events with it: they are its last rows, in
+`swarm_events`, inserted under the events' own lock (`store.events.insert_events`),
+always taken after the queue's; so a transaction refused or rolled back leaves no event,
+and ids commit in order. Events that change no task (`log_events`) go in by row. Once a
+transaction has committed, its events are appended to this host's execution_log.jsonl,
+the host's own copy; readers read the rows.
+
 Readers take no lock: `load` reads one snapshot, and catches up by the rows written
 since its last look (each row names the transaction that wrote it). Work an idle
 worker could now take (a new task, a release that frees one) NOTIFYs `swarm_queue`.
@@ -31,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -41,15 +48,15 @@ from psycopg.types.json import Json
 from swarm_runtime.contract import (
     CLAIMABLE_STATUSES,
     DEFAULT_API_ENDPOINT,
-    ExecutionRecord,
     Lease,
     QueueDocument,
     QueueJournalRecord,
-    Status,
     Task,
+    iso,
     normalize_queue,
+    utc_now,
 )
-from swarm_runtime.queue.leases import WorkerIdentity, holder_is_alive
+from swarm_runtime.queue.leases import WorkerIdentity, holder_is_alive, owned_by
 from swarm_runtime.queue.postgres_rows import (
     CHANNEL,
     Connection,
@@ -70,13 +77,13 @@ from swarm_runtime.queue.transactions import (
     Change,
     ClaimOutcome,
     QueueTransactions,
-    execution_change,
-    finish_change,
-    heartbeat_change,
     lease_task,
 )
+from swarm_runtime.queue.transition_events import claim_events
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.database import Database
+from swarm_runtime.store.events import insert_events, keep_host_copy
+from swarm_runtime.store.state_files import Workspace
 
 log = logging.getLogger("swarm.queue")
 QUEUE_LOCK = 0x5357_4152_4D02  # any constant the runtime alone uses
@@ -121,6 +128,8 @@ LEFT JOIN candidate c ON true
 LEFT JOIN swarm_outcomes o ON o.task_id = c.id
 WHERE q.id = 1
 """
+# The rows of the tasks some events are about, held still while their holder is checked.
+LOCK_TASKS = "SELECT doc FROM swarm_tasks WHERE id = ANY(%s) FOR SHARE"
 LOCK_ROW = f"""
 WITH locked AS (SELECT position, doc FROM swarm_tasks WHERE id = %(id)s FOR UPDATE)
 SELECT {NOW}, locked.position, locked.doc, o.outcome
@@ -135,11 +144,15 @@ class PostgresQueueStore(QueueTransactions):
         self,
         database: Database,
         *,
+        workspace: Workspace | None = None,
         retain: int = 1000,
         review_enabled: bool = False,
         clock: Callable[[], float] | None = None,
     ):
         self.database = database
+        # This host's workspace, whose execution_log.jsonl keeps a copy of the events
+        # this process commits (the rows are every host's, and what readers read).
+        self.workspace = workspace
         self.retain = retain
         self.review_enabled = review_enabled
         self._clock = clock
@@ -150,10 +163,17 @@ class PostgresQueueStore(QueueTransactions):
         self._listener: psycopg.Connection[Any] | None = None
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> PostgresQueueStore:
+    def for_settings(
+        cls, settings: Settings, workspace: Workspace | None = None
+    ) -> PostgresQueueStore:
         assert settings.database_url is not None
         database = Database.connect(settings.database_url.get_secret_value())
-        return cls(database, retain=settings.queue_retain, review_enabled=settings.review)
+        return cls(
+            database,
+            workspace=workspace,
+            retain=settings.queue_retain,
+            review_enabled=settings.review,
+        )
 
     # reading
 
@@ -283,7 +303,8 @@ class PostgresQueueStore(QueueTransactions):
         return by_row if by_row is not None else super().claim(worker, lease_seconds)
 
     def _claim_by_row(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome | None:
-        """None when this claim needs the whole queue (see the module docstring)."""
+        """None when this claim needs the whole queue (see the module docstring). It
+        commits the same events, and says when the attempt began, as a full claim."""
         with self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn:
             labels = Json(sorted(worker.labels))
             params = {"clock": self._now(), "host": worker.host, "labels": labels}
@@ -293,24 +314,31 @@ class PostgresQueueStore(QueueTransactions):
             if needs_queue or doc is None or any_holder_gone(here or []):
                 return None
             state = row_state(doc, outcome, self.review_enabled)
-            task = lease_task(state, state.doc.tasks[0], worker, now, lease_seconds)
-            self._write_row(conn, state, position, now, doc)
-        endpoint = header.get("api_endpoint") or DEFAULT_API_ENDPOINT
-        return ClaimOutcome(task=task, api_endpoint=endpoint)
+            claim = ClaimOutcome(
+                task=lease_task(state, state.doc.tasks[0], worker, now, lease_seconds),
+                api_endpoint=header.get("api_endpoint") or DEFAULT_API_ENDPOINT,
+                started_at=iso(utc_now()),
+            )
+            for event in claim_events(claim, worker):
+                state.emit(event)
+            events = self._write_row(conn, state, position, now, doc)
+        self._keep_copy(events)
+        return claim
 
-    def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool:
-        return self._on_row(task_id, heartbeat_change(task_id, worker, lease_seconds))
+    def log_events(
+        self, events: Sequence[dict[str, Any]], holder: WorkerIdentity | None = None
+    ) -> bool:
+        """Events that change no task need no view of the queue: they go in beside other
+        rows' transactions. With `holder`, the rows of their tasks are held still while
+        it is checked to hold them all, as the file store checks under its lock."""
+        with self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn:
+            if holder is not None and not holds_all(conn, events, holder):
+                return False
+            insert_events(conn, events)
+        self._keep_copy(events)
+        return True
 
-    def finish(self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any) -> Task:
-        return self._on_row(task_id, finish_change(task_id, worker, status, **fields))
-
-    def record_execution(
-        self, task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
-    ) -> Task:
-        change = execution_change(task_id, worker, execution, **fields)
-        return self._on_row(task_id, change)
-
-    def _on_row(self, task_id: str, change: Change[R]) -> R:
+    def _task_transaction(self, task_id: str, change: Change[R]) -> R:
         """Run `change` on the one task row, locked, beside other rows' transactions."""
         with self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn:
             found = conn.execute(LOCK_ROW, {"id": task_id, "clock": self._now()}).fetchone()
@@ -318,21 +346,26 @@ class PostgresQueueStore(QueueTransactions):
             now, position, doc, outcome = found
             state = row_state(doc, outcome, self.review_enabled)
             result = change(state, now)
-            self._write_row(conn, state, position, now, doc)
-            return result
+            events = self._write_row(conn, state, position, now, doc)
+        self._keep_copy(events)
+        return result
 
     def _write_row(
         self, conn: Connection, state: QueueState, position: Decimal, now: float, before: Any
-    ) -> None:
+    ) -> list[dict[str, Any]]:
+        """Write the row's change and its events, and commit; returns the events."""
         record = state.take_record(now)
         if record is None:
-            return
-        for task in record.tasks:
+            return []
+        if not record.tasks:  # events alone: the block's end commits them
+            insert_events(conn, record.events)
+        for task in record.tasks:  # the one row's task
             if task.depends_on != (before or {}).get("depends_on", []):
                 write_dependencies(conn, [task])
             row = TaskRow(task, position, lane_by_row(state, task))
             finished = outcome_of(task, self.review_enabled) is not None
-            write_one_row(conn, row, record.outcomes, finished=finished)  # and commits
+            write_one_row(conn, row, record.outcomes, finished=finished, events=record.events)
+        return record.events
 
     def _now(self) -> float | None:
         """The injected clock's time, or None for the database's."""
@@ -342,16 +375,19 @@ class PostgresQueueStore(QueueTransactions):
 
     def _transaction(self, change: Change[R]) -> R:
         """A change that raises, or a commit that fails, drops the cached queue, which is
-        then read again: nothing half-done survives."""
+        then read again: nothing half-done survives. Once committed, its events are
+        copied to this host's log."""
         with self._writing:
             try:
                 with self.database.transaction(holding=QUEUE_LOCK) as conn:
-                    return self._run(conn, change)
+                    result, events = self._run(conn, change)
             except BaseException:
                 self._written = None
                 raise
+        self._keep_copy(events)
+        return result
 
-    def _run(self, conn: Connection, change: Change[R]) -> R:
+    def _run(self, conn: Connection, change: Change[R]) -> tuple[R, list[dict[str, Any]]]:
         row = conn.execute(
             f"SELECT {WATERMARK}, header, {NOW} FROM swarm_queue WHERE id = 1",
             {"clock": self._now()},
@@ -362,8 +398,9 @@ class PostgresQueueStore(QueueTransactions):
         self._written = snapshot
         result = change(snapshot.state, now)
         snapshot.state.remove(archivable_ids(snapshot.state, self.retain))
-        self._write(conn, snapshot, snapshot.state.take_record(now), read)
-        return result
+        record = snapshot.state.take_record(now)
+        self._write(conn, snapshot, record, read)
+        return result, record.events if record is not None else []
 
     def _write(
         self,
@@ -373,7 +410,7 @@ class PostgresQueueStore(QueueTransactions):
         read: set[str],
     ) -> None:
         """Write what changed, and the lane of every task whose lane may have: those read
-        or written, and their dependents."""
+        or written, and their dependents; the record's events last (see `insert_events`)."""
         state = snapshot.state
         if record is not None and record.removed:
             archive_tasks(conn, record.removed)
@@ -402,6 +439,14 @@ class PostgresQueueStore(QueueTransactions):
             conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         if len(new_ids) >= ANALYZE_AFTER_ADDING:
             conn.execute("ANALYZE swarm_tasks")
+        if record is not None:
+            insert_events(conn, record.events)
+
+    def _keep_copy(self, events: Sequence[dict[str, Any]]) -> None:
+        """This host's copy of the events a transaction committed, in its workspace's
+        log: after the commit, since a transaction rolled back has no events."""
+        if events and self.workspace is not None:
+            keep_host_copy(self.workspace, events)
 
     def flush(self) -> None:
         """Every committed transaction is already what every reader sees."""
@@ -442,6 +487,15 @@ def judged_lanes(state: QueueState, task_ids: set[str]) -> dict[str, Lane | None
         for task_id in judged
         if (task := state.find(task_id)) is not None
     }
+
+
+def holds_all(conn: Connection, events: Sequence[dict[str, Any]], holder: WorkerIdentity) -> bool:
+    """Whether `holder` holds the task of every one of `events`, their rows held still."""
+    task_ids = sorted({event["task_id"] for event in events})
+    docs = [doc for (doc,) in conn.execute(LOCK_TASKS, (task_ids,)).fetchall()]
+    return len(docs) == len(task_ids) and all(
+        owned_by(Task.model_validate(doc), holder) for doc in docs
+    )
 
 
 def any_holder_gone(leases: list[dict[str, Any]]) -> bool:

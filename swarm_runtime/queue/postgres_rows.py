@@ -10,7 +10,7 @@ on whom, so a finished task can hand its waiting dependents to a full claim.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -21,7 +21,8 @@ from psycopg.types.json import Json
 from swarm_runtime.contract import CLAIMABLE_STATUSES, Task
 from swarm_runtime.queue.rules import Lane
 from swarm_runtime.queue.state import QueueState
-from swarm_runtime.store.database import commit_with
+from swarm_runtime.store.database import committing
+from swarm_runtime.store.events import insert_events
 
 Connection = psycopg.Connection[Any]
 CHANNEL = "swarm_queue"
@@ -133,32 +134,38 @@ WHERE %(claimable)s OR EXISTS (SELECT FROM handed)
 
 
 def write_one_row(
-    conn: Connection, row: TaskRow, outcomes: dict[str, Any], *, finished: bool
+    conn: Connection,
+    row: TaskRow,
+    outcomes: dict[str, Any],
+    *,
+    finished: bool,
+    events: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """One task's row and outcome, in one statement with what follows from them, sent
-    with the transaction's COMMIT (the last thing a transaction by row does): a task
-    that `finished` hands its waiting dependents to the full claim (which judges, under
-    the queue's lock, whether they may now run or never will).
+    """One task's row and outcome, in one statement with what follows from them, then
+    the transaction's `events`, all sent with its COMMIT in one round trip (the last
+    thing a transaction by row does): a task that `finished` hands its waiting
+    dependents to the full claim (which judges, under the queue's lock, whether they may
+    now run or never will). The events come after the rows, so the events' lock is the
+    last one taken (see `insert_events`).
 
     Idle workers hear only of work they could now take: this task claimable again, its
     dependents handed over, or a lease released while a task waits for the full claim
     (one that must run alone may run now). A NOTIFY makes its commit wait for every other
     notifying commit, so finishes that free nothing stay silent."""
     task = row.task
-    commit_with(
-        conn,
-        WRITE_ONE_ROW,
-        {
-            **row.columns(),
-            "outcome": outcomes.get(task.id),
-            "outcome_changed": task.id in outcomes,
-            "finished": task.id if finished else None,
-            "claimable_statuses": CLAIMABLE,
-            "channel": CHANNEL,
-            "claimable": row.lane is not None,
-            "released": task.lease is None,
-        },
-    )
+    params = {
+        **row.columns(),
+        "outcome": outcomes.get(task.id),
+        "outcome_changed": task.id in outcomes,
+        "finished": task.id if finished else None,
+        "claimable_statuses": CLAIMABLE,
+        "channel": CHANNEL,
+        "claimable": row.lane is not None,
+        "released": task.lease is None,
+    }
+    with committing(conn):
+        conn.execute(WRITE_ONE_ROW, params)
+        insert_events(conn, events)
 
 
 def archive_tasks(conn: Connection, task_ids: list[str]) -> None:

@@ -244,11 +244,27 @@ class QueueState:
         self._removed: list[str] = []
         self._outcomes: dict[str, Outcome | None] = {}
         self._api_endpoint = None
+        self._events: list[dict[str, Any]] = []
+        self._vouches: dict[str, Any] = {}
+
+    def vouch(self, applier: str, payload: Any) -> None:
+        """Keep with this transaction what redoes one of its effects (`transition_events`)."""
+        self._vouches[applier] = payload
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Commit `event` with this transaction: it reaches the log with the transaction's
+        changes or, if the transaction fails, not at all."""
+        self._events.append(event)
 
     @property
     def changed(self) -> bool:
         return bool(
-            self._touched or self._removed or self._outcomes or self._api_endpoint is not None
+            self._touched
+            or self._removed
+            or self._outcomes
+            or self._api_endpoint is not None
+            or self._events
+            or self._vouches
         )
 
     def take_record(self, at: float) -> QueueJournalRecord | None:
@@ -266,11 +282,16 @@ class QueueState:
             fields["outcomes"] = dict(self._outcomes)
         if self._api_endpoint is not None:
             fields["api_endpoint"] = self._api_endpoint
+        if self._events:
+            fields["events"] = list(self._events)
+        if self._vouches:
+            fields["vouches"] = dict(self._vouches)
         self._reset_record()
         return QueueJournalRecord(**fields)
 
     def apply(self, record: QueueJournalRecord) -> None:
-        """Replay a record written by any process; replaying it again changes nothing."""
+        """Replay a record written by any process; replaying it again changes nothing.
+        Its events are the log's business (`queue.store`), not the queue's."""
         for task in record.tasks:
             old = self._by_id.get(task.id)
             if old is not None:

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from swarm_runtime.contract import (
     QueueDocument,
+    QueueJournalRecord,
     describe_validation_error,
     empty_queue,
     is_parked,
@@ -37,19 +38,26 @@ from swarm_runtime.contract import (
     queue_problems,
 )
 from swarm_runtime.errors import QueueFileError, StateFileError
+from swarm_runtime.queue.group_commit import GroupCommit
 from swarm_runtime.queue.journal import QueueJournal, Version
 from swarm_runtime.queue.leases import HOST, WorkerIdentity, holder_is_alive, lease_is_live
+from swarm_runtime.queue.log_apply import bring_up_to, cut_lost_lines, line_start, sync_log
 from swarm_runtime.queue.rules import archivable_ids
 from swarm_runtime.queue.state import QueueState
 from swarm_runtime.queue.transactions import Change, ClaimOutcome, QueueTransactions
+from swarm_runtime.queue.transition_events import Applier
 from swarm_runtime.settings import Settings
+from swarm_runtime.store import durability
+from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.private import open_for_reading
 from swarm_runtime.store.state_files import (
     Workspace,
     append_lines,
     atomic_write_bytes,
     file_version,
+    fsync_directory,
     parse_json,
+    sync_file,
 )
 
 __all__ = [
@@ -67,8 +75,10 @@ log = logging.getLogger("swarm.queue")
 # stays current to the transaction, and the journal is not used.
 SMALL_QUEUE_BYTES = 16 * 1024
 # The journal is folded into queue.json once it reaches queue.json's size divided by
-# this, so the rewrites cost a constant share of the appends, or once it is this old.
+# this (and at least FOLD_FLOOR_BYTES), so the rewrites cost a constant share of the
+# appends, or once it is this old.
 COMPACT_RATIO = 4
+FOLD_FLOOR_BYTES = 256 * 1024
 FRESH_SECONDS = 1.0
 # A lock-free read that finds queue.json replaced while it read reads again, this many
 # times in all; the last read is a queue that existed, only a moment old.
@@ -78,6 +88,11 @@ READ_ATTEMPTS = 3
 WAKE_CHECK_SECONDS = 0.02
 
 R = TypeVar("R")
+
+
+def vouched_files(workspace: Workspace) -> tuple[Path, ...]:
+    """What effects write without an fsync: the quality gate and the reward files."""
+    return (workspace.quality_gate_path, workspace.reward_ledger_path, workspace.balances_path)
 
 
 # --- following the files -----------------------------------------------------------------
@@ -99,6 +114,8 @@ class QueueFollower:
         self.state: QueueState | None = None
         self.snapshot_version: Version = None
         self.snapshot_bytes = 0
+        # The journal's records the last `current` read, in order.
+        self.new_records: list[QueueJournalRecord] = []
 
     def current(self) -> QueueState:
         """The queue as it stands; a failure drops the state, to be read again whole."""
@@ -112,7 +129,7 @@ class QueueFollower:
             _, records = self.journal.read_new(self.snapshot_version)
         for record in records:
             state.apply(record)
-        self.state = state
+        self.state, self.new_records = state, records
         return state
 
     def _read_snapshot(self, known: QueueState | None = None) -> QueueState:
@@ -169,8 +186,17 @@ class QueueStore(QueueTransactions):
         clock: Callable[[], float] | None = None,
         small_queue_bytes: int = SMALL_QUEUE_BYTES,
         fold_after_seconds: float = FRESH_SECONDS,
+        keep_current: bool = True,
+        appliers: Mapping[str, Applier] | None = None,
     ):
+        """`keep_current`: a small queue.json shows every transaction at once, as the
+        panel's and the CLI's few do; a worker's many share one fold a second instead.
+        `appliers` redo the effects records vouch for, after the machine crashed; a
+        store without them leaves such a journal unfolded for one that has them."""
         self._workspace = workspace
+        self.keep_current = keep_current
+        self.appliers = dict(appliers or {})
+        self._awaits_redo = False
         self.fold_after_seconds = fold_after_seconds
         self.path = workspace.queue_path
         self.retain = retain
@@ -181,11 +207,30 @@ class QueueStore(QueueTransactions):
         self._reader = self._follower()
         self._reading = threading.Lock()  # readers of this process only; writers never take it
         self._version_before_claim: tuple[Any, ...] | None = None
+        self.log_path = workspace.log_path
+        # This process's record whose events the log may lack (its write failed), and
+        # whether this process has checked the whole journal against the log yet.
+        self._unapplied: QueueJournalRecord | None = None
+        self._log_checked = False
+        self._group = GroupCommit(workspace)
 
     @classmethod
-    def for_settings(cls, workspace: Workspace, settings: Settings) -> QueueStore:
+    def for_settings(
+        cls,
+        workspace: Workspace,
+        settings: Settings,
+        *,
+        keep_current: bool = True,
+        appliers: Mapping[str, Applier] | None = None,
+    ) -> QueueStore:
         """Every process must agree on retention and on whether review applies."""
-        return cls(workspace, retain=settings.queue_retain, review_enabled=settings.review)
+        return cls(
+            workspace,
+            retain=settings.queue_retain,
+            review_enabled=settings.review,
+            keep_current=keep_current,
+            appliers=appliers,
+        )
 
     def version(self) -> tuple[Any, ...]:
         """Changes whenever the queue may have: a cheap test before `load`."""
@@ -205,6 +250,16 @@ class QueueStore(QueueTransactions):
         while not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline or self.version() != seen:
                 return
+            self._fold_when_stale()
+
+    def _fold_when_stale(self) -> None:
+        """An idle worker folds its last transactions into queue.json once they are
+        `fold_after_seconds` old, so that queue.json is current soon after work stops."""
+        writer = self._writer
+        journal = writer.journal
+        stale = journal.age() >= self.fold_after_seconds
+        if stale and journal.holds_records_after(writer.snapshot_version):
+            self.flush()
 
     def close(self) -> None:
         """Nothing is held open between transactions."""
@@ -235,25 +290,70 @@ class QueueStore(QueueTransactions):
         return QueueFollower(self.path, journal, self.review_enabled)
 
     def _current(self) -> QueueState:
-        """The queue as it stands, for a transaction: call only under the lock."""
-        return self._writer.current()
+        """The queue as it stands, for a transaction, with the log holding every committed
+        event: call only under the lock."""
+        state = self._writer.current()
+        try:
+            self._settle_log(self._writer.new_records)
+        except BaseException:  # read it all again, and check it all, next time
+            self._writer.state, self._log_checked = None, False
+            raise
+        return state
+
+    def _settle_log(self, records: list[QueueJournalRecord]) -> None:
+        """Give the log any events a committed record holds and the log lacks, before
+        anything more is committed. Every transaction settles the one before it, so only
+        the last record read can lack its lines (its writer died, or its write failed);
+        at a process's first transaction (after a crash of the machine, say) every
+        record is checked. A failure fails the transaction before it changes anything."""
+        first = not self._log_checked
+        pending = records if first else records[-1:]
+        if self._unapplied is not None:
+            pending = [self._unapplied, *pending]
+        for record in pending:
+            bring_up_to(self.log_path, record)
+        self._unapplied, self._log_checked = None, True
+        if first and self._writer.journal.from_another_boot():
+            cut_lost_lines(self.log_path, records)
+            self._redo_vouched(records)
+
+    def _redo_vouched(self, records: list[QueueJournalRecord]) -> None:
+        """The machine crashed since these records were written: the files they vouch for
+        (written without an fsync) may have lost them. Redo each, durably, in order."""
+        vouched = [record for record in records if record.vouches]
+        if not vouched:
+            return
+        missing = {name for r in vouched for name in r.vouches} - set(self.appliers)
+        if missing:
+            self._awaits_redo = True
+            log.warning("the queue journal waits for a worker to redo %s", sorted(missing))
+            return
+        for record in vouched:
+            for name, payload in record.vouches.items():
+                self.appliers[name](payload)
+        self._awaits_redo = False
+        log.warning("redid the effects of %d transaction(s) after a machine crash", len(vouched))
 
     # writing
 
     def _transaction(self, change: Change[R]) -> R:
         """Run `change` on the current state under the lock and make what it changed
-        durable before returning. A change that raises, or a write that fails, drops the
+        durable before returning (the fsync after the lock, shared with other writers:
+        `queue.group_commit`). A change that raises, or a write that fails, drops the
         state, which is then read again from the files: nothing half-done survives."""
         with self._workspace.lock(self.path):
             state = self._current()
             try:
                 result = change(state, self._clock())
                 self._archive(state)
-                self._persist(state)
+                unsynced = self._persist(state)
             except BaseException:
                 self._writer.state = None
                 raise
-            return result
+        if unsynced is not None:
+            failpoint("queue.before_group_sync")
+            self._group.make_durable(*unsynced)
+        return result
 
     def _archive(self, state: QueueState) -> None:
         leaving = archivable_ids(state, self.retain)
@@ -265,7 +365,11 @@ class QueueStore(QueueTransactions):
                 [t.model_dump(mode="json", exclude_unset=True) for t in archived],
             )
 
-    def _persist(self, state: QueueState) -> None:
+    def _persist(self, state: QueueState) -> tuple[str, int] | None:
+        """One durable write commits the transaction: a small queue.json rewritten whole,
+        or, for a large queue or a transaction with events, one journal append (then the
+        events go to the log, without an fsync of their own). Returns the journal's name
+        and end when the append still awaits its fsync."""
         record = state.take_record(time.time())
         writer = self._writer
         journal = writer.journal
@@ -273,14 +377,31 @@ class QueueStore(QueueTransactions):
         if record is None:
             if pending and journal.age() >= self.fold_after_seconds:
                 self._fold(state)
-            return
-        if not pending and writer.snapshot_bytes <= self.small_queue_bytes:
+            return None
+        small = writer.snapshot_bytes <= self.small_queue_bytes
+        if not pending and small and not record.events:
             self._write_snapshot(state)
-            return
-        journal.append(record, writer.snapshot_version)
-        too_old = journal.age() >= self.fold_after_seconds
-        if journal.size * COMPACT_RATIO >= writer.snapshot_bytes or too_old:
+            return None
+        if record.events:
+            record.log_at = line_start(self.log_path)
+        unsynced = journal.append(record, writer.snapshot_version)
+        name, end = journal.position.name, journal.size
+        failpoint("queue.journal_appended")
+        self._apply_events(record)
+        too_old = journal.age() >= self.fold_after_seconds or (small and self.keep_current)
+        fold_at = max(writer.snapshot_bytes, FOLD_FLOOR_BYTES)
+        if journal.size * COMPACT_RATIO >= fold_at or too_old:
             self._fold(state)
+        return (name, end) if unsynced and name is not None else None
+
+    def _apply_events(self, record: QueueJournalRecord) -> None:
+        """The transaction is committed: a log that cannot take its events now (a full
+        disk) gets them at this process's next transaction, or any other's."""
+        try:
+            bring_up_to(self.log_path, record)
+        except OSError as exc:
+            log.warning("committed events wait for %s: %s", self.log_path.name, exc)
+            self._unapplied = record
 
     def _write_snapshot(self, state: QueueState) -> None:
         """Replace queue.json with the whole queue; any journal is obsolete from then on."""
@@ -301,8 +422,23 @@ class QueueStore(QueueTransactions):
             log.warning("could not fold the queue journal into %s: %s", self.path, exc)
 
     def _fold_now(self, state: QueueState) -> None:
+        """The log's lines, and the files the records vouch for, must be durable before
+        the journal that holds them goes."""
+        if self._awaits_redo:
+            return
+        sync_log(self.log_path)
+        if self._writer.journal.position.vouched:
+            self._sync_vouched()
+        failpoint("queue.fold.log_synced")
         self._write_snapshot(state)
         self._writer.journal.discard()
+
+    def _sync_vouched(self) -> None:
+        workspace = self._workspace
+        for path in vouched_files(workspace):
+            sync_file(path, durability.CHECKPOINT)
+        for folder in {workspace.root, workspace.state_dir}:
+            fsync_directory(folder)
 
     def flush(self) -> None:
         """Fold the journal into queue.json now, so that it shows every change: for a

@@ -10,7 +10,7 @@ the same whichever store runs it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from swarm_runtime.contract import (
     Status,
     Task,
     check_task_fields,
+    iso,
     normalize_task,
     task_allows,
     utc_now,
@@ -47,6 +48,8 @@ from swarm_runtime.queue.rules import (
     record_outcome,
 )
 from swarm_runtime.queue.state import QueueState
+from swarm_runtime.queue.transition_events import Effect, EventNote, claim_events
+from swarm_runtime.store import durability
 
 R = TypeVar("R")
 Change = Callable[[QueueState, float], R]
@@ -61,6 +64,8 @@ class ClaimOutcome:
     propagated: list[Propagated] = field(default_factory=list)
     drained: bool = False
     api_endpoint: str = DEFAULT_API_ENDPOINT
+    # When the attempt began, as its committed `in_progress` event says.
+    started_at: str | None = None
 
 
 class QueueTransactions(ABC):
@@ -69,17 +74,25 @@ class QueueTransactions(ABC):
         """Run `change` on the current queue and the time read under the lock; make what
         it changed durable before returning, or nothing of it if it raises."""
 
-    def add(self, record: dict[str, Any]) -> Task:
-        """Append one task; a duplicate id is refused (also one already archived)."""
-        return self.add_many([record])[0]
+    def _task_transaction(self, task_id: str, change: Change[R]) -> R:
+        """A transaction that changes only the task `task_id` (a store may run it on that
+        task alone: the database's row)."""
+        return self._transaction(change)
 
-    def add_many(self, records: list[dict[str, Any]]) -> list[Task]:
-        """Append tasks all together or not at all."""
+    def add(self, record: dict[str, Any], note: EventNote | None = None) -> Task:
+        """Append one task; a duplicate id is refused (also one already archived)."""
+        return self.add_many([record], note)[0]
+
+    def add_many(self, records: list[dict[str, Any]], note: EventNote | None = None) -> list[Task]:
+        """Append tasks all together or not at all; `note` makes each one's event."""
         tasks = new_tasks(records)
 
         def change(state: QueueState, now: float) -> list[Task]:
             refuse_taken(state, tasks)
             state.add([t.model_copy(deep=True) for t in tasks])
+            if note is not None:
+                for task in tasks:
+                    state.emit(note(task))
             return tasks
 
         return self._transaction(change)
@@ -99,24 +112,63 @@ class QueueTransactions(ABC):
             task = next_runnable(state, now, worker.may_run)
             if task is not None:
                 outcome.task = lease_task(state, task, worker, now, lease_seconds)
+                outcome.started_at = iso(utc_now())
             outcome.drained = task is None and is_drained(state, worker.may_run)
+            for event in claim_events(outcome, worker):
+                state.emit(event)
             return outcome
 
         return self._transaction(change)
 
     def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool:
         """Extend our lease; False means another worker has reclaimed the task."""
-        return self._transaction(heartbeat_change(task_id, worker, lease_seconds))
+        return self._task_transaction(task_id, heartbeat_change(task_id, worker, lease_seconds))
 
-    def finish(self, task_id: str, worker: WorkerIdentity, status: Status, **fields: Any) -> Task:
-        """Record the task's new status and release its lease; only the holder may."""
-        return self._transaction(finish_change(task_id, worker, status, **fields))
+    def finish(
+        self,
+        task_id: str,
+        worker: WorkerIdentity,
+        status: Status,
+        *,
+        events: Sequence[dict[str, Any]] = (),
+        effects: Sequence[Effect] = (),
+        **fields: Any,
+    ) -> Task:
+        """Record the task's new status and release its lease; only the holder may.
+        `effects` (a review's vote and reward) commit with it."""
+        change = finish_change(task_id, worker, status, **fields)
+        return self._task_transaction(task_id, fenced(task_id, worker, events, change, effects))
 
     def record_execution(
-        self, task_id: str, worker: WorkerIdentity, execution: ExecutionRecord, **fields: Any
+        self,
+        task_id: str,
+        worker: WorkerIdentity,
+        execution: ExecutionRecord,
+        *,
+        events: Sequence[dict[str, Any]] = (),
+        **fields: Any,
     ) -> Task:
         """Executed, now under review by the same worker: the lease stays, the result is kept."""
-        return self._transaction(execution_change(task_id, worker, execution, **fields))
+        change = execution_change(task_id, worker, execution, **fields)
+        return self._task_transaction(task_id, fenced(task_id, worker, events, change))
+
+    def log_events(
+        self, events: Sequence[dict[str, Any]], holder: WorkerIdentity | None = None
+    ) -> bool:
+        """Commit events that change no task. With `holder`, only while it still holds
+        each event's task: a worker that lost its lease writes nothing for that attempt."""
+
+        def change(state: QueueState, now: float) -> bool:
+            if holder is not None and not all(
+                (task := state.find(e["task_id"])) is not None and owned_by(task, holder)
+                for e in events
+            ):
+                return False
+            for event in events:
+                state.emit(event)
+            return True
+
+        return self._transaction(change)
 
     def plan(
         self,
@@ -124,6 +176,8 @@ class QueueTransactions(ABC):
         worker: WorkerIdentity,
         subtasks: list[dict[str, Any]],
         parent_updates: dict[str, Any],
+        *,
+        events: Sequence[dict[str, Any]] = (),
     ) -> list[Task]:
         """Append a parent's subtasks and make it wait for them, in one write.
 
@@ -144,19 +198,22 @@ class QueueTransactions(ABC):
                 **parent_updates,
             )
             state.add([t.model_copy(deep=True) for t in subtask_records], before=parent_id)
+            for event in events:
+                state.emit(event)
             return subtask_records
 
         return self._transaction(change)
 
-    def requeue(self, task_id: str) -> Task:
-        """An operator sends a finished-badly task back to the line, with a fresh review count."""
-        return self._operate(task_id, OperatorAction.REQUEUE)
+    def requeue(self, task_id: str, note: EventNote | None = None) -> Task:
+        """An operator sends a finished-badly task back to the line, with a fresh review
+        count; `note` makes the event committed with it."""
+        return self._operate(task_id, OperatorAction.REQUEUE, note)
 
-    def cancel(self, task_id: str) -> Task:
+    def cancel(self, task_id: str, note: EventNote | None = None) -> Task:
         """An operator withdraws a task that has not started; its dependents then fail."""
-        return self._operate(task_id, OperatorAction.CANCEL)
+        return self._operate(task_id, OperatorAction.CANCEL, note)
 
-    def requeue_failed(self) -> list[Task]:
+    def requeue_failed(self, note: EventNote | None = None) -> list[Task]:
         """Every task that ended failed (not cancelled or safety-blocked) goes back to the line."""
         action = OperatorAction.REQUEUE_FAILED
 
@@ -166,6 +223,8 @@ class QueueTransactions(ABC):
             for task in chosen:
                 requeued.append(state.hand_out(operate(state, task, action)))
                 record_outcome(state, task.id)
+                if note is not None:
+                    state.emit(note(requeued[-1]))
             return requeued
 
         return self._transaction(change)
@@ -189,16 +248,47 @@ class QueueTransactions(ABC):
 
         return self._transaction(change)
 
-    def _operate(self, task_id: str, action: OperatorAction) -> Task:
+    def _operate(self, task_id: str, action: OperatorAction, note: EventNote | None) -> Task:
         def change(state: QueueState, now: float) -> Task:
             task = state.find(task_id)
             if task is None:
                 raise UnknownTaskError(task_id)
             changed = operate(state, task, action)
             record_outcome(state, task_id)
+            if note is not None:
+                state.emit(note(changed))
             return state.hand_out(changed)
 
         return self._transaction(change)
+
+
+def fenced(
+    task_id: str,
+    worker: WorkerIdentity,
+    events: Sequence[dict[str, Any]],
+    change: Change[R],
+    effects: Sequence[Effect] = (),
+) -> Change[R]:
+    """`change`, committing `events` and `effects` with it: a change refused for a lost
+    lease (fenced by attempt) commits none of them. The effects' file writes wait for the
+    journal record that vouches for them to be durable (`durability.deferred`)."""
+
+    def with_events(state: QueueState, now: float) -> R:
+        owned(state, task_id, worker)
+        result = change(state, now)
+        committed = list(events)
+        with durability.deferred():
+            for effect in effects:
+                made = effect()
+                if committed:
+                    committed[-1] = committed[-1] | made.fields
+                if made.vouch is not None:
+                    state.vouch(*made.vouch)
+        for event in committed:
+            state.emit(event)
+        return result
+
+    return with_events
 
 
 def heartbeat_change(task_id: str, worker: WorkerIdentity, lease_seconds: float) -> Change[bool]:

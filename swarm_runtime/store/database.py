@@ -146,22 +146,32 @@ class Database:
 
         `holding` names an advisory lock (`shared` or not) the transaction takes as it
         begins, in the same round trip: for short transactions the waiting is most of
-        the cost, and a lock taken in the first statement holds for every later one."""
+        the cost, and a lock taken in the first statement holds for every later one.
+
+        Inside another transaction on the same database in this thread (a queue
+        transition's, whose effects write the gate and the reward), the block joins it
+        as a savepoint instead: it commits with the transition or not at all."""
         import psycopg
         import psycopg_pool
         from psycopg.pq import TransactionStatus
 
+        outer = _open_transactions().get(self.url)
+        if outer is not None:
+            with joined(outer, holding, shared) as conn:
+                yield conn
+            return
         begin = "BEGIN" if holding is None else f"BEGIN; SELECT {lock_call(holding, shared)}"
         try:
             with self._pooled() as conn:
                 conn.execute(begin.encode())
                 try:
-                    yield conn
+                    with _opened(self.url, conn):
+                        yield conn
                 except BaseException:
                     rollback_quietly(conn)
                     raise
                 if conn.info.transaction_status != TransactionStatus.IDLE:
-                    conn.execute(b"COMMIT")  # unless the block ended it with commit_with
+                    conn.execute(b"COMMIT")  # unless the block ended it (`committing`)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             problem, hint = (
                 UNREACHABLE if isinstance(exc, psycopg_pool.PoolTimeout) else explain(str(exc))
@@ -218,10 +228,12 @@ class Database:
         self._pool.close()
 
 
-def commit_with(conn: Connection[Any], query: Any, params: Any) -> None:
-    """A transaction's last statement sent with its COMMIT, in one round trip."""
+@contextmanager
+def committing(conn: Connection[Any]) -> Iterator[None]:
+    """A transaction's last statements, those the block sends, sent with its COMMIT in
+    one round trip; a block that raises commits nothing."""
     with conn.pipeline():
-        conn.execute(query, params)
+        yield
         conn.execute(b"COMMIT")
 
 
@@ -271,3 +283,41 @@ def _driver(url: str) -> tuple[Any, Any]:
     except ImportError:
         raise StoreUnavailable(redact(url), "no driver", MISSING_DRIVER) from None
     return psycopg, psycopg_pool
+
+
+# --- transactions joined by the ones opened inside them ---------------------------------
+
+_threads = threading.local()
+
+
+def _open_transactions() -> dict[str, Connection[Any]]:
+    """This thread's open transaction on each database (by URL)."""
+    opened: dict[str, Connection[Any]] | None = getattr(_threads, "opened", None)
+    if opened is None:
+        opened = _threads.opened = {}
+    return opened
+
+
+@contextmanager
+def _opened(url: str, conn: Connection[Any]) -> Iterator[None]:
+    opened = _open_transactions()
+    opened[url] = conn
+    try:
+        yield
+    finally:
+        del opened[url]
+
+
+@contextmanager
+def joined(conn: Connection[Any], holding: int | None, shared: bool) -> Iterator[Connection[Any]]:
+    """A savepoint in the open transaction: what the block wrote is undone if it raises
+    (and the transaction goes on), and commits with the transaction otherwise."""
+    conn.execute(b"SAVEPOINT joined")
+    if holding is not None:
+        conn.execute(f"SELECT {lock_call(holding, shared)}".encode())
+    try:
+        yield conn
+    except BaseException:
+        conn.execute(b"ROLLBACK TO SAVEPOINT joined")
+        raise
+    conn.execute(b"RELEASE SAVEPOINT joined")

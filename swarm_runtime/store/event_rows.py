@@ -24,6 +24,7 @@ from swarm_runtime.store.event_source import (
     IndexedEvent,
     IndexStats,
     TaskInfo,
+    sets_last_status,
 )
 
 if TYPE_CHECKING:
@@ -120,6 +121,8 @@ class RowIndex:
         with self.lock:
             for row_id, task_id, worker_id, status, timestamp in rows:
                 known = self._tasks.get(task_id)
+                if known is not None and not sets_last_status(status):
+                    status, timestamp = known.last_status, known.last_timestamp
                 self._tasks[task_id] = TaskInfo(
                     (known.events if known else 0) + 1, status, timestamp
                 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from swarm_runtime.contract import Status
 from swarm_runtime.errors import StoreUnavailable
 from swarm_runtime.store.event_lines import Envelope
 
@@ -60,6 +61,12 @@ class TaskInfo:
     events: int
     last_status: str
     last_timestamp: str | None
+
+
+def sets_last_status(status: str) -> bool:
+    """A discarded result (computed by a worker that had lost the lease) is on record,
+    but never becomes a task's last status."""
+    return status != Status.RESULT_DISCARDED
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,16 @@
-"""Appending lifecycle events to execution_log.jsonl in the contract's shape, and, with a
-database, to its `swarm_events` table too: one log for every host, each event a row whose
-increasing id is a reader's cursor. The workspace's file keeps this host's events either
-way; `event_source` picks what readers read, the database's rows when there is one."""
+"""Lifecycle events in the contract's shape, as execution_log.jsonl and, with a database,
+its `swarm_events` table hold them: one log for every host, each event a row whose
+increasing id is a reader's cursor. An event is committed with the queue transaction it
+belongs to (`queue.transactions`): each store writes it, in the same transaction as the
+queue's change, to its log (`queue.log_apply`) or its rows (`insert_events`); a database
+store also keeps each host's own events in that host's file. `event_source` picks what
+readers read, the database's rows when there is one."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from swarm_runtime.contract import (
@@ -18,24 +21,34 @@ from swarm_runtime.contract import (
     LeaseEvent,
     Status,
 )
-from swarm_runtime.errors import StoreUnavailable
 from swarm_runtime.settings import this_host
+from swarm_runtime.store.database import lock_call
 from swarm_runtime.store.event_rows import RowIndex
 from swarm_runtime.store.event_source import EventSource
 from swarm_runtime.store.log_index import LogIndex
-from swarm_runtime.store.state_files import Workspace, append_line, json_line
+from swarm_runtime.store.state_files import Workspace, append_lines, json_line
 
 if TYPE_CHECKING:
+    from psycopg import Connection
+
     from swarm_runtime.store.database import Database
 
 log = logging.getLogger("swarm.store")
 ENVELOPE = ("task_id", "worker_id", "status", "timestamp")
-# Appends take this lock to the end of their transaction, so ids commit in order and a
-# reader past id n never misses an event committed later with a smaller id.
-EVENTS_LOCK = 0x5357_4152_4D02
-# Kept in memory for the database while it is down; beyond this the oldest are only in
-# this host's log file.
-MAX_UNSENT_EVENTS = 10_000
+# Inserts take this lock to the end of their transaction, so ids commit in order and a
+# reader past id n never misses an event committed later with a smaller id. It is not
+# the queue's lock (`queue.postgres.QUEUE_LOCK`): a transaction takes it after that one,
+# never before, and as its last lock.
+EVENTS_LOCK = 0x5357_4152_4D03
+# The lock is taken before the first row draws its id; the rows draw theirs in order.
+INSERT_EVENTS = f"""
+INSERT INTO swarm_events (task_id, worker_id, status, timestamp, record)
+SELECT e.task_id, e.worker_id, e.status, e.timestamp, e.record
+FROM (SELECT {lock_call(EVENTS_LOCK, shared=False)}) AS locked,
+    unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::json[])
+        WITH ORDINALITY AS e(task_id, worker_id, status, timestamp, record, n)
+ORDER BY e.n
+"""
 
 
 def cap_text(text: str, limit: int = EVENT_FIELD_CAP_BYTES) -> str:
@@ -74,48 +87,46 @@ def build_event(
 
 
 class EventLog:
-    """One worker's writer for execution_log.jsonl (and the database's events, if any).
+    """One writer's events (a worker's, an operator front end's), built for the queue
+    transactions that commit them: the store a transaction runs on writes them. Each
+    names the host it was written on, since a database holds every host's."""
 
-    Each event names the host it was written on, since a database holds every host's."""
-
-    def __init__(
-        self,
-        workspace: Workspace,
-        worker_id: str,
-        database: Database | None = None,
-        host: str | None = None,
-    ):
-        self._workspace = workspace
+    def __init__(self, worker_id: str, host: str | None = None):
         self.worker_id = worker_id
         self.host = host or this_host()
-        self._rows = DatabaseEvents(database) if database is not None else None
-        # Events the database could not take yet, oldest first: sent before the next one.
-        self.unsent: list[dict[str, Any]] = []
 
-    def emit(
+    def build(
         self, task_id: str, status: Status, kind: type[Event] | None = None, **fields: Any
     ) -> dict[str, Any]:
+        """An event by this writer, for a queue transaction to commit with its changes."""
         fields.setdefault("host", self.host)
-        record = build_event(task_id, self.worker_id, status, kind, **fields)
-        append_line(self._workspace, self._workspace.log_path, record)
-        if self._rows is not None:
-            self.unsent.append(record)
-            self.send_unsent()
-        return record
+        return build_event(task_id, self.worker_id, status, kind, **fields)
 
-    def send_unsent(self) -> bool:
-        """Send what the database has not taken, in order; True once all of it is sent.
-        While it is down the file has every event and the task goes on; the fleet's view
-        catches up when it is back."""
-        assert self._rows is not None
-        try:
-            while self.unsent:
-                self._rows.append(self.unsent[0])
-                self.unsent.pop(0)
-        except StoreUnavailable as exc:
-            log.warning("%d event(s) wait for the database: %s", len(self.unsent), exc)
-            del self.unsent[:-MAX_UNSENT_EVENTS]
-        return not self.unsent
+
+def insert_events(conn: Connection[Any], events: Sequence[dict[str, Any]]) -> None:
+    """Insert `events` as rows, in their order, in the caller's transaction, which holds
+    EVENTS_LOCK from here to its end. One statement, so it may share a pipeline with the
+    COMMIT. Call it last, after the transaction's other locks (the queue's, its rows'):
+    whoever holds EVENTS_LOCK then waits for nothing but its commit."""
+    if not events:
+        return
+    from psycopg.types.json import Json
+
+    columns = [[str(event[key]) for event in events] for key in ENVELOPE]
+    conn.execute(INSERT_EVENTS, (*columns, [Json(event) for event in events]))
+
+
+def keep_host_copy(workspace: Workspace, events: Sequence[dict[str, Any]]) -> None:
+    """Append a committed transaction's events to this host's execution_log.jsonl, in one
+    write. The database holds them durably, so no fsync; and the transaction stands
+    whatever happens here, so a failure is logged, not raised (the rows are complete,
+    the host's copy lacks them)."""
+    try:
+        append_lines(workspace, workspace.log_path, list(events), durable=False)
+    except OSError as exc:
+        log.warning(
+            "%d committed event(s) not copied to %s: %s", len(events), workspace.log_path, exc
+        )
 
 
 class DatabaseEvents:
@@ -123,20 +134,6 @@ class DatabaseEvents:
 
     def __init__(self, database: Database):
         self.database = database
-
-    def append(self, record: dict[str, Any]) -> int:
-        """Store `record` whole; returns its id, the cursor just past it."""
-        from psycopg.types.json import Json
-
-        envelope = [str(record[key]) for key in ENVELOPE]
-        with self.database.transaction(holding=EVENTS_LOCK) as conn:
-            row = conn.execute(
-                "INSERT INTO swarm_events (task_id, worker_id, status, timestamp, record)"
-                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                (*envelope, Json(record)),
-            ).fetchone()
-        assert row is not None
-        return int(row[0])
 
     def read(self, after: int = 0, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
         """Up to `limit` events after the cursor `after`, oldest first, with their ids."""

@@ -34,6 +34,7 @@ from swarm_runtime.store.event_source import (
     IndexStats,
     Malformed,
     TaskInfo,
+    sets_last_status,
 )
 from swarm_runtime.store.jsonl_tail import READ_BLOCK_BYTES, JsonlTail, Line
 
@@ -143,7 +144,8 @@ class LogIndex(Follower):
         if offsets is None:
             offsets = self._by_task[task_id] = array("q")
         offsets.append(line.offset)
-        self._last[task_id] = (status, timestamp)
+        if sets_last_status(status) or task_id not in self._last:
+            self._last[task_id] = (status, timestamp)
         if worker_id is not None:
             self._workers[worker_id] = timestamp
         self._recent.append(line.offset)

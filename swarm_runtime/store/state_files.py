@@ -181,10 +181,11 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Non
     one."""
     fd, temp_name = _create_temp(path)
     crash_test = failpoints.any_armed()
+    deferred = durability.defer(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(fd, mode)  # the umask may have taken bits away; it never adds any
-            _write_temp(handle, data, path, crash_test)
+            _write_temp(handle, data, path, crash_test, durable=not deferred)
         if crash_test:
             failpoints.failpoint(f"write:{path.name}:before_rename")
         os.replace(temp_name, path)
@@ -196,7 +197,8 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Non
         raise
     if crash_test:
         failpoints.failpoint(f"write:{path.name}:renamed")
-    fsync_directory(path.parent)
+    if not deferred:
+        fsync_directory(path.parent)
 
 
 def _create_temp(path: Path) -> tuple[int, str]:
@@ -215,8 +217,9 @@ def _create_temp(path: Path) -> tuple[int, str]:
     raise _naming(path, FileExistsError(errno.EEXIST, "no free temp file name"))
 
 
-def _write_temp(handle: Any, data: bytes, path: Path, crash_test: bool) -> None:
-    """Write, flush and fsync; under a crash test, half the bytes reach the disk first."""
+def _write_temp(handle: Any, data: bytes, path: Path, crash_test: bool, *, durable: bool) -> None:
+    """Write, flush and fsync (unless deferred: `durability.deferred`); under a crash
+    test, half the bytes reach the disk first."""
     kind = durability.kind_of(path, durability.REWRITE)
     if crash_test:
         handle.write(data[: len(data) // 2])
@@ -226,7 +229,8 @@ def _write_temp(handle: Any, data: bytes, path: Path, crash_test: bool) -> None:
         data = data[len(data) // 2 :]
     handle.write(data)
     handle.flush()
-    durability.fsync(handle.fileno(), kind)
+    if durable:
+        durability.fsync(handle.fileno(), kind)
 
 
 def sweep_stale_temp_files(folder: Path) -> list[Path]:
@@ -375,13 +379,16 @@ def append_line(
         _append(path, line, durable=durable)
 
 
-def append_lines(workspace: Workspace, path: Path, records: list[dict[str, Any]]) -> None:
-    """Several records in one append: an archive batch lands whole or not at all."""
+def append_lines(
+    workspace: Workspace, path: Path, records: list[dict[str, Any]], *, durable: bool = True
+) -> None:
+    """Several records in one append: an archive batch lands whole or not at all.
+    `durable` as for `append_line`: a copy whose durability is elsewhere skips the fsync."""
     if not records:
         return
     data = "".join(json_line(r) for r in records)
     with workspace.lock(path):
-        _append(path, data.encode("utf-8"), durable=True)
+        _append(path, data.encode("utf-8"), durable=durable)
 
 
 def _append(path: Path, payload: bytes, *, durable: bool) -> None:
@@ -410,9 +417,10 @@ def _append(path: Path, payload: bytes, *, durable: bool) -> None:
         os.close(fd)
 
 
-def append_after(path: Path, offset: int, payload: bytes) -> int:
-    """Durably append `payload` at `offset`, cutting off whatever lies past it: the torn
-    tail of a writer that died mid-append, which its reader never counted as written.
+def append_after(path: Path, offset: int, payload: bytes, *, durable: bool = True) -> int:
+    """Append `payload` at `offset`, cutting off whatever lies past it: the torn tail of
+    a writer that died mid-append, which its reader never counted as written. Durably,
+    unless the caller makes it durable itself (`queue.group_commit`).
 
     For a journal that exists and whose reader knows where its last complete record
     ends. The caller holds the file's lock. Returns the new end; a failed write leaves
@@ -433,13 +441,51 @@ def append_after(path: Path, offset: int, payload: bytes) -> int:
                 failpoints.failpoint(f"append:{path.name}:partial")
                 os.lseek(fd, offset, os.SEEK_SET)
             _write_all(fd, payload)
-            durability.fsync(fd, kind)
+            if durable:
+                durability.fsync(fd, kind)
         except OSError as exc:
             os.ftruncate(fd, offset)
             raise _naming(path, exc) from exc
     finally:
         os.close(fd)
     return offset + len(payload)
+
+
+def write_at(path: Path, offset: int, payload: bytes) -> None:
+    """Write `payload` at `offset` of `path` (made if missing), cutting off whatever lay
+    past it, without an fsync: for a file whose durability another file already holds
+    (the event log, whose lines are in the queue journal until `sync_file`). A write cut
+    short is cut off again. The caller holds the file's lock."""
+    try:
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT)
+    except OSError as exc:
+        raise _naming(path, exc) from exc
+    try:
+        private.check_descriptor(path, fd, os.fstat(fd))
+        if os.fstat(fd).st_size != offset:
+            os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        try:
+            _write_all(fd, payload)
+        except OSError as exc:
+            os.ftruncate(fd, offset)
+            raise _naming(path, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def sync_file(path: Path, how: str) -> None:
+    """Make everything written to `path` durable (nothing to do if it does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        durability.fsync(fd, durability.kind_of(path, how))
+    except OSError as exc:
+        raise _naming(path, exc) from exc
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, payload: bytes) -> None:

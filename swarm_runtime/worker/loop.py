@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,6 +36,7 @@ from swarm_runtime.contract import (
     DEFAULT_MIN_BUDGET,
     ApiRetryEvent,
     CycleRequest,
+    DiscardedEvent,
     ExecutionFacts,
     ExecutionRecord,
     Mode,
@@ -72,8 +73,8 @@ from swarm_runtime.phases.decomposition import (
 )
 from swarm_runtime.phases.intent import intent_from_task, with_intent
 from swarm_runtime.phases.prompt import compose_prompt, routing_text, subtask_results
-from swarm_runtime.phases.quality_gate import QualityGate
-from swarm_runtime.phases.rewards import RewardBook, not_approved_fields
+from swarm_runtime.phases.quality_gate import GATE_APPLIER, QualityGate
+from swarm_runtime.phases.rewards import REWARD_APPLIER, RewardBook, not_approved_fields
 from swarm_runtime.phases.routing import ToolRouter, decision_fields, load_router
 from swarm_runtime.queue.endpoint import endpoint_for
 from swarm_runtime.queue.interface import TaskQueue
@@ -81,11 +82,12 @@ from swarm_runtime.queue.leases import owned_by
 from swarm_runtime.queue.presence import PresenceBeacon
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.queue.store import ClaimOutcome, WorkerIdentity
+from swarm_runtime.queue.transition_events import Effect, EffectResult
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.safety.inserted import InsertedTextScreen
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.documents import documents_for
-from swarm_runtime.store.events import EventLog, cap_text
+from swarm_runtime.store.events import ENVELOPE, EventLog, cap_text
 from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.pause import pause_message, read_pause
 from swarm_runtime.store.state_files import Workspace, file_version
@@ -129,6 +131,7 @@ class Progress:
     """How far the task in hand got: once `execution` is set it must never run again."""
 
     task: Task
+    started_at: str
     execution: ExecutionRecord | None = None
 
 
@@ -145,16 +148,15 @@ class Worker:
         self.settings = settings
         self.identity = identity
         self.workspace = workspace
-        self.store: TaskQueue = store_for(settings, workspace)
         self.documents = documents_for(settings, workspace)
-        self.events = EventLog(
-            workspace, identity.worker_id, self.documents.database, host=identity.host
-        )
+        self.quality_gate = QualityGate(workspace, self.documents.quality_gate)
+        self.rewards = RewardBook(workspace, self.documents.reward_ledger, self.documents.balances)
+        appliers = {GATE_APPLIER: self.quality_gate.redo, REWARD_APPLIER: self.rewards.redo}
+        self.store: TaskQueue = store_for(settings, workspace, worker=True, appliers=appliers)
+        self.events = EventLog(identity.worker_id, host=identity.host)
         self.client = client
         self.gateway = gateway
         self.critic = Critic(workspace.sandbox, client, settings.critic_model)
-        self.quality_gate = QualityGate(workspace, self.documents.quality_gate)
-        self.rewards = RewardBook(workspace, self.documents.reward_ledger, self.documents.balances)
         self._pause_reported: str | None = None
         self._router: tuple[tuple[int, int, int] | None, ToolRouter] | None = None
         self.beacon = PresenceBeacon(workspace, identity, self.documents.database)
@@ -205,8 +207,6 @@ class Worker:
             if reported is not None:
                 log.info("state files are writable again; claiming tasks")
             reported = None
-            if self.events.unsent:  # the store answers again: so may the event rows
-                self.events.send_unsent()
             if outcome.task is None:
                 if once and outcome.drained:
                     return 0
@@ -245,7 +245,8 @@ class Worker:
         claim = self._claim()
         self._report_cleanup(claim)
         if claim.task is not None:
-            self.process(claim.task, self.endpoint(claim.api_endpoint))
+            started_at = claim.started_at or iso(utc_now())
+            self.process(claim.task, self.endpoint(claim.api_endpoint), started_at)
         return claim
 
     def _claim(self) -> ClaimOutcome:
@@ -271,24 +272,16 @@ class Worker:
         return self.configured_endpoint or own
 
     def _report_cleanup(self, claim: ClaimOutcome) -> None:
+        """The claim committed its events; the worker's log says what it cleaned up."""
         for item in claim.reclaimed:
             log.warning("reclaimed task %s: %s", item.task_id, item.reason)
-            self.events.emit(
-                item.task_id,
-                Status.LEASE_EXPIRED,
-                previous_holder=item.previous,
-                reason=item.reason,
-            )
         for failed in claim.propagated:
             log.warning("task %s cannot run: %s", failed.task_id, failed.reason)
-            self.events.emit(
-                failed.task_id, failed.status, errors=failed.reason, completed_at=iso(utc_now())
-            )
 
     # --- one task ----------------------------------------------------------------------
 
-    def process(self, task: Task, endpoint: str) -> Outcome:
-        progress = Progress(task)
+    def process(self, task: Task, endpoint: str, started_at: str) -> Outcome:
+        progress = Progress(task, started_at)
         with self._keep_lease(task.id):
             try:
                 return self._advance(progress, endpoint)
@@ -308,62 +301,64 @@ class Worker:
             log.info("task %s: resuming its review; the execution is on record", task.id)
             progress.execution = task.execution
             return self.review(task, task.execution, endpoint)
-        started = iso(utc_now())
-        self.events.emit(
-            task.id,
-            Status.IN_PROGRESS,
-            started_at=started,
-            mode=task.effective_mode,
-            attempt=task.attempts,
-            claimed_at=task.lease.claimed_at if task.lease else None,
-        )
         log.info("task %s started (attempt %d)", task.id, task.attempts)
         if self.plan(task):
             return Outcome(Status.QUEUED)
         task = progress.task = with_intent(task)
-        intent = {"phase4_intent": task.phase4_intent}
+        intent: dict[str, Any] = {"phase4_intent": task.phase4_intent}
         outcome = self.execute(task, endpoint)
-        outcome.fields.setdefault("started_at", started)
+        outcome.fields.setdefault("started_at", progress.started_at)
         outcome.fields["completed_at"] = iso(utc_now())
-        self.events.emit(
-            task.id,
-            outcome.status,
-            mode=task.effective_mode,
-            attempt=task.attempts,
-            **outcome.fields,
-        )
+        event = self._outcome_event(task, outcome)
         if outcome.status != Status.COMPLETED or not self.settings.review:
-            self._finish(task, outcome, **intent)
+            self._finish(task, outcome, [event], **intent)
             return outcome
         execution = execution_record(task, outcome, self.identity.host)
-        progress.task = self._commit(
-            task.id,
-            lambda: self.store.record_execution(task.id, self.identity, execution, **intent),
+        progress.task = self._transition(
+            task,
+            [event],
+            lambda: self.store.record_execution(
+                task.id, self.identity, execution, events=[event], **intent
+            ),
         )
         progress.execution = execution
         return self.review(progress.task, execution, endpoint)
 
-    def _fail(self, task: Task, error: str) -> Outcome:
-        outcome = Outcome(Status.FAILED, {"errors": error, "completed_at": iso(utc_now())})
-        self.events.emit(
+    def _outcome_event(self, task: Task, outcome: Outcome) -> dict[str, Any]:
+        return self.events.build(
             task.id,
             outcome.status,
             mode=task.effective_mode,
             attempt=task.attempts,
             **outcome.fields,
         )
-        self._finish(task, outcome)
+
+    def _fail(self, task: Task, error: str) -> Outcome:
+        outcome = Outcome(Status.FAILED, {"errors": error, "completed_at": iso(utc_now())})
+        self._finish(task, outcome, [self._outcome_event(task, outcome)])
         return outcome
 
-    def _finish(self, task: Task, outcome: Outcome, **fields: Any) -> None:
+    def _finish(
+        self,
+        task: Task,
+        outcome: Outcome,
+        events: list[dict[str, Any]],
+        effects: Sequence[Effect] = (),
+        **fields: Any,
+    ) -> None:
+        """Commit the task's new status with its events and effects; a lost lease commits
+        none of them."""
         error = outcome.error
         try:
-            self._commit(
-                task.id,
+            self._transition(
+                task,
+                events,
                 lambda: self.store.finish(
                     task.id,
                     self.identity,
                     outcome.status,
+                    events=events,
+                    effects=effects,
                     last_error=cap_text(error, SUMMARY_CHARS) if error else None,
                     **fields,
                 ),
@@ -371,6 +366,23 @@ class Worker:
         except LeaseLostError as exc:
             log.warning("%s; its new holder will run it again", exc)
         log.info("task %s -> %s", task.id, outcome.status.value)
+
+    def _transition(self, task: Task, events: list[dict[str, Any]], write: Callable[[], R]) -> R:
+        """Commit a transition of the task in hand. Refused for a lost lease (fenced by
+        attempt), what this worker computed is kept as a discarded result instead, which
+        no reader takes for the task's status; then the refusal goes on up."""
+        try:
+            return self._commit(task.id, write)
+        except LeaseLostError as exc:
+            discarded = [self._discarded(task, event, str(exc)) for event in events]
+            self._commit(task.id, lambda: self.store.log_events(discarded))
+            raise
+
+    def _discarded(self, task: Task, event: dict[str, Any], reason: str) -> dict[str, Any]:
+        kept = {k: v for k, v in event.items() if k not in ENVELOPE}
+        kept.update(kind=DiscardedEvent, discarded_status=event["status"], errors=reason)
+        kept["attempt"] = kept.get("attempt") or task.attempts
+        return self.events.build(task.id, Status.RESULT_DISCARDED, **kept)
 
     def _commit(self, task_id: str, write: Callable[[], R]) -> R:
         """Record a task's result, trying again while the queue's lock stays busy or its
@@ -413,8 +425,8 @@ class Worker:
         if not wanted:
             return False
         plan = plan_decomposition(task, intent_from_task(task), check, features)
-        self.store.plan(task.id, self.identity, plan.subtasks, plan.parent_updates)
-        self.events.emit(task.id, Status.QUEUED, kind=PlanEvent, **plan_event_fields(plan))
+        event = self.events.build(task.id, Status.QUEUED, PlanEvent, **plan_event_fields(plan))
+        self.store.plan(task.id, self.identity, plan.subtasks, plan.parent_updates, events=[event])
         log.info("task %s split into %s (%s)", task.id, ", ".join(plan.subtask_ids), reason)
         return True
 
@@ -464,7 +476,7 @@ class Worker:
         not only when the retries run out."""
 
         def report(retry: int, error: str, delay: float) -> None:
-            self.events.emit(
+            event = self.events.build(
                 task.id,
                 Status.IN_PROGRESS,
                 kind=ApiRetryEvent,
@@ -474,6 +486,11 @@ class Worker:
                 api_retry=retry,
                 retry_in=round(delay, 2),
             )
+            try:
+                if not self.store.log_events([event], holder=self.identity):
+                    log.warning("task %s: lost its lease; retry %d not logged", task.id, retry)
+            except (OSError, StateFileError) as exc:  # a note, not a transition
+                log.warning("task %s: could not log API retry %d: %s", task.id, retry, exc)
 
         return report
 
@@ -521,24 +538,22 @@ class Worker:
             previous_issues=previous.issues if previous.verdict == Verdict.REJECT else None,
         )
         fields = execution_fields(execution) | review_fields(verdict, decision.rejections)
-        self.events.emit(task.id, Status.PENDING_REVIEW, kind=ReviewEvent, **fields)
-        fields |= self.quality_gate.record_safely(
+        reviewed = self.events.build(task.id, Status.PENDING_REVIEW, ReviewEvent, **fields)
+        vote = self.quality_gate.vote(
             task.id,
             task.prompt or task.command or "",
             execution.model or self.identity.worker_id,
             verdict,
             decision.rejections,
-        ).model_dump(mode="json")
-        failpoint("worker.before_reward")
-        fields |= self._reward(task, execution, verdict, decision.outcome)
-        failpoint("worker.after_reward")
+        )
+        reward = self._reward(task, execution, verdict, decision.outcome)
         approved = decision.outcome == Status.APPROVED
         fields.update(
             result_summary=execution.result_summary if approved else None,
             errors=decision.errors,
             completed_at=iso(utc_now()),
         )
-        self.events.emit(task.id, decision.outcome, kind=ReviewEvent, **fields)
+        decided = self.events.build(task.id, decision.outcome, ReviewEvent, **fields)
         outcome = Outcome(decision.outcome, fields)
         not_before = None
         if decision.outcome == Status.REQUEUE:
@@ -546,23 +561,38 @@ class Worker:
             not_before = time.time() + delay
             log.info("task %s rejected; due again in %.1fs", task.id, delay)
         self._finish(
-            task, outcome, review=review_record(verdict, decision.rejections), not_before=not_before
+            task,
+            outcome,
+            [reviewed, decided],
+            effects=[vote, reward],
+            review=review_record(verdict, decision.rejections),
+            not_before=not_before,
         )
         return outcome
 
     def _reward(
         self, task: Task, execution: ExecutionRecord, verdict: Review, status: Status
-    ) -> dict[str, Any]:
+    ) -> Effect:
+        """The grant, made inside the verdict's transaction (so never by a worker that
+        lost the lease), between the two crash points the reward tests kill it at."""
         identity = task.identity_id or self.settings.identity
-        if status != Status.APPROVED:
-            return not_approved_fields(identity)
-        return self.rewards.grant_safely(
+        paying = self.rewards.paying(
             task.id,
             identity,
             max_budget=DEFAULT_MAX_BUDGET if task.max_budget is None else task.max_budget,
             budget_used=execution.budget_used,
             review_confidence=verdict.confidence,
-        ).event_fields()
+        )
+
+        def effect() -> EffectResult:
+            if status != Status.APPROVED:
+                return EffectResult(not_approved_fields(identity))
+            failpoint("worker.before_reward")
+            made = paying()
+            failpoint("worker.after_reward")
+            return made
+
+        return effect
 
     def _park(self, task: Task, execution: ExecutionRecord, reason: str) -> Outcome:
         """Fail closed: a task the critic could not judge waits, visibly, for an operator."""
@@ -574,9 +604,9 @@ class Worker:
             "quality_gate_status": QualityGateStatus.UNAVAILABLE,
             "errors": reason,
         }
-        self.events.emit(task.id, Status.PENDING_REVIEW, kind=ReviewEvent, **fields)
+        parked = self.events.build(task.id, Status.PENDING_REVIEW, ReviewEvent, **fields)
         outcome = Outcome(Status.PENDING_REVIEW, fields)
-        self._finish(task, outcome, review=previous.model_copy(update={"error": reason}))
+        self._finish(task, outcome, [parked], review=previous.model_copy(update={"error": reason}))
         return outcome
 
     @contextmanager

@@ -33,15 +33,15 @@ from swarm_runtime.contract import (
     OperatorEvent,
     QueueDocument,
     Status,
+    Task,
     final_statuses,
     normalize_queue,
     validate_queue_contract,
 )
-from swarm_runtime.errors import InvalidTransition, UnknownTaskError
+from swarm_runtime.errors import InvalidTransition, QueueFileError, UnknownTaskError
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.queue.state import QueueState
 from swarm_runtime.settings import Settings
-from swarm_runtime.store.documents import documents_for
 from swarm_runtime.store.events import EventLog
 from swarm_runtime.store.state_files import Workspace
 
@@ -76,7 +76,13 @@ ECHOES = TaskMix(task_spec, is_failing)
 def feed(settings: Settings, report: Path, first: int, total: int, mix: TaskMix = ECHOES) -> int:
     workspace = Workspace(settings.workspace)
     store = store_for(settings, workspace)
-    events = EventLog(workspace, FEEDER_ID, documents_for(settings, workspace).database)
+    events = EventLog(FEEDER_ID)
+
+    def note(task: Task) -> dict[str, Any]:
+        return events.build(
+            task.id, task.status, OperatorEvent, operator_action=OperatorAction.REQUEUE
+        )
+
     pace = threading.Event()
     added: list[str] = []
     requeued: set[str] = set()
@@ -91,12 +97,11 @@ def feed(settings: Settings, report: Path, first: int, total: int, mix: TaskMix 
             following += len(batch)
         for task_id in failed_once(doc, requeued, mix):
             try:
-                task = store.requeue(task_id)
+                store.requeue(task_id, note)
             except (UnknownTaskError, InvalidTransition):
                 unreachable.add(task_id)  # archived meanwhile: it stays failed
                 continue
             requeued.add(task_id)
-            events.emit(task.id, task.status, OperatorEvent, operator_action=OperatorAction.REQUEUE)
         if following >= total and every_failure_handled(doc, total, requeued, mix):
             break
         pace.wait(PACE_SECONDS)
@@ -124,12 +129,10 @@ def every_failure_handled(doc: QueueDocument, total: int, requeued: set[str], mi
 
 
 def queue_reader(settings: Settings) -> Callable[[], bytes]:
-    """queue.json's bytes as they lie, or the database's queue as one snapshot, encoded
-    as queue.json; either is read without the queue's lock."""
-    workspace = Workspace(settings.workspace)
-    if settings.database_url is None:
-        return workspace.queue_path.read_bytes
-    store = store_for(settings, workspace)
+    """The queue as every reader sees it (queue.json with its journal, or the database's
+    queue as one snapshot), encoded as queue.json; read without the queue's lock. A
+    torn queue.json or journal record would fail the read, and is reported as a problem."""
+    store = store_for(settings, Workspace(settings.workspace))
     return lambda: QueueState(store.load(), settings.review).encode()
 
 
@@ -140,7 +143,11 @@ def read_loop(settings: Settings, report: Path) -> int:
     reads, versions, problems = 0, set(), []
     print("reading", flush=True)
     while not stop.is_set():
-        raw = read()
+        try:
+            raw = read()
+        except QueueFileError as exc:
+            problems.append({"problems": [str(exc)], "bytes": 0})
+            continue
         reads += 1
         digest = hashlib.sha1(raw).hexdigest()
         if digest not in versions:  # a torn copy would be new bytes too: each is checked

@@ -1,0 +1,98 @@
+"""Group commit: the journal appends of several processes made durable by one fsync.
+
+A transaction appends its record under the queue's lock, releases the lock, and only
+then waits for its record to be durable, at the journal's sync lock. The sync lock's
+file says how far the journal is known to be durable (its name and an offset, written
+after each fsync). A record that ends within that is durable already: another writer's
+fsync, begun after the record was appended, covered it. Otherwise the writer fsyncs the
+journal as far as it is written then (its own record and every record appended while it
+waited), and says so. One worker pays one fsync per transaction, as before; several
+workers share them.
+
+Until its fsync, a record is visible to other processes without being durable: a
+writer acting on it appends after it, so its own record is durable only if this one is
+too. Only the machine's crash can lose it, with everything after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from swarm_runtime.store import durability
+from swarm_runtime.store.private import open_for_reading
+from swarm_runtime.store.state_files import Workspace, write_at
+
+NAME_WIDTH, END_WIDTH = 32, 20
+HEADER_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The journal `name` is durable up to byte `end`."""
+
+    name: str
+    end: int
+
+    def covers(self, name: str, end: int) -> bool:
+        return self.name == name and self.end >= end
+
+    def encode(self) -> bytes:
+        """Fixed width, so one rewrite in place always replaces the whole mark."""
+        return f"{self.name:<{NAME_WIDTH}}{self.end:0{END_WIDTH}d}\n".encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Mark | None:
+        text = data.decode("ascii", errors="replace")
+        end = text[NAME_WIDTH : NAME_WIDTH + END_WIDTH]
+        return cls(text[:NAME_WIDTH].strip(), int(end)) if end.isdigit() else None
+
+
+class GroupCommit:
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.journal_path = workspace.queue_journal_path
+        self.mark_path = self.journal_path.with_name(self.journal_path.name + ".synced")
+
+    def make_durable(self, name: str, end: int) -> None:
+        """Return once the journal `name` is durable up to `end` (or folded away, which
+        made its records durable in queue.json)."""
+        with self.workspace.lock(self.mark_path):
+            mark = self._read_mark()
+            if mark is not None and mark.covers(name, end):
+                return
+            synced = self._sync()
+            if synced is not None:
+                write_at(self.mark_path, 0, synced.encode())
+
+    def _read_mark(self) -> Mark | None:
+        try:
+            with open_for_reading(self.mark_path) as handle:
+                return Mark.decode(handle.read(NAME_WIDTH + END_WIDTH))
+        except FileNotFoundError:
+            return None
+
+    def _sync(self) -> Mark | None:
+        """fsync the journal on disk now, as far as it is written when the fsync starts."""
+        try:
+            fd = os.open(self.journal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            end = os.fstat(fd).st_size
+            name = journal_name(os.pread(fd, HEADER_BYTES, 0))
+            durability.fsync(fd, durability.kind_of(self.journal_path, durability.APPEND))
+        finally:
+            os.close(fd)
+        return None if name is None else Mark(name, end)
+
+
+def journal_name(head: bytes) -> str | None:
+    """The name in a journal's first line (see `queue.journal`), if it has one."""
+    line = head.split(b"\n", 1)[0]
+    try:
+        name = json.loads(line).get("journal")
+    except (ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None

@@ -1,0 +1,309 @@
+"""Events committed with their transition on the file store: one journal append holds
+both, the log gets the lines after it, and a log that lacks a committed record's lines
+(its writer died in between, or could not write them) gets exactly what it lacks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import read_events
+from test_worker_in_process import Harness, completed, make_harness
+
+from swarm_runtime.contract import Status, Verdict
+from swarm_runtime.errors import LeaseLostError
+from swarm_runtime.phases.critic import Review
+from swarm_runtime.phases.quality_gate import GATE_APPLIER
+from swarm_runtime.phases.quality_gate import load as load_gate
+from swarm_runtime.phases.rewards import REWARD_APPLIER, RewardBook
+from swarm_runtime.queue import log_apply
+from swarm_runtime.queue import store as queue_store
+from swarm_runtime.queue.group_commit import GroupCommit, Mark
+from swarm_runtime.queue.log_apply import LogTail, Repair, repair_for
+from swarm_runtime.queue.store import QueueStore, WorkerIdentity, vouched_files
+from swarm_runtime.queue.transition_events import EffectResult
+from swarm_runtime.store import durability
+from swarm_runtime.store.events import build_event
+from swarm_runtime.store.state_files import Workspace
+
+ME = WorkerIdentity("w-1")
+OTHER = WorkerIdentity("w-2", pid=ME.pid)
+LINES = b'{"a": 1}\n{"b": 2}\n'
+
+
+# --- the repair, decided ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tail", "repair"),
+    [
+        (LogTail(100 + len(LINES), LINES, True), None),  # all there
+        (LogTail(100, b"", True), Repair(100, LINES)),  # none written
+        (LogTail(105, LINES[:5], False), Repair(105, LINES[5:])),  # cut short
+        (LogTail(40, b"", True), Repair(40, LINES)),  # log cut back by hand
+        (LogTail(40, b"", False), Repair(40, b"\n" + LINES)),  # ... mid-line
+        (LogTail(130, b'{"c": 3}\n{"d"', False), Repair(130, b"\n" + LINES)),  # other bytes
+    ],
+)
+def test_the_log_gets_exactly_what_it_lacks_of_a_record(
+    tail: LogTail, repair: Repair | None
+) -> None:
+    assert repair_for(LINES, 100, tail) == repair
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(workspace: Workspace) -> Iterator[QueueStore]:
+    store = QueueStore(workspace, keep_current=False)
+    store.add_many([{"id": f"t{n}", "command": f"echo {n}"} for n in range(3)])
+    yield store
+    store.close()
+
+
+def event(task_id: str, status: Status, worker: WorkerIdentity = ME) -> dict[str, Any]:
+    return build_event(task_id, worker.worker_id, status, attempt=1)
+
+
+def journal_records(workspace: Workspace) -> list[dict[str, Any]]:
+    lines = workspace.queue_journal_path.read_text().splitlines()[1:]
+    return [json.loads(line) for line in lines]
+
+
+def test_a_transition_and_its_events_are_one_journal_append(
+    store: QueueStore, workspace: Workspace
+) -> None:
+    durability.reset()
+    claimed = store.claim(ME, 60).task
+    assert claimed is not None
+    store.finish(claimed.id, ME, Status.COMPLETED, events=[event(claimed.id, Status.COMPLETED)])
+    fsyncs = {kind: tally.count for kind, tally in durability.totals().items()}
+    assert sum(fsyncs.values()) - fsyncs.get("folder", 0) - fsyncs.get("journal rewrite", 0) == 1
+    assert [e["status"] for e in read_events(workspace)] == ["in_progress", "completed"]
+    last = journal_records(workspace)[-1]
+    assert [e["status"] for e in last["events"]] == ["completed"]
+    assert last["tasks"][0]["status"] == "completed"
+
+
+def test_a_refused_transition_commits_none_of_its_events(
+    store: QueueStore, workspace: Workspace
+) -> None:
+    claimed = store.claim(ME, 60).task
+    assert claimed is not None
+    with pytest.raises(LeaseLostError):
+        store.finish(
+            claimed.id, OTHER, Status.COMPLETED, events=[event(claimed.id, Status.COMPLETED)]
+        )
+    assert not store.log_events([event(claimed.id, Status.IN_PROGRESS, OTHER)], holder=OTHER)
+    assert [e["status"] for e in read_events(workspace)] == ["in_progress"]
+
+
+def test_events_a_dead_writer_left_out_of_the_log_are_written_once_by_the_next(
+    store: QueueStore, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a kill between the journal append and the log write leaves them; the next
+    transaction, by another process, settles the log before it commits anything."""
+    monkeypatch.setattr(queue_store, "bring_up_to", lambda path, record: None)
+    claimed = store.claim(ME, 60).task
+    assert claimed is not None and read_events(workspace) == []
+    monkeypatch.undo()
+    other = QueueStore(workspace, keep_current=False)
+    other.finish(claimed.id, ME, Status.COMPLETED, events=[event(claimed.id, Status.COMPLETED)])
+    assert [e["status"] for e in read_events(workspace)] == ["in_progress", "completed"]
+    store.claim(ME, 60)  # catches up with both records: writes nothing again
+    other.flush()
+    assert [e["status"] for e in read_events(workspace)] == [
+        "in_progress",
+        "completed",
+        "in_progress",
+    ]
+
+
+def test_a_log_cut_short_mid_line_is_completed_not_duplicated(
+    store: QueueStore, workspace: Workspace
+) -> None:
+    claimed = store.claim(ME, 60).task
+    assert claimed is not None
+    whole = workspace.log_path.read_bytes()
+    workspace.log_path.write_bytes(whole[: len(whole) // 2])
+    QueueStore(workspace, keep_current=False).claim(OTHER, 60)
+    assert workspace.log_path.read_bytes().startswith(whole)
+    assert [e["task_id"] for e in read_events(workspace)] == [claimed.id, "t1"]
+
+
+def test_a_log_that_cannot_be_written_gets_the_events_at_the_next_transaction(
+    store: QueueStore, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the transaction is committed in the journal all the same."""
+    real = log_apply.bring_up_to
+    failures = iter([OSError(28, "No space left on device")])
+
+    def full_once(path: Any, record: Any) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        real(path, record)
+
+    monkeypatch.setattr(queue_store, "bring_up_to", full_once)
+    claimed = store.claim(ME, 60).task
+    assert claimed is not None and read_events(workspace) == []
+    assert store.load().find(claimed.id).status == Status.IN_PROGRESS  # type: ignore[union-attr]
+    store.heartbeat(claimed.id, ME, 60)
+    assert [e["status"] for e in read_events(workspace)] == ["in_progress"]
+
+
+def test_a_fold_makes_the_log_durable_before_it_drops_the_journal(
+    store: QueueStore, workspace: Workspace
+) -> None:
+    store.claim(ME, 60)
+    durability.reset()
+    store.flush()
+    kinds = list(durability.totals())
+    assert "event checkpoint" in kinds and not workspace.queue_journal_path.exists()
+    assert [e["status"] for e in read_events(workspace)] == ["in_progress"]
+
+
+# --- the effects a review's verdict commits with it -----------------------------------------
+
+
+def reviewed_and_paid(workspace: Workspace) -> Harness:
+    """One local task approved under budget: its verdict's record vouches for the gate's
+    vote and the reward, both written without an fsync."""
+    harness = make_harness(workspace)
+    harness.queue({"id": "echo", "command": "echo hi", "identity_id": "ada"})
+    harness.client.answers = [completed("hi", output="hi\n", exit_code=0, budget_used=0.0001)]
+    assert harness.step() is not None
+    assert harness.task("echo").status == Status.APPROVED
+    return harness
+
+
+def as_if_the_machine_crashed(workspace: Workspace) -> None:
+    """The journal was written in an earlier boot, and the files it vouches for lost
+    what was never fsynced: here, all of it."""
+    lines = workspace.queue_journal_path.read_bytes().split(b"\n", 1)
+    header = json.loads(lines[0]) | {"boot": "an-earlier-boot"}
+    workspace.queue_journal_path.write_bytes(json.dumps(header).encode() + b"\n" + lines[1])
+    for path in vouched_files(workspace):
+        path.unlink()
+
+
+def test_the_verdict_commits_the_vote_and_the_reward_in_its_own_record(
+    workspace: Workspace,
+) -> None:
+    harness = reviewed_and_paid(workspace)
+    harness.worker.store.close()
+    (verdict,) = [r for r in journal_records(workspace) if r.get("vouches")]
+    assert set(verdict["vouches"]) == {GATE_APPLIER, REWARD_APPLIER}
+    assert [e["status"] for e in verdict["events"]] == ["pending_review", "approved"]
+    approved = verdict["events"][-1]
+    assert approved["quality_gate_change_id"] == "echo"
+    assert approved["phase5_reward_applied"] is True
+
+
+def test_after_a_machine_crash_a_worker_redoes_what_the_journal_vouches_for(
+    workspace: Workspace,
+) -> None:
+    first = reviewed_and_paid(workspace)
+    first.worker.store.close()
+    paid = RewardBook(workspace).ledger().grants["echo::ada"]
+    as_if_the_machine_crashed(workspace)
+
+    bystander = QueueStore(workspace)  # the panel's: it cannot redo them, so it keeps
+    bystander.flush()  # the journal for a store that can
+    assert workspace.queue_journal_path.exists()
+
+    second = make_harness(workspace)
+    assert second.step() is None  # its first transaction redoes them, then folds
+    second.worker.store.flush()
+    assert not workspace.queue_journal_path.exists()
+    assert load_gate(workspace).changes["echo"].vote is not None
+    redone = RewardBook(workspace)
+    assert redone.ledger().grants["echo::ada"].tokens_awarded == paid.tokens_awarded
+    assert redone.balances().of("ada").total_tokens == paid.tokens_awarded
+    second.worker.store.flush()
+    assert redone.balances().of("ada").total_tokens == paid.tokens_awarded  # once
+
+
+def test_a_refused_verdict_votes_and_pays_nothing(workspace: Workspace) -> None:
+    """A worker that lost the lease before its verdict committed must not have voted or
+    paid either: the effects run inside the transaction, after the lease check."""
+    harness = make_harness(workspace)
+    harness.queue({"id": "echo", "command": "echo hi", "identity_id": "ada"})
+    harness.client.answers = [completed("hi", output="hi\n", exit_code=0, budget_used=0.0001)]
+    critic = harness.worker.critic
+    review = critic.review
+
+    def stolen_while_reviewing(*args: Any, **kwargs: Any) -> Any:
+        QueueStore(workspace, clock=lambda: 4e9).claim(WorkerIdentity("thief"), 300)
+        return review(*args, **kwargs)
+
+    critic.review = stolen_while_reviewing  # type: ignore[method-assign]
+    harness.step()
+    assert not workspace.quality_gate_path.exists()
+    assert not workspace.reward_ledger_path.exists()
+
+
+# --- group commit -----------------------------------------------------------------------------
+
+
+def test_a_mark_says_how_far_which_journal_is_durable() -> None:
+    mark = Mark("0123456789abcdef", 4096)
+    assert Mark.decode(mark.encode()) == mark
+    assert len(mark.encode()) == len(Mark("x", 0).encode())  # rewritten in place whole
+    assert mark.covers("0123456789abcdef", 4096) and not mark.covers("0123456789abcdef", 4097)
+    assert not mark.covers("another-journal", 10)
+    assert Mark.decode(b"") is None
+
+
+def test_one_fsync_makes_every_record_appended_before_it_durable(workspace: Workspace) -> None:
+    """Two writers appended, then both wait for durability: the first one's fsync covers
+    the second's record, which needs none of its own; a record appended after it does."""
+    head = b'{"journal": "0123456789abcdef", "follows": null}\n'
+    first, second = head + b"{}\n", head + b"{}\n{}\n"
+    workspace.queue_journal_path.write_bytes(second)
+    group = GroupCommit(workspace)
+    durability.reset()
+    group.make_durable("0123456789abcdef", len(first))
+    group.make_durable("0123456789abcdef", len(second))
+    assert {k: t.count for k, t in durability.totals().items()} == {"journal append": 1}
+    workspace.queue_journal_path.write_bytes(second + b"{}\n")
+    group.make_durable("0123456789abcdef", len(second) + 3)
+    assert durability.totals()["journal append"].count == 2
+
+
+@pytest.mark.slow
+def test_on_a_database_the_effects_commit_with_the_verdict_or_not_at_all(
+    workspace: Workspace, database_url: str
+) -> None:
+    """The gate's vote and the reward join the queue transaction (as savepoints): when
+    the transition fails after them, neither is kept."""
+    harness = make_harness(workspace, database_url=database_url)
+    worker = harness.worker
+    try:
+        harness.queue({"id": "echo", "command": "echo hi"})
+        claimed = worker.store.claim(worker.identity, 60).task
+        assert claimed is not None
+        vote = worker.quality_gate.vote("echo", "echo hi", "w", approving(), 0)
+
+        def fails_after_the_vote() -> EffectResult:
+            raise RuntimeError("the transition fails after its effects ran")
+
+        with pytest.raises(RuntimeError):
+            worker.store.finish(
+                "echo", worker.identity, Status.FAILED, effects=[vote, fails_after_the_vote]
+            )
+        assert load_gate(worker.documents.quality_gate).changes == {}
+        assert harness.task("echo").status == Status.IN_PROGRESS
+
+        worker.store.finish("echo", worker.identity, Status.FAILED, effects=[vote])
+        assert list(load_gate(worker.documents.quality_gate).changes) == ["echo"]
+    finally:
+        worker.store.close()
+        worker.documents.close()
+
+
+def approving() -> Review:
+    return Review(verdict=Verdict.APPROVE, confidence=0.9)
