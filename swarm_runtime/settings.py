@@ -45,6 +45,7 @@ ENV_FIELDS: dict[str, str] = {
     "SWARM_RATE_LIMIT": "rate_limit",
     "SWARM_PRICES_FILE": "prices_file",
     "SWARM_QUEUE_RETAIN": "queue_retain",
+    "SWARM_JOURNAL_BYTES": "journal_bytes",
     "SWARM_LEASE_SECONDS": "lease_seconds",
     "SWARM_POLL_INTERVAL": "poll_interval",
     "SWARM_API_RETRIES": "api_retries",
@@ -89,6 +90,8 @@ class Settings(BaseModel):
     rate_limit: int = Field(default=60, ge=1)
     prices_file: Path | None = None
     queue_retain: int = Field(default=1000, ge=0)
+    # How large the queue journal grows (at least) before it is folded into queue.json.
+    journal_bytes: int = Field(default=1 << 20, ge=4096)
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     api_retries: int = Field(default=3, ge=0, le=10)

@@ -38,8 +38,9 @@ COUNTED = ROOT / "tests" / "helpers" / "counted_failpoints.py"
 DOOMED = "doomed"  # the killed worker's id, which names its presence file
 TASKS = 6
 # Each task's execution and events carry its output: three of them are about 64 KB of
-# journal, a quarter of the fold floor (`queue.store.FOLD_FLOOR_BYTES`).
+# journal, which these workers fold at (SWARM_JOURNAL_BYTES; 1 MB by default).
 PADDING = "x" * 5000
+SMALL_JOURNAL = {"SWARM_JOURNAL_BYTES": "65536"}
 FINAL = {"approved", "failed", "safety_blocked", "cancelled"}  # `completed` is not, under review
 
 # Every failpoint a worker passes on a local task's path, roughly in the order it first
@@ -147,7 +148,7 @@ def counted_worker(backend: Backend, **env: str) -> subprocess.CompletedProcess[
     return subprocess.run(
         [sys.executable, str(COUNTED), "--once", "--worker-id", DOOMED],
         cwd=ROOT,
-        env=child_env(backend.workspace, SWARM_FAILPOINTS="counted", **env),
+        env=child_env(backend.workspace, SWARM_FAILPOINTS="counted", **SMALL_JOURNAL, **env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -159,7 +160,9 @@ def killed_worker(backend: Backend, case: str) -> subprocess.CompletedProcess[st
     it), or `name#n` (killed the n-th time)."""
     if "#" in case:
         return counted_worker(backend, **{AT_ENV: case})
-    return backend.run_worker("--once", "--worker-id", DOOMED, SWARM_FAILPOINTS=case)
+    return backend.run_worker(
+        "--once", "--worker-id", DOOMED, SWARM_FAILPOINTS=case, **SMALL_JOURNAL
+    )
 
 
 def killed_mid_queue(api: RunningProcess, backend: Backend, case: str) -> list[dict[str, Any]]:

@@ -75,10 +75,10 @@ log = logging.getLogger("swarm.queue")
 # stays current to the transaction, and the journal is not used.
 SMALL_QUEUE_BYTES = 16 * 1024
 # The journal is folded into queue.json once it reaches queue.json's size divided by
-# this (and at least FOLD_FLOOR_BYTES), so the rewrites cost a constant share of the
-# appends, or once it is this old.
+# this (and at least `journal_bytes`, SWARM_JOURNAL_BYTES: a fold costs about ten
+# fsyncs), so the rewrites cost a constant share of the appends, or once it is this old.
 COMPACT_RATIO = 4
-FOLD_FLOOR_BYTES = 256 * 1024
+JOURNAL_BYTES = 1 << 20
 FRESH_SECONDS = 1.0
 # A lock-free read that finds queue.json replaced while it read reads again, this many
 # times in all; the last read is a queue that existed, only a moment old.
@@ -186,6 +186,7 @@ class QueueStore(QueueTransactions):
         clock: Callable[[], float] | None = None,
         small_queue_bytes: int = SMALL_QUEUE_BYTES,
         fold_after_seconds: float = FRESH_SECONDS,
+        journal_bytes: int = JOURNAL_BYTES,
         keep_current: bool = True,
         appliers: Mapping[str, Applier] | None = None,
     ):
@@ -195,6 +196,7 @@ class QueueStore(QueueTransactions):
         store without them leaves such a journal unfolded for one that has them."""
         self._workspace = workspace
         self.keep_current = keep_current
+        self.journal_bytes = journal_bytes
         self.appliers = dict(appliers or {})
         self._awaits_redo = False
         self.fold_after_seconds = fold_after_seconds
@@ -228,6 +230,7 @@ class QueueStore(QueueTransactions):
             workspace,
             retain=settings.queue_retain,
             review_enabled=settings.review,
+            journal_bytes=settings.journal_bytes,
             keep_current=keep_current,
             appliers=appliers,
         )
@@ -389,8 +392,9 @@ class QueueStore(QueueTransactions):
         failpoint("queue.journal_appended")
         self._apply_events(record)
         too_old = journal.age() >= self.fold_after_seconds or (small and self.keep_current)
-        fold_at = max(writer.snapshot_bytes, FOLD_FLOOR_BYTES)
-        if journal.size * COMPACT_RATIO >= fold_at or too_old:
+        floor = self.journal_bytes * COMPACT_RATIO
+        large = journal.size * COMPACT_RATIO >= max(writer.snapshot_bytes, floor)
+        if large or too_old:
             self._fold(state)
         return (name, end) if unsynced and name is not None else None
 
