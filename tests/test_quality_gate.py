@@ -134,6 +134,32 @@ def test_a_malformed_file_is_reported_and_left_untouched(
         quality_gate.load(workspace)
 
 
+def test_a_change_spoiled_by_hand_after_a_vote_is_still_reported(workspace: Workspace) -> None:
+    """A change is validated again once its JSON differs from what the gate last saw,
+    even though an unchanged one is not."""
+    gate = QualityGate(workspace)
+    gate.record("first", "echo 1", "w", APPROVE, 0, now=MORNING)
+    document = json.loads(workspace.quality_gate_path.read_text())
+    document["changes"]["first"]["status"] = 42
+    spoiled = json.dumps(document)
+    workspace.quality_gate_path.write_text(spoiled)
+    with pytest.raises(StateFileError, match="first"):
+        gate.record("second", "echo 2", "w", APPROVE, 0, now=EVENING)
+    assert workspace.quality_gate_path.read_text() == spoiled
+
+
+def test_changes_a_vote_does_not_touch_are_written_back_as_read(workspace: Workspace) -> None:
+    gate = QualityGate(workspace)
+    gate.record("first", "echo 1", "w", APPROVE, 0, now=MORNING)
+    document = json.loads(workspace.quality_gate_path.read_text())
+    document["changes"]["first"]["qa_note"] = "looked at by hand"
+    workspace.quality_gate_path.write_text(json.dumps(document))
+    gate.record("second", "echo 2", "w", REJECT, 0, now=EVENING)
+    written = json.loads(workspace.quality_gate_path.read_text())["changes"]
+    assert written["first"] == document["changes"]["first"]
+    assert list(written) == ["first", "second"]
+
+
 def test_record_safely_turns_a_failure_into_an_error_status(workspace: Workspace) -> None:
     path = workspace.quality_gate_path
     path.write_text("{not json")
