@@ -26,7 +26,7 @@ from swarm_runtime.queue.store import QueueStore, WorkerIdentity, vouched_files
 from swarm_runtime.queue.transition_events import EffectResult
 from swarm_runtime.store import durability
 from swarm_runtime.store.events import build_event
-from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.store.state_files import FileLock, Workspace
 
 ME = WorkerIdentity("w-1")
 OTHER = WorkerIdentity("w-2", pid=ME.pid)
@@ -307,3 +307,15 @@ def test_on_a_database_the_effects_commit_with_the_verdict_or_not_at_all(
 
 def approving() -> Review:
     return Review(verdict=Verdict.APPROVE, confidence=0.9)
+
+
+def test_a_sync_lock_held_too_long_is_gone_around_not_reported(workspace: Workspace) -> None:
+    """The step is committed already: failing it now would make its worker take it for
+    one that failed (and try it again)."""
+    head = b'{"journal": "0123456789abcdef", "follows": null}\n'
+    workspace.queue_journal_path.write_bytes(head + b"{}\n")
+    group = GroupCommit(workspace, lock_timeout=0.05)
+    with FileLock(f"{group.mark_path}.lock"):  # another writer, stuck
+        durability.reset()
+        group.make_durable("0123456789abcdef", len(head) + 3)
+    assert durability.totals()["journal append"].count == 1

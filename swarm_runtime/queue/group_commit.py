@@ -22,7 +22,12 @@ from dataclasses import dataclass
 
 from swarm_runtime.store import durability
 from swarm_runtime.store.private import open_for_reading
-from swarm_runtime.store.state_files import Workspace, write_at
+from swarm_runtime.store.state_files import (
+    LOCK_TIMEOUT_SECONDS,
+    FileLock,
+    Workspace,
+    write_at,
+)
 
 NAME_WIDTH, END_WIDTH = 32, 20
 HEADER_BYTES = 4096
@@ -50,21 +55,26 @@ class Mark:
 
 
 class GroupCommit:
-    def __init__(self, workspace: Workspace):
-        self.workspace = workspace
+    def __init__(self, workspace: Workspace, lock_timeout: float = LOCK_TIMEOUT_SECONDS):
         self.journal_path = workspace.queue_journal_path
         self.mark_path = self.journal_path.with_name(self.journal_path.name + ".synced")
+        self._lock = FileLock(f"{self.mark_path}.lock", lock_timeout)
 
     def make_durable(self, name: str, end: int) -> None:
         """Return once the journal `name` is durable up to `end` (or folded away, which
-        made its records durable in queue.json)."""
-        with self.workspace.lock(self.mark_path):
-            mark = self._read_mark()
-            if mark is not None and mark.covers(name, end):
-                return
-            synced = self._sync()
-            if synced is not None:
-                write_at(self.mark_path, 0, synced.encode())
+        made its records durable in queue.json). The transaction is committed already,
+        so a sync lock held too long (a stuck writer) is gone around, not reported: the
+        caller would take its committed step for one that failed."""
+        try:
+            with self._lock:
+                mark = self._read_mark()
+                if mark is not None and mark.covers(name, end):
+                    return
+                synced = self._sync()
+                if synced is not None:
+                    write_at(self.mark_path, 0, synced.encode())
+        except TimeoutError:
+            self._sync()
 
     def _read_mark(self) -> Mark | None:
         try:
