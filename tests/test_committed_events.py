@@ -5,6 +5,8 @@ both, the log gets the lines after it, and a log that lacks a committed record's
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -319,3 +321,19 @@ def test_a_sync_lock_held_too_long_is_gone_around_not_reported(workspace: Worksp
         durability.reset()
         group.make_durable("0123456789abcdef", len(head) + 3)
     assert durability.totals()["journal append"].count == 1
+
+
+def test_an_idle_worker_folds_its_last_steps_into_queue_json(workspace: Workspace) -> None:
+    """queue.json is current soon after work stops, not at the worker's next claim (which
+    an idle worker may not make for a whole poll interval)."""
+    worker_store = QueueStore(workspace, keep_current=False, fold_after_seconds=0.05)
+    worker_store.add({"id": "t0", "command": "echo 0"})
+    assert worker_store.claim(ME, 60).task is not None
+    assert worker_store.claim(ME, 60).task is None  # nothing left: the worker waits
+    assert workspace.queue_journal_path.exists()
+    started = time.monotonic()
+    worker_store.wait_for_change(5.0, threading.Event())
+    assert time.monotonic() - started < 2.0
+    assert not workspace.queue_journal_path.exists()
+    on_disk = json.loads(workspace.queue_path.read_text())["tasks"]
+    assert [task["status"] for task in on_disk] == ["in_progress"]

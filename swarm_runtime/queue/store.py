@@ -417,9 +417,9 @@ class QueueStore(QueueTransactions):
     def _fold(self, state: QueueState) -> None:
         """Write queue.json with every journal record in it, then drop the journal.
 
-        The transaction is already durable in the journal, so a failure here (a full
-        disk) is only logged: queue.json stays as it was, and a later transaction tries
-        again."""
+        The transaction is already in the journal (and durable there once its fsync
+        is made), so a failure here (a full disk) is only logged: queue.json stays as it
+        was, and a later transaction tries again."""
         try:
             self._fold_now(state)
         except OSError as exc:
