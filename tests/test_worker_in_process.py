@@ -9,6 +9,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,3 +306,70 @@ def test_a_claim_committed_but_never_answered_is_run_once_in_its_attempt(
     assert harness.history("doubt") == ["in_progress", "completed", "pending_review", "approved"]
     assert len(harness.client.payloads) == 1
     assert harness.step() is None
+
+
+@pytest.mark.parametrize("commit", ["record_execution", "finish"])
+def test_a_step_committed_but_never_answered_is_neither_repeated_nor_discarded(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, commit: str
+) -> None:
+    """Regression: the database went away while a step committed. Tried again, the
+    finish was refused (its own commit had released the lease) and logged as a
+    discarded result; a record_execution would have logged its event twice."""
+    harness.worker.commit_backoff = 0.0
+    gone = StoreUnavailable("postgresql://db/q", "the server cannot be reached", "check it")
+    store = harness.worker.store
+    real = getattr(store, commit)
+    calls: list[str] = []
+
+    def commit_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+        calls.append(commit)
+        result = real(*args, **kwargs)
+        if len(calls) == 1:
+            raise gone
+        return result
+
+    monkeypatch.setattr(store, commit, commit_then_lose_the_answer)
+    harness.queue({"id": "doubt", "command": "echo doubt"})
+    harness.client.answers = [completed("doubt", output="doubt\n", exit_code=0)]
+    harness.step()
+    assert calls == [commit]  # looked up, found committed, not written again
+    assert harness.task("doubt").status == Status.APPROVED
+    assert harness.history("doubt") == ["in_progress", "completed", "pending_review", "approved"]
+
+
+@pytest.mark.slow
+def test_a_commit_never_answered_still_reaches_the_hosts_log(
+    workspace: Workspace, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows hold the events of a commit whose answer was lost; this host's copy gets
+    them once the database answers again, not never."""
+    harness = make_harness(workspace, database_url=database_url)
+    harness.worker.commit_backoff = 0.0
+    database = harness.worker.store.database  # type: ignore[attr-defined]
+    real = database.transaction
+    answers_lost: list[bool] = []
+
+    @contextmanager
+    def transaction(**kwargs: Any) -> Iterator[Any]:
+        with real(**kwargs) as conn:
+            yield conn
+        if kwargs.get("holding") is not None and not answers_lost:
+            answers_lost.append(True)
+            raise StoreUnavailable("postgresql://db/q", "the server went away", "check it")
+
+    try:
+        harness.queue({"id": "doubt", "command": "echo doubt"})
+        monkeypatch.setattr(database, "transaction", transaction)
+        harness.client.answers = [completed("doubt", output="doubt\n", exit_code=0)]
+        with pytest.raises(StoreUnavailable):
+            harness.step()  # the claim: committed, its answer lost
+        harness.step()  # taken back in its attempt, and run
+        assert harness.history("doubt") == [
+            "in_progress",
+            "completed",
+            "pending_review",
+            "approved",
+        ]
+    finally:
+        harness.worker.store.close()
+        harness.worker.documents.close()

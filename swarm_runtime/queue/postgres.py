@@ -38,7 +38,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -56,6 +57,7 @@ from swarm_runtime.contract import (
     normalize_queue,
     utc_now,
 )
+from swarm_runtime.errors import StoreUnavailable
 from swarm_runtime.queue.leases import WorkerIdentity, holder_is_alive, owned_by
 from swarm_runtime.queue.postgres_rows import (
     CHANNEL,
@@ -82,7 +84,7 @@ from swarm_runtime.queue.transactions import (
 from swarm_runtime.queue.transition_events import claim_events
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.database import Database
-from swarm_runtime.store.events import insert_events, keep_host_copy
+from swarm_runtime.store.events import committed_events, insert_events, keep_host_copy
 from swarm_runtime.store.state_files import Workspace
 
 log = logging.getLogger("swarm.queue")
@@ -161,6 +163,8 @@ class PostgresQueueStore(QueueTransactions):
         self._writing = threading.Lock()  # the cached queue is one object per process
         self._reading = threading.Lock()
         self._listener: psycopg.Connection[Any] | None = None
+        # Events of transactions whose commit was never answered (see `_copied`).
+        self._doubtful: list[dict[str, Any]] = []
 
     @classmethod
     def for_settings(
@@ -305,7 +309,10 @@ class PostgresQueueStore(QueueTransactions):
     def _claim_by_row(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome | None:
         """None when this claim needs the whole queue (see the module docstring). It
         commits the same events, and says when the attempt began, as a full claim."""
-        with self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn:
+        with (
+            self._copied() as sent,
+            self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn,
+        ):
             labels = Json(sorted(worker.labels))
             params = {"clock": self._now(), "host": worker.host, "labels": labels}
             found = conn.execute(CLAIM_BY_ROW, params).fetchone()
@@ -321,8 +328,7 @@ class PostgresQueueStore(QueueTransactions):
             )
             for event in claim_events(claim, worker):
                 state.emit(event)
-            events = self._write_row(conn, state, position, now, doc)
-        self._keep_copy(events)
+            sent += self._write_row(conn, state, position, now, doc)
         return claim
 
     def log_events(
@@ -331,23 +337,28 @@ class PostgresQueueStore(QueueTransactions):
         """Events that change no task need no view of the queue: they go in beside other
         rows' transactions. With `holder`, the rows of their tasks are held still while
         it is checked to hold them all, as the file store checks under its lock."""
-        with self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn:
+        with (
+            self._copied() as sent,
+            self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn,
+        ):
             if holder is not None and not holds_all(conn, events, holder):
                 return False
             insert_events(conn, events)
-        self._keep_copy(events)
+            sent += events
         return True
 
     def _task_transaction(self, task_id: str, change: Change[R]) -> R:
         """Run `change` on the one task row, locked, beside other rows' transactions."""
-        with self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn:
+        with (
+            self._copied() as sent,
+            self.database.transaction(holding=QUEUE_LOCK, shared=True) as conn,
+        ):
             found = conn.execute(LOCK_ROW, {"id": task_id, "clock": self._now()}).fetchone()
             assert found is not None
             now, position, doc, outcome = found
             state = row_state(doc, outcome, self.review_enabled)
             result = change(state, now)
-            events = self._write_row(conn, state, position, now, doc)
-        self._keep_copy(events)
+            sent += self._write_row(conn, state, position, now, doc)
         return result
 
     def _write_row(
@@ -377,14 +388,14 @@ class PostgresQueueStore(QueueTransactions):
         """A change that raises, or a commit that fails, drops the cached queue, which is
         then read again: nothing half-done survives. Once committed, its events are
         copied to this host's log."""
-        with self._writing:
+        with self._writing, self._copied() as sent:
             try:
                 with self.database.transaction(holding=QUEUE_LOCK) as conn:
                     result, events = self._run(conn, change)
+                    sent += events
             except BaseException:
                 self._written = None
                 raise
-        self._keep_copy(events)
         return result
 
     def _run(self, conn: Connection, change: Change[R]) -> tuple[R, list[dict[str, Any]]]:
@@ -442,9 +453,33 @@ class PostgresQueueStore(QueueTransactions):
         if record is not None:
             insert_events(conn, record.events)
 
+    @contextmanager
+    def _copied(self) -> Iterator[list[dict[str, Any]]]:
+        """The events a transaction sends (the block adds them to the list it is given),
+        copied to this host's log once it commits: after the commit, since a transaction
+        rolled back has no events. A commit never answered (the server went away during
+        it) may have committed all the same: its events are looked up once the database
+        answers again, and those it holds are copied then."""
+        sent: list[dict[str, Any]] = []
+        try:
+            yield sent
+        except StoreUnavailable:
+            self._doubtful += sent
+            raise
+        if self._doubtful:  # older: first
+            self._settle_doubtful()
+        self._keep_copy(sent)
+
+    def _settle_doubtful(self) -> None:
+        doubtful, self._doubtful = self._doubtful, []
+        try:
+            with self.database.transaction() as conn:
+                self._keep_copy(committed_events(conn, doubtful))
+        except StoreUnavailable:
+            self._doubtful = doubtful + self._doubtful
+
     def _keep_copy(self, events: Sequence[dict[str, Any]]) -> None:
-        """This host's copy of the events a transaction committed, in its workspace's
-        log: after the commit, since a transaction rolled back has no events."""
+        """This host's copy of the events a transaction committed, in its workspace's log."""
         if events and self.workspace is not None:
             keep_host_copy(self.workspace, events)
 

@@ -116,6 +116,24 @@ def insert_events(conn: Connection[Any], events: Sequence[dict[str, Any]]) -> No
     conn.execute(INSERT_EVENTS, (*columns, [Json(event) for event in events]))
 
 
+EVENT_COMMITTED = (
+    "SELECT 1 FROM swarm_events WHERE task_id = %s AND worker_id = %s AND status = %s"
+    " AND timestamp = %s LIMIT 1"
+)
+
+
+def committed_events(
+    conn: Connection[Any], events: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Those of `events` the database holds (by their envelope: a timestamp to the
+    microsecond, by one writer, names one event)."""
+    return [
+        event
+        for event in events
+        if conn.execute(EVENT_COMMITTED, [str(event[key]) for key in ENVELOPE]).fetchone()
+    ]
+
+
 def keep_host_copy(workspace: Workspace, events: Sequence[dict[str, Any]]) -> None:
     """Append a committed transaction's events to this host's execution_log.jsonl, in one
     write. The database holds them durably, so no fsync; and the transaction stands

@@ -320,6 +320,7 @@ class Worker:
             lambda: self.store.record_execution(
                 task.id, self.identity, execution, events=[event], **intent
             ),
+            lambda stored: stored.execution == execution and owned_by(stored, self.identity),
         )
         progress.execution = execution
         return self.review(progress.task, execution, endpoint)
@@ -362,21 +363,33 @@ class Worker:
                     last_error=cap_text(error, SUMMARY_CHARS) if error else None,
                     **fields,
                 ),
+                lambda stored: finished_as(stored, task, outcome.status),
             )
         except LeaseLostError as exc:
             log.warning("%s; its new holder will run it again", exc)
         log.info("task %s -> %s", task.id, outcome.status.value)
 
-    def _transition(self, task: Task, events: list[dict[str, Any]], write: Callable[[], R]) -> R:
-        """Commit a transition of the task in hand. Refused for a lost lease (fenced by
-        attempt), what this worker computed is kept as a discarded result instead, which
-        no reader takes for the task's status; then the refusal goes on up."""
+    def _transition(
+        self,
+        task: Task,
+        events: list[dict[str, Any]],
+        write: Callable[[], Task],
+        done: Callable[[Task], bool],
+    ) -> Task:
+        """Commit a transition of the task in hand; `done` tells the task as it stands
+        after it. Refused for a lost lease (fenced by attempt), what this worker computed
+        is kept as a discarded result instead, which no reader takes for the task's
+        status; then the refusal goes on up."""
         try:
-            return self._commit(task.id, write)
+            return self._commit(task.id, write, lambda: self._stored(task.id, done))
         except LeaseLostError as exc:
             discarded = [self._discarded(task, event, str(exc)) for event in events]
             self._commit(task.id, lambda: self.store.log_events(discarded))
             raise
+
+    def _stored(self, task_id: str, done: Callable[[Task], bool]) -> Task | None:
+        found = self.store.load().find(task_id)
+        return found if found is not None and done(found) else None
 
     def _discarded(self, task: Task, event: dict[str, Any], reason: str) -> dict[str, Any]:
         kept = {k: v for k, v in event.items() if k not in ENVELOPE}
@@ -384,23 +397,28 @@ class Worker:
         kept["attempt"] = kept.get("attempt") or task.attempts
         return self.events.build(task.id, Status.RESULT_DISCARDED, **kept)
 
-    def _commit(self, task_id: str, write: Callable[[], R]) -> R:
+    def _commit(
+        self, task_id: str, write: Callable[[], R], stored: Callable[[], R | None] | None = None
+    ) -> R:
         """Record a task's result, trying again while the queue's lock stays busy or its
         database cannot be reached.
 
         The result may be paid for and cannot be had again for free, so a lock timeout
         (readers never hold the lock, but a slow writer may) or a lost database is waited
-        out with the result kept in memory, rather than recorded as the task's failure. A
-        database transaction either committed or did not: one that did is refused when
-        tried again (the lease is released), and nothing is recorded twice."""
+        out with the result kept in memory, rather than recorded as the task's failure.
+        A database that went away during a commit leaves it in doubt: before trying
+        again, `stored` looks whether it committed after all, so that nothing is recorded
+        twice and a committed step is not taken for a lease lost."""
         patience = max(COMMIT_PATIENCE_SECONDS, 3 * self.settings.lease_seconds)
         deadline = time.monotonic() + patience
         delay = self.commit_backoff
-        attempt = 1
+        attempt, in_doubt = 1, False
         while time.monotonic() < deadline:
             try:
-                return write()
+                found = stored() if in_doubt and stored is not None else None
+                return found if found is not None else write()
             except (TimeoutError, StoreUnavailable) as exc:
+                in_doubt = in_doubt or isinstance(exc, StoreUnavailable)
                 log.warning(
                     "task %s: could not record its result (attempt %d), again in %.1fs: %s",
                     task_id,
@@ -641,6 +659,11 @@ class Worker:
 
 
 # --- pure helpers -----------------------------------------------------------------------
+
+
+def finished_as(stored: Task, task: Task, status: Status) -> bool:
+    """The task as a finish of this attempt left it: its status set, its lease released."""
+    return stored.status == status and stored.lease is None and stored.attempts == task.attempts
 
 
 def stalled_message(exc: Exception) -> str:
