@@ -160,21 +160,26 @@ def test_changes_a_vote_does_not_touch_are_written_back_as_read(workspace: Works
     assert list(written) == ["first", "second"]
 
 
-def test_record_safely_turns_a_failure_into_an_error_status(workspace: Workspace) -> None:
+def test_a_vote_that_fails_becomes_an_error_status(workspace: Workspace) -> None:
     path = workspace.quality_gate_path
     path.write_text("{not json")
-    fields = QualityGate(workspace).record_safely("t1", "task", "author", REJECT, 1)
+    made = QualityGate(workspace).vote("t1", "task", "author", REJECT, 1)()
+    fields = QualityGateFields.model_validate(made.fields)
     assert fields.quality_gate_status == QualityGateStatus.ERROR
     assert fields.quality_gate_decision == "rejected"
     assert fields.quality_gate_change_id is None
     assert str(path) in fields.quality_gate_error
     assert path.read_text() == "{not json"
+    assert made.vouch is None  # nothing was written to redo
 
 
-def test_record_safely_passes_a_success_through(workspace: Workspace) -> None:
-    fields = QualityGate(workspace).record_safely("t1", "task", "author", APPROVE, 0)
+def test_a_vote_that_succeeds_vouches_for_the_change_it_wrote(workspace: Workspace) -> None:
+    made = QualityGate(workspace).vote("t1", "task", "author", APPROVE, 0)()
+    fields = QualityGateFields.model_validate(made.fields)
     assert fields.quality_gate_status == QualityGateStatus.NEEDS_QA
     assert fields.quality_gate_error is None
+    written = json.loads(workspace.quality_gate_path.read_text())["changes"]["t1"]
+    assert made.vouch == (quality_gate.GATE_APPLIER, written)
 
 
 def _record_many(root: str, prefix: str, count: int) -> None:

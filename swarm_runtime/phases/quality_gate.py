@@ -109,18 +109,6 @@ class QualityGate:
         now: datetime | None = None,
     ) -> QualityGateFields:
         """Cast the critic's vote on the task's change, creating the change on first review."""
-        return self._record(task_id, task_text, author_id, review, rejections, now=now)[0]
-
-    def _record(
-        self,
-        task_id: str,
-        task_text: str,
-        author_id: str,
-        review: Review,
-        rejections: int,
-        *,
-        now: datetime | None = None,
-    ) -> tuple[QualityGateFields, Change]:
         moment = iso(now or utc_now())
         vote = Vote(
             decision=decision_for(review),
@@ -131,30 +119,31 @@ class QualityGate:
             voted_at=moment,
         )
 
-        def mutate(raw: Any) -> tuple[dict[str, Any], tuple[QualityGateFields, Change]]:
+        def mutate(raw: Any) -> tuple[dict[str, Any], QualityGateFields]:
             changes = self._valid.changes_of(raw)
             existing = changes.get(task_id)
             earlier = None if existing is None else Change.model_validate(existing)
             change = _changed(earlier, task_id, task_text, author_id, vote)
             entry = self._valid.written(task_id, change)
             document = {**raw, "changes": {**changes, task_id: entry}, "updated_at": moment}
-            return document, (fields_for(task_id, vote), change)
+            return document, fields_for(task_id, vote)
 
         return self.document.update(mutate, lambda: _empty(moment))
 
     def vote(
         self, task_id: str, task_text: str, author_id: str, review: Review, rejections: int
     ) -> Effect:
-        """`record_safely` as an effect of the review's transition: it adds the gate's
-        fields to the verdict's event and vouches for the change it wrote."""
+        """`record` as an effect of the review's transition: it adds the gate's fields to
+        the verdict's event and vouches for the change it wrote. A failure becomes the
+        event's quality_gate_error, not a crash."""
 
         def effect() -> EffectResult:
             try:
-                fields, change = self._record(task_id, task_text, author_id, review, rejections)
+                fields = self.record(task_id, task_text, author_id, review, rejections)
             except (SwarmError, OSError) as exc:
                 log.error("quality gate could not record task %s: %s", task_id, exc)
                 return EffectResult(gate_error_fields(review, exc))
-            vouch = (GATE_APPLIER, change.model_dump(mode="json"))
+            vouch = (GATE_APPLIER, self._valid.last_written(task_id))
             return EffectResult(fields.model_dump(mode="json"), vouch)
 
         return effect
@@ -173,23 +162,6 @@ class QualityGate:
             return document.model_dump(mode="json"), None
 
         self.document.update(mutate, lambda: _empty(moment))
-
-    def record_safely(
-        self,
-        task_id: str,
-        task_text: str,
-        author_id: str,
-        review: Review,
-        rejections: int,
-        *,
-        now: datetime | None = None,
-    ) -> QualityGateFields:
-        """Like `record`, but a failure becomes the event's quality_gate_error, not a crash."""
-        try:
-            return self.record(task_id, task_text, author_id, review, rejections, now=now)
-        except (SwarmError, OSError) as exc:
-            log.error("quality gate could not record task %s: %s", task_id, exc)
-            return QualityGateFields.model_validate(gate_error_fields(review, exc))
 
 
 def gate_error_fields(review: Review, exc: Exception) -> dict[str, Any]:
@@ -229,6 +201,11 @@ class ValidChanges:
     def written(self, change_id: str, change: Change) -> dict[str, Any]:
         entry: dict[str, Any] = change.model_dump(mode="json")
         self._known[change_id] = entry
+        return entry
+
+    def last_written(self, change_id: str) -> dict[str, Any]:
+        """The change's JSON as this gate last wrote it."""
+        entry: dict[str, Any] = self._known[change_id]
         return entry
 
 
