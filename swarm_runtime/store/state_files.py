@@ -461,8 +461,9 @@ def write_at(path: Path, offset: int, payload: bytes) -> None:
     except OSError as exc:
         raise _naming(path, exc) from exc
     try:
-        private.check_descriptor(path, fd, os.fstat(fd))
-        if os.fstat(fd).st_size != offset:
+        info = os.fstat(fd)
+        private.check_descriptor(path, fd, info)
+        if info.st_size != offset:
             os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
         try:
