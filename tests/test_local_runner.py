@@ -304,6 +304,16 @@ def test_timeout_kills_the_command(policy: LocalCommandPolicy, sandbox: Path):
     assert 0.5 <= result.duration < 2.5
 
 
+def test_a_command_that_closes_its_output_and_keeps_running_times_out(sandbox: Path):
+    """The end of the output is not the end of the command: its exit is waited for too,
+    until the deadline (a pidfd wait on Linux, polling elsewhere)."""
+    detached = "exec >/dev/null 2>&1; sleep 5"
+    plan = CommandPlan("sh", ("sh", "-c", detached), sandbox, {"PATH": "/usr/bin:/bin"})
+    result = run_command(plan, timeout=0.5)
+    assert result.timed_out is True and result.exit_code is None
+    assert 0.5 <= result.duration < 2.5
+
+
 @needs_git
 def test_prepare_sandbox_gives_it_its_own_repository(sandbox: Path):
     head = (sandbox / ".git" / "HEAD").read_bytes()
