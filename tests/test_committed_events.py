@@ -14,7 +14,7 @@ import pytest
 from conftest import read_events
 from test_worker_in_process import Harness, completed, make_harness
 
-from swarm_runtime.contract import Status, Verdict
+from swarm_runtime.contract import ExecutionRecord, Status, Verdict
 from swarm_runtime.errors import LeaseLostError
 from swarm_runtime.phases.critic import Review
 from swarm_runtime.phases.quality_gate import GATE_APPLIER
@@ -88,6 +88,23 @@ def test_a_transition_and_its_events_are_one_journal_append(
     last = journal_records(workspace)[-1]
     assert [e["status"] for e in last["events"]] == ["completed"]
     assert last["tasks"][0]["status"] == "completed"
+
+
+def test_an_execution_under_review_is_made_durable_by_its_verdict(
+    store: QueueStore, workspace: Workspace
+) -> None:
+    """The execution's record is appended without an fsync of its own; the verdict's one
+    fsync covers both (fsync makes everything appended before it durable)."""
+    claimed = store.claim(ME, 60).task
+    assert claimed is not None
+    durability.reset()
+    execution = ExecutionRecord(attempt=1, status=Status.COMPLETED, output="0")
+    store.record_execution(claimed.id, ME, execution, events=[event(claimed.id, Status.COMPLETED)])
+    assert durability.totals() == {}
+    store.finish(claimed.id, ME, Status.APPROVED, events=[event(claimed.id, Status.APPROVED)])
+    assert {k: t.count for k, t in durability.totals().items()} == {"journal append": 1}
+    recorded = [record["tasks"][0]["status"] for record in journal_records(workspace)[-2:]]
+    assert recorded == ["pending_review", "approved"]
 
 
 def test_a_refused_transition_commits_none_of_its_events(

@@ -246,6 +246,15 @@ class QueueState:
         self._api_endpoint = None
         self._events: list[dict[str, Any]] = []
         self._vouches: dict[str, Any] = {}
+        self.waits_for_sync = True
+
+    def durable_with_the_next(self) -> None:
+        """Let this transaction return before its fsync: the same writer's next commit,
+        due within moments, waits for one that covers this record too (every fsync of
+        the journal covers what was appended before it). A machine crash in between loses
+        both, as if it had struck before this transaction; a killed process loses
+        neither."""
+        self.waits_for_sync = False
 
     def vouch(self, applier: str, payload: Any) -> None:
         """Keep with this transaction what redoes one of its effects (`transition_events`)."""

@@ -372,7 +372,8 @@ class QueueStore(QueueTransactions):
         """One durable write commits the transaction: a small queue.json rewritten whole,
         or, for a large queue or a transaction with events, one journal append (then the
         events go to the log, without an fsync of their own). Returns the journal's name
-        and end when the append still awaits its fsync."""
+        and end when the append still awaits its fsync and the transaction waits for it."""
+        waits_for_sync = state.waits_for_sync
         record = state.take_record(time.time())
         writer = self._writer
         journal = writer.journal
@@ -396,7 +397,7 @@ class QueueStore(QueueTransactions):
         large = journal.size * COMPACT_RATIO >= max(writer.snapshot_bytes, floor)
         if large or too_old:
             self._fold(state)
-        return (name, end) if unsynced and name is not None else None
+        return (name, end) if unsynced and waits_for_sync and name is not None else None
 
     def _apply_events(self, record: QueueJournalRecord) -> None:
         """The transaction is committed: a log that cannot take its events now (a full

@@ -148,8 +148,16 @@ class QueueTransactions(ABC):
         events: Sequence[dict[str, Any]] = (),
         **fields: Any,
     ) -> Task:
-        """Executed, now under review by the same worker: the lease stays, the result is kept."""
-        change = execution_change(task_id, worker, execution, **fields)
+        """Executed, now under review by the same worker: the lease stays, the result is kept.
+
+        The review's verdict follows at once and its commit makes this one durable too,
+        so this one does not wait for an fsync of its own (`durable_with_the_next`)."""
+        recorded = execution_change(task_id, worker, execution, **fields)
+
+        def change(state: QueueState, now: float) -> Task:
+            state.durable_with_the_next()
+            return recorded(state, now)
+
         return self._task_transaction(task_id, fenced(task_id, worker, events, change))
 
     def log_events(
