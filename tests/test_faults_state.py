@@ -121,6 +121,8 @@ STATE_FILES = [
         ALL_THREE,
         WITHOUT_2,
     ),
+    # The balances are paid before the ledger is written, and the payment names its
+    # grant, so the next grant ledgers it whichever instant the ledger writer died at.
     StateFile(
         "phase5_reward_ledger.json",
         "reward",
@@ -128,10 +130,9 @@ STATE_FILES = [
         reward_ids,
         lambda ws: sorted(parsed(RewardLedger, ws.reward_ledger_path).grants),
         ALL_THREE,
-        WITHOUT_2,
+        ALL_THREE,
     ),
-    # The ledger holds the pending grant before balances are written, so the next grant
-    # finishes it whichever instant the balances writer died at.
+    # A grant whose payment never landed was not paid, nor ledgered: it is lost whole.
     StateFile(
         "free_time_balances.json",
         "reward",
@@ -141,7 +142,7 @@ STATE_FILES = [
             payment.grant for payment in parsed(Balances, ws.balances_path).of(IDENTITY).history
         ],
         ALL_THREE,
-        ALL_THREE,
+        WITHOUT_2,
     ),
     # A reservation of a dead writer is released by the next reserve; nothing was settled.
     StateFile(

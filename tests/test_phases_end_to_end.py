@@ -373,12 +373,12 @@ def test_local_commands_are_never_decomposed(runtime: Runtime) -> None:
 # --- phase 5: exactly-once rewards across crashes ------------------------------------------
 
 
-# The worker dies before or after the grant on either store; between the reward ledger's
-# file and the balances' file only on files (a database grants in one transaction).
+# The worker dies before or after the grant on either store; between the balances' file
+# and the reward ledger's file only on files (a database grants in one transaction).
 GRANT_CRASHES = [
     *itertools.product(["worker.before_reward", "worker.after_reward"], BACKENDS),
-    ("reward.after_ledger", "files"),
     ("reward.after_balances", "files"),
+    ("write:phase5_reward_ledger.json:before_rename", "files"),
 ]
 
 

@@ -360,14 +360,17 @@ def test_racing_processes_pay_a_shared_task_exactly_once(
     assert total_tokens(book, "ada") == BUDGET_TOKENS * (len(racers) + 1)
 
 
-@pytest.mark.parametrize("crash_at", ["reward.after_ledger", "reward.after_balances"])
+@pytest.mark.parametrize(
+    "crash_at", ["reward.after_balances", "write:phase5_reward_ledger.json:before_rename"]
+)
 @pytest.mark.parametrize("first_back", ["same_task", "other_task"])
 def test_a_grant_killed_between_its_writes_pays_exactly_once(
     book: RewardBook, workspace: Workspace, crash_at: str, first_back: str
 ) -> None:
     crashed = run_grant(workspace, "t1", "ada", SWARM_FAILPOINTS=crash_at)
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
-    assert book.ledger().grants["t1::ada"].state == "pending"
+    assert "t1::ada" not in book.ledger().grants  # paid, not yet ledgered
+    assert total_tokens(book, "ada") == BUDGET_TOKENS
     if first_back == "same_task":
         redo = book.grant("t1", "ada", **BUDGET)
         assert (redo.applied, redo.tokens_awarded) == (True, BUDGET_TOKENS)
@@ -395,7 +398,56 @@ def test_recover_finishes_a_grant_left_pending_even_behind_a_full_history(
     assert book.recover() == 1
     assert book.recover() == 0
     assert total_tokens(book, "ada") == BUDGET_TOKENS
+    recovered = book.ledger().grants["t1::ada"]
+    assert recovered.state == "applied" and recovered.tokens_awarded == BUDGET_TOKENS
+
+
+@pytest.mark.parametrize("paid_before_the_crash", [False, True])
+def test_a_pending_grant_from_the_earlier_write_order_is_finished_once(
+    book: RewardBook, workspace: Workspace, paid_before_the_crash: bool
+) -> None:
+    """Ledgers written when the intent was ledgered first may hold a pending grant; it
+    is paid unless its identity's history already names it, then marked applied."""
+    pending = {
+        "task_id": "t1",
+        "identity_id": "ada",
+        "tokens_requested": 8,
+        "free_time_awarded": 6,
+        "journal_awarded": 2,
+        "tokens_awarded": 8,
+        "reason": "worker_approved_under_budget:t1",
+        "granted_at": "2026-12-01T10:00:00+00:00",
+        "state": "pending",
+    }
+    ledger = {"version": 1, "grants": {"t1::ada": pending}}
+    workspace.reward_ledger_path.write_text(json.dumps(ledger))
+    paid = [{"grant": "t1::ada", "free_time": 6, "journal": 2, "paid_at": "then"}]
+    history = paid if paid_before_the_crash else []
+    paid_tokens = {"free_time_tokens": 6 * len(history), "journal_tokens": 2 * len(history)}
+    write_balance(workspace, "ada", **paid_tokens, history=history)
+    assert book.recover() == 1
+    assert book.recover() == 0
+    assert total_tokens(book, "ada") == 8
     assert book.ledger().grants["t1::ada"].state == "applied"
+
+
+def test_a_payment_whose_ledger_entry_was_lost_is_ledgered_from_its_history_line(
+    book: RewardBook, workspace: Workspace
+) -> None:
+    """Only what was paid is known: the rebuilt entry asks for what it paid and says
+    when it was ledgered. A history line naming another identity is not ours to ledger."""
+    history = [{"grant": "t1::ada", "free_time": 6, "journal": 2, "paid_at": "then"}]
+    write_balance(workspace, "ada", free_time_tokens=6, journal_tokens=2, history=history)
+    assert book.recover() == 1
+    rebuilt = book.ledger().grants["t1::ada"]
+    assert (rebuilt.tokens_requested, rebuilt.tokens_awarded, rebuilt.shares) == (8, 8, (6, 2))
+    assert rebuilt.granted_at == "then" and "ledgered_after_a_crash_at" in rebuilt.model_extra
+    assert book.grant("t1", "ada", **BUDGET).reason == "already_granted"
+    assert total_tokens(book, "ada") == 8
+    foreign = [{"grant": "t2::bob", "free_time": 1, "journal": 0, "paid_at": "then"}]
+    write_balance(workspace, "ada", free_time_tokens=1, history=foreign)
+    assert book.recover() == 0
+    assert "t2::bob" not in book.ledger().grants
 
 
 # --- files the reference implementation wrote -----------------------------------------------
@@ -540,7 +592,9 @@ def test_a_grant_killed_beside_reference_entries_pays_once_and_keeps_them(
     book: RewardBook, workspace: Workspace
 ) -> None:
     write_reference_files(workspace)
-    crashed = run_grant(workspace, "t2", "resident_default", SWARM_FAILPOINTS="reward.after_ledger")
+    crashed = run_grant(
+        workspace, "t2", "resident_default", SWARM_FAILPOINTS="reward.after_balances"
+    )
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
     assert book.recover() == 1
     assert total_tokens(book, "resident_default") == 8 + 3 + BUDGET_TOKENS

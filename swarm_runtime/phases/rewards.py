@@ -11,15 +11,16 @@ same two calls:
 - In the workspace, two files, so a grant is a two-step commit made under both files'
   locks, always taken in the same order (ledger, then balances):
 
-  1. the ledger records the grant as `pending`: the intent to pay;
-  2. the balances are paid, and the payment names the grant in the identity's history;
-  3. the ledger marks the grant `applied`.
+  1. the balances are paid, and the payment names the grant in the identity's history;
+  2. the ledger records the grant, `applied`.
 
-  Every grant (and `recover`) first finishes the pending grants it finds: one already
-  named in its identity's history only needs its mark, any other is paid first. So a
-  crash at any instant ends, after the next grant, in exactly one payment. Since nothing
-  is paid before the pending grants are finished, a pending grant is always the newest
-  payment of its identity, which is why the bounded history is enough to recognise it.
+  Every grant (and `recover`) first ledgers the payments it finds unledgered: a crash
+  between the two writes leaves one, and its history line says what was paid. So a crash
+  at any instant ends, after the next grant, in exactly one payment, ledgered. Since
+  nothing is paid before that, an unledgered payment is always the newest of its
+  identity, which is why looking at each identity's newest payment is enough. (A ledger
+  written before this order may hold a grant marked `pending`: the intent to pay. It is
+  paid unless its identity's history names it, then marked applied.)
 
 Files written by the design's reference implementation are read as they are. Its ledger
 entries have no shares and no state: they were paid before they were written, so they
@@ -63,7 +64,13 @@ from swarm_runtime.errors import StateFileError, SwarmError
 from swarm_runtime.queue.transition_events import Effect, EffectResult
 from swarm_runtime.store.documents import FileDocument, SharedDocument, Together, together
 from swarm_runtime.store.failpoints import failpoint
-from swarm_runtime.store.reward_rows import Paid, RewardRows, RowsDocument, grant_key
+from swarm_runtime.store.reward_rows import (
+    KEY_SEPARATOR,
+    Paid,
+    RewardRows,
+    RowsDocument,
+    grant_key,
+)
 from swarm_runtime.store.state_files import Workspace
 
 log = logging.getLogger(__name__)
@@ -245,6 +252,12 @@ class RewardLedger(BaseModel):
     def pending(self) -> list[Grant]:
         return [g for g in self.grants.values() if g.state == GrantState.PENDING]
 
+    def has_paid(self, key: str) -> bool:
+        """A grant under `key` paid something (a reference entry that paid nothing is
+        replaced by the next grant for its key)."""
+        grant = self.grants.get(key)
+        return grant is not None and grant.tokens_awarded > 0
+
 
 class Payment(BaseModel):
     """A history line; `grant` is the ledger key, so an interrupted grant is recognisable."""
@@ -370,6 +383,42 @@ class RewardOutcome(BaseModel):
 def not_approved_fields(identity_id: str | None) -> dict[str, Any]:
     """Only approved work earns; the event still says so, with the identity it would have paid."""
     return RewardOutcome(identity=identity_id, reason=Reason.REVIEW_NOT_APPROVED).event_fields()
+
+
+def unledgered_payments(ledger: RewardLedger, balances: Balances, moment: str) -> list[Grant]:
+    """The grants that identities' newest payments made and the ledger lacks, rebuilt
+    from their history lines (what was paid, when); what the grant was asked for and on
+    what budget is not in the line, so the rebuilt entry says only what was paid."""
+    found = []
+    for identity_id, balance in balances.identities.items():
+        newest = balance.history[-1] if balance.history else None
+        if newest is None or ledger.has_paid(newest.grant):
+            continue
+        grant = grant_of_payment(identity_id, newest, moment)
+        if grant is not None:
+            found.append(grant)
+    return found
+
+
+def grant_of_payment(identity_id: str, payment: Payment, moment: str) -> Grant | None:
+    """The applied grant a history line of ours records; None for a line that names
+    another identity or paid nothing (not ours: left as it is)."""
+    task_id, _, named = payment.grant.partition(KEY_SEPARATOR)
+    paid = payment.free_time + payment.journal
+    if named != identity_id or not task_id or paid == 0:
+        return None
+    return Grant(
+        task_id=task_id,
+        identity_id=identity_id,
+        tokens_requested=paid,
+        free_time_awarded=payment.free_time,
+        journal_awarded=payment.journal,
+        tokens_awarded=paid,
+        reason=f"{Reason.APPROVED_UNDER_BUDGET}:{task_id}",
+        granted_at=payment.paid_at,
+        state=GrantState.APPLIED,
+        ledgered_after_a_crash_at=moment,
+    )
 
 
 def reported(grant: Grant, *, applied: bool) -> RewardOutcome:
@@ -590,9 +639,9 @@ class FileRewards:
         self._section: Together | None = None
 
     def settle(self, draft: Grant) -> RewardOutcome:
-        """Pending grants are finished first; one for this very key is then reported paid."""
+        """Unfinished grants are finished first; one for this very key is then reported paid."""
         with self._locked() as (ledger, balances):
-            finished = self._finish_pending(ledger, balances, draft.granted_at)
+            finished = self._finish(ledger, balances, draft.granted_at)
             if draft.key in finished:
                 return reported(ledger.grants[draft.key], applied=True)
             earlier = ledger.grants.get(draft.key)
@@ -604,12 +653,12 @@ class FileRewards:
 
     def recover(self, moment: str) -> int:
         with self._locked() as (ledger, balances):
-            return len(self._finish_pending(ledger, balances, moment))
+            return len(self._finish(ledger, balances, moment))
 
     def redo(self, grant: Grant) -> None:
         with self._locked() as (ledger, balances):
-            self._finish_pending(ledger, balances, grant.granted_at)
-            if grant.key in ledger.grants:
+            self._finish(ledger, balances, grant.granted_at)
+            if ledger.has_paid(grant.key):
                 return
             if not balances.has_paid(grant):
                 self._commit(ledger, balances, grant)
@@ -635,18 +684,38 @@ class FileRewards:
                 self._section = None
 
     def _commit(self, ledger: RewardLedger, balances: Balances, grant: Grant) -> None:
-        grant.state = GrantState.PENDING
-        ledger.grants[grant.key] = grant
-        self._write(self.ledger_path, ledger)
-        failpoint("reward.after_ledger")
+        """Pay, then ledger: the payment names the grant, so a crash between the two
+        leaves a payment that `_finish` ledgers."""
         balances.of(grant.identity_id).pay(grant, grant.granted_at)
         self._write(self.balances_path, balances)
         failpoint("reward.after_balances")
         grant.state = GrantState.APPLIED
+        ledger.grants[grant.key] = grant
         self._write(self.ledger_path, ledger)
 
+    def _finish(self, ledger: RewardLedger, balances: Balances, moment: str) -> set[str]:
+        """Finish what a crash left half done; returns the keys of the grants finished."""
+        return self._finish_pending(ledger, balances, moment) | self._ledger_unledgered(
+            ledger, balances, moment
+        )
+
+    def _ledger_unledgered(self, ledger: RewardLedger, balances: Balances, moment: str) -> set[str]:
+        """Ledger each identity's newest payment if the ledger lacks it: the crash came
+        between paying and ledgering, and the history line says what was paid."""
+        found = unledgered_payments(ledger, balances, moment)
+        for grant in found:
+            earlier = ledger.grants.get(grant.key)
+            if earlier is not None:
+                grant = grant.model_copy(update={"replaces": earlier.model_dump(mode="json")})
+            ledger.grants[grant.key] = grant
+        if found:
+            self._write(self.ledger_path, ledger)
+            log.warning("ledgered %d reward payment(s) a crash left unledgered", len(found))
+        return {grant.key for grant in found}
+
     def _finish_pending(self, ledger: RewardLedger, balances: Balances, moment: str) -> set[str]:
-        """Pay what a crash left unpaid, then mark every pending grant applied."""
+        """A ledger written before payments came first may hold pending grants: pay what
+        is unpaid, then mark every pending grant applied."""
         pending = ledger.pending()
         if not pending:
             return set()

@@ -1,9 +1,9 @@
 """Named crash points, so tests can kill a real process at an exact instant.
 
-A crash-safety claim ("a crash between the ledger write and the balance write pays
+A crash-safety claim ("a crash between the balance write and the ledger write pays
 nothing twice") can only be tested by crashing there. Code marks such instants with
-`failpoint("reward.after_ledger")`; a process started with
-`SWARM_FAILPOINTS=reward.after_ledger` kills itself with SIGKILL when it gets there,
+`failpoint("reward.after_balances")`; a process started with
+`SWARM_FAILPOINTS=reward.after_balances` kills itself with SIGKILL when it gets there,
 exactly like a power cut would: no cleanup, no finally blocks, no flushing.
 
 With the variable unset (always, outside tests) a failpoint costs one dict lookup.
