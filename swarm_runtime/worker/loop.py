@@ -25,8 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -92,6 +91,7 @@ from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.pause import pause_message, read_pause
 from swarm_runtime.store.state_files import Workspace, file_version
 from swarm_runtime.worker.cycle_client import CycleClient, Dispatch, EndpointRefused
+from swarm_runtime.worker.lease_keeper import LeaseKeeper
 from swarm_runtime.worker.review import Critic
 
 log = logging.getLogger("worker")
@@ -163,6 +163,8 @@ class Worker:
         self.commit_backoff = COMMIT_BACKOFF_SECONDS
         self._claim_in_doubt = False
         self.configured_endpoint = configured_endpoint(settings)
+        renew_every = settings.lease_seconds / 3
+        self.lease_keeper = LeaseKeeper(self._renew_lease, renew_every, RENEW_RETRY_SECONDS)
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -282,7 +284,7 @@ class Worker:
 
     def process(self, task: Task, endpoint: str, started_at: str) -> Outcome:
         progress = Progress(task, started_at)
-        with self._keep_lease(task.id):
+        with self.lease_keeper.keep(task.id):
             try:
                 return self._advance(progress, endpoint)
             except LeaseLostError as exc:
@@ -627,35 +629,8 @@ class Worker:
         self._finish(task, outcome, [parked], review=previous.model_copy(update={"error": reason}))
         return outcome
 
-    @contextmanager
-    def _keep_lease(self, task_id: str) -> Iterator[None]:
-        """Renew the lease while the task runs, so no other worker reclaims it."""
-        done = threading.Event()
-        interval = self.settings.lease_seconds / 3
-
-        def renew() -> None:
-            wait = interval
-            while not done.wait(wait):
-                try:
-                    renewed = self.store.heartbeat(
-                        task_id, self.identity, self.settings.lease_seconds
-                    )
-                except Exception as exc:  # the thread's boundary: one failure ends no renewal
-                    log.warning("could not renew the lease on task %s: %s", task_id, exc)
-                    wait = min(interval, RENEW_RETRY_SECONDS)
-                    continue
-                if not renewed:
-                    log.warning("lost the lease on task %s", task_id)
-                    return
-                wait = interval
-
-        thread = threading.Thread(target=renew, name=f"lease-{task_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
+    def _renew_lease(self, task_id: str) -> bool:
+        return self.store.heartbeat(task_id, self.identity, self.settings.lease_seconds)
 
 
 # --- pure helpers -----------------------------------------------------------------------
