@@ -16,7 +16,7 @@ from swarm_runtime.phases import quality_gate
 from swarm_runtime.phases.critic import Review
 from swarm_runtime.phases.quality_gate import GateDocument, QualityGate
 from swarm_runtime.settings import Settings
-from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.store.state_files import Workspace, dump_json
 
 APPROVE = Review(verdict=Verdict.APPROVE, confidence=0.95)
 REJECT = Review(verdict=Verdict.REJECT, confidence=0.9, issues=["output is empty"])
@@ -158,6 +158,23 @@ def test_changes_a_vote_does_not_touch_are_written_back_as_read(workspace: Works
     written = json.loads(workspace.quality_gate_path.read_text())["changes"]
     assert written["first"] == document["changes"]["first"]
     assert list(written) == ["first", "second"]
+
+
+@pytest.mark.parametrize("by_hand", [True, 1.0])
+def test_a_number_retyped_by_hand_is_written_back_as_typed(
+    workspace: Workspace, by_hand: float
+) -> None:
+    """The failure this guards against: the gate's next write reusing the text it wrote
+    for the change before, because `1 == True == 1.0` in Python."""
+    gate = QualityGate(workspace)
+    gate.record("first", "echo 1", "w", REJECT, 1, now=MORNING)
+    gate.record("second", "echo 2", "w", REJECT, 1, now=MORNING)
+    document = json.loads(workspace.quality_gate_path.read_text())
+    document["changes"]["first"]["vote"]["attempt"] = by_hand
+    workspace.quality_gate_path.write_bytes(dump_json(document))
+    gate.record("second", "echo 2", "w", APPROVE, 1, now=EVENING)
+    first = json.loads(workspace.quality_gate_path.read_text())["changes"]["first"]
+    assert type(first["vote"]["attempt"]) is type(by_hand)
 
 
 def test_a_vote_that_fails_becomes_an_error_status(workspace: Workspace) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.reward_rows import RewardRows
 from swarm_runtime.store.state_files import (
+    EncodingMemo,
     Workspace,
     atomic_write_json,
     file_version,
@@ -54,19 +55,23 @@ class SharedDocument(Protocol):
 
 
 class FileDocument:
+    """Long-lived in a process (the gate and the rewards hold theirs), so its memo spares
+    each write the encoding of the records the last write already encoded."""
+
     def __init__(self, workspace: Workspace, path: Path):
         self.workspace = workspace
         self.path = path
+        self._memo = EncodingMemo()
 
     def read(self, default: Callable[[], Any]) -> Any:
         return read_json(self.path, default)
 
     def update(self, mutate: Mutation[T], default: Callable[[], Any]) -> T:
-        return update_json(self.workspace, self.path, mutate, default)
+        return update_json(self.workspace, self.path, mutate, default, dump=self._memo.dump)
 
     def write(self, document: Any) -> None:
         with self.workspace.lock(self.path):
-            atomic_write_json(self.path, document)
+            atomic_write_json(self.path, document, dump=self._memo.dump)
 
     def version(self) -> Hashable:
         return file_version(self.path)
@@ -146,14 +151,15 @@ class Together:
 @contextmanager
 def together(documents: list[FileDocument], default: Callable[[], Any]) -> Iterator[Together]:
     """Each file's lock, taken in the order given, held until the block ends; every write
-    is atomic, so a reader sees each file before or after, never half of it."""
+    is atomic, so a reader sees each file before or after, never half of it. Reads and
+    writes go through the documents themselves (their locks, already held, only count)."""
     by_name = {d.path.name: d for d in documents}
     with ExitStack() as stack:
         for document in documents:
             stack.enter_context(document.workspace.lock(document.path))
         yield Together(
-            lambda name: read_json(by_name[name].path, default),
-            lambda name, doc: atomic_write_json(by_name[name].path, doc),
+            lambda name: by_name[name].read(default),
+            lambda name, doc: by_name[name].write(doc),
         )
 
 

@@ -15,12 +15,14 @@ import contextlib
 import errno
 import fcntl
 import json
+import marshal
 import os
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
+from itertools import repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,6 +56,9 @@ LOCK_POLL_SECONDS = 0.002
 TEMP_SUFFIX = ".tmp"
 TEMP_ATTEMPTS = 100
 _C1_CONTROL = re.compile("[\x80-\x9f]")
+# marshal's last format without back-references: from 3 on, an object that something
+# else also holds is written as a reference, so two equal records could differ in bytes.
+MARSHAL_VERSION = 2
 
 
 class Workspace:
@@ -310,11 +315,117 @@ def _one_record_per_line(value: Any) -> str:
 
 
 def _str_keyed(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and all(isinstance(k, str) for k in value)
+    return isinstance(value, dict) and bool(value) and all(map(isinstance, value, repeat(str)))
 
 
-def atomic_write_json(path: Path, document: Any, mode: int = PRIVATE_FILE) -> None:
-    atomic_write_bytes(path, dump_json(document), mode)
+class EncodingMemo:
+    """`dump_json` for one document written again and again with most of its records
+    unchanged (the quality gate, the reward ledger): a record this memo encoded for the
+    last document is not encoded again, its text is reused. The bytes are dump_json's,
+    errors included.
+
+    A record is known by its `marshal` bytes, never by `==`: `True == 1 == 1.0`, `0.0 ==
+    -0.0` and dicts in another key order are equal but encode differently, whereas marshal
+    gives each exact type its own code, floats bit for bit, keys in order, and refuses
+    anything else (a subclass, a Decimal). A record with the same marshal bytes is
+    identical to the one the text was made from, and that one was decoded from those
+    bytes: a private copy nobody can change. Marshalling costs a fifth of encoding.
+
+    Only the last document's records are kept: the memo is about the size of the file."""
+
+    def __init__(self) -> None:
+        self._texts: dict[bytes, bytes] = {}
+
+    def __len__(self) -> int:
+        """How many records it remembers: those of the last document, no more."""
+        return len(self._texts)
+
+    def dump(self, document: Any) -> bytes:
+        if not _str_keyed(document):
+            self._texts = {}
+            return dump_json(document)
+        texts: dict[bytes, bytes] = {}
+        pieces = [b"{\n"]
+        try:
+            for key, value in document.items():
+                pieces += self._field(key, value, texts)
+                pieces.append(b",\n")
+        except UnicodeEncodeError:
+            return dump_json(document)  # raises it as dump_json does, at the same position
+        pieces[-1] = b"\n}\n"
+        self._texts = texts
+        # One join: every large block built on the way costs the first touch of its pages.
+        return b"".join(pieces)
+
+    def _field(self, key: str, value: Any, texts: dict[bytes, bytes]) -> list[bytes]:
+        """One field's pieces, as `_one_record_per_line` lays it out. A record is the tuple
+        its line is made from, `(item,)` in a list and `(key, value)` in a mapping: the
+        tuple's length keeps the two kinds apart in the memo."""
+        head = f"  {_encode(key)}: ".encode()
+        if isinstance(value, list) and value:
+            lines = self._lines(list(zip(value)), _item_text, texts)
+            return [head, b"[\n    ", *_separated(b",\n    ", lines), b"\n  ]"]
+        if _str_keyed(value):
+            lines = self._lines(list(value.items()), _pair_text, texts)
+            return [head, b"{\n    ", *_separated(b",\n    ", lines), b"\n  }"]
+        return [head, _encode(value).encode()]
+
+    def _lines(
+        self,
+        records: list[tuple[Any, ...]],
+        text_of: Callable[[Any], str],
+        texts: dict[bytes, bytes],
+    ) -> list[bytes]:
+        """Each record's line, encoded only if the memo lacks it. Marshalling and looking up
+        run in C, record after record: the Python loop only looks for the few misses."""
+        try:
+            marshalled = list(map(marshal.dumps, records, repeat(MARSHAL_VERSION)))
+        except ValueError:  # a type marshal refuses: nothing exact to know the field by
+            return [text_of(record).encode() for record in records]
+        known = map(self._texts.get, marshalled)
+        lines = [
+            _text_of_copy(marshalled_record, record, text_of).encode() if line is None else line
+            for line, marshalled_record, record in zip(known, marshalled, records, strict=True)
+        ]
+        texts.update(zip(marshalled, lines, strict=True))
+        return lines
+
+
+def _separated(separator: bytes, lines: list[bytes]) -> list[bytes]:
+    pieces = [separator] * (2 * len(lines) - 1)
+    pieces[::2] = lines
+    return pieces
+
+
+def _item_text(record: tuple[Any]) -> str:
+    return _encode(record[0])
+
+
+def _pair_text(record: tuple[str, Any]) -> str:
+    return f"{_encode(record[0])}: {_encode(record[1])}"
+
+
+def _text_of_copy(marshalled: bytes, record: tuple[Any, ...], text_of: Callable[[Any], str]) -> str:
+    """The text of the copy decoded from `marshalled`, so the memo's text always belongs to its
+    bytes, whatever later becomes of `record`. Where the copy cannot be encoded, neither can
+    the record, and the error raised is the record's own (marshal writes a bytearray as
+    bytes, and json's message names the type)."""
+    try:
+        return text_of(marshal.loads(marshalled))
+    except (TypeError, ValueError):
+        text_of(record)
+        raise
+
+
+def atomic_write_json(
+    path: Path,
+    document: Any,
+    mode: int = PRIVATE_FILE,
+    *,
+    dump: Callable[[Any], bytes] = dump_json,
+) -> None:
+    """`dump` is dump_json or a document's own `EncodingMemo.dump`, which gives the same bytes."""
+    atomic_write_bytes(path, dump(document), mode)
 
 
 def read_json(path: Path, default: Callable[[], T] | None = None) -> Any:
@@ -347,6 +458,8 @@ def update_json(
     mutate: Callable[[Any], tuple[Any, T]],
     default: Callable[[], Any],
     mode: int = PRIVATE_FILE,
+    *,
+    dump: Callable[[Any], bytes] = dump_json,
 ) -> T:
     """Read-modify-write under the file's lock. `mutate(doc)` returns (new_doc, result);
     a new_doc of None means nothing changed and nothing is written."""
@@ -354,7 +467,7 @@ def update_json(
         document = read_json(path, default)
         new_document, result = mutate(document)
         if new_document is not None:
-            atomic_write_json(path, new_document, mode)
+            atomic_write_json(path, new_document, mode, dump=dump)
         return result
 
 
