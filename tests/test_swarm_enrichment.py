@@ -450,6 +450,24 @@ def test_a_payment_whose_ledger_entry_was_lost_is_ledgered_from_its_history_line
     assert "t2::bob" not in book.ledger().grants
 
 
+def test_a_grant_sees_what_another_process_wrote_since_this_one_last_wrote(
+    book: RewardBook, workspace: Workspace
+) -> None:
+    """A book takes up the models it last wrote only while both files are exactly as it
+    wrote them: another writer's grant, or an operator's edit, is read, never lost."""
+    assert book.grant("t1", "ada", **BUDGET).applied
+    assert run_grant(workspace, "t2", "bob").returncode == 0
+    assert book.grant("t3", "ada", **BUDGET).applied
+    assert set(book.ledger().grants) == {"t1::ada", "t2::bob", "t3::ada"}
+    assert total_tokens(book, "bob") == BUDGET_TOKENS
+    balances = json.loads(workspace.balances_path.read_text())
+    balances["identities"]["ada"]["free_time_cap"] = 0
+    balances["identities"]["ada"]["journal_cap"] = 0
+    workspace.balances_path.write_text(json.dumps(balances))
+    assert book.grant("t4", "ada", **BUDGET).reason == "pool_full"
+    assert total_tokens(book, "ada") == 2 * BUDGET_TOKENS
+
+
 # --- files the reference implementation wrote -----------------------------------------------
 
 # Its ledger and balances, in its key order and its json.dump(indent=2) formatting.

@@ -39,6 +39,7 @@ import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -71,7 +72,7 @@ from swarm_runtime.store.reward_rows import (
     RowsDocument,
     grant_key,
 )
-from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.store.state_files import Workspace, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -628,8 +629,27 @@ class RowRewards:
         return paid, reported(settled, applied=True)
 
 
+@dataclass
+class Written:
+    """Both files as this process last wrote them, with the models they were written
+    from (no longer handed out, so nothing has changed them since)."""
+
+    ledger_bytes: bytes
+    balances_bytes: bytes
+    ledger: RewardLedger
+    balances: Balances
+
+    def still_on_disk(self, ledger_bytes: bytes | None, balances_bytes: bytes | None) -> bool:
+        return ledger_bytes == self.ledger_bytes and balances_bytes == self.balances_bytes
+
+
 class FileRewards:
-    """Grants in the workspace's two files, a two-step commit; see the module docstring."""
+    """Grants in the workspace's two files, a two-step commit; see the module docstring.
+
+    A worker that pays grant after grant finds both files as it wrote them, unless
+    another process wrote since: it compares their bytes with what it wrote and, when
+    they are the same, takes up the models it wrote them from instead of parsing and
+    validating both documents again."""
 
     def __init__(self, ledger: FileDocument, balances: FileDocument):
         self._ledger = ledger
@@ -637,6 +657,8 @@ class FileRewards:
         self.ledger_path = ledger.path
         self.balances_path = balances.path
         self._section: Together | None = None
+        self._wrote: dict[str, bytes] = {}
+        self._written: Written | None = None
 
     def settle(self, draft: Grant) -> RewardOutcome:
         """Unfinished grants are finished first; one for this very key is then reported paid."""
@@ -671,17 +693,33 @@ class FileRewards:
     def _locked(self) -> Iterator[tuple[RewardLedger, Balances]]:
         """Both locks, ledger first, for the whole decision; both read inside them."""
         with together([self._ledger, self._balances], dict) as section:
-            self._section = section
+            self._section, self._wrote = section, {}
             try:
-                ledger = parse_state(
-                    RewardLedger, section.read(self.ledger_path.name), self.ledger_path
-                )
-                balances = parse_state(
-                    Balances, section.read(self.balances_path.name), self.balances_path
-                )
+                ledger, balances = self._read(section)
                 yield ledger, balances
+                self._remember(ledger, balances)
             finally:
                 self._section = None
+
+    def _read(self, section: Together) -> tuple[RewardLedger, Balances]:
+        """The two documents: the models this process wrote them from, if the files are
+        still exactly what it wrote (taken back: nothing else holds them), else parsed."""
+        ledger_bytes = section.read_bytes(self.ledger_path.name)
+        balances_bytes = section.read_bytes(self.balances_path.name)
+        written, self._written = self._written, None
+        if written is not None and written.still_on_disk(ledger_bytes, balances_bytes):
+            return written.ledger, written.balances
+        return (
+            parse_state(RewardLedger, parsed(self.ledger_path, ledger_bytes), self.ledger_path),
+            parse_state(Balances, parsed(self.balances_path, balances_bytes), self.balances_path),
+        )
+
+    def _remember(self, ledger: RewardLedger, balances: Balances) -> None:
+        """Keep the models if this section ended by writing both files from them."""
+        ledger_bytes = self._wrote.get(self.ledger_path.name)
+        balances_bytes = self._wrote.get(self.balances_path.name)
+        if ledger_bytes is not None and balances_bytes is not None:
+            self._written = Written(ledger_bytes, balances_bytes, ledger, balances)
 
     def _commit(self, ledger: RewardLedger, balances: Balances, grant: Grant) -> None:
         """Pay, then ledger: the payment names the grant, so a crash between the two
@@ -735,4 +773,9 @@ class FileRewards:
     def _write(self, path: Path, document: BaseModel) -> None:
         """Only inside `_locked`: the write belongs to its critical section."""
         assert self._section is not None, "rewards are written under their locks"
-        self._section.write(path.name, document.model_dump(mode="json"))
+        self._wrote[path.name] = self._section.write(path.name, document.model_dump(mode="json"))
+
+
+def parsed(path: Path, raw: bytes | None) -> Any:
+    """A state file's JSON; a missing file reads as an empty document."""
+    return {} if raw is None else parse_json(path, raw)

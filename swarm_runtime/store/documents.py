@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.private import read_private
 from swarm_runtime.store.reward_rows import RewardRows
 from swarm_runtime.store.state_files import (
     EncodingMemo,
     Workspace,
-    atomic_write_json,
+    atomic_write_bytes,
     file_version,
     read_json,
     update_json,
@@ -66,12 +67,26 @@ class FileDocument:
     def read(self, default: Callable[[], Any]) -> Any:
         return read_json(self.path, default)
 
+    def read_bytes(self) -> bytes | None:
+        """The file as it is (None if there is none), for a caller that remembers what it
+        last wrote and need not parse the same bytes again."""
+        try:
+            return read_private(self.path)
+        except FileNotFoundError:
+            return None
+
     def update(self, mutate: Mutation[T], default: Callable[[], Any]) -> T:
         return update_json(self.workspace, self.path, mutate, default, dump=self._memo.dump)
 
     def write(self, document: Any) -> None:
+        self.write_returning_bytes(document)
+
+    def write_returning_bytes(self, document: Any) -> bytes:
+        """Replace the file atomically with `document`; returns the bytes it became."""
+        data = self._memo.dump(document)
         with self.workspace.lock(self.path):
-            atomic_write_json(self.path, document, dump=self._memo.dump)
+            atomic_write_bytes(self.path, data)
+        return data
 
     def version(self) -> Hashable:
         return file_version(self.path)
@@ -143,9 +158,15 @@ class Together:
     """Several documents read and written in one critical section: each read inside it,
     each write kept, all of it ended together."""
 
-    def __init__(self, read: Callable[[str], Any], write: Callable[[str, Any], None]):
+    def __init__(
+        self,
+        read: Callable[[str], Any],
+        write: Callable[[str, Any], bytes],
+        read_bytes: Callable[[str], bytes | None],
+    ):
         self.read = read
         self.write = write
+        self.read_bytes = read_bytes
 
 
 @contextmanager
@@ -159,7 +180,8 @@ def together(documents: list[FileDocument], default: Callable[[], Any]) -> Itera
             stack.enter_context(document.workspace.lock(document.path))
         yield Together(
             lambda name: by_name[name].read(default),
-            lambda name, doc: by_name[name].write(doc),
+            lambda name, doc: by_name[name].write_returning_bytes(doc),
+            lambda name: by_name[name].read_bytes(),
         )
 
 
