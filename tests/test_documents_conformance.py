@@ -307,3 +307,21 @@ def test_processes_granting_at_once_pay_a_shared_task_exactly_once(
     book = reward_book(open_database, workspace)
     assert book.balances().identities["ada"].total_tokens == 4 * GRANT_TOKENS
     paid_as_ledgered(book)
+
+
+def test_an_update_sees_every_write_made_since_its_own(
+    open_document: Opener, workspace: Workspace
+) -> None:
+    """A document that takes up what it last wrote (files: while the file holds those
+    bytes) still reads another view's write, and a replacement of the whole document."""
+    mine, theirs = open_document("pause.json"), open_document("pause.json")
+
+    def add(key: str) -> Callable[[Any], tuple[dict[str, Any], list[str]]]:
+        return lambda doc: ({**doc, key: True}, sorted({**doc, key: True}))
+
+    assert mine.update(add("a"), dict) == ["a"]
+    assert mine.update(add("b"), dict) == ["a", "b"]
+    assert theirs.update(add("c"), dict) == ["a", "b", "c"]
+    assert mine.update(add("d"), dict) == ["a", "b", "c", "d"]
+    theirs.write({"by_hand": True})
+    assert mine.update(add("e"), dict) == ["by_hand", "e"]

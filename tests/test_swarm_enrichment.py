@@ -464,8 +464,12 @@ def test_a_grant_sees_what_another_process_wrote_since_this_one_last_wrote(
     balances["identities"]["ada"]["free_time_cap"] = 0
     balances["identities"]["ada"]["journal_cap"] = 0
     workspace.balances_path.write_text(json.dumps(balances))
-    assert book.grant("t4", "ada", **BUDGET).reason == "pool_full"
-    assert total_tokens(book, "ada") == 2 * BUDGET_TOKENS
+    assert book.grant("t4", "ada", **BUDGET).reason == "pool_full"  # writes nothing
+    balances["identities"]["ada"]["free_time_cap"] = 500
+    balances["identities"]["ada"]["journal_cap"] = 200
+    workspace.balances_path.write_text(json.dumps(balances))
+    assert book.grant("t6", "ada", **BUDGET).applied
+    assert total_tokens(book, "ada") == 3 * BUDGET_TOKENS
 
 
 # --- files the reference implementation wrote -----------------------------------------------

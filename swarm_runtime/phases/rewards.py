@@ -333,7 +333,12 @@ class Balances(BaseModel):
         return data
 
     def of(self, identity_id: str) -> IdentityBalance:
+        """The identity's balance, added (empty) if it has none yet: for paying it."""
         return self.identities.setdefault(identity_id, IdentityBalance())
+
+    def looked_up(self, identity_id: str) -> IdentityBalance:
+        """The identity's balance, or an empty one; the balances are left as they are."""
+        return self.identities.get(identity_id) or IdentityBalance()
 
     def has_paid(self, grant: Grant) -> bool:
         balance = self.identities.get(grant.identity_id)
@@ -630,12 +635,12 @@ class RowRewards:
 
 
 @dataclass
-class Written:
-    """Both files as this process last wrote them, with the models they were written
-    from (no longer handed out, so nothing has changed them since)."""
+class Known:
+    """Both files as this process last read or wrote them, with the models that are
+    exactly those bytes (no longer handed out, so nothing changes them meanwhile)."""
 
-    ledger_bytes: bytes
-    balances_bytes: bytes
+    ledger_bytes: bytes | None
+    balances_bytes: bytes | None
     ledger: RewardLedger
     balances: Balances
 
@@ -646,10 +651,11 @@ class Written:
 class FileRewards:
     """Grants in the workspace's two files, a two-step commit; see the module docstring.
 
-    A worker that pays grant after grant finds both files as it wrote them, unless
-    another process wrote since: it compares their bytes with what it wrote and, when
-    they are the same, takes up the models it wrote them from instead of parsing and
-    validating both documents again."""
+    A worker that pays grant after grant finds both files as it left them, unless
+    another process wrote since: it compares their bytes with what it last read or
+    wrote and, when they are the same, takes up the models it had instead of parsing and
+    validating both documents again. This holds because every section writes whatever
+    it changed in the models before it ends (`settle` only looks an identity up)."""
 
     def __init__(self, ledger: FileDocument, balances: FileDocument):
         self._ledger = ledger
@@ -658,7 +664,7 @@ class FileRewards:
         self.balances_path = balances.path
         self._section: Together | None = None
         self._wrote: dict[str, bytes] = {}
-        self._written: Written | None = None
+        self._known: Known | None = None
 
     def settle(self, draft: Grant) -> RewardOutcome:
         """Unfinished grants are finished first; one for this very key is then reported paid."""
@@ -667,7 +673,7 @@ class FileRewards:
             if draft.key in finished:
                 return reported(ledger.grants[draft.key], applied=True)
             earlier = ledger.grants.get(draft.key)
-            settled = settle_grant(draft, earlier, balances.of(draft.identity_id))
+            settled = settle_grant(draft, earlier, balances.looked_up(draft.identity_id))
             if isinstance(settled, RewardOutcome):
                 return settled
             self._commit(ledger, balances, settled)
@@ -695,31 +701,31 @@ class FileRewards:
         with together([self._ledger, self._balances], dict) as section:
             self._section, self._wrote = section, {}
             try:
-                ledger, balances = self._read(section)
+                ledger_bytes = section.read_bytes(self.ledger_path.name)
+                balances_bytes = section.read_bytes(self.balances_path.name)
+                ledger, balances = self._models(ledger_bytes, balances_bytes)
                 yield ledger, balances
-                self._remember(ledger, balances)
+                self._known = Known(
+                    self._wrote.get(self.ledger_path.name, ledger_bytes),
+                    self._wrote.get(self.balances_path.name, balances_bytes),
+                    ledger,
+                    balances,
+                )
             finally:
                 self._section = None
 
-    def _read(self, section: Together) -> tuple[RewardLedger, Balances]:
-        """The two documents: the models this process wrote them from, if the files are
-        still exactly what it wrote (taken back: nothing else holds them), else parsed."""
-        ledger_bytes = section.read_bytes(self.ledger_path.name)
-        balances_bytes = section.read_bytes(self.balances_path.name)
-        written, self._written = self._written, None
-        if written is not None and written.still_on_disk(ledger_bytes, balances_bytes):
-            return written.ledger, written.balances
+    def _models(
+        self, ledger_bytes: bytes | None, balances_bytes: bytes | None
+    ) -> tuple[RewardLedger, Balances]:
+        """The models this process had, if the files are still exactly those bytes
+        (taken back: a section that fails keeps nothing), else the files parsed."""
+        known, self._known = self._known, None
+        if known is not None and known.still_on_disk(ledger_bytes, balances_bytes):
+            return known.ledger, known.balances
         return (
             parse_state(RewardLedger, parsed(self.ledger_path, ledger_bytes), self.ledger_path),
             parse_state(Balances, parsed(self.balances_path, balances_bytes), self.balances_path),
         )
-
-    def _remember(self, ledger: RewardLedger, balances: Balances) -> None:
-        """Keep the models if this section ended by writing both files from them."""
-        ledger_bytes = self._wrote.get(self.ledger_path.name)
-        balances_bytes = self._wrote.get(self.balances_path.name)
-        if ledger_bytes is not None and balances_bytes is not None:
-            self._written = Written(ledger_bytes, balances_bytes, ledger, balances)
 
     def _commit(self, ledger: RewardLedger, balances: Balances, grant: Grant) -> None:
         """Pay, then ledger: the payment names the grant, so a crash between the two

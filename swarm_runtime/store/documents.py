@@ -24,8 +24,8 @@ from swarm_runtime.store.state_files import (
     Workspace,
     atomic_write_bytes,
     file_version,
+    parse_json,
     read_json,
-    update_json,
 )
 
 if TYPE_CHECKING:
@@ -57,12 +57,14 @@ class SharedDocument(Protocol):
 
 class FileDocument:
     """Long-lived in a process (the gate and the rewards hold theirs), so its memo spares
-    each write the encoding of the records the last write already encoded."""
+    each write the encoding of the records the last write already encoded, and `update`
+    spares parsing a file that still holds exactly what this object last wrote."""
 
     def __init__(self, workspace: Workspace, path: Path):
         self.workspace = workspace
         self.path = path
         self._memo = EncodingMemo()
+        self._written: tuple[bytes, Any] | None = None
 
     def read(self, default: Callable[[], Any]) -> Any:
         return read_json(self.path, default)
@@ -76,7 +78,26 @@ class FileDocument:
             return None
 
     def update(self, mutate: Mutation[T], default: Callable[[], Any]) -> T:
-        return update_json(self.workspace, self.path, mutate, default, dump=self._memo.dump)
+        """Read-modify-write under the file's lock (`SharedDocument.update`). When it holds
+        the bytes of this object's last write, `mutate` gets the document those bytes
+        were made from instead of a parse of them: so `mutate` must change nothing it is
+        given (it builds what it returns), and nothing may change what it returned."""
+        with self.workspace.lock(self.path):
+            document = self._current(default)
+            new_document, result = mutate(document)
+            if new_document is not None:
+                data = self._memo.dump(new_document)
+                atomic_write_bytes(self.path, data)
+                self._written = (data, new_document)
+            return result
+
+    def _current(self, default: Callable[[], Any]) -> Any:
+        raw = self.read_bytes()
+        if raw is None:
+            return default()
+        if self._written is not None and self._written[0] == raw:
+            return self._written[1]
+        return parse_json(self.path, raw)
 
     def write(self, document: Any) -> None:
         self.write_returning_bytes(document)
