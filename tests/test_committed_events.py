@@ -79,9 +79,10 @@ def test_a_transition_and_its_events_are_one_journal_append(
     store: QueueStore, workspace: Workspace
 ) -> None:
     durability.reset()
-    claimed = store.claim(ME, 60).task
+    claimed = store.claim(ME, 60).task  # the journal's first record: its start's fsync
     assert claimed is not None
     store.finish(claimed.id, ME, Status.COMPLETED, events=[event(claimed.id, Status.COMPLETED)])
+    store.close()  # the finish waits for the worker's next step to make it durable
     fsyncs = {kind: tally.count for kind, tally in durability.totals().items()}
     assert sum(fsyncs.values()) - fsyncs.get("folder", 0) - fsyncs.get("journal rewrite", 0) == 1
     assert [e["status"] for e in read_events(workspace)] == ["in_progress", "completed"]
@@ -90,21 +91,38 @@ def test_a_transition_and_its_events_are_one_journal_append(
     assert last["tasks"][0]["status"] == "completed"
 
 
-def test_an_execution_under_review_is_made_durable_by_its_verdict(
-    store: QueueStore, workspace: Workspace
+def journal_fsyncs() -> int:
+    tally = durability.totals().get("journal append")
+    return 0 if tally is None else tally.count
+
+
+@pytest.mark.parametrize("next_step", ["claim", "wait_for_change", "flush", "close"])
+def test_a_worker_step_is_made_durable_by_its_next_one(
+    store: QueueStore, workspace: Workspace, next_step: str
 ) -> None:
-    """The execution's record is appended without an fsync of its own; the verdict's one
-    fsync covers both (fsync makes everything appended before it durable)."""
+    """The execution and the verdict are appended without fsyncs of their own: the
+    worker's next step, whatever it is, waits for one fsync that covers both (an fsync
+    makes everything appended before it durable)."""
     claimed = store.claim(ME, 60).task
     assert claimed is not None
     durability.reset()
     execution = ExecutionRecord(attempt=1, status=Status.COMPLETED, output="0")
     store.record_execution(claimed.id, ME, execution, events=[event(claimed.id, Status.COMPLETED)])
-    assert durability.totals() == {}
     store.finish(claimed.id, ME, Status.APPROVED, events=[event(claimed.id, Status.APPROVED)])
-    assert {k: t.count for k, t in durability.totals().items()} == {"journal append": 1}
+    assert durability.totals() == {}
     recorded = [record["tasks"][0]["status"] for record in journal_records(workspace)[-2:]]
     assert recorded == ["pending_review", "approved"]
+    steps = {
+        "claim": lambda: store.claim(ME, 60),
+        "wait_for_change": lambda: store.wait_for_change(0, threading.Event()),
+        "flush": store.flush,
+        "close": store.close,
+    }
+    steps[next_step]()
+    assert journal_fsyncs() == 1 or next_step == "flush"  # a fold makes queue.json durable
+    assert durability.totals()
+    store.close()
+    assert journal_fsyncs() <= 1  # nothing is owed twice
 
 
 def test_a_refused_transition_commits_none_of_its_events(

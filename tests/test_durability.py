@@ -113,7 +113,8 @@ def test_every_state_file_has_a_kind_of_its_own(workspace: Workspace) -> None:
 # The first queue transaction starts the journal (a rewrite and its folder's fsync);
 # every later one appends to it, carrying the transition's events with it, and the
 # review's gate vote and reward, written without an fsync, vouched for in the verdict's.
-# An execution under review is appended without an fsync: the verdict's covers it.
+# The execution and the verdict wait for no fsync: the worker's next step (here the
+# store's close) makes both durable with one.
 @pytest.mark.parametrize(("review", "final"), [(True, Status.APPROVED), (False, Status.COMPLETED)])
 def test_a_local_task_through_the_worker_counts_each_durable_step(
     workspace: Workspace, review: bool, final: Status
@@ -131,7 +132,7 @@ def test_a_local_task_through_the_worker_counts_each_durable_step(
         harness.worker.store.close()
         harness.worker.documents.close()
     found = counts()
-    assert found == {"journal rewrite": 1, "journal append": 1, "folder": 1}  # claim, finish
+    assert found == {"journal rewrite": 1, "journal append": 1, "folder": 1}  # claim, close
     assert len(read_events(workspace)) == (4 if review else 2)  # with no fsync of their own
     rewrites = sum(n for kind, n in found.items() if kind.endswith(durability.REWRITE))
     assert found["folder"] == rewrites  # each rename is made durable by its folder's fsync

@@ -6,8 +6,8 @@ file says how far the journal is known to be durable (its name and an offset, wr
 after each fsync). A record that ends within that is durable already: another writer's
 fsync, begun after the record was appended, covered it. Otherwise the writer fsyncs the
 journal as far as it is written then (its own record and every record appended while it
-waited), and says so. One worker pays one fsync per transaction, as before; several
-workers share them.
+waited), and says so. Several workers share fsyncs; a worker's own steps after a claim
+do not wait for one, its next step's covers them (`QueueState.durable_with_the_next`).
 
 Until its fsync, a record is visible to other processes without being durable: a
 writer acting on it appends after it, so its own record is durable only if this one is

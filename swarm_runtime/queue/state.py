@@ -249,11 +249,11 @@ class QueueState:
         self.waits_for_sync = True
 
     def durable_with_the_next(self) -> None:
-        """Let this transaction return before its fsync: the same writer's next commit,
-        due within moments, waits for one that covers this record too (every fsync of
-        the journal covers what was appended before it). A machine crash in between loses
-        both, as if it had struck before this transaction; a killed process loses
-        neither."""
+        """Let this transaction return before its fsync: the same store's next commit
+        that waits for one (or its wait for work, flush or close) covers this record too,
+        since every fsync of the journal covers what was appended before it. A machine
+        crash in between loses both, as if it had struck before this transaction; a
+        killed process loses neither."""
         self.waits_for_sync = False
 
     def vouch(self, applier: str, payload: Any) -> None:

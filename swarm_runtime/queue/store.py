@@ -215,6 +215,9 @@ class QueueStore(QueueTransactions):
         self._unapplied: QueueJournalRecord | None = None
         self._log_checked = False
         self._group = GroupCommit(workspace)
+        # A record appended without waiting for its fsync (`durable_with_the_next`): the
+        # next transaction that waits, `wait_for_change`, `flush` or `close` makes it durable.
+        self._owed: tuple[str, int] | None = None
 
     @classmethod
     def for_settings(
@@ -248,6 +251,7 @@ class QueueStore(QueueTransactions):
     def wait_for_change(self, timeout: float, stop: threading.Event) -> None:
         """Look at queue.json's version every WAKE_CHECK_SECONDS: a change wakes the
         caller within that, instead of up to a whole `timeout` later."""
+        self._make_durable(self._owed)
         seen, self._version_before_claim = self._version_before_claim or self.version(), None
         deadline = time.monotonic() + timeout
         while not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
@@ -265,7 +269,9 @@ class QueueStore(QueueTransactions):
             self.flush()
 
     def close(self) -> None:
-        """Nothing is held open between transactions."""
+        """Nothing is held open between transactions; what this store appended is made
+        durable before it goes."""
+        self._make_durable(self._owed)
 
     # reading
 
@@ -346,17 +352,28 @@ class QueueStore(QueueTransactions):
         state, which is then read again from the files: nothing half-done survives."""
         with self._workspace.lock(self.path):
             state = self._current()
+            waits_for_sync = True
             try:
                 result = change(state, self._clock())
+                waits_for_sync, state.waits_for_sync = state.waits_for_sync, True
                 self._archive(state)
                 unsynced = self._persist(state)
             except BaseException:
                 self._writer.state = None
                 raise
-        if unsynced is not None:
-            failpoint("queue.before_group_sync")
-            self._group.make_durable(*unsynced)
+        if not waits_for_sync:
+            self._owed = unsynced or self._owed
+        else:
+            self._make_durable(unsynced or self._owed)
         return result
+
+    def _make_durable(self, appended: tuple[str, int] | None) -> None:
+        """Wait until the journal is durable up to `appended` (its name and end), which
+        covers every record appended before it: this store's owed ones too."""
+        self._owed = None
+        if appended is not None:
+            failpoint("queue.before_group_sync")
+            self._group.make_durable(*appended)
 
     def _archive(self, state: QueueState) -> None:
         leaving = archivable_ids(state, self.retain)
@@ -372,8 +389,7 @@ class QueueStore(QueueTransactions):
         """One durable write commits the transaction: a small queue.json rewritten whole,
         or, for a large queue or a transaction with events, one journal append (then the
         events go to the log, without an fsync of their own). Returns the journal's name
-        and end when the append still awaits its fsync and the transaction waits for it."""
-        waits_for_sync = state.waits_for_sync
+        and end when the append still awaits its fsync."""
         record = state.take_record(time.time())
         writer = self._writer
         journal = writer.journal
@@ -397,7 +413,7 @@ class QueueStore(QueueTransactions):
         large = journal.size * COMPACT_RATIO >= max(writer.snapshot_bytes, floor)
         if large or too_old:
             self._fold(state)
-        return (name, end) if unsynced and waits_for_sync and name is not None else None
+        return (name, end) if unsynced and name is not None else None
 
     def _apply_events(self, record: QueueJournalRecord) -> None:
         """The transaction is committed: a log that cannot take its events now (a full
@@ -448,6 +464,7 @@ class QueueStore(QueueTransactions):
     def flush(self) -> None:
         """Fold the journal into queue.json now, so that it shows every change: for a
         process about to exit, or a script that reads queue.json itself next."""
+        self._make_durable(self._owed)
         with self._workspace.lock(self.path):
             state = self._current()
             if self._writer.journal.holds_records_after(self._writer.snapshot_version):

@@ -135,8 +135,11 @@ class QueueTransactions(ABC):
         **fields: Any,
     ) -> Task:
         """Record the task's new status and release its lease; only the holder may.
-        `effects` (a review's vote and reward) commit with it."""
-        change = finish_change(task_id, worker, status, **fields)
+        `effects` (a review's vote and reward) commit with it.
+
+        The worker's next step (its next claim, or its wait for work) makes this durable
+        before anything else happens: the finish does not wait for an fsync of its own."""
+        change = durable_with_the_next(finish_change(task_id, worker, status, **fields))
         return self._task_transaction(task_id, fenced(task_id, worker, events, change, effects))
 
     def record_execution(
@@ -150,14 +153,9 @@ class QueueTransactions(ABC):
     ) -> Task:
         """Executed, now under review by the same worker: the lease stays, the result is kept.
 
-        The review's verdict follows at once and its commit makes this one durable too,
-        so this one does not wait for an fsync of its own (`durable_with_the_next`)."""
-        recorded = execution_change(task_id, worker, execution, **fields)
-
-        def change(state: QueueState, now: float) -> Task:
-            state.durable_with_the_next()
-            return recorded(state, now)
-
+        The review's verdict follows at once, and the worker's next step makes both
+        durable: this one does not wait for an fsync of its own."""
+        change = durable_with_the_next(execution_change(task_id, worker, execution, **fields))
         return self._task_transaction(task_id, fenced(task_id, worker, events, change))
 
     def log_events(
@@ -368,6 +366,16 @@ def new_tasks(records: list[dict[str, Any]]) -> list[Task]:
         Task.model_validate(normalize_task({"created_at": stamp, **r, "status": Status.PENDING}))
         for r in records
     ]
+
+
+def durable_with_the_next(change: Change[R]) -> Change[R]:
+    """`change`, committed without waiting for its fsync (`QueueState.durable_with_the_next`)."""
+
+    def deferred(state: QueueState, now: float) -> R:
+        state.durable_with_the_next()
+        return change(state, now)
+
+    return deferred
 
 
 def refuse_taken(state: QueueState, tasks: list[Task]) -> None:

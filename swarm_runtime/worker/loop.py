@@ -194,6 +194,7 @@ class Worker:
             if paused:
                 if once:
                     return 0
+                self.leave_queue_current()  # its last steps durable, queue.json current
                 stop.wait(self.settings.poll_interval)
                 continue
             try:
