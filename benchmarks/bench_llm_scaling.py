@@ -30,7 +30,13 @@ from swarm_runtime.store.state_files import Workspace, read_json
 NAME = "2 LLM worker scaling"
 WORKER_COUNTS = (1, 2, 4, 8)
 TARGETS = {4: 3.5, 8: 6.0}
-FINAL = {Status.APPROVED, Status.FAILED, Status.SAFETY_BLOCKED, Status.CANCELLED}
+FINAL = {
+    Status.APPROVED,
+    Status.COMPLETED,  # the end when review is off
+    Status.FAILED,
+    Status.SAFETY_BLOCKED,
+    Status.CANCELLED,
+}
 DEADLINE_SECONDS = 300.0
 
 

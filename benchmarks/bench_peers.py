@@ -6,7 +6,9 @@ PATH, by RQ (N SimpleWorker processes, Redis with `appendfsync always`); the sys
 turns within a round, in reverse order every other round. Local: 200 `echo` tasks (a
 Huey or RQ task runs the same `echo` through subprocess). LLM: 64 tasks against the
 loopback provider (tests/fake_llm_server.py) answering after 100 ms (a Huey or RQ task
-POSTs the same chat-completions request with requests). 1 and 4 workers each.
+POSTs the same chat-completions request with requests). 1 and 4 workers each; and local
+tasks with one worker again, ours with review off (SWARM_REVIEW=false: no critic, gate
+or reward), the peers as always.
 
 Start-up is not timed: the workers are started and waited for until every one is ready
 and idle; the clock runs from the start of the enqueue (each system's own way of adding
@@ -56,6 +58,7 @@ INSTALL_HINT = "pip install -e '.[bench]', or python3 run.py bench"
 class Workload:
     kind: str  # "local" or "llm"
     workers: int
+    review: bool = True  # ours only: the peers have no review phase
 
     @property
     def tasks(self) -> int:
@@ -63,7 +66,14 @@ class Workload:
 
     @property
     def label(self) -> str:
-        return f"{self.kind}, {self.workers} worker{'s' if self.workers > 1 else ''}"
+        label = f"{self.kind}, {self.workers} worker{'s' if self.workers > 1 else ''}"
+        return label if self.review else f"{label}, review off"
+
+
+WORKLOADS = [
+    *(Workload(kind, workers) for kind in TASKS for workers in WORKER_COUNTS),
+    Workload("local", 1, review=False),
+]
 
 
 class Fleet(Protocol):
@@ -119,8 +129,9 @@ def stop_all(children: list[Child]) -> None:
 
 
 class OurFleet:
-    def __init__(self, workspace: Workspace, store: QueueStore, kind: str):
-        self.workspace, self.store, self.kind = workspace, store, kind
+    def __init__(self, workspace: Workspace, store: QueueStore, workload: Workload):
+        self.workspace, self.store, self.kind = workspace, store, workload.kind
+        self.final = Status.APPROVED if workload.review else Status.COMPLETED
 
     def add(self, count: int) -> None:
         if self.kind == "local":
@@ -138,7 +149,7 @@ class OurFleet:
 
     def check(self, count: int) -> None:
         statuses = [task.status for task in self.store.load().tasks]
-        if len(statuses) != count or set(statuses) != {Status.APPROVED}:
+        if len(statuses) != count or set(statuses) != {self.final}:
             raise RuntimeError(f"ours: tasks ended {sorted({s.value for s in statuses})}")
 
 
@@ -149,7 +160,7 @@ def our_fleet(provider_url: str, workload: Workload) -> Iterator[Fleet]:
         root = Path(folder)
         workspace = Workspace(root)
         workspace.ensure_layout()
-        env = provider_env(root, provider_url)
+        env = provider_env(root, provider_url) | {"SWARM_REVIEW": str(workload.review).lower()}
         children = [Child(["swarm.py", "--port", "0"], env, wait_for_url=True)]
         try:
             store = QueueStore.for_settings(workspace, Settings(workspace=root))
@@ -161,7 +172,7 @@ def our_fleet(provider_url: str, workload: Workload) -> Iterator[Fleet]:
             wait_for(
                 ready_when(children, lambda: len(list(presence.glob("*.json"))) == workload.workers)
             )
-            yield OurFleet(workspace, store, workload.kind)
+            yield OurFleet(workspace, store, workload)
         finally:
             stop_all(children)
 
@@ -327,14 +338,13 @@ def measure(
     rounds: int, provider_url: str, redis_url: str | None
 ) -> dict[str, dict[Workload, list[float]]]:
     """tasks/s per system and workload, one entry per round; the systems take turns."""
-    workloads = [Workload(kind, n) for kind in TASKS for n in WORKER_COUNTS]
     everyone = systems(provider_url, redis_url)
     rates: dict[str, dict[Workload, list[float]]] = {
-        s.name: {w: [] for w in workloads} for s in everyone
+        s.name: {w: [] for w in WORKLOADS} for s in everyone
     }
     for number in range(rounds):
         order = everyone if number % 2 == 0 else everyone[::-1]
-        for workload in workloads:
+        for workload in WORKLOADS:
             for system in order:
                 rates[system.name][workload].append(drain(system, workload))
             print(
