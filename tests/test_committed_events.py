@@ -22,7 +22,7 @@ from swarm_runtime.phases.quality_gate import load as load_gate
 from swarm_runtime.phases.rewards import REWARD_APPLIER, RewardBook
 from swarm_runtime.queue import log_apply
 from swarm_runtime.queue import store as queue_store
-from swarm_runtime.queue.group_commit import GroupCommit, Mark
+from swarm_runtime.queue.group_commit import GroupCommit, Mark, Owed
 from swarm_runtime.queue.log_apply import LogTail, Repair, repair_for
 from swarm_runtime.queue.store import QueueStore, WorkerIdentity, vouched_files
 from swarm_runtime.queue.transition_events import EffectResult
@@ -293,6 +293,20 @@ def test_a_mark_says_how_far_which_journal_is_durable() -> None:
     assert mark.covers("0123456789abcdef", 4096) and not mark.covers("0123456789abcdef", 4097)
     assert not mark.covers("another-journal", 10)
     assert Mark.decode(b"") is None
+
+
+def test_what_a_store_owes_is_synced_as_far_as_the_furthest_append() -> None:
+    """A lease renewal on another thread may sync its own, earlier, record while the
+    worker's deferred one is owed: taking what is owed gives the furthest end of each
+    journal, so the sync made covers both, and nothing stays owed for a later step."""
+    owed = Owed()
+    owed.add("journal-a", 300)
+    owed.add("journal-a", 200)
+    assert owed.take(("journal-a", 250)) == [("journal-a", 300)]
+    assert owed.take() == []
+    owed.add("journal-a", 100)
+    owed.add("journal-b", 50)  # the first journal was folded away meanwhile
+    assert sorted(owed.take(("journal-b", 80))) == [("journal-a", 100), ("journal-b", 80)]
 
 
 def test_one_fsync_makes_every_record_appended_before_it_durable(workspace: Workspace) -> None:

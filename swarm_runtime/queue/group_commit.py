@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 
 from swarm_runtime.store import durability
@@ -52,6 +53,29 @@ class Mark:
         text = data.decode("ascii", errors="replace")
         end = text[NAME_WIDTH : NAME_WIDTH + END_WIDTH]
         return cls(text[:NAME_WIDTH].strip(), int(end)) if end.isdigit() else None
+
+
+class Owed:
+    """How far this process's journal appends that waited for no fsync reach, by
+    journal name, until a sync is made for them. Thread-safe: a worker's lease renewals
+    commit from a thread of their own while its main thread defers its steps."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ends: dict[str, int] = {}
+
+    def add(self, name: str, end: int) -> None:
+        with self._lock:
+            self._ends[name] = max(end, self._ends.get(name, 0))
+
+    def take(self, also: tuple[str, int] | None = None) -> list[tuple[str, int]]:
+        """Every position owed, merged with `also`; they are no longer owed after this
+        (a caller that fails to sync them adds them back)."""
+        with self._lock:
+            ends, self._ends = self._ends, {}
+        if also is not None:
+            ends[also[0]] = max(also[1], ends.get(also[0], 0))
+        return list(ends.items())
 
 
 class GroupCommit:

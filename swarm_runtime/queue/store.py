@@ -38,7 +38,7 @@ from swarm_runtime.contract import (
     queue_problems,
 )
 from swarm_runtime.errors import QueueFileError, StateFileError
-from swarm_runtime.queue.group_commit import GroupCommit
+from swarm_runtime.queue.group_commit import GroupCommit, Owed
 from swarm_runtime.queue.journal import QueueJournal, Version
 from swarm_runtime.queue.leases import HOST, WorkerIdentity, holder_is_alive, lease_is_live
 from swarm_runtime.queue.log_apply import bring_up_to, cut_lost_lines, line_start, sync_log
@@ -215,9 +215,9 @@ class QueueStore(QueueTransactions):
         self._unapplied: QueueJournalRecord | None = None
         self._log_checked = False
         self._group = GroupCommit(workspace)
-        # A record appended without waiting for its fsync (`durable_with_the_next`): the
-        # next transaction that waits, `wait_for_change`, `flush` or `close` makes it durable.
-        self._owed: tuple[str, int] | None = None
+        # Records appended without waiting for their fsync (`durable_with_the_next`): the
+        # next transaction that waits, `wait_for_change`, `flush` or `close` syncs them.
+        self._owed = Owed()
 
     @classmethod
     def for_settings(
@@ -251,7 +251,7 @@ class QueueStore(QueueTransactions):
     def wait_for_change(self, timeout: float, stop: threading.Event) -> None:
         """Look at queue.json's version every WAKE_CHECK_SECONDS: a change wakes the
         caller within that, instead of up to a whole `timeout` later."""
-        self._make_durable(self._owed)
+        self._make_durable()
         seen, self._version_before_claim = self._version_before_claim or self.version(), None
         deadline = time.monotonic() + timeout
         while not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
@@ -271,7 +271,7 @@ class QueueStore(QueueTransactions):
     def close(self) -> None:
         """Nothing is held open between transactions; what this store appended is made
         durable before it goes."""
-        self._make_durable(self._owed)
+        self._make_durable()
 
     # reading
 
@@ -361,19 +361,24 @@ class QueueStore(QueueTransactions):
             except BaseException:
                 self._writer.state = None
                 raise
-        if not waits_for_sync:
-            self._owed = unsynced or self._owed
-        else:
-            self._make_durable(unsynced or self._owed)
+        if waits_for_sync:
+            self._make_durable(unsynced)
+        elif unsynced is not None:
+            self._owed.add(*unsynced)
         return result
 
-    def _make_durable(self, appended: tuple[str, int] | None) -> None:
-        """Wait until the journal is durable up to `appended` (its name and end), which
-        covers every record appended before it: this store's owed ones too."""
-        self._owed = None
-        if appended is not None:
-            failpoint("queue.before_group_sync")
-            self._group.make_durable(*appended)
+    def _make_durable(self, appended: tuple[str, int] | None = None) -> None:
+        """Wait until the journal is durable up to `appended` (its name and end) and up to
+        every record this store appended without waiting (one fsync covers them all)."""
+        positions = self._owed.take(appended)
+        try:
+            for position in positions:
+                failpoint("queue.before_group_sync")
+                self._group.make_durable(*position)
+        except BaseException:
+            for position in positions:
+                self._owed.add(*position)
+            raise
 
     def _archive(self, state: QueueState) -> None:
         leaving = archivable_ids(state, self.retain)
@@ -464,7 +469,7 @@ class QueueStore(QueueTransactions):
     def flush(self) -> None:
         """Fold the journal into queue.json now, so that it shows every change: for a
         process about to exit, or a script that reads queue.json itself next."""
-        self._make_durable(self._owed)
+        self._make_durable()
         with self._workspace.lock(self.path):
             state = self._current()
             if self._writer.journal.holds_records_after(self._writer.snapshot_version):
