@@ -72,7 +72,8 @@ class QueueTransactions(ABC):
     @abstractmethod
     def _transaction(self, change: Change[R]) -> R:
         """Run `change` on the current queue and the time read under the lock; make what
-        it changed durable before returning, or nothing of it if it raises."""
+        it changed durable before returning (or, if the change defers it, with the
+        store's next sync), or nothing of it if it raises."""
 
     def _task_transaction(self, task_id: str, change: Change[R]) -> R:
         """A transaction that changes only the task `task_id` (a store may run it on that
