@@ -17,6 +17,7 @@ from test_worker_in_process import completed, make_harness
 
 from swarm_runtime.contract import Status
 from swarm_runtime.store import durability
+from swarm_runtime.store.documents import FileDocument
 from swarm_runtime.store.state_files import (
     Workspace,
     append_line,
@@ -24,7 +25,6 @@ from swarm_runtime.store.state_files import (
     atomic_write_json,
     create_secret_file,
     remove_durably,
-    update_json,
 )
 
 Write = Callable[[Workspace], object]
@@ -52,6 +52,10 @@ def removal(ws: Workspace) -> None:
     remove_durably(ws.pause_path)
 
 
+def gate_document(ws: Workspace) -> FileDocument:
+    return FileDocument(ws, ws.quality_gate_path)
+
+
 @pytest.mark.parametrize(
     ("write", "expected"),
     [
@@ -60,9 +64,9 @@ def removal(ws: Workspace) -> None:
         (lambda ws: append_line(ws, ws.api_audit_path, RECORD, durable=False), {}),
         (lambda ws: append_lines(ws, ws.queue_archive_path, [RECORD] * 3), {"archive append": 1}),
         (lambda ws: append_lines(ws, ws.queue_archive_path, []), {}),
-        (lambda ws: update_json(ws, ws.quality_gate_path, lambda d: (None, 0), dict), {}),
+        (lambda ws: gate_document(ws).update(lambda d: (None, 0), dict), {}),
         (
-            lambda ws: update_json(ws, ws.quality_gate_path, lambda d: ({"n": 1}, 0), dict),
+            lambda ws: gate_document(ws).update(lambda d: ({"n": 1}, 0), dict),
             {"gate rewrite": 1, "folder": 1},
         ),
         (presence_write, {"presence rewrite": 1, "folder": 1}),

@@ -28,6 +28,7 @@ from swarm_runtime.phases.quality_gate import QualityGate
 from swarm_runtime.queue.store import QueueStore
 from swarm_runtime.settings import Settings
 from swarm_runtime.store import private, state_files
+from swarm_runtime.store.documents import FileDocument
 from swarm_runtime.store.pause import read_pause
 from swarm_runtime.store.state_files import (
     FileLock,
@@ -35,7 +36,6 @@ from swarm_runtime.store.state_files import (
     append_line,
     atomic_write_bytes,
     file_version,
-    update_json,
 )
 from swarm_runtime.store.token import resolve_token
 
@@ -285,7 +285,7 @@ def write_everything(ws: Workspace) -> None:
     LogWriter(ws, "w1").emit("t1", Status.IN_PROGRESS)
     review = Review(verdict=Verdict.APPROVE, confidence=0.9)
     QualityGate(ws).record("t1", "text", "model", review, 0)
-    update_json(ws, ws.budget_ledger_path, lambda doc: (doc, None), dict)
+    FileDocument(ws, ws.budget_ledger_path).update(lambda doc: (doc, None), dict)
     append_line(ws, ws.safety_audit_path, {"event": "x"}, durable=False)
 
 

@@ -417,15 +417,8 @@ def _text_of_copy(marshalled: bytes, record: tuple[Any, ...], text_of: Callable[
         raise
 
 
-def atomic_write_json(
-    path: Path,
-    document: Any,
-    mode: int = PRIVATE_FILE,
-    *,
-    dump: Callable[[Any], bytes] = dump_json,
-) -> None:
-    """`dump` is dump_json or a document's own `EncodingMemo.dump`, which gives the same bytes."""
-    atomic_write_bytes(path, dump(document), mode)
+def atomic_write_json(path: Path, document: Any, mode: int = PRIVATE_FILE) -> None:
+    atomic_write_bytes(path, dump_json(document), mode)
 
 
 def read_json(path: Path, default: Callable[[], T] | None = None) -> Any:
@@ -450,25 +443,6 @@ def parse_json(path: Path, raw: bytes) -> Any:
         raise StateFileError(
             path, [f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]
         ) from None
-
-
-def update_json(
-    workspace: Workspace,
-    path: Path,
-    mutate: Callable[[Any], tuple[Any, T]],
-    default: Callable[[], Any],
-    mode: int = PRIVATE_FILE,
-    *,
-    dump: Callable[[Any], bytes] = dump_json,
-) -> T:
-    """Read-modify-write under the file's lock. `mutate(doc)` returns (new_doc, result);
-    a new_doc of None means nothing changed and nothing is written."""
-    with workspace.lock(path):
-        document = read_json(path, default)
-        new_document, result = mutate(document)
-        if new_document is not None:
-            atomic_write_json(path, new_document, mode, dump=dump)
-        return result
 
 
 def json_line(record: dict[str, Any]) -> str:
