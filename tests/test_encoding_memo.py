@@ -277,12 +277,12 @@ def test_together_writes_through_each_documents_memo(
     ledger = FileDocument(workspace, workspace.reward_ledger_path)
     balances = FileDocument(workspace, workspace.balances_path)
     grants = {"grants": {f"g{i}": {"tokens": i} for i in range(50)}}
-    with together([ledger, balances], dict) as section:
-        section.write(workspace.reward_ledger_path.name, grants)
+    with together([ledger, balances]):
+        ledger.write_returning_bytes(grants)
     encodes = counting_encodes(monkeypatch)
-    with together([ledger, balances], dict) as section:
-        more = section.read(workspace.reward_ledger_path.name)
+    with together([ledger, balances]):
+        more = ledger.read(dict)
         more["grants"]["g50"] = {"tokens": 50}
-        section.write(workspace.reward_ledger_path.name, more)
+        ledger.write_returning_bytes(more)
     assert workspace.reward_ledger_path.read_bytes() == dump_json(more)
     assert encodes == [1]

@@ -63,7 +63,7 @@ from swarm_runtime.contract import (
 )
 from swarm_runtime.errors import StateFileError, SwarmError
 from swarm_runtime.queue.transition_events import Effect, EffectResult
-from swarm_runtime.store.documents import FileDocument, SharedDocument, Together, together
+from swarm_runtime.store.documents import FileDocument, SharedDocument, together
 from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.reward_rows import (
     KEY_SEPARATOR,
@@ -72,7 +72,7 @@ from swarm_runtime.store.reward_rows import (
     RowsDocument,
     grant_key,
 )
-from swarm_runtime.store.state_files import Workspace, parse_json
+from swarm_runtime.store.state_files import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -662,8 +662,8 @@ class FileRewards:
         self._balances = balances
         self.ledger_path = ledger.path
         self.balances_path = balances.path
-        self._section: Together | None = None
-        self._wrote: dict[str, bytes] = {}
+        self._inside = False  # a section holds both locks
+        self._wrote: dict[Path, bytes] = {}
         self._known: Known | None = None
 
     def settle(self, draft: Grant) -> RewardOutcome:
@@ -693,26 +693,26 @@ class FileRewards:
                 return
             grant.state = GrantState.APPLIED
             ledger.grants[grant.key] = grant
-            self._write(self.ledger_path, ledger)
+            self._write(self._ledger, ledger)
 
     @contextmanager
     def _locked(self) -> Iterator[tuple[RewardLedger, Balances]]:
         """Both locks, ledger first, for the whole decision; both read inside them."""
-        with together([self._ledger, self._balances], dict) as section:
-            self._section, self._wrote = section, {}
+        with together([self._ledger, self._balances]):
+            self._inside, self._wrote = True, {}
             try:
-                ledger_bytes = section.read_bytes(self.ledger_path.name)
-                balances_bytes = section.read_bytes(self.balances_path.name)
+                ledger_bytes = self._ledger.read_bytes()
+                balances_bytes = self._balances.read_bytes()
                 ledger, balances = self._models(ledger_bytes, balances_bytes)
                 yield ledger, balances
                 self._known = Known(
-                    self._wrote.get(self.ledger_path.name, ledger_bytes),
-                    self._wrote.get(self.balances_path.name, balances_bytes),
+                    self._wrote.get(self.ledger_path, ledger_bytes),
+                    self._wrote.get(self.balances_path, balances_bytes),
                     ledger,
                     balances,
                 )
             finally:
-                self._section = None
+                self._inside = False
 
     def _models(
         self, ledger_bytes: bytes | None, balances_bytes: bytes | None
@@ -723,19 +723,19 @@ class FileRewards:
         if known is not None and known.still_on_disk(ledger_bytes, balances_bytes):
             return known.ledger, known.balances
         return (
-            parse_state(RewardLedger, parsed(self.ledger_path, ledger_bytes), self.ledger_path),
-            parse_state(Balances, parsed(self.balances_path, balances_bytes), self.balances_path),
+            parse_state(RewardLedger, self._ledger.parse(ledger_bytes, dict), self.ledger_path),
+            parse_state(Balances, self._balances.parse(balances_bytes, dict), self.balances_path),
         )
 
     def _commit(self, ledger: RewardLedger, balances: Balances, grant: Grant) -> None:
         """Pay, then ledger: the payment names the grant, so a crash between the two
         leaves a payment that `_finish` ledgers."""
         balances.of(grant.identity_id).pay(grant, grant.granted_at)
-        self._write(self.balances_path, balances)
+        self._write(self._balances, balances)
         failpoint("reward.after_balances")
         grant.state = GrantState.APPLIED
         ledger.grants[grant.key] = grant
-        self._write(self.ledger_path, ledger)
+        self._write(self._ledger, ledger)
 
     def _finish(self, ledger: RewardLedger, balances: Balances, moment: str) -> set[str]:
         """Finish what a crash left half done; returns the keys of the grants finished."""
@@ -753,7 +753,7 @@ class FileRewards:
                 grant = grant.model_copy(update={"replaces": earlier.model_dump(mode="json")})
             ledger.grants[grant.key] = grant
         if found:
-            self._write(self.ledger_path, ledger)
+            self._write(self._ledger, ledger)
             log.warning("ledgered %d reward payment(s) a crash left unledgered", len(found))
         return {grant.key for grant in found}
 
@@ -767,21 +767,16 @@ class FileRewards:
         for grant in unpaid:
             balances.of(grant.identity_id).pay(grant, moment)
         if unpaid:
-            self._write(self.balances_path, balances)
+            self._write(self._balances, balances)
         for grant in pending:
             grant.state = GrantState.APPLIED
-        self._write(self.ledger_path, ledger)
+        self._write(self._ledger, ledger)
         log.warning(
             "finished %d interrupted reward grant(s), %d paid now", len(pending), len(unpaid)
         )
         return {grant.key for grant in pending}
 
-    def _write(self, path: Path, document: BaseModel) -> None:
+    def _write(self, document: FileDocument, model: BaseModel) -> None:
         """Only inside `_locked`: the write belongs to its critical section."""
-        assert self._section is not None, "rewards are written under their locks"
-        self._wrote[path.name] = self._section.write(path.name, document.model_dump(mode="json"))
-
-
-def parsed(path: Path, raw: bytes | None) -> Any:
-    """A state file's JSON; a missing file reads as an empty document."""
-    return {} if raw is None else parse_json(path, raw)
+        assert self._inside, "rewards are written under their locks"
+        self._wrote[document.path] = document.write_returning_bytes(model.model_dump(mode="json"))

@@ -349,11 +349,11 @@ class QueueStore(QueueTransactions):
         """Run `change` on the current state under the lock and make what it changed
         durable before returning (the fsync after the lock, shared with other writers:
         `queue.group_commit`), unless the change leaves that to the store's next sync
-        (`QueueState.durable_with_the_next`). A change that raises, or a write that fails, drops the
-        state, which is then read again from the files: nothing half-done survives."""
+        (`QueueState.durable_with_the_next`). A change that raises, or a write that
+        fails, drops the state, which is then read again from the files: nothing
+        half-done survives."""
         with self._workspace.lock(self.path):
             state = self._current()
-            waits_for_sync = True
             try:
                 result = change(state, self._clock())
                 waits_for_sync, state.waits_for_sync = state.waits_for_sync, True

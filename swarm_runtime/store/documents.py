@@ -93,11 +93,13 @@ class FileDocument:
 
     def _current(self, default: Callable[[], Any]) -> Any:
         raw = self.read_bytes()
-        if raw is None:
-            return default()
-        if self._written is not None and self._written[0] == raw:
+        if raw is not None and self._written is not None and self._written[0] == raw:
             return self._written[1]
-        return parse_json(self.path, raw)
+        return self.parse(raw, default)
+
+    def parse(self, raw: bytes | None, default: Callable[[], Any]) -> Any:
+        """`raw` (what `read_bytes` gave) as JSON; no file reads as `default()`."""
+        return default() if raw is None else parse_json(self.path, raw)
 
     def write(self, document: Any) -> None:
         self.write_returning_bytes(document)
@@ -175,35 +177,16 @@ def shared_document(workspace: Workspace, path: Path, database: Database | None)
     return DatabaseDocument(database, path)
 
 
-class Together:
-    """Several documents read and written in one critical section: each read inside it,
-    each write kept, all of it ended together."""
-
-    def __init__(
-        self,
-        read: Callable[[str], Any],
-        write: Callable[[str, Any], bytes],
-        read_bytes: Callable[[str], bytes | None],
-    ):
-        self.read = read
-        self.write = write
-        self.read_bytes = read_bytes
-
-
 @contextmanager
-def together(documents: list[FileDocument], default: Callable[[], Any]) -> Iterator[Together]:
-    """Each file's lock, taken in the order given, held until the block ends; every write
-    is atomic, so a reader sees each file before or after, never half of it. Reads and
-    writes go through the documents themselves (their locks, already held, only count)."""
-    by_name = {d.path.name: d for d in documents}
+def together(documents: list[FileDocument]) -> Iterator[None]:
+    """Each file's lock, taken in the order given, held until the block ends, for a
+    decision over several documents; the block reads and writes through the documents
+    themselves (their locks, already held, only count again). Every write is atomic, so
+    a reader sees each file before or after, never half of it."""
     with ExitStack() as stack:
         for document in documents:
             stack.enter_context(document.workspace.lock(document.path))
-        yield Together(
-            lambda name: by_name[name].read(default),
-            lambda name, doc: by_name[name].write_returning_bytes(doc),
-            lambda name: by_name[name].read_bytes(),
-        )
+        yield
 
 
 @dataclass(frozen=True)

@@ -188,15 +188,19 @@ class Worker:
 
     def _loop(self, *, once: bool, stop: threading.Event) -> int:
         reported: str | None = None
+        was_paused = False
         while not stop.is_set():
             paused = self.paused()
             self.announce(paused)
             if paused:
                 if once:
                     return 0
-                self.leave_queue_current()  # its last steps durable, queue.json current
+                if not was_paused:  # its last steps durable, queue.json current
+                    self.leave_queue_current()
+                was_paused = True
                 stop.wait(self.settings.poll_interval)
                 continue
+            was_paused = False
             try:
                 outcome = self.step()
             except (QueueFileError, OSError) as exc:
