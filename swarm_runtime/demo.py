@@ -9,6 +9,7 @@ import requests
 
 from swarm_runtime.contract import TOKEN_HEADER
 from swarm_runtime.errors import DuplicateTaskError
+from swarm_runtime.phases.vouched import workspace_appliers
 from swarm_runtime.queue.endpoint import record_endpoint
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import DEFAULT_WORKSPACE_DIR, Settings
@@ -48,7 +49,7 @@ def seed(root: Path, api_url: str) -> list[str]:
     workspace = Workspace(root)
     workspace.ensure_layout()
     settings = Settings.from_env(workspace=workspace.root)
-    store = store_for(settings, workspace)
+    store = store_for(settings, workspace, appliers=workspace_appliers(workspace))
     record_endpoint(settings, workspace, store, api_url)
     added = []
     for task in DEMO_TASKS:

@@ -9,8 +9,9 @@ here arms one failpoint in a real worker.py (SIGKILL there, no cleanup), then dr
 queue with a second worker and reads every line of the log.
 
 The tasks echo a few kilobytes each, so the worker's journal outgrows its fold
-threshold after a task or two: the fold's failpoints (`queue.fold.log_synced`,
-`write:queue.json:*`) fire mid-queue, with work left for the next worker, not only in
+threshold after a task or two: the fold's failpoints (`queue.fold.log_synced`, the
+gate's and the rewards' writes, `queue.fold.effects_applied`, `write:queue.json:*`) fire
+mid-queue, with work left for the next worker, not only in
 the fold a worker makes on its way out.
 """
 
@@ -30,6 +31,7 @@ from helpers.counted_failpoints import AT_ENV, CENSUS_ENV
 from test_worker_in_process import Harness, completed, make_harness
 
 from swarm_runtime.contract import Status
+from swarm_runtime.phases.rewards import RewardBook
 from swarm_runtime.queue.store import QueueStore, WorkerIdentity
 from swarm_runtime.store.log_index import LogIndex
 from swarm_runtime.store.state_files import Workspace
@@ -58,6 +60,9 @@ FAILPOINTS = [
     "write:quality_gate_queue.json:before_rename",
     "write:quality_gate_queue.json:renamed",
     "worker.before_reward",
+    "worker.after_reward",
+    # the fold: the log made durable, the vouched effects applied, then queue.json
+    "queue.fold.log_synced",
     "write:free_time_balances.json:partial",
     "write:free_time_balances.json:before_rename",
     "write:free_time_balances.json:renamed",
@@ -65,8 +70,7 @@ FAILPOINTS = [
     "write:phase5_reward_ledger.json:partial",
     "write:phase5_reward_ledger.json:before_rename",
     "write:phase5_reward_ledger.json:renamed",
-    "worker.after_reward",
-    "queue.fold.log_synced",
+    "queue.fold.effects_applied",
     "write:queue.json:partial",
     "write:queue.json:before_rename",
     "write:queue.json:renamed",
@@ -211,6 +215,20 @@ def assert_the_log_agrees_with_the_queue(backend: Backend, lacking: list[dict[st
         starts = Counter(e["attempt"] for e in own if e["status"] == "in_progress")
         assert starts and set(starts.values()) == {1}, (task["id"], history, starts)
         assert max(starts) <= task["attempts"], (task["id"], starts, task["attempts"])
+    assert_each_verdict_voted_and_paid_once(backend.workspace, sorted(statuses))
+
+
+def assert_each_verdict_voted_and_paid_once(ws: Workspace, task_ids: list[str]) -> None:
+    """The gate and the rewards, applied at the folds: one approving vote and one grant
+    per task, and the balances hold exactly what the ledger says was paid."""
+    gate = json.loads(ws.quality_gate_path.read_text())["changes"]
+    assert sorted(gate) == task_ids
+    assert {change["vote"]["decision"] for change in gate.values()} == {"approved"}
+    book = RewardBook(ws)
+    grants = book.ledger().grants.values()
+    assert sorted(grant.task_id for grant in grants) == task_ids
+    paid = sum(grant.tokens_awarded for grant in grants)
+    assert sum(b.total_tokens for b in book.balances().identities.values()) == paid > 0
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +25,8 @@ from swarm_runtime.queue import log_apply
 from swarm_runtime.queue import store as queue_store
 from swarm_runtime.queue.group_commit import GroupCommit, Mark, Owed
 from swarm_runtime.queue.log_apply import LogTail, Repair, repair_for
-from swarm_runtime.queue.store import QueueStore, WorkerIdentity, vouched_files
-from swarm_runtime.queue.transition_events import EffectResult
+from swarm_runtime.queue.store import QueueStore, WorkerIdentity
+from swarm_runtime.queue.transition_events import EffectResult, Outstanding
 from swarm_runtime.store import durability
 from swarm_runtime.store.events import build_event
 from swarm_runtime.store.state_files import FileLock, Workspace
@@ -207,7 +208,7 @@ def test_a_fold_makes_the_log_durable_before_it_drops_the_journal(
 
 def reviewed_and_paid(workspace: Workspace) -> Harness:
     """One local task approved under budget: its verdict's record vouches for the gate's
-    vote and the reward, both written without an fsync."""
+    vote and the reward, which reach their files when the journal is folded."""
     harness = make_harness(workspace)
     harness.queue({"id": "echo", "command": "echo hi", "identity_id": "ada"})
     harness.client.answers = [completed("hi", output="hi\n", exit_code=0, budget_used=0.0001)]
@@ -216,14 +217,18 @@ def reviewed_and_paid(workspace: Workspace) -> Harness:
     return harness
 
 
+def effect_files(workspace: Workspace) -> list[Path]:
+    return [workspace.quality_gate_path, workspace.reward_ledger_path, workspace.balances_path]
+
+
 def as_if_the_machine_crashed(workspace: Workspace) -> None:
-    """The journal was written in an earlier boot, and the files it vouches for lost
-    what was never fsynced: here, all of it."""
+    """The journal was written in an earlier boot, and the effects' files lost what was
+    not durable: here, all of it."""
     lines = workspace.queue_journal_path.read_bytes().split(b"\n", 1)
     header = json.loads(lines[0]) | {"boot": "an-earlier-boot"}
     workspace.queue_journal_path.write_bytes(json.dumps(header).encode() + b"\n" + lines[1])
-    for path in vouched_files(workspace):
-        path.unlink()
+    for path in effect_files(workspace):
+        path.unlink(missing_ok=True)
 
 
 def test_the_verdict_commits_the_vote_and_the_reward_in_its_own_record(
@@ -239,28 +244,63 @@ def test_the_verdict_commits_the_vote_and_the_reward_in_its_own_record(
     assert approved["phase5_reward_applied"] is True
 
 
-def test_after_a_machine_crash_a_worker_redoes_what_the_journal_vouches_for(
+def assert_voted_and_paid_once(workspace: Workspace, tokens: int) -> None:
+    assert load_gate(workspace).changes["echo"].vote is not None
+    book = RewardBook(workspace)
+    assert book.ledger().grants["echo::ada"].tokens_awarded == tokens
+    assert book.balances().of("ada").total_tokens == tokens
+
+
+def test_the_effects_reach_their_files_when_a_store_that_can_apply_them_folds(
+    workspace: Workspace,
+) -> None:
+    harness = reviewed_and_paid(workspace)
+    harness.worker.store.close()
+    (verdict,) = [r for r in journal_records(workspace) if r.get("vouches")]
+    tokens = verdict["vouches"][REWARD_APPLIER]["tokens_awarded"]
+    assert tokens > 0
+    assert not any(path.exists() for path in effect_files(workspace))  # the journal holds them
+
+    bystander = QueueStore(workspace)  # the panel's: it cannot apply them, so it keeps
+    bystander.flush()  # the journal for a store that can
+    assert workspace.queue_journal_path.exists()
+
+    harness.worker.store.flush()
+    assert not workspace.queue_journal_path.exists()
+    assert_voted_and_paid_once(workspace, tokens)
+
+
+def test_after_a_machine_crash_a_worker_applies_what_the_journal_vouches_for(
     workspace: Workspace,
 ) -> None:
     first = reviewed_and_paid(workspace)
     first.worker.store.close()
-    paid = RewardBook(workspace).ledger().grants["echo::ada"]
+    (verdict,) = [r for r in journal_records(workspace) if r.get("vouches")]
     as_if_the_machine_crashed(workspace)
 
-    bystander = QueueStore(workspace)  # the panel's: it cannot redo them, so it keeps
-    bystander.flush()  # the journal for a store that can
-    assert workspace.queue_journal_path.exists()
-
     second = make_harness(workspace)
-    assert second.step() is None  # its first transaction redoes them, then folds
+    assert second.step() is None
     second.worker.store.flush()
     assert not workspace.queue_journal_path.exists()
-    assert load_gate(workspace).changes["echo"].vote is not None
-    redone = RewardBook(workspace)
-    assert redone.ledger().grants["echo::ada"].tokens_awarded == paid.tokens_awarded
-    assert redone.balances().of("ada").total_tokens == paid.tokens_awarded
-    second.worker.store.flush()
-    assert redone.balances().of("ada").total_tokens == paid.tokens_awarded  # once
+    assert_voted_and_paid_once(workspace, verdict["vouches"][REWARD_APPLIER]["tokens_awarded"])
+
+
+def test_effects_applied_before_a_crash_in_the_fold_are_not_applied_twice(
+    workspace: Workspace,
+) -> None:
+    """The fold applies the effects, then replaces queue.json: a crash in between leaves
+    the journal, whose next fold finds them applied already."""
+    harness = reviewed_and_paid(workspace)
+    (verdict,) = [r for r in journal_records(workspace) if r.get("vouches")]
+    for name, payloads in sorted({k: [v] for k, v in verdict["vouches"].items()}.items()):
+        harness.worker.store.appliers[name](payloads)
+    gate_before = workspace.quality_gate_path.read_bytes()
+
+    fresh = make_harness(workspace)
+    fresh.worker.store.flush()
+    assert not workspace.queue_journal_path.exists()
+    assert workspace.quality_gate_path.read_bytes() == gate_before
+    assert_voted_and_paid_once(workspace, verdict["vouches"][REWARD_APPLIER]["tokens_awarded"])
 
 
 def test_a_refused_verdict_votes_and_pays_nothing(workspace: Workspace) -> None:
@@ -338,7 +378,7 @@ def test_on_a_database_the_effects_commit_with_the_verdict_or_not_at_all(
         assert claimed is not None
         vote = worker.quality_gate.vote("echo", "echo hi", "w", approving(), 0)
 
-        def fails_after_the_vote() -> EffectResult:
+        def fails_after_the_vote(outstanding: Outstanding | None) -> EffectResult:
             raise RuntimeError("the transition fails after its effects ran")
 
         with pytest.raises(RuntimeError):

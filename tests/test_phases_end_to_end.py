@@ -373,12 +373,14 @@ def test_local_commands_are_never_decomposed(runtime: Runtime) -> None:
 # --- phase 5: exactly-once rewards across crashes ------------------------------------------
 
 
-# The worker dies before or after the grant on either store; between the balances' file
-# and the reward ledger's file only on files (a database grants in one transaction).
-GRANT_CRASHES = [
-    *itertools.product(["worker.before_reward", "worker.after_reward"], BACKENDS),
-    ("reward.after_balances", "files"),
-    ("write:phase5_reward_ledger.json:before_rename", "files"),
+# The worker dies before or after the grant on either store, inside the verdict's
+# transaction. On files it pays the grant later, in the journal's fold (on its way out
+# here): it dies there too, between the balances' file and the reward ledger's.
+GRANT_CRASHES = list(itertools.product(["worker.before_reward", "worker.after_reward"], BACKENDS))
+FOLD_CRASHES = [
+    "write:free_time_balances.json:before_rename",
+    "reward.after_balances",
+    "write:phase5_reward_ledger.json:before_rename",
 ]
 
 
@@ -404,6 +406,33 @@ def test_a_worker_killed_around_the_grant_pays_exactly_once(
     assert identity_tokens(store, "ada") == grant["tokens_awarded"] > 0
     final = events_of(store, "paid", "approved")[-1]
     assert final["phase5_reward_ledger_recorded"] is True
+
+
+@pytest.mark.parametrize("backend", ["files"], indirect=True)
+@pytest.mark.parametrize("crash_at", FOLD_CRASHES)
+def test_a_worker_killed_paying_in_the_fold_leaves_the_next_to_pay_exactly_once(
+    runtime: Runtime, crash_at: str
+) -> None:
+    """The verdict committed, with its grant in the journal record: the next worker's
+    fold pays what the killed one's did not, and nothing twice."""
+    runtime.queue(
+        [{"id": "paid", "prompt": "Write a haiku about message queues", "identity_id": "ada"}]
+    )
+    crashed = runtime.work(SWARM_FAILPOINTS=crash_at)
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    store = runtime.backend
+    final = events_of(store, "paid", "approved")[-1]
+    assert final["phase5_reward_applied"] is True
+    resumed = runtime.work()
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert len(runtime.prompts()) == 1
+    assert history(store, "paid") == ["in_progress", "completed", "pending_review", "approved"]
+    ledger = store.documents.reward_ledger.read(dict)
+    assert list(ledger["grants"]) == ["paid::ada"]
+    grant = ledger["grants"]["paid::ada"]
+    assert grant["state"] == "applied"
+    awarded = final["phase5_reward_tokens_awarded"]
+    assert identity_tokens(store, "ada") == grant["tokens_awarded"] == awarded > 0
 
 
 def test_a_second_review_of_a_rewarded_task_reports_already_granted(runtime: Runtime) -> None:

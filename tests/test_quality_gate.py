@@ -14,7 +14,7 @@ from swarm_runtime.panel.outcomes import gate_of
 from swarm_runtime.panel.state import Panel
 from swarm_runtime.phases import quality_gate
 from swarm_runtime.phases.critic import Review
-from swarm_runtime.phases.quality_gate import GateDocument, QualityGate
+from swarm_runtime.phases.quality_gate import GATE_APPLIER, GateDocument, QualityGate
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.state_files import Workspace, dump_json
 
@@ -177,26 +177,63 @@ def test_a_number_retyped_by_hand_is_written_back_as_typed(
     assert type(first["vote"]["attempt"]) is type(by_hand)
 
 
-def test_a_vote_that_fails_becomes_an_error_status(workspace: Workspace) -> None:
+@pytest.mark.parametrize("outstanding", [None, {}], ids=["database", "journal"])
+def test_a_vote_that_fails_becomes_an_error_status(
+    workspace: Workspace, outstanding: dict[str, list[Any]] | None
+) -> None:
     path = workspace.quality_gate_path
     path.write_text("{not json")
-    made = QualityGate(workspace).vote("t1", "task", "author", REJECT, 1)()
+    made = QualityGate(workspace).vote("t1", "task", "author", REJECT, 1)(outstanding)
     fields = QualityGateFields.model_validate(made.fields)
     assert fields.quality_gate_status == QualityGateStatus.ERROR
     assert fields.quality_gate_decision == "rejected"
     assert fields.quality_gate_change_id is None
     assert str(path) in fields.quality_gate_error
     assert path.read_text() == "{not json"
-    assert made.vouch is None  # nothing was written to redo
+    assert made.vouch is None  # nothing to apply
 
 
 def test_a_vote_that_succeeds_vouches_for_the_change_it_wrote(workspace: Workspace) -> None:
-    made = QualityGate(workspace).vote("t1", "task", "author", APPROVE, 0)()
+    made = QualityGate(workspace).vote("t1", "task", "author", APPROVE, 0)(None)
     fields = QualityGateFields.model_validate(made.fields)
     assert fields.quality_gate_status == QualityGateStatus.NEEDS_QA
     assert fields.quality_gate_error is None
     written = json.loads(workspace.quality_gate_path.read_text())["changes"]["t1"]
     assert made.vouch == (quality_gate.GATE_APPLIER, written)
+
+
+def test_a_vote_beside_the_queue_journal_writes_nothing_until_applied(
+    workspace: Workspace,
+) -> None:
+    gate = QualityGate(workspace)
+    made = gate.vote("t1", "task", "author", APPROVE, 0)({})
+    assert not workspace.quality_gate_path.exists()
+    assert made.vouch is not None
+    name, change = made.vouch
+    gate.apply([change])
+    assert json.loads(workspace.quality_gate_path.read_text())["changes"]["t1"] == change
+    before = workspace.quality_gate_path.read_bytes()
+    gate.apply([change])  # applied again, as after a crash in the fold: nothing changes
+    assert workspace.quality_gate_path.read_bytes() == before
+
+
+def test_a_vote_beside_the_queue_journal_builds_on_the_outstanding_change(
+    workspace: Workspace,
+) -> None:
+    """A re-review whose first vote is still only in the journal keeps its created_at."""
+    gate = QualityGate(workspace)
+    gate.record("t0", "on file", "author", APPROVE, 0, now=MORNING)
+    first = gate.vote("t1", "task", "author", REJECT, 0)({})
+    assert first.vouch is not None
+    later = QualityGate(workspace)  # another worker's
+    second = later.vote("t1", "task", "author", APPROVE, 1)({GATE_APPLIER: [first.vouch[1]]})
+    assert second.vouch is not None
+    assert second.vouch[1]["created_at"] == first.vouch[1]["created_at"]
+    assert second.vouch[1]["vote"]["attempt"] == 1
+    later.apply([first.vouch[1], second.vouch[1]])
+    changes = json.loads(workspace.quality_gate_path.read_text())["changes"]
+    assert list(changes) == ["t0", "t1"]
+    assert changes["t1"] == second.vouch[1]
 
 
 def _record_many(root: str, prefix: str, count: int) -> None:

@@ -44,6 +44,14 @@ outcome = book.grant(task_id, identity_id, max_budget=0.2, budget_used=0.05,
 print(outcome.model_dump_json(), flush=True)
 """
 
+APPLY_SCRIPT = """
+import json, sys
+from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.phases.rewards import RewardBook
+root, payloads = sys.argv[1:3]
+RewardBook(Workspace(root)).apply(json.loads(open(payloads).read()))
+"""
+
 RACING_SCRIPT = """
 import os, sys, time
 from swarm_runtime.store.state_files import Workspace
@@ -470,6 +478,69 @@ def test_a_grant_sees_what_another_process_wrote_since_this_one_last_wrote(
     workspace.balances_path.write_text(json.dumps(balances))
     assert book.grant("t6", "ada", **BUDGET).applied
     assert total_tokens(book, "ada") == 3 * BUDGET_TOKENS
+
+
+# --- grants beside the queue journal -----------------------------------------------------
+# A worker on the files decides a grant inside its verdict's transaction and writes
+# nothing: the journal record vouches for it, and the journal's fold applies it.
+
+
+def decided(book: RewardBook, task_id: str, outstanding: list[Any]) -> dict[str, Any] | None:
+    """The grant as the journal would vouch for it (None if nothing was paid)."""
+    outcome = book.grant(task_id, "ada", **BUDGET, outstanding=outstanding)
+    return None if outcome.paid is None else outcome.paid.model_dump(mode="json")
+
+
+def test_a_grant_beside_the_journal_writes_nothing_and_counts_what_is_outstanding(
+    book: RewardBook, workspace: Workspace
+) -> None:
+    write_balance(workspace, "ada", free_time_cap=6, journal_cap=2)
+    before = workspace.balances_path.read_bytes()
+    first = decided(book, "t1", [])
+    assert first is not None and first["tokens_awarded"] == BUDGET_TOKENS
+    assert workspace.balances_path.read_bytes() == before
+    assert not workspace.reward_ledger_path.exists()
+    assert book.grant("t1", "ada", **BUDGET, outstanding=[first]).reason == "already_granted"
+    assert book.grant("t2", "ada", **BUDGET, outstanding=[first]).reason == "pool_full"
+    book.apply([first])
+    book.apply([first])  # again, as after a crash in the fold: paid once
+    assert total_tokens(book, "ada") == BUDGET_TOKENS
+    assert book.ledger().grants["t1::ada"].state == "applied"
+
+
+def test_a_grant_laid_over_in_memory_is_forgotten_when_its_transaction_failed(
+    book: RewardBook,
+) -> None:
+    """The grant reached no journal record, so it is not outstanding the next time: the
+    next transaction decides it again instead of finding it paid."""
+    assert decided(book, "t1", []) is not None
+    again = decided(book, "t1", [])
+    assert again is not None and again["tokens_awarded"] == BUDGET_TOKENS
+
+
+def test_a_batch_killed_between_its_writes_pays_each_grant_exactly_once(
+    book: RewardBook, workspace: Workspace, tmp_path: Path
+) -> None:
+    """More grants for one identity than its history keeps: the fold applies them a
+    history's worth at a time, so a crash between a chunk's two writes still finds
+    each of its payments named in the history."""
+    outstanding: list[Any] = []
+    for number in range(HISTORY_LIMIT + 30):
+        grant = decided(book, f"t{number}", outstanding)
+        assert grant is not None
+        outstanding.append(grant)
+    payloads = tmp_path / "payloads.json"
+    payloads.write_text(json.dumps(outstanding))
+    command = [sys.executable, "-c", APPLY_SCRIPT, str(workspace.root), str(payloads)]
+    env = child_env(workspace, SWARM_FAILPOINTS="reward.after_balances")
+    crashed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=60)
+    assert crashed.returncode == -9, crashed.stderr
+    assert not workspace.reward_ledger_path.exists()
+    assert total_tokens(book, "ada") == HISTORY_LIMIT * BUDGET_TOKENS
+    RewardBook(workspace).apply(outstanding)
+    ledger = book.ledger()
+    assert len(ledger.grants) == len(outstanding)
+    assert total_tokens(book, "ada") == len(outstanding) * BUDGET_TOKENS
 
 
 # --- files the reference implementation wrote -----------------------------------------------

@@ -46,6 +46,7 @@ from swarm_runtime.errors import (
     UnpricedModelError,
 )
 from swarm_runtime.llm.wrapper import SecureAPIWrapper, from_settings
+from swarm_runtime.phases.vouched import workspace_appliers
 from swarm_runtime.queue.endpoint import record_endpoint
 from swarm_runtime.queue.fleet import Fleet, read_placement
 from swarm_runtime.queue.interface import TaskQueue
@@ -115,7 +116,7 @@ class ApiServices:
                 git_allow_write=settings.git_allow_write,
             ),
             wrapper=wrapper,
-            store=store_for(settings, workspace),
+            store=store_for(settings, workspace, appliers=workspace_appliers(workspace)),
             provider_health=ProviderHealth(wrapper.provider),
             documents=documents,
         )

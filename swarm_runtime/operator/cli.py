@@ -29,6 +29,7 @@ from swarm_runtime.errors import (
 )
 from swarm_runtime.operator import commands
 from swarm_runtime.operator.commands import Command
+from swarm_runtime.phases.vouched import workspace_appliers
 from swarm_runtime.queue.operations import Operations
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
@@ -161,7 +162,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         workspace = Workspace(settings.workspace)
         workspace.ensure_layout()
-        store = store_for(settings, workspace)
+        store = store_for(settings, workspace, appliers=workspace_appliers(workspace))
         operations = Operations(workspace, store, CLI_WORKER_ID, documents_for(settings, workspace))
         handler: Handler = args.handler
         return handler(Command(operations, settings, args))

@@ -27,6 +27,7 @@ from swarm_runtime.panel.log_tail import READ_BLOCK_BYTES, JsonlFold
 from swarm_runtime.panel.probe import ApiProbe
 from swarm_runtime.phases import quality_gate
 from swarm_runtime.phases.rewards import Balances, RewardLedger, parse_state
+from swarm_runtime.phases.vouched import workspace_appliers
 from swarm_runtime.queue.fleet import Placement, read_placement
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.settings import Settings
@@ -109,7 +110,7 @@ class Panel:
         self.settings = settings
         self.workspace = ws = Workspace(settings.workspace)
         ws.ensure_layout()
-        self.store = store_for(settings, ws)
+        self.store = store_for(settings, ws, appliers=workspace_appliers(ws))
         self.documents = documents_for(settings, ws)
         self.csrf_token = secrets.token_urlsafe(32)
         self.scrub = SecretScrubber(settings, ws)

@@ -13,6 +13,7 @@ and QA-flow keys are kept, so recording a vote here loses none of them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +32,7 @@ from swarm_runtime.contract import (
 )
 from swarm_runtime.errors import StateFileError, SwarmError
 from swarm_runtime.phases.critic import Review
-from swarm_runtime.queue.transition_events import Effect, EffectResult
+from swarm_runtime.queue.transition_events import Effect, EffectResult, Outstanding
 from swarm_runtime.store.documents import FileDocument, SharedDocument
 from swarm_runtime.store.events import cap_text
 from swarm_runtime.store.state_files import Workspace
@@ -107,8 +108,13 @@ class QualityGate:
         rejections: int,
         *,
         now: datetime | None = None,
+        outstanding: Sequence[Any] | None = None,
     ) -> QualityGateFields:
-        """Cast the critic's vote on the task's change, creating the change on first review."""
+        """Cast the critic's vote on the task's change, creating the change on first review.
+
+        With `outstanding` (the changes the queue journal holds for this file and it does
+        not yet), the change is only made, not written: the journal's record of the
+        transition commits it, and its fold writes it (`queue.transition_events`)."""
         moment = iso(now or utc_now())
         vote = Vote(
             decision=decision_for(review),
@@ -128,18 +134,28 @@ class QualityGate:
             document = {**raw, "changes": {**changes, task_id: entry}, "updated_at": moment}
             return document, fields_for(task_id, vote)
 
-        return self.document.update(mutate, lambda: _empty(moment))
+        if outstanding is None:
+            return self.document.update(mutate, lambda: _empty(moment))
+        raw = self.document.peek(lambda: _empty(moment))
+        changes = self._valid.changes_of(raw)
+        latest = latest_change(outstanding, task_id) or changes.get(task_id)
+        earlier = None if latest is None else Change.model_validate(latest)
+        self._valid.written(task_id, _changed(earlier, task_id, task_text, author_id, vote))
+        return fields_for(task_id, vote)
 
     def vote(
         self, task_id: str, task_text: str, author_id: str, review: Review, rejections: int
     ) -> Effect:
         """`record` as an effect of the review's transition: it adds the gate's fields to
-        the verdict's event and vouches for the change it wrote. A failure becomes the
+        the verdict's event and vouches for the change it made. A failure becomes the
         event's quality_gate_error, not a crash."""
 
-        def effect() -> EffectResult:
+        def effect(outstanding: Outstanding | None) -> EffectResult:
+            pending = None if outstanding is None else outstanding.get(GATE_APPLIER, ())
             try:
-                fields = self.record(task_id, task_text, author_id, review, rejections)
+                fields = self.record(
+                    task_id, task_text, author_id, review, rejections, outstanding=pending
+                )
             except (SwarmError, OSError) as exc:
                 log.error("quality gate could not record task %s: %s", task_id, exc)
                 return EffectResult(gate_error_fields(review, exc))
@@ -148,18 +164,23 @@ class QualityGate:
 
         return effect
 
-    def redo(self, payload: Any) -> None:
-        """Put a vouched change back, unless the gate holds it already (`queue.store`)."""
-        change = Change.model_validate(payload)
-        moment = change.updated_at or change.created_at
+    def apply(self, payloads: Sequence[Any]) -> None:
+        """Write the vouched changes, in order, with one write; none if the gate holds
+        them all already (`queue.store`'s fold)."""
+        changes = [Change.model_validate(payload) for payload in payloads]
+        if not changes:
+            return
+        moment = max(change.updated_at or change.created_at for change in changes)
 
         def mutate(raw: Any) -> tuple[dict[str, Any] | None, None]:
-            document = parse_document(raw, self.path)
-            if document.changes.get(change.change_id) == change:
+            held = self._valid.changes_of(raw)
+            entries = {c.change_id: c.model_dump(mode="json") for c in changes}
+            if all(held.get(change_id) == entry for change_id, entry in entries.items()):
                 return None, None
-            document.changes[change.change_id] = change
-            document.updated_at = moment
-            return document.model_dump(mode="json"), None
+            for change_id, entry in entries.items():
+                self._valid.remember(change_id, entry)
+            document = {**raw, "changes": {**held, **entries}, "updated_at": moment}
+            return document, None
 
         self.document.update(mutate, lambda: _empty(moment))
 
@@ -183,10 +204,16 @@ class ValidChanges:
     def __init__(self, path: Path):
         self.path = path
         self._known: dict[str, Any] = {}
+        # The document validated last, itself: a file's document is shared, never changed
+        # (`FileDocument.peek`), so the same object is valid still.
+        self._checked: Any = None
 
     def changes_of(self, raw: Any) -> dict[str, Any]:
         """`raw`'s changes, every one of them valid; a fault raises StateFileError naming
         its place, as validating the whole document would."""
+        if raw is self._checked:
+            checked: dict[str, Any] = raw["changes"]
+            return checked
         changes = raw.get("changes", {}) if isinstance(raw, dict) else None
         if not isinstance(changes, dict):
             parse_document(raw, self.path)
@@ -196,6 +223,7 @@ class ValidChanges:
             if self._known.get(change_id) != entry:
                 parse_document({**raw, "changes": {change_id: entry}}, self.path)
                 self._known[change_id] = entry
+        self._checked = raw if "changes" in raw else None
         return changes
 
     def written(self, change_id: str, change: Change) -> dict[str, Any]:
@@ -203,10 +231,19 @@ class ValidChanges:
         self._known[change_id] = entry
         return entry
 
+    def remember(self, change_id: str, entry: dict[str, Any]) -> None:
+        """`entry` is a valid change's JSON: not to be validated again."""
+        self._known[change_id] = entry
+
     def last_written(self, change_id: str) -> dict[str, Any]:
         """The change's JSON as this gate last wrote it."""
         entry: dict[str, Any] = self._known[change_id]
         return entry
+
+
+def latest_change(outstanding: Sequence[Any], change_id: str) -> Any:
+    """The newest of the outstanding changes with this id, if any."""
+    return next((c for c in reversed(outstanding) if c.get("change_id") == change_id), None)
 
 
 def decision_for(review: Review) -> GateDecision:

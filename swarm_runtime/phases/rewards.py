@@ -22,6 +22,13 @@ same two calls:
   written before this order may hold a grant marked `pending`: the intent to pay. It is
   paid unless its identity's history names it, then marked applied.)
 
+  A worker's grant is decided inside its verdict's queue transaction and written then
+  by no one: the journal record vouches for it, and the journal's fold pays the grants
+  outstanding (`apply`), balances then ledger, a history's worth at a time, so that a
+  crash between the two writes leaves every payment of the chunk named in its
+  identity's history, and the fold done again pays none twice. Until then a decision
+  lays the outstanding grants over the files (`FileRewards._section`).
+
 Files written by the design's reference implementation are read as they are. Its ledger
 entries have no shares and no state: they were paid before they were written, so they
 count as applied, and a task they name is not paid again for that identity, unless the
@@ -37,9 +44,9 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -62,7 +69,7 @@ from swarm_runtime.contract import (
     utc_now,
 )
 from swarm_runtime.errors import StateFileError, SwarmError
-from swarm_runtime.queue.transition_events import Effect, EffectResult
+from swarm_runtime.queue.transition_events import Effect, EffectResult, Outstanding
 from swarm_runtime.store.documents import FileDocument, SharedDocument, together
 from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.reward_rows import (
@@ -427,6 +434,17 @@ def grant_of_payment(identity_id: str, payment: Payment, moment: str) -> Grant |
     )
 
 
+def pay_once(ledger: RewardLedger, balances: Balances, grant: Grant) -> None:
+    """Pay and ledger `grant`, in memory, unless the ledger has it paid; a payment the
+    balances hold already (a crash came between the two writes) is only ledgered."""
+    if ledger.has_paid(grant.key):
+        return
+    if not balances.has_paid(grant):
+        balances.of(grant.identity_id).pay(grant, grant.granted_at)
+    grant.state = GrantState.APPLIED
+    ledger.grants[grant.key] = grant
+
+
 def reported(grant: Grant, *, applied: bool) -> RewardOutcome:
     """A ledgered grant as an outcome: paid by this call, or found already paid."""
     return RewardOutcome(
@@ -470,10 +488,13 @@ def settle_grant(
 class RewardStore(Protocol):
     """Where grants are kept; either way `settle` pays a key at most once."""
 
-    def settle(self, draft: Grant) -> RewardOutcome: ...
+    def settle(self, draft: Grant, outstanding: Sequence[Any] | None = None) -> RewardOutcome:
+        """With `outstanding` (the grants the queue journal holds and the files do not
+        yet), decide as if they were paid, and write nothing (`queue.transition_events`)."""
+        ...
 
-    def redo(self, grant: Grant) -> None:
-        """Pay `grant`, settled and paid once before, unless the store still has it."""
+    def apply(self, grants: Sequence[Grant]) -> None:
+        """Pay each grant, in order, that the store does not hold yet: the fold's work."""
         ...
 
     def recover(self, moment: str) -> int:
@@ -510,9 +531,11 @@ class RewardBook:
         budget_used: float | None,
         review_confidence: float | None,
         now: datetime | None = None,
+        outstanding: Sequence[Any] | None = None,
     ) -> RewardOutcome:
         """Pay for approved work once. Not under budget touches nothing. A grant
-        interrupted earlier for this same key and finished here counts as applied."""
+        interrupted earlier for this same key and finished here counts as applied.
+        With `outstanding`, the grant is only decided (`RewardStore.settle`)."""
         check_ids(task_id, identity_id)
         requested = reward_tokens(max_budget, budget_used, review_confidence)
         if requested == 0:
@@ -530,7 +553,7 @@ class RewardBook:
             budget_used=budget_used,
             max_budget=max_budget,
         )
-        outcome = self._store.settle(draft)
+        outcome = self._store.settle(draft, outstanding)
         if outcome.applied:
             log.info("task %s earned %s %s token(s)", task_id, identity_id, outcome.tokens_awarded)
         return outcome
@@ -544,6 +567,7 @@ class RewardBook:
         budget_used: float | None,
         review_confidence: float | None,
         now: datetime | None = None,
+        outstanding: Sequence[Any] | None = None,
     ) -> RewardOutcome:
         """Like `grant`, but a failure becomes the event's phase5_reward_error, not a crash;
         whatever it left pending is finished by the next grant."""
@@ -555,6 +579,7 @@ class RewardBook:
                 budget_used=budget_used,
                 review_confidence=review_confidence,
                 now=now,
+                outstanding=outstanding,
             )
         except (SwarmError, OSError, ValueError) as exc:
             log.error("reward for task %s could not be granted: %s", task_id, exc)
@@ -568,17 +593,18 @@ class RewardBook:
         """`grant_safely` as an effect of the review's transition: it adds the phase5_*
         fields to the verdict's event and vouches for the grant it paid."""
 
-        def effect() -> EffectResult:
-            outcome = self.grant_safely(task_id, identity_id, **terms)
+        def effect(outstanding: Outstanding | None) -> EffectResult:
+            pending = None if outstanding is None else outstanding.get(REWARD_APPLIER, ())
+            outcome = self.grant_safely(task_id, identity_id, outstanding=pending, **terms)
             paid = outcome.paid
             vouch = None if paid is None else (REWARD_APPLIER, paid.model_dump(mode="json"))
             return EffectResult(outcome.event_fields(), vouch)
 
         return effect
 
-    def redo(self, payload: Any) -> None:
-        """Pay a vouched grant unless it is paid already (`queue.store`)."""
-        self._store.redo(parse_state(Grant, payload, self.ledger_path))
+    def apply(self, payloads: Sequence[Any]) -> None:
+        """Pay the vouched grants the files lack, in order (`queue.store`'s fold)."""
+        self._store.apply([parse_state(Grant, payload, self.ledger_path) for payload in payloads])
 
     def ledger(self) -> RewardLedger:
         """The ledger as it is now, for readers such as the control panel."""
@@ -607,7 +633,8 @@ class RowRewards:
         self.ledger_path = rows.ledger.path
         self.balances_path = rows.balances.path
 
-    def settle(self, draft: Grant) -> RewardOutcome:
+    def settle(self, draft: Grant, outstanding: Sequence[Any] | None = None) -> RewardOutcome:
+        """A database's transaction commits the grant's rows itself: nothing is outstanding."""
         return self.rows.grant(
             draft.task_id,
             draft.identity_id,
@@ -617,8 +644,8 @@ class RowRewards:
     def recover(self, moment: str) -> int:
         return 0
 
-    def redo(self, grant: Grant) -> None:
-        """A database never loses a committed grant: there is nothing to redo."""
+    def apply(self, grants: Sequence[Grant]) -> None:
+        """A database's grants are committed with their transaction: none is vouched for."""
 
     def _decide(
         self, draft: Grant, entry: Any, balance_row: Any
@@ -637,15 +664,28 @@ class RowRewards:
 @dataclass
 class Known:
     """Both files as this process last read or wrote them, with the models that are
-    exactly those bytes (no longer handed out, so nothing changes them meanwhile)."""
+    exactly those bytes with the grants `overlaid` paid in them too (no longer handed
+    out, so nothing changes them meanwhile)."""
 
     ledger_bytes: bytes | None
     balances_bytes: bytes | None
     ledger: RewardLedger
     balances: Balances
+    overlaid: frozenset[str] = frozenset()
 
     def still_on_disk(self, ledger_bytes: bytes | None, balances_bytes: bytes | None) -> bool:
         return ledger_bytes == self.ledger_bytes and balances_bytes == self.balances_bytes
+
+
+@dataclass
+class Section:
+    """What one locked section works on: the models, the keys a crash left that it
+    finished, and the outstanding grants laid over the models (paid in memory only)."""
+
+    ledger: RewardLedger
+    balances: Balances
+    finished: set[str] = field(default_factory=set)
+    overlaid: set[str] = field(default_factory=set)
 
 
 class FileRewards:
@@ -655,7 +695,8 @@ class FileRewards:
     another process wrote since: it compares their bytes with what it last read or
     wrote and, when they are the same, takes up the models it had instead of parsing and
     validating both documents again. This holds because every section writes whatever
-    it changed in the models before it ends (`settle` only looks an identity up)."""
+    it changed in the models before it ends (`settle` only looks an identity up), except
+    the outstanding grants it lays over them, which the models remember (`Known`)."""
 
     def __init__(self, ledger: FileDocument, balances: FileDocument):
         self._ledger = ledger
@@ -666,66 +707,94 @@ class FileRewards:
         self._wrote: dict[Path, bytes] = {}
         self._known: Known | None = None
 
-    def settle(self, draft: Grant) -> RewardOutcome:
+    def settle(self, draft: Grant, outstanding: Sequence[Any] | None = None) -> RewardOutcome:
         """Unfinished grants are finished first; one for this very key is then reported paid."""
-        with self._locked() as (ledger, balances):
-            finished = self._finish(ledger, balances, draft.granted_at)
-            if draft.key in finished:
+        with self._locked(draft.granted_at, outstanding or ()) as section:
+            ledger, balances = section.ledger, section.balances
+            if draft.key in section.finished:
                 return reported(ledger.grants[draft.key], applied=True)
             earlier = ledger.grants.get(draft.key)
             settled = settle_grant(draft, earlier, balances.looked_up(draft.identity_id))
             if isinstance(settled, RewardOutcome):
                 return settled
-            self._commit(ledger, balances, settled)
+            if outstanding is None:
+                self._commit(ledger, balances, settled)
+            else:
+                pay_once(ledger, balances, settled)
+                section.overlaid.add(settled.key)
             return reported(settled, applied=True)
 
     def recover(self, moment: str) -> int:
-        with self._locked() as (ledger, balances):
-            return len(self._finish(ledger, balances, moment))
+        with self._locked(moment) as section:
+            return len(section.finished)
 
-    def redo(self, grant: Grant) -> None:
-        with self._locked() as (ledger, balances):
-            self._finish(ledger, balances, grant.granted_at)
-            if ledger.has_paid(grant.key):
-                return
-            if not balances.has_paid(grant):
-                self._commit(ledger, balances, grant)
-                return
-            grant.state = GrantState.APPLIED
-            ledger.grants[grant.key] = grant
-            self._write(self._ledger, ledger)
+    def apply(self, grants: Sequence[Grant]) -> None:
+        """Pay them, then ledger them, a few at a time: after a crash between the two
+        writes, each identity's history still names every grant just paid (it keeps the
+        newest `HISTORY_LIMIT`), so applying them again pays none twice."""
+        for start in range(0, len(grants), HISTORY_LIMIT):
+            chunk = [g.model_dump(mode="json") for g in grants[start : start + HISTORY_LIMIT]]
+            with self._locked(utc_now().isoformat(), chunk) as section:
+                if section.overlaid:
+                    self._write(self._balances, section.balances)
+                    failpoint("reward.after_balances")
+                    self._write(self._ledger, section.ledger)
+                    section.overlaid.clear()
 
     @contextmanager
-    def _locked(self) -> Iterator[tuple[RewardLedger, Balances]]:
+    def _locked(self, moment: str, outstanding: Sequence[Any] = ()) -> Iterator[Section]:
         """Both locks, ledger first, for the whole decision; both read inside them."""
         with together([self._ledger, self._balances]):
             self._inside, self._wrote = True, {}
             try:
                 ledger_bytes = self._ledger.read_bytes()
                 balances_bytes = self._balances.read_bytes()
-                ledger, balances = self._models(ledger_bytes, balances_bytes)
-                yield ledger, balances
+                section = self._section(ledger_bytes, balances_bytes, moment, outstanding)
+                yield section
                 self._known = Known(
                     self._wrote.get(self.ledger_path, ledger_bytes),
                     self._wrote.get(self.balances_path, balances_bytes),
-                    ledger,
-                    balances,
+                    section.ledger,
+                    section.balances,
+                    frozenset(section.overlaid),
                 )
             finally:
                 self._inside = False
 
-    def _models(
-        self, ledger_bytes: bytes | None, balances_bytes: bytes | None
-    ) -> tuple[RewardLedger, Balances]:
-        """The models this process had, if the files are still exactly those bytes
-        (taken back: a section that fails keeps nothing), else the files parsed."""
+    def _section(
+        self,
+        ledger_bytes: bytes | None,
+        balances_bytes: bytes | None,
+        moment: str,
+        outstanding: Sequence[Any],
+    ) -> Section:
+        """The models this process had, if the files are still exactly those bytes and
+        every grant laid over them is still outstanding (taken back: a section that
+        fails keeps nothing); else the files parsed and a crash's leftovers finished.
+        Then the outstanding grants not laid over them yet are."""
         known, self._known = self._known, None
-        if known is not None and known.still_on_disk(ledger_bytes, balances_bytes):
-            return known.ledger, known.balances
-        return (
-            parse_state(RewardLedger, self._ledger.parse(ledger_bytes, dict), self.ledger_path),
-            parse_state(Balances, self._balances.parse(balances_bytes, dict), self.balances_path),
-        )
+        keys = {grant_key(p["task_id"], p["identity_id"]) for p in outstanding}
+        if (
+            known is not None
+            and known.still_on_disk(ledger_bytes, balances_bytes)
+            and known.overlaid <= keys
+        ):
+            section = Section(known.ledger, known.balances, overlaid=set(known.overlaid))
+        else:
+            ledger = parse_state(
+                RewardLedger, self._ledger.parse(ledger_bytes, dict), self.ledger_path
+            )
+            balances = parse_state(
+                Balances, self._balances.parse(balances_bytes, dict), self.balances_path
+            )
+            section = Section(ledger, balances, self._finish(ledger, balances, moment))
+        for payload in outstanding:
+            key = grant_key(payload["task_id"], payload["identity_id"])
+            if key not in section.overlaid:
+                grant = parse_state(Grant, payload, self.ledger_path)
+                pay_once(section.ledger, section.balances, grant)
+                section.overlaid.add(key)
+        return section
 
     def _commit(self, ledger: RewardLedger, balances: Balances, grant: Grant) -> None:
         """Pay, then ledger: the payment names the grant, so a crash between the two

@@ -50,8 +50,6 @@ class JournalPosition:
     lines: int = 0
     first_at: float | None = None
     boot: str | None = None
-    # A record vouches for files written without an fsync (`QueueJournalRecord.vouches`).
-    vouched: bool = False
 
 
 class QueueJournal:
@@ -98,7 +96,6 @@ class QueueJournal:
         records = [self._parse(line) for line in complete.splitlines()]
         self.position.end += len(complete)
         self.position.records += len(records)
-        self.position.vouched |= any(record.vouches for record in records)
         if records and self.position.first_at is None:
             self.position.first_at = records[0].at
         return restarted, records
@@ -138,7 +135,6 @@ class QueueJournal:
             self.position.end = append_after(self.path, self.position.end, line, durable=False)
         self.position.records += 1
         self.position.lines += 1
-        self.position.vouched |= bool(record.vouches)
         if self.position.first_at is None:
             self.position.first_at = record.at
         return not started
@@ -161,7 +157,8 @@ class QueueJournal:
         return self.position.end
 
     def from_another_boot(self) -> bool:
-        """Written before the machine last started: files it vouched for may be lost."""
+        """Written before the machine last started: lines written since without an fsync
+        (the log's) may be lost."""
         return self.position.name is not None and self.position.boot != boot_id()
 
     def age(self) -> float:

@@ -64,6 +64,9 @@ class QueueState:
         self.failed_ids = set(doc.failed)
         self.unchecked: set[str] = set()
         self._encoded: dict[str, bytes] = {}
+        # The journal's vouched payloads since queue.json, by applier (`transition_events`);
+        # None where effects write their own rows (a database's state).
+        self.outstanding: dict[str, list[Any]] | None = None
         self._reset_record()
         self._reindex()
         self.unchecked = {t.id for t in doc.tasks if t.status in CLAIMABLE_STATUSES}
@@ -257,8 +260,14 @@ class QueueState:
         self.waits_for_sync = False
 
     def vouch(self, applier: str, payload: Any) -> None:
-        """Keep with this transaction what redoes one of its effects (`transition_events`)."""
+        """Keep with this transaction what applies one of its effects (`transition_events`)."""
         self._vouches[applier] = payload
+        self._note_outstanding({applier: payload})
+
+    def _note_outstanding(self, vouches: dict[str, Any]) -> None:
+        if self.outstanding is not None:
+            for applier, payload in vouches.items():
+                self.outstanding.setdefault(applier, []).append(payload)
 
     def emit(self, event: dict[str, Any]) -> None:
         """Commit `event` with this transaction: it reaches the log with the transaction's
@@ -314,6 +323,7 @@ class QueueState:
             self.set_outcome(task_id, outcome)
         if record.api_endpoint is not None:
             self.set_api_endpoint(record.api_endpoint)
+        self._note_outstanding(record.vouches)
         self._reset_record()
 
     # --- queue.json ------------------------------------------------------------------

@@ -37,7 +37,7 @@ from swarm_runtime.contract import (
     normalize_queue,
     queue_problems,
 )
-from swarm_runtime.errors import QueueFileError, StateFileError
+from swarm_runtime.errors import QueueFileError, StateFileError, SwarmError
 from swarm_runtime.queue.group_commit import GroupCommit, Owed
 from swarm_runtime.queue.journal import QueueJournal, Version
 from swarm_runtime.queue.leases import HOST, WorkerIdentity, holder_is_alive, lease_is_live
@@ -47,7 +47,6 @@ from swarm_runtime.queue.state import QueueState
 from swarm_runtime.queue.transactions import Change, ClaimOutcome, QueueTransactions
 from swarm_runtime.queue.transition_events import Applier
 from swarm_runtime.settings import Settings
-from swarm_runtime.store import durability
 from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.private import open_for_reading
 from swarm_runtime.store.state_files import (
@@ -55,9 +54,7 @@ from swarm_runtime.store.state_files import (
     append_lines,
     atomic_write_bytes,
     file_version,
-    fsync_directory,
     parse_json,
-    sync_file,
 )
 
 __all__ = [
@@ -88,11 +85,6 @@ READ_ATTEMPTS = 3
 WAKE_CHECK_SECONDS = 0.02
 
 R = TypeVar("R")
-
-
-def vouched_files(workspace: Workspace) -> tuple[Path, ...]:
-    """What effects write without an fsync: the quality gate and the reward files."""
-    return (workspace.quality_gate_path, workspace.reward_ledger_path, workspace.balances_path)
 
 
 # --- following the files -----------------------------------------------------------------
@@ -141,6 +133,7 @@ class QueueFollower:
             state = known
         else:
             state = QueueState(self._parse(raw), self.review_enabled)
+        state.outstanding = {}  # queue.json's files hold its effects; the journal's follow
         self.snapshot_version, self.snapshot_bytes = version, len(raw or b"")
         self.journal.forget()
         return state
@@ -192,13 +185,12 @@ class QueueStore(QueueTransactions):
     ):
         """`keep_current`: a small queue.json shows every transaction at once, as the
         panel's and the CLI's few do; a worker's many share one fold a second instead.
-        `appliers` redo the effects records vouch for, after the machine crashed; a
-        store without them leaves such a journal unfolded for one that has them."""
+        `appliers` apply the effects records vouch for to their files when the journal
+        is folded; a store without them leaves such a journal for one that has them."""
         self._workspace = workspace
         self.keep_current = keep_current
         self.journal_bytes = journal_bytes
         self.appliers = dict(appliers or {})
-        self._awaits_redo = False
         self.fold_after_seconds = fold_after_seconds
         self.path = workspace.queue_path
         self.retain = retain
@@ -324,24 +316,6 @@ class QueueStore(QueueTransactions):
         self._unapplied, self._log_checked = None, True
         if first and self._writer.journal.from_another_boot():
             cut_lost_lines(self.log_path, records)
-            self._redo_vouched(records)
-
-    def _redo_vouched(self, records: list[QueueJournalRecord]) -> None:
-        """The machine crashed since these records were written: the files they vouch for
-        (written without an fsync) may have lost them. Redo each, durably, in order."""
-        vouched = [record for record in records if record.vouches]
-        if not vouched:
-            return
-        missing = {name for r in vouched for name in r.vouches} - set(self.appliers)
-        if missing:
-            self._awaits_redo = True
-            log.warning("the queue journal waits for a worker to redo %s", sorted(missing))
-            return
-        for record in vouched:
-            for name, payload in record.vouches.items():
-                self.appliers[name](payload)
-        self._awaits_redo = False
-        log.warning("redid the effects of %d transaction(s) after a machine crash", len(vouched))
 
     # writing
 
@@ -445,27 +419,24 @@ class QueueStore(QueueTransactions):
         was, and a later transaction tries again."""
         try:
             self._fold_now(state)
-        except OSError as exc:
+        except (OSError, SwarmError) as exc:
             log.warning("could not fold the queue journal into %s: %s", self.path, exc)
 
     def _fold_now(self, state: QueueState) -> None:
-        """The log's lines, and the files the records vouch for, must be durable before
-        the journal that holds them goes."""
-        if self._awaits_redo:
+        """The log's lines must be durable, and the effects the records vouch for applied
+        to their files (durably), before the journal that holds them goes. A store that
+        cannot apply some of them leaves the journal to one that can: a worker's."""
+        outstanding = {name: list(payloads) for name, payloads in (state.outstanding or {}).items()}
+        if not outstanding.keys() <= self.appliers.keys():
             return
         sync_log(self.log_path)
-        if self._writer.journal.position.vouched:
-            self._sync_vouched()
         failpoint("queue.fold.log_synced")
+        for name in sorted(outstanding):
+            self.appliers[name](outstanding[name])
+        failpoint("queue.fold.effects_applied")
         self._write_snapshot(state)
         self._writer.journal.discard()
-
-    def _sync_vouched(self) -> None:
-        workspace = self._workspace
-        for path in vouched_files(workspace):
-            sync_file(path, durability.CHECKPOINT)
-        for folder in {workspace.root, workspace.state_dir}:
-            fsync_directory(folder)
+        state.outstanding = {}
 
     def flush(self) -> None:
         """Fold the journal into queue.json now, so that it shows every change: for a

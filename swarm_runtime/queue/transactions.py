@@ -49,7 +49,6 @@ from swarm_runtime.queue.rules import (
 )
 from swarm_runtime.queue.state import QueueState
 from swarm_runtime.queue.transition_events import Effect, EventNote, claim_events
-from swarm_runtime.store import durability
 
 R = TypeVar("R")
 Change = Callable[[QueueState, float], R]
@@ -277,20 +276,19 @@ def fenced(
     effects: Sequence[Effect] = (),
 ) -> Change[R]:
     """`change`, committing `events` and `effects` with it: a change refused for a lost
-    lease (fenced by attempt) commits none of them. The effects' file writes wait for the
-    journal record that vouches for them to be durable (`durability.deferred`)."""
+    lease (fenced by attempt) commits none of them. On the files, the effects write
+    nothing: what they vouch for is applied when the journal is folded."""
 
     def with_events(state: QueueState, now: float) -> R:
         owned(state, task_id, worker)
         result = change(state, now)
         committed = list(events)
-        with durability.deferred():
-            for effect in effects:
-                made = effect()
-                if committed:
-                    committed[-1] = committed[-1] | made.fields
-                if made.vouch is not None:
-                    state.vouch(*made.vouch)
+        for effect in effects:
+            made = effect(state.outstanding)
+            if committed:
+                committed[-1] = committed[-1] | made.fields
+            if made.vouch is not None:
+                state.vouch(*made.vouch)
         for event in committed:
             state.emit(event)
         return result

@@ -9,13 +9,19 @@ An effect is a change beside the queue that belongs to the same step (a review's
 in the quality gate, its reward). It runs inside the transaction, after the lease is
 checked, so a worker that lost its lease changes nothing there either. Its result adds
 fields to the transition's last event, and may vouch for it: a payload the journal keeps
-with the transaction, from which the effect can be redone (`queue.store`), so that the
-effect's own files need no fsync of their own.
+with the transaction.
+
+On the files, a vouched effect writes nothing when it runs: the journal record is its
+commit, and the journal's fold applies every vouched payload to its file at once, with
+one durable write a file (`queue.store`). Until then the effect's files trail the
+journal, so an effect decides on its file with the payloads still outstanding laid over
+it (`Outstanding`). In a database, an effect writes its rows in the transaction itself
+and is given None.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +45,14 @@ class EffectResult:
     vouch: tuple[str, Any] | None = None
 
 
-Effect = Callable[[], EffectResult]
-# Redoes a vouched effect from its payload; doing it twice changes nothing.
-Applier = Callable[[Any], None]
+# The payloads the journal vouches for that their files do not hold yet, in order, by the
+# name of their applier.
+Outstanding = Mapping[str, Sequence[Any]]
+# Runs with what is outstanding, or None when it is to write its own rows.
+Effect = Callable[[Outstanding | None], EffectResult]
+# Applies vouched payloads to their file, in order, with one durable write; a payload the
+# file holds already changes nothing.
+Applier = Callable[[Sequence[Any]], None]
 
 
 def claim_events(claim: ClaimOutcome, worker: WorkerIdentity) -> list[dict[str, Any]]:

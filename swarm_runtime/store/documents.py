@@ -42,6 +42,11 @@ class SharedDocument(Protocol):
 
     def read(self, default: Callable[[], Any]) -> Any: ...
 
+    def peek(self, default: Callable[[], Any]) -> Any:
+        """`read`, for a caller that changes nothing in what it is given, which may be
+        kept and given again while the document is unchanged."""
+        ...
+
     def update(self, mutate: Mutation[T], default: Callable[[], Any]) -> T:
         """`mutate(doc)` returns (new_doc, result); a new_doc of None writes nothing."""
         ...
@@ -58,13 +63,14 @@ class SharedDocument(Protocol):
 class FileDocument:
     """Long-lived in a process (the gate and the rewards hold theirs), so its memo spares
     each write the encoding of the records the last write already encoded, and `update`
-    spares parsing a file that still holds exactly what this object last wrote."""
+    and `peek` spare parsing a file that still holds exactly what this object last read
+    or wrote."""
 
     def __init__(self, workspace: Workspace, path: Path):
         self.workspace = workspace
         self.path = path
         self._memo = EncodingMemo()
-        self._written: tuple[bytes, Any] | None = None
+        self._last: tuple[bytes, Any] | None = None
 
     def read(self, default: Callable[[], Any]) -> Any:
         return read_json(self.path, default)
@@ -88,14 +94,23 @@ class FileDocument:
             if new_document is not None:
                 data = self._memo.dump(new_document)
                 atomic_write_bytes(self.path, data)
-                self._written = (data, new_document)
+                self._last = (data, new_document)
             return result
+
+    def peek(self, default: Callable[[], Any]) -> Any:
+        """The document as the file holds it now, without its lock (it is replaced whole,
+        never changed in place); kept for the next call while the file holds the same
+        bytes, so the caller must change nothing in it."""
+        return self._current(default)
 
     def _current(self, default: Callable[[], Any]) -> Any:
         raw = self.read_bytes()
-        if raw is not None and self._written is not None and self._written[0] == raw:
-            return self._written[1]
-        return self.parse(raw, default)
+        if raw is not None and self._last is not None and self._last[0] == raw:
+            return self._last[1]
+        document = self.parse(raw, default)
+        if raw is not None:
+            self._last = (raw, document)
+        return document
 
     def parse(self, raw: bytes | None, default: Callable[[], Any]) -> Any:
         """`raw` (what `read_bytes` gave) as JSON; no file reads as `default()`."""
@@ -128,6 +143,9 @@ class DatabaseDocument:
                 "SELECT doc FROM swarm_documents WHERE name = %s", (self.path.name,)
             ).fetchone()
         return default() if row is None else row[0]
+
+    def peek(self, default: Callable[[], Any]) -> Any:
+        return self.read(default)
 
     def update(self, mutate: Mutation[T], default: Callable[[], Any]) -> T:
         from psycopg.types.json import Json

@@ -22,8 +22,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,32 +76,6 @@ class Tally:
 
 _tallies: dict[str, Tally] = {}
 _lock = threading.Lock()
-_deferring = threading.local()
-
-
-@contextmanager
-def deferred() -> Iterator[set[Path]]:
-    """Inside the block, this thread's atomic rewrites skip their fsyncs and name their
-    files in the set it yields: a queue transaction whose journal record will vouch for
-    them (and can redo them) makes them durable later, all at once (`queue.store`)."""
-    written: set[Path] = set()
-    outer = getattr(_deferring, "written", None)
-    _deferring.written = written
-    try:
-        yield written
-    finally:
-        _deferring.written = outer
-        if outer is not None:
-            outer.update(written)
-
-
-def defer(path: Path) -> bool:
-    """True (and `path` noted) when a rewrite of `path` is to skip its fsyncs now."""
-    written: set[Path] | None = getattr(_deferring, "written", None)
-    if written is None:
-        return False
-    written.add(path)
-    return True
 
 
 def fsync(fd: int, kind: str) -> None:

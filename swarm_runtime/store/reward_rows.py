@@ -119,6 +119,9 @@ class RowsDocument:
     def read(self, default: Callable[[], Any]) -> Any:
         return self._export()
 
+    def peek(self, default: Callable[[], Any]) -> Any:
+        return self.read(default)
+
     def version(self) -> Hashable:
         return self.rows.version(self.table)
 

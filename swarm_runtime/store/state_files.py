@@ -186,11 +186,10 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Non
     one."""
     fd, temp_name = _create_temp(path)
     crash_test = failpoints.any_armed()
-    deferred = durability.defer(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(fd, mode)  # the umask may have taken bits away; it never adds any
-            _write_temp(handle, data, path, crash_test, durable=not deferred)
+            _write_temp(handle, data, path, crash_test)
         if crash_test:
             failpoints.failpoint(f"write:{path.name}:before_rename")
         os.replace(temp_name, path)
@@ -202,8 +201,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Non
         raise
     if crash_test:
         failpoints.failpoint(f"write:{path.name}:renamed")
-    if not deferred:
-        fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def _create_temp(path: Path) -> tuple[int, str]:
@@ -222,9 +220,8 @@ def _create_temp(path: Path) -> tuple[int, str]:
     raise _naming(path, FileExistsError(errno.EEXIST, "no free temp file name"))
 
 
-def _write_temp(handle: Any, data: bytes, path: Path, crash_test: bool, *, durable: bool) -> None:
-    """Write, flush and fsync (unless deferred: `durability.deferred`); under a crash
-    test, half the bytes reach the disk first."""
+def _write_temp(handle: Any, data: bytes, path: Path, crash_test: bool) -> None:
+    """Write, flush and fsync; under a crash test, half the bytes reach the disk first."""
     kind = durability.kind_of(path, durability.REWRITE)
     if crash_test:
         handle.write(data[: len(data) // 2])
@@ -234,8 +231,7 @@ def _write_temp(handle: Any, data: bytes, path: Path, crash_test: bool, *, durab
         data = data[len(data) // 2 :]
     handle.write(data)
     handle.flush()
-    if durable:
-        durability.fsync(handle.fileno(), kind)
+    durability.fsync(handle.fileno(), kind)
 
 
 def sweep_stale_temp_files(folder: Path) -> list[Path]:

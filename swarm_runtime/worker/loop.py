@@ -72,16 +72,17 @@ from swarm_runtime.phases.decomposition import (
 )
 from swarm_runtime.phases.intent import intent_from_task, with_intent
 from swarm_runtime.phases.prompt import compose_prompt, routing_text, subtask_results
-from swarm_runtime.phases.quality_gate import GATE_APPLIER, QualityGate
-from swarm_runtime.phases.rewards import REWARD_APPLIER, RewardBook, not_approved_fields
+from swarm_runtime.phases.quality_gate import QualityGate
+from swarm_runtime.phases.rewards import RewardBook, not_approved_fields
 from swarm_runtime.phases.routing import ToolRouter, decision_fields, load_router
+from swarm_runtime.phases.vouched import effect_appliers
 from swarm_runtime.queue.endpoint import endpoint_for
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.leases import owned_by
 from swarm_runtime.queue.presence import PresenceBeacon
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.queue.store import ClaimOutcome, WorkerIdentity
-from swarm_runtime.queue.transition_events import Effect, EffectResult
+from swarm_runtime.queue.transition_events import Effect, EffectResult, Outstanding
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.safety.inserted import InsertedTextScreen
 from swarm_runtime.settings import Settings
@@ -151,7 +152,7 @@ class Worker:
         self.documents = documents_for(settings, workspace)
         self.quality_gate = QualityGate(workspace, self.documents.quality_gate)
         self.rewards = RewardBook(workspace, self.documents.reward_ledger, self.documents.balances)
-        appliers = {GATE_APPLIER: self.quality_gate.redo, REWARD_APPLIER: self.rewards.redo}
+        appliers = effect_appliers(self.quality_gate, self.rewards)
         self.store: TaskQueue = store_for(settings, workspace, worker=True, appliers=appliers)
         self.events = EventLog(identity.worker_id, host=identity.host)
         self.client = client
@@ -609,11 +610,11 @@ class Worker:
             review_confidence=verdict.confidence,
         )
 
-        def effect() -> EffectResult:
+        def effect(outstanding: Outstanding | None) -> EffectResult:
             if status != Status.APPROVED:
                 return EffectResult(not_approved_fields(identity))
             failpoint("worker.before_reward")
-            made = paying()
+            made = paying(outstanding)
             failpoint("worker.after_reward")
             return made
 
