@@ -2,8 +2,12 @@
 
 One worker drains N `echo` tasks through a real `worker.py --once` and `swarm.py`, as in
 benchmark 1, with every phase on and again with SWARM_REVIEW=false; then four workers
-at once, every phase on (their fsyncs shared by group commit); the three taking turns
-run by run. Each figure is per task: (a run with N tasks - a run with none) / N, each of
+at once, every phase on (their fsyncs shared by group commit); then one worker, every
+phase on, in a workspace that has reviewed and paid 5,000 tasks before (the quality
+gate holds a change for each, the reward ledger a grant); the four taking turns run by
+run. Target: the task costs at most 1.5× as much after 5,000 reviews as in a fresh
+workspace (review files that are rewritten whole per task grow its cost with history).
+Each figure is per task: (a run with N tasks - a run with none) / N, each of
 the two on an API of its own, so neither process's start-up, nor the API's first writes,
 is charged to the tasks.
 
@@ -53,15 +57,23 @@ from benchlib import (
 )
 
 from swarm_runtime.contract import Status
+from swarm_runtime.phases.quality_gate import GateDocument
+from swarm_runtime.phases.rewards import RewardLedger
 from swarm_runtime.queue.store import QueueStore
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.durability import REPORT_ENV
-from swarm_runtime.store.state_files import Workspace
+from swarm_runtime.store.state_files import Workspace, dump_json
 
 NAME = "10 task cost"
 ACCESS_LINE = re.compile(r" swarm: ([A-Z]+ \S+) \d{3} \d+ ms$")
-# name: (review, workers)
-SETUPS = {"review on": (True, 1), "review off": (False, 1), "4 workers": (True, 4)}
+# name: (review, workers, tasks reviewed before)
+SETUPS = {
+    "review on": (True, 1, 0),
+    "review off": (False, 1, 0),
+    "4 workers": (True, 4, 0),
+    "5,000 reviewed": (True, 1, 5000),
+}
+HISTORY_TARGET = 1.5
 FINAL = {True: Status.APPROVED, False: Status.COMPLETED}
 WALL, WORKER, API, ECHO = "wall", "worker CPU", "API CPU", "echo CPU"
 FSYNC_CPU, FSYNC_WAIT, REST = "fsync CPU", "fsync wait", "rest"
@@ -126,8 +138,40 @@ class CountedApi(Child):
         return self.requests
 
 
+def seed_reviews(workspace: Workspace, count: int) -> None:
+    """What `count` earlier reviewed and paid tasks leave: a gate change and a ledger
+    grant each (validated as the runtime would read them)."""
+    at = "2026-01-01T00:00:00+00:00"
+    vote = {"decision": "approved", "verdict": "APPROVE", "confidence": 0.9, "attempt": 0}
+    changes = {
+        f"old-{n}": {
+            "change_id": f"old-{n}",
+            "title": f"echo task {n}",
+            "description": f"echo task {n}",
+            "author_id": "resident_default",
+            "created_at": at,
+            "status": "needs_qa",
+            "vote": vote | {"voted_at": at},
+        }
+        for n in range(count)
+    }
+    gate = {"version": 1, "created_at": at, "updated_at": at, "changes": changes}
+    grant = {"identity_id": "earlier", "tokens_requested": 1, "granted_at": at, "reason": "old"}
+    grants = {
+        f"old-{n}::earlier": grant
+        | {"task_id": f"old-{n}", "state": "applied"}
+        | {"free_time_awarded": 1, "journal_awarded": 0, "tokens_awarded": 1}
+        for n in range(count)
+    }
+    ledger = {"version": 1, "grants": grants}
+    GateDocument.model_validate(gate)
+    RewardLedger.model_validate(ledger)
+    workspace.quality_gate_path.write_bytes(dump_json(gate))
+    workspace.reward_ledger_path.write_bytes(dump_json(ledger))
+
+
 def worker_cost(root: Path, tasks: int, review: bool, workers: int = 1) -> Cost:
-    """A fresh workspace and API; `workers` × `worker.py --once` drain `tasks` echo tasks."""
+    """An API of its own; `workers` × `worker.py --once` drain `tasks` echo tasks."""
     env = clean_env(root, SWARM_REVIEW=str(review).lower())
     api = CountedApi({**env, REPORT_ENV: str(root / "api-fsyncs.json")})
     cost = Cost()
@@ -183,11 +227,13 @@ def check_final(store: QueueStore, final: Status) -> None:
         raise RuntimeError(f"tasks did not end {final.value}: {stuck[:5]}")
 
 
-def one_run(tasks: int, review: bool, workers: int) -> Cost:
+def one_run(tasks: int, review: bool, workers: int, history: int) -> Cost:
     costs = []
     for count in (0, tasks):
         with tempfile.TemporaryDirectory() as folder:
-            Workspace(Path(folder)).ensure_layout()
+            workspace = Workspace(Path(folder))
+            workspace.ensure_layout()
+            seed_reviews(workspace, history)
             costs.append(worker_cost(Path(folder), count, review, workers))
     return costs[1].per_task(costs[0], tasks)
 
@@ -268,8 +314,8 @@ def run(quick: bool = False, tasks: int | None = None, runs: int | None = None) 
     measured: dict[str, list[Cost]] = {name: [] for name in SETUPS}
     bare: list[float] = []
     for number in range(runs):
-        for name, (review, workers) in SETUPS.items():
-            cost = one_run(tasks, review, workers)
+        for name, (review, workers, history) in SETUPS.items():
+            cost = one_run(tasks, review, workers, history)
             measured[name].append(cost)
             print(
                 f"  run {number + 1}, {name}: {ms(cost.parts[WALL])}/task, "
@@ -280,7 +326,19 @@ def run(quick: bool = False, tasks: int | None = None, runs: int | None = None) 
         bare.append(direct_seconds_per_task(tasks))
     costs = {name: middle(values) for name, values in measured.items()}
     print_breakdown(costs, median(bare))
-    return [figure for name in SETUPS for figure in figures(name, costs[name], median(bare))]
+    found = [figure for name in SETUPS for figure in figures(name, costs[name], median(bare))]
+    return [*found, history_figure(costs["5,000 reviewed"], costs["review on"])]
+
+
+def history_figure(after_history: Cost, fresh: Cost) -> Figure:
+    ratio = after_history.parts[WALL] / fresh.parts[WALL]
+    return Figure(
+        NAME,
+        "review on: after 5,000 reviews ÷ a fresh workspace",
+        f"{ratio:.2f}x ({ms(after_history.parts[WALL])} vs {ms(fresh.parts[WALL])} per task)",
+        f"<= {HISTORY_TARGET}x",
+        ratio <= HISTORY_TARGET,
+    )
 
 
 def main() -> None:
