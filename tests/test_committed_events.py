@@ -231,12 +231,22 @@ def as_if_the_machine_crashed(workspace: Workspace) -> None:
         path.unlink(missing_ok=True)
 
 
+def the_verdict(harness: Harness) -> dict[str, Any]:
+    """The one journal record that vouches for effects, the verdict's, made durable."""
+    harness.worker.store.close()
+    (verdict,) = [r for r in journal_records(harness.workspace) if r.get("vouches")]
+    return verdict
+
+
+def paid_tokens(verdict: dict[str, Any]) -> int:
+    tokens: int = verdict["vouches"][REWARD_APPLIER]["tokens_awarded"]
+    return tokens
+
+
 def test_the_verdict_commits_the_vote_and_the_reward_in_its_own_record(
     workspace: Workspace,
 ) -> None:
-    harness = reviewed_and_paid(workspace)
-    harness.worker.store.close()
-    (verdict,) = [r for r in journal_records(workspace) if r.get("vouches")]
+    verdict = the_verdict(reviewed_and_paid(workspace))
     assert set(verdict["vouches"]) == {GATE_APPLIER, REWARD_APPLIER}
     assert [e["status"] for e in verdict["events"]] == ["pending_review", "approved"]
     approved = verdict["events"][-1]
@@ -255,9 +265,7 @@ def test_the_effects_reach_their_files_when_a_store_that_can_apply_them_folds(
     workspace: Workspace,
 ) -> None:
     harness = reviewed_and_paid(workspace)
-    harness.worker.store.close()
-    (verdict,) = [r for r in journal_records(workspace) if r.get("vouches")]
-    tokens = verdict["vouches"][REWARD_APPLIER]["tokens_awarded"]
+    tokens = paid_tokens(the_verdict(harness))
     assert tokens > 0
     assert not any(path.exists() for path in effect_files(workspace))  # the journal holds them
 
@@ -273,16 +281,14 @@ def test_the_effects_reach_their_files_when_a_store_that_can_apply_them_folds(
 def test_after_a_machine_crash_a_worker_applies_what_the_journal_vouches_for(
     workspace: Workspace,
 ) -> None:
-    first = reviewed_and_paid(workspace)
-    first.worker.store.close()
-    (verdict,) = [r for r in journal_records(workspace) if r.get("vouches")]
+    verdict = the_verdict(reviewed_and_paid(workspace))
     as_if_the_machine_crashed(workspace)
 
     second = make_harness(workspace)
     assert second.step() is None
     second.worker.store.flush()
     assert not workspace.queue_journal_path.exists()
-    assert_voted_and_paid_once(workspace, verdict["vouches"][REWARD_APPLIER]["tokens_awarded"])
+    assert_voted_and_paid_once(workspace, paid_tokens(verdict))
 
 
 def test_effects_applied_before_a_crash_in_the_fold_are_not_applied_twice(
@@ -291,16 +297,16 @@ def test_effects_applied_before_a_crash_in_the_fold_are_not_applied_twice(
     """The fold applies the effects, then replaces queue.json: a crash in between leaves
     the journal, whose next fold finds them applied already."""
     harness = reviewed_and_paid(workspace)
-    (verdict,) = [r for r in journal_records(workspace) if r.get("vouches")]
-    for name, payloads in sorted({k: [v] for k, v in verdict["vouches"].items()}.items()):
-        harness.worker.store.appliers[name](payloads)
+    verdict = the_verdict(harness)
+    for name, payload in sorted(verdict["vouches"].items()):
+        harness.worker.store.appliers[name]([payload])
     gate_before = workspace.quality_gate_path.read_bytes()
 
     fresh = make_harness(workspace)
     fresh.worker.store.flush()
     assert not workspace.queue_journal_path.exists()
     assert workspace.quality_gate_path.read_bytes() == gate_before
-    assert_voted_and_paid_once(workspace, verdict["vouches"][REWARD_APPLIER]["tokens_awarded"])
+    assert_voted_and_paid_once(workspace, paid_tokens(verdict))
 
 
 def test_a_refused_verdict_votes_and_pays_nothing(workspace: Workspace) -> None:
