@@ -125,22 +125,22 @@ class QualityGate:
             voted_at=moment,
         )
 
-        def mutate(raw: Any) -> tuple[dict[str, Any], QualityGateFields]:
+        def voted(raw: Any, pending: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            """The document's valid changes, and the task's change with the vote cast."""
             changes = self._valid.changes_of(raw)
-            existing = changes.get(task_id)
-            earlier = None if existing is None else Change.model_validate(existing)
+            latest = latest_change(pending, task_id) or changes.get(task_id)
+            earlier = None if latest is None else Change.model_validate(latest)
             change = _changed(earlier, task_id, task_text, author_id, vote)
-            entry = self._valid.written(task_id, change)
+            return changes, self._valid.written(task_id, change)
+
+        def mutate(raw: Any) -> tuple[dict[str, Any], QualityGateFields]:
+            changes, entry = voted(raw, ())
             document = {**raw, "changes": {**changes, task_id: entry}, "updated_at": moment}
             return document, fields_for(task_id, vote)
 
         if outstanding is None:
             return self.document.update(mutate, lambda: _empty(moment))
-        raw = self.document.peek(lambda: _empty(moment))
-        changes = self._valid.changes_of(raw)
-        latest = latest_change(outstanding, task_id) or changes.get(task_id)
-        earlier = None if latest is None else Change.model_validate(latest)
-        self._valid.written(task_id, _changed(earlier, task_id, task_text, author_id, vote))
+        voted(self.document.peek(lambda: _empty(moment)), outstanding)
         return fields_for(task_id, vote)
 
     def vote(

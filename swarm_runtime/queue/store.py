@@ -426,7 +426,7 @@ class QueueStore(QueueTransactions):
         """The log's lines must be durable, and the effects the records vouch for applied
         to their files (durably), before the journal that holds them goes. A store that
         cannot apply some of them leaves the journal to one that can: a worker's."""
-        outstanding = {name: list(payloads) for name, payloads in (state.outstanding or {}).items()}
+        outstanding = state.outstanding or {}
         if not outstanding.keys() <= self.appliers.keys():
             return
         sync_log(self.log_path)

@@ -85,11 +85,11 @@ class FileDocument:
 
     def update(self, mutate: Mutation[T], default: Callable[[], Any]) -> T:
         """Read-modify-write under the file's lock (`SharedDocument.update`). When it holds
-        the bytes of this object's last write, `mutate` gets the document those bytes
-        were made from instead of a parse of them: so `mutate` must change nothing it is
+        the bytes this object last read or wrote, `mutate` gets the document it had for
+        them instead of a parse of them (`peek`): so `mutate` must change nothing it is
         given (it builds what it returns), and nothing may change what it returned."""
         with self.workspace.lock(self.path):
-            document = self._current(default)
+            document = self.peek(default)
             new_document, result = mutate(document)
             if new_document is not None:
                 data = self._memo.dump(new_document)
@@ -101,9 +101,6 @@ class FileDocument:
         """The document as the file holds it now, without its lock (it is replaced whole,
         never changed in place); kept for the next call while the file holds the same
         bytes, so the caller must change nothing in it."""
-        return self._current(default)
-
-    def _current(self, default: Callable[[], Any]) -> Any:
         raw = self.read_bytes()
         if raw is not None and self._last is not None and self._last[0] == raw:
             return self._last[1]
