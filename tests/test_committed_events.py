@@ -291,6 +291,32 @@ def test_after_a_machine_crash_a_worker_applies_what_the_journal_vouches_for(
     assert_voted_and_paid_once(workspace, paid_tokens(verdict))
 
 
+def test_an_idle_fold_that_cannot_apply_the_effects_waits_on_and_tries_again(
+    workspace: Workspace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken gate file stops the fold, not the worker's wait for work: the journal
+    keeps the vote until the file is mended, and the warning comes once an interval."""
+    harness = reviewed_and_paid(workspace)
+    store = harness.worker.store
+    tokens = paid_tokens(the_verdict(harness))
+    workspace.quality_gate_path.write_text("{not json")
+    store.fold_after_seconds = 0.2
+    time.sleep(0.2)  # the journal's age, which the fold waits for: not a guess
+    assert harness.step() is None  # nothing to claim: the worker waits for work
+    store.wait_for_change(0.1, threading.Event())
+    assert workspace.queue_journal_path.exists()
+    assert [r.message for r in caplog.records].count(caplog.records[-1].message) == 1
+    assert "could not fold" in caplog.records[-1].message
+
+    workspace.quality_gate_path.unlink()
+    deadline = time.monotonic() + 10
+    while workspace.queue_journal_path.exists() and time.monotonic() < deadline:
+        assert harness.step() is None
+        store.wait_for_change(0.05, threading.Event())
+    assert not workspace.queue_journal_path.exists()
+    assert_voted_and_paid_once(workspace, tokens)
+
+
 def test_effects_applied_before_a_crash_in_the_fold_are_not_applied_twice(
     workspace: Workspace,
 ) -> None:

@@ -19,6 +19,7 @@ What a transaction costs does not grow with the queue:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -201,6 +202,7 @@ class QueueStore(QueueTransactions):
         self._reader = self._follower()
         self._reading = threading.Lock()  # readers of this process only; writers never take it
         self._version_before_claim: tuple[Any, ...] | None = None
+        self._fold_failed_at = -math.inf
         self.log_path = workspace.log_path
         # This process's record whose events the log may lack (its write failed), and
         # whether this process has checked the whole journal against the log yet.
@@ -253,12 +255,25 @@ class QueueStore(QueueTransactions):
 
     def _fold_when_stale(self) -> None:
         """An idle worker folds its last transactions into queue.json once they are
-        `fold_after_seconds` old, so that queue.json is current soon after work stops."""
+        `fold_after_seconds` old, so that queue.json is current soon after work stops.
+        A fold that fails leaves the wait going on: work can still be claimed."""
         writer = self._writer
         journal = writer.journal
-        stale = journal.age() >= self.fold_after_seconds
+        stale = journal.age() >= self.fold_after_seconds and not self._fold_backing_off()
         if stale and journal.holds_records_after(writer.snapshot_version):
-            self.flush()
+            try:
+                self.flush()
+            except (OSError, SwarmError) as exc:
+                self._fold_failed(exc)
+
+    def _fold_backing_off(self) -> bool:
+        """A fold failed (a full disk, a broken gate file) less than a fold interval ago:
+        the next waits, so that a busy worker neither retries nor warns every task."""
+        return time.monotonic() < self._fold_failed_at + self.fold_after_seconds
+
+    def _fold_failed(self, exc: Exception) -> None:
+        self._fold_failed_at = time.monotonic()
+        log.warning("could not fold the queue journal into %s: %s", self.path, exc)
 
     def close(self) -> None:
         """Nothing is held open between transactions; what this store appended is made
@@ -417,10 +432,12 @@ class QueueStore(QueueTransactions):
         The transaction is already in the journal (and durable there once its fsync
         is made), so a failure here (a full disk) is only logged: queue.json stays as it
         was, and a later transaction tries again."""
+        if self._fold_backing_off():
+            return
         try:
             self._fold_now(state)
         except (OSError, SwarmError) as exc:
-            log.warning("could not fold the queue journal into %s: %s", self.path, exc)
+            self._fold_failed(exc)
 
     def _fold_now(self, state: QueueState) -> None:
         """The log's lines must be durable, and the effects the records vouch for applied
