@@ -493,8 +493,9 @@ class RewardStore(Protocol):
         yet), decide as if they were paid, and write nothing (`queue.transition_events`)."""
         ...
 
-    def apply(self, grants: Sequence[Grant]) -> None:
-        """Pay each grant, in order, that the store does not hold yet: the fold's work."""
+    def apply(self, payloads: Sequence[Any]) -> None:
+        """Pay each grant (as the journal holds it), in order, that the store does not
+        hold yet: the fold's work."""
         ...
 
     def recover(self, moment: str) -> int:
@@ -604,7 +605,7 @@ class RewardBook:
 
     def apply(self, payloads: Sequence[Any]) -> None:
         """Pay the vouched grants the files lack, in order (`queue.store`'s fold)."""
-        self._store.apply([parse_state(Grant, payload, self.ledger_path) for payload in payloads])
+        self._store.apply(payloads)
 
     def ledger(self) -> RewardLedger:
         """The ledger as it is now, for readers such as the control panel."""
@@ -644,7 +645,7 @@ class RowRewards:
     def recover(self, moment: str) -> int:
         return 0
 
-    def apply(self, grants: Sequence[Grant]) -> None:
+    def apply(self, payloads: Sequence[Any]) -> None:
         """A database's grants are committed with their transaction: none is vouched for."""
 
     def _decide(
@@ -728,18 +729,18 @@ class FileRewards:
         with self._locked(moment) as section:
             return len(section.finished)
 
-    def apply(self, grants: Sequence[Grant]) -> None:
+    def apply(self, payloads: Sequence[Any]) -> None:
         """Pay them, then ledger them, a few at a time: after a crash between the two
         writes, each identity's history still names every grant just paid (it keeps the
-        newest `HISTORY_LIMIT`), so applying them again pays none twice."""
-        for start in range(0, len(grants), HISTORY_LIMIT):
-            chunk = [g.model_dump(mode="json") for g in grants[start : start + HISTORY_LIMIT]]
+        newest `HISTORY_LIMIT`), so applying them again pays none twice. Each is
+        validated as it is laid over the files (`_section`)."""
+        for start in range(0, len(payloads), HISTORY_LIMIT):
+            chunk = payloads[start : start + HISTORY_LIMIT]
             with self._locked(utc_now().isoformat(), chunk) as section:
-                if section.overlaid:
-                    self._write(self._balances, section.balances)
-                    failpoint("reward.after_balances")
-                    self._write(self._ledger, section.ledger)
-                    section.overlaid.clear()
+                self._write(self._balances, section.balances)
+                failpoint("reward.after_balances")
+                self._write(self._ledger, section.ledger)
+                section.overlaid.clear()
 
     @contextmanager
     def _locked(self, moment: str, outstanding: Sequence[Any] = ()) -> Iterator[Section]:
@@ -773,11 +774,11 @@ class FileRewards:
         fails keeps nothing); else the files parsed and a crash's leftovers finished.
         Then the outstanding grants not laid over them yet are."""
         known, self._known = self._known, None
-        keys = {grant_key(p["task_id"], p["identity_id"]) for p in outstanding}
+        keyed = [(grant_key(p["task_id"], p["identity_id"]), p) for p in outstanding]
         if (
             known is not None
             and known.still_on_disk(ledger_bytes, balances_bytes)
-            and known.overlaid <= keys
+            and known.overlaid <= {key for key, _ in keyed}
         ):
             section = Section(known.ledger, known.balances, overlaid=set(known.overlaid))
         else:
@@ -788,8 +789,7 @@ class FileRewards:
                 Balances, self._balances.parse(balances_bytes, dict), self.balances_path
             )
             section = Section(ledger, balances, self._finish(ledger, balances, moment))
-        for payload in outstanding:
-            key = grant_key(payload["task_id"], payload["identity_id"])
+        for key, payload in keyed:
             if key not in section.overlaid:
                 grant = parse_state(Grant, payload, self.ledger_path)
                 pay_once(section.ledger, section.balances, grant)
