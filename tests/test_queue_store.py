@@ -277,6 +277,40 @@ def test_two_processes_share_a_journaled_queue_through_folds(
     assert large.load().completed == ["t0"]
 
 
+def lock_is_held(workspace: Workspace) -> bool:
+    fd = os.open(f"{workspace.queue_path}.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_a_writer_reads_the_others_records_before_it_takes_the_lock(
+    large: QueueStore, workspace: Workspace, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What other writers committed is read without the lock; under it only what they
+    appended meanwhile is left, so many workers do not queue up behind each other's reads."""
+    other = QueueStore(workspace, clock=clock, small_queue_bytes=0, fold_after_seconds=3600.0)
+    add_all(large, *({"id": f"t{n}", "prompt": "p"} for n in range(4)))
+    assert claim_id(large) == "t0"
+    assert [claim_id(other, OTHER) for _ in range(2)] == ["t1", "t2"]
+    reads: list[tuple[bool, int]] = []
+    journal = large._writer.journal
+    read_new = journal.read_new
+
+    def watched(snapshot: Any) -> Any:
+        restarted, records = read_new(snapshot)
+        reads.append((lock_is_held(workspace), len(records)))
+        return restarted, records
+
+    monkeypatch.setattr(journal, "read_new", watched)
+    assert claim_id(large) == "t3"
+    assert reads == [(False, 2), (True, 0)]
+
+
 def test_a_malformed_journal_line_is_named_and_left_untouched(
     large: QueueStore, workspace: Workspace
 ) -> None:

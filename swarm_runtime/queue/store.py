@@ -107,8 +107,10 @@ class QueueFollower:
         self.state: QueueState | None = None
         self.snapshot_version: Version = None
         self.snapshot_bytes = 0
-        # The journal's records the last `current` read, in order.
+        # The journal's records the last `current` read, in order; and how many times
+        # queue.json was read whole, after which earlier records no longer count.
         self.new_records: list[QueueJournalRecord] = []
+        self.snapshots_read = 0
 
     def current(self) -> QueueState:
         """The queue as it stands; a failure drops the state, to be read again whole."""
@@ -136,6 +138,7 @@ class QueueFollower:
             state = QueueState(self._parse(raw), self.review_enabled)
         state.outstanding = {}  # queue.json's files hold its effects; the journal's follow
         self.snapshot_version, self.snapshot_bytes = version, len(raw or b"")
+        self.snapshots_read += 1
         self.journal.forget()
         return state
 
@@ -201,6 +204,10 @@ class QueueStore(QueueTransactions):
         self._writer = self._follower()
         self._reader = self._follower()
         self._reading = threading.Lock()  # readers of this process only; writers never take it
+        # This process's writers, one thread at a time, from their catch-up before the
+        # queue's lock (`_catch_up`) to its release; always taken before that lock.
+        self._writing = threading.RLock()
+        self._caught_up: tuple[int, list[QueueJournalRecord]] = (0, [])
         self._version_before_claim: tuple[Any, ...] | None = None
         self._fold_failed_at = -math.inf
         self.log_path = workspace.log_path
@@ -305,12 +312,31 @@ class QueueStore(QueueTransactions):
         journal = QueueJournal(self._workspace.queue_journal_path)
         return QueueFollower(self.path, journal, self.review_enabled)
 
+    def _catch_up(self) -> None:
+        """Read what other writers committed since this one's last transaction before
+        taking the queue's lock, as any reader does without it; the locked read is then
+        left with the few records appended meanwhile. With eight workers, reading the
+        others' records under the lock made it the one serial step every task waited on.
+        A read that fails here drops the state; the locked read reads it again, and
+        reports what is wrong."""
+        try:
+            self._writer.current()
+        except (OSError, SwarmError):
+            self._caught_up = (0, [])
+            return
+        self._caught_up = (self._writer.snapshots_read, self._writer.new_records)
+
     def _current(self) -> QueueState:
         """The queue as it stands, for a transaction, with the log holding every committed
         event: call only under the lock."""
         state = self._writer.current()
+        snapshots_read, earlier = self._caught_up
+        self._caught_up = (0, [])
+        records = self._writer.new_records
+        if earlier and snapshots_read == self._writer.snapshots_read:
+            records = [*earlier, *records]
         try:
-            self._settle_log(self._writer.new_records)
+            self._settle_log(records)
         except BaseException:  # read it all again, and check it all, next time
             self._writer.state, self._log_checked = None, False
             raise
@@ -341,16 +367,18 @@ class QueueStore(QueueTransactions):
         (`QueueState.durable_with_the_next`). A change that raises, or a write that
         fails, drops the state, which is then read again from the files: nothing
         half-done survives."""
-        with self._workspace.lock(self.path):
-            state = self._current()
-            try:
-                result = change(state, self._clock())
-                waits_for_sync, state.waits_for_sync = state.waits_for_sync, True
-                self._archive(state)
-                unsynced = self._persist(state)
-            except BaseException:
-                self._writer.state = None
-                raise
+        with self._writing:
+            self._catch_up()
+            with self._workspace.lock(self.path):
+                state = self._current()
+                try:
+                    result = change(state, self._clock())
+                    waits_for_sync, state.waits_for_sync = state.waits_for_sync, True
+                    self._archive(state)
+                    unsynced = self._persist(state)
+                except BaseException:
+                    self._writer.state = None
+                    raise
         if waits_for_sync:
             self._make_durable(unsynced)
         elif unsynced is not None:
@@ -459,7 +487,7 @@ class QueueStore(QueueTransactions):
         """Fold the journal into queue.json now, so that it shows every change: for a
         process about to exit, or a script that reads queue.json itself next."""
         self._make_durable()
-        with self._workspace.lock(self.path):
+        with self._writing, self._workspace.lock(self.path):
             state = self._current()
             if self._writer.journal.holds_records_after(self._writer.snapshot_version):
                 self._fold_now(state)
