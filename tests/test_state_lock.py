@@ -4,7 +4,6 @@ released by the kernel when its holder dies, and honoured by tools using `filelo
 from __future__ import annotations
 
 import fcntl
-import os
 import select
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 from conftest import wait_until
 
 from swarm_runtime.queue.store import QueueStore
-from swarm_runtime.store import flock_wait, state_files
+from swarm_runtime.store import state_files
 from swarm_runtime.store.state_files import FileLock, Workspace
 
 HOLDER = """
@@ -161,28 +160,23 @@ def hold() -> Iterator[Callable[..., Holder]]:
 
 
 @pytest.fixture
-def flocks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The runtime's flock calls on a busy lock: "refused" for a try the kernel turned
-    down, "blocking" for a wait that has begun. Proof that it is waiting."""
-    seen: list[str] = []
+def refusals(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each time the kernel refuses the runtime's flock: proof that it is waiting."""
+    refused: list[int] = []
 
     def flock(fd: int, operation: int) -> None:
-        if not operation & fcntl.LOCK_NB:
-            seen.append("blocking")
         try:
             fcntl.flock(fd, operation)
         except BlockingIOError:
-            seen.append("refused")
+            refused.append(fd)
             raise
 
-    patched = SimpleNamespace(**{**vars(fcntl), "flock": flock})
-    monkeypatch.setattr(state_files, "fcntl", patched)
-    monkeypatch.setattr(flock_wait, "fcntl", patched)
-    return seen
+    monkeypatch.setattr(state_files, "fcntl", SimpleNamespace(**{**vars(fcntl), "flock": flock}))
+    return refused
 
 
 def test_a_queue_transaction_waits_for_a_filelock_holder(
-    workspace: Workspace, hold: Callable[..., Holder], flocks: list[str]
+    workspace: Workspace, hold: Callable[..., Holder], refusals: list[int]
 ) -> None:
     holder = hold(FILELOCK_HOLDER, f"{workspace.queue_path}.lock")
     store = QueueStore(workspace)
@@ -193,7 +187,7 @@ def test_a_queue_transaction_waits_for_a_filelock_holder(
         added.set()
 
     threading.Thread(target=add, daemon=True).start()
-    wait_until(lambda: flocks == ["refused", "blocking"])
+    wait_until(lambda: len(refusals) >= 3)
     assert not added.is_set()
     holder.release()
     wait_until(added.is_set)
@@ -210,46 +204,3 @@ def test_a_filelock_user_waits_for_the_runtimes_lock(
     holder.release()
     with tool_lock.acquire(timeout=HANDSHAKE_TIMEOUT):
         assert tool_lock.is_locked
-
-
-# --- waiting for a busy lock -------------------------------------------------------------
-
-
-def try_flock(lock_path: str) -> bool:
-    """Whether the lock is free right now; taken and let go again if it is."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def test_a_waiter_takes_the_lock_when_its_holder_lets_go(lock_path: str) -> None:
-    holder = FileLock(lock_path)
-    taken = threading.Event()
-
-    def wait() -> None:
-        with FileLock(lock_path, timeout=30.0):
-            taken.set()
-
-    with holder:
-        threading.Thread(target=wait, daemon=True).start()
-        wait_until(lambda: any(t.name == "flock-wait" for t in threading.enumerate()))
-        assert not taken.is_set()
-    wait_until(taken.is_set)
-
-
-def test_a_wait_that_times_out_lets_the_lock_go_once_it_is_free(lock_path: str) -> None:
-    """The thread still blocked in flock takes the lock when the holder lets go, and
-    drops it at once: giving up leaves no lock held behind the caller's back."""
-    holder = FileLock(lock_path)
-    with holder:
-        with pytest.raises(TimeoutError, match="within 0.1 s"):
-            with FileLock(lock_path, timeout=0.1):
-                pass
-        assert not try_flock(lock_path)
-    wait_until(lambda: try_flock(lock_path))
-    wait_until(lambda: not any(t.name == "flock-wait" for t in threading.enumerate()))

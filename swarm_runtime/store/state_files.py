@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from itertools import repeat
 from pathlib import Path
@@ -47,11 +48,11 @@ from swarm_runtime.contract import (
 from swarm_runtime.errors import StateFileError
 from swarm_runtime.processes import process_exists
 from swarm_runtime.store import durability, failpoints, private
-from swarm_runtime.store.flock_wait import wait_for_flock
 from swarm_runtime.store.private import PRIVATE_FILE, open_private
 
 T = TypeVar("T")
 LOCK_TIMEOUT_SECONDS = 30.0
+LOCK_POLL_SECONDS = 0.002
 TEMP_SUFFIX = ".tmp"
 TEMP_ATTEMPTS = 100
 _C1_CONTROL = re.compile("[\x80-\x9f]")
@@ -136,8 +137,7 @@ class FileLock:
     (two descriptors exclude each other even in one process); inner `with`s in the same
     thread only count. The kernel drops the lock when its holder dies. The `filelock`
     package did the same in about 250 us per lock and unlock, more than the fsync of a
-    small file, and a task takes about fifteen locks. A busy lock is waited for by
-    `flock_wait`, which takes it the moment its holder lets go."""
+    small file, and a task takes about fifteen locks."""
 
     def __init__(self, lock_path: str, timeout: float = LOCK_TIMEOUT_SECONDS):
         self.lock_path = lock_path
@@ -159,22 +159,21 @@ class FileLock:
 
     def _acquire(self) -> int:
         fd = open_private(self.lock_path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            pass
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            taken = wait_for_flock(fd, self.timeout)
-        except OSError:
-            os.close(fd)
-            raise
-        if not taken:  # the waiting thread closes fd once the holder lets go
-            raise TimeoutError(f"could not lock {self.lock_path} within {self.timeout:g} s")
-        return fd
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise TimeoutError(
+                        f"could not lock {self.lock_path} within {self.timeout:g} s"
+                    ) from None
+                time.sleep(LOCK_POLL_SECONDS)
+            except BaseException:
+                os.close(fd)
+                raise
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
