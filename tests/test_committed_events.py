@@ -29,7 +29,7 @@ from swarm_runtime.queue.store import QueueStore, WorkerIdentity
 from swarm_runtime.queue.transition_events import EffectResult, Outstanding
 from swarm_runtime.store import durability
 from swarm_runtime.store.events import build_event
-from swarm_runtime.store.state_files import FileLock, Workspace
+from swarm_runtime.store.state_files import FileLock, Workspace, overwrite_in_place
 
 ME = WorkerIdentity("w-1")
 OTHER = WorkerIdentity("w-2", pid=ME.pid)
@@ -364,6 +364,29 @@ def test_a_mark_says_how_far_which_journal_is_durable() -> None:
     assert mark.covers("0123456789abcdef", 4096) and not mark.covers("0123456789abcdef", 4097)
     assert not mark.covers("another-journal", 10)
     assert Mark.decode(b"") is None
+
+
+def test_each_group_sync_writes_its_mark_over_the_last_in_place(workspace: Workspace) -> None:
+    head = b'{"journal": "0123456789abcdef", "follows": null}\n'
+    workspace.queue_journal_path.write_bytes(head + b"{}\n")
+    group = GroupCommit(workspace)
+    group.make_durable("0123456789abcdef", len(head) + 3)
+    inode = group.mark_path.stat().st_ino
+    with workspace.queue_journal_path.open("ab") as journal:
+        journal.write(b"{}\n")
+    group.make_durable("0123456789abcdef", len(head) + 6)
+    mark = Mark.decode(group.mark_path.read_bytes())
+    assert mark == Mark("0123456789abcdef", len(head) + 6)
+    assert group.mark_path.stat().st_ino == inode
+    assert group.mark_path.stat().st_size == len(mark.encode())
+
+
+def test_a_write_in_place_leaves_what_lies_past_it(tmp_path: Path) -> None:
+    path = tmp_path / "mark"
+    overwrite_in_place(path, b"0123456789")
+    assert path.stat().st_mode & 0o777 == 0o600
+    overwrite_in_place(path, b"ab")
+    assert path.read_bytes() == b"ab23456789"
 
 
 def test_what_a_store_owes_is_synced_as_far_as_the_furthest_append() -> None:

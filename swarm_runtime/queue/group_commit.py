@@ -27,7 +27,7 @@ from swarm_runtime.store.state_files import (
     LOCK_TIMEOUT_SECONDS,
     FileLock,
     Workspace,
-    write_at,
+    overwrite_in_place,
 )
 
 NAME_WIDTH, END_WIDTH = 32, 20
@@ -96,7 +96,7 @@ class GroupCommit:
                     return
                 synced = self._sync()
                 if synced is not None:
-                    write_at(self.mark_path, 0, synced.encode())
+                    overwrite_in_place(self.mark_path, synced.encode())
         except TimeoutError:
             self._sync()
 

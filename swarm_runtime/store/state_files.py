@@ -558,6 +558,29 @@ def write_at(path: Path, offset: int, payload: bytes) -> None:
         os.close(fd)
 
 
+def overwrite_in_place(path: Path, payload: bytes) -> None:
+    """Write `payload` over the start of `path` (made if missing), without an fsync and
+    without cutting the file: for a fixed-width record rewritten whole each time (the
+    queue journal's sync mark). Cutting such a file to nothing and writing it again, as
+    `write_at` would, cost 420 us a write on ext4 against 10 us in place (the block freed
+    and allocated again), and the mark is written after every group fsync, under the
+    lock every writer waits at. The caller holds the file's lock."""
+    try:
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT)
+    except OSError as exc:
+        raise _naming(path, exc) from exc
+    try:
+        private.check_descriptor(path, fd, os.fstat(fd))
+        try:
+            written = os.pwrite(fd, payload, 0)
+        except OSError as exc:
+            raise _naming(path, exc) from exc
+    finally:
+        os.close(fd)
+    if written != len(payload):  # a fixed-width record is one small write; never seen
+        raise _naming(path, OSError(errno.EIO, "short write"))
+
+
 def sync_file(path: Path, how: str) -> None:
     """Make everything written to `path` durable (nothing to do if it does not exist)."""
     try:
