@@ -159,6 +159,25 @@ def test_events_a_dead_writer_left_out_of_the_log_are_written_once_by_the_next(
     ]
 
 
+def test_what_a_writer_read_before_a_lock_it_never_got_is_settled_by_its_next(
+    store: QueueStore, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer reads the journal before it takes the lock; a transaction that then
+    cannot get the lock leaves what it read for the next one to settle, not forgotten."""
+    monkeypatch.setattr(queue_store, "bring_up_to", lambda path, record: None)
+    claimed = store.claim(ME, 60).task
+    assert claimed is not None and read_events(workspace) == []
+    monkeypatch.undo()
+    other = QueueStore(workspace, keep_current=False)
+    lock = workspace.lock(workspace.queue_path)
+    monkeypatch.setattr(lock, "timeout", 0.05)
+    with FileLock(f"{workspace.queue_path}.lock"), pytest.raises(TimeoutError):
+        other.claim(OTHER, 60)  # read the dead writer's record, then gave up
+    monkeypatch.undo()
+    assert other.claim(OTHER, 60).task is not None
+    assert [e["status"] for e in read_events(workspace)] == ["in_progress", "in_progress"]
+
+
 def test_a_log_cut_short_mid_line_is_completed_not_duplicated(
     store: QueueStore, workspace: Workspace
 ) -> None:

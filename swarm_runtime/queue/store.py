@@ -205,7 +205,9 @@ class QueueStore(QueueTransactions):
         self._reader = self._follower()
         self._reading = threading.Lock()  # readers of this process only; writers never take it
         # This process's writers, one thread at a time, from their catch-up before the
-        # queue's lock (`_catch_up`) to its release; always taken before that lock.
+        # queue's lock (`_catch_up`) to its release; always taken before that lock. And
+        # the journal's records they read since the log was last settled, with the count
+        # of queue.json's reads they follow.
         self._writing = threading.RLock()
         self._caught_up: tuple[int, list[QueueJournalRecord]] = (0, [])
         self._version_before_claim: tuple[Any, ...] | None = None
@@ -322,24 +324,29 @@ class QueueStore(QueueTransactions):
         try:
             self._writer.current()
         except (OSError, SwarmError):
-            self._caught_up = (0, [])
             return
-        self._caught_up = (self._writer.snapshots_read, self._writer.new_records)
+        self._keep_read()
+
+    def _keep_read(self) -> None:
+        """Add the records the writer just read to those read since the log was last
+        settled; a new read of queue.json starts them afresh, as it read them all again."""
+        snapshots_read, kept = self._caught_up
+        if snapshots_read != self._writer.snapshots_read:
+            kept = []
+        self._caught_up = (self._writer.snapshots_read, [*kept, *self._writer.new_records])
 
     def _current(self) -> QueueState:
         """The queue as it stands, for a transaction, with the log holding every committed
         event: call only under the lock."""
         state = self._writer.current()
-        snapshots_read, earlier = self._caught_up
-        self._caught_up = (0, [])
-        records = self._writer.new_records
-        if earlier and snapshots_read == self._writer.snapshots_read:
-            records = [*earlier, *records]
+        self._keep_read()
+        snapshots_read, records = self._caught_up
         try:
             self._settle_log(records)
         except BaseException:  # read it all again, and check it all, next time
             self._writer.state, self._log_checked = None, False
             raise
+        self._caught_up = (snapshots_read, [])
         return state
 
     def _settle_log(self, records: list[QueueJournalRecord]) -> None:
