@@ -534,11 +534,9 @@ def append_after(path: Path, offset: int, payload: bytes, *, durable: bool = Tru
     return offset + len(payload)
 
 
-def write_at(path: Path, offset: int, payload: bytes) -> None:
-    """Write `payload` at `offset` of `path` (made if missing), cutting off whatever lay
-    past it, without an fsync: for a file whose durability another file already holds
-    (the event log, whose lines are in the queue journal until `sync_file`). A write cut
-    short is cut off again. The caller holds the file's lock."""
+def _open_to_write(path: Path) -> tuple[int, os.stat_result]:
+    """`path` opened for writing in place (made if missing) and checked as a state file,
+    with its stat; an error names `path`."""
     try:
         fd = open_private(path, os.O_WRONLY | os.O_CREAT)
     except OSError as exc:
@@ -546,6 +544,19 @@ def write_at(path: Path, offset: int, payload: bytes) -> None:
     try:
         info = os.fstat(fd)
         private.check_descriptor(path, fd, info)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def write_at(path: Path, offset: int, payload: bytes) -> None:
+    """Write `payload` at `offset` of `path` (made if missing), cutting off whatever lay
+    past it, without an fsync: for a file whose durability another file already holds
+    (the event log, whose lines are in the queue journal until `sync_file`). A write cut
+    short is cut off again. The caller holds the file's lock."""
+    fd, info = _open_to_write(path)
+    try:
         if info.st_size != offset:
             os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
@@ -565,16 +576,11 @@ def overwrite_in_place(path: Path, payload: bytes) -> None:
     `write_at` would, cost 420 us a write on ext4 against 10 us in place (the block freed
     and allocated again), and the mark is written after every group fsync, under the
     lock every writer waits at. The caller holds the file's lock."""
+    fd, _ = _open_to_write(path)
     try:
-        fd = open_private(path, os.O_WRONLY | os.O_CREAT)
+        written = os.pwrite(fd, payload, 0)
     except OSError as exc:
         raise _naming(path, exc) from exc
-    try:
-        private.check_descriptor(path, fd, os.fstat(fd))
-        try:
-            written = os.pwrite(fd, payload, 0)
-        except OSError as exc:
-            raise _naming(path, exc) from exc
     finally:
         os.close(fd)
     if written != len(payload):  # a fixed-width record is one small write; never seen
