@@ -385,7 +385,7 @@ def test_a_mark_says_how_far_which_journal_is_durable() -> None:
     assert Mark.decode(b"") is None
 
 
-def test_each_group_sync_writes_its_mark_over_the_last_in_place(workspace: Workspace) -> None:
+def test_each_group_sync_advances_its_mark_in_the_same_file(workspace: Workspace) -> None:
     head = b'{"journal": "0123456789abcdef", "follows": null}\n'
     workspace.queue_journal_path.write_bytes(head + b"{}\n")
     group = GroupCommit(workspace)
