@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import read_events
+from conftest import read_events, wait_until
 from test_worker_in_process import Harness, completed, make_harness
 
 from swarm_runtime.contract import ExecutionRecord, Status, Verdict
@@ -328,11 +328,13 @@ def test_an_idle_fold_that_cannot_apply_the_effects_waits_on_and_tries_again(
     assert "could not fold" in caplog.records[-1].message
 
     workspace.quality_gate_path.unlink()
-    deadline = time.monotonic() + 10
-    while workspace.queue_journal_path.exists() and time.monotonic() < deadline:
+
+    def folded() -> bool:
         assert harness.step() is None
         store.wait_for_change(0.05, threading.Event())
-    assert not workspace.queue_journal_path.exists()
+        return not workspace.queue_journal_path.exists()
+
+    wait_until(folded)
     assert_voted_and_paid_once(workspace, tokens)
 
 
