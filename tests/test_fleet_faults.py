@@ -442,8 +442,13 @@ def test_every_host_rides_out_a_database_restart_and_nothing_runs_twice_or_is_lo
     events = file_events(hosts)
     started_runs = runs(events)
     assert set(started_runs.values()) == {1}, "a (task, attempt) ran twice"
-    assert set(started_runs) == {(t["id"], 1) for t in tasks}
-    assert set(ends(events, worker_ids(hosts, WORKERS_PER_HOST)).values()) == {1}
+    expected_runs = {(t["id"], 1) for t in tasks}
+    assert set(started_runs) == expected_runs, f"never started: {expected_runs - set(started_runs)}"
+    ended = ends(events, worker_ids(hosts, WORKERS_PER_HOST))
+    twice = {run for run, count in ended.items() if count > 1}
+    assert set(ended.values()) == {1}, "\n".join(
+        json.dumps(e) for e in events if (e["task_id"], e.get("attempt")) in twice
+    )
     assert not [e for e in events if e["status"] == "lease_expired"]
     pinned = {t["id"]: t.get("host") for t in tasks}
     assert all(

@@ -373,3 +373,73 @@ def test_a_commit_never_answered_still_reaches_the_hosts_log(
     finally:
         harness.worker.store.close()
         harness.worker.documents.close()
+
+
+def losing_the_answer(commit: int, committed: bool) -> Callable[[Any], Any]:
+    """A by-row transaction's pipelined COMMIT (`committing`) whose `commit`th use loses
+    its answer: after the server committed, or before it did."""
+    import psycopg
+
+    from swarm_runtime.queue import postgres_rows
+
+    real = postgres_rows.committing
+    uses: list[bool] = []
+
+    @contextmanager
+    def committing(conn: Any) -> Iterator[None]:
+        uses.append(True)
+        if len(uses) != commit:
+            with real(conn):
+                yield
+            return
+        if committed:
+            with real(conn):
+                yield
+        else:
+            with conn.pipeline():
+                yield
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    return committing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("commit", "committed"),
+    [(1, True), (2, False), (2, True)],
+    ids=["claim-committed", "execution-not-committed", "execution-committed"],
+)
+def test_a_commit_whose_own_answer_is_lost_reaches_the_hosts_log_once(
+    workspace: Workspace,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    commit: int,
+    committed: bool,
+) -> None:
+    """Regression: a transaction by row sends its COMMIT with its last statements, inside
+    its block. A claim the server committed before it went away was missing from this
+    host's copy (its events were not yet counted as sent); and an execution record lost
+    before it committed, then tried again with the same events, was copied twice (the
+    lookup, made after the retry had committed, found the retry's rows)."""
+    from swarm_runtime.queue import postgres_rows
+
+    harness = make_harness(workspace, database_url=database_url)
+    harness.worker.commit_backoff = 0.0
+    try:
+        harness.queue({"id": "doubt", "command": "echo doubt"})
+        monkeypatch.setattr(postgres_rows, "committing", losing_the_answer(commit, committed))
+        harness.client.answers = [completed("doubt", output="doubt\n", exit_code=0)]
+        if commit == 1:
+            with pytest.raises(StoreUnavailable):
+                harness.step()
+        harness.step()
+        assert harness.task("doubt").status == Status.APPROVED
+        assert harness.history("doubt") == [
+            "in_progress",
+            "completed",
+            "pending_review",
+            "approved",
+        ]
+    finally:
+        harness.worker.store.close()
+        harness.worker.documents.close()

@@ -328,7 +328,7 @@ class PostgresQueueStore(QueueTransactions):
             )
             for event in claim_events(claim, worker):
                 state.emit(event)
-            sent += self._write_row(conn, state, position, now, doc)
+            self._write_row(conn, state, position, now, doc, sent)
         return claim
 
     def log_events(
@@ -358,16 +358,25 @@ class PostgresQueueStore(QueueTransactions):
             now, position, doc, outcome = found
             state = row_state(doc, outcome, self.review_enabled)
             result = change(state, now)
-            sent += self._write_row(conn, state, position, now, doc)
+            self._write_row(conn, state, position, now, doc, sent)
         return result
 
     def _write_row(
-        self, conn: Connection, state: QueueState, position: Decimal, now: float, before: Any
-    ) -> list[dict[str, Any]]:
-        """Write the row's change and its events, and commit; returns the events."""
+        self,
+        conn: Connection,
+        state: QueueState,
+        position: Decimal,
+        now: float,
+        before: Any,
+        sent: list[dict[str, Any]],
+    ) -> None:
+        """Write the row's change and its events, and commit. The events join `sent`
+        first: the COMMIT goes out with the row's statements, so a commit whose answer
+        is lost is lost inside this call, and its events must already be in doubt."""
         record = state.take_record(now)
         if record is None:
-            return []
+            return
+        sent += record.events
         if not record.tasks:  # events alone: the block's end commits them
             insert_events(conn, record.events)
         for task in record.tasks:  # the one row's task
@@ -376,7 +385,6 @@ class PostgresQueueStore(QueueTransactions):
             row = TaskRow(task, position, lane_by_row(state, task))
             finished = outcome_of(task, self.review_enabled) is not None
             write_one_row(conn, row, record.outcomes, finished=finished, events=record.events)
-        return record.events
 
     def _now(self) -> float | None:
         """The injected clock's time, or None for the database's."""
@@ -459,15 +467,17 @@ class PostgresQueueStore(QueueTransactions):
         copied to this host's log once it commits: after the commit, since a transaction
         rolled back has no events. A commit never answered (the server went away during
         it) may have committed all the same: its events are looked up once the database
-        answers again, and those it holds are copied then."""
+        answers again, and those it holds are copied then: before the next transaction,
+        not after it, since a step tried again sends the same events, and once it has
+        committed the lookup would find them twice."""
+        if self._doubtful:  # older: first
+            self._settle_doubtful()
         sent: list[dict[str, Any]] = []
         try:
             yield sent
         except StoreUnavailable:
             self._doubtful += sent
             raise
-        if self._doubtful:  # older: first
-            self._settle_doubtful()
         self._keep_copy(sent)
 
     def _settle_doubtful(self) -> None:
@@ -475,8 +485,9 @@ class PostgresQueueStore(QueueTransactions):
         try:
             with self.database.transaction() as conn:
                 self._keep_copy(committed_events(conn, doubtful))
-        except StoreUnavailable:
+        except StoreUnavailable:  # so would the transaction waiting for this be
             self._doubtful = doubtful + self._doubtful
+            raise
 
     def _keep_copy(self, events: Sequence[dict[str, Any]]) -> None:
         """This host's copy of the events a transaction committed, in its workspace's log."""
