@@ -163,8 +163,10 @@ class PostgresQueueStore(QueueTransactions):
         self._writing = threading.Lock()  # the cached queue is one object per process
         self._reading = threading.Lock()
         self._listener: psycopg.Connection[Any] | None = None
-        # Events of transactions whose commit was never answered (see `_copied`).
+        # Events of transactions whose commit was never answered (see `_copied`), kept
+        # under their own lock: the lease keeper's thread commits beside the worker's.
         self._doubtful: list[dict[str, Any]] = []
+        self._doubt = threading.Lock()
 
     @classmethod
     def for_settings(
@@ -476,17 +478,20 @@ class PostgresQueueStore(QueueTransactions):
         try:
             yield sent
         except StoreUnavailable:
-            self._doubtful += sent
+            with self._doubt:
+                self._doubtful += sent
             raise
         self._keep_copy(sent)
 
     def _settle_doubtful(self) -> None:
-        doubtful, self._doubtful = self._doubtful, []
+        with self._doubt:
+            doubtful, self._doubtful = self._doubtful, []
         try:
             with self.database.transaction() as conn:
                 self._keep_copy(committed_events(conn, doubtful))
         except StoreUnavailable:  # so would the transaction waiting for this be
-            self._doubtful = doubtful + self._doubtful
+            with self._doubt:
+                self._doubtful = doubtful + self._doubtful
             raise
 
     def _keep_copy(self, events: Sequence[dict[str, Any]]) -> None:
