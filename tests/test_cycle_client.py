@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ class ScriptedApi:
         self.script: list[tuple[int, object, dict[str, str]]] = []
         self.seen: list[dict[str, str]] = []
         self.challenges = 0
+        self.held: threading.Event | None = None  # set: /cycle answers once it is released
         app = Flask(__name__)
 
         @app.get("/identity")
@@ -40,6 +42,8 @@ class ScriptedApi:
 
         @app.post("/cycle")
         def cycle() -> object:
+            if self.held is not None:
+                self.held.wait(timeout=10)
             self.seen.append(
                 {
                     "token": request.headers.get(TOKEN_HEADER, ""),
@@ -210,3 +214,81 @@ def test_a_redirect_is_final_and_the_token_does_not_follow_it(api: ScriptedApi) 
     result = client().dispatch(api.url, {}, read_timeout=5)
     assert result.http_status == 307 and result.response is None and result.attempts == 1
     assert len(api.seen) == 1
+
+
+class OneRequestPerConnection:
+    """An API on a raw socket that proves itself, answers one /cycle on each connection
+    and then closes it, as a server does with a connection idle past its timeout."""
+
+    def __init__(self, token: str = TOKEN, workspace: str = WORKSPACE) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token, self.workspace = token, workspace
+        self.connections = 0
+        self.closed = threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                with conn:
+                    self.connections += 1
+                    self.answer(conn)
+                self.closed.set()
+
+    def answer(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        challenge = reader.readline().decode()
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        nonce = challenge.split("nonce=")[1].split()[0]
+        proof = identity_proof(self.token, nonce, self.port, self.workspace)
+        respond(conn, {"workspace": self.workspace, "proof": proof})
+        length = 0
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        reader.read(length)
+        respond(conn, OK[1])
+
+
+def respond(conn: socket.socket, body: object) -> None:
+    data = json.dumps(body).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+    conn.sendall(head.encode() + b"\r\n" + data)
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_not_failed() -> None:
+    """The server closed the connection after its answer (its keep-alive ran out): the
+    next dispatch opens and proves another, with no failed attempt and no retry delay."""
+    api = OneRequestPerConnection()
+    sender = client()
+    first = sender.dispatch(api.url, {}, read_timeout=5)
+    assert api.closed.wait(timeout=10)
+    second = sender.dispatch(api.url, {}, read_timeout=5)
+    api.listener.close()
+    assert first.response is not None and second.response is not None
+    assert (second.attempts, delays, api.connections) == (1, [], 2)
+
+
+def test_a_refused_connection_is_retried_with_the_systems_reason() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    result = client(retries=2).dispatch(url, {}, read_timeout=5)
+    assert result.response is None and result.attempts == 3 and len(delays) == 2
+    assert result.error == f"cannot connect to the execution API at {url}/cycle: Connection refused"
+
+
+def test_an_api_that_does_not_answer_in_time_is_not_asked_again(api: ScriptedApi) -> None:
+    """The request reached the API, which may be running it: sending it again could run
+    it twice."""
+    api.held = threading.Event()
+    api.script = [OK]
+    try:
+        result = client().dispatch(api.url, {}, read_timeout=1)
+    finally:
+        api.held.set()
+    assert result.response is None and result.attempts == 1 and delays == []
+    assert result.error == "the execution API did not answer within 1s"

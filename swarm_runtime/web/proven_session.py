@@ -52,17 +52,27 @@ class ProvingAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": self._pool_cls}
 
 
-class _ProvingConnection(HTTPConnection):
+class Proving:
+    """Mixed into an http.client connection (urllib3's are http.client's too): `connect`
+    opens the socket, then the server must answer the challenge before anything else is
+    written to it."""
+
     token: str
     workspace: str
+    host: str
+    port: int
+    sock: Any
 
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # type: ignore[misc]
         try:
             self._prove()
         except BaseException:
             self.close()
             raise
+
+    def close(self) -> None:
+        super().close()  # type: ignore[misc]
 
     def _prove(self) -> None:
         nonce = new_nonce()
@@ -76,6 +86,10 @@ class _ProvingConnection(HTTPConnection):
         if status == 200 and proof_matches(self.token, nonce, self.port, self.workspace, proof):
             return
         raise ServerNotProven(refusal(host, self.workspace, served, status))
+
+
+class _ProvingConnection(Proving, HTTPConnection):
+    pass
 
 
 def read_answer(sock: Any) -> tuple[int, object]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from typing import Any, Protocol
 
 MAX_DOUBLINGS = 32
 
@@ -16,7 +16,13 @@ def backoff(retry: int, base: float, cap: float, jitter: tuple[float, float] = (
     return min(cap, max(base, 0.0) * 2.0**doublings) * random.uniform(*jitter)
 
 
-def retry_after(headers: Mapping[str, str], cap: float) -> float | None:
+class Headers(Protocol):
+    """Headers looked up by name regardless of case: requests' and http.client's."""
+
+    def get(self, name: str, default: Any, /) -> Any: ...
+
+
+def retry_after(headers: Headers, cap: float) -> float | None:
     """Retry-After in seconds, capped so a server cannot park a client for an hour; None when
     it is missing or not a number (an HTTP date included)."""
     try:

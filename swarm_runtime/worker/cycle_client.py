@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
 from pydantic import ValidationError
 
 from swarm_runtime.contract import TOKEN_HEADER, CycleResponse, describe_validation_error
 from swarm_runtime.web.identity import workspace_name
 from swarm_runtime.web.loopback import loopback_url
-from swarm_runtime.web.proven_session import ServerNotProven, proven_session
+from swarm_runtime.web.loopback_post import AnswerTimedOut, ConnectionLost, LoopbackPoster, Reply
+from swarm_runtime.web.proven_session import ServerNotProven
 from swarm_runtime.web.retry import backoff, retry_after
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class CycleClient:
     ):
         self._token = token
         self._retries = retries
-        self._session = proven_session(token, workspace_name(workspace))
+        self._poster = LoopbackPoster(token, workspace_name(workspace))
         self._sleep = sleep
 
     def dispatch(
@@ -93,25 +93,25 @@ class CycleClient:
     ) -> tuple[Dispatch, float | None]:
         """One POST; the second value is the delay before a retry, or None for a final answer."""
         try:
-            reply = self._session.post(
+            reply = self._poster.post(  # a redirect is an answer: the token never follows it
                 url,
-                json=payload,
-                headers={TOKEN_HEADER: self._token},
-                timeout=(CONNECT_TIMEOUT_SECONDS, read_timeout),
-                allow_redirects=False,  # the token goes to the checked URL and nowhere else
+                payload,
+                {TOKEN_HEADER: self._token},
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                read_timeout=read_timeout,
             )
         except ServerNotProven as exc:
             return Dispatch(None, str(exc), attempts=attempt), None
-        except requests.ConnectionError as exc:
+        except ConnectionLost as exc:
             error = f"cannot connect to the execution API at {url}: {root_cause(exc)}"
             return Dispatch(None, error, attempts=attempt), _backoff(attempt)
-        except requests.Timeout:
+        except AnswerTimedOut:
             error = f"the execution API did not answer within {read_timeout:.0f}s"
             return Dispatch(None, error, attempts=attempt), None
         return interpret(reply, attempt)
 
 
-def interpret(reply: requests.Response, attempt: int) -> tuple[Dispatch, float | None]:
+def interpret(reply: Reply, attempt: int) -> tuple[Dispatch, float | None]:
     body = _json_or_none(reply)
     if reply.status_code == 200:
         try:
@@ -134,8 +134,8 @@ def interpret(reply: requests.Response, attempt: int) -> tuple[Dispatch, float |
 
 
 def root_cause(exc: BaseException) -> str:
-    """The operating system's words at the bottom of a requests error ("Connection
-    refused"), which the wrappers above it bury under pool and retry messages."""
+    """The operating system's words at the bottom of an error ("Connection refused"),
+    which the wrappers above it may bury under their own messages."""
     cause: BaseException | None = exc
     found = type(exc).__name__
     while cause is not None:
@@ -146,7 +146,7 @@ def root_cause(exc: BaseException) -> str:
     return found
 
 
-def _json_or_none(reply: requests.Response) -> Any:
+def _json_or_none(reply: Reply) -> Any:
     try:
         return reply.json()
     except ValueError:
