@@ -93,6 +93,10 @@ class Harness:
         return [e["status"] for e in read_events(self.workspace) if e["task_id"] == task_id]
 
 
+# The history of a task that ran, passed review and was approved.
+REVIEWED = ["in_progress", "completed", "pending_review", "approved"]
+
+
 def make_harness(workspace: Workspace, **settings: Any) -> Harness:
     client = ScriptedClient()
     worker = Worker(
@@ -105,13 +109,22 @@ def make_harness(workspace: Workspace, **settings: Any) -> Harness:
     return Harness(worker, client, workspace)
 
 
+@contextmanager
+def harness_on(workspace: Workspace, database_url: str | None) -> Iterator[Harness]:
+    """A harness whose stores are closed when the block ends, however it ends."""
+    harness = make_harness(workspace, database_url=database_url)
+    try:
+        yield harness
+    finally:
+        harness.worker.store.close()
+        harness.worker.documents.close()
+
+
 @pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.slow)])
 def harness(workspace: Workspace, request: pytest.FixtureRequest) -> Iterator[Harness]:
     url = request.getfixturevalue("database_url") if request.param == "postgres" else None
-    harness = make_harness(workspace, database_url=url)
-    yield harness
-    harness.worker.store.close()
-    harness.worker.documents.close()
+    with harness_on(workspace, url) as made:
+        yield made
 
 
 def test_a_local_task_runs_its_exact_command_and_is_approved(harness: Harness) -> None:
@@ -124,7 +137,7 @@ def test_a_local_task_runs_its_exact_command_and_is_approved(harness: Harness) -
     (payload,) = harness.client.payloads
     assert payload["mode"] == "local" and payload["task"] == "echo hello from the sandbox"
     assert "prompt" not in payload
-    assert harness.history("echo") == ["in_progress", "completed", "pending_review", "approved"]
+    assert harness.history("echo") == REVIEWED
     stored = harness.task("echo")
     assert stored.status == Status.APPROVED and stored.phase4_intent is None
     assert harness.step() is None
@@ -257,7 +270,7 @@ def test_a_finished_result_is_kept_through_lock_timeouts(
     stored = harness.task("paid")
     assert stored.status == Status.APPROVED
     assert stored.execution is not None and stored.execution.result_summary == "paid"
-    assert harness.history("paid") == ["in_progress", "completed", "pending_review", "approved"]
+    assert harness.history("paid") == REVIEWED
     assert len(harness.client.payloads) == 1
 
 
@@ -303,7 +316,7 @@ def test_a_claim_committed_but_never_answered_is_run_once_in_its_attempt(
     assert harness.step() is not None
     stored = harness.task("doubt")
     assert (stored.status, stored.attempts) == (Status.APPROVED, 1)
-    assert harness.history("doubt") == ["in_progress", "completed", "pending_review", "approved"]
+    assert harness.history("doubt") == REVIEWED
     assert len(harness.client.payloads) == 1
     assert harness.step() is None
 
@@ -334,7 +347,7 @@ def test_a_step_committed_but_never_answered_is_neither_repeated_nor_discarded(
     harness.step()
     assert calls == [commit]  # looked up, found committed, not written again
     assert harness.task("doubt").status == Status.APPROVED
-    assert harness.history("doubt") == ["in_progress", "completed", "pending_review", "approved"]
+    assert harness.history("doubt") == REVIEWED
 
 
 @pytest.mark.slow
@@ -343,36 +356,27 @@ def test_a_commit_never_answered_still_reaches_the_hosts_log(
 ) -> None:
     """The rows hold the events of a commit whose answer was lost; this host's copy gets
     them once the database answers again, not never."""
-    harness = make_harness(workspace, database_url=database_url)
-    harness.worker.commit_backoff = 0.0
-    database = harness.worker.store.database  # type: ignore[attr-defined]
-    real = database.transaction
-    answers_lost: list[bool] = []
+    with harness_on(workspace, database_url) as harness:
+        harness.worker.commit_backoff = 0.0
+        database = harness.worker.store.database  # type: ignore[attr-defined]
+        real = database.transaction
+        answers_lost: list[bool] = []
 
-    @contextmanager
-    def transaction(**kwargs: Any) -> Iterator[Any]:
-        with real(**kwargs) as conn:
-            yield conn
-        if kwargs.get("holding") is not None and not answers_lost:
-            answers_lost.append(True)
-            raise StoreUnavailable("postgresql://db/q", "the server went away", "check it")
+        @contextmanager
+        def transaction(**kwargs: Any) -> Iterator[Any]:
+            with real(**kwargs) as conn:
+                yield conn
+            if kwargs.get("holding") is not None and not answers_lost:
+                answers_lost.append(True)
+                raise StoreUnavailable("postgresql://db/q", "the server went away", "check it")
 
-    try:
         harness.queue({"id": "doubt", "command": "echo doubt"})
         monkeypatch.setattr(database, "transaction", transaction)
         harness.client.answers = [completed("doubt", output="doubt\n", exit_code=0)]
         with pytest.raises(StoreUnavailable):
             harness.step()  # the claim: committed, its answer lost
         harness.step()  # taken back in its attempt, and run
-        assert harness.history("doubt") == [
-            "in_progress",
-            "completed",
-            "pending_review",
-            "approved",
-        ]
-    finally:
-        harness.worker.store.close()
-        harness.worker.documents.close()
+        assert harness.history("doubt") == REVIEWED
 
 
 def losing_the_answer(commit: int, committed: bool) -> Callable[[Any], Any]:
@@ -423,9 +427,8 @@ def test_a_commit_whose_own_answer_is_lost_reaches_the_hosts_log_once(
     lookup, made after the retry had committed, found the retry's rows)."""
     from swarm_runtime.queue import postgres_rows
 
-    harness = make_harness(workspace, database_url=database_url)
-    harness.worker.commit_backoff = 0.0
-    try:
+    with harness_on(workspace, database_url) as harness:
+        harness.worker.commit_backoff = 0.0
         harness.queue({"id": "doubt", "command": "echo doubt"})
         monkeypatch.setattr(postgres_rows, "committing", losing_the_answer(commit, committed))
         harness.client.answers = [completed("doubt", output="doubt\n", exit_code=0)]
@@ -434,12 +437,4 @@ def test_a_commit_whose_own_answer_is_lost_reaches_the_hosts_log_once(
                 harness.step()
         harness.step()
         assert harness.task("doubt").status == Status.APPROVED
-        assert harness.history("doubt") == [
-            "in_progress",
-            "completed",
-            "pending_review",
-            "approved",
-        ]
-    finally:
-        harness.worker.store.close()
-        harness.worker.documents.close()
+        assert harness.history("doubt") == REVIEWED
