@@ -488,11 +488,12 @@ class PostgresQueueStore(QueueTransactions):
             doubtful, self._doubtful = self._doubtful, []
         try:
             with self.database.transaction() as conn:
-                self._keep_copy(committed_events(conn, doubtful))
+                committed = committed_events(conn, doubtful)
         except StoreUnavailable:  # so would the transaction waiting for this be
             with self._doubt:
                 self._doubtful = doubtful + self._doubtful
             raise
+        self._keep_copy(committed)  # once the lookup is over: copied once, never again
 
     def _keep_copy(self, events: Sequence[dict[str, Any]]) -> None:
         """This host's copy of the events a transaction committed, in its workspace's log."""

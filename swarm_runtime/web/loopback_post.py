@@ -107,12 +107,6 @@ class LoopbackPoster:
             self._open(connection, connect_timeout)
             return self._exchange(connection, parts.path or "/", body, sent, read_timeout)
 
-    def close(self) -> None:
-        with self._lock:
-            for connection in self._connections.values():
-                connection.close()
-            self._connections.clear()
-
     def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
         key = (scheme, host, port)
         connection = self._connections.get(key)
