@@ -138,7 +138,7 @@ class LoopbackPoster:
     ) -> Reply:
         connection.sock.settimeout(read_timeout)
         try:
-            connection.request("POST", path, body=body, headers=dict(headers))
+            connection.request("POST", path, body=body, headers=headers)
             answer = connection.getresponse()
             reply = Reply(answer.status, answer.headers, answer.read())
         except TimeoutError as exc:
