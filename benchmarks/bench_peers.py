@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import peer_workers
-from bench_llm_scaling import all_final, provider_env, wait_for
+from bench_llm_scaling import FinalWatch, provider_env, wait_for
 from benchlib import ROOT, Child, Figure, clean_env, print_table
 from fake_llm_server import FakeLLMServer
 
@@ -132,6 +132,7 @@ class OurFleet:
     def __init__(self, workspace: Workspace, store: QueueStore, workload: Workload):
         self.workspace, self.store, self.kind = workspace, store, workload.kind
         self.final = Status.APPROVED if workload.review else Status.COMPLETED
+        self.watch = FinalWatch(workspace)
 
     def add(self, count: int) -> None:
         if self.kind == "local":
@@ -145,7 +146,7 @@ class OurFleet:
         self.store.add_many(tasks)
 
     def done(self, count: int) -> bool:
-        return all_final(self.workspace)
+        return self.watch()
 
     def check(self, count: int) -> None:
         statuses = [task.status for task in self.store.load().tasks]
