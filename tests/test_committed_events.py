@@ -138,6 +138,49 @@ def test_a_refused_transition_commits_none_of_its_events(
     assert [e["status"] for e in read_events(workspace)] == ["in_progress"]
 
 
+def test_a_finish_and_the_next_claim_are_one_journal_record_and_one_fsync(
+    store: QueueStore, workspace: Workspace
+) -> None:
+    """Where each took a transaction of its own: a lock, a record and, for the claim, an
+    fsync that the finish had been waiting for anyway."""
+    claimed = store.claim(ME, 60).task
+    assert claimed is not None
+    durability.reset()
+    finished, claim = store.finish_and_claim(
+        claimed.id, ME, Status.COMPLETED, 60, events=[event(claimed.id, Status.COMPLETED)]
+    )
+    assert finished.status == Status.COMPLETED and finished.lease is None
+    assert claim.task is not None and claim.task.id == "t1" and claim.task.lease is not None
+    assert journal_fsyncs() == 1
+    record = journal_records(workspace)[-1]
+    assert [(t["id"], t["status"]) for t in record["tasks"]] == [
+        ("t0", "completed"),
+        ("t1", "in_progress"),
+    ]
+    assert [(e["task_id"], e["status"]) for e in record["events"]] == [
+        ("t0", "completed"),
+        ("t1", "in_progress"),
+    ]
+    logged = [e["status"] for e in read_events(workspace)]
+    assert logged == ["in_progress", "completed", "in_progress"]
+
+
+def test_a_finish_refused_for_a_lost_lease_claims_nothing(
+    store: QueueStore, workspace: Workspace
+) -> None:
+    claimed = store.claim(ME, 60).task
+    assert claimed is not None
+    records = len(journal_records(workspace))
+    with pytest.raises(LeaseLostError):
+        store.finish_and_claim(claimed.id, OTHER, Status.COMPLETED, 60)
+    assert len(journal_records(workspace)) == records
+    assert [t.status for t in store.load().tasks] == [
+        Status.IN_PROGRESS,
+        Status.PENDING,
+        Status.PENDING,
+    ]
+
+
 def test_events_a_dead_writer_left_out_of_the_log_are_written_once_by_the_next(
     store: QueueStore, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

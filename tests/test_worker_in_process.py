@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from swarm_runtime.phases.intent import INTENT_END, INTENT_HEADING
 from swarm_runtime.queue.store import WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.settings import Settings
+from swarm_runtime.store.pause import set_pause
 from swarm_runtime.store.state_files import Workspace
 from swarm_runtime.worker.cycle_client import Dispatch
 from swarm_runtime.worker.loop import Worker
@@ -438,3 +440,83 @@ def test_a_commit_whose_own_answer_is_lost_reaches_the_hosts_log_once(
         harness.step()
         assert harness.task("doubt").status == Status.APPROVED
         assert harness.history("doubt") == REVIEWED
+
+
+# --- the loop: each finish commits the next claim --------------------------------------
+
+
+def run_until_drained(harness: Harness, stop: threading.Event | None = None) -> int:
+    """The worker's own loop, as `worker.py --once` runs it (it closes the stores)."""
+    return harness.worker.run(once=True, stop=stop or threading.Event())
+
+
+def echoes(harness: Harness, count: int) -> list[str]:
+    ids = [f"t{n}" for n in range(count)]
+    harness.queue(*({"id": task_id, "command": f"echo {task_id}"} for task_id in ids))
+    harness.client.answers = [completed(i, output=f"{i}\n", exit_code=0) for i in ids]
+    return ids
+
+
+def test_a_running_worker_takes_its_next_task_with_each_finish(harness: Harness) -> None:
+    """The finish and the next claim are one commit (two transactions on the database):
+    the log reads as before, each task whole before the next starts, each run once."""
+    ids = echoes(harness, 3)
+    assert run_until_drained(harness) == 0
+    logged = [(e["task_id"], e["status"]) for e in read_events(harness.workspace)]
+    assert logged == [(task_id, status) for task_id in ids for status in REVIEWED]
+    assert [p["task"] for p in harness.client.payloads] == [f"echo {i}" for i in ids]
+
+
+def paused_after_first_payload(harness: Harness) -> None:
+    def pause() -> None:
+        if len(harness.client.payloads) == 1:
+            set_pause(harness.workspace, True, by="ops", reason="maintenance")
+
+    harness.client.while_running = pause
+
+
+def test_a_pause_during_a_task_lets_it_finish_and_claims_nothing_with_it(
+    workspace: Workspace,
+) -> None:
+    """The switch is read before every claim, the one made with a finish too."""
+    harness = make_harness(workspace)
+    echoes(harness, 2)
+    paused_after_first_payload(harness)
+    assert run_until_drained(harness) == 0  # --once: a paused worker leaves
+    assert harness.history("t0") == REVIEWED and harness.history("t1") == []
+    waiting = harness.task("t1")
+    assert (waiting.status, waiting.lease) == (Status.PENDING, None)
+
+
+def test_a_stop_during_a_task_lets_it_finish_and_claims_nothing_with_it(
+    workspace: Workspace,
+) -> None:
+    harness = make_harness(workspace)
+    echoes(harness, 2)
+    stop = threading.Event()
+    harness.client.while_running = stop.set
+    assert run_until_drained(harness, stop) == 0
+    assert harness.history("t0") == REVIEWED and harness.history("t1") == []
+    waiting = harness.task("t1")
+    assert (waiting.status, waiting.lease) == (Status.PENDING, None)
+
+
+def test_a_task_claimed_with_a_finish_runs_though_a_pause_came_after_its_claim(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leased to this worker, it is in hand: left alone it would wait out its lease."""
+    harness = make_harness(workspace)
+    echoes(harness, 3)
+    store = harness.worker.store
+    finish_and_claim = store.finish_and_claim
+
+    def then_pause(*args: Any, **kwargs: Any) -> Any:
+        made = finish_and_claim(*args, **kwargs)
+        set_pause(workspace, True, by="ops", reason="maintenance")
+        return made
+
+    monkeypatch.setattr(store, "finish_and_claim", then_pause)
+    assert run_until_drained(harness) == 0
+    assert harness.history("t0") == REVIEWED and harness.history("t1") == REVIEWED
+    assert harness.history("t2") == []
+    assert harness.task("t2").lease is None

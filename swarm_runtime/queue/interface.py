@@ -61,6 +61,20 @@ class TaskQueue(Protocol):
         **fields: Any,
     ) -> Task: ...
 
+    def finish_and_claim(
+        self,
+        task_id: str,
+        worker: WorkerIdentity,
+        status: Status,
+        lease_seconds: float,
+        *,
+        events: Sequence[dict[str, Any]] = (),
+        effects: Sequence[Effect] = (),
+        **fields: Any,
+    ) -> tuple[Task, ClaimOutcome]:
+        """`finish`, then `claim` for the same worker, committed as one where the store can."""
+        ...
+
     def plan(
         self,
         parent_id: str,

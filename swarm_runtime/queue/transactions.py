@@ -102,23 +102,7 @@ class QueueTransactions(ABC):
 
     def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
         """Reclaim dead leases, fail what can never run, then lease the first runnable task."""
-
-        def change(state: QueueState, now: float) -> ClaimOutcome:
-            outcome = ClaimOutcome(
-                reclaimed=reclaim_dead_leases(state, now, lease_is_live),
-                api_endpoint=state.doc.api_endpoint,
-            )
-            outcome.propagated = propagate_failures(state)
-            task = next_runnable(state, now, worker.may_run)
-            if task is not None:
-                outcome.task = lease_task(state, task, worker, now, lease_seconds)
-                outcome.started_at = iso(utc_now())
-            outcome.drained = task is None and is_drained(state, worker.may_run)
-            for event in claim_events(outcome, worker):
-                state.emit(event)
-            return outcome
-
-        return self._transaction(change)
+        return self._transaction(claim_change(worker, lease_seconds))
 
     def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool:
         """Extend our lease; False means another worker has reclaimed the task."""
@@ -141,6 +125,22 @@ class QueueTransactions(ABC):
         before anything else happens: the finish does not wait for an fsync of its own."""
         change = durable_with_the_next(finish_change(task_id, worker, status, **fields))
         return self._task_transaction(task_id, fenced(task_id, worker, events, change, effects))
+
+    def finish_and_claim(
+        self,
+        task_id: str,
+        worker: WorkerIdentity,
+        status: Status,
+        lease_seconds: float,
+        *,
+        events: Sequence[dict[str, Any]] = (),
+        effects: Sequence[Effect] = (),
+        **fields: Any,
+    ) -> tuple[Task, ClaimOutcome]:
+        """`finish`, then the worker's next `claim`. Here two transactions; a store whose
+        every transaction takes the same lock (the file store) runs them as one."""
+        finished = self.finish(task_id, worker, status, events=events, effects=effects, **fields)
+        return finished, self.claim(worker, lease_seconds)
 
     def record_execution(
         self,
@@ -294,6 +294,25 @@ def fenced(
         return result
 
     return with_events
+
+
+def claim_change(worker: WorkerIdentity, lease_seconds: float) -> Change[ClaimOutcome]:
+    def change(state: QueueState, now: float) -> ClaimOutcome:
+        outcome = ClaimOutcome(
+            reclaimed=reclaim_dead_leases(state, now, lease_is_live),
+            api_endpoint=state.doc.api_endpoint,
+        )
+        outcome.propagated = propagate_failures(state)
+        task = next_runnable(state, now, worker.may_run)
+        if task is not None:
+            outcome.task = lease_task(state, task, worker, now, lease_seconds)
+            outcome.started_at = iso(utc_now())
+        outcome.drained = task is None and is_drained(state, worker.may_run)
+        for event in claim_events(outcome, worker):
+            state.emit(event)
+        return outcome
+
+    return change
 
 
 def heartbeat_change(task_id: str, worker: WorkerIdentity, lease_seconds: float) -> Change[bool]:
