@@ -18,6 +18,8 @@ execution is recorded before its review, so a crash during review resumes the re
 and never runs the task again. One task can never stop the worker: `Worker.process`
 is the single place that catches broadly; before the execution it records the
 failure, after it parks the task in pending_review (never approving by default).
+While the loop runs, a task's last transition also claims the worker's next task, in
+one commit (`Worker._commit_finish`).
 """
 
 from __future__ import annotations
