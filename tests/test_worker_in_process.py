@@ -467,21 +467,13 @@ def test_a_running_worker_takes_its_next_task_with_each_finish(harness: Harness)
     assert [p["task"] for p in harness.client.payloads] == [f"echo {i}" for i in ids]
 
 
-def paused_after_first_payload(harness: Harness) -> None:
-    def pause() -> None:
-        if len(harness.client.payloads) == 1:
-            set_pause(harness.workspace, True, by="ops", reason="maintenance")
-
-    harness.client.while_running = pause
-
-
 def test_a_pause_during_a_task_lets_it_finish_and_claims_nothing_with_it(
     workspace: Workspace,
 ) -> None:
     """The switch is read before every claim, the one made with a finish too."""
     harness = make_harness(workspace)
     echoes(harness, 2)
-    paused_after_first_payload(harness)
+    harness.client.while_running = lambda: set_pause(workspace, True, by="ops", reason="ops")
     assert run_until_drained(harness) == 0  # --once: a paused worker leaves
     assert harness.history("t0") == REVIEWED and harness.history("t1") == []
     waiting = harness.task("t1")

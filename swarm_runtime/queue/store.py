@@ -23,7 +23,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +32,6 @@ from pydantic import ValidationError
 from swarm_runtime.contract import (
     QueueDocument,
     QueueJournalRecord,
-    Status,
     Task,
     describe_validation_error,
     empty_queue,
@@ -52,10 +51,8 @@ from swarm_runtime.queue.transactions import (
     ClaimOutcome,
     QueueTransactions,
     claim_change,
-    fenced,
-    finish_change,
 )
-from swarm_runtime.queue.transition_events import Applier, Effect
+from swarm_runtime.queue.transition_events import Applier
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.failpoints import failpoint
 from swarm_runtime.store.private import open_for_reading
@@ -260,23 +257,11 @@ class QueueStore(QueueTransactions):
         self._version_before_claim = self.version()
         return super().claim(worker, lease_seconds)
 
-    def finish_and_claim(
-        self,
-        task_id: str,
-        worker: WorkerIdentity,
-        status: Status,
-        lease_seconds: float,
-        *,
-        events: Sequence[dict[str, Any]] = (),
-        effects: Sequence[Effect] = (),
-        **fields: Any,
+    def _finish_then_claim(
+        self, task_id: str, finish: Change[Task], worker: WorkerIdentity, lease_seconds: float
     ) -> tuple[Task, ClaimOutcome]:
         """One transaction where a finish and the next claim took two: one lock, one
-        journal record, one fsync (the claim's, which the finish shared already). A
-        finish refused for a lost lease claims nothing."""
-        finish = fenced(
-            task_id, worker, events, finish_change(task_id, worker, status, **fields), effects
-        )
+        journal record, one fsync (the claim's, which the finish shared already)."""
         claim = claim_change(worker, lease_seconds)
         self._version_before_claim = self.version()
         return self._transaction(lambda state, now: (finish(state, now), claim(state, now)))

@@ -137,9 +137,18 @@ class QueueTransactions(ABC):
         effects: Sequence[Effect] = (),
         **fields: Any,
     ) -> tuple[Task, ClaimOutcome]:
-        """`finish`, then the worker's next `claim`. Here two transactions; a store whose
-        every transaction takes the same lock (the file store) runs them as one."""
-        finished = self.finish(task_id, worker, status, events=events, effects=effects, **fields)
+        """`finish`, then the worker's next `claim`, committed as one where the store can
+        (`_finish_then_claim`). A finish refused for a lost lease claims nothing."""
+        change = finish_change(task_id, worker, status, **fields)
+        finish = fenced(task_id, worker, events, change, effects)
+        return self._finish_then_claim(task_id, finish, worker, lease_seconds)
+
+    def _finish_then_claim(
+        self, task_id: str, finish: Change[Task], worker: WorkerIdentity, lease_seconds: float
+    ) -> tuple[Task, ClaimOutcome]:
+        """Two transactions, as `finish` and `claim` make them (the claim's fsync covers
+        the finish); a store whose every transaction takes the same lock runs them as one."""
+        finished = self._task_transaction(task_id, durable_with_the_next(finish))
         return finished, self.claim(worker, lease_seconds)
 
     def record_execution(
