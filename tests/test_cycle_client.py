@@ -100,6 +100,30 @@ def test_a_connection_is_proven_once_and_then_kept(api: ScriptedApi) -> None:
     assert api.challenges == 1 and len(api.seen) == 5
 
 
+def test_a_request_sent_ahead_is_answered_beside_another_and_connections_are_kept(
+    api: ScriptedApi,
+) -> None:
+    """A worker sends its next task and may make a review's call before reading the
+    first answer: each request in flight has a connection of its own, proven once."""
+    api.script = [OK] * 4
+    sender = client()
+    ahead = sender.begin(api.url, {"task": "echo ahead"}, read_timeout=5)
+    assert sender.dispatch(api.url, {"prompt": "review"}, read_timeout=5).response is not None
+    assert ahead.result().response is not None
+    assert sender.dispatch(api.url, {}, read_timeout=5).response is not None
+    assert sender.dispatch(api.url, {}, read_timeout=5).response is not None
+    assert api.challenges == 2 and len(api.seen) == 4
+
+
+def test_a_request_sent_ahead_to_a_dead_api_fails_when_its_answer_is_read() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+    pending = client(retries=1).begin(f"http://127.0.0.1:{port}", {}, read_timeout=5)
+    result = pending.result()
+    assert result.response is None and result.attempts == 2 and len(delays) == 1
+    assert "cannot connect to the execution API" in (result.error or "")
+
+
 @pytest.mark.parametrize(
     "impostor, refusal",
     [

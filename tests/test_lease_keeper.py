@@ -96,3 +96,18 @@ def test_the_thread_ends_when_the_worker_has_no_task_for_an_interval() -> None:
     with keeper.keep("b"):  # a new thread takes up the next task
         renewals.wait_for(2)
     assert renewals.renewed[-1] == "b"
+
+
+def test_two_tasks_held_at_once_are_each_renewed_until_let_go() -> None:
+    """A task claimed ahead is held while the one before it is reviewed."""
+    renewals = Renewals()
+    keeper = LeaseKeeper(renewals, INTERVAL, 1.0)
+    with keeper.keep("a"):
+        keeper.hold("b")
+        renewals.wait_for(6)
+        assert {"a", "b"} <= set(renewals.renewed)
+    after = len(renewals.renewed)
+    renewals.wait_for(after + 2)
+    assert set(renewals.renewed[after:]) == {"b"}
+    keeper.release("b")
+    assert len(renewals.threads) == 1

@@ -25,7 +25,7 @@ from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.settings import Settings
 from swarm_runtime.store.pause import set_pause
 from swarm_runtime.store.state_files import Workspace
-from swarm_runtime.worker.cycle_client import Dispatch
+from swarm_runtime.worker.cycle_client import Dispatch, PendingDispatch
 from swarm_runtime.worker.loop import Worker
 
 ENDPOINT = "http://127.0.0.1:8420"
@@ -37,15 +37,32 @@ class Answer:
 
     dispatch: Dispatch
     retries: list[str] = field(default_factory=list)
+    raises: Exception | None = None
 
 
 @dataclass
 class ScriptedClient:
-    """Implements `CycleClient.dispatch`: records each payload, answers from `answers`."""
+    """Implements `CycleClient.begin` and `dispatch`: records each payload as it is sent
+    (and what `when_sent` returns then), answers from `answers` when the answer is read."""
 
     answers: list[Answer] = field(default_factory=list)
     payloads: list[dict[str, Any]] = field(default_factory=list)
     while_running: Callable[[], None] | None = None
+    when_sent: Callable[[dict[str, Any]], Any] | None = None
+    seen_when_sent: list[Any] = field(default_factory=list)
+
+    def begin(
+        self,
+        endpoint: str,
+        payload: dict[str, Any],
+        read_timeout: float,
+        on_retry: Callable[[int, str, float], Any] | None = None,
+    ) -> PendingDispatch:
+        assert endpoint == ENDPOINT and read_timeout > 0
+        self.payloads.append(payload)
+        if self.when_sent is not None:
+            self.seen_when_sent.append(self.when_sent(payload))
+        return PendingDispatch(lambda: self._answer(on_retry))
 
     def dispatch(
         self,
@@ -54,14 +71,17 @@ class ScriptedClient:
         read_timeout: float,
         on_retry: Callable[[int, str, float], Any] | None = None,
     ) -> Dispatch:
-        assert endpoint == ENDPOINT and read_timeout > 0
-        self.payloads.append(payload)
+        return self.begin(endpoint, payload, read_timeout, on_retry).result()
+
+    def _answer(self, on_retry: Callable[[int, str, float], Any] | None) -> Dispatch:
         if self.while_running is not None:
             self.while_running()
         answer = self.answers.pop(0)
         for attempt, error in enumerate(answer.retries, start=1):
             if on_retry is not None:
                 on_retry(attempt, error, 0.0)
+        if answer.raises is not None:
+            raise answer.raises
         return answer.dispatch
 
 
@@ -442,7 +462,7 @@ def test_a_commit_whose_own_answer_is_lost_reaches_the_hosts_log_once(
         assert harness.history("doubt") == REVIEWED
 
 
-# --- the loop: each finish commits the next claim --------------------------------------
+# --- the loop: each execution record (or finish) commits the next claim ---------------
 
 
 def run_until_drained(harness: Harness, stop: threading.Event | None = None) -> int:
@@ -457,14 +477,58 @@ def echoes(harness: Harness, count: int) -> list[str]:
     return ids
 
 
-def test_a_running_worker_takes_its_next_task_with_each_finish(harness: Harness) -> None:
-    """The finish and the next claim are one commit (two transactions on the database):
-    the log reads as before, each task whole before the next starts, each run once."""
+def test_a_running_worker_starts_its_next_task_while_it_reviews_the_last(
+    harness: Harness,
+) -> None:
+    """The execution record and the next claim are one commit (two transactions on the
+    database); the next task is sent to the API before the last one's review commits.
+    Each task's own events keep their order, and each task runs once."""
     ids = echoes(harness, 3)
     assert run_until_drained(harness) == 0
     logged = [(e["task_id"], e["status"]) for e in read_events(harness.workspace)]
-    assert logged == [(task_id, status) for task_id in ids for status in REVIEWED]
+    assert logged == [
+        *[("t0", "in_progress"), ("t0", "completed"), ("t1", "in_progress")],
+        *[("t0", "pending_review"), ("t0", "approved"), ("t1", "completed")],
+        *[("t2", "in_progress"), ("t1", "pending_review"), ("t1", "approved")],
+        *[("t2", "completed"), ("t2", "pending_review"), ("t2", "approved")],
+    ]
     assert [p["task"] for p in harness.client.payloads] == [f"echo {i}" for i in ids]
+
+
+def test_the_next_tasks_request_is_under_way_while_the_last_is_reviewed(
+    harness: Harness,
+) -> None:
+    """t1 is sent before t0's review commits, and its answer is read after."""
+    echoes(harness, 2)
+    harness.client.when_sent = lambda payload: (payload["task"], harness.history("t0"))
+    assert run_until_drained(harness) == 0
+    assert harness.client.seen_when_sent == [
+        ("echo t0", ["in_progress"]),
+        ("echo t1", ["in_progress", "completed"]),
+    ]
+    assert harness.history("t0") == REVIEWED and harness.history("t1") == REVIEWED
+
+
+def test_a_task_whose_answer_breaks_after_it_was_sent_ahead_fails_alone(
+    harness: Harness,
+) -> None:
+    ids = echoes(harness, 3)
+    broken = RuntimeError("the connection broke")
+    harness.client.answers.insert(1, Answer(Dispatch(None), raises=broken))  # t1's call
+    assert run_until_drained(harness) == 0
+    assert harness.history("t0") == REVIEWED and harness.history("t2") == REVIEWED
+    assert harness.history("t1") == ["in_progress", "failed"]
+    (failed,) = [e for e in read_events(harness.workspace) if e["status"] == "failed"]
+    assert failed["task_id"] == "t1" and "the connection broke" in failed["errors"]
+    assert [p["task"] for p in harness.client.payloads] == [f"echo {i}" for i in ids]
+
+
+def test_with_review_off_each_finish_takes_the_next_task(workspace: Workspace) -> None:
+    harness = make_harness(workspace, review=False)
+    echoes(harness, 3)
+    assert run_until_drained(harness) == 0
+    logged = [(e["task_id"], e["status"]) for e in read_events(harness.workspace)]
+    assert logged == [(i, s) for i in ("t0", "t1", "t2") for s in ("in_progress", "completed")]
 
 
 def test_a_pause_during_a_task_lets_it_finish_and_claims_nothing_with_it(
@@ -493,22 +557,33 @@ def test_a_stop_during_a_task_lets_it_finish_and_claims_nothing_with_it(
     assert (waiting.status, waiting.lease) == (Status.PENDING, None)
 
 
-def test_a_task_claimed_with_a_finish_runs_though_a_pause_came_after_its_claim(
-    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("review", "claiming_step", "history"),
+    [
+        (True, "record_execution_and_claim", REVIEWED),
+        (False, "finish_and_claim", ["in_progress", "completed"]),
+    ],
+)
+def test_a_task_claimed_ahead_runs_though_a_pause_came_after_its_claim(
+    workspace: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    review: bool,
+    claiming_step: str,
+    history: list[str],
 ) -> None:
     """Leased to this worker, it is in hand: left alone it would wait out its lease."""
-    harness = make_harness(workspace)
+    harness = make_harness(workspace, review=review)
     echoes(harness, 3)
     store = harness.worker.store
-    finish_and_claim = store.finish_and_claim
+    step_and_claim = getattr(store, claiming_step)
 
     def then_pause(*args: Any, **kwargs: Any) -> Any:
-        made = finish_and_claim(*args, **kwargs)
+        made = step_and_claim(*args, **kwargs)
         set_pause(workspace, True, by="ops", reason="maintenance")
         return made
 
-    monkeypatch.setattr(store, "finish_and_claim", then_pause)
+    monkeypatch.setattr(store, claiming_step, then_pause)
     assert run_until_drained(harness) == 0
-    assert harness.history("t0") == REVIEWED and harness.history("t1") == REVIEWED
+    assert harness.history("t0") == history and harness.history("t1") == history
     assert harness.history("t2") == []
     assert harness.task("t2").lease is None

@@ -75,6 +75,20 @@ class TaskQueue(Protocol):
         """`finish`, then `claim` for the same worker, committed as one where the store can."""
         ...
 
+    def record_execution_and_claim(
+        self,
+        task_id: str,
+        worker: WorkerIdentity,
+        execution: ExecutionRecord,
+        lease_seconds: float,
+        *,
+        events: Sequence[dict[str, Any]] = (),
+        **fields: Any,
+    ) -> tuple[Task, ClaimOutcome]:
+        """`record_execution`, then `claim` for the same worker, committed as one where
+        the store can."""
+        ...
+
     def plan(
         self,
         parent_id: str,

@@ -257,14 +257,14 @@ class QueueStore(QueueTransactions):
         self._version_before_claim = self.version()
         return super().claim(worker, lease_seconds)
 
-    def _finish_then_claim(
-        self, task_id: str, finish: Change[Task], worker: WorkerIdentity, lease_seconds: float
+    def _then_claim(
+        self, task_id: str, step: Change[Task], worker: WorkerIdentity, lease_seconds: float
     ) -> tuple[Task, ClaimOutcome]:
-        """One transaction where a finish and the next claim took two: one lock, one
-        journal record, one fsync (the claim's, which the finish shared already)."""
+        """One transaction where a task's step and the next claim took two: one lock, one
+        journal record, one fsync (the claim's, which the step shared already)."""
         claim = claim_change(worker, lease_seconds)
         self._version_before_claim = self.version()
-        return self._transaction(lambda state, now: (finish(state, now), claim(state, now)))
+        return self._transaction(lambda state, now: (step(state, now), claim(state, now)))
 
     def wait_for_change(self, timeout: float, stop: threading.Event) -> None:
         """Look at queue.json's version every WAKE_CHECK_SECONDS: a change wakes the

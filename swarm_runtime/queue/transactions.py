@@ -138,18 +138,35 @@ class QueueTransactions(ABC):
         **fields: Any,
     ) -> tuple[Task, ClaimOutcome]:
         """`finish`, then the worker's next `claim`, committed as one where the store can
-        (`_finish_then_claim`). A finish refused for a lost lease claims nothing."""
+        (`_then_claim`). A finish refused for a lost lease claims nothing."""
         change = finish_change(task_id, worker, status, **fields)
         finish = fenced(task_id, worker, events, change, effects)
-        return self._finish_then_claim(task_id, finish, worker, lease_seconds)
+        return self._then_claim(task_id, finish, worker, lease_seconds)
 
-    def _finish_then_claim(
-        self, task_id: str, finish: Change[Task], worker: WorkerIdentity, lease_seconds: float
+    def record_execution_and_claim(
+        self,
+        task_id: str,
+        worker: WorkerIdentity,
+        execution: ExecutionRecord,
+        lease_seconds: float,
+        *,
+        events: Sequence[dict[str, Any]] = (),
+        **fields: Any,
     ) -> tuple[Task, ClaimOutcome]:
-        """Two transactions, as `finish` and `claim` make them (the claim's fsync covers
-        the finish); a store whose every transaction takes the same lock runs them as one."""
-        finished = self._task_transaction(task_id, durable_with_the_next(finish))
-        return finished, self.claim(worker, lease_seconds)
+        """`record_execution`, then the worker's next `claim`, committed as one where the
+        store can (`_then_claim`): the next task then runs while this one is reviewed. A
+        record refused for a lost lease claims nothing."""
+        change = execution_change(task_id, worker, execution, **fields)
+        recorded = fenced(task_id, worker, events, change)
+        return self._then_claim(task_id, recorded, worker, lease_seconds)
+
+    def _then_claim(
+        self, task_id: str, step: Change[Task], worker: WorkerIdentity, lease_seconds: float
+    ) -> tuple[Task, ClaimOutcome]:
+        """Two transactions, the task's `step` and then `claim` (the claim's fsync covers
+        the step); a store whose every transaction takes the same lock runs them as one."""
+        stepped = self._task_transaction(task_id, durable_with_the_next(step))
+        return stepped, self.claim(worker, lease_seconds)
 
     def record_execution(
         self,

@@ -7,9 +7,11 @@ for http.client, and about as much in latency. The loopback hop needs nothing re
 adds: proxies and .netrc are refused on purpose, redirects are never followed, and
 there are no cookies and no authentication but the token header.
 
-A connection is kept per endpoint and proven when it is opened (`Proving`). One that
-the server closed while it sat idle is seen to be readable before it is used, and
-replaced, as urllib3 does; a request is never sent twice by this module.
+Connections are kept per endpoint, as many as requests were in flight at once (a
+worker sends its next task while it reviews the last, and a review may make a call of
+its own), and each is proven when it is opened (`Proving`). One that the server closed
+while it sat idle is seen to be readable before it is used, and replaced, as urllib3
+does; a request is never sent twice by this module.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import http.client
 import json
 import select
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -78,14 +81,17 @@ def proven_connection(
     return make(host, port, token, workspace)
 
 
+Endpoint = tuple[str, str, int | None]  # scheme, host, port
+
+
 class LoopbackPoster:
-    """POSTs JSON to endpoints that `web.loopback.loopback_url` has checked; one kept
-    connection per endpoint. Thread-safe: one call at a time."""
+    """POSTs JSON to endpoints that `web.loopback.loopback_url` has checked, over kept
+    connections. Thread-safe: each request in flight has a connection to itself."""
 
     def __init__(self, token: str, workspace: str):
         self._token = token
         self._workspace = workspace
-        self._connections: dict[tuple[str, str, int | None], http.client.HTTPConnection] = {}
+        self._idle: dict[Endpoint, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
 
     def post(
@@ -99,23 +105,61 @@ class LoopbackPoster:
     ) -> Reply:
         """The server's answer to `payload` as JSON; ConnectionLost, AnswerTimedOut or
         ServerNotProven (nothing sent) when there is none."""
+        return self.send(
+            url, payload, headers, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )()
+
+    def send(
+        self,
+        url: str,
+        payload: Any,
+        headers: Mapping[str, str],
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> Callable[[], Reply]:
+        """Send `payload` now; the call returned reads the answer (`post`), so that the
+        caller can work while the server does. ServerNotProven or ConnectionLost when the
+        connection cannot be had (nothing sent); the answer's errors come from the call."""
         body = json.dumps(payload, allow_nan=False).encode("utf-8")
         sent = {"Content-Type": "application/json", **headers}
         parts = urlsplit(url)
-        with self._lock:
-            connection = self._connection(parts.scheme, parts.hostname or "", parts.port)
-            self._open(connection, connect_timeout)
-            return self._exchange(connection, parts.path or "/", body, sent, read_timeout)
+        endpoint = (parts.scheme, parts.hostname or "", parts.port)
+        connection = self._connection(endpoint)
+        self._open(connection, connect_timeout)
+        try:
+            answer = self._request(connection, parts.path or "/", body, sent, read_timeout)
+        except BaseException:
+            self._put_back(endpoint, connection)
+            raise
+        return lambda: self._answer(endpoint, connection, answer)
 
-    def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
-        key = (scheme, host, port)
-        connection = self._connections.get(key)
+    def _connection(self, endpoint: Endpoint) -> http.client.HTTPConnection:
+        """An idle kept connection to `endpoint` (one the server closed is closed here
+        too, to be opened again), else a new one."""
+        with self._lock:
+            idle = self._idle.get(endpoint)
+            connection = idle.pop() if idle else None
         if connection is None:
-            connection = proven_connection(scheme, host, port, self._token, self._workspace)
-            self._connections[key] = connection
-        elif connection.sock is not None and closed_by_peer(connection.sock):
+            return proven_connection(*endpoint, self._token, self._workspace)
+        if connection.sock is not None and closed_by_peer(connection.sock):
             connection.close()
         return connection
+
+    def _put_back(self, endpoint: Endpoint, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._idle.setdefault(endpoint, []).append(connection)
+
+    def _answer(
+        self,
+        endpoint: Endpoint,
+        connection: http.client.HTTPConnection,
+        answer: Callable[[], Reply],
+    ) -> Reply:
+        try:
+            return answer()
+        finally:
+            self._put_back(endpoint, connection)
 
     @staticmethod
     def _open(connection: http.client.HTTPConnection, timeout: float) -> None:
@@ -129,27 +173,42 @@ class LoopbackPoster:
             raise ConnectionLost(exc) from exc
 
     @staticmethod
-    def _exchange(
+    def _request(
         connection: http.client.HTTPConnection,
         path: str,
         body: bytes,
         headers: Mapping[str, str],
         read_timeout: float,
-    ) -> Reply:
+    ) -> Callable[[], Reply]:
+        """Send the request; the call returned reads its answer whole. A connection that
+        fails either way is closed (and opened again by its next request)."""
         connection.sock.settimeout(read_timeout)
-        try:
+        with _closed_on_failure(connection):
             connection.request("POST", path, body=body, headers=headers)
-            answer = connection.getresponse()
-            reply = Reply(answer.status, answer.headers, answer.read())
-        except TimeoutError as exc:
-            connection.close()
-            raise AnswerTimedOut() from exc
-        except (OSError, http.client.HTTPException) as exc:
-            connection.close()
-            raise ConnectionLost(exc) from exc
-        if answer.will_close:
-            connection.close()
-        return reply
+
+        def read() -> Reply:
+            with _closed_on_failure(connection):
+                answer = connection.getresponse()
+                reply = Reply(answer.status, answer.headers, answer.read())
+            if answer.will_close:
+                connection.close()
+            return reply
+
+        return read
+
+
+@contextmanager
+def _closed_on_failure(connection: http.client.HTTPConnection) -> Iterator[None]:
+    """The poster's errors for the connection's: AnswerTimedOut for a read timeout,
+    ConnectionLost for the rest; either closes the connection."""
+    try:
+        yield
+    except TimeoutError as exc:
+        connection.close()
+        raise AnswerTimedOut() from exc
+    except (OSError, http.client.HTTPException) as exc:
+        connection.close()
+        raise ConnectionLost(exc) from exc
 
 
 def closed_by_peer(sock: Any) -> bool:

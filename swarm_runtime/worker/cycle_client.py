@@ -1,4 +1,7 @@
-"""The worker's HTTP client for `POST /cycle`, with bounded retries on transient failures."""
+"""The worker's HTTP client for `POST /cycle`, with bounded retries on transient failures.
+
+A request can be sent before its answer is wanted (`begin`): the worker sends its next
+task to swarm.py and reviews the last one while swarm.py runs it."""
 
 from __future__ import annotations
 
@@ -41,6 +44,17 @@ class EndpointRefused(ValueError):
     """The queue names an API endpoint the worker must not send the token to."""
 
 
+# Reads the answer of a request already sent: a Reply, or the poster's error.
+Receive = Callable[[], Reply]
+
+
+@dataclass(frozen=True)
+class PendingDispatch:
+    """A request on its way: `result()` reads its answer, retrying as `dispatch` does."""
+
+    result: Callable[[], Dispatch]
+
+
 class CycleClient:
     """Sends tasks to the execution API of one workspace: every connection it opens first
     makes the server prove it holds the token and serves that workspace."""
@@ -69,15 +83,37 @@ class CycleClient:
 
         `on_retry(attempt, error, delay)` hears of each failed attempt before its retry,
         so a caller can make a dying API visible while the retries are still under way."""
+        return self.begin(endpoint, payload, read_timeout, on_retry).result()
+
+    def begin(
+        self,
+        endpoint: str,
+        payload: dict[str, Any],
+        read_timeout: float,
+        on_retry: Callable[[int, str, float], Any] | None = None,
+    ) -> PendingDispatch:
+        """`dispatch`, its first attempt sent now and its answer read (and any retry made)
+        by `result()`. EndpointRefused, at once, for an endpoint that is not loopback."""
         checked = loopback_url(endpoint)
         if checked is None:
             raise EndpointRefused(
                 f"API endpoint must be loopback-only (127.0.0.0/8, ::1, localhost): {endpoint!r}"
             )
         url = checked.rstrip("/") + "/cycle"
+        sent = self._send(url, payload, read_timeout)
+        return PendingDispatch(lambda: self._answer(url, payload, read_timeout, on_retry, sent))
+
+    def _answer(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        read_timeout: float,
+        on_retry: Callable[[int, str, float], Any] | None,
+        sent: Receive,
+    ) -> Dispatch:
         last = Dispatch(None, "no attempt made")
         for attempt in range(1, self._retries + 2):
-            last, delay = self._attempt(url, payload, read_timeout, attempt)
+            last, delay = self._attempt(url, sent, read_timeout, attempt)
             if delay is None or attempt > self._retries:
                 return last
             log.warning(
@@ -86,20 +122,29 @@ class CycleClient:
             if on_retry is not None:
                 on_retry(attempt, last.error or "", delay)
             self._sleep(delay)
+            sent = self._send(url, payload, read_timeout)
         return last
 
-    def _attempt(
-        self, url: str, payload: dict[str, Any], read_timeout: float, attempt: int
-    ) -> tuple[Dispatch, float | None]:
-        """One POST; the second value is the delay before a retry, or None for a final answer."""
+    def _send(self, url: str, payload: dict[str, Any], read_timeout: float) -> Receive:
+        """One attempt's request, sent; a failure to send is raised when its answer is read."""
         try:
-            reply = self._poster.post(  # a redirect is an answer: the token never follows it
+            return self._poster.send(  # a redirect is an answer: the token never follows it
                 url,
                 payload,
                 {TOKEN_HEADER: self._token},
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 read_timeout=read_timeout,
             )
+        except (ServerNotProven, ConnectionLost) as exc:
+            return _raising(exc)
+
+    def _attempt(
+        self, url: str, sent: Receive, read_timeout: float, attempt: int
+    ) -> tuple[Dispatch, float | None]:
+        """One attempt's answer; the second value is the delay before a retry, or None for
+        a final answer."""
+        try:
+            reply = sent()
         except ServerNotProven as exc:
             return Dispatch(None, str(exc), attempts=attempt), None
         except ConnectionLost as exc:
@@ -109,6 +154,13 @@ class CycleClient:
             error = f"the execution API did not answer within {read_timeout:.0f}s"
             return Dispatch(None, error, attempts=attempt), None
         return interpret(reply, attempt)
+
+
+def _raising(exc: Exception) -> Receive:
+    def receive() -> Reply:
+        raise exc
+
+    return receive
 
 
 def interpret(reply: Reply, attempt: int) -> tuple[Dispatch, float | None]:

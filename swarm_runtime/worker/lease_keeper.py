@@ -1,18 +1,23 @@
-"""Renewing the lease of the task in hand, from one thread that outlives the tasks.
+"""Renewing the leases of the tasks in hand, from one thread that outlives the tasks.
 
 A thread started for each task and joined after it cost every task a thread's start and
 join: two hand-offs between threads, each a wait for the scheduler on a busy machine.
 One thread now serves task after task, and stops by itself once the worker has had no
 task for a renewal interval (so a worker object that is dropped leaves no thread).
 
-When `keep` ends, no renewal of that task is under way or will start: a renewal runs
+A worker holds two tasks at a time while the one it claimed ahead runs during the
+review of the one before it; each is renewed on its own schedule.
+
+When a task is let go, no renewal of it is under way or will start: a renewal runs
 holding the keeper's lock, and the task is let go under the same lock.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -28,47 +33,54 @@ class LeaseKeeper:
         self._interval = interval
         self._retry = min(interval, retry_after_error)
         self._changed = threading.Condition()
-        self._task_id: str | None = None
-        self._generation = 0
+        # When each held task's next renewal is due (monotonic); inf once it is lost.
+        self._due: dict[str, float] = {}
         self._thread: threading.Thread | None = None
 
     @contextmanager
     def keep(self, task_id: str) -> Iterator[None]:
         """Renew `task_id`'s lease every interval while the block runs."""
+        self.hold(task_id)
+        try:
+            yield
+        finally:
+            self.release(task_id)
+
+    def hold(self, task_id: str) -> None:
+        """Renew `task_id`'s lease every interval from now until `release`."""
         with self._changed:
-            self._task_id = task_id
-            self._generation += 1
+            self._due[task_id] = time.monotonic() + self._interval
             self._changed.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="lease", daemon=True)
                 self._thread.start()
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._task_id = None
-                self._generation += 1
-                self._changed.notify()
+
+    def release(self, task_id: str) -> None:
+        with self._changed:
+            self._due.pop(task_id, None)
+            self._changed.notify()
 
     def _serve(self) -> None:
         with self._changed:
-            while self._changed.wait_for(self._has_task, timeout=self._interval):
-                self._keep_current()
+            while self._changed.wait_for(self._holds_any, timeout=self._interval):
+                self._changed.wait(timeout=self._until_next())
+                self._renew_due()
             self._thread = None
 
-    def _has_task(self) -> bool:
-        return self._task_id is not None
+    def _holds_any(self) -> bool:
+        return bool(self._due)
 
-    def _keep_current(self) -> None:
-        """Renew the current task each interval until it is let go (the lock is held,
-        except while waiting)."""
-        task_id, generation = self._task_id, self._generation
-        assert task_id is not None
-        wait: float | None = self._interval
-        while not self._changed.wait_for(lambda: self._generation != generation, timeout=wait):
-            wait = self._renew_once(task_id)
-            if wait is None:
-                self._changed.wait_for(lambda: self._generation != generation)
+    def _until_next(self) -> float | None:
+        """The wait until the next renewal is due; None while none will be."""
+        soonest = min(self._due.values(), default=math.inf)
+        return None if soonest == math.inf else max(0.0, soonest - time.monotonic())
+
+    def _renew_due(self) -> None:
+        """Renew each held task whose renewal is due (the lock is held)."""
+        for task_id, due in list(self._due.items()):
+            if due <= time.monotonic():
+                wait = self._renew_once(task_id)
+                self._due[task_id] = math.inf if wait is None else time.monotonic() + wait
 
     def _renew_once(self, task_id: str) -> float | None:
         """The wait before the next renewal; None once the lease is lost."""

@@ -66,6 +66,7 @@ from swarm_runtime.phases.critic import (
     review_record,
 )
 from swarm_runtime.phases.decomposition import (
+    GutCheck,
     break_into_features,
     gut_check,
     plan_decomposition,
@@ -82,6 +83,7 @@ from swarm_runtime.queue.endpoint import endpoint_for
 from swarm_runtime.queue.interface import TaskQueue
 from swarm_runtime.queue.leases import owned_by
 from swarm_runtime.queue.presence import PresenceBeacon
+from swarm_runtime.queue.rules import awaits_review
 from swarm_runtime.queue.select import store_for
 from swarm_runtime.queue.store import ClaimOutcome, WorkerIdentity
 from swarm_runtime.queue.transition_events import Effect, EffectResult, Outstanding
@@ -129,6 +131,24 @@ class Outcome:
         return self.fields.get("errors")
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request that passed its preflight, ready to send."""
+
+    request: CycleRequest
+    report: dict[str, Any]
+    route_fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Running:
+    """A task claimed ahead whose request went to the API during the last review;
+    `outcome()` reads its answer."""
+
+    task: Task
+    outcome: Callable[[], Outcome]
+
+
 @dataclass
 class Progress:
     """How far the task in hand got: once `execution` is set it must never run again."""
@@ -169,6 +189,8 @@ class Worker:
         # stop, without which (a step or task run on its own) no finish claims ahead.
         self._ahead: ClaimOutcome | None = None
         self._stop: threading.Event | None = None
+        # The task claimed ahead, already sent to the API during the last review.
+        self._running: Running | None = None
         self.configured_endpoint = configured_endpoint(settings)
         renew_every = settings.lease_seconds / 3
         self.lease_keeper = LeaseKeeper(self._renew_lease, renew_every, RENEW_RETRY_SECONDS)
@@ -324,12 +346,17 @@ class Worker:
             log.info("task %s: resuming its review; the execution is on record", task.id)
             progress.execution = task.execution
             return self.review(task, task.execution, endpoint)
-        log.info("task %s started (attempt %d)", task.id, task.attempts)
-        if self.plan(task):
-            return Outcome(Status.QUEUED)
-        task = progress.task = with_intent(task)
+        running, self._running = self._running, None
+        if running is not None and running.task.id == task.id:
+            task = progress.task = running.task
+            outcome = running.outcome()
+        else:
+            log.info("task %s started (attempt %d)", task.id, task.attempts)
+            if self.plan(task):
+                return Outcome(Status.QUEUED)
+            task = progress.task = with_intent(task)
+            outcome = self.execute(task, endpoint)
         intent: dict[str, Any] = {"phase4_intent": task.phase4_intent}
-        outcome = self.execute(task, endpoint)
         outcome.fields.setdefault("started_at", progress.started_at)
         outcome.fields["completed_at"] = iso(utc_now())
         event = self._outcome_event(task, outcome)
@@ -340,12 +367,11 @@ class Worker:
         progress.task = self._transition(
             task,
             [event],
-            lambda: self.store.record_execution(
-                task.id, self.identity, execution, events=[event], **intent
-            ),
+            lambda: self._commit_record(task.id, execution, [event], intent),
             lambda stored: stored.execution == execution and owned_by(stored, self.identity),
         )
         progress.execution = execution
+        self._start_ahead()
         return self.review(progress.task, execution, endpoint)
 
     def _outcome_event(self, task: Task, outcome: Outcome) -> dict[str, Any]:
@@ -394,15 +420,14 @@ class Worker:
         fields: dict[str, Any],
     ) -> Task:
         """The finish, committed with the worker's next claim while it goes on working
-        (not stopping; the pause switch read, as before every claim): one transaction
-        and one fsync where two took two. A paused or stopping worker claims nothing."""
-        if self._stop is None or self._stop.is_set() or self.paused():
+        and holds no task claimed ahead: one transaction and one fsync where two took
+        two. A paused or stopping worker claims nothing."""
+        if self._holds_next() or not self._goes_on():
             return self.store.finish(
                 task_id, self.identity, status, events=events, effects=effects, **fields
             )
-        self._claim_in_doubt = True
-        try:
-            finished, self._ahead = self.store.finish_and_claim(
+        return self._with_claim(
+            lambda: self.store.finish_and_claim(
                 task_id,
                 self.identity,
                 status,
@@ -411,11 +436,48 @@ class Worker:
                 effects=effects,
                 **fields,
             )
-        except LeaseLostError:  # refused whole: nothing was claimed
+        )
+
+    def _commit_record(
+        self,
+        task_id: str,
+        execution: ExecutionRecord,
+        events: list[dict[str, Any]],
+        fields: dict[str, Any],
+    ) -> Task:
+        """The execution, committed with the worker's next claim while it goes on
+        working, so that the next task runs while this one is reviewed."""
+        if not self._goes_on():
+            return self.store.record_execution(
+                task_id, self.identity, execution, events=events, **fields
+            )
+        return self._with_claim(
+            lambda: self.store.record_execution_and_claim(
+                task_id,
+                self.identity,
+                execution,
+                self.settings.lease_seconds,
+                events=events,
+                **fields,
+            )
+        )
+
+    def _goes_on(self) -> bool:
+        """Claims ahead are for a worker running its loop, not stopping, not paused (the
+        switch is read before this claim as before any other)."""
+        return self._stop is not None and not self._stop.is_set() and not self.paused()
+
+    def _with_claim(self, commit: Callable[[], tuple[Task, ClaimOutcome]]) -> Task:
+        """A step committed with the next claim; until it is answered the claim is in
+        doubt (`_claim`). A step refused whole for a lost lease claimed nothing."""
+        self._claim_in_doubt = True
+        try:
+            stepped, self._ahead = commit()
+        except LeaseLostError:
             self._claim_in_doubt = False
             raise
         self._claim_in_doubt = False
-        return finished
+        return stepped
 
     def _transition(
         self,
@@ -483,23 +545,52 @@ class Worker:
 
     def plan(self, task: Task) -> bool:
         """Split a complex prompt into dependent subtasks; the parent then waits for them."""
-        if task.effective_mode != Mode.LLM or not task.prompt:
+        planning = planning_for(task)
+        if planning is None:
             return False
-        check = gut_check(task.prompt)
-        features = break_into_features(task.prompt, task.max_subtasks)
-        wanted, reason = should_plan(task, check, features)
-        if not wanted:
-            return False
+        check, features, reason = planning
         plan = plan_decomposition(task, intent_from_task(task), check, features)
         event = self.events.build(task.id, Status.QUEUED, PlanEvent, **plan_event_fields(plan))
         self.store.plan(task.id, self.identity, plan.subtasks, plan.parent_updates, events=[event])
         log.info("task %s split into %s (%s)", task.id, ", ".join(plan.subtask_ids), reason)
         return True
 
+    # --- the task claimed ahead ----------------------------------------------------------
+
+    def _start_ahead(self) -> None:
+        """The task claimed with this one's execution record starts now, while this one
+        is reviewed: its lease kept from here, its request sent to the API, its answer
+        read in its turn. A task to plan or to review starts in its turn, as does one
+        whose start fails here, so that its error is its own, not this task's."""
+        claim = self._ahead
+        if claim is None or claim.task is None:
+            return
+        task = claim.task
+        self.lease_keeper.hold(task.id)
+        if awaits_review(task) or planning_for(task) is not None:
+            return
+        try:
+            self._running = self._send_ahead(with_intent(task), self.endpoint(claim.api_endpoint))
+        except Exception as exc:  # left to its own turn, which will meet it again
+            log.debug("task %s starts in its turn: %s", task.id, exc)
+
+    def _send_ahead(self, task: Task, endpoint: str) -> Running:
+        log.info("task %s started (attempt %d)", task.id, task.attempts)
+        prepared = self.prepare(task)
+        if isinstance(prepared, Outcome):
+            return Running(task, lambda: prepared)
+        return Running(task, self.send(task, prepared, endpoint))
+
     # --- execution -----------------------------------------------------------------------
 
     def execute(self, task: Task, endpoint: str) -> Outcome:
         """Compose, preflight the exact text that will run, then dispatch it."""
+        prepared = self.prepare(task)
+        return prepared if isinstance(prepared, Outcome) else self.send(task, prepared, endpoint)()
+
+    def prepare(self, task: Task) -> Prepared | Outcome:
+        """The request, composed and preflighted on the exact text that will run; or the
+        outcome that stops it here."""
         prompt, route_fields = self.compose(task)
         request = build_request(task, prompt)
         text = request.task if request.effective_mode == Mode.LOCAL else request.prompt
@@ -516,25 +607,35 @@ class Worker:
                     **route_fields,
                 },
             )
+        return Prepared(request, report, route_fields)
+
+    def send(self, task: Task, prepared: Prepared, endpoint: str) -> Callable[[], Outcome]:
+        """Send a preflighted request now; the call returned reads its outcome."""
+        request, report = prepared.request, prepared.report
         try:
-            dispatch = self.client.dispatch(
+            pending = self.client.begin(
                 endpoint,
                 request.model_dump(mode="json", exclude_none=True),
                 read_timeout=request.timeout + DISPATCH_GRACE_SECONDS,
                 on_retry=self._retry_reporter(task),
             )
         except EndpointRefused as exc:
-            return Outcome(
+            refused = Outcome(
                 Status.FAILED,
                 {
                     "errors": str(exc),
                     "safety_passed": True,
                     "safety_report": report,
-                    **route_fields,
+                    **prepared.route_fields,
                 },
             )
-        outcome = outcome_from_dispatch(dispatch, report)
-        outcome.fields.update(route_fields)
+            return lambda: refused
+
+        def outcome() -> Outcome:
+            answered = outcome_from_dispatch(pending.result(), report)
+            answered.fields.update(prepared.route_fields)
+            return answered
+
         return outcome
 
     def _retry_reporter(self, task: Task) -> Callable[[int, str, float], None]:
@@ -692,6 +793,17 @@ def stalled_message(exc: Exception) -> str:
     if isinstance(exc, QueueFileError):
         return f"{exc.path.name} is malformed and will not be touched: {exc}"
     return f"cannot write runtime state, claiming nothing until it can: {exc}"
+
+
+def planning_for(task: Task) -> tuple[GutCheck, list[str], str] | None:
+    """Phase 4's decision to split `task`, with what the split is made from and why;
+    None to run it whole."""
+    if task.effective_mode != Mode.LLM or not task.prompt:
+        return None
+    check = gut_check(task.prompt)
+    features = break_into_features(task.prompt, task.max_subtasks)
+    wanted, reason = should_plan(task, check, features)
+    return (check, features, reason) if wanted else None
 
 
 def build_request(task: Task, prompt: str | None = None) -> CycleRequest:
