@@ -39,9 +39,9 @@ NAME = "1 local task overhead"
 TARGET_OVERHEAD_MS = 20.0
 TARGET_TASKS_PER_SECOND = 30.0
 # Counted by benchmark 10 (`store.durability`): one fsynced queue-journal append per
-# task, that of the transaction that commits its verdict with the worker's next claim,
-# which also covers its execution record (appended without an fsync of its own); the
-# fold's fsyncs, once a second, are shared by every task of that second.
+# task, that of the transaction that commits its execution record with the worker's
+# next claim, which also covers the verdict before it (appended without an fsync of its
+# own); the fold's fsyncs, once a second, are shared by every task of that second.
 FSYNCS_PER_TASK = 1
 
 

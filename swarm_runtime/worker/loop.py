@@ -18,8 +18,11 @@ execution is recorded before its review, so a crash during review resumes the re
 and never runs the task again. One task can never stop the worker: `Worker.process`
 is the single place that catches broadly; before the execution it records the
 failure, after it parks the task in pending_review (never approving by default).
-While the loop runs, a task's last transition also claims the worker's next task, in
-one commit (`Worker._commit_finish`).
+While the loop runs, a task's execution record (or, unreviewed, its last transition)
+also claims the worker's next task, in one commit (`Worker._commit_record`,
+`Worker._commit_finish`). A task claimed with an execution record is sent to swarm.py
+at once, and its answer read after the review before it (`Worker._start_ahead`): the
+review and swarm.py's run of the next task overlap.
 """
 
 from __future__ import annotations
@@ -185,8 +188,8 @@ class Worker:
         self.beacon = PresenceBeacon(workspace, identity, self.documents.database)
         self.commit_backoff = COMMIT_BACKOFF_SECONDS
         self._claim_in_doubt = False
-        # The claim committed with the last finish, for the next step; and the loop's
-        # stop, without which (a step or task run on its own) no finish claims ahead.
+        # The claim committed with the last task's step, for the next step; and the
+        # loop's stop, without which (a step or task run on its own) nothing claims ahead.
         self._ahead: ClaimOutcome | None = None
         self._stop: threading.Event | None = None
         # The task claimed ahead, already sent to the API during the last review.
@@ -280,13 +283,13 @@ class Worker:
         return message is not None
 
     def _holds_next(self) -> bool:
-        """A task claimed with the last finish is run next, even if a pause or a stop
-        came after its claim: it is this worker's, as a task in hand is."""
+        """A task claimed with the last task's step is run next, even if a pause or a
+        stop came after its claim: it is this worker's, as a task in hand is."""
         return self._ahead is not None and self._ahead.task is not None
 
     def step(self) -> ClaimOutcome:
-        """Claim one task (or take the one claimed with the last finish) and see it
-        through; reports what the claim found."""
+        """Claim one task (or take the one claimed with the last task's step) and see
+        it through; reports what the claim found."""
         claim, self._ahead = self._ahead or self._claim(), None
         self._report_cleanup(claim)
         if claim.task is not None:
