@@ -1,4 +1,4 @@
-"""JSON POSTed to a loopback server over a kept-alive, proven connection of the standard
+"""JSON POSTed to a loopback server over kept-alive, proven connections of the standard
 library's http.client: the worker's one call per task to its execution API.
 
 requests spent 0.65-0.75 ms of a worker's CPU on each such call (merging the session's
@@ -94,21 +94,6 @@ class LoopbackPoster:
         self._idle: dict[Endpoint, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
 
-    def post(
-        self,
-        url: str,
-        payload: Any,
-        headers: Mapping[str, str],
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-    ) -> Reply:
-        """The server's answer to `payload` as JSON; ConnectionLost, AnswerTimedOut or
-        ServerNotProven (nothing sent) when there is none."""
-        return self.send(
-            url, payload, headers, connect_timeout=connect_timeout, read_timeout=read_timeout
-        )()
-
     def send(
         self,
         url: str,
@@ -118,9 +103,10 @@ class LoopbackPoster:
         connect_timeout: float,
         read_timeout: float,
     ) -> Callable[[], Reply]:
-        """Send `payload` now; the call returned reads the answer (`post`), so that the
+        """Send `payload` now; the call returned reads the server's answer, so that the
         caller can work while the server does. ServerNotProven or ConnectionLost when the
-        connection cannot be had (nothing sent); the answer's errors come from the call."""
+        connection cannot be had (nothing sent); ConnectionLost or AnswerTimedOut from
+        the call when no answer comes."""
         body = json.dumps(payload, allow_nan=False).encode("utf-8")
         sent = {"Content-Type": "application/json", **headers}
         parts = urlsplit(url)
