@@ -114,11 +114,11 @@ class LoopbackPoster:
         connection = self._connection(endpoint)
         self._open(connection, connect_timeout)
         try:
-            answer = self._request(connection, parts.path or "/", body, sent, read_timeout)
+            self._request(connection, parts.path or "/", body, sent, read_timeout)
         except BaseException:
             self._put_back(endpoint, connection)
             raise
-        return lambda: self._answer(endpoint, connection, answer)
+        return lambda: self._answer(endpoint, connection)
 
     def _connection(self, endpoint: Endpoint) -> http.client.HTTPConnection:
         """An idle kept connection to `endpoint` (one the server closed is closed here
@@ -136,14 +136,16 @@ class LoopbackPoster:
         with self._lock:
             self._idle.setdefault(endpoint, []).append(connection)
 
-    def _answer(
-        self,
-        endpoint: Endpoint,
-        connection: http.client.HTTPConnection,
-        answer: Callable[[], Reply],
-    ) -> Reply:
+    def _answer(self, endpoint: Endpoint, connection: http.client.HTTPConnection) -> Reply:
+        """The answer, read whole; the connection is kept either way (one that failed is
+        closed, and opened again by its next request)."""
         try:
-            return answer()
+            with _closed_on_failure(connection):
+                answer = connection.getresponse()
+                reply = Reply(answer.status, answer.headers, answer.read())
+            if answer.will_close:
+                connection.close()
+            return reply
         finally:
             self._put_back(endpoint, connection)
 
@@ -165,22 +167,10 @@ class LoopbackPoster:
         body: bytes,
         headers: Mapping[str, str],
         read_timeout: float,
-    ) -> Callable[[], Reply]:
-        """Send the request; the call returned reads its answer whole. A connection that
-        fails either way is closed (and opened again by its next request)."""
+    ) -> None:
         connection.sock.settimeout(read_timeout)
         with _closed_on_failure(connection):
             connection.request("POST", path, body=body, headers=headers)
-
-        def read() -> Reply:
-            with _closed_on_failure(connection):
-                answer = connection.getresponse()
-                reply = Reply(answer.status, answer.headers, answer.read())
-            if answer.will_close:
-                connection.close()
-            return reply
-
-        return read
 
 
 @contextmanager
