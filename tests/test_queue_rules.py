@@ -28,7 +28,9 @@ from swarm_runtime.queue.rules import (
     outcome_of,
     propagate_failures,
     reclaim_dead_leases,
+    runnable_tasks,
     waiting_on_operator,
+    work_to_spare,
 )
 from swarm_runtime.queue.state import QueueState
 
@@ -225,6 +227,49 @@ def test_the_next_task_is_the_first_ready_one_in_file_order(
 ) -> None:
     found = next_runnable(state_of(*tasks, **extra), NOW)
     assert (found.id if found else None) == expected
+
+
+def held_by(worker_id: str, task_id: str) -> Task:
+    return running(task_id, lease=LEASE.model_copy(update={"worker_id": worker_id}))
+
+
+@pytest.mark.parametrize(
+    ("tasks", "spare"),
+    [
+        ([held_by("me", "a"), task("b")], True),
+        ([held_by("me", "a"), held_by("me", "b"), task("c")], True),
+        ([held_by("me", "a"), held_by("x", "b"), task("c")], False),
+        ([held_by("me", "a"), held_by("x", "b"), task("c"), task("d")], True),
+        ([held_by("x", "a"), held_by("y", "b"), task("c"), task("d")], False),
+        ([held_by("x", "a"), held_by("y", "b"), *(task(i) for i in "cde")], True),
+        ([held_by("me", "a"), held_by("x", "b"), task("c"), task("d", "pending", "c")], False),
+        ([held_by("me", "a"), held_by("x", "b"), task("c"), task("d", not_before=NOW + 9)], False),
+        ([held_by("me", "a")], False),
+    ],
+    ids=[
+        "alone",
+        "alone-with-two",
+        "one-other-one-task",
+        "one-other-two-tasks",
+        "two-others-two-tasks",
+        "two-others-three-tasks",
+        "a-dependent-is-not-runnable",
+        "a-task-not-due-is-not-runnable",
+        "nothing-runnable",
+    ],
+)
+def test_a_task_is_claimed_ahead_only_with_one_to_spare_for_each_other_worker(
+    tasks: list[Task], spare: bool
+) -> None:
+    """A worker with a task in flight claims one more only if, after it, every other
+    worker at work could still claim one at once."""
+    assert work_to_spare(state_of(*tasks), NOW, "me") is spare
+
+
+def test_the_runnable_tasks_begin_with_the_next_one() -> None:
+    state = state_of(task("a"), running("b"), task("c", "pending", "a"), task("d"))
+    assert [t.id for t in runnable_tasks(state, NOW)] == ["a", "d"]
+    assert next_runnable(state, NOW) == state.find("a")
 
 
 @pytest.mark.parametrize(

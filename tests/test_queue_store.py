@@ -455,3 +455,21 @@ def test_a_status_the_table_does_not_allow_is_refused(
     ):
         store.finish("a", ME, status)
     assert store.load().find("a").status == Status.IN_PROGRESS
+
+
+def test_a_claim_ahead_leaves_one_runnable_task_for_each_other_worker_at_work(
+    store: QueueStore,
+) -> None:
+    """`ahead`: the worker has a task in flight. Its step still commits when the claim
+    takes nothing, and a claim with nothing in flight is never held back."""
+    add_all(store, *({"id": task_id, "prompt": "p"} for task_id in "abcd"))
+    assert claim_id(store, ME) == "a" and claim_id(store, OTHER) == "b"
+    record = ExecutionRecord(attempt=1, status=Status.COMPLETED)
+    recorded, claim = store.record_execution_and_claim("a", ME, record, 30, ahead=True)
+    assert recorded.status == Status.PENDING_REVIEW
+    assert claim.task is not None and claim.task.id == "c"  # d is left for OTHER
+    finished, claim = store.finish_and_claim("a", ME, Status.APPROVED, 30, ahead=True)
+    assert finished.status == Status.APPROVED and claim.task is None and not claim.drained
+    assert store.load().find("d").status == Status.PENDING
+    _, claim = store.finish_and_claim("c", ME, Status.COMPLETED, 30)
+    assert claim.task is not None and claim.task.id == "d"

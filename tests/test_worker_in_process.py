@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from conftest import read_events, wait_until, write_queue
 from swarm_runtime.contract import CycleResponse, Status, Task
 from swarm_runtime.errors import StoreUnavailable
 from swarm_runtime.phases.intent import INTENT_END, INTENT_HEADING
+from swarm_runtime.queue.postgres import PostgresQueueStore
 from swarm_runtime.queue.store import WorkerIdentity
 from swarm_runtime.safety.gateway import SafetyGateway
 from swarm_runtime.settings import Settings
@@ -482,16 +484,22 @@ def test_a_running_worker_starts_its_next_task_while_it_reviews_the_last(
 ) -> None:
     """The execution record and the next claim are one commit (two transactions on the
     database); the next task is sent to the API before the last one's review commits.
-    Each task's own events keep their order, and each task runs once."""
+    On the file store the review's verdict also claims one task beside the one in
+    flight (a worker alone leaves no other wanting), so t2 is claimed before t1's
+    answer is read; the database store claims none beside a task in flight. Each
+    task's own events keep their order, and each task runs once."""
     ids = echoes(harness, 3)
     assert run_until_drained(harness) == 0
     logged = [(e["task_id"], e["status"]) for e in read_events(harness.workspace)]
-    assert logged == [
-        *[("t0", "in_progress"), ("t0", "completed"), ("t1", "in_progress")],
-        *[("t0", "pending_review"), ("t0", "approved"), ("t1", "completed")],
-        *[("t2", "in_progress"), ("t1", "pending_review"), ("t1", "approved")],
-        *[("t2", "completed"), ("t2", "pending_review"), ("t2", "approved")],
-    ]
+    t0 = [("t0", "in_progress"), ("t0", "completed"), ("t1", "in_progress")]
+    t0 += [("t0", "pending_review"), ("t0", "approved")]
+    if isinstance(harness.worker.store, PostgresQueueStore):
+        t1 = [("t1", "completed"), ("t2", "in_progress")]
+    else:
+        t1 = [("t2", "in_progress"), ("t1", "completed")]
+    t1 += [("t1", "pending_review"), ("t1", "approved")]
+    t2 = [("t2", "completed"), ("t2", "pending_review"), ("t2", "approved")]
+    assert logged == t0 + t1 + t2
     assert [p["task"] for p in harness.client.payloads] == [f"echo {i}" for i in ids]
 
 
@@ -507,6 +515,48 @@ def test_the_next_tasks_request_is_under_way_while_the_last_is_reviewed(
         ("echo t1", ["in_progress", "completed"]),
     ]
     assert harness.history("t0") == REVIEWED and harness.history("t1") == REVIEWED
+
+
+def test_a_task_claimed_beside_the_one_in_flight_is_sent_as_its_answer_is_read(
+    workspace: Workspace,
+) -> None:
+    """t2, claimed with t0's verdict while t1 was in flight, goes to the API the moment
+    t1's answer is read: before t1's execution record commits, so the API never waits
+    for the worker's transaction."""
+    harness = make_harness(workspace)
+    echoes(harness, 3)
+    harness.client.when_sent = lambda payload: (payload["task"], harness.history("t1"))
+    assert run_until_drained(harness) == 0
+    assert harness.client.seen_when_sent == [
+        ("echo t0", []),
+        ("echo t1", ["in_progress"]),
+        ("echo t2", ["in_progress"]),
+    ]
+    assert all(harness.history(i) == REVIEWED for i in ("t0", "t1", "t2"))
+
+
+def test_no_task_is_claimed_beside_one_in_flight_that_another_worker_would_want(
+    workspace: Workspace,
+) -> None:
+    """Another worker is at work and one task is left when t0's verdict commits: it is
+    left for that worker, and claimed only with t1's execution record, as the next."""
+    harness = make_harness(workspace)
+    ids = ["t0", "t1", "t2"]
+    harness.queue(
+        {"id": "theirs", "command": "echo theirs"},
+        *({"id": i, "command": f"echo {i}"} for i in ids),
+    )
+    other = WorkerIdentity("another", pid=os.getpid())
+    assert harness.worker.store.claim(other, 60).task == harness.task("theirs")
+    harness.client.answers = [completed(i, output=f"{i}\n", exit_code=0) for i in ids]
+    assert run_until_drained(harness) == 0
+    logged = [(e["task_id"], e["status"]) for e in read_events(workspace)]
+    assert logged[logged.index(("t0", "approved")) :][:3] == [
+        ("t0", "approved"),
+        ("t1", "completed"),
+        ("t2", "in_progress"),
+    ]
+    assert all(harness.history(i) == REVIEWED for i in ids)
 
 
 def test_a_task_whose_answer_breaks_after_it_was_sent_ahead_fails_alone(

@@ -70,9 +70,12 @@ class TaskQueue(Protocol):
         *,
         events: Sequence[dict[str, Any]] = (),
         effects: Sequence[Effect] = (),
+        ahead: bool = False,
         **fields: Any,
     ) -> tuple[Task, ClaimOutcome]:
-        """`finish`, then `claim` for the same worker, committed as one where the store can."""
+        """`finish`, then `claim` for the same worker, committed as one where the store can.
+        `ahead`: the worker has a task in flight, and claims another only while the queue
+        has work to spare for every other worker at work; a store may claim none."""
         ...
 
     def record_execution_and_claim(
@@ -83,10 +86,11 @@ class TaskQueue(Protocol):
         lease_seconds: float,
         *,
         events: Sequence[dict[str, Any]] = (),
+        ahead: bool = False,
         **fields: Any,
     ) -> tuple[Task, ClaimOutcome]:
         """`record_execution`, then `claim` for the same worker, committed as one where
-        the store can."""
+        the store can; `ahead` as for `finish_and_claim`."""
         ...
 
     def plan(

@@ -9,8 +9,9 @@ state's indexes, so a claim costs the same with 100 tasks or 10,000 in the queue
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Literal
 
 from swarm_runtime.contract import (
@@ -186,19 +187,36 @@ def next_runnable(
     """First task in file order that is due, whose dependencies are satisfied, that
     fits beside what is already running (`parallel_safe: false` runs alone) and that
     this worker `may_run` (its host and labels)."""
+    return next(runnable_tasks(state, now, may_run), None)
+
+
+def runnable_tasks(
+    state: QueueState, now: float, may_run: Callable[[Task], bool] = anywhere
+) -> Iterator[Task]:
+    """Every task `next_runnable` could hand out, in the order it would."""
     running = state.leased_tasks()
     if any(not t.parallel_safe for t in running):
-        return None
+        return
     for task in state.live_tasks():
         if (not task.parallel_safe and running) or not may_run(task):
             continue
         if awaits_review(task):
-            return task
-        if task.status not in CLAIMABLE_STATUSES or (task.not_before or 0) > now:
-            continue
-        if dependencies_met(state, task):
-            return task
-    return None
+            yield task
+        elif task.status in CLAIMABLE_STATUSES and (task.not_before or 0) <= now:
+            if dependencies_met(state, task):
+                yield task
+
+
+def work_to_spare(
+    state: QueueState, now: float, worker_id: str, may_run: Callable[[Task], bool] = anywhere
+) -> bool:
+    """Whether a worker with a task in flight may claim one more: only while the queue
+    holds a runnable task for it and one for each other worker at work, so that a task
+    claimed ahead is never one another worker would have run at once."""
+    others = {t.lease.worker_id for t in state.leased_tasks() if t.lease is not None}
+    others.discard(worker_id)
+    wanted = len(others) + 1
+    return sum(1 for _ in islice(runnable_tasks(state, now, may_run), wanted)) == wanted
 
 
 def dependencies_met(state: QueueState, task: Task) -> bool:

@@ -258,11 +258,16 @@ class QueueStore(QueueTransactions):
         return super().claim(worker, lease_seconds)
 
     def _then_claim(
-        self, task_id: str, step: Change[Task], worker: WorkerIdentity, lease_seconds: float
+        self,
+        task_id: str,
+        step: Change[Task],
+        worker: WorkerIdentity,
+        lease_seconds: float,
+        ahead: bool,
     ) -> tuple[Task, ClaimOutcome]:
         """One transaction where a task's step and the next claim took two: one lock, one
         journal record, one fsync (the claim's, which the step shared already)."""
-        claim = claim_change(worker, lease_seconds)
+        claim = claim_change(worker, lease_seconds, ahead)
         self._version_before_claim = self.version()
         return self._transaction(lambda state, now: (step(state, now), claim(state, now)))
 

@@ -46,6 +46,7 @@ from swarm_runtime.queue.rules import (
     propagate_failures,
     reclaim_dead_leases,
     record_outcome,
+    work_to_spare,
 )
 from swarm_runtime.queue.state import QueueState
 from swarm_runtime.queue.transition_events import Effect, EventNote, claim_events
@@ -135,13 +136,14 @@ class QueueTransactions(ABC):
         *,
         events: Sequence[dict[str, Any]] = (),
         effects: Sequence[Effect] = (),
+        ahead: bool = False,
         **fields: Any,
     ) -> tuple[Task, ClaimOutcome]:
         """`finish`, then the worker's next `claim`, committed as one where the store can
         (`_then_claim`). A finish refused for a lost lease claims nothing."""
         change = finish_change(task_id, worker, status, **fields)
         finish = fenced(task_id, worker, events, change, effects)
-        return self._then_claim(task_id, finish, worker, lease_seconds)
+        return self._then_claim(task_id, finish, worker, lease_seconds, ahead)
 
     def record_execution_and_claim(
         self,
@@ -151,6 +153,7 @@ class QueueTransactions(ABC):
         lease_seconds: float,
         *,
         events: Sequence[dict[str, Any]] = (),
+        ahead: bool = False,
         **fields: Any,
     ) -> tuple[Task, ClaimOutcome]:
         """`record_execution`, then the worker's next `claim`, committed as one where the
@@ -158,13 +161,22 @@ class QueueTransactions(ABC):
         record refused for a lost lease claims nothing."""
         change = execution_change(task_id, worker, execution, **fields)
         recorded = fenced(task_id, worker, events, change)
-        return self._then_claim(task_id, recorded, worker, lease_seconds)
+        return self._then_claim(task_id, recorded, worker, lease_seconds, ahead)
 
     def _then_claim(
-        self, task_id: str, step: Change[Task], worker: WorkerIdentity, lease_seconds: float
+        self,
+        task_id: str,
+        step: Change[Task],
+        worker: WorkerIdentity,
+        lease_seconds: float,
+        ahead: bool,
     ) -> tuple[Task, ClaimOutcome]:
         """Two transactions, the task's `step` and then `claim` (the claim's fsync covers
-        the step); a store whose every transaction takes the same lock runs them as one."""
+        the step); a store whose every transaction takes the same lock runs them as one.
+        This store claims nothing `ahead` (beside a task in flight): its claims go by row,
+        without the view of the whole queue that says whether another worker wants it."""
+        if ahead:
+            return self._task_transaction(task_id, step), ClaimOutcome()
         stepped = self._task_transaction(task_id, durable_with_the_next(step))
         return stepped, self.claim(worker, lease_seconds)
 
@@ -322,14 +334,20 @@ def fenced(
     return with_events
 
 
-def claim_change(worker: WorkerIdentity, lease_seconds: float) -> Change[ClaimOutcome]:
+def claim_change(
+    worker: WorkerIdentity, lease_seconds: float, ahead: bool = False
+) -> Change[ClaimOutcome]:
+    """The first runnable task; `ahead` (beside a task in flight), only while the queue
+    has work to spare for every other worker at work (`work_to_spare`)."""
+
     def change(state: QueueState, now: float) -> ClaimOutcome:
         outcome = ClaimOutcome(
             reclaimed=reclaim_dead_leases(state, now, lease_is_live),
             api_endpoint=state.doc.api_endpoint,
         )
         outcome.propagated = propagate_failures(state)
-        task = next_runnable(state, now, worker.may_run)
+        spare = not ahead or work_to_spare(state, now, worker.worker_id, worker.may_run)
+        task = next_runnable(state, now, worker.may_run) if spare else None
         if task is not None:
             outcome.task = lease_task(state, task, worker, now, lease_seconds)
             outcome.started_at = iso(utc_now())

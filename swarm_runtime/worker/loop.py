@@ -22,7 +22,11 @@ While the loop runs, a task's execution record (or, unreviewed, its last transit
 also claims the worker's next task, in one commit (`Worker._commit_record`,
 `Worker._commit_finish`). A task claimed with an execution record is sent to swarm.py
 at once, and its answer read after the review before it (`Worker._start_ahead`): the
-review and swarm.py's run of the next task overlap.
+review and swarm.py's run of the next task overlap. While a request is in flight, a step
+may claim one more task, which the store grants only with work to spare for every other
+worker at work (`Worker._claims_with_step`); it is preflighted at once and sent the
+moment the answer in flight is read (`Worker._send_ready`), so the API never waits for
+the worker's transactions between two tasks.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -145,11 +150,21 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Running:
-    """A task claimed ahead whose request went to the API during the last review;
+    """A task claimed ahead whose request went to the API before its turn;
     `outcome()` reads its answer."""
 
     task: Task
     outcome: Callable[[], Outcome]
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A task claimed ahead and preflighted while another's request is in flight: sent
+    the moment that answer is read, so that the API never waits for the worker."""
+
+    task: Task
+    prepared: Prepared | Outcome
+    endpoint: str
 
 
 @dataclass
@@ -188,12 +203,17 @@ class Worker:
         self.beacon = PresenceBeacon(workspace, identity, self.documents.database)
         self.commit_backoff = COMMIT_BACKOFF_SECONDS
         self._claim_in_doubt = False
-        # The claim committed with the last task's step, for the next step; and the
-        # loop's stop, without which (a step or task run on its own) nothing claims ahead.
-        self._ahead: ClaimOutcome | None = None
+        # The claims committed with earlier tasks' steps, for the next steps in order (at
+        # most two tasks: the one in flight and one ready); the claim committed with this
+        # step, to start at once; and the loop's stop, without which (a step or task run
+        # on its own) nothing claims ahead.
+        self._ahead: deque[ClaimOutcome] = deque()
+        self._fresh: ClaimOutcome | None = None
         self._stop: threading.Event | None = None
-        # The task claimed ahead, already sent to the API during the last review.
+        # The task claimed ahead whose request is in flight, its answer read in its turn;
+        # and the one claimed beside it, prepared, sent as soon as that answer is read.
         self._running: Running | None = None
+        self._ready: Ready | None = None
         self.configured_endpoint = configured_endpoint(settings)
         renew_every = settings.lease_seconds / 3
         self.lease_keeper = LeaseKeeper(self._renew_lease, renew_every, RENEW_RETRY_SECONDS)
@@ -227,7 +247,7 @@ class Worker:
             paused = not self._holds_next() and self.paused()
             self.announce(paused)
             if paused:
-                self._ahead = None
+                self._ahead.clear()
                 if once:
                     return 0
                 if not was_paused:  # its last steps durable, queue.json current
@@ -285,13 +305,17 @@ class Worker:
     def _holds_next(self) -> bool:
         """A task claimed with the last task's step is run next, even if a pause or a
         stop came after its claim: it is this worker's, as a task in hand is."""
-        return self._ahead is not None and self._ahead.task is not None
+        return any(claim.task is not None for claim in self._ahead)
 
     def step(self) -> ClaimOutcome:
         """Claim one task (or take the one claimed with the last task's step) and see
         it through; reports what the claim found."""
-        claim, self._ahead = self._ahead or self._claim(), None
-        self._report_cleanup(claim)
+        self._fresh = None
+        if self._ahead:
+            claim = self._ahead.popleft()
+        else:
+            claim = self._claim()
+            self._report_cleanup(claim)
         if claim.task is not None:
             started_at = claim.started_at or iso(utc_now())
             self.process(claim.task, self.endpoint(claim.api_endpoint), started_at)
@@ -349,10 +373,11 @@ class Worker:
             log.info("task %s: resuming its review; the execution is on record", task.id)
             progress.execution = task.execution
             return self.review(task, task.execution, endpoint)
-        running, self._running = self._running, None
-        if running is not None and running.task.id == task.id:
+        running = self._take_running(task.id)
+        if running is not None:
             task = progress.task = running.task
             outcome = running.outcome()
+            self._send_ready()
         else:
             log.info("task %s started (attempt %d)", task.id, task.attempts)
             if self.plan(task):
@@ -413,6 +438,7 @@ class Worker:
         except LeaseLostError as exc:
             log.warning("%s; its new holder will run it again", exc)
         log.info("task %s -> %s", task.id, outcome.status.value)
+        self._start_ahead()
 
     def _commit_finish(
         self,
@@ -422,10 +448,9 @@ class Worker:
         effects: Sequence[Effect],
         fields: dict[str, Any],
     ) -> Task:
-        """The finish, committed with the worker's next claim while it goes on working
-        and holds no task claimed ahead: one transaction and one fsync where two took
-        two. A paused or stopping worker claims nothing."""
-        if self._holds_next() or not self._goes_on():
+        """The finish, committed with the worker's next claim while it may claim one
+        (`_claims_with_step`): one transaction and one fsync where two took two."""
+        if not self._claims_with_step():
             return self.store.finish(
                 task_id, self.identity, status, events=events, effects=effects, **fields
             )
@@ -437,6 +462,7 @@ class Worker:
                 self.settings.lease_seconds,
                 events=events,
                 effects=effects,
+                ahead=self._running is not None,
                 **fields,
             )
         )
@@ -448,9 +474,9 @@ class Worker:
         events: list[dict[str, Any]],
         fields: dict[str, Any],
     ) -> Task:
-        """The execution, committed with the worker's next claim while it goes on
-        working, so that the next task runs while this one is reviewed."""
-        if not self._goes_on():
+        """The execution, committed with the worker's next claim while it may claim one
+        (`_claims_with_step`), so that the next task runs while this one is reviewed."""
+        if not self._claims_with_step():
             return self.store.record_execution(
                 task_id, self.identity, execution, events=events, **fields
             )
@@ -461,6 +487,7 @@ class Worker:
                 execution,
                 self.settings.lease_seconds,
                 events=events,
+                ahead=self._running is not None,
                 **fields,
             )
         )
@@ -472,15 +499,29 @@ class Worker:
 
     def _with_claim(self, commit: Callable[[], tuple[Task, ClaimOutcome]]) -> Task:
         """A step committed with the next claim; until it is answered the claim is in
-        doubt (`_claim`). A step refused whole for a lost lease claimed nothing."""
+        doubt (`_claim`). A step refused whole for a lost lease claimed nothing. A claim
+        that won no task is reported and dropped: the next step claims afresh."""
         self._claim_in_doubt = True
         try:
-            stepped, self._ahead = commit()
+            stepped, claim = commit()
         except LeaseLostError:
             self._claim_in_doubt = False
             raise
         self._claim_in_doubt = False
+        self._report_cleanup(claim)
+        if claim.task is not None:
+            self._ahead.append(claim)
+            self._fresh = claim
         return stepped
+
+    def _claims_with_step(self) -> bool:
+        """A step claims the worker's next task while it goes on (`_goes_on`) and holds
+        no task but the one in flight. With one in flight the claim is `ahead`: the
+        store makes it only while the queue has work to spare for every other worker at
+        work, so a worker never sits on a task another would run at once."""
+        in_flight = self._running.task.id if self._running is not None else None
+        holds_more = any(claim.task is None or claim.task.id != in_flight for claim in self._ahead)
+        return not holds_more and self._goes_on()
 
     def _transition(
         self,
@@ -561,11 +602,12 @@ class Worker:
     # --- the task claimed ahead ----------------------------------------------------------
 
     def _start_ahead(self) -> None:
-        """The task claimed with this one's execution record starts now, while this one
-        is reviewed: its lease kept from here, its request sent to the API, its answer
-        read in its turn. A task to plan or to review starts in its turn, as does one
-        whose start fails here, so that its error is its own, not this task's."""
-        claim = self._ahead
+        """The task claimed with this step starts now: its lease kept from here, its
+        request preflighted, and sent to the API at once if no other request is in
+        flight, else the moment that one's answer is read (`_send_ready`); its own
+        answer is read in its turn. A task to plan or to review starts in its turn, as
+        does one whose start fails here, so that its error is its own, not this task's."""
+        claim, self._fresh = self._fresh, None
         if claim is None or claim.task is None:
             return
         task = claim.task
@@ -573,16 +615,40 @@ class Worker:
         if awaits_review(task) or planning_for(task) is not None:
             return
         try:
-            self._running = self._send_ahead(with_intent(task), self.endpoint(claim.api_endpoint))
+            task = with_intent(task)
+            log.info("task %s started (attempt %d)", task.id, task.attempts)
+            ready = Ready(task, self.prepare(task), self.endpoint(claim.api_endpoint))
         except Exception as exc:  # left to its own turn, which will meet it again
             log.debug("task %s starts in its turn: %s", task.id, exc)
+            return
+        self._ready = ready
+        if self._running is None:
+            self._send_ready()
 
-    def _send_ahead(self, task: Task, endpoint: str) -> Running:
-        log.info("task %s started (attempt %d)", task.id, task.attempts)
-        prepared = self.prepare(task)
+    def _send_ready(self) -> None:
+        """Send the task made ready beside the one in flight, now that nothing else is."""
+        ready, self._ready = self._ready, None
+        if ready is None:
+            return
+        prepared = ready.prepared
         if isinstance(prepared, Outcome):
-            return Running(task, lambda: prepared)
-        return Running(task, self.send(task, prepared, endpoint))
+            self._running = Running(ready.task, lambda: prepared)
+            return
+        try:
+            self._running = Running(ready.task, self.send(ready.task, prepared, ready.endpoint))
+        except Exception as exc:  # left to its own turn, which will meet it again
+            log.debug("task %s starts in its turn: %s", ready.task.id, exc)
+
+    def _take_running(self, task_id: str) -> Running | None:
+        """The running task `task_id`, if it is the one started ahead; a ready one whose
+        turn came first (the step before it failed) is sent now."""
+        if self._ready is not None and self._ready.task.id == task_id and self._running is None:
+            self._send_ready()
+        running = self._running
+        if running is None or running.task.id != task_id:
+            return None
+        self._running = None
+        return running
 
     # --- execution -----------------------------------------------------------------------
 
