@@ -484,19 +484,21 @@ def test_a_running_worker_starts_its_next_task_while_it_reviews_the_last(
 ) -> None:
     """The execution record and the next claim are one commit (two transactions on the
     database); the next task is sent to the API before the last one's review commits.
-    On the file store the review's verdict also claims one task beside the one in
-    flight (a worker alone leaves no other wanting), so t2 is claimed before t1's
-    answer is read; the database store claims none beside a task in flight. Each
-    task's own events keep their order, and each task runs once."""
+    On the file store a worker alone also claims one task beside the one in flight:
+    t1 while t0 runs, t2 with t0's execution record while t1 runs. The database store
+    claims none beside a task in flight. Each task's own events keep their order, and
+    each task runs once."""
     ids = echoes(harness, 3)
     assert run_until_drained(harness) == 0
     logged = [(e["task_id"], e["status"]) for e in read_events(harness.workspace)]
-    t0 = [("t0", "in_progress"), ("t0", "completed"), ("t1", "in_progress")]
-    t0 += [("t0", "pending_review"), ("t0", "approved")]
+    reviews = [("t0", "pending_review"), ("t0", "approved")]
     if isinstance(harness.worker.store, PostgresQueueStore):
+        t0 = [("t0", "in_progress"), ("t0", "completed"), ("t1", "in_progress"), *reviews]
         t1 = [("t1", "completed"), ("t2", "in_progress")]
     else:
-        t1 = [("t2", "in_progress"), ("t1", "completed")]
+        t0 = [("t0", "in_progress"), ("t1", "in_progress"), ("t0", "completed")]
+        t0 += [("t2", "in_progress"), *reviews]
+        t1 = [("t1", "completed")]
     t1 += [("t1", "pending_review"), ("t1", "approved")]
     t2 = [("t2", "completed"), ("t2", "pending_review"), ("t2", "approved")]
     assert logged == t0 + t1 + t2
@@ -506,13 +508,16 @@ def test_a_running_worker_starts_its_next_task_while_it_reviews_the_last(
 def test_the_next_tasks_request_is_under_way_while_the_last_is_reviewed(
     harness: Harness,
 ) -> None:
-    """t1 is sent before t0's review commits, and its answer is read after."""
+    """t1 is sent before t0's review commits, and its answer is read after: on the
+    file store as soon as t0's answer is read (t1 was claimed beside it), on the
+    database once t0's execution record has claimed it."""
     echoes(harness, 2)
     harness.client.when_sent = lambda payload: (payload["task"], harness.history("t0"))
     assert run_until_drained(harness) == 0
+    by_row = isinstance(harness.worker.store, PostgresQueueStore)
     assert harness.client.seen_when_sent == [
         ("echo t0", ["in_progress"]),
-        ("echo t1", ["in_progress", "completed"]),
+        ("echo t1", ["in_progress", "completed"] if by_row else ["in_progress"]),
     ]
     assert harness.history("t0") == REVIEWED and harness.history("t1") == REVIEWED
 
@@ -520,9 +525,9 @@ def test_the_next_tasks_request_is_under_way_while_the_last_is_reviewed(
 def test_a_task_claimed_beside_the_one_in_flight_is_sent_as_its_answer_is_read(
     workspace: Workspace,
 ) -> None:
-    """t2, claimed with t0's verdict while t1 was in flight, goes to the API the moment
-    t1's answer is read: before t1's execution record commits, so the API never waits
-    for the worker's transaction."""
+    """t2, claimed with t0's execution record while t1 was in flight, goes to the API
+    the moment t1's answer is read: before t1's execution record commits, so the API
+    never waits for the worker's transaction."""
     harness = make_harness(workspace)
     echoes(harness, 3)
     harness.client.when_sent = lambda payload: (payload["task"], harness.history("t1"))
@@ -538,8 +543,9 @@ def test_a_task_claimed_beside_the_one_in_flight_is_sent_as_its_answer_is_read(
 def test_no_task_is_claimed_beside_one_in_flight_that_another_worker_would_want(
     workspace: Workspace,
 ) -> None:
-    """Another worker is at work and one task is left when t0's verdict commits: it is
-    left for that worker, and claimed only with t1's execution record, as the next."""
+    """Another worker is at work. Beside t0 there are two tasks, one to spare: t1 is
+    claimed. When t0's execution record and its verdict commit, one task is left: it
+    is left for that worker, and claimed only with t1's execution record, as the next."""
     harness = make_harness(workspace)
     ids = ["t0", "t1", "t2"]
     harness.queue(
@@ -557,6 +563,27 @@ def test_no_task_is_claimed_beside_one_in_flight_that_another_worker_would_want(
         ("t2", "in_progress"),
     ]
     assert all(harness.history(i) == REVIEWED for i in ids)
+
+
+def test_a_claim_beside_a_task_in_flight_that_fails_is_no_failure_of_that_task(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk during the claim made beside t0: t0 goes on, and t1 is claimed
+    with t0's execution record instead."""
+    harness = make_harness(workspace)
+    ids = echoes(harness, 2)
+    store = harness.worker.store
+    claim = store.claim
+
+    def failing_beside(worker: WorkerIdentity, lease_seconds: float, ahead: bool = False) -> Any:
+        if ahead:
+            raise OSError(28, "No space left on device")
+        return claim(worker, lease_seconds, ahead)
+
+    monkeypatch.setattr(store, "claim", failing_beside)
+    assert run_until_drained(harness) == 0
+    assert all(harness.history(i) == REVIEWED for i in ids)
+    assert [p["task"] for p in harness.client.payloads] == [f"echo {i}" for i in ids]
 
 
 def test_a_task_whose_answer_breaks_after_it_was_sent_ahead_fails_alone(
@@ -578,16 +605,20 @@ def test_with_review_off_each_finish_takes_the_next_task(workspace: Workspace) -
     echoes(harness, 3)
     assert run_until_drained(harness) == 0
     logged = [(e["task_id"], e["status"]) for e in read_events(harness.workspace)]
-    assert logged == [(i, s) for i in ("t0", "t1", "t2") for s in ("in_progress", "completed")]
+    assert logged == [
+        *[("t0", "in_progress"), ("t1", "in_progress"), ("t0", "completed")],
+        *[("t2", "in_progress"), ("t1", "completed"), ("t2", "completed")],
+    ]
 
 
 def test_a_pause_during_a_task_lets_it_finish_and_claims_nothing_with_it(
     workspace: Workspace,
 ) -> None:
-    """The switch is read before every claim, the one made with a finish too."""
+    """The switch is read before every claim, the one made beside the task in flight
+    and the one made with a finish too."""
     harness = make_harness(workspace)
     echoes(harness, 2)
-    harness.client.while_running = lambda: set_pause(workspace, True, by="ops", reason="ops")
+    harness.client.when_sent = lambda _: set_pause(workspace, True, by="ops", reason="ops")
     assert run_until_drained(harness) == 0  # --once: a paused worker leaves
     assert harness.history("t0") == REVIEWED and harness.history("t1") == []
     waiting = harness.task("t1")
@@ -600,7 +631,7 @@ def test_a_stop_during_a_task_lets_it_finish_and_claims_nothing_with_it(
     harness = make_harness(workspace)
     echoes(harness, 2)
     stop = threading.Event()
-    harness.client.while_running = stop.set
+    harness.client.when_sent = lambda _: stop.set()
     assert run_until_drained(harness, stop) == 0
     assert harness.history("t0") == REVIEWED and harness.history("t1") == []
     waiting = harness.task("t1")
@@ -621,9 +652,10 @@ def test_a_task_claimed_ahead_runs_though_a_pause_came_after_its_claim(
     claiming_step: str,
     history: list[str],
 ) -> None:
-    """Leased to this worker, it is in hand: left alone it would wait out its lease."""
+    """Leased to this worker, it is in hand: left alone it would wait out its lease. t1
+    was claimed beside t0; t2 with t0's step, just before the pause; t3 never is."""
     harness = make_harness(workspace, review=review)
-    echoes(harness, 3)
+    echoes(harness, 4)
     store = harness.worker.store
     step_and_claim = getattr(store, claiming_step)
 
@@ -634,6 +666,6 @@ def test_a_task_claimed_ahead_runs_though_a_pause_came_after_its_claim(
 
     monkeypatch.setattr(store, claiming_step, then_pause)
     assert run_until_drained(harness) == 0
-    assert harness.history("t0") == history and harness.history("t1") == history
-    assert harness.history("t2") == []
-    assert harness.task("t2").lease is None
+    assert all(harness.history(i) == history for i in ("t0", "t1", "t2"))
+    assert harness.history("t3") == []
+    assert harness.task("t3").lease is None

@@ -34,8 +34,11 @@ class TaskQueue(Protocol):
 
     # the worker's transactions: each commits its events with it, or nothing at all
 
-    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
-        """Commits the claim's own events: reclaimed leases, failures, the attempt's start."""
+    def claim(
+        self, worker: WorkerIdentity, lease_seconds: float, ahead: bool = False
+    ) -> ClaimOutcome:
+        """Commits the claim's own events: reclaimed leases, failures, the attempt's start.
+        `ahead`: as for `finish_and_claim`."""
         ...
 
     def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool: ...

@@ -299,11 +299,16 @@ class PostgresQueueStore(QueueTransactions):
 
     # transactions by row
 
-    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
+    def claim(
+        self, worker: WorkerIdentity, lease_seconds: float, ahead: bool = False
+    ) -> ClaimOutcome:
         """The first fast task by its row lock; anything else under the queue's lock.
+        Nothing `ahead` of a task in flight (`QueueTransactions._then_claim`).
 
         The worker listens before it claims, so work added while a claim that found
         nothing ran still wakes its wait."""
+        if ahead:
+            return ClaimOutcome()
         self._listen_quietly()
         by_row = self._claim_by_row(worker, lease_seconds)
         return by_row if by_row is not None else super().claim(worker, lease_seconds)

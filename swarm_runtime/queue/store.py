@@ -251,11 +251,13 @@ class QueueStore(QueueTransactions):
         """Changes whenever the queue may have: a cheap test before `load`."""
         return file_version(self.path), file_version(self._writer.journal.path)
 
-    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
+    def claim(
+        self, worker: WorkerIdentity, lease_seconds: float, ahead: bool = False
+    ) -> ClaimOutcome:
         """As every store claims; the version seen first is what a wait after a claim
         that found nothing compares with, so work added while it ran is not slept over."""
         self._version_before_claim = self.version()
-        return super().claim(worker, lease_seconds)
+        return super().claim(worker, lease_seconds, ahead)
 
     def _then_claim(
         self,

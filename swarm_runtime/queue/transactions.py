@@ -101,9 +101,12 @@ class QueueTransactions(ABC):
     def set_api_endpoint(self, endpoint: str) -> None:
         self._transaction(lambda state, now: state.set_api_endpoint(endpoint))
 
-    def claim(self, worker: WorkerIdentity, lease_seconds: float) -> ClaimOutcome:
-        """Reclaim dead leases, fail what can never run, then lease the first runnable task."""
-        return self._transaction(claim_change(worker, lease_seconds))
+    def claim(
+        self, worker: WorkerIdentity, lease_seconds: float, ahead: bool = False
+    ) -> ClaimOutcome:
+        """Reclaim dead leases, fail what can never run, then lease the first runnable
+        task; `ahead` (beside a task in flight), only with work to spare (`claim_change`)."""
+        return self._transaction(claim_change(worker, lease_seconds, ahead))
 
     def heartbeat(self, task_id: str, worker: WorkerIdentity, lease_seconds: float) -> bool:
         """Extend our lease; False means another worker has reclaimed the task."""
@@ -351,6 +354,8 @@ def claim_change(
         if task is not None:
             outcome.task = lease_task(state, task, worker, now, lease_seconds)
             outcome.started_at = iso(utc_now())
+        elif not (outcome.reclaimed or outcome.propagated):
+            state.durable_with_the_next()  # a claim that changed nothing needs no fsync
         outcome.drained = task is None and is_drained(state, worker.may_run)
         for event in claim_events(outcome, worker):
             state.emit(event)

@@ -65,6 +65,7 @@ from swarm_runtime.errors import (
     ReviewUnavailable,
     StateFileError,
     StoreUnavailable,
+    SwarmError,
 )
 from swarm_runtime.phases.critic import (
     Review,
@@ -374,16 +375,14 @@ class Worker:
             progress.execution = task.execution
             return self.review(task, task.execution, endpoint)
         running = self._take_running(task.id)
-        if running is not None:
-            task = progress.task = running.task
-            outcome = running.outcome()
-            self._send_ready()
-        else:
+        if running is None:
             log.info("task %s started (attempt %d)", task.id, task.attempts)
             if self.plan(task):
                 return Outcome(Status.QUEUED)
-            task = progress.task = with_intent(task)
-            outcome = self.execute(task, endpoint)
+            running = self._start_in_turn(with_intent(task), endpoint)
+        task = progress.task = running.task
+        outcome = running.outcome()
+        self._send_ready()
         intent: dict[str, Any] = {"phase4_intent": task.phase4_intent}
         outcome.fields.setdefault("started_at", progress.started_at)
         outcome.fields["completed_at"] = iso(utc_now())
@@ -497,7 +496,7 @@ class Worker:
         switch is read before this claim as before any other)."""
         return self._stop is not None and not self._stop.is_set() and not self.paused()
 
-    def _with_claim(self, commit: Callable[[], tuple[Task, ClaimOutcome]]) -> Task:
+    def _with_claim(self, commit: Callable[[], tuple[R, ClaimOutcome]]) -> R:
         """A step committed with the next claim; until it is answered the claim is in
         doubt (`_claim`). A step refused whole for a lost lease claimed nothing. A claim
         that won no task is reported and dropped: the next step claims afresh."""
@@ -652,10 +651,31 @@ class Worker:
 
     # --- execution -----------------------------------------------------------------------
 
-    def execute(self, task: Task, endpoint: str) -> Outcome:
-        """Compose, preflight the exact text that will run, then dispatch it."""
+    def _start_in_turn(self, task: Task, endpoint: str) -> Running:
+        """Compose, preflight the exact text that will run, and send it; while it runs,
+        claim one more task beside it (`_claim_beside`)."""
         prepared = self.prepare(task)
-        return prepared if isinstance(prepared, Outcome) else self.send(task, prepared, endpoint)()
+        if isinstance(prepared, Outcome):
+            return Running(task, lambda: prepared)
+        running = self._running = Running(task, self.send(task, prepared, endpoint))
+        self._claim_beside()
+        self._running = None
+        return running
+
+    def _claim_beside(self) -> None:
+        """A claim of its own, beside a task started in its turn, so that the worker's
+        next steps find a task ready to send (as `_claims_with_step`, then claiming with
+        each step). A claim that fails is left for the next step, in doubt (`_claim`):
+        it is no failure of the task in flight."""
+        if not self._claims_with_step():
+            return
+        lease_seconds = self.settings.lease_seconds
+        try:
+            self._with_claim(lambda: (None, self.store.claim(self.identity, lease_seconds, True)))
+        except (OSError, SwarmError) as exc:
+            log.warning("could not claim a task beside the one in flight: %s", exc)
+            return
+        self._start_ahead()
 
     def prepare(self, task: Task) -> Prepared | Outcome:
         """The request, composed and preflighted on the exact text that will run; or the
