@@ -658,8 +658,10 @@ class Worker:
         if isinstance(prepared, Outcome):
             return Running(task, lambda: prepared)
         running = self._running = Running(task, self.send(task, prepared, endpoint))
-        self._claim_beside()
-        self._running = None
+        try:
+            self._claim_beside()
+        finally:
+            self._running = None
         return running
 
     def _claim_beside(self) -> None:
