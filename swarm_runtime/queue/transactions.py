@@ -175,13 +175,9 @@ class QueueTransactions(ABC):
         ahead: bool,
     ) -> tuple[Task, ClaimOutcome]:
         """Two transactions, the task's `step` and then `claim` (the claim's fsync covers
-        the step); a store whose every transaction takes the same lock runs them as one.
-        This store claims nothing `ahead` (beside a task in flight): its claims go by row,
-        without the view of the whole queue that says whether another worker wants it."""
-        if ahead:
-            return self._task_transaction(task_id, step), ClaimOutcome()
+        the step); a store whose every transaction takes the same lock runs them as one."""
         stepped = self._task_transaction(task_id, durable_with_the_next(step))
-        return stepped, self.claim(worker, lease_seconds)
+        return stepped, self.claim(worker, lease_seconds, ahead)
 
     def record_execution(
         self,

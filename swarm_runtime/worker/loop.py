@@ -248,7 +248,6 @@ class Worker:
             paused = not self._holds_next() and self.paused()
             self.announce(paused)
             if paused:
-                self._ahead.clear()
                 if once:
                     return 0
                 if not was_paused:  # its last steps durable, queue.json current
@@ -306,7 +305,7 @@ class Worker:
     def _holds_next(self) -> bool:
         """A task claimed with the last task's step is run next, even if a pause or a
         stop came after its claim: it is this worker's, as a task in hand is."""
-        return any(claim.task is not None for claim in self._ahead)
+        return bool(self._ahead)
 
     def step(self) -> ClaimOutcome:
         """Claim one task (or take the one claimed with the last task's step) and see
@@ -519,7 +518,7 @@ class Worker:
         store makes it only while the queue has work to spare for every other worker at
         work, so a worker never sits on a task another would run at once."""
         in_flight = self._running.task.id if self._running is not None else None
-        holds_more = any(claim.task is None or claim.task.id != in_flight for claim in self._ahead)
+        holds_more = any(claim.task.id != in_flight for claim in self._ahead if claim.task)
         return not holds_more and self._goes_on()
 
     def _transition(
@@ -629,12 +628,8 @@ class Worker:
         ready, self._ready = self._ready, None
         if ready is None:
             return
-        prepared = ready.prepared
-        if isinstance(prepared, Outcome):
-            self._running = Running(ready.task, lambda: prepared)
-            return
         try:
-            self._running = Running(ready.task, self.send(ready.task, prepared, ready.endpoint))
+            self._running = self._started(ready.task, ready.prepared, ready.endpoint)
         except Exception as exc:  # left to its own turn, which will meet it again
             log.debug("task %s starts in its turn: %s", ready.task.id, exc)
 
@@ -655,14 +650,21 @@ class Worker:
         """Compose, preflight the exact text that will run, and send it; while it runs,
         claim one more task beside it (`_claim_beside`)."""
         prepared = self.prepare(task)
-        if isinstance(prepared, Outcome):
-            return Running(task, lambda: prepared)
-        running = self._running = Running(task, self.send(task, prepared, endpoint))
+        running = self._started(task, prepared, endpoint)
+        if isinstance(prepared, Outcome):  # stopped by its preflight: nothing in flight
+            return running
+        self._running = running
         try:
             self._claim_beside()
         finally:
             self._running = None
         return running
+
+    def _started(self, task: Task, prepared: Prepared | Outcome, endpoint: str) -> Running:
+        """The task's request sent now, or the outcome its preflight stopped it with."""
+        if isinstance(prepared, Outcome):
+            return Running(task, lambda: prepared)
+        return Running(task, self.send(task, prepared, endpoint))
 
     def _claim_beside(self) -> None:
         """A claim of its own, beside a task started in its turn, so that the worker's
