@@ -483,6 +483,47 @@ def test_one_fsync_makes_every_record_appended_before_it_durable(workspace: Work
     assert durability.totals()["journal append"].count == 2
 
 
+def test_a_writer_that_lingers_shares_its_fsync_with_records_landing_meanwhile(
+    workspace: Workspace,
+) -> None:
+    """While it lingers, another worker appends: the one fsync made after it covers both
+    records, so the other worker's wait for durability needs none of its own."""
+    head = b'{"journal": "0123456789abcdef", "follows": null}\n'
+    workspace.queue_journal_path.write_bytes(head + b"{}\n")
+    lingered: list[float] = []
+
+    def another_worker_appends(seconds: float) -> None:
+        lingered.append(seconds)
+        with workspace.queue_journal_path.open("ab") as journal:
+            journal.write(b"{}\n")
+
+    group = GroupCommit(workspace, sleep=another_worker_appends)
+    durability.reset()
+    group.make_durable("0123456789abcdef", len(head) + 3, linger=0.002)
+    group.make_durable("0123456789abcdef", len(head) + 6)
+    assert lingered == [0.002]
+    assert durability.totals()["journal append"].count == 1
+
+
+def test_a_store_lingers_before_its_fsync_only_while_other_processes_write(
+    workspace: Workspace,
+) -> None:
+    """Alone, a worker never waits for company; after another process appended, its
+    next fsync waits a moment for that one's next record."""
+    lingered: list[float] = []
+    group = GroupCommit(workspace, sleep=lingered.append)
+    mine = QueueStore(workspace, keep_current=False, group_commit=group)
+    theirs = QueueStore(workspace, keep_current=False)
+    mine.add_many([{"id": f"t{n}", "command": f"echo {n}"} for n in range(4)])
+    assert mine.claim(ME, 60).task is not None
+    assert lingered == []
+    assert theirs.claim(OTHER, 60).task is not None
+    assert mine.claim(ME, 60).task is not None
+    assert lingered == [queue_store.LINGER_SECONDS]
+    assert mine.claim(ME, 60).task is not None  # nobody else wrote since
+    assert lingered == [queue_store.LINGER_SECONDS]
+
+
 @pytest.mark.slow
 def test_on_a_database_the_effects_commit_with_the_verdict_or_not_at_all(
     workspace: Workspace, database_url: str

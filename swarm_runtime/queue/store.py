@@ -40,9 +40,14 @@ from swarm_runtime.contract import (
     queue_problems,
 )
 from swarm_runtime.errors import QueueFileError, StateFileError, SwarmError
-from swarm_runtime.queue.group_commit import GroupCommit, Owed
+from swarm_runtime.queue.group_commit import LINGER_SECONDS, GroupCommit, Owed
 from swarm_runtime.queue.journal import QueueJournal, Version
-from swarm_runtime.queue.leases import HOST, WorkerIdentity, holder_is_alive, lease_is_live
+from swarm_runtime.queue.leases import (
+    HOST,
+    WorkerIdentity,
+    holder_is_alive,
+    lease_is_live,
+)
 from swarm_runtime.queue.log_apply import bring_up_to, cut_lost_lines, line_start, sync_log
 from swarm_runtime.queue.rules import archivable_ids
 from swarm_runtime.queue.state import QueueState
@@ -192,6 +197,7 @@ class QueueStore(QueueTransactions):
         journal_bytes: int = JOURNAL_BYTES,
         keep_current: bool = True,
         appliers: Mapping[str, Applier] | None = None,
+        group_commit: GroupCommit | None = None,
     ):
         """`keep_current`: a small queue.json shows every transaction at once, as the
         panel's and the CLI's few do; a worker's many share one fold a second instead.
@@ -223,10 +229,13 @@ class QueueStore(QueueTransactions):
         # whether this process has checked the whole journal against the log yet.
         self._unapplied: QueueJournalRecord | None = None
         self._log_checked = False
-        self._group = GroupCommit(workspace)
+        self._group = group_commit or GroupCommit(workspace)
         # Records appended without waiting for their fsync (`durable_with_the_next`): the
         # next transaction that waits, `wait_for_change`, `flush` or `close` syncs them.
         self._owed = Owed()
+        # Whether other processes appended to the journal between this store's last two
+        # transactions: its fsyncs then linger for theirs (`queue.group_commit`).
+        self._others_writing = False
 
     @classmethod
     def for_settings(
@@ -369,6 +378,7 @@ class QueueStore(QueueTransactions):
             self._writer.state, self._log_checked = None, False
             raise
         self._caught_up = (snapshots_read, [])
+        self._others_writing = bool(records)
         return state
 
     def _settle_log(self, records: list[QueueJournalRecord]) -> None:
@@ -418,10 +428,11 @@ class QueueStore(QueueTransactions):
         """Wait until the journal is durable up to `appended` (its name and end) and up to
         every record this store appended without waiting (one fsync covers them all)."""
         positions = self._owed.take(appended)
+        linger = LINGER_SECONDS if self._others_writing else 0.0
         try:
             for position in positions:
                 failpoint("queue.before_group_sync")
-                self._group.make_durable(*position)
+                self._group.make_durable(*position, linger)
         except BaseException:
             for position in positions:
                 self._owed.add(*position)
