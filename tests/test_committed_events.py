@@ -5,6 +5,7 @@ both, the log gets the lines after it, and a log that lacks a committed record's
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -522,6 +523,38 @@ def test_a_store_lingers_before_its_fsync_only_while_other_processes_write(
     assert lingered == [queue_store.LINGER_SECONDS]
     assert mine.claim(ME, 60).task is not None  # nobody else wrote since
     assert lingered == [queue_store.LINGER_SECONDS]
+
+
+def test_a_worker_leaving_leaves_the_fold_to_another_still_at_work(workspace: Workspace) -> None:
+    """Of two workers leaving one after the other, only the last folds the journal into
+    queue.json; a lease whose holder is gone keeps nobody from folding."""
+    mine = QueueStore(workspace, keep_current=False)
+    theirs = QueueStore(workspace, keep_current=False)
+    mine.add_many([{"id": f"t{n}", "command": f"echo {n}"} for n in range(2)])
+    first, second = mine.claim(ME, 60).task, theirs.claim(OTHER, 60).task
+    assert first is not None and second is not None
+    mine.finish(first.id, ME, Status.COMPLETED)
+    mine.flush(leaving=ME)
+    assert workspace.queue_journal_path.exists()  # left to the other worker, at work
+    theirs.finish(second.id, OTHER, Status.COMPLETED)
+    theirs.flush(leaving=OTHER)
+    assert not workspace.queue_journal_path.exists()
+    on_disk = json.loads(workspace.queue_path.read_text())["tasks"]
+    assert [task["status"] for task in on_disk] == ["completed", "completed"]
+
+
+def test_a_worker_leaving_folds_when_the_only_other_lease_holder_is_gone(
+    workspace: Workspace,
+) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    ghost = WorkerIdentity("w-gone", pid=gone.pid)
+    mine = QueueStore(workspace, keep_current=False)
+    mine.add_many([{"id": f"t{n}", "command": f"echo {n}"} for n in range(2)])
+    assert mine.claim(ghost, 60).task is not None
+    assert mine.claim(ME, 60).task is not None
+    mine.flush(leaving=ME)
+    assert not workspace.queue_journal_path.exists()
 
 
 @pytest.mark.slow

@@ -134,8 +134,9 @@ class TaskQueue(Protocol):
 
     # the end of a process
 
-    def flush(self) -> None:
-        """Make every committed change visible to readers of the store's raw form."""
+    def flush(self, leaving: WorkerIdentity | None = None) -> None:
+        """Make every committed change visible to readers of the store's raw form; for a
+        worker `leaving`, unless another worker at work will."""
         ...
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ on another host is trusted until its lease expires.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TypeGuard
@@ -71,3 +72,8 @@ def owned_by(task: Task, worker: WorkerIdentity) -> bool:
         and lease is not None
         and (lease.worker_id, lease.pid, lease.host) == (worker.worker_id, worker.pid, worker.host)
     )
+
+
+def another_at_work(tasks: Iterable[Task], worker: WorkerIdentity, now: float) -> bool:
+    """Whether a worker other than `worker` holds a live lease on one of `tasks`."""
+    return any(lease_is_live(task.lease, now) and not owned_by(task, worker) for task in tasks)

@@ -506,7 +506,7 @@ class PostgresQueueStore(QueueTransactions):
         if events and self.workspace is not None:
             keep_host_copy(self.workspace, events)
 
-    def flush(self) -> None:
+    def flush(self, leaving: WorkerIdentity | None = None) -> None:
         """Every committed transaction is already what every reader sees."""
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ from swarm_runtime.queue.journal import QueueJournal, Version
 from swarm_runtime.queue.leases import (
     HOST,
     WorkerIdentity,
+    another_at_work,
     holder_is_alive,
     lease_is_live,
 )
@@ -523,11 +524,21 @@ class QueueStore(QueueTransactions):
         self._writer.journal.discard()
         state.outstanding = {}
 
-    def flush(self) -> None:
+    def flush(self, leaving: WorkerIdentity | None = None) -> None:
         """Fold the journal into queue.json now, so that it shows every change: for a
-        process about to exit, or a script that reads queue.json itself next."""
+        process about to exit, or a script that reads queue.json itself next.
+
+        A worker `leaving` leaves the fold to any other worker that holds a live lease:
+        that one folds within a fold interval as it works, or on its own way out. Of
+        several workers leaving together, the last folds: each looks after giving up its
+        own leases, under the queue's lock, so the last sees none but its own."""
         self._make_durable()
         with self._writing, self._workspace.lock(self.path):
             state = self._current()
+            if leaving is not None and self._another_at_work(state, leaving):
+                return
             if self._writer.journal.holds_records_after(self._writer.snapshot_version):
                 self._fold_now(state)
+
+    def _another_at_work(self, state: QueueState, worker: WorkerIdentity) -> bool:
+        return another_at_work(state.leased_tasks(), worker, self._clock())

@@ -229,15 +229,16 @@ class Worker:
         finally:
             self._stop = None
             self.beacon.withdraw()
-            self.leave_queue_current()
+            self.leave_queue_current(leaving=True)
             self.store.close()
             self.documents.close()
 
-    def leave_queue_current(self) -> None:
-        """Fold the queue journal into queue.json on the way out, so that queue.json shows
-        what this worker did to anyone reading it directly."""
+    def leave_queue_current(self, *, leaving: bool = False) -> None:
+        """Fold the queue journal into queue.json as work stops, so that queue.json shows
+        what this worker did to anyone reading it directly; on the way out, unless
+        another worker at work will (`QueueStore.flush`)."""
         try:
-            self.store.flush()
+            self.store.flush(self.identity if leaving else None)
         except (OSError, StateFileError) as exc:
             log.warning("queue.json may lag behind its journal: %s", exc)
 
