@@ -527,7 +527,7 @@ def test_a_store_lingers_before_its_fsync_only_while_other_processes_write(
 
 def test_a_worker_leaving_leaves_the_fold_to_another_still_at_work(workspace: Workspace) -> None:
     """Of two workers leaving one after the other, only the last folds the journal into
-    queue.json; a lease whose holder is gone keeps nobody from folding."""
+    queue.json."""
     mine = QueueStore(workspace, keep_current=False)
     theirs = QueueStore(workspace, keep_current=False)
     mine.add_many([{"id": f"t{n}", "command": f"echo {n}"} for n in range(2)])
@@ -546,6 +546,7 @@ def test_a_worker_leaving_leaves_the_fold_to_another_still_at_work(workspace: Wo
 def test_a_worker_leaving_folds_when_the_only_other_lease_holder_is_gone(
     workspace: Workspace,
 ) -> None:
+    """A lease whose holder's process is gone keeps nobody from folding."""
     gone = subprocess.Popen(["true"])
     gone.wait()
     ghost = WorkerIdentity("w-gone", pid=gone.pid)
