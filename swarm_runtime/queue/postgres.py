@@ -304,7 +304,7 @@ class PostgresQueueStore(QueueTransactions):
     ) -> ClaimOutcome:
         """The first fast task by its row lock; anything else under the queue's lock.
         Nothing `ahead` of a task in flight: by row, a claim has no view of the whole
-        queue to tell whether another worker wants the task (`rules.work_to_spare`).
+        queue to tell whether another worker wants the task (`rules.spare_task`).
 
         The worker listens before it claims, so work added while a claim that found
         nothing ran still wakes its wait."""

@@ -207,16 +207,17 @@ def runnable_tasks(
                 yield task
 
 
-def work_to_spare(
+def spare_task(
     state: QueueState, now: float, worker_id: str, may_run: Callable[[Task], bool] = anywhere
-) -> bool:
-    """Whether a worker with a task in flight may claim one more: only while the queue
-    holds a runnable task for it and one for each other worker at work, so that a task
-    claimed ahead is never one another worker would have run at once."""
+) -> Task | None:
+    """The task a worker with one in flight may claim beside it: the next runnable, only
+    while the queue holds one for each other worker at work too, so that a task claimed
+    ahead is never one another worker would have run at once."""
     others = {t.lease.worker_id for t in state.leased_tasks() if t.lease is not None}
     others.discard(worker_id)
     wanted = len(others) + 1
-    return sum(1 for _ in islice(runnable_tasks(state, now, may_run), wanted)) == wanted
+    found = list(islice(runnable_tasks(state, now, may_run), wanted))
+    return found[0] if len(found) == wanted else None
 
 
 def dependencies_met(state: QueueState, task: Task) -> bool:

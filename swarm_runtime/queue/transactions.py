@@ -46,7 +46,7 @@ from swarm_runtime.queue.rules import (
     propagate_failures,
     reclaim_dead_leases,
     record_outcome,
-    work_to_spare,
+    spare_task,
 )
 from swarm_runtime.queue.state import QueueState
 from swarm_runtime.queue.transition_events import Effect, EventNote, claim_events
@@ -337,7 +337,7 @@ def claim_change(
     worker: WorkerIdentity, lease_seconds: float, ahead: bool = False
 ) -> Change[ClaimOutcome]:
     """The first runnable task; `ahead` (beside a task in flight), only while the queue
-    has work to spare for every other worker at work (`work_to_spare`)."""
+    has work to spare for every other worker at work (`spare_task`)."""
 
     def change(state: QueueState, now: float) -> ClaimOutcome:
         outcome = ClaimOutcome(
@@ -345,8 +345,10 @@ def claim_change(
             api_endpoint=state.doc.api_endpoint,
         )
         outcome.propagated = propagate_failures(state)
-        spare = not ahead or work_to_spare(state, now, worker.worker_id, worker.may_run)
-        task = next_runnable(state, now, worker.may_run) if spare else None
+        if ahead:
+            task = spare_task(state, now, worker.worker_id, worker.may_run)
+        else:
+            task = next_runnable(state, now, worker.may_run)
         if task is not None:
             outcome.task = lease_task(state, task, worker, now, lease_seconds)
             outcome.started_at = iso(utc_now())
