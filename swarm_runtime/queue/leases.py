@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import TypeGuard
 
 from swarm_runtime.contract import Lease, Task, placement_refusal
@@ -35,7 +35,7 @@ class WorkerIdentity:
     @cached_property
     def pid_started(self) -> float | None:
         """Read once: a process's start time never changes (a claim used to read /proc)."""
-        return process_start_time(self.pid)
+        return started_once(self.pid) if self.pid == os.getpid() else process_start_time(self.pid)
 
 
 def process_start_time(pid: int) -> float | None:
@@ -51,13 +51,27 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+@cache
+def started_once(pid: int) -> float | None:
+    """This process's start time (`pid` is its own, a child's after a fork): read once."""
+    return process_start_time(pid)
+
+
 def holder_is_alive(lease: Lease, host: str = HOST) -> bool:
-    """False only when we can prove the holder is gone: same host and no such process."""
+    """False only when we can prove the holder is gone: same host and no such process.
+
+    A lease naming this process's pid is looked up without a system call: the process
+    is alive, and its start time, read once, tells its own leases from those of an
+    earlier process that had the same pid. Every transaction looks at the leases of the
+    tasks in flight, its own among them, and /proc cost each look an open and a read."""
     if lease.host != host:
         return True
-    if not process_exists(lease.pid):
+    if lease.pid == os.getpid():
+        started = started_once(lease.pid)
+    elif process_exists(lease.pid):
+        started = process_start_time(lease.pid)
+    else:
         return False
-    started = process_start_time(lease.pid)
     return not (lease.pid_started and started and started != lease.pid_started)
 
 
