@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
-import selectors
+import select
 import shlex
 import shutil
 import signal
@@ -562,16 +563,15 @@ class _Capture:
 
     def drain(self, stream: IO[bytes], deadline: float) -> bool:
         """Read until end of file (True) or until the deadline passes (False)."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(stream, selectors.EVENT_READ)
-            while (remaining := deadline - time.monotonic()) > 0:
-                if not selector.select(remaining):
-                    continue
-                chunk = os.read(stream.fileno(), 65536)
-                if not chunk:
-                    return True
-                self.total += len(chunk)
-                self.head += chunk[: max(0, self.cap - len(self.head))]
+        poller = _poller(stream.fileno())
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not poller.poll(_milliseconds(remaining)):
+                continue
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                return True
+            self.total += len(chunk)
+            self.head += chunk[: max(0, self.cap - len(self.head))]
         return False
 
     def text(self) -> tuple[str, bool]:
@@ -580,6 +580,20 @@ class _Capture:
         if dropped:
             return text + TRUNCATION_MARKER.format(dropped=dropped), True
         return text, False
+
+
+def _poller(fd: int) -> select.poll:
+    """A poll object on one descriptor: readable, or hung up. Unlike a selector it
+    opens no epoll descriptor of its own, a few microseconds and two system calls less
+    on each local command."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return poller
+
+
+def _milliseconds(seconds: float) -> int:
+    """poll's timeout, rounded up: rounded down, the last millisecond would spin."""
+    return math.ceil(max(0.0, seconds) * 1000)
 
 
 def _wait(process: subprocess.Popen[bytes], capture: _Capture, deadline: float) -> int | None:
@@ -598,10 +612,8 @@ def _exit_code(process: subprocess.Popen[bytes], deadline: float) -> int | None:
     except (AttributeError, OSError):
         return _exit_code_polled(process, deadline)
     try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(pidfd, selectors.EVENT_READ)
-            if not selector.select(max(0.0, deadline - time.monotonic())):
-                return None
+        if not _poller(pidfd).poll(_milliseconds(deadline - time.monotonic())):
+            return None
     finally:
         os.close(pidfd)
     return process.wait()
