@@ -111,3 +111,35 @@ def test_two_tasks_held_at_once_are_each_renewed_until_let_go() -> None:
     assert set(renewals.renewed[after:]) == {"b"}
     keeper.release("b")
     assert len(renewals.threads) == 1
+
+
+class CountedWakes(threading.Condition):
+    """A condition that counts the wake-ups asked of the thread, and tells when it waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notified = 0
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+    def notify(self, n: int = 1) -> None:
+        self.notified += 1
+        super().notify(n)
+
+
+def test_holding_task_after_task_never_wakes_the_thread() -> None:
+    """Each task held is due an interval after those before it: the thread's own wait
+    ends first, so neither a hold nor a release wakes it."""
+    changed = CountedWakes()
+    keeper = LeaseKeeper(Renewals(), 5.0, 1.0, changed)
+    keeper.hold("first")
+    assert changed.waiting.wait(5)
+    keeper.release("first")
+    for task_id in "abcdefg":
+        with keeper.keep(task_id):
+            keeper.hold(f"{task_id}-ahead")
+        keeper.release(f"{task_id}-ahead")
+    assert changed.notified == 0

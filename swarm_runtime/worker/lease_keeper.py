@@ -28,14 +28,22 @@ Renew = Callable[[str], bool]
 
 
 class LeaseKeeper:
-    def __init__(self, renew: Renew, interval: float, retry_after_error: float):
+    def __init__(
+        self,
+        renew: Renew,
+        interval: float,
+        retry_after_error: float,
+        changed: threading.Condition | None = None,
+    ):
+        """`changed` guards the held tasks and wakes the thread (a test counts its wakes)."""
         self._renew = renew
         self._interval = interval
         self._retry = min(interval, retry_after_error)
-        self._changed = threading.Condition()
+        self._changed = changed or threading.Condition()
         # When each held task's next renewal is due (monotonic); inf once it is lost.
         self._due: dict[str, float] = {}
         self._thread: threading.Thread | None = None
+        self._wakes_at = math.inf  # when the thread's wait ends unless woken (`hold`)
 
     @contextmanager
     def keep(self, task_id: str) -> Iterator[None]:
@@ -48,32 +56,44 @@ class LeaseKeeper:
 
     def hold(self, task_id: str) -> None:
         """Renew `task_id`'s lease every interval from now until `release`."""
+        due = time.monotonic() + self._interval
         with self._changed:
-            self._due[task_id] = time.monotonic() + self._interval
-            self._changed.notify()
+            self._due[task_id] = due
             if self._thread is None:
+                self._wakes_at = math.inf
                 self._thread = threading.Thread(target=self._serve, name="lease", daemon=True)
                 self._thread.start()
+            elif due < self._wakes_at:
+                self._changed.notify()
 
     def release(self, task_id: str) -> None:
+        """Let go of `task_id`. The thread is not woken: a renewal it finds no longer due
+        is none, and one it did not expect is of no task."""
         with self._changed:
             self._due.pop(task_id, None)
-            self._changed.notify()
 
     def _serve(self) -> None:
         with self._changed:
-            while self._changed.wait_for(self._holds_any, timeout=self._interval):
-                self._changed.wait(timeout=self._until_next())
+            while self._sleep_until(time.monotonic() + self._interval, self._holds_any):
+                self._sleep_until(min(self._due.values(), default=math.inf))
                 self._renew_due()
             self._thread = None
 
+    def _sleep_until(self, deadline: float, woken_by: Callable[[], bool] | None = None) -> bool:
+        """Wait, the lock let go, until `deadline` (inf: until woken) or `woken_by` holds;
+        returns whether it does. The deadline is kept for `hold`, which wakes the thread
+        only for a renewal due before it: tasks held and let go task after task, each
+        due an interval after the one before, wake it never, where each hold and each
+        release used to (a thread switch and two hand-offs of the interpreter lock)."""
+        self._wakes_at = deadline
+        timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+        if woken_by is None:
+            self._changed.wait(timeout)
+            return True
+        return self._changed.wait_for(woken_by, timeout)
+
     def _holds_any(self) -> bool:
         return bool(self._due)
-
-    def _until_next(self) -> float | None:
-        """The wait until the next renewal is due; None while none will be."""
-        soonest = min(self._due.values(), default=math.inf)
-        return None if soonest == math.inf else max(0.0, soonest - time.monotonic())
 
     def _renew_due(self) -> None:
         """Renew each held task whose renewal is due (the lock is held)."""
