@@ -85,6 +85,7 @@ SETUPS = {
 }
 HISTORY_TARGET = 1.5
 LONGER = 6  # the long run's tasks, in multiples of N
+RUNNING = ("review on", "5,000 reviewed")  # the setups also run with LONGER × N tasks
 FINAL = {True: Status.APPROVED, False: Status.COMPLETED}
 WALL, WORKER, API, ECHO = "wall", "worker CPU", "API CPU", "echo CPU"
 FSYNC_CPU, FSYNC_WAIT, REST = "fsync CPU", "fsync wait", "rest"
@@ -238,9 +239,14 @@ def check_final(store: QueueStore, final: Status) -> None:
         raise RuntimeError(f"tasks did not end {final.value}: {stuck[:5]}")
 
 
-def one_run(tasks: int, review: bool, workers: int, history: int) -> Cost:
-    empty, full = counted_runs((0, tasks), review, workers, history)
-    return full.per_task(empty, tasks)
+def setup_run(name: str, tasks: int) -> SetupCost:
+    """A setup's runs of none and of `tasks` tasks, and of LONGER × `tasks` for the
+    setups whose running cost is compared (`RUNNING`)."""
+    review, workers, history = SETUPS[name]
+    counts = (0, tasks, LONGER * tasks) if name in RUNNING else (0, tasks)
+    empty, short, *longer = counted_runs(counts, review, workers, history)
+    steady = longer[0].per_task(short, (LONGER - 1) * tasks) if longer else None
+    return SetupCost(tasks, short.per_task(empty, tasks), steady)
 
 
 def counted_runs(counts: tuple[int, ...], review: bool, workers: int, history: int) -> list[Cost]:
@@ -256,24 +262,21 @@ def counted_runs(counts: tuple[int, ...], review: bool, workers: int, history: i
 
 
 @dataclass
-class Running:
-    """One worker's cost per task once it is running (`steady`), and what its first
-    `tasks` cost (`first`, per task as `one_run` has it)."""
+class SetupCost:
+    """What a setup's first `tasks` cost per task (`first`) and, where it was measured,
+    what a task costs once its worker is running (`steady`)."""
 
     tasks: int
     first: Cost
-    steady: Cost
+    steady: Cost | None
+
+    def running(self) -> Cost:
+        assert self.steady is not None, "a setup of RUNNING"
+        return self.steady
 
     def one_off(self) -> float:
         """The wall time the first tasks took beyond their count at the running rate."""
-        return self.tasks * (self.first.parts[WALL] - self.steady.parts[WALL])
-
-
-def running_run(tasks: int, history: int) -> Running:
-    """One worker, review on: runs of none, `tasks` and LONGER × `tasks` tasks."""
-    empty, short, long = counted_runs((0, tasks, LONGER * tasks), True, 1, history)
-    extra = (LONGER - 1) * tasks
-    return Running(tasks, short.per_task(empty, tasks), long.per_task(short, extra))
+        return self.tasks * (self.first.parts[WALL] - self.running().parts[WALL])
 
 
 def middle(costs: list[Cost]) -> Cost:
@@ -349,35 +352,36 @@ def ms(value: float) -> str:
 def run(quick: bool = False, tasks: int | None = None, runs: int | None = None) -> list[Figure]:
     tasks = tasks or (20 if quick else 60)
     runs = runs or (2 if quick else 5)
-    measured: dict[str, list[Cost]] = {name: [] for name in SETUPS}
-    running: dict[int, list[Running]] = {0: [], 5000: []}
+    measured: dict[str, list[SetupCost]] = {name: [] for name in SETUPS}
     bare: list[float] = []
     for number in range(runs):
-        for name, (review, workers, history) in SETUPS.items():
-            cost = one_run(tasks, review, workers, history)
-            measured[name].append(cost)
-            print(
-                f"  run {number + 1}, {name}: {ms(cost.parts[WALL])}/task, "
-                f"{cost.fsyncs.total():.1f} fsyncs = {ms(cost.fsync_seconds.total())}; "
-                f"{load_average()}",
-                flush=True,
-            )
-        for history, found in running.items():
-            found.append(running_run(tasks, history))
-            print(
-                f"  run {number + 1}, {history:,} reviewed, running: "
-                f"{ms(found[-1].steady.parts[WALL])}/task, one-off {ms(found[-1].one_off())}",
-                flush=True,
-            )
+        for name, found in measured.items():
+            found.append(setup_run(name, tasks))
+            print_run(number, name, found[-1])
         bare.append(direct_seconds_per_task(tasks))
-    costs = {name: middle(values) for name, values in measured.items()}
+    costs = {name: middle([cost.first for cost in found]) for name, found in measured.items()}
     print_breakdown(costs, median(bare))
     found = [figure for name in SETUPS for figure in figures(name, costs[name], median(bare))]
     return [
         *found,
         first_tasks_figure(costs["5,000 reviewed"], costs["review on"], tasks),
-        *history_figures(running[5000], running[0]),
+        *history_figures(measured["5,000 reviewed"], measured["review on"]),
     ]
+
+
+def print_run(number: int, name: str, cost: SetupCost) -> None:
+    first = cost.first
+    running = (
+        ""
+        if cost.steady is None
+        else (f" running {ms(cost.steady.parts[WALL])}/task, one-off {ms(cost.one_off())};")
+    )
+    print(
+        f"  run {number + 1}, {name}: {ms(first.parts[WALL])}/task, "
+        f"{first.fsyncs.total():.1f} fsyncs = {ms(first.fsync_seconds.total())};{running} "
+        f"{load_average()}",
+        flush=True,
+    )
 
 
 def first_tasks_figure(after_history: Cost, fresh: Cost, tasks: int) -> Figure:
@@ -389,14 +393,14 @@ def first_tasks_figure(after_history: Cost, fresh: Cost, tasks: int) -> Figure:
     )
 
 
-def history_figures(after_history: list[Running], fresh: list[Running]) -> list[Figure]:
+def history_figures(after_history: list[SetupCost], fresh: list[SetupCost]) -> list[Figure]:
     """The running ratio (the median of the runs'), and the one-offs beside it."""
     ratios = [
-        h.steady.parts[WALL] / f.steady.parts[WALL]
+        h.running().parts[WALL] / f.running().parts[WALL]
         for h, f in zip(after_history, fresh, strict=True)
     ]
     ratio = median(ratios)
-    walls = [median(r.steady.parts[WALL] for r in side) for side in (after_history, fresh)]
+    walls = [median(r.running().parts[WALL] for r in side) for side in (after_history, fresh)]
     one_offs = [median(r.one_off() for r in side) for side in (after_history, fresh)]
     return [
         Figure(
