@@ -355,11 +355,11 @@ def run(quick: bool = False, tasks: int | None = None, runs: int | None = None) 
     measured: dict[str, list[SetupCost]] = {name: [] for name in SETUPS}
     bare: list[float] = []
     for number in range(runs):
-        for name, found in measured.items():
-            found.append(setup_run(name, tasks))
-            print_run(number, name, found[-1])
+        for name, setup_costs in measured.items():
+            setup_costs.append(setup_run(name, tasks))
+            print_run(number, name, setup_costs[-1])
         bare.append(direct_seconds_per_task(tasks))
-    costs = {name: middle([cost.first for cost in found]) for name, found in measured.items()}
+    costs = {name: middle([c.first for c in setup_costs]) for name, setup_costs in measured.items()}
     print_breakdown(costs, median(bare))
     found = [figure for name in SETUPS for figure in figures(name, costs[name], median(bare))]
     return [

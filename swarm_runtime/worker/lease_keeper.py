@@ -60,7 +60,6 @@ class LeaseKeeper:
         with self._changed:
             self._due[task_id] = due
             if self._thread is None:
-                self._wakes_at = math.inf
                 self._thread = threading.Thread(target=self._serve, name="lease", daemon=True)
                 self._thread.start()
             elif due < self._wakes_at:
@@ -83,8 +82,9 @@ class LeaseKeeper:
         """Wait, the lock let go, until `deadline` (inf: until woken) or `woken_by` holds;
         returns whether it does. The deadline is kept for `hold`, which wakes the thread
         only for a renewal due before it: tasks held and let go task after task, each
-        due an interval after the one before, wake it never, where each hold and each
-        release used to (a thread switch and two hand-offs of the interpreter lock)."""
+        due an interval after the one before, never wake it. A wake costs a thread
+        switch and two hand-offs of the interpreter lock, which a busy worker would pay
+        about three times a task."""
         self._wakes_at = deadline
         timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
         if woken_by is None:
